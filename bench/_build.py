@@ -1,0 +1,23 @@
+"""cffi API-mode build of the C core; run by `pip install .` (setup.py's cffi_modules)."""
+import os
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(HERE, "csrc")
+SOURCES = ["core.c", "uffd_common.c", "mech_baseline.c", "mech_uffd.c", "mech_exits.c", "mech_async.c"]
+
+ffibuilder = FFI()
+with open(os.path.join(CSRC, "fb_api.h")) as f:
+    ffibuilder.cdef(f.read())
+ffibuilder.set_source(
+    "bench._native",
+    '#include "fb_core.h"',
+    sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES],
+    include_dirs=[os.path.relpath(CSRC)],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
+    libraries=["pthread"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

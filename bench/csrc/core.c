@@ -1,0 +1,975 @@
+/* faultbench core: a VM whose 64-bit CPL-3 vCPUs touch demand-paged memory,
+ * the vCPU threads that run them, and the services mechanisms share
+ * (fetch model, page install, locks, per-thread accounting).
+ * Mechanism-specific code lives in mech_*.c.
+ */
+#include "fb_core.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+static const struct fb_mech_ops *const mech_table[] = {
+    [FB_MECH_NONE] = &fb_mech_none,
+    [FB_MECH_PREFAULT] = &fb_mech_prefault,
+    [FB_MECH_UFFD] = &fb_mech_uffd,
+    [FB_MECH_EXITS] = &fb_mech_exits,
+    [FB_MECH_ASYNC] = &fb_mech_async,
+};
+
+/* ---------- small services ---------- */
+
+uint64_t fb_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+uint64_t fb_tsc(void)
+{
+    return __builtin_ia32_rdtsc();
+}
+
+uint64_t fb_tsc_to_ns(struct fb_run *run, uint64_t cycles)
+{
+    if (!run->tsc_khz)
+        return 0;
+    return (uint64_t)((unsigned __int128)cycles * 1000000ULL / run->tsc_khz);
+}
+
+void fb_set_err(char *err, int errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (!err || errlen <= 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* first failure wins; it stops the run and wakes fb_run_wait */
+void fb_fail(struct fb_run *run, const char *fmt, ...)
+{
+    va_list ap;
+    uint64_t one = 1;
+    pthread_mutex_lock(&run->err_lock);
+    if (!atomic_load(&run->failed)) {
+        va_start(ap, fmt);
+        vsnprintf(run->err, sizeof(run->err), fmt, ap);
+        va_end(ap);
+        atomic_store(&run->failed, 1);
+    }
+    pthread_mutex_unlock(&run->err_lock);
+    atomic_store(&run->stop, 1);
+    if (write(run->done_efd, &one, sizeof(one)) < 0) { /* counter saturated: already signalled */ }
+    if (write(run->stop_efd, &one, sizeof(one)) < 0) { }
+}
+
+void fb_lock(struct fb_spinlock *l)
+{
+    int expected = 0;
+    if (atomic_compare_exchange_strong_explicit(&l->locked, &expected, 1,
+                                                memory_order_acquire, memory_order_relaxed)) {
+        l->st.acquisitions++;   /* counters are only written with the lock held */
+        return;
+    }
+    uint64_t t0 = fb_tsc();
+    for (;;) {
+        while (atomic_load_explicit(&l->locked, memory_order_relaxed))
+            sched_yield();   /* 2 pCPUs, hundreds of threads: let the holder run */
+        expected = 0;
+        if (atomic_compare_exchange_weak_explicit(&l->locked, &expected, 1,
+                                                  memory_order_acquire, memory_order_relaxed))
+            break;
+    }
+    uint64_t spin = fb_tsc() - t0;
+    l->st.acquisitions++;
+    l->st.contended++;
+    l->st.spin_ns += spin;          /* cycles during the run, converted at collection */
+    if (spin > l->st.max_spin_ns)
+        l->st.max_spin_ns = spin;
+}
+
+void fb_unlock(struct fb_spinlock *l)
+{
+    atomic_store_explicit(&l->locked, 0, memory_order_release);
+}
+
+static void fb_sigusr1(int sig)
+{
+    (void)sig;   /* only interrupts blocking calls (KVM_RUN, read) */
+}
+
+static void install_signal_handler(void)
+{
+    static int installed;
+    if (installed)
+        return;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = fb_sigusr1;   /* no SA_RESTART: blocking calls return EINTR */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+    installed = 1;
+}
+
+/* Threads block every signal but SIGUSR1, so that Ctrl-C reaches Python's
+ * main thread and our stop path stays the only way in. */
+int fb_spawn(struct fb_run *run, pthread_t *t, void *(*fn)(void *), void *arg,
+             char *err, int errlen)
+{
+    (void)run;
+    sigset_t all, old;
+    pthread_attr_t attr;
+    sigfillset(&all);
+    sigdelset(&all, SIGUSR1);
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(t, &attr, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (rc) {
+        fb_set_err(err, errlen, "pthread_create: %s", strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+void fb_thread_begin(struct fb_thread_stats *ts)
+{
+    ts->tid = (int32_t)syscall(SYS_gettid);
+    prctl(PR_SET_TIMERSLACK, 1UL);   /* sleeping fetch delays stay close to asked */
+}
+
+void fb_thread_end(struct fb_thread_stats *ts)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru) == 0) {
+        ts->utime_ns = ru.ru_utime.tv_sec * 1000000000ULL + ru.ru_utime.tv_usec * 1000ULL;
+        ts->stime_ns = ru.ru_stime.tv_sec * 1000000000ULL + ru.ru_stime.tv_usec * 1000ULL;
+        ts->nvcsw = ru.ru_nvcsw;
+        ts->nivcsw = ru.ru_nivcsw;
+    }
+}
+
+/* ---------- userfaultfd helpers ---------- */
+
+int fb_uffd_open(struct fb_run *run, uint64_t features, int nonblock, char *err, int errlen)
+{
+    (void)run;
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | (nonblock ? O_NONBLOCK : 0));
+    if (fd < 0) {
+        fb_set_err(err, errlen, "userfaultfd(2): %s", strerror(errno));
+        return -1;
+    }
+    struct uffdio_api api = { .api = UFFD_API, .features = features };
+    if (ioctl(fd, UFFDIO_API, &api) < 0) {
+        fb_set_err(err, errlen, "UFFDIO_API features 0x%llx: %s",
+                   (unsigned long long)features, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int64_t fb_uffd_features(void)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return -errno;
+    struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+    int rc = ioctl(fd, UFFDIO_API, &api);
+    int e = errno;
+    close(fd);
+    return rc < 0 ? -e : (int64_t)api.features;
+}
+
+int fb_uffd_for_gpa(struct fb_run *run, uint64_t gpa)
+{
+    return (int)((gpa - run->demand_gpa) / run->uffd_span);
+}
+
+static void fetch_delay(struct fb_run *run)
+{
+    uint64_t ns = run->cfg.fetch_delay_ns;
+    if (!ns)
+        return;
+    if (run->cfg.delay_mode == FB_DELAY_SLEEP) {
+        struct timespec ts = { .tv_sec = ns / 1000000000ULL, .tv_nsec = ns % 1000000000ULL };
+        while (clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) == EINTR)
+            ;
+    } else {
+        uint64_t end = fb_now_ns() + ns;
+        while (fb_now_ns() < end)
+            __builtin_ia32_pause();
+    }
+}
+
+int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src_page,
+                    uint64_t gpa, int dontwake)
+{
+    if (gpa < run->demand_gpa || gpa - run->demand_gpa >= run->demand_size) {
+        fb_fail(run, "fault at gpa 0x%llx outside guest memory", (unsigned long long)gpa);
+        return -1;
+    }
+    uint64_t off = (gpa - run->demand_gpa) & ~(FB_PAGE - 1);
+    uint64_t page = off / FB_PAGE;
+    int uffd = run->uffd[off / run->uffd_span];
+    uint64_t hva = (uint64_t)(uintptr_t)(run->demand + off);
+    uint64_t hdr[2] = { run->demand_gpa + off, run->cfg.seed };
+
+    uint64_t t0 = fb_tsc();
+    fetch_delay(run);
+    if (run->cfg.resolve == FB_RESOLVE_CONTINUE)
+        memcpy(run->alias + off, hdr, sizeof(hdr));   /* the non-faulting mapping */
+    else
+        memcpy(src_page, hdr, sizeof(hdr));
+    uint64_t t1 = fb_tsc();
+    ts->part_ns[FB_PART_FETCH] += t1 - t0;
+    ts->part_count[FB_PART_FETCH]++;
+    ts->fetch_ns += t1 - t0;
+
+    int installed = 0;
+    for (;;) {
+        int rc;
+        if (run->cfg.resolve == FB_RESOLVE_CONTINUE) {
+            struct uffdio_continue c = {
+                .range = { .start = hva, .len = FB_PAGE },
+                .mode = dontwake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0,
+            };
+            rc = ioctl(uffd, UFFDIO_CONTINUE, &c);
+        } else {
+            struct uffdio_copy c = {
+                .dst = hva, .src = (uint64_t)(uintptr_t)src_page, .len = FB_PAGE,
+                .mode = dontwake ? UFFDIO_COPY_MODE_DONTWAKE : 0,
+            };
+            rc = ioctl(uffd, UFFDIO_COPY, &c);
+        }
+        if (rc == 0) {
+            installed = 1;
+            break;
+        }
+        if (errno == EEXIST) {
+            ts->eexist++;
+            if (!dontwake) {
+                /* another resolver won; make sure no waiter stays asleep */
+                struct uffdio_range r = { .start = hva, .len = FB_PAGE };
+                ioctl(uffd, UFFDIO_WAKE, &r);
+                ts->wakes++;
+            }
+            break;
+        }
+        if (errno == EAGAIN || errno == EINTR)
+            continue;   /* mapping changed under us; retry */
+        fb_fail(run, "%s at gpa 0x%llx: %s",
+                run->cfg.resolve == FB_RESOLVE_CONTINUE ? "UFFDIO_CONTINUE" : "UFFDIO_COPY",
+                (unsigned long long)gpa, strerror(errno));
+        return -1;
+    }
+    uint64_t t2 = fb_tsc();
+    ts->part_ns[FB_PART_INSTALL] += t2 - t1;
+    ts->part_count[FB_PART_INSTALL]++;
+    if (installed) {
+        ts->pages_installed++;
+        atomic_fetch_add(&run->pages_installed, 1);
+        run->page_done_tsc[page] = t2;
+    }
+    return installed;
+}
+
+/* ---------- KVM probes ---------- */
+
+int fb_kvm_check_extension(int cap)
+{
+    int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int r = ioctl(fd, KVM_CHECK_EXTENSION, cap);
+    int e = errno;
+    close(fd);
+    return r < 0 ? -e : r;
+}
+
+/* Try a memslot with the given flag on a scratch VM: how a proposed uAPI such as
+ * KVM_MEM_USERFAULT or KVM_MEM_EXIT_ON_MISSING is detected. */
+int fb_kvm_memslot_flag_supported(uint32_t flag)
+{
+    int kfd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (kfd < 0)
+        return -errno;
+    int vm = ioctl(kfd, KVM_CREATE_VM, 0);
+    if (vm < 0) {
+        int e = errno;
+        close(kfd);
+        return -e;
+    }
+    void *mem = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    struct kvm_userspace_memory_region r = {
+        .slot = 0, .flags = flag, .guest_phys_addr = 0, .memory_size = 2 << 20,
+        .userspace_addr = (uint64_t)(uintptr_t)mem,
+    };
+    int rc = ioctl(vm, KVM_SET_USER_MEMORY_REGION, &r);
+    munmap(mem, 2 << 20);
+    close(vm);
+    close(kfd);
+    return rc == 0 ? 1 : 0;
+}
+
+/* ---------- VM construction ---------- */
+
+static int setup_cpuid(struct fb_run *run, int vcpu_fd, char *err, int errlen)
+{
+    static struct kvm_cpuid2 *cached;
+    static int nent;
+    if (!cached) {
+        for (nent = 64; nent <= 4096; nent *= 2) {
+            struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + nent * sizeof(struct kvm_cpuid_entry2));
+            c->nent = nent;
+            if (ioctl(run->kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+                cached = c;
+                break;
+            }
+            free(c);
+            if (errno != E2BIG) {
+                fb_set_err(err, errlen, "KVM_GET_SUPPORTED_CPUID: %s", strerror(errno));
+                return -1;
+            }
+        }
+        if (!cached) {
+            fb_set_err(err, errlen, "KVM_GET_SUPPORTED_CPUID: too many entries");
+            return -1;
+        }
+    }
+    if (ioctl(vcpu_fd, KVM_SET_CPUID2, cached) < 0) {
+        fb_set_err(err, errlen, "KVM_SET_CPUID2: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static void build_page_tables(struct fb_run *run)
+{
+    uint64_t top = run->demand_gpa + run->demand_size;
+    uint64_t n_pd = (top + (1ULL << 30) - 1) >> 30;
+    uint64_t *pml4 = (uint64_t *)(run->sys_mem + FB_GPA_PML4);
+    uint64_t *pdpt = (uint64_t *)(run->sys_mem + FB_GPA_PDPT);
+    /* P|RW|US everywhere: the guest runs at CPL 3, the only mode that runs natively here */
+    pml4[0] = FB_GPA_PDPT | 0x7;
+    for (uint64_t i = 0; i < n_pd; i++) {
+        uint64_t *pd = (uint64_t *)(run->sys_mem + FB_GPA_PD + i * FB_PAGE);
+        pdpt[i] = (FB_GPA_PD + i * FB_PAGE) | 0x7;
+        for (int j = 0; j < 512; j++)
+            pd[j] = ((i << 30) + ((uint64_t)j << 21)) | 0x87;   /* 2 MiB page */
+    }
+}
+
+static void seg(struct kvm_segment *s, uint16_t sel, uint8_t type, int code)
+{
+    memset(s, 0, sizeof(*s));
+    s->base = 0;
+    s->limit = 0xffffffff;
+    s->selector = sel;
+    s->type = type;
+    s->present = 1;
+    s->dpl = 3;
+    s->s = 1;
+    s->g = 1;
+    s->l = code ? 1 : 0;
+    s->db = code ? 0 : 1;
+}
+
+static int setup_vcpu(struct fb_run *run, struct fb_vcpu *v, char *err, int errlen)
+{
+    struct kvm_sregs sr;
+    struct kvm_regs regs;
+    uint64_t tpv = run->cfg.touches_per_vcpu;
+
+    v->fd = ioctl(run->vm_fd, KVM_CREATE_VCPU, v->id);
+    if (v->fd < 0) {
+        fb_set_err(err, errlen, "KVM_CREATE_VCPU %d: %s", v->id, strerror(errno));
+        return -1;
+    }
+    v->kr = mmap(NULL, run->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
+    if (v->kr == MAP_FAILED) {
+        v->kr = NULL;
+        fb_set_err(err, errlen, "mmap kvm_run: %s", strerror(errno));
+        return -1;
+    }
+    if (setup_cpuid(run, v->fd, err, errlen))
+        return -1;
+    if (ioctl(v->fd, KVM_GET_SREGS, &sr) < 0) {
+        fb_set_err(err, errlen, "KVM_GET_SREGS: %s", strerror(errno));
+        return -1;
+    }
+    seg(&sr.cs, 0x1b, 11, 1);
+    seg(&sr.ds, 0x23, 3, 0);
+    sr.es = sr.fs = sr.gs = sr.ss = sr.ds;
+    memset(&sr.tr, 0, sizeof(sr.tr));
+    sr.tr.selector = 0x28;
+    sr.tr.type = 11;
+    sr.tr.present = 1;
+    sr.tr.limit = 0x67;
+    sr.cr0 = 0x80050033;   /* PG|AM|WP|NE|ET|MP|PE */
+    sr.cr3 = FB_GPA_PML4;
+    sr.cr4 = 0x20 | 0x200 | 0x400;   /* PAE|OSFXSR|OSXMMEXCPT; TSD clear: rdtsc allowed at CPL 3 */
+    sr.efer = 0x500;   /* LME|LMA */
+    if (ioctl(v->fd, KVM_SET_SREGS, &sr) < 0) {
+        fb_set_err(err, errlen, "KVM_SET_SREGS: %s", strerror(errno));
+        return -1;
+    }
+    memset(&regs, 0, sizeof(regs));
+    regs.rip = FB_GPA_CODE;
+    regs.rflags = 0x3002;   /* IOPL 3: `out` at CPL 3 exits to us */
+    regs.rsi = v->tsc_table;
+    regs.rcx = tpv;
+    regs.rdi = v->tsc_times;
+    int zero_fill = run->cfg.mech == FB_MECH_NONE;   /* the kernel gives zeroed pages */
+    regs.r8 = zero_fill ? 0 : run->cfg.seed;
+    regs.r9 = zero_fill ? 0 : ~0ULL;
+    regs.r12 = 0;
+    regs.r13 = v->id;
+    if (ioctl(v->fd, KVM_SET_REGS, &regs) < 0) {
+        fb_set_err(err, errlen, "KVM_SET_REGS: %s", strerror(errno));
+        return -1;
+    }
+    if (!run->tsc_khz) {
+        long khz = ioctl(v->fd, KVM_GET_TSC_KHZ, 0);
+        if (khz > 0)
+            run->tsc_khz = (uint64_t)khz;
+    }
+    return 0;
+}
+
+static int set_slot(struct fb_run *run, int slot, uint64_t gpa, void *hva, uint64_t size,
+                    char *err, int errlen)
+{
+    struct kvm_userspace_memory_region r = {
+        .slot = slot, .flags = 0, .guest_phys_addr = gpa, .memory_size = size,
+        .userspace_addr = (uint64_t)(uintptr_t)hva,
+    };
+    if (ioctl(run->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0) {
+        fb_set_err(err, errlen, "KVM_SET_USER_MEMORY_REGION slot %d: %s", slot, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static uint64_t round_up(uint64_t v, uint64_t a)
+{
+    return (v + a - 1) / a * a;
+}
+
+struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
+{
+    if (cfg->mech >= sizeof(mech_table) / sizeof(mech_table[0]) || !mech_table[cfg->mech]) {
+        fb_set_err(err, errlen, "unknown mechanism %u", cfg->mech);
+        return NULL;
+    }
+    if (!cfg->vcpus || cfg->mem_per_vcpu == 0 || cfg->mem_per_vcpu % (2ULL << 20)) {
+        fb_set_err(err, errlen, "vcpus must be >= 1 and mem_per_vcpu a multiple of 2 MiB");
+        return NULL;
+    }
+    if (cfg->guest_code_len == 0 || cfg->guest_code_len > FB_GPA_DATA - FB_GPA_CODE) {
+        fb_set_err(err, errlen, "guest code size %llu out of range",
+                   (unsigned long long)cfg->guest_code_len);
+        return NULL;
+    }
+    struct fb_run *run = calloc(1, sizeof(*run));
+    run->cfg = *cfg;
+    run->ops = mech_table[cfg->mech];
+    run->kvm_fd = run->vm_fd = run->memfd = run->done_efd = run->stop_efd = run->list_efd = -1;
+    for (int i = 0; i < FB_MAX_UFFDS; i++)
+        run->uffd[i] = -1;
+    pthread_mutex_init(&run->err_lock, NULL);
+    install_signal_handler();
+
+    uint64_t tpv = cfg->touches_per_vcpu;
+    run->demand_size = (uint64_t)cfg->vcpus * cfg->mem_per_vcpu;
+    run->npages = run->demand_size / FB_PAGE;
+    run->sys_size = round_up(FB_GPA_DATA + (uint64_t)cfg->vcpus * tpv * 24, 2ULL << 20);
+    run->demand_gpa = round_up(run->sys_size, 1ULL << 30);
+    if ((run->demand_gpa + run->demand_size) >> 30 > (FB_GPA_CODE - FB_GPA_PD) / FB_PAGE) {
+        fb_set_err(err, errlen, "guest memory too large for the page-table area");
+        goto fail;
+    }
+
+    run->done_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    run->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    run->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (run->kvm_fd < 0) {
+        fb_set_err(err, errlen, "/dev/kvm: %s", strerror(errno));
+        goto fail;
+    }
+    run->vm_fd = ioctl(run->kvm_fd, KVM_CREATE_VM, 0);
+    if (run->vm_fd < 0) {
+        fb_set_err(err, errlen, "KVM_CREATE_VM: %s", strerror(errno));
+        goto fail;
+    }
+    run->run_size = ioctl(run->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+
+    run->sys_mem = mmap(NULL, run->sys_size, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (run->sys_mem == MAP_FAILED) {
+        run->sys_mem = NULL;
+        fb_set_err(err, errlen, "mmap system slot (%llu bytes): %s",
+                   (unsigned long long)run->sys_size, strerror(errno));
+        goto fail;
+    }
+    if (cfg->resolve == FB_RESOLVE_CONTINUE) {
+        run->memfd = memfd_create("faultbench-guest", MFD_CLOEXEC);
+        if (run->memfd < 0 || ftruncate(run->memfd, run->demand_size) < 0) {
+            fb_set_err(err, errlen, "memfd for guest memory: %s", strerror(errno));
+            goto fail;
+        }
+        run->demand = mmap(NULL, run->demand_size, PROT_READ | PROT_WRITE, MAP_SHARED, run->memfd, 0);
+        run->alias = mmap(NULL, run->demand_size, PROT_READ | PROT_WRITE, MAP_SHARED, run->memfd, 0);
+        if (run->demand == MAP_FAILED || run->alias == MAP_FAILED) {
+            if (run->demand == MAP_FAILED) run->demand = NULL;
+            if (run->alias == MAP_FAILED) run->alias = NULL;
+            fb_set_err(err, errlen, "mmap shared guest memory: %s", strerror(errno));
+            goto fail;
+        }
+        /* MINOR faults only happen for pages already in the page cache: put them
+         * there through the non-faulting mapping, as pre-copy would */
+        if (madvise(run->alias, run->demand_size, MADV_POPULATE_WRITE) < 0) {
+            fb_set_err(err, errlen, "populating shared guest memory: %s", strerror(errno));
+            goto fail;
+        }
+    } else {
+        run->demand = mmap(NULL, run->demand_size, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (run->demand == MAP_FAILED) {
+            run->demand = NULL;
+            fb_set_err(err, errlen, "mmap guest memory (%llu bytes): %s",
+                       (unsigned long long)run->demand_size, strerror(errno));
+            goto fail;
+        }
+        madvise(run->demand, run->demand_size, MADV_NOHUGEPAGE);   /* 4 KiB faults */
+    }
+    run->page_done_tsc = calloc(run->npages, sizeof(uint64_t));
+    run->page_read_tsc = calloc(run->npages, sizeof(uint64_t));
+    run->page_enq_tsc = calloc(run->npages, sizeof(uint64_t));
+
+    /* guest code, touch tables, timing buffers */
+    memcpy(run->sys_mem + FB_GPA_CODE, cfg->guest_code, cfg->guest_code_len);
+    build_page_tables(run);
+    run->vcpus = calloc(cfg->vcpus, sizeof(struct fb_vcpu));
+    for (uint32_t i = 0; i < cfg->vcpus; i++) {
+        struct fb_vcpu *v = &run->vcpus[i];
+        v->run = run;
+        v->id = i;
+        v->fd = -1;
+        v->tsc_table = FB_GPA_DATA + (uint64_t)i * tpv * 8;
+        v->tsc_times = FB_GPA_DATA + (uint64_t)cfg->vcpus * tpv * 8 + (uint64_t)i * tpv * 16;
+        uint64_t *tab = (uint64_t *)(run->sys_mem + v->tsc_table);
+        for (uint64_t t = 0; t < tpv; t++) {
+            uint64_t e = cfg->touches[i * tpv + t];
+            uint64_t off = e & ~(FB_PAGE - 1);
+            if (off >= run->demand_size) {
+                fb_set_err(err, errlen, "touch table entry %llu of vCPU %u outside guest memory",
+                           (unsigned long long)t, i);
+                goto fail;
+            }
+            tab[t] = (run->demand_gpa + off) | (e & (FB_PAGE - 1));   /* tables hold offsets */
+        }
+        v->src_page = aligned_alloc(FB_PAGE, FB_PAGE);
+        memset(v->src_page, 0, FB_PAGE);
+    }
+
+    if (set_slot(run, 0, 0, run->sys_mem, run->sys_size, err, errlen) ||
+        set_slot(run, 1, run->demand_gpa, run->demand, run->demand_size, err, errlen))
+        goto fail;
+
+    for (uint32_t i = 0; i < cfg->vcpus; i++)
+        if (setup_vcpu(run, &run->vcpus[i], err, errlen))
+            goto fail;
+    if (!run->tsc_khz) {
+        fb_set_err(err, errlen, "KVM_GET_TSC_KHZ gave no TSC frequency");
+        goto fail;
+    }
+
+    /* thread stats: one slot per vCPU, then the mechanism's readers */
+    run->nreaders = 0;
+    if (cfg->mech == FB_MECH_UFFD)
+        run->nreaders = cfg->uffds * cfg->readers;
+    else if (cfg->mech == FB_MECH_ASYNC)
+        run->nreaders = cfg->readers;
+    run->nstats = cfg->vcpus + run->nreaders;
+    run->stats = calloc(run->nstats, sizeof(struct fb_thread_stats));
+    for (uint32_t i = 0; i < cfg->vcpus; i++) {
+        run->vcpus[i].ts = &run->stats[i];
+        run->stats[i].role = FB_ROLE_VCPU;
+        run->stats[i].index = i;
+        run->stats[i].uffd_index = -1;
+    }
+    if (run->nreaders) {
+        run->readers = calloc(run->nreaders, sizeof(struct fb_reader));
+        for (int i = 0; i < run->nreaders; i++) {
+            struct fb_reader *r = &run->readers[i];
+            r->run = run;
+            r->index = i;
+            r->epfd = -1;
+            r->ts = &run->stats[cfg->vcpus + i];
+            r->ts->role = cfg->mech == FB_MECH_ASYNC ? FB_ROLE_RESOLVER : FB_ROLE_READER;
+            r->ts->index = i;
+            r->uffd_index = cfg->mech == FB_MECH_UFFD ? i / cfg->readers : 0;
+            r->ts->uffd_index = r->uffd_index;
+            r->src_page = aligned_alloc(FB_PAGE, FB_PAGE);
+            memset(r->src_page, 0, FB_PAGE);
+        }
+    }
+
+    if (run->ops->setup && run->ops->setup(run, err, errlen))
+        goto fail;
+    return run;
+fail:
+    fb_run_destroy(run);
+    return NULL;
+}
+
+/* ---------- vCPU threads ---------- */
+
+static void *vcpu_thread(void *arg)
+{
+    struct fb_vcpu *v = arg;
+    struct fb_run *run = v->run;
+    struct kvm_run *kr = v->kr;
+    struct fb_thread_stats *ts = v->ts;
+
+    fb_thread_begin(ts);
+    pthread_barrier_wait(&run->barrier);
+    v->res.start_ns = fb_now_ns();
+    while (!atomic_load_explicit(&run->stop, memory_order_relaxed)) {
+        kr->kvm_valid_regs = KVM_SYNC_X86_REGS;
+        kr->exit_reason = KVM_EXIT_UNKNOWN;
+        uint64_t t0 = fb_tsc();
+        int rc = ioctl(v->fd, KVM_RUN, 0);
+        int e = errno;
+        uint64_t t1 = fb_tsc();
+        v->res.kvm_runs++;
+        if (rc < 0) {
+            if (e == EINTR || e == EAGAIN)
+                continue;
+            if (e == EFAULT && run->ops->on_fault) {
+                uint64_t gpa;
+                ts->part_ns[FB_PART_KVM_RUN] += t1 - t0;
+                ts->part_count[FB_PART_KVM_RUN]++;
+                if (kr->exit_reason == FB_KVM_EXIT_MEMORY_FAULT) {
+                    /* the kernel filled kvm_run.memory_fault {flags, gpa, size} */
+                    gpa = *(uint64_t *)((uint8_t *)kr + FB_KVM_RUN_MEMFAULT_OFFSET + 8);
+                    v->res.exitinfo_kvm++;
+                    run->exit_path = FB_EXITINFO_KVM;
+                } else {
+                    /* the guest's touch instructions address the page through rbx */
+                    gpa = kr->s.regs.regs.rbx & ~(FB_PAGE - 1);
+                    v->res.exitinfo_guest_reg++;
+                    if (run->exit_path != FB_EXITINFO_KVM)
+                        run->exit_path = FB_EXITINFO_GUEST_REG;
+                }
+                ts->part_ns[FB_PART_LOOKUP] += fb_tsc() - t1;
+                ts->part_count[FB_PART_LOOKUP]++;
+                v->res.fault_exits++;
+                ts->faults++;
+                if (run->ops->on_fault(run, v, gpa))
+                    break;
+                continue;
+            }
+            fb_fail(run, "vCPU %d: KVM_RUN: %s (rip 0x%llx)", v->id, strerror(e),
+                    (unsigned long long)kr->s.regs.regs.rip);
+            break;
+        }
+        if (kr->exit_reason == KVM_EXIT_IO && kr->io.port == FB_PORT_DONE) {
+            v->res.end_ns = fb_now_ns();
+            v->res.content_errors = kr->s.regs.regs.r12;
+            v->res.touches = (kr->s.regs.regs.rsi - v->tsc_table) / 8;
+            atomic_store(&v->done, 1);
+            break;
+        }
+        if (kr->exit_reason == KVM_EXIT_SHUTDOWN) {
+            fb_fail(run, "vCPU %d: guest shut down (triple fault) at rip 0x%llx rbx 0x%llx",
+                    v->id, (unsigned long long)kr->s.regs.regs.rip,
+                    (unsigned long long)kr->s.regs.regs.rbx);
+            break;
+        }
+        fb_fail(run, "vCPU %d: unexpected exit reason %u at rip 0x%llx", v->id,
+                kr->exit_reason, (unsigned long long)kr->s.regs.regs.rip);
+        break;
+    }
+    fb_thread_end(ts);
+    if (atomic_fetch_sub(&run->vcpus_running, 1) == 1) {
+        uint64_t one = 1;
+        if (write(run->done_efd, &one, sizeof(one)) < 0) { }
+    }
+    return NULL;
+}
+
+int fb_run_start(struct fb_run *run, char *err, int errlen)
+{
+    uint32_t n = run->cfg.vcpus;
+    if (pthread_barrier_init(&run->barrier, NULL, n + 1)) {
+        fb_set_err(err, errlen, "pthread_barrier_init failed");
+        return -1;
+    }
+    run->barrier_init = 1;
+    if (run->ops->start && run->ops->start(run, err, errlen))
+        return -1;
+    atomic_store(&run->vcpus_running, n);
+    for (uint32_t i = 0; i < n; i++) {
+        if (fb_spawn(run, &run->vcpus[i].thread, vcpu_thread, &run->vcpus[i], err, errlen)) {
+            /* threads already waiting at the barrier must be released to exit */
+            atomic_store(&run->stop, 1);
+            atomic_fetch_sub(&run->vcpus_running, n - i);
+            for (uint32_t j = i; j < n; j++)
+                run->vcpus[j].joined = 1;
+            for (uint32_t j = i; j < n; j++)
+                pthread_barrier_wait(&run->barrier);   /* stand in for the missing ones */
+            return -1;
+        }
+        run->vcpus[i].started = 1;
+    }
+    run->started = 1;
+    pthread_barrier_wait(&run->barrier);
+    return 0;
+}
+
+int fb_run_wait(struct fb_run *run, int timeout_ms, char *err, int errlen)
+{
+    struct pollfd p = { .fd = run->done_efd, .events = POLLIN };
+    if (atomic_load(&run->vcpus_running) > 0 && !atomic_load(&run->failed))
+        poll(&p, 1, timeout_ms);
+    if (atomic_load(&run->failed)) {
+        pthread_mutex_lock(&run->err_lock);
+        fb_set_err(err, errlen, "%s", run->err);
+        pthread_mutex_unlock(&run->err_lock);
+        return -1;
+    }
+    return atomic_load(&run->vcpus_running) == 0 ? 1 : 0;
+}
+
+static void join_interrupting(pthread_t t, int *joined)
+{
+    if (*joined)
+        return;
+    for (;;) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 20 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        if (pthread_timedjoin_np(t, NULL, &ts) == 0)
+            break;
+        pthread_kill(t, SIGUSR1);
+    }
+    *joined = 1;
+}
+
+void fb_run_stop(struct fb_run *run)
+{
+    uint64_t one = 1;
+    atomic_store(&run->stop, 1);
+    if (write(run->stop_efd, &one, sizeof(one)) < 0) { }
+    /* vCPUs first: a vCPU asleep in the kernel may still need a reader */
+    for (uint32_t i = 0; i < run->cfg.vcpus; i++)
+        if (run->vcpus[i].started)
+            join_interrupting(run->vcpus[i].thread, &run->vcpus[i].joined);
+    if (run->ops->stop)
+        run->ops->stop(run);
+    for (int i = 0; i < run->nreaders; i++)
+        if (run->readers[i].started)
+            join_interrupting(run->readers[i].thread, &run->readers[i].joined);
+}
+
+void fb_run_destroy(struct fb_run *run)
+{
+    if (!run)
+        return;
+    if (run->vcpus)
+        fb_run_stop(run);
+    if (run->ops && run->ops->destroy)
+        run->ops->destroy(run);
+    for (int i = 0; i < FB_MAX_UFFDS; i++)
+        if (run->uffd[i] >= 0)
+            close(run->uffd[i]);
+    if (run->vcpus) {
+        for (uint32_t i = 0; i < run->cfg.vcpus; i++) {
+            if (run->vcpus[i].kr)
+                munmap(run->vcpus[i].kr, run->run_size);
+            if (run->vcpus[i].fd >= 0)
+                close(run->vcpus[i].fd);
+            free(run->vcpus[i].src_page);
+        }
+        free(run->vcpus);
+    }
+    if (run->readers) {
+        for (int i = 0; i < run->nreaders; i++) {
+            if (run->readers[i].epfd >= 0)
+                close(run->readers[i].epfd);
+            free(run->readers[i].src_page);
+        }
+        free(run->readers);
+    }
+    if (run->vm_fd >= 0)
+        close(run->vm_fd);
+    if (run->kvm_fd >= 0)
+        close(run->kvm_fd);
+    if (run->demand)
+        munmap(run->demand, run->demand_size);
+    if (run->alias)
+        munmap(run->alias, run->demand_size);
+    if (run->memfd >= 0)
+        close(run->memfd);
+    if (run->sys_mem)
+        munmap(run->sys_mem, run->sys_size);
+    for (int *fd = &run->done_efd; fd; fd = fd == &run->done_efd ? &run->stop_efd :
+                                           fd == &run->stop_efd ? &run->list_efd : NULL)
+        if (*fd >= 0)
+            close(*fd);
+    if (run->barrier_init)
+        pthread_barrier_destroy(&run->barrier);
+    free(run->page_done_tsc);
+    free(run->page_read_tsc);
+    free(run->page_enq_tsc);
+    free(run->stats);
+    free(run->list);
+    free((void *)run->uf_bitmap);
+    pthread_mutex_destroy(&run->err_lock);
+    free(run);
+}
+
+/* ---------- results ---------- */
+
+int fb_run_nthreads(struct fb_run *run)
+{
+    return run->nstats;
+}
+
+int fb_run_vcpu_results(struct fb_run *run, struct fb_vcpu_result *out)
+{
+    for (uint32_t i = 0; i < run->cfg.vcpus; i++) {
+        out[i] = run->vcpus[i].res;
+        /* blocked time: sum of first-touch latencies as the guest timed them */
+        uint64_t *times = (uint64_t *)(run->sys_mem + run->vcpus[i].tsc_times);
+        uint64_t *tab = (uint64_t *)(run->sys_mem + run->vcpus[i].tsc_table);
+        uint64_t sum = 0;
+        if (run->cfg.record_latency)
+            for (uint64_t t = 0; t < out[i].touches; t++)
+                if (tab[t] & FB_TOUCH_FIRST)
+                    sum += times[2 * t + 1] - times[2 * t];
+        out[i].blocked_ns = fb_tsc_to_ns(run, sum);
+    }
+    return run->cfg.vcpus;
+}
+
+int fb_run_thread_stats(struct fb_run *run, struct fb_thread_stats *out)
+{
+    for (int i = 0; i < run->nstats; i++) {
+        out[i] = run->stats[i];
+        out[i].fetch_ns = fb_tsc_to_ns(run, out[i].fetch_ns);
+        for (int p = 0; p < FB_PARTS; p++)
+            out[i].part_ns[p] = fb_tsc_to_ns(run, out[i].part_ns[p]);
+    }
+    return run->nstats;
+}
+
+int fb_run_lock_stats(struct fb_run *run, struct fb_lock_stats *out)
+{
+    *out = run->list_lock.st;
+    out->spin_ns = fb_tsc_to_ns(run, out->spin_ns);
+    out->max_spin_ns = fb_tsc_to_ns(run, out->max_spin_ns);
+    return 1;
+}
+
+uint64_t fb_run_tsc_khz(struct fb_run *run)
+{
+    return run->tsc_khz;
+}
+
+int fb_run_thread_tids(struct fb_run *run, int32_t *out, int max)
+{
+    int n = 0;
+    for (int i = 0; i < run->nstats && n < max; i++)
+        if (run->stats[i].tid)
+            out[n++] = run->stats[i].tid;
+    return n;
+}
+
+uint64_t fb_run_pages_installed(struct fb_run *run)
+{
+    return atomic_load(&run->pages_installed);
+}
+
+int fb_run_exit_path(struct fb_run *run)
+{
+    return run->exit_path;
+}
+
+/* ---------- latency histograms ---------- */
+
+int fb_hist_index(uint64_t v)
+{
+    const int sub = 1 << FB_HIST_SUB_BITS;
+    if (v < (uint64_t)sub)
+        return (int)v;
+    int e = 63 - __builtin_clzll(v);   /* >= FB_HIST_SUB_BITS */
+    int idx = (e - FB_HIST_SUB_BITS + 1) * sub + (int)((v >> (e - FB_HIST_SUB_BITS)) & (sub - 1));
+    return idx < FB_HIST_BUCKETS ? idx : FB_HIST_BUCKETS - 1;
+}
+
+uint64_t fb_hist_lower(int idx)
+{
+    const int sub = 1 << FB_HIST_SUB_BITS;
+    if (idx < sub)
+        return (uint64_t)idx;
+    int e = idx / sub - 1 + FB_HIST_SUB_BITS;
+    uint64_t m = (uint64_t)(sub + idx % sub);
+    return m << (e - FB_HIST_SUB_BITS);
+}
+
+uint64_t fb_hist_upper(int idx)
+{
+    return fb_hist_lower(idx + 1);   /* exclusive */
+}
+
+int fb_run_latency_hist(struct fb_run *run, int vcpu, int which,
+                        uint64_t *loglin, uint64_t *log2_us)
+{
+    if (vcpu < 0 || (uint32_t)vcpu >= run->cfg.vcpus || !run->cfg.record_latency)
+        return -1;
+    struct fb_vcpu *v = &run->vcpus[vcpu];
+    uint64_t *times = (uint64_t *)(run->sys_mem + v->tsc_times);
+    uint64_t *tab = (uint64_t *)(run->sys_mem + v->tsc_table);
+    int n = 0;
+    for (uint64_t t = 0; t < v->res.touches; t++) {
+        if (((tab[t] & FB_TOUCH_FIRST) != 0) != (which == FB_TOUCH_FIRST))
+            continue;
+        uint64_t ns = fb_tsc_to_ns(run, times[2 * t + 1] - times[2 * t]);
+        loglin[fb_hist_index(ns)]++;
+        uint64_t us = ns / 1000;
+        int b = us ? 63 - __builtin_clzll(us) : 0;   /* QEMU: bucket N = [2^N, 2^(N+1)) us */
+        log2_us[b < FB_LOG2_US_BUCKETS ? b : FB_LOG2_US_BUCKETS - 1]++;
+        n++;
+    }
+    return n;
+}

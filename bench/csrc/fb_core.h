@@ -1,0 +1,150 @@
+/* Internal declarations shared by the C core's files. */
+#ifndef FB_CORE_H
+#define FB_CORE_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <stdint.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <linux/kvm.h>
+#include <linux/userfaultfd.h>
+
+#include "fb_api.h"
+
+#define FB_PAGE 4096ULL
+#define FB_PORT_DONE 0x10
+#define FB_MAX_UFFDS 1024
+
+/* guest-physical layout: the system slot (page tables, code, touch tables,
+ * timing buffers) at 0; the demand-paged region at demand_gpa (1 GiB aligned). */
+#define FB_GPA_PML4  0x1000ULL
+#define FB_GPA_PDPT  0x2000ULL
+#define FB_GPA_PD    0x3000ULL
+#define FB_GPA_CODE  0x200000ULL
+#define FB_GPA_DATA  0x400000ULL
+
+/* kvm_run.memory_fault is newer than the system's 6.1 headers */
+#define FB_KVM_EXIT_MEMORY_FAULT 39
+#define FB_KVM_RUN_MEMFAULT_OFFSET 32
+
+struct fb_run;
+
+struct fb_vcpu {
+    struct fb_run *run;
+    int id;
+    int fd;
+    struct kvm_run *kr;
+    pthread_t thread;
+    int started, joined;
+    atomic_int done;
+    struct fb_vcpu_result res;
+    struct fb_thread_stats *ts;
+    uint8_t *src_page;          /* fetch buffer for UFFDIO_COPY */
+    uint64_t tsc_table;         /* gpa of this vCPU's touch table */
+    uint64_t tsc_times;         /* gpa of this vCPU's timing buffer */
+};
+
+struct fb_reader {
+    struct fb_run *run;
+    int index;
+    int uffd_index;
+    pthread_t thread;
+    int started, joined;
+    int epfd;
+    struct fb_thread_stats *ts;
+    uint8_t *src_page;
+};
+
+/* test-and-test-and-set lock that counts its own contention */
+struct fb_spinlock {
+    atomic_int locked;
+    struct fb_lock_stats st;
+};
+
+struct fb_mech_ops {
+    const char *name;
+    int needs_sigbus;           /* vCPUs get -EFAULT instead of sleeping */
+    int (*setup)(struct fb_run *run, char *err, int errlen);
+    int (*start)(struct fb_run *run, char *err, int errlen);
+    /* a vCPU thread got -EFAULT for gpa; returns 0 to re-enter KVM_RUN */
+    int (*on_fault)(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa);
+    void (*stop)(struct fb_run *run);
+    void (*destroy)(struct fb_run *run);
+};
+
+struct fb_run {
+    struct fb_config cfg;
+    const struct fb_mech_ops *ops;
+    int kvm_fd, vm_fd;
+    int run_size;
+    uint64_t tsc_khz;
+
+    uint8_t *sys_mem;    uint64_t sys_size;
+    uint8_t *demand;     uint64_t demand_size;   uint64_t demand_gpa;
+    uint8_t *alias;      int memfd;              /* CONTINUE: second mapping */
+    uint64_t npages;
+
+    int nuffds;
+    int uffd[FB_MAX_UFFDS];
+    uint64_t uffd_span;
+
+    struct fb_vcpu *vcpus;
+    struct fb_reader *readers;
+    int nreaders;
+    struct fb_thread_stats *stats;   /* vcpus first, then readers */
+    int nstats;
+
+    atomic_int stop;
+    atomic_int vcpus_running;
+    atomic_int failed;
+    int done_efd;                    /* written when the last vCPU ends or on failure */
+    int stop_efd;                    /* readable once stop is requested */
+    pthread_mutex_t err_lock;
+    char err[256];
+    pthread_barrier_t barrier;
+    int barrier_init;
+    int started;
+
+    atomic_uint_fast64_t pages_installed;
+    int exit_path;
+
+    /* per page host timestamps (TSC) for the cost breakdown */
+    uint64_t *page_read_tsc;         /* message read / popped by a resolver */
+    uint64_t *page_done_tsc;         /* install returned */
+
+    /* async (emulated KVM_READ_USERFAULT) */
+    struct fb_spinlock list_lock;
+    uint64_t *list;                  /* ring of gfns */
+    uint64_t list_cap, list_head, list_tail;
+    _Atomic uint64_t *uf_bitmap;     /* bit set: page missing */
+    int list_efd;
+    uint64_t *page_enq_tsc;          /* vCPU pushed the gfn */
+};
+
+/* core services for mechanisms */
+void fb_fail(struct fb_run *run, const char *fmt, ...);
+uint64_t fb_tsc(void);
+uint64_t fb_tsc_to_ns(struct fb_run *run, uint64_t cycles);
+void fb_set_err(char *err, int errlen, const char *fmt, ...);
+int fb_spawn(struct fb_run *run, pthread_t *t, void *(*fn)(void *), void *arg,
+             char *err, int errlen);
+void fb_thread_begin(struct fb_thread_stats *ts);
+void fb_thread_end(struct fb_thread_stats *ts);
+int fb_uffd_open(struct fb_run *run, uint64_t features, int nonblock, char *err, int errlen);
+int fb_uffd_for_gpa(struct fb_run *run, uint64_t gpa);
+int fb_uffd_register_all(struct fb_run *run, int nuffds, uint64_t features, int nonblock,
+                         char *err, int errlen);
+/* fetch (delay + content) and install one page; returns 1 installed,
+ * 0 page was already present, -1 failure (run failed). */
+int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src_page,
+                    uint64_t gpa, int dontwake);
+void fb_lock(struct fb_spinlock *l);
+void fb_unlock(struct fb_spinlock *l);
+
+extern const struct fb_mech_ops fb_mech_none, fb_mech_prefault, fb_mech_uffd,
+    fb_mech_exits, fb_mech_async;
+
+#endif

@@ -1,0 +1,139 @@
+/* The KVM_READ_USERFAULT design (RFC, not in this kernel), emulated in
+ * userspace over real fault exits. The kernel half: the faulting vCPU thread
+ * appends the gfn to one per-VM list under a spinlock, signals an eventfd and
+ * busy-waits until the gfn's userfault bit is cleared. The userspace half:
+ * resolver threads read the eventfd, pop faults one at a time (the ioctl's
+ * -ENOENT is an empty list), install the page and clear the bit with a
+ * release store. */
+#include "fb_core.h"
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+
+static int bit_set(struct fb_run *run, uint64_t page)
+{
+    return (atomic_load_explicit(&run->uf_bitmap[page / 64], memory_order_acquire) >> (page % 64)) & 1;
+}
+
+static int async_setup(struct fb_run *run, char *err, int errlen)
+{
+    if (fb_uffd_register_all(run, 1, UFFD_FEATURE_SIGBUS, 1, err, errlen))
+        return -1;
+    run->list_cap = run->npages + run->cfg.vcpus;   /* one outstanding fault per vCPU at most */
+    run->list = calloc(run->list_cap, sizeof(uint64_t));
+    uint64_t words = (run->npages + 63) / 64;
+    run->uf_bitmap = calloc(words, sizeof(uint64_t));
+    if (!run->list || !run->uf_bitmap) {
+        fb_set_err(err, errlen, "async: out of memory for the fault list");
+        return -1;
+    }
+    for (uint64_t w = 0; w < words; w++)
+        run->uf_bitmap[w] = ~0ULL;   /* every page starts missing */
+    run->list_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (run->list_efd < 0) {
+        fb_set_err(err, errlen, "eventfd: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int async_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa)
+{
+    struct fb_thread_stats *ts = v->ts;
+    uint64_t page = (gpa - run->demand_gpa) / FB_PAGE;
+    uint64_t one = 1;
+    if (page >= run->npages) {
+        fb_fail(run, "vCPU %d: fault at gpa 0x%llx outside guest memory", v->id, (unsigned long long)gpa);
+        return -1;
+    }
+    if (!bit_set(run, page))
+        return 0;   /* resolved since the exit: just re-enter */
+    uint64_t t0 = fb_tsc();
+    fb_lock(&run->list_lock);
+    run->list[run->list_tail++ % run->list_cap] = page;
+    fb_unlock(&run->list_lock);
+    run->page_enq_tsc[page] = t0;
+    if (write(run->list_efd, &one, sizeof(one)) < 0) {
+        fb_fail(run, "vCPU %d: eventfd write: %s", v->id, strerror(errno));
+        return -1;
+    }
+    uint64_t t1 = fb_tsc();
+    ts->part_ns[FB_PART_ENQUEUE] += t1 - t0;
+    ts->part_count[FB_PART_ENQUEUE]++;
+    /* the busy-wait; yielding because hundreds of vCPU threads share 2 pCPUs */
+    while (bit_set(run, page)) {
+        if (atomic_load_explicit(&run->stop, memory_order_relaxed))
+            return -1;
+        sched_yield();
+    }
+    uint64_t t2 = fb_tsc();
+    uint64_t done = run->page_done_tsc[page];
+    if (done && done < t2) {
+        ts->part_ns[FB_PART_WAKE] += t2 - done;
+        ts->part_count[FB_PART_WAKE]++;
+    }
+    return 0;
+}
+
+static void *resolver_thread(void *arg)
+{
+    struct fb_reader *r = arg;
+    struct fb_run *run = r->run;
+    struct fb_thread_stats *ts = r->ts;
+    struct pollfd pf[2] = { { .fd = run->list_efd, .events = POLLIN }, { .fd = run->stop_efd, .events = POLLIN } };
+
+    fb_thread_begin(ts);
+    while (!atomic_load_explicit(&run->stop, memory_order_relaxed)) {
+        uint64_t cnt;
+        if (poll(pf, 2, -1) < 0 || pf[1].revents)
+            continue;
+        if (read(run->list_efd, &cnt, sizeof(cnt)) < 0 && errno != EAGAIN)
+            break;
+        for (;;) {   /* KVM_READ_USERFAULT until -ENOENT */
+            uint64_t page;
+            fb_lock(&run->list_lock);
+            if (run->list_head == run->list_tail) {
+                fb_unlock(&run->list_lock);
+                break;
+            }
+            page = run->list[run->list_head++ % run->list_cap];
+            fb_unlock(&run->list_lock);
+            uint64_t t = fb_tsc();
+            run->page_read_tsc[page] = t;
+            if (run->page_enq_tsc[page] && run->page_enq_tsc[page] < t) {
+                ts->part_ns[FB_PART_QUEUE] += t - run->page_enq_tsc[page];
+                ts->part_count[FB_PART_QUEUE]++;
+            }
+            ts->faults++;
+            if (fb_resolve_page(run, ts, r->src_page, run->demand_gpa + page * FB_PAGE, 1) < 0)
+                goto out;
+            atomic_fetch_and_explicit(&run->uf_bitmap[page / 64], ~(1ULL << (page % 64)),
+                                      memory_order_release);
+        }
+    }
+out:
+    fb_thread_end(ts);
+    return NULL;
+}
+
+static int async_start(struct fb_run *run, char *err, int errlen)
+{
+    for (int i = 0; i < run->nreaders; i++) {
+        if (fb_spawn(run, &run->readers[i].thread, resolver_thread, &run->readers[i], err, errlen))
+            return -1;
+        run->readers[i].started = 1;
+    }
+    return 0;
+}
+
+const struct fb_mech_ops fb_mech_async = {
+    .name = "async",
+    .needs_sigbus = 1,
+    .setup = async_setup,
+    .start = async_start,
+    .on_fault = async_on_fault,
+};

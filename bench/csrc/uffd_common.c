@@ -1,0 +1,48 @@
+/* Registering the demand region with one or more userfaultfds; shared by the
+ * uffd, exits and async mechanisms. */
+#include "fb_core.h"
+#include <errno.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+int fb_uffd_register_all(struct fb_run *run, int nuffds, uint64_t features, int nonblock,
+                         char *err, int errlen)
+{
+    int minor = run->cfg.resolve == FB_RESOLVE_CONTINUE;
+    if (nuffds < 1 || nuffds > FB_MAX_UFFDS) {
+        fb_set_err(err, errlen, "userfaultfd count %d out of range 1..%d", nuffds, FB_MAX_UFFDS);
+        return -1;
+    }
+    if (minor)
+        features |= UFFD_FEATURE_MINOR_SHMEM;
+    run->nuffds = nuffds;
+    run->uffd_span = (run->demand_size / nuffds + FB_PAGE - 1) / FB_PAGE * FB_PAGE;
+    for (int k = 0; k < nuffds; k++) {
+        uint64_t start = (uint64_t)k * run->uffd_span;
+        uint64_t len = run->uffd_span;
+        if (start >= run->demand_size) {
+            fb_set_err(err, errlen, "%d userfaultfds leave some empty", nuffds);
+            return -1;
+        }
+        if (start + len > run->demand_size)
+            len = run->demand_size - start;
+        run->uffd[k] = fb_uffd_open(run, features, nonblock, err, errlen);
+        if (run->uffd[k] < 0)
+            return -1;
+        struct uffdio_register reg = {
+            .range = { .start = (uint64_t)(uintptr_t)(run->demand + start), .len = len },
+            .mode = minor ? UFFDIO_REGISTER_MODE_MINOR : UFFDIO_REGISTER_MODE_MISSING,
+        };
+        if (ioctl(run->uffd[k], UFFDIO_REGISTER, &reg) < 0) {
+            fb_set_err(err, errlen, "UFFDIO_REGISTER (%s): %s", minor ? "MINOR" : "MISSING",
+                       strerror(errno));
+            return -1;
+        }
+        uint64_t need = minor ? (1ULL << _UFFDIO_CONTINUE) : (1ULL << _UFFDIO_COPY);
+        if (!(reg.ioctls & need)) {
+            fb_set_err(err, errlen, "userfaultfd range lacks %s", minor ? "UFFDIO_CONTINUE" : "UFFDIO_COPY");
+            return -1;
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,95 @@
+"""Generates the guest's x86-64 code.
+
+The guest runs in 64-bit mode at CPL 3 (the only mode that runs natively on a
+PVM host: see PLATFORM.md). Each vCPU walks its touch table: every entry is a
+page offset with flags (FB_TOUCH_READ, FB_TOUCH_FIRST). For each entry it
+touches the page (write or read at offset 64, so the fault is delivered), then
+checks the page's first 16 bytes against the expected content: the page's own
+guest-physical address and the run seed. With timing on, rdtsc before and after
+the touch go to the vCPU's timing buffer. At the end, `out 0x10` tells the host.
+
+Registers set by the host: rsi = touch table, rcx = entries, rdi = timing
+buffer, r8 = expected seed, r9 = address mask (0 for zero-filled memory),
+r13 = the value written. r12 counts pages whose content was wrong. rbx holds
+the touched page's address at every faulting instruction: the exits mechanism
+reads it from the synced registers.
+"""
+
+DONE_PORT = 0x10
+FAULT_ADDRESS_REGISTER = "rbx"
+
+
+class Asm:
+    """Just enough of an assembler: raw bytes plus labelled rel8/rel32 jumps."""
+
+    def __init__(self):
+        self.code = bytearray()
+        self.labels = {}
+        self.fixups = []  # (position of displacement, size, label)
+
+    def emit(self, *chunks):
+        for c in chunks:
+            self.code += bytes(c)
+
+    def label(self, name):
+        self.labels[name] = len(self.code)
+
+    def jump(self, opcode, label, size):
+        self.code += bytes(opcode)
+        self.fixups.append((len(self.code), size, label))
+        self.code += bytes(size)
+
+    def assemble(self):
+        for pos, size, label in self.fixups:
+            rel = self.labels[label] - (pos + size)
+            lo, hi = (-128, 127) if size == 1 else (-(1 << 31), (1 << 31) - 1)
+            if not lo <= rel <= hi:
+                raise ValueError(f"jump to {label} out of range for rel{size * 8}")
+            self.code[pos:pos + size] = rel.to_bytes(size, "little", signed=True)
+        return bytes(self.code)
+
+
+RDTSC_TO_RAX = [
+    (0x0F, 0x31),              # rdtsc
+    (0x48, 0xC1, 0xE2, 0x20),  # shl rdx, 32
+    (0x48, 0x09, 0xD0),        # or rax, rdx
+]
+
+
+def touch_loop(record_latency: bool = True) -> bytes:
+    a = Asm()
+    a.label("loop")
+    a.emit((0x48, 0x8B, 0x1E))                    # mov rbx, [rsi]
+    if record_latency:
+        a.emit(*RDTSC_TO_RAX)
+        a.emit((0x48, 0x89, 0x07))                # mov [rdi], rax        (start)
+    a.emit((0x48, 0x89, 0xD8))                    # mov rax, rbx
+    a.emit((0x48, 0x81, 0xE3, 0x00, 0xF0, 0xFF, 0xFF))  # and rbx, -4096
+    a.emit((0xA8, 0x01))                          # test al, FB_TOUCH_READ
+    a.jump((0x75,), "read", 1)                    # jnz read
+    a.emit((0x4C, 0x89, 0x6B, 0x40))              # mov [rbx+64], r13     (write touch)
+    a.jump((0xEB,), "touched", 1)                 # jmp touched
+    a.label("read")
+    a.emit((0x48, 0x8B, 0x43, 0x40))              # mov rax, [rbx+64]     (read touch)
+    a.label("touched")
+    if record_latency:
+        a.emit(*RDTSC_TO_RAX)
+        a.emit((0x48, 0x89, 0x47, 0x08))          # mov [rdi+8], rax      (end)
+        a.emit((0x48, 0x83, 0xC7, 0x10))          # add rdi, 16
+    # content check: ((rbx & r9) ^ [rbx]) | ([rbx+8] ^ r8) must be 0
+    a.emit((0x48, 0x89, 0xD8))                    # mov rax, rbx
+    a.emit((0x4C, 0x21, 0xC8))                    # and rax, r9
+    a.emit((0x48, 0x33, 0x03))                    # xor rax, [rbx]
+    a.emit((0x48, 0x8B, 0x53, 0x08))              # mov rdx, [rbx+8]
+    a.emit((0x4C, 0x31, 0xC2))                    # xor rdx, r8
+    a.emit((0x48, 0x09, 0xD0))                    # or rax, rdx
+    a.jump((0x74,), "ok", 1)                      # jz ok
+    a.emit((0x49, 0xFF, 0xC4))                    # inc r12
+    a.label("ok")
+    a.emit((0x48, 0x83, 0xC6, 0x08))              # add rsi, 8
+    a.emit((0x48, 0xFF, 0xC9))                    # dec rcx
+    a.jump((0x0F, 0x85), "loop", 4)               # jnz loop
+    a.label("done")
+    a.emit((0xE6, DONE_PORT))                     # out DONE_PORT, al
+    a.jump((0xEB,), "done", 1)                    # jmp done (never re-entered)
+    return a.assemble()

@@ -1,0 +1,676 @@
+"""Kernel lock-contention measurement from tracepoints, in a private tracefs instance.
+
+Uses lock:contention_begin/contention_end (with a stacktrace trigger on begin) and
+the mmap_lock:* events, recorded into ``instances/<prefix>-<pid>-<n>`` so the global
+trace buffer and other tracers are not disturbed.  Everything changed is undone by
+``cleanup()`` (events, trigger, options, instance, and the tracefs mount if we made it).
+
+Timestamps: the text ``trace`` output prints microseconds only; the ``raw`` output
+option prints exact nanoseconds but no event fields.  The buffer is read both ways
+(tracing is off, so both reads see the same entries in the same order) and zipped;
+if the two do not line up, microsecond timestamps are used and the summary says
+``time_resolution_ns: 1000``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import bisect
+import collections
+import ctypes
+import ctypes.util
+import errno
+import itertools
+import os
+import re
+import threading
+import time
+import weakref
+
+TRACEFS = "/sys/kernel/tracing"
+LOCK_EVENTS = ("contention_begin", "contention_end")
+MMAP_EVENTS = ("mmap_lock_start_locking", "mmap_lock_acquire_returned", "mmap_lock_released")
+
+# Stack frames whose names contain one of these are lock/tracing internals, not the
+# caller we want to blame.
+_INTERNAL_FRAME_PARTS = (
+    "spin_lock", "queued_", "_raw_", "mutex_lock", "rwsem", "down_", "lock_acquire",
+    "contention", "__pv_", "osq_", "rt_mutex", "rwbase", "percpu_down", "trace_event",
+    "__traceiter", "read_lock", "write_lock", "mutex_spin", "mutex_optimistic",
+)
+
+_counter = itertools.count()
+_live = weakref.WeakSet()          # tracers to clean up at interpreter exit
+_mount_lock = threading.RLock()   # re-entrant: cleanup may run from a signal handler
+_mount_users = 0                   # tracers in this process relying on a mount we made
+_we_mounted = False
+
+_libc = None
+
+
+class TraceUnavailable(Exception):
+    """Tracing cannot be set up; the message names what is missing."""
+
+
+# ----------------------------------------------------------------------------- mounts
+
+def _libc_handle():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return _libc
+
+
+def _unescape_mount(s: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+def tracefs_mount_count(path: str = TRACEFS) -> int:
+    """Number of tracefs mounts stacked on ``path`` (0 = not mounted)."""
+    n = 0
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                parts = left.split()
+                if len(parts) >= 5 and _unescape_mount(parts[4]) == path and right.split()[:1] == ["tracefs"]:
+                    n += 1
+    except OSError:
+        pass
+    return n
+
+
+def _mount_tracefs(path: str = TRACEFS) -> None:
+    libc = _libc_handle()
+    if libc.mount(b"nodev", path.encode(), b"tracefs", 0, None) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def _umount_tracefs(path: str = TRACEFS) -> None:
+    libc = _libc_handle()
+    for _ in range(20):
+        if libc.umount2(path.encode(), 0) == 0:
+            return
+        e = ctypes.get_errno()
+        if e != errno.EBUSY:
+            raise OSError(e, os.strerror(e))
+        time.sleep(0.05)
+    # Someone holds a file open: detach so the mount table is as we found it.
+    if libc.umount2(path.encode(), 2) != 0:  # MNT_DETACH
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+class _TracefsView:
+    """Temporarily make tracefs visible (mount if needed, unmount afterwards)."""
+
+    def __enter__(self):
+        self.mounted = False
+        if tracefs_mount_count() == 0:
+            _mount_tracefs()
+            self.mounted = True
+        return TRACEFS
+
+    def __exit__(self, *exc):
+        if self.mounted:
+            _umount_tracefs()
+        return False
+
+
+def leftover_instances(prefix: str = "faultbench") -> list[str]:
+    """Names of tracefs instances starting with ``prefix-`` (instances outlive umount,
+    so tracefs is mounted temporarily to look)."""
+    try:
+        with _TracefsView() as root:
+            d = os.path.join(root, "instances")
+            return sorted(n for n in os.listdir(d) if n.startswith(prefix + "-"))
+    except OSError:
+        return []
+
+
+def enabled_events_in(instance_path: str) -> list[str]:
+    """``system:event`` names enabled in an instance (or the top level tracefs dir)."""
+    try:
+        with open(os.path.join(instance_path, "set_event")) as f:
+            return sorted(l.strip() for l in f if l.strip() and not l.startswith("#"))
+    except OSError:
+        pass
+    out = []
+    ev = os.path.join(instance_path, "events")
+    for system in sorted(os.listdir(ev)) if os.path.isdir(ev) else ():
+        sdir = os.path.join(ev, system)
+        if not os.path.isdir(sdir):
+            continue
+        for name in sorted(os.listdir(sdir)):
+            try:
+                with open(os.path.join(sdir, name, "enable")) as f:
+                    if f.read().strip().startswith("1"):
+                        out.append(f"{system}:{name}")
+            except OSError:
+                continue
+    return out
+
+
+# ----------------------------------------------------------------------------- parsing
+
+# "  python3-3090    [001] d..1.   272.548046: contention_begin: ffff888... (flags=SPIN)"
+_ENTRY_RE = re.compile(
+    r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
+    r"(?:(?P<irq>[^\s\[]{4,6})\s+)?(?P<sec>\d+)\.(?P<usec>\d{6}):\s+(?P<event>[^:]+)(?::\s?(?P<rest>.*))?$"
+)
+_RAW_RE = re.compile(r"^(\d+) (\d+) (\d+) ")
+_BEGIN_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]+) \(flags=([^)]*)\)")
+_END_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]+) \(ret=(-?\d+)\)")
+_MM_RE = re.compile(r"mm=(\S+)")
+_WRITE_RE = re.compile(r"write=(\w+)")
+_SUCCESS_RE = re.compile(r"success=(\w+)")
+_LOST_RE = re.compile(r"LOST (\d+) EVENTS")
+_HEADER_RE = re.compile(r"entries-in-buffer/entries-written:\s*(\d+)/(\d+)")
+
+
+def _is_internal(frame: str) -> bool:
+    name = frame.split("+", 1)[0]
+    return any(p in name for p in _INTERNAL_FRAME_PARTS)
+
+
+def _strip_len(frame: str) -> str:
+    # "func+0x1a3/0x200" -> "func+0x1a3"
+    return frame.split("/", 1)[0]
+
+
+def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
+                resolve_symbol=None, top=5, events_lost=0) -> dict:
+    """Build the summary from the text ``trace`` lines (and optionally the same buffer
+    printed with the ``raw`` option, which carries nanosecond timestamps).
+
+    ``tids``: keep only events of these pids (None = all).  ``resolve_symbol``:
+    callable(addr_int) -> str|None for unhashed addresses.
+    """
+    tidset = None if tids is None else {int(t) for t in tids}
+
+    raw_pid, raw_cpu, raw_ts = [], [], []
+    if raw_lines is not None:
+        for line in raw_lines:
+            m = _RAW_RE.match(line)
+            if m:
+                raw_pid.append(int(m.group(1)))
+                raw_cpu.append(int(m.group(2)))
+                raw_ts.append(int(m.group(3)))
+    use_raw = raw_lines is not None and len(raw_ts) > 0
+
+    # Pass 1: collect kept entries; each keeps its index into the raw list.
+    entries = []      # [idx, pid, cpu, ts_us_ns, event, rest, irq, stack(list)|None]
+    last_kept = None  # stack frames follow the "<stack trace>" entry they belong to
+    unparsed = 0
+    lost_lines = 0
+    header_in = header_written = None
+    idx = -1
+    for line in text_lines:
+        if not line.strip():
+            continue
+        if line.startswith("#"):
+            m = _HEADER_RE.search(line)
+            if m:
+                header_in, header_written = int(m.group(1)), int(m.group(2))
+            continue
+        if line.startswith(" => "):
+            if last_kept is not None and last_kept[4] == "<stack trace>":
+                last_kept[7].append(line[4:].strip())
+            continue
+        m = _ENTRY_RE.match(line)
+        if not m:
+            lm = _LOST_RE.search(line)
+            if lm:
+                lost_lines += int(lm.group(1))
+            elif "buffer started" not in line:
+                unparsed += 1
+            last_kept = None
+            continue
+        idx += 1
+        pid, cpu = int(m.group("pid")), int(m.group("cpu"))
+        ts_us = int(m.group("sec")) * 1_000_000 + int(m.group("usec"))
+        if use_raw:
+            # Same order in both reads; the kernel rounds ns to the nearest us in text.
+            if (idx >= len(raw_ts) or raw_pid[idx] != pid or raw_cpu[idx] != cpu
+                    or (raw_ts[idx] + 500) // 1000 != ts_us):
+                use_raw = False
+        if tidset is not None and pid not in tidset:
+            last_kept = None
+            continue
+        ev = m.group("event").strip()
+        last_kept = [idx, pid, cpu, ts_us * 1000, ev, m.group("rest") or "", m.group("irq") or "",
+                     [] if ev == "<stack trace>" else None]
+        entries.append(last_kept)
+    if use_raw and idx + 1 != len(raw_ts):
+        use_raw = False
+
+    def ts(e):
+        return raw_ts[e[0]] if use_raw else e[3]
+
+    # Pass 2: pairing.
+    pending = collections.defaultdict(list)   # pid-key -> stack of open contentions
+    last_begin = {}                           # (pid, cpu) -> contention awaiting its stack
+    mm_pending = {}                           # (pid, mm) -> (start ts, write)
+    mm_windows = collections.defaultdict(list)
+    waits = []                                # finished contentions
+    unmatched_ends = 0
+    irq_contentions = 0
+    mm = {"acquisitions": 0, "wait_ns_total": 0, "wait_ns_max": 0, "contended": 0, "write": 0}
+    mm_waits = []                             # (pid, start, end) for the contended check
+    pids_seen = set()
+
+    for e in entries:
+        idx_, pid, cpu, _, ev, rest, irq, stack = e
+        key = (pid, cpu) if pid == 0 else pid   # idle tasks are per CPU, all pid 0
+        pids_seen.add(pid)
+        t = ts(e)
+        if ev == "contention_begin":
+            m = _BEGIN_RE.match(rest)
+            if not m:
+                unparsed += 1
+                continue
+            addr, flags = m.group(1), m.group(2) or "NONE"
+            st = pending[key]
+            if st and st[-1]["lock"] == addr:
+                # mutexes emit begin twice (spin, then sleep) before one end: keep the
+                # first timestamp, take the later flags.
+                st[-1]["flags"] = flags
+            else:
+                rec = {"lock": addr, "flags": flags, "t0": t, "stack": None, "stack_t": None,
+                       "irq": len(irq) >= 3 and irq[2] in "hHsz", "pid": pid}
+                st.append(rec)
+                last_begin[(pid, cpu)] = rec
+        elif ev == "<stack trace>":
+            rec = last_begin.pop((pid, cpu), None)
+            if rec is not None and rec["stack"] is None:
+                rec["stack"] = stack
+                rec["stack_t"] = t
+        elif ev == "contention_end":
+            m = _END_RE.match(rest)
+            if not m:
+                unparsed += 1
+                continue
+            addr = m.group(1)
+            st = pending[key]
+            for i in range(len(st) - 1, -1, -1):
+                if st[i]["lock"] == addr:
+                    rec = st.pop(i)
+                    rec["wait"] = max(0, t - rec["t0"])
+                    rec["t1"] = t
+                    waits.append(rec)
+                    if rec["irq"]:
+                        irq_contentions += 1
+                    break
+            else:
+                unmatched_ends += 1
+        elif ev == "mmap_lock_start_locking":
+            mmm = _MM_RE.search(rest)
+            wm = _WRITE_RE.search(rest)
+            mm_pending[(pid, mmm.group(1) if mmm else "?")] = (t, bool(wm and wm.group(1) == "true"))
+        elif ev == "mmap_lock_acquire_returned":
+            mmm = _MM_RE.search(rest)
+            sm = _SUCCESS_RE.search(rest)
+            wm = _WRITE_RE.search(rest)
+            if sm and sm.group(1) != "true":
+                mm_pending.pop((pid, mmm.group(1) if mmm else "?"), None)
+                continue
+            mm["acquisitions"] += 1
+            if wm and wm.group(1) == "true":
+                mm["write"] += 1
+            start = mm_pending.pop((pid, mmm.group(1) if mmm else "?"), None)
+            if start is not None:
+                w = max(0, t - start[0])
+                mm["wait_ns_total"] += w
+                mm["wait_ns_max"] = max(mm["wait_ns_max"], w)
+                mm_waits.append((pid, start[0], t))
+        elif ev == "mmap_lock_released":
+            pass
+        # other events (none enabled by us) are ignored
+
+    unmatched_begins = sum(len(v) for v in pending.values())
+
+    # An mmap_lock acquisition is "contended" when its thread hit lock:contention_begin
+    # between start_locking and acquire_returned (rwsem slowpath); resolution-independent.
+    begins_by_pid = collections.defaultdict(list)
+    for rec in waits:
+        begins_by_pid[rec["pid"]].append(rec["t0"])
+    for st in pending.values():
+        for rec in st:
+            begins_by_pid[rec["pid"]].append(rec["t0"])
+    for v in begins_by_pid.values():
+        v.sort()
+    for pid, t0, t1 in mm_waits:
+        v = begins_by_pid.get(pid)
+        if v:
+            i = bisect.bisect_left(v, t0)
+            if i < len(v) and v[i] <= t1:
+                mm["contended"] += 1
+
+    by_type = {}
+    per_lock = {}
+    stack_ns = 0
+    for rec in waits:
+        bt = by_type.setdefault(rec["flags"], {"count": 0, "wait_ns_total": 0})
+        bt["count"] += 1
+        bt["wait_ns_total"] += rec["wait"]
+        if rec["stack_t"] is not None and rec["stack_t"] <= rec["t1"]:
+            stack_ns += rec["stack_t"] - rec["t0"]
+        pl = per_lock.get(rec["lock"])
+        if pl is None:
+            pl = per_lock[rec["lock"]] = {"count": 0, "wait_ns_total": 0, "wait_ns_max": 0,
+                                          "types": collections.Counter(),
+                                          "sites": collections.Counter(), "site_stack": {}}
+        pl["count"] += 1
+        pl["wait_ns_total"] += rec["wait"]
+        pl["wait_ns_max"] = max(pl["wait_ns_max"], rec["wait"])
+        pl["types"][rec["flags"]] += 1
+        frames = [_strip_len(f) for f in (rec["stack"] or [])]
+        site = next((f for f in frames if not _is_internal(f)), None)
+        if site is not None:
+            pl["sites"][site] += rec["wait"] + 1
+            best = pl["site_stack"].get(site)
+            if best is None or rec["wait"] > best[0]:
+                # keep the frames from the call site on, lock internals dropped
+                pl["site_stack"][site] = (rec["wait"], frames[frames.index(site):][:8])
+
+    top_locks = []
+    for addr, pl in sorted(per_lock.items(), key=lambda kv: -kv[1]["wait_ns_total"])[:top]:
+        site = pl["sites"].most_common(1)[0][0] if pl["sites"] else None
+        sym = None
+        if not addresses_hashed and resolve_symbol is not None:
+            try:
+                sym = resolve_symbol(int(addr, 16))
+            except ValueError:
+                sym = None
+        top_locks.append({
+            "lock": addr, "symbol": sym, "call_site": site,
+            "stack": pl["site_stack"][site][1] if site else [],
+            "count": pl["count"], "wait_ns_total": pl["wait_ns_total"],
+            "wait_ns_max": pl["wait_ns_max"], "type": pl["types"].most_common(1)[0][0],
+        })
+
+    if header_in is not None and header_written is not None:
+        events_lost = max(events_lost, header_written - header_in)
+    events_lost = max(events_lost, lost_lines)
+
+    return {
+        "contentions": len(waits),
+        "wait_ns_total": sum(r["wait"] for r in waits),
+        "wait_ns_max": max((r["wait"] for r in waits), default=0),
+        "by_type": by_type,
+        "top_locks": top_locks,
+        "unmatched_begins": unmatched_begins,
+        "unmatched_ends": unmatched_ends,
+        "mmap_lock": mm,
+        "events_lost": events_lost,
+        "threads_seen": len(pids_seen),
+        "unparsed_lines": unparsed,
+        "time_resolution_ns": 1 if use_raw else 1000,
+        "addresses_hashed": bool(addresses_hashed),
+        "irq_contentions": irq_contentions,
+        # Time from contention_begin to the end of the stacktrace trigger's unwind:
+        # instrumentation cost included in wait_ns_total.
+        "stacktrace_ns_total": stack_ns,
+    }
+
+
+# ----------------------------------------------------------------------------- symbols
+
+class _Kallsyms:
+    """Nearest-preceding data symbol lookup for static kernel lock addresses."""
+
+    def __init__(self, path="/proc/kallsyms"):
+        addrs, names = [], []
+        self.text_lo = self.end = None
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                a = int(parts[0], 16)
+                if a == 0:
+                    continue
+                if parts[2] == "_text":
+                    self.text_lo = a
+                elif parts[2] == "_end":
+                    self.end = a
+                if parts[1] in "dDbBrR":
+                    addrs.append(a)
+                    names.append(parts[2])
+        order = sorted(range(len(addrs)), key=addrs.__getitem__)
+        self.addrs = [addrs[i] for i in order]
+        self.names = [names[i] for i in order]
+
+    def lookup(self, addr: int):
+        if not self.addrs:
+            return None
+        core = self.text_lo is not None and self.end is not None and self.text_lo <= addr < self.end
+        i = bisect.bisect_right(self.addrs, addr) - 1
+        if i < 0:
+            return None
+        off = addr - self.addrs[i]
+        # Outside the core image, only trust a close module data symbol.
+        if not core and (addr < 0xffffffff80000000 or off > 4096):
+            return None
+        return self.names[i] if off == 0 else f"{self.names[i]}+{off:#x}"
+
+
+# ----------------------------------------------------------------------------- tracer
+
+class LockTracer:
+    def __init__(self, name_prefix="faultbench", top=5, buffer_kb=16384):
+        self.name_prefix = name_prefix
+        self.top = top
+        self.buffer_kb = buffer_kb
+        self.instance = None
+        self.path = None
+        self._undo = []            # teardown actions, run LIFO, each at most once
+        self._lock = threading.RLock()
+        self._hashed = True
+        self.mmap_events = []
+
+    # -- helpers
+    def _w(self, rel, value):
+        with open(os.path.join(self.path, rel), "w") as f:
+            f.write(value)
+
+    def _r(self, rel):
+        with open(os.path.join(self.path, rel)) as f:
+            return f.read()
+
+    def _set_option(self, name, value):
+        """Set an instance option; return True if it exists. Restored at teardown."""
+        rel = os.path.join("options", name)
+        try:
+            old = self._r(rel).strip()
+        except OSError:
+            return False
+        if old != value:
+            self._w(rel, value)
+            self._undo.append(lambda: self._w(rel, old))
+        return True
+
+    # -- API
+    def start(self) -> None:
+        global _mount_users, _we_mounted
+        with self._lock:
+            if self.path is not None:
+                raise RuntimeError("LockTracer already started")
+            try:
+                self._start()
+            except BaseException:
+                self.cleanup()
+                raise
+
+    def _start(self):
+        global _mount_users, _we_mounted
+        with _mount_lock:
+            if tracefs_mount_count() == 0:
+                try:
+                    _mount_tracefs()
+                except OSError as e:
+                    raise TraceUnavailable(f"tracefs: cannot mount at {TRACEFS}: {e.strerror}") from None
+                _we_mounted = True
+            if _we_mounted:
+                _mount_users += 1
+                self._undo.append(_release_mount)
+        top = TRACEFS
+        for ev in LOCK_EVENTS:
+            if not os.path.isdir(os.path.join(top, "events", "lock", ev)):
+                raise TraceUnavailable(f"tracefs lock:{ev} event not available: "
+                                       f"no {top}/events/lock/{ev}")
+        self.instance = f"{self.name_prefix}-{os.getpid()}-{next(_counter)}"
+        path = os.path.join(top, "instances", self.instance)
+        try:
+            os.mkdir(path)
+        except OSError as e:
+            raise TraceUnavailable(f"tracefs instance: cannot create {path}: {e.strerror}") from None
+        self.path = path
+        self._undo.append(self._rmdir)
+        _live.add(self)
+
+        self._w("tracing_on", "0")
+        self._undo.append(lambda: self._w("tracing_on", "0"))
+        self._w("buffer_size_kb", str(int(self.buffer_kb)))
+        try:
+            self._w("trace_clock", "mono")   # ns since boot, same on all CPUs
+        except OSError:
+            pass
+        # Raw addresses (so static locks resolve) and "func+off/len" frames.
+        self._hashed = not self._set_option("hash-ptr", "0")
+        self._set_option("sym-offset", "1")
+        self._set_option("raw", "0")
+
+        for ev in LOCK_EVENTS:
+            self._enable(f"events/lock/{ev}")
+        trig = "events/lock/contention_begin/trigger"
+        self._w(trig, "stacktrace")
+        self._undo.append(lambda: self._w(trig, "!stacktrace"))
+
+        self.mmap_events = []
+        for ev in MMAP_EVENTS:
+            if os.path.isdir(os.path.join(path, "events", "mmap_lock", ev)):
+                self._enable(f"events/mmap_lock/{ev}")
+                self.mmap_events.append(ev)
+
+        self._w("tracing_on", "1")
+
+    def _enable(self, rel):
+        self._w(os.path.join(rel, "enable"), "1")
+        self._undo.append(lambda: self._w(os.path.join(rel, "enable"), "0"))
+
+    def _rmdir(self):
+        path, self.path = self.path, None
+        for _ in range(40):
+            try:
+                os.rmdir(path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+                time.sleep(0.05)   # a reader still has a file open
+        os.rmdir(path)
+
+    def _stats_lost(self):
+        lost = 0
+        pc = os.path.join(self.path, "per_cpu")
+        for cpu in os.listdir(pc):
+            try:
+                with open(os.path.join(pc, cpu, "stats")) as f:
+                    for line in f:
+                        k, _, v = line.partition(":")
+                        if k.strip() in ("overrun", "dropped events"):
+                            lost += int(v.split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+        return lost
+
+    def stop(self, tids) -> dict:
+        with self._lock:
+            if self.path is None:
+                raise RuntimeError("LockTracer not started")
+            try:
+                self._w("tracing_on", "0")
+                lost = self._stats_lost()
+                text = self._r("trace").splitlines()
+                raw = None
+                try:
+                    self._w("options/raw", "1")
+                    try:
+                        raw = self._r("trace").splitlines()
+                    finally:
+                        self._w("options/raw", "0")
+                except OSError:
+                    raw = None
+                hashed = self._hashed
+            finally:
+                self.cleanup()
+            resolver = None
+            if not hashed:
+                cache = {}
+
+                def resolver(addr):
+                    # Only static kernel addresses can be symbols; load kallsyms lazily.
+                    if addr < 0xffffffff80000000:
+                        return None
+                    if "k" not in cache:
+                        try:
+                            cache["k"] = _Kallsyms()
+                        except OSError:
+                            cache["k"] = None
+                    return cache["k"].lookup(addr) if cache["k"] else None
+            summary = parse_trace(text, raw, tids=tids, addresses_hashed=hashed,
+                                  resolve_symbol=resolver, top=self.top, events_lost=lost)
+            summary["mmap_lock_events"] = list(self.mmap_events)
+            return summary
+
+    def cleanup(self) -> None:
+        """Undo everything start() did. Idempotent and re-entrant: each action is popped
+        before it runs, so a signal arriving mid-cleanup cannot run one twice."""
+        errors = []
+        while self._undo:
+            action = self._undo.pop()
+            try:
+                action()
+            except OSError as e:
+                errors.append(e)
+        _live.discard(self)
+        # Best effort: teardown must not mask the caller's exception; keep for diagnosis.
+        self.cleanup_errors = errors
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
+        return False
+
+    def __del__(self):
+        try:
+            self.cleanup()
+        except Exception:
+            pass
+
+
+def _release_mount():
+    global _mount_users, _we_mounted
+    with _mount_lock:
+        _mount_users -= 1
+        if _mount_users == 0 and _we_mounted:
+            _we_mounted = False
+            if tracefs_mount_count() > 0:
+                _umount_tracefs()
+
+
+@atexit.register
+def _cleanup_all():
+    # Safety net for tracers the caller forgot to stop.
+    for t in list(_live):
+        try:
+            t.cleanup()
+        except Exception:
+            pass

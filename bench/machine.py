@@ -1,0 +1,177 @@
+"""What a result came from: the machine and kernel, and the harness itself.
+
+Every probe here degrades to None instead of raising: a missing /sys file on
+some kernel must not cost a benchmark run. KVM and userfaultfd probes live
+elsewhere and come in through `extra`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import socket
+import subprocess
+import sys
+
+# Local outputs of the harness itself: writing them must not make a tree "dirty".
+HARNESS_OUTPUT_DIRS = ("results/", "report/")
+
+THP_DIR = "/sys/kernel/mm/transparent_hugepage"
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes."""
+    text = _read("/proc/meminfo") or ""
+    values = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        fields = rest.split()
+        if fields and fields[0].isdigit():
+            scale = 1024 if len(fields) > 1 and fields[1] == "kB" else 1
+            values[key] = int(fields[0]) * scale
+    return values
+
+
+def mem_available_bytes() -> int | None:
+    """MemAvailable: what can be allocated without swapping, or None."""
+    return _meminfo().get("MemAvailable")
+
+
+def _bracketed(path: str) -> str | None:
+    """The selected value of a sysfs choice file: "always [madvise] never"."""
+    text = _read(path)
+    if text is None:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else text
+
+
+def _cpu_model() -> str | None:
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return platform.processor() or None
+
+
+def _count_cpu_list(cpu_list: str) -> int:
+    """Number of CPUs in a kernel CPU list such as "0-3,8,10-11"."""
+    count = 0
+    for part in cpu_list.split(","):
+        if not part.strip():
+            continue
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
+
+
+def _pyperf_metadata(machine: dict) -> None:
+    # pyperf's collector is private API: a new pyperf may move or change it.
+    try:
+        from pyperf._collect_metadata import collect_metadata
+        metadata = collect_metadata()
+        machine["pyperf"] = {
+            str(key): value if isinstance(value, (str, int, float)) else str(value)
+            for key, value in metadata.items()
+        }
+    except Exception as exc:  # noqa: BLE001 - any failure is recorded, not fatal
+        machine["pyperf_metadata_error"] = f"{type(exc).__name__}: {exc}"
+
+
+def collect_machine(extra: dict | None = None) -> dict:
+    """Machine and kernel metadata; `extra` (KVM/uffd probes) is merged last."""
+    uname = os.uname()
+    online = _read("/sys/devices/system/cpu/online")
+    try:
+        online_cpus = _count_cpu_list(online) if online else os.cpu_count()
+    except ValueError:
+        online_cpus = os.cpu_count()
+    meminfo = _meminfo()
+    try:
+        load_avg = list(os.getloadavg())
+    except OSError:
+        load_avg = None
+    machine = {
+        "hostname": socket.gethostname(),
+        "kernel_release": uname.release,
+        "kernel_version": uname.version,
+        "arch": uname.machine,
+        "cpu_model": _cpu_model(),
+        "online_cpus": online_cpus,
+        "online_cpu_list": online,
+        # CPUs this process may run on: fewer than online when pinned.
+        "affinity_cpus": len(os.sched_getaffinity(0)),
+        "mem_total_bytes": meminfo.get("MemTotal"),
+        "mem_available_bytes": meminfo.get("MemAvailable"),
+        "thp_enabled": _bracketed(f"{THP_DIR}/enabled"),
+        "thp_defrag": _bracketed(f"{THP_DIR}/defrag"),
+        "thp_shmem_enabled": _bracketed(f"{THP_DIR}/shmem_enabled"),
+        "python_version": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "load_avg": load_avg,
+        "boot_id": _read("/proc/sys/kernel/random/boot_id"),
+    }
+    _pyperf_metadata(machine)
+    if extra:
+        machine.update(copy.deepcopy(extra))
+    return machine
+
+
+def _git(repo_dir: str, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", repo_dir, *args], capture_output=True,
+                              text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _dirty(porcelain: str) -> bool:
+    # -z output: "XY path\0", renames and copies add "old path\0" after it.
+    entries = porcelain.split("\0")
+    index = 0
+    while index < len(entries):
+        entry = entries[index]
+        index += 1
+        if len(entry) < 4:
+            continue
+        status, path = entry[:2], entry[3:]
+        if status[0] in "RC":
+            index += 1
+        if not path.startswith(HARNESS_OUTPUT_DIRS):
+            return True
+    return False
+
+
+def _bench_version() -> str | None:
+    try:
+        from bench import __version__
+    except ImportError:
+        return None
+    return str(__version__)
+
+
+def collect_harness(repo_dir: str, version: str | None = None) -> dict:
+    """Which harness produced a result: version, git commit, uncommitted changes.
+
+    git_commit and git_dirty are None outside a git work tree; a repository
+    without commits has no commit but can be dirty. Changes under results/
+    and report/ do not count.
+    """
+    commit = _git(repo_dir, "rev-parse", "--verify", "--quiet", "HEAD")
+    status = _git(repo_dir, "status", "--porcelain", "-z", "--untracked-files=normal")
+    return {
+        "version": version if version is not None else _bench_version(),
+        "git_commit": commit.strip() if commit else None,
+        "git_dirty": _dirty(status) if status is not None else None,
+        "python_executable": sys.executable,
+    }
