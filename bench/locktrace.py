@@ -278,7 +278,7 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
                 st[-1]["flags"] = flags
             else:
                 rec = {"lock": addr, "flags": flags, "t0": t, "stack": None, "stack_t": None,
-                       "irq": len(irq) >= 3 and irq[2] in "hHsz", "pid": pid}
+                       "irq": len(irq) >= 3 and irq[2] in "hHszZ", "pid": pid}
                 st.append(rec)
                 last_begin[(pid, cpu)] = rec
         elif ev == "<stack trace>":
@@ -330,13 +330,12 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
 
     unmatched_begins = sum(len(v) for v in pending.values())
 
-    # An mmap_lock acquisition is "contended" when its thread hit lock:contention_begin
-    # between start_locking and acquire_returned (rwsem slowpath); resolution-independent.
+    # An mmap_lock acquisition is "contended" when its thread entered the rwsem slowpath
+    # (a task-context READ/WRITE contention_begin) between start_locking and
+    # acquire_returned: exact at any timestamp resolution, unlike "wait > 0".
     begins_by_pid = collections.defaultdict(list)
-    for rec in waits:
-        begins_by_pid[rec["pid"]].append(rec["t0"])
-    for st in pending.values():
-        for rec in st:
+    for rec in itertools.chain(waits, *pending.values()):
+        if not rec["irq"] and ("READ" in rec["flags"] or "WRITE" in rec["flags"]):
             begins_by_pid[rec["pid"]].append(rec["t0"])
     for v in begins_by_pid.values():
         v.sort()
@@ -418,40 +417,37 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
 # ----------------------------------------------------------------------------- symbols
 
 class _Kallsyms:
-    """Nearest-preceding data symbol lookup for static kernel lock addresses."""
+    """Nearest-preceding data symbol lookup for static kernel lock addresses.
+
+    Without CONFIG_KALLSYMS_ALL, /proc/kallsyms lists text symbols only (plus a few
+    section markers); "marker+0x12345" would be misleading, so nothing resolves then.
+    """
+
+    MIN_DATA_SYMBOLS = 1000   # fewer means only section markers are listed
+    MAX_OFFSET = 1 << 16      # a lock lies inside its variable; dense tables keep this small
 
     def __init__(self, path="/proc/kallsyms"):
-        addrs, names = [], []
-        self.text_lo = self.end = None
+        pairs = []
         with open(path) as f:
             for line in f:
                 parts = line.split()
-                if len(parts) < 3:
-                    continue
-                a = int(parts[0], 16)
-                if a == 0:
-                    continue
-                if parts[2] == "_text":
-                    self.text_lo = a
-                elif parts[2] == "_end":
-                    self.end = a
-                if parts[1] in "dDbBrR":
-                    addrs.append(a)
-                    names.append(parts[2])
-        order = sorted(range(len(addrs)), key=addrs.__getitem__)
-        self.addrs = [addrs[i] for i in order]
-        self.names = [names[i] for i in order]
+                if len(parts) >= 3 and parts[1] in "dDbB":
+                    a = int(parts[0], 16)
+                    if a:
+                        pairs.append((a, parts[2]))
+        pairs.sort()
+        self.addrs = [a for a, _ in pairs]
+        self.names = [n for _, n in pairs]
+        self.complete = len(pairs) >= self.MIN_DATA_SYMBOLS
 
     def lookup(self, addr: int):
-        if not self.addrs:
+        if not self.complete or addr < 0xffffffff80000000:   # heap/vmalloc: no symbol
             return None
-        core = self.text_lo is not None and self.end is not None and self.text_lo <= addr < self.end
         i = bisect.bisect_right(self.addrs, addr) - 1
         if i < 0:
             return None
         off = addr - self.addrs[i]
-        # Outside the core image, only trust a close module data symbol.
-        if not core and (addr < 0xffffffff80000000 or off > 4096):
+        if off > self.MAX_OFFSET:
             return None
         return self.names[i] if off == 0 else f"{self.names[i]}+{off:#x}"
 
@@ -468,7 +464,9 @@ class LockTracer:
         self._undo = []            # teardown actions, run LIFO, each at most once
         self._lock = threading.RLock()
         self._hashed = True
+        self._holds_mount = False
         self.mmap_events = []
+        self.cleanup_errors = []
 
     # -- helpers
     def _w(self, rel, value):
@@ -493,12 +491,17 @@ class LockTracer:
 
     # -- API
     def start(self) -> None:
-        global _mount_users, _we_mounted
         with self._lock:
             if self.path is not None:
                 raise RuntimeError("LockTracer already started")
             try:
                 self._start()
+            except TraceUnavailable:
+                self.cleanup()
+                raise
+            except OSError as e:
+                self.cleanup()
+                raise TraceUnavailable(f"tracefs setup failed: {e.filename}: {e.strerror}") from None
             except BaseException:
                 self.cleanup()
                 raise
@@ -514,7 +517,8 @@ class LockTracer:
                 _we_mounted = True
             if _we_mounted:
                 _mount_users += 1
-                self._undo.append(_release_mount)
+                self._holds_mount = True
+                self._undo.append(self._release_mount)
         top = TRACEFS
         for ev in LOCK_EVENTS:
             if not os.path.isdir(os.path.join(top, "events", "lock", ev)):
@@ -610,36 +614,40 @@ class LockTracer:
                 self.cleanup()
             resolver = None
             if not hashed:
-                cache = {}
-
-                def resolver(addr):
-                    # Only static kernel addresses can be symbols; load kallsyms lazily.
-                    if addr < 0xffffffff80000000:
-                        return None
-                    if "k" not in cache:
-                        try:
-                            cache["k"] = _Kallsyms()
-                        except OSError:
-                            cache["k"] = None
-                    return cache["k"].lookup(addr) if cache["k"] else None
+                try:
+                    ks = _Kallsyms()
+                    if ks.complete:
+                        resolver = ks.lookup
+                except OSError:
+                    pass
             summary = parse_trace(text, raw, tids=tids, addresses_hashed=hashed,
                                   resolve_symbol=resolver, top=self.top, events_lost=lost)
             summary["mmap_lock_events"] = list(self.mmap_events)
+            # False when kallsyms lists no data symbols: "symbol" is then always null.
+            summary["lock_symbols_resolvable"] = resolver is not None
             return summary
 
     def cleanup(self) -> None:
         """Undo everything start() did. Idempotent and re-entrant: each action is popped
         before it runs, so a signal arriving mid-cleanup cannot run one twice."""
         errors = []
+        interrupted = None
         while self._undo:
             action = self._undo.pop()
-            try:
-                action()
-            except OSError as e:
-                errors.append(e)
+            for _attempt in range(2):      # actions are idempotent: retry one cut by ^C
+                try:
+                    action()
+                    break
+                except OSError as e:
+                    errors.append(e)
+                    break
+                except KeyboardInterrupt as e:
+                    interrupted = e        # finish the teardown first
         _live.discard(self)
         # Best effort: teardown must not mask the caller's exception; keep for diagnosis.
         self.cleanup_errors = errors
+        if interrupted is not None:
+            raise interrupted
 
     def __enter__(self):
         self.start()
@@ -655,15 +663,17 @@ class LockTracer:
         except Exception:
             pass
 
-
-def _release_mount():
-    global _mount_users, _we_mounted
-    with _mount_lock:
-        _mount_users -= 1
-        if _mount_users == 0 and _we_mounted:
-            _we_mounted = False
-            if tracefs_mount_count() > 0:
-                _umount_tracefs()
+    def _release_mount(self):
+        global _mount_users, _we_mounted
+        with _mount_lock:
+            if not self._holds_mount:
+                return
+            self._holds_mount = False
+            _mount_users -= 1
+            if _mount_users == 0 and _we_mounted:
+                _we_mounted = False
+                if tracefs_mount_count() > 0:
+                    _umount_tracefs()
 
 
 @atexit.register

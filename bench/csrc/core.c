@@ -236,7 +236,7 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
     uint64_t page = off / FB_PAGE;
     int uffd = run->uffd[off / run->uffd_span];
     uint64_t hva = (uint64_t)(uintptr_t)(run->demand + off);
-    uint64_t hdr[2] = { run->demand_gpa + off, run->cfg.seed };
+    uint64_t hdr[2] = { run->demand_gpa + off, fb_page_seed(run, page) };
 
     uint64_t t0 = fb_tsc();
     fetch_delay(run);
@@ -295,6 +295,14 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
         run->page_done_tsc[page] = t2;
     }
     return installed;
+}
+
+/* the seed a page's content carries; corrupt_every lets tests prove the guest's check works */
+uint64_t fb_page_seed(struct fb_run *run, uint64_t page)
+{
+    if (run->cfg.corrupt_every && page % run->cfg.corrupt_every == 0)
+        return run->cfg.seed ^ 0x5a5a;
+    return run->cfg.seed;
 }
 
 /* ---------- KVM probes ---------- */
@@ -504,7 +512,11 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
     install_signal_handler();
 
     uint64_t tpv = cfg->touches_per_vcpu;
-    run->demand_size = (uint64_t)cfg->vcpus * cfg->mem_per_vcpu;
+    run->demand_size = cfg->demand_bytes ? cfg->demand_bytes : (uint64_t)cfg->vcpus * cfg->mem_per_vcpu;
+    if (run->demand_size % (2ULL << 20)) {
+        fb_set_err(err, errlen, "guest memory size must be a multiple of 2 MiB");
+        goto fail;
+    }
     run->npages = run->demand_size / FB_PAGE;
     run->sys_size = round_up(FB_GPA_DATA + (uint64_t)cfg->vcpus * tpv * 24, 2ULL << 20);
     run->demand_gpa = round_up(run->sys_size, 1ULL << 30);

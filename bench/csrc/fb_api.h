@@ -5,7 +5,7 @@
  * Bump FB_API_VERSION whenever a struct below changes: bench/_native_check.py
  * compares it with the Python side so a stale build is refused at import.
  */
-#define FB_API_VERSION 3
+#define FB_API_VERSION 4
 
 /* mechanisms implemented by the core (bench/csrc/mech_*.c) */
 #define FB_MECH_NONE     0
@@ -58,6 +58,8 @@ struct fb_config {
     uint32_t vcpus;
     uint32_t mech;
     uint64_t mem_per_vcpu;      /* bytes, multiple of 2 MiB */
+    uint64_t demand_bytes;      /* guest memory; 0: vcpus * mem_per_vcpu (shared workloads set less) */
+    uint64_t corrupt_every;     /* test knob: every Nth page gets a wrong seed (0: never) */
     uint32_t uffds;             /* userfaultfds the demand region is split into */
     uint32_t readers;           /* reader threads per uffd; async: resolver threads */
     uint32_t wait_mode;         /* FB_WAIT_* (uffd readers) */

@@ -141,6 +141,7 @@ int fb_uffd_register_all(struct fb_run *run, int nuffds, uint64_t features, int 
  * 0 page was already present, -1 failure (run failed). */
 int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src_page,
                     uint64_t gpa, int dontwake);
+uint64_t fb_page_seed(struct fb_run *run, uint64_t page);
 void fb_lock(struct fb_spinlock *l);
 void fb_unlock(struct fb_spinlock *l);
 

@@ -9,7 +9,7 @@ static int prefault_setup(struct fb_run *run, char *err, int errlen)
     (void)err; (void)errlen;
     /* writing each page's content populates it, so the guest never faults */
     for (uint64_t off = 0; off < run->demand_size; off += FB_PAGE) {
-        uint64_t hdr[2] = { run->demand_gpa + off, run->cfg.seed };
+        uint64_t hdr[2] = { run->demand_gpa + off, fb_page_seed(run, off / FB_PAGE) };
         memcpy(run->demand + off, hdr, sizeof(hdr));
     }
     run->pages_installed = run->npages;

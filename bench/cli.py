@@ -1,0 +1,234 @@
+"""`python run_bench.py`: plan a sweep, run it, write one result per point."""
+import argparse
+import os
+import shlex
+import sys
+
+from . import __version__
+from . import result as resultmod
+from .machine import collect_harness, collect_machine, mem_available_bytes
+from .mechanisms import REGISTRY as MECHANISMS
+from .workloads import REGISTRY as WORKLOADS
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_VCPUS = 1024
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}")
+
+
+def _name_list(choices):
+    def parse(text: str) -> list[str]:
+        names = [x for x in text.split(",") if x]
+        for n in names:
+            if n not in choices:
+                raise argparse.ArgumentTypeError(
+                    f"unknown name {n!r} (choose from {', '.join(choices)})")
+        return names
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    mech_help = "; ".join(f"{n}: {m.summary}" for n, m in MECHANISMS.items())
+    wl_help = "; ".join(f"{n}: {w.summary}" for n, w in WORKLOADS.items())
+    p = argparse.ArgumentParser(
+        prog="run_bench.py",
+        description="Measure how guest page faults reach userspace on real KVM vCPUs. "
+                    "Comma lists sweep: every (mechanism, vCPU count) pair is one result file.")
+    p.add_argument("--vcpus", type=_int_list, default=[1],
+                   help=f"vCPU count(s), 1..{MAX_VCPUS}, e.g. 1,8,64 (default 1)")
+    p.add_argument("--mech", type=_name_list(list(MECHANISMS)), default=["uffd"],
+                   help=f"mechanism(s), comma-separated (default uffd). {mech_help}")
+    p.add_argument("--workload", choices=list(WORKLOADS), default="sequential",
+                   help=f"guest access pattern (default sequential). {wl_help}")
+    p.add_argument("--mem-per-vcpu", type=int, default=4, metavar="MIB",
+                   help="guest memory per vCPU partition in MiB, a multiple of 2 (default 4: "
+                        "1024 faults per vCPU keeps 256-vCPU runs short on 2 pCPUs)")
+    g = p.add_argument_group("mechanism options")
+    g.add_argument("--readers", type=int, default=1,
+                   help="uffd/uffd-many: reader threads per userfaultfd; async: resolver threads (default 1)")
+    g.add_argument("--wait", choices=["poll", "epoll", "read"], default="poll",
+                   help="uffd readers wait with poll(2), epoll with EPOLLEXCLUSIVE, or a blocking read (default poll)")
+    g.add_argument("--resolve", choices=["copy", "continue"], default="copy",
+                   help="copy: private memory, MISSING mode, UFFDIO_COPY; continue: memfd with a second "
+                        "non-faulting mapping, page written there, MINOR mode, UFFDIO_CONTINUE (default copy)")
+    g.add_argument("--uffds", type=int, default=0,
+                   help="uffd-many: number of userfaultfds (default: one per vCPU partition)")
+    g.add_argument("--fetch-delay-us", type=float, default=0.0,
+                   help="modelled fetch time before each resolution, same for every mechanism (default 0)")
+    g.add_argument("--fetch-delay-mode", choices=["sleep", "spin"], default="sleep",
+                   help="sleep: clock_nanosleep with 1 ns timer slack (the thread yields its CPU, as a "
+                        "network wait does); spin: busy-loop on the clock (default sleep)")
+    w = p.add_argument_group("workload options")
+    for cls in WORKLOADS.values():
+        cls.add_arguments(w)
+    r = p.add_argument_group("measurement")
+    r.add_argument("--repeat", type=int, default=1, help="measured runs per point (default 1)")
+    r.add_argument("--warmup", type=int, default=0, help="warm-up runs, recorded but kept out of statistics")
+    r.add_argument("--no-latency", action="store_true",
+                   help="turn per-fault timing off (the guest executes no rdtsc)")
+    r.add_argument("--seed", type=int, default=1, help="seed for page content and access order (default 1)")
+    r.add_argument("--timeout", type=float, default=300.0, help="seconds before a run is declared hung (default 300)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", help="result file (only for a single point); default results/<name>.json")
+    o.add_argument("--results-dir", default=os.path.join(REPO_DIR, "results"))
+    o.add_argument("--quiet", action="store_true", help="print only the result paths")
+    o.add_argument("--corrupt-every", type=int, default=0, help=argparse.SUPPRESS)  # tests the content check
+    return p
+
+
+def validate_args(args) -> None:
+    for v in args.vcpus:
+        if not 1 <= v <= MAX_VCPUS:
+            raise UsageError(f"--vcpus {v} is out of range 1..{MAX_VCPUS}")
+    if not args.vcpus:
+        raise UsageError("--vcpus needs at least one count")
+    if not (2 <= args.mem_per_vcpu <= 65536 and args.mem_per_vcpu % 2 == 0):
+        raise UsageError(f"--mem-per-vcpu {args.mem_per_vcpu} must be an even number of MiB in 2..65536")
+    if not 1 <= args.readers <= 256:
+        raise UsageError(f"--readers {args.readers} is out of range 1..256")
+    if not 0 <= args.uffds <= 1024:
+        raise UsageError(f"--uffds {args.uffds} is out of range 1..1024")
+    if not 0 <= args.fetch_delay_us <= 1_000_000:
+        raise UsageError(f"--fetch-delay-us {args.fetch_delay_us} is out of range 0..1000000")
+    if not 1 <= args.repeat <= 1000:
+        raise UsageError(f"--repeat {args.repeat} is out of range 1..1000")
+    if not 0 <= args.warmup <= 100:
+        raise UsageError(f"--warmup {args.warmup} is out of range 0..100")
+    if not args.timeout > 0:
+        raise UsageError("--timeout must be positive")
+    if args.out and len(args.vcpus) * len(args.mech) > 1:
+        raise UsageError("--out names one file; a sweep writes one result per point to --results-dir")
+    if args.uffds and args.mech != ["uffd-many"] and "uffd-many" not in args.mech:
+        raise UsageError("--uffds applies to uffd-many only")
+
+
+def check_memory(vcpus: int, args, workload) -> None:
+    pages = workload.memory_pages(vcpus, args.mem_per_vcpu * 256)
+    need = pages * 4096
+    # touch tables (8 B) and timing buffers (16 B) per touch, roughly one touch per page
+    need += vcpus * args.mem_per_vcpu * 256 * 24 * 4
+    avail = mem_available_bytes()
+    if avail is not None and need > 0.8 * avail:
+        raise UsageError(
+            f"{vcpus} vCPUs x {args.mem_per_vcpu} MiB needs {need / 2**30:.1f} GiB; "
+            f"this machine has {avail / 2**30:.1f} GiB available (limit: 80%)")
+
+
+def rerun_argv(argv: list[str], mech: str, vcpus: int) -> list[str]:
+    """The command that reruns exactly this point of a sweep."""
+    out, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a in ("--vcpus", "--mech", "--out", "--results-dir"):
+            skip = True
+            continue
+        if a.startswith(("--vcpus=", "--mech=", "--out=", "--results-dir=")):
+            continue
+        out.append(a)
+    return out + ["--vcpus", str(vcpus), "--mech", mech]
+
+
+def print_point(rec: dict, path: str) -> None:
+    cfg, s = rec["config"], rec["summary"]
+    m = rec["machine"]
+    def med(key):
+        return s.get(key, {}).get("median")
+    runs = [r["metrics"] for r in rec["runs"]]
+    print(f"== {cfg['mech']} / {cfg['workload']}: {cfg['vcpus']} vCPUs x {cfg['mem_per_vcpu_mib']} MiB, "
+          f"{len(runs)} run(s), on {m.get('online_cpus')} CPUs ({m.get('cpu_model')}, {m.get('kernel_release')})")
+    if rec["emulated"]:
+        print(f"   EMULATED: {rec['emulation_reason']}")
+    print(f"Total guest execution time: {med('guest_seconds'):.6f} s")
+    print(f"Per-vcpu demand paging rate: {med('pages_per_s_per_vcpu'):.0f} pgs/sec/vcpu")
+    print(f"Overall demand paging rate: {med('pages_per_s'):.0f} pgs/sec"
+          + (f"  (min {s['pages_per_s']['min']:.0f}, max {s['pages_per_s']['max']:.0f})" if len(runs) > 1 else ""))
+    print(f"Pages: {runs[0]['pages']}  faults delivered: {runs[0]['faults']}  "
+          f"installed: {runs[0]['pages_installed']}  content errors: {sum(r['content_errors'] for r in runs)}")
+    if runs[0].get("fault_latency_ns"):
+        keys = ["p50", "p90", "p99", "p99_9", "max"]
+        parts = "  ".join(f"{k.replace('_', '.')} {med('fault_latency_ns.' + k) / 1000:.1f}" for k in keys)
+        print(f"Fault latency (us, first touches as the vCPU saw them): {parts}")
+    for w in rec["warnings"]:
+        print(f"   warning: {w}")
+    print(f"Result: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        validate_args(args)
+        from .probes import DeviceMissing, probe, require_devices
+        require_devices()
+        workload = WORKLOADS[args.workload](args)
+        workload.validate()
+        for v in args.vcpus:
+            check_memory(v, args, workload)
+        probes = probe()
+        plans = []
+        for mech_name in args.mech:
+            for v in args.vcpus:
+                args.memory_pages = workload.memory_pages(v, args.mem_per_vcpu * 256)
+                mech = MECHANISMS[mech_name](args, v, probes)
+                mech.validate()
+                plans.append((mech, v))
+    except (UsageError, ValueError) as exc:
+        print(f"run_bench.py: error: {exc}", file=sys.stderr)
+        return 2
+    except DeviceMissing as exc:
+        print(f"run_bench.py: error: {exc}", file=sys.stderr)
+        return 3
+
+    from .runner import Plan, RunError, execute
+    machine = collect_machine({"probes": probes})
+    harness = collect_harness(REPO_DIR, __version__)
+    status = 0
+    for mech, vcpus in plans:
+        plan = Plan(vcpus=vcpus, mechanism=mech, workload=workload,
+                    mem_per_vcpu_mib=args.mem_per_vcpu, fetch_delay_us=args.fetch_delay_us,
+                    fetch_delay_mode=args.fetch_delay_mode, record_latency=not args.no_latency,
+                    seed=args.seed, timeout_s=args.timeout, corrupt_every=args.corrupt_every)
+        emulated, reason = mech.emulation()
+        config = {**mech.config(), "workload": workload.name, "workload_params": workload.params(),
+                  "vcpus": vcpus, "mem_per_vcpu_mib": args.mem_per_vcpu,
+                  "memory_pages": plan.memory_pages,
+                  "fetch_delay_us": args.fetch_delay_us, "fetch_delay_mode": args.fetch_delay_mode,
+                  "record_latency": not args.no_latency, "seed": args.seed,
+                  "repeat": args.repeat, "warmup": args.warmup,
+                  "fault_address_register": "rbx"}
+        rerun = rerun_argv(argv, mech.name, vcpus)
+        rec = resultmod.new_record(["run_bench.py", *rerun], config, machine, harness, emulated, reason)
+        try:
+            for i in range(args.warmup + args.repeat):
+                metrics, raw = execute(plan)
+                resultmod.add_run(rec, metrics, warmup=i < args.warmup, raw=raw)
+        except RunError as exc:
+            print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: {exc}", file=sys.stderr)
+            return 1
+        resultmod.finalize(rec)
+        problems = resultmod.validate(rec)
+        if problems:
+            print(f"run_bench.py: error: invalid result: {problems[0]}", file=sys.stderr)
+            return 1
+        path = args.out or resultmod.default_path(args.results_dir, config)
+        resultmod.write_atomic(rec, path)
+        if args.quiet:
+            print(path)
+        else:
+            print_point(rec, path)
+        if any(r["metrics"]["content_errors"] for r in rec["runs"]):
+            print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: content errors", file=sys.stderr)
+            status = 1
+    return status

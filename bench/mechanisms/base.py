@@ -1,0 +1,53 @@
+"""The mechanism contract shared by every entry of the registry."""
+import argparse
+
+WAIT_MODES = {"poll": 0, "epoll": 1, "read": 2}   # FB_WAIT_*
+RESOLVE_MODES = {"copy": 0, "continue": 1}        # FB_RESOLVE_*
+
+
+class Mechanism:
+    name = ""
+    summary = ""
+    c_mech = -1                  # FB_MECH_* in csrc/fb_api.h
+    uses_uffd = True
+    #: common options that mean something for this mechanism
+    options: tuple[str, ...] = ()
+
+    def __init__(self, args: argparse.Namespace, vcpus: int, probes: dict):
+        self.args = args
+        self.vcpus = vcpus
+        self.probes = probes
+
+    def validate(self) -> None:
+        """Raise ValueError (one line) when options do not fit this mechanism."""
+        if self.args.resolve == "continue" and "resolve" not in self.options:
+            raise ValueError(f"--resolve continue does not apply to mechanism {self.name}")
+
+    def uffds(self) -> int:
+        return 1
+
+    def readers_total(self) -> int:
+        return 0
+
+    def emulation(self) -> tuple[bool, str | None]:
+        """(emulated, reason): whether a kernel part is replaced by userspace code."""
+        return False, None
+
+    def config(self) -> dict:
+        """What the result record stores about this mechanism."""
+        cfg = {"mech": self.name, "uffds": self.uffds() if self.uses_uffd else 0,
+               "readers": self.readers_total()}
+        if "wait" in self.options:
+            cfg["wait"] = self.args.wait
+        cfg["resolve"] = self.args.resolve if self.uses_uffd else None
+        return cfg
+
+    def c_fields(self) -> dict:
+        """Fields of struct fb_config this mechanism sets."""
+        return {
+            "mech": self.c_mech,
+            "uffds": self.uffds(),
+            "readers": self.args.readers,
+            "wait_mode": WAIT_MODES[self.args.wait],
+            "resolve": RESOLVE_MODES[self.args.resolve],
+        }

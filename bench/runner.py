@@ -1,0 +1,217 @@
+"""One measured run: plan -> C core -> metrics.
+
+Python builds the touch tables and the guest code, hands them to the C core,
+waits (so Ctrl-C and timeouts are handled here), then turns the core's counters
+and per-vCPU histograms into metrics. No timing happens in Python.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import stats
+from .guest import touch_loop
+from .native import ffi, lib
+
+ROLES = {0: "vcpu", 1: "reader", 2: "resolver"}
+PARTS = ["kvm_run", "lookup", "fetch", "install", "queue", "wake", "enqueue"]
+EXIT_PATHS = {0: None, 1: "kvm_memory_fault", 2: "sigbus_guest_register"}
+ERRLEN = 256
+
+
+class RunError(RuntimeError):
+    """The run failed; the message is one line."""
+
+
+@dataclass
+class Plan:
+    vcpus: int
+    mechanism: object          # bench.mechanisms.base.Mechanism
+    workload: object           # bench.workloads.base.Workload
+    mem_per_vcpu_mib: int
+    fetch_delay_us: float = 0.0
+    fetch_delay_mode: str = "sleep"
+    record_latency: bool = True
+    seed: int = 1
+    timeout_s: float = 300.0
+    corrupt_every: int = 0
+    keep: list = field(default_factory=list)   # cffi buffers that must outlive the run
+
+    @property
+    def pages_per_vcpu(self) -> int:
+        return self.mem_per_vcpu_mib * 256
+
+    @property
+    def memory_pages(self) -> int:
+        return self.workload.memory_pages(self.vcpus, self.pages_per_vcpu)
+
+
+def _cfg(plan: Plan):
+    rng = np.random.default_rng(plan.seed)
+    table = np.ascontiguousarray(plan.workload.touches(plan.vcpus, plan.pages_per_vcpu, rng),
+                                 dtype=np.uint64)
+    code = touch_loop(plan.record_latency)
+    cfg = ffi.new("struct fb_config *")
+    cfg.vcpus = plan.vcpus
+    cfg.mem_per_vcpu = plan.mem_per_vcpu_mib << 20
+    cfg.demand_bytes = plan.memory_pages * 4096
+    for k, v in plan.mechanism.c_fields().items():
+        setattr(cfg, k, v)
+    cfg.delay_mode = {"spin": 0, "sleep": 1}[plan.fetch_delay_mode]
+    cfg.fetch_delay_ns = int(round(plan.fetch_delay_us * 1000))
+    cfg.record_latency = int(plan.record_latency)
+    cfg.seed = plan.seed & 0xFFFFFFFFFFFFFFFF
+    cfg.corrupt_every = plan.corrupt_every
+    code_buf = ffi.from_buffer(code)
+    table_buf = ffi.from_buffer(table)
+    cfg.guest_code = code_buf
+    cfg.guest_code_len = len(code)
+    cfg.touches = ffi.cast("uint64_t *", table_buf)
+    cfg.touches_per_vcpu = table.shape[1]
+    return cfg, [code_buf, table_buf, table], table
+
+
+def execute(plan: Plan, on_started=None, on_finished=None) -> tuple[dict, dict]:
+    """Run once; returns (metrics, raw). on_started(tids) / on_finished() bracket
+    the measured part (lock tracing hooks in there)."""
+    cfg, keep, table = _cfg(plan)
+    err = ffi.new("char[]", ERRLEN)
+    run = lib.fb_run_create(cfg, err, ERRLEN)
+    if run == ffi.NULL:
+        raise RunError(ffi.string(err).decode())
+    try:
+        if lib.fb_run_start(run, err, ERRLEN):
+            raise RunError(ffi.string(err).decode())
+        if on_started:
+            on_started(_tids(run))
+        waited = 0.0
+        while True:
+            rc = lib.fb_run_wait(run, 100, err, ERRLEN)   # short waits: Ctrl-C gets through
+            if rc < 0:
+                raise RunError(ffi.string(err).decode())
+            if rc == 1:
+                break
+            waited += 0.1
+            if waited >= plan.timeout_s:
+                raise RunError(f"timeout: vCPUs still running after {plan.timeout_s:g} s "
+                               f"(mechanism {plan.mechanism.name})")
+        lib.fb_run_stop(run)
+        if on_finished:
+            on_finished()
+        return _collect(plan, run, table)
+    finally:
+        lib.fb_run_destroy(run)   # stops and joins every thread, closes every fd
+        del keep
+
+
+def _tids(run) -> list[int]:
+    n = lib.fb_run_nthreads(run)
+    buf = ffi.new("int32_t[]", n)
+    got = lib.fb_run_thread_tids(run, buf, n)
+    return [buf[i] for i in range(got)]
+
+
+def _hist(run, vcpus: int, which: int):
+    loglin = np.zeros(lib.FB_HIST_BUCKETS, dtype=np.uint64)
+    log2 = np.zeros(lib.FB_LOG2_US_BUCKETS, dtype=np.uint64)
+    lo = ffi.new("uint64_t[]", lib.FB_HIST_BUCKETS)
+    l2 = ffi.new("uint64_t[]", lib.FB_LOG2_US_BUCKETS)
+    for v in range(vcpus):
+        ffi.memmove(lo, bytes(8 * lib.FB_HIST_BUCKETS), 8 * lib.FB_HIST_BUCKETS)
+        ffi.memmove(l2, bytes(8 * lib.FB_LOG2_US_BUCKETS), 8 * lib.FB_LOG2_US_BUCKETS)
+        if lib.fb_run_latency_hist(run, v, which, lo, l2) < 0:
+            return None, None
+        loglin += np.frombuffer(ffi.buffer(lo), dtype=np.uint64)
+        log2 += np.frombuffer(ffi.buffer(l2), dtype=np.uint64)
+    return loglin, log2
+
+
+def _latency(loglin) -> dict | None:
+    if loglin is None or not loglin.any():
+        return None
+    sparse = stats.sparse_hist(loglin.tolist())
+    pct = stats.percentiles_from_hist(sparse)
+    total = int(loglin.sum())
+    mids = np.array([sum(stats.loglin_bucket_bounds(i)) / 2 for i in range(len(loglin))])
+    pct["mean"] = float((loglin * mids).sum() / total)
+    pct["count"] = total
+    return pct
+
+
+def _collect(plan: Plan, run, table) -> tuple[dict, dict]:
+    vcpus = plan.vcpus
+    vres = ffi.new("struct fb_vcpu_result[]", vcpus)
+    lib.fb_run_vcpu_results(run, vres)
+    nth = lib.fb_run_nthreads(run)
+    tstats = ffi.new("struct fb_thread_stats[]", nth)
+    lib.fb_run_thread_stats(run, tstats)
+    lock = ffi.new("struct fb_lock_stats *")
+    lib.fb_run_lock_stats(run, lock)
+
+    starts = np.array([vres[i].start_ns for i in range(vcpus)], dtype=np.float64)
+    ends = np.array([vres[i].end_ns for i in range(vcpus)], dtype=np.float64)
+    per_vcpu_s = (ends - starts) / 1e9
+    guest_seconds = float((ends.max() - starts.min()) / 1e9)
+    first = (table & np.uint64(2)) != 0
+    pages_per_vcpu_touched = first.sum(axis=1)
+    pages = int(plan.memory_pages if not plan.workload.partitioned
+                else pages_per_vcpu_touched.sum())
+    content_errors = int(sum(vres[i].content_errors for i in range(vcpus)))
+    touches = int(sum(vres[i].touches for i in range(vcpus)))
+
+    threads = []
+    for i in range(nth):
+        t = tstats[i]
+        threads.append({
+            "role": ROLES[t.role], "index": t.index, "uffd": t.uffd_index, "tid": t.tid,
+            "faults": t.faults, "pages_installed": t.pages_installed, "eexist": t.eexist,
+            "wakes": t.wakes, "fetch_ns": t.fetch_ns,
+            "parts_ns": {p: t.part_ns[j] for j, p in enumerate(PARTS) if t.part_count[j]},
+            "parts_count": {p: t.part_count[j] for j, p in enumerate(PARTS) if t.part_count[j]},
+            "utime_ns": t.utime_ns, "stime_ns": t.stime_ns,
+            "voluntary_ctxt_switches": t.nvcsw, "involuntary_ctxt_switches": t.nivcsw,
+        })
+    by_role = {}
+    for t in threads:
+        by_role.setdefault(t["role"], []).append(t)
+    # a fault is counted where it is delivered: at the vCPU for exit-based mechanisms,
+    # at the readers for blocking userfaultfd (resolvers of async count pops, not faults)
+    faults = sum(t["faults"] for t in by_role.get("vcpu", [])) or \
+        sum(t["faults"] for t in by_role.get("reader", []))
+
+    first_hist, first_log2 = _hist(run, vcpus, 2) if plan.record_latency else (None, None)
+    re_hist, _ = _hist(run, vcpus, 0) if plan.record_latency else (None, None)
+    metrics = {
+        "pages": pages,
+        "touches": touches,
+        "faults": faults,
+        "pages_installed": int(lib.fb_run_pages_installed(run)),
+        "guest_seconds": guest_seconds,
+        "pages_per_s": pages / guest_seconds if guest_seconds > 0 else 0.0,
+        "pages_per_s_per_vcpu": float(np.mean(pages_per_vcpu_touched / per_vcpu_s)),
+        "content_errors": content_errors,
+        "fault_latency_ns": _latency(first_hist),
+        "retouch_latency_ns": _latency(re_hist),
+        "resolved_by_role": {r: sum(t["faults"] for t in ts) for r, ts in by_role.items()},
+        "cpu_ns_by_role": {r: {"user": sum(t["utime_ns"] for t in ts),
+                               "system": sum(t["stime_ns"] for t in ts)} for r, ts in by_role.items()},
+    }
+    if plan.mechanism.name == "async":
+        metrics["list_lock"] = {"acquisitions": lock.acquisitions, "contended": lock.contended,
+                                "spin_ns": lock.spin_ns, "max_spin_ns": lock.max_spin_ns}
+    raw = {
+        "exit_path": EXIT_PATHS[lib.fb_run_exit_path(run)],
+        "tsc_khz": int(lib.fb_run_tsc_khz(run)),
+        "vcpus": [{"id": i, "start_ns": vres[i].start_ns, "end_ns": vres[i].end_ns,
+                   "touches": vres[i].touches, "content_errors": vres[i].content_errors,
+                   "kvm_runs": vres[i].kvm_runs, "fault_exits": vres[i].fault_exits,
+                   "exitinfo_kvm": vres[i].exitinfo_kvm,
+                   "exitinfo_guest_reg": vres[i].exitinfo_guest_reg,
+                   "blocked_ns": vres[i].blocked_ns} for i in range(vcpus)],
+        "threads": threads,
+        "fault_latency_hist": (stats.sparse_hist(first_hist.tolist())
+                               if first_hist is not None else None),
+        "fault_latency_log2_us": (first_log2.tolist() if first_log2 is not None else None),
+        "retouch_latency_hist": (stats.sparse_hist(re_hist.tolist())
+                                 if re_hist is not None and re_hist.any() else None),
+    }
+    return metrics, raw
