@@ -250,9 +250,10 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
 
     # Pass 2: pairing.
     pending = collections.defaultdict(list)   # pid-key -> stack of open contentions
-    last_begin = {}                           # (pid, cpu) -> contention awaiting its stack
+    # (pid, cpu) -> begins awaiting their "<stack trace>" entry.  LIFO: an interrupt that
+    # contends while the task's stack is being unwound records begin+stack in between.
+    awaiting_stack = collections.defaultdict(list)
     mm_pending = {}                           # (pid, mm) -> (start ts, write)
-    mm_windows = collections.defaultdict(list)
     waits = []                                # finished contentions
     unmatched_ends = 0
     irq_contentions = 0
@@ -261,7 +262,7 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
     pids_seen = set()
 
     for e in entries:
-        idx_, pid, cpu, _, ev, rest, irq, stack = e
+        _, pid, cpu, _, ev, rest, irq, stack = e
         key = (pid, cpu) if pid == 0 else pid   # idle tasks are per CPU, all pid 0
         pids_seen.add(pid)
         t = ts(e)
@@ -276,13 +277,17 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
                 # mutexes emit begin twice (spin, then sleep) before one end: keep the
                 # first timestamp, take the later flags.
                 st[-1]["flags"] = flags
+                awaiting_stack[(pid, cpu)].append({"stack": ()})  # soaks up its stack
             else:
                 rec = {"lock": addr, "flags": flags, "t0": t, "stack": None, "stack_t": None,
                        "irq": len(irq) >= 3 and irq[2] in "hHszZ", "pid": pid}
                 st.append(rec)
-                last_begin[(pid, cpu)] = rec
+                aw = awaiting_stack[(pid, cpu)]
+                aw.append(rec)
+                del aw[:-8]   # a begin whose stack never came must not pile up
         elif ev == "<stack trace>":
-            rec = last_begin.pop((pid, cpu), None)
+            aw = awaiting_stack.get((pid, cpu))
+            rec = aw.pop() if aw else None
             if rec is not None and rec["stack"] is None:
                 rec["stack"] = stack
                 rec["stack_t"] = t

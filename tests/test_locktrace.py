@@ -271,6 +271,83 @@ def test_parser_ns_timestamps_and_filters():
     assert h["unmatched_begins"] == 2 and h["threads_seen"] == 4
 
 
+# Captured: a munmap/mmap writer entering the rwsem slowpath of its mm's mmap_lock.
+MMAP_CONTENDED = """\
+         python3-7086    [000] .....   617.684942: mmap_lock_start_locking: mm=ffff888104402580 memcg_id=3137 write=true
+         python3-7086    [000] d..2.   617.684943: contention_begin: ffff888104402638 (flags=WRITE)
+         python3-7086    [000] d..2.   617.684947: <stack trace>
+ => trace_event_raw_event_contention_begin+0x4b/0x90
+ => rwsem_down_write_slowpath+0x37f/0x6c0
+ => down_write_killable+0x5c/0x90
+ => vm_mmap_pgoff+0xe0/0x210
+ => do_syscall_64+0x71/0x280
+ => entry_SYSCALL_64_after_hwframe+0x76/0x7e
+         python3-7086    [000] ...1.   617.684993: contention_end: ffff888104402638 (ret=0)
+         python3-7086    [000] .....   617.684993: mmap_lock_acquire_returned: mm=ffff888104402580 memcg_id=3137 write=true success=true
+         python3-7086    [000] .....   617.685010: mmap_lock_start_locking: mm=ffff888104402580 memcg_id=3137 write=false
+         python3-7086    [000] d.h2.   617.685011: contention_begin: ffff888627c2ba40 (flags=SPIN)
+         python3-7086    [000] d.h2.   617.685012: contention_end: ffff888627c2ba40 (ret=0)
+         python3-7086    [000] .....   617.685013: mmap_lock_acquire_returned: mm=ffff888104402580 memcg_id=3137 write=false success=true
+""".splitlines()
+
+
+def test_parser_mmap_contended():
+    s = locktrace.parse_trace(MMAP_CONTENDED, None, tids=[7086])
+    # Only the first acquisition went through the rwsem slowpath; the second saw an
+    # interrupt-context spin contention, which does not make the mmap_lock contended.
+    assert s["mmap_lock"] == {"acquisitions": 2, "wait_ns_total": 54000, "wait_ns_max": 51000,
+                              "contended": 1, "write": 1}
+    assert s["by_type"]["WRITE"] == {"count": 1, "wait_ns_total": 50000}
+    assert s["irq_contentions"] == 1
+    top = s["top_locks"][0]
+    assert top["call_site"] == "vm_mmap_pgoff+0xe0" and top["type"] == "WRITE"
+    assert top["stack"] == ["vm_mmap_pgoff+0xe0", "do_syscall_64+0x71",
+                            "entry_SYSCALL_64_after_hwframe+0x76"]
+
+
+def test_cleanup_survives_interrupt(tracing):
+    before = _top_level_state()
+    tracer = LockTracer(name_prefix=PREFIX, buffer_kb=256)
+    tracer.start()
+    hits = []
+
+    def interrupted_once():
+        hits.append(1)
+        if len(hits) == 1:
+            raise KeyboardInterrupt
+
+    tracer._undo.append(interrupted_once)  # runs first, as a ^C during teardown would
+    with pytest.raises(KeyboardInterrupt):
+        tracer.cleanup()
+    assert len(hits) == 2
+    assert leftover_instances(PREFIX) == []
+    assert _top_level_state() == before
+
+
+def test_parser_interrupt_during_unwind():
+    # Real line formats, arranged as an interrupt contending while the task's own stack
+    # is being unwound: each stack must go to its own begin (LIFO per pid and CPU).
+    lines = """\
+         python3-4815    [001] ...1.   463.300000: contention_begin: ffff888118434890 (flags=SPIN|MUTEX)
+         python3-4815    [001] d.h2.   463.300001: contention_begin: ffff888627c2ba40 (flags=SPIN)
+         python3-4815    [001] d.h2.   463.300002: <stack trace>
+ => __pv_queued_spin_lock_slowpath+0x10e/0x380
+ => _raw_spin_lock+0x3b/0x60
+ => try_to_wake_up+0x206/0x650
+         python3-4815    [001] d.h2.   463.300003: contention_end: ffff888627c2ba40 (ret=0)
+         python3-4815    [001] ...1.   463.300004: <stack trace>
+ => __mutex_lock.constprop.0+0x1f1/0xa20
+ => fdget_pos+0x82/0x170
+         python3-4815    [001] ...1.   463.300010: contention_end: ffff888118434890 (ret=0)
+""".splitlines()
+    s = locktrace.parse_trace(lines, None, tids=[4815])
+    sites = {tl["lock"]: tl["call_site"] for tl in s["top_locks"]}
+    assert sites == {"ffff888118434890": "fdget_pos+0x82", "ffff888627c2ba40": "try_to_wake_up+0x206"}
+    assert s["by_type"] == {"SPIN|MUTEX": {"count": 1, "wait_ns_total": 10000},
+                            "SPIN": {"count": 1, "wait_ns_total": 2000}}
+    assert s["irq_contentions"] == 1 and s["unmatched_begins"] == 0
+
+
 def test_kallsyms_lookup(tmp_path):
     # A dense table, as with CONFIG_KALLSYMS_ALL.
     lines = [f"{0xffffffff83000000 + 64 * i:016x} d var{i}" for i in range(1200)]

@@ -239,12 +239,14 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
     uint64_t hdr[2] = { run->demand_gpa + off, fb_page_seed(run, page) };
 
     uint64_t t0 = fb_tsc();
+    run->stamps[page].fetch_start = t0;
     fetch_delay(run);
     if (run->cfg.resolve == FB_RESOLVE_CONTINUE)
         memcpy(run->alias + off, hdr, sizeof(hdr));   /* the non-faulting mapping */
     else
         memcpy(src_page, hdr, sizeof(hdr));
     uint64_t t1 = fb_tsc();
+    run->stamps[page].fetched = t1;
     ts->part_ns[FB_PART_FETCH] += t1 - t0;
     ts->part_count[FB_PART_FETCH]++;
     ts->fetch_ns += t1 - t0;
@@ -292,7 +294,8 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
     if (installed) {
         ts->pages_installed++;
         atomic_fetch_add(&run->pages_installed, 1);
-        run->page_done_tsc[page] = t2;
+        run->stamps[page].done = t2;
+        __atomic_fetch_add(&run->page_installs[page], 1, __ATOMIC_RELAXED);
     }
     return installed;
 }
@@ -578,9 +581,12 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
         }
         madvise(run->demand, run->demand_size, MADV_NOHUGEPAGE);   /* 4 KiB faults */
     }
-    run->page_done_tsc = calloc(run->npages, sizeof(uint64_t));
-    run->page_read_tsc = calloc(run->npages, sizeof(uint64_t));
-    run->page_enq_tsc = calloc(run->npages, sizeof(uint64_t));
+    run->stamps = calloc(run->npages, sizeof(struct fb_stamps));
+    run->page_installs = calloc(run->npages, sizeof(uint32_t));
+    if (!run->stamps || !run->page_installs) {
+        fb_set_err(err, errlen, "out of memory for per-page accounting");
+        goto fail;
+    }
 
     /* guest code, touch tables, timing buffers */
     memcpy(run->sys_mem + FB_GPA_CODE, cfg->guest_code, cfg->guest_code_len);
@@ -698,6 +704,8 @@ static void *vcpu_thread(void *arg)
                     if (run->exit_path != FB_EXITINFO_KVM)
                         run->exit_path = FB_EXITINFO_GUEST_REG;
                 }
+                if (gpa >= run->demand_gpa && gpa - run->demand_gpa < run->demand_size)
+                    run->stamps[(gpa - run->demand_gpa) / FB_PAGE].notify = t1;
                 ts->part_ns[FB_PART_LOOKUP] += fb_tsc() - t1;
                 ts->part_count[FB_PART_LOOKUP]++;
                 v->res.fault_exits++;
@@ -860,9 +868,8 @@ void fb_run_destroy(struct fb_run *run)
             close(*fd);
     if (run->barrier_init)
         pthread_barrier_destroy(&run->barrier);
-    free(run->page_done_tsc);
-    free(run->page_read_tsc);
-    free(run->page_enq_tsc);
+    free(run->stamps);
+    free(run->page_installs);
     free(run->stats);
     free(run->list);
     free((void *)run->uf_bitmap);
@@ -984,4 +991,126 @@ int fb_run_latency_hist(struct fb_run *run, int vcpu, int which,
         n++;
     }
     return n;
+}
+
+/* ---------- breakdown and blocktime ---------- */
+
+int fb_run_breakdown(struct fb_run *run, uint64_t *seg_ns, uint64_t *info)
+{
+    uint64_t seg[FB_BD_SEGMENTS] = { 0 };
+    uint64_t used = 0, skipped = 0, total = 0, overlapped = 0;
+    if (!run->cfg.record_latency)
+        return -1;
+    for (uint32_t i = 0; i < run->cfg.vcpus; i++) {
+        struct fb_vcpu *v = &run->vcpus[i];
+        uint64_t *times = (uint64_t *)(run->sys_mem + v->tsc_times);
+        uint64_t *tab = (uint64_t *)(run->sys_mem + v->tsc_table);
+        for (uint64_t t = 0; t < v->res.touches; t++) {
+            if (!(tab[t] & FB_TOUCH_FIRST))
+                continue;
+            uint64_t page = ((tab[t] & ~(FB_PAGE - 1)) - run->demand_gpa) / FB_PAGE;
+            struct fb_stamps *s = &run->stamps[page];
+            uint64_t g0 = times[2 * t], g1 = times[2 * t + 1];
+            if (!s->notify || !s->done)
+                continue;   /* no fault was delivered for this page (baselines) */
+            /* the chain of stamps this mechanism fills, in order */
+            uint64_t chain[FB_BD_SEGMENTS + 1];
+            int idx[FB_BD_SEGMENTS + 1];
+            int n = 0;
+            chain[n] = g0; idx[n++] = -1;
+            chain[n] = s->notify; idx[n++] = FB_BD_NOTIFY;
+            if (s->enqueued) { chain[n] = s->enqueued; idx[n++] = FB_BD_ENQUEUE; }
+            if (s->popped) { chain[n] = s->popped; idx[n++] = FB_BD_QUEUE; }
+            chain[n] = s->fetch_start; idx[n++] = FB_BD_DISPATCH;
+            chain[n] = s->fetched; idx[n++] = FB_BD_FETCH;
+            chain[n] = s->done; idx[n++] = FB_BD_INSTALL;
+            if (s->resumed) { chain[n] = s->resumed; idx[n++] = FB_BD_WAKE; }
+            chain[n] = g1; idx[n++] = FB_BD_RESUME;
+            /* a woken vCPU may run again before the resolver's install ioctl
+             * returns: such a stamp lies past the guest's end and is cut there */
+            int ordered = 1, cut = 0;
+            for (int k = 1; k < n - 1; k++)
+                if (chain[k] > g1) {
+                    chain[k] = g1;
+                    cut = 1;
+                }
+            for (int k = 1; k < n; k++)
+                if (chain[k] < chain[k - 1])
+                    ordered = 0;
+            overlapped += cut && ordered;
+            if (!ordered) {
+                skipped++;
+                continue;
+            }
+            for (int k = 1; k < n; k++)
+                seg[idx[k]] += chain[k] - chain[k - 1];
+            total += g1 - g0;
+            used++;
+        }
+    }
+    for (int k = 0; k < FB_BD_SEGMENTS; k++)
+        seg_ns[k] = fb_tsc_to_ns(run, seg[k]);
+    info[0] = used;
+    info[1] = skipped;
+    info[2] = fb_tsc_to_ns(run, total);
+    info[3] = overlapped;
+    return 0;
+}
+
+struct fb_event { uint64_t tsc; int64_t delta; };
+
+static int event_cmp(const void *a, const void *b)
+{
+    const struct fb_event *x = a, *y = b;
+    if (x->tsc != y->tsc)
+        return x->tsc < y->tsc ? -1 : 1;
+    return (int)(x->delta - y->delta);   /* ends before starts at the same instant */
+}
+
+uint64_t fb_run_blocktime_all(struct fb_run *run)
+{
+    if (!run->cfg.record_latency)
+        return 0;
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < run->cfg.vcpus; i++)
+        n += 2 * run->vcpus[i].res.touches;
+    struct fb_event *ev = malloc((n ? n : 1) * sizeof(*ev));
+    if (!ev)
+        return 0;
+    uint64_t m = 0;
+    for (uint32_t i = 0; i < run->cfg.vcpus; i++) {
+        struct fb_vcpu *v = &run->vcpus[i];
+        uint64_t *times = (uint64_t *)(run->sys_mem + v->tsc_times);
+        uint64_t *tab = (uint64_t *)(run->sys_mem + v->tsc_table);
+        for (uint64_t t = 0; t < v->res.touches; t++) {
+            if (!(tab[t] & FB_TOUCH_FIRST))
+                continue;
+            ev[m++] = (struct fb_event){ times[2 * t], +1 };
+            ev[m++] = (struct fb_event){ times[2 * t + 1], -1 };
+        }
+    }
+    qsort(ev, m, sizeof(*ev), event_cmp);
+    int64_t active = 0;
+    uint64_t all = 0, since = 0;
+    for (uint64_t k = 0; k < m; k++) {
+        if (active == (int64_t)run->cfg.vcpus)
+            all += ev[k].tsc - since;
+        active += ev[k].delta;
+        since = ev[k].tsc;
+    }
+    free(ev);
+    return fb_tsc_to_ns(run, all);
+}
+
+int fb_run_page_installs(struct fb_run *run, uint32_t *out, uint64_t npages)
+{
+    if (npages != run->npages)
+        return -1;
+    memcpy(out, run->page_installs, npages * sizeof(uint32_t));
+    return 0;
+}
+
+uint64_t fb_run_npages(struct fb_run *run)
+{
+    return run->npages;
 }

@@ -5,7 +5,7 @@
  * Bump FB_API_VERSION whenever a struct below changes: bench/_native_check.py
  * compares it with the Python side so a stale build is refused at import.
  */
-#define FB_API_VERSION 4
+#define FB_API_VERSION 5
 
 /* mechanisms implemented by the core (bench/csrc/mech_*.c) */
 #define FB_MECH_NONE     0
@@ -53,6 +53,18 @@
 #define FB_PART_WAKE       5   /* uffd/async: install done to vCPU running again     */
 #define FB_PART_ENQUEUE    6   /* async: list lock + push + eventfd signal           */
 #define FB_PARTS           7
+
+/* segments of a fault's latency, from the guest's rdtsc before the touch
+ * to its rdtsc after; consecutive stamps, so they partition the interval */
+#define FB_BD_NOTIFY   0   /* guest touch -> userspace knows (exit / uffd message read) */
+#define FB_BD_ENQUEUE  1   /* async: exit -> gfn on the shared list */
+#define FB_BD_QUEUE    2   /* async: on the list -> popped by a resolver */
+#define FB_BD_DISPATCH 3   /* known -> fetch starts (address lookup, hand-off) */
+#define FB_BD_FETCH    4   /* fetch model */
+#define FB_BD_INSTALL  5   /* UFFDIO_COPY / CONTINUE */
+#define FB_BD_WAKE     6   /* async: installed -> vCPU sees the bit clear */
+#define FB_BD_RESUME   7   /* -> guest runs again (wake-up or KVM_RUN re-entry) */
+#define FB_BD_SEGMENTS 8
 
 struct fb_config {
     uint32_t vcpus;
@@ -141,6 +153,16 @@ int fb_run_exit_path(struct fb_run *run);
  * which: FB_TOUCH_FIRST selects first touches, 0 selects re-touches. */
 int fb_run_latency_hist(struct fb_run *run, int vcpu, int which,
                         uint64_t *loglin, uint64_t *log2_us);
+/* per-fault breakdown: seg_ns[FB_BD_SEGMENTS] sums; info[0] faults used,
+ * info[1] faults skipped (stamps out of order, e.g. another vCPU's fault
+ * installed the page), info[2] sum of those faults' guest-timed latency (ns),
+ * info[3] faults whose vCPU ran again before the install ioctl returned */
+int fb_run_breakdown(struct fb_run *run, uint64_t *seg_ns, uint64_t *info);
+/* time during which every vCPU was blocked in a fault at once (ns) */
+uint64_t fb_run_blocktime_all(struct fb_run *run);
+/* how often each page of guest memory was installed */
+int fb_run_page_installs(struct fb_run *run, uint32_t *out, uint64_t npages);
+uint64_t fb_run_npages(struct fb_run *run);
 /* histogram helpers, exposed for tests */
 int fb_hist_index(uint64_t value_ns);
 uint64_t fb_hist_lower(int index);

@@ -32,6 +32,17 @@
 
 struct fb_run;
 
+/* a fault's way through userspace; each stamp is the TSC when it happened */
+struct fb_stamps {
+    uint64_t notify;     /* userspace learns of it: vCPU exit, or uffd message read */
+    uint64_t enqueued;   /* async: gfn on the list and eventfd signalled */
+    uint64_t popped;     /* async: resolver popped it */
+    uint64_t fetch_start;
+    uint64_t fetched;    /* content in place, install ioctl starts */
+    uint64_t done;       /* install ioctl returned */
+    uint64_t resumed;    /* async: vCPU saw the bit clear */
+};
+
 struct fb_vcpu {
     struct fb_run *run;
     int id;
@@ -111,9 +122,10 @@ struct fb_run {
     atomic_uint_fast64_t pages_installed;
     int exit_path;
 
-    /* per page host timestamps (TSC) for the cost breakdown */
-    uint64_t *page_read_tsc;         /* message read / popped by a resolver */
-    uint64_t *page_done_tsc;         /* install returned */
+    /* per page host timestamps (TSC, same clock as the guest's rdtsc) for the
+     * cost breakdown, and how often each page was installed */
+    struct fb_stamps *stamps;
+    uint32_t *page_installs;
 
     /* async (emulated KVM_READ_USERFAULT) */
     struct fb_spinlock list_lock;
@@ -121,7 +133,6 @@ struct fb_run {
     uint64_t list_cap, list_head, list_tail;
     _Atomic uint64_t *uf_bitmap;     /* bit set: page missing */
     int list_efd;
-    uint64_t *page_enq_tsc;          /* vCPU pushed the gfn */
 };
 
 /* core services for mechanisms */

@@ -54,9 +54,9 @@ static int async_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa)
         return 0;   /* resolved since the exit: just re-enter */
     uint64_t t0 = fb_tsc();
     fb_lock(&run->list_lock);
+    run->stamps[page].enqueued = fb_tsc();   /* before a resolver can pop it */
     run->list[run->list_tail++ % run->list_cap] = page;
     fb_unlock(&run->list_lock);
-    run->page_enq_tsc[page] = t0;
     if (write(run->list_efd, &one, sizeof(one)) < 0) {
         fb_fail(run, "vCPU %d: eventfd write: %s", v->id, strerror(errno));
         return -1;
@@ -71,7 +71,8 @@ static int async_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa)
         sched_yield();
     }
     uint64_t t2 = fb_tsc();
-    uint64_t done = run->page_done_tsc[page];
+    run->stamps[page].resumed = t2;
+    uint64_t done = run->stamps[page].done;
     if (done && done < t2) {
         ts->part_ns[FB_PART_WAKE] += t2 - done;
         ts->part_count[FB_PART_WAKE]++;
@@ -103,9 +104,10 @@ static void *resolver_thread(void *arg)
             page = run->list[run->list_head++ % run->list_cap];
             fb_unlock(&run->list_lock);
             uint64_t t = fb_tsc();
-            run->page_read_tsc[page] = t;
-            if (run->page_enq_tsc[page] && run->page_enq_tsc[page] < t) {
-                ts->part_ns[FB_PART_QUEUE] += t - run->page_enq_tsc[page];
+            run->stamps[page].popped = t;
+            uint64_t enq = run->stamps[page].enqueued;
+            if (enq && enq < t) {
+                ts->part_ns[FB_PART_QUEUE] += t - enq;
                 ts->part_count[FB_PART_QUEUE]++;
             }
             ts->faults++;

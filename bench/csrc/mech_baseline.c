@@ -13,6 +13,8 @@ static int prefault_setup(struct fb_run *run, char *err, int errlen)
         memcpy(run->demand + off, hdr, sizeof(hdr));
     }
     run->pages_installed = run->npages;
+    for (uint64_t p = 0; p < run->npages; p++)
+        run->page_installs[p] = 1;
     return 0;
 }
 

@@ -41,7 +41,7 @@ static void *reader_thread(void *arg)
             break;
         }
         uint64_t off = msg.arg.pagefault.address - (uint64_t)(uintptr_t)run->demand;
-        run->page_read_tsc[off / FB_PAGE] = t;
+        run->stamps[off / FB_PAGE].notify = t;
         ts->faults++;
         if (fb_resolve_page(run, ts, r->src_page, run->demand_gpa + off, 0) < 0)
             break;
