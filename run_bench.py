@@ -1,10 +1,17 @@
 #!/usr/bin/env python3
 """faultbench entry point: `python run_bench.py --vcpus 256 --mech exits`."""
+import signal
 import sys
 
 from bench.cli import main
 
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt   # same clean-up path as Ctrl-C
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         sys.exit(main())
     except KeyboardInterrupt:

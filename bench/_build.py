@@ -5,18 +5,22 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
-SOURCES = ["core.c", "uffd_common.c", "mech_baseline.c", "mech_uffd.c", "mech_exits.c", "mech_async.c"]
+SOURCES = ["core.c", "uffd_common.c", "mech_baseline.c", "mech_uffd.c", "mech_exits.c", "mech_async.c", "ring.c"]
 
 ffibuilder = FFI()
-with open(os.path.join(CSRC, "fb_api.h")) as f:
-    ffibuilder.cdef(f.read())
+CDEF_HEADERS = ["fb_api.h", "fb_ring_api.h"]
+cdef_text = ""
+for name in CDEF_HEADERS:
+    with open(os.path.join(CSRC, name)) as f:
+        cdef_text += f.read() + "\n"
+ffibuilder.cdef(cdef_text)
 ffibuilder.set_source(
     "bench._native",
-    '#include "fb_core.h"',
+    '#include "fb_core.h"\n#ifndef FB_RING_VERSION\n#include "fb_ring_api.h"\n#endif',
     sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES],
     include_dirs=[os.path.relpath(CSRC)],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
-    libraries=["pthread"],
+    libraries=["pthread", "m"],
 )
 
 if __name__ == "__main__":

@@ -71,10 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     for cls in WORKLOADS.values():
         cls.add_arguments(w)
     r = p.add_argument_group("measurement")
-    r.add_argument("--repeat", type=int, default=1, help="measured runs per point (default 1)")
+    r.add_argument("--repeat", type=int, default=3, help="measured runs per point (default 3)")
     r.add_argument("--warmup", type=int, default=0, help="warm-up runs, recorded but kept out of statistics")
     r.add_argument("--no-latency", action="store_true",
                    help="turn per-fault timing off (the guest executes no rdtsc)")
+    r.add_argument("--trace-locks", action=argparse.BooleanOptionalAction, default=True,
+                   help="record kernel lock contention (lock:contention_*, mmap_lock:*) in a private "
+                        "tracefs instance during measured runs (default on)")
+    r.add_argument("--lock-stacks", action=argparse.BooleanOptionalAction, default=True,
+                   help="name contended locks by kernel call chain (stacktrace trigger; costs about "
+                        "3 us per contention, which inflates short spin waits) (default on)")
+    r.add_argument("--trace-reference-runs", type=int, default=1,
+                   help="untraced runs per point to measure what tracing costs (default 1)")
     r.add_argument("--seed", type=int, default=1, help="seed for page content and access order (default 1)")
     r.add_argument("--timeout", type=float, default=300.0, help="seconds before a run is declared hung (default 300)")
     o = p.add_argument_group("output")
@@ -103,6 +111,8 @@ def validate_args(args) -> None:
         raise UsageError(f"--repeat {args.repeat} is out of range 1..1000")
     if not 0 <= args.warmup <= 100:
         raise UsageError(f"--warmup {args.warmup} is out of range 0..100")
+    if not 0 <= args.trace_reference_runs <= 100:
+        raise UsageError(f"--trace-reference-runs {args.trace_reference_runs} is out of range 0..100")
     if not args.timeout > 0:
         raise UsageError("--timeout must be positive")
     if args.out and len(args.vcpus) * len(args.mech) > 1:
@@ -139,6 +149,24 @@ def rerun_argv(argv: list[str], mech: str, vcpus: int) -> list[str]:
     return out + ["--vcpus", str(vcpus), "--mech", mech]
 
 
+def measure_tracing_cost(plan, rec: dict, runs: int) -> dict:
+    """The same point without tracing: what the tracer costs in paging rate."""
+    import dataclasses
+    import statistics
+    from .runner import execute
+    untraced = dataclasses.replace(plan, trace_locks=False)
+    ref = [execute(untraced)[0]["pages_per_s"] for _ in range(runs)]
+    traced = [r["metrics"]["pages_per_s"] for r in rec["runs"]]
+    return {
+        "lock_tracing": True, "stacks": plan.lock_stacks,
+        "untraced_pages_per_s": ref,
+        "traced_pages_per_s_median": statistics.median(traced),
+        "untraced_pages_per_s_median": statistics.median(ref),
+        "overhead_ratio": statistics.median(traced) / statistics.median(ref),
+        "note": "overhead_ratio = traced / untraced median paging rate; below 1 means tracing slowed the run",
+    }
+
+
 def print_point(rec: dict, path: str) -> None:
     cfg, s = rec["config"], rec["summary"]
     m = rec["machine"]
@@ -159,6 +187,14 @@ def print_point(rec: dict, path: str) -> None:
         keys = ["p50", "p90", "p99", "p99_9", "max"]
         parts = "  ".join(f"{k.replace('_', '.')} {med('fault_latency_ns.' + k) / 1000:.1f}" for k in keys)
         print(f"Fault latency (us, first touches as the vCPU saw them): {parts}")
+    for r in rec["runs"][:1]:
+        kl = r["metrics"].get("kernel_locks")
+        if kl:
+            top = ", ".join(f"{t['call_site']} x{t['count']}" for t in kl["top_locks"][:3])
+            print(f"Kernel lock contention (run 1): {kl['contentions']} contentions, "
+                  f"{kl['wait_ns_total'] / 1e6:.2f} ms waited; top: {top or '-'}")
+    if rec.get("tracing"):
+        print(f"Tracing cost: traced/untraced paging rate = {rec['tracing']['overhead_ratio']:.3f}")
     for w in rec["warnings"]:
         print(f"   warning: {w}")
     print(f"Result: {path}")
@@ -199,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(vcpus=vcpus, mechanism=mech, workload=workload,
                     mem_per_vcpu_mib=args.mem_per_vcpu, fetch_delay_us=args.fetch_delay_us,
                     fetch_delay_mode=args.fetch_delay_mode, record_latency=not args.no_latency,
-                    seed=args.seed, timeout_s=args.timeout, corrupt_every=args.corrupt_every)
+                    seed=args.seed, timeout_s=args.timeout, corrupt_every=args.corrupt_every,
+                    trace_locks=args.trace_locks, lock_stacks=args.lock_stacks)
         emulated, reason = mech.emulation()
         config = {**mech.config(), "workload": workload.name, "workload_params": workload.params(),
                   "vcpus": vcpus, "mem_per_vcpu_mib": args.mem_per_vcpu,
@@ -207,13 +244,16 @@ def main(argv: list[str] | None = None) -> int:
                   "fetch_delay_us": args.fetch_delay_us, "fetch_delay_mode": args.fetch_delay_mode,
                   "record_latency": not args.no_latency, "seed": args.seed,
                   "repeat": args.repeat, "warmup": args.warmup,
-                  "fault_address_register": "rbx"}
+                  "fault_address_register": "rbx",
+                  "trace_locks": args.trace_locks, "lock_stacks": args.lock_stacks}
         rerun = rerun_argv(argv, mech.name, vcpus)
         rec = resultmod.new_record(["run_bench.py", *rerun], config, machine, harness, emulated, reason)
         try:
             for i in range(args.warmup + args.repeat):
                 metrics, raw = execute(plan)
                 resultmod.add_run(rec, metrics, warmup=i < args.warmup, raw=raw)
+            if args.trace_locks and args.trace_reference_runs:
+                rec["tracing"] = measure_tracing_cost(plan, rec, args.trace_reference_runs)
         except RunError as exc:
             print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: {exc}", file=sys.stderr)
             return 1

@@ -4,6 +4,7 @@ Python builds the touch tables and the guest code, hands them to the C core,
 waits (so Ctrl-C and timeouts are handled here), then turns the core's counters
 and per-vCPU histograms into metrics. No timing happens in Python.
 """
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +48,8 @@ class Plan:
     seed: int = 1
     timeout_s: float = 300.0
     corrupt_every: int = 0
+    trace_locks: bool = False
+    lock_stacks: bool = True
     keep: list = field(default_factory=list)   # cffi buffers that must outlive the run
 
     @property
@@ -83,10 +86,29 @@ def _cfg(plan: Plan):
     return cfg, [code_buf, table_buf, table], table
 
 
-def execute(plan: Plan, on_started=None, on_finished=None) -> tuple[dict, dict]:
-    """Run once; returns (metrics, raw). on_started(tids) / on_finished() bracket
-    the measured part (lock tracing hooks in there)."""
+def execute(plan: Plan) -> tuple[dict, dict]:
+    """Run once; returns (metrics, raw). Whatever happens (error, timeout,
+    Ctrl-C), every thread is joined, every fd closed and tracing undone."""
     cfg, keep, table = _cfg(plan)
+    tracer = None
+    if plan.trace_locks:
+        from .locktrace import LockTracer, TraceUnavailable
+        # recording is limited in the kernel to this process and the threads it
+        # clones from now on; the summary keeps only the harness's own threads
+        tracer = LockTracer(stacks=plan.lock_stacks, pids=[os.getpid()])
+        try:
+            tracer.start()
+        except TraceUnavailable as exc:
+            raise RunError(f"lock tracing unavailable ({exc}); use --no-trace-locks") from None
+    try:
+        return _execute(plan, cfg, table, tracer)
+    finally:
+        if tracer:
+            tracer.cleanup()
+        del keep
+
+
+def _execute(plan: Plan, cfg, table, tracer) -> tuple[dict, dict]:
     err = ffi.new("char[]", ERRLEN)
     run = lib.fb_run_create(cfg, err, ERRLEN)
     if run == ffi.NULL:
@@ -94,8 +116,6 @@ def execute(plan: Plan, on_started=None, on_finished=None) -> tuple[dict, dict]:
     try:
         if lib.fb_run_start(run, err, ERRLEN):
             raise RunError(ffi.string(err).decode())
-        if on_started:
-            on_started(_tids(run))
         waited = 0.0
         while True:
             rc = lib.fb_run_wait(run, 100, err, ERRLEN)   # short waits: Ctrl-C gets through
@@ -108,12 +128,13 @@ def execute(plan: Plan, on_started=None, on_finished=None) -> tuple[dict, dict]:
                 raise RunError(f"timeout: vCPUs still running after {plan.timeout_s:g} s "
                                f"(mechanism {plan.mechanism.name})")
         lib.fb_run_stop(run)
-        if on_finished:
-            on_finished()
-        return _collect(plan, run, table)
+        kernel_locks = tracer.stop(_tids(run)) if tracer else None
+        metrics, raw = _collect(plan, run, table)
+        if kernel_locks is not None:
+            metrics["kernel_locks"] = kernel_locks
+        return metrics, raw
     finally:
         lib.fb_run_destroy(run)   # stops and joins every thread, closes every fd
-        del keep
 
 
 def _tids(run) -> list[int]:
@@ -241,11 +262,17 @@ def _collect(plan: Plan, run, table) -> tuple[dict, dict]:
                           "per_vcpu_total": int(sum(blocked))} if plan.record_latency else None),
         "fault_breakdown_ns": breakdown,
         "resolved_by_role": {r: sum(t["faults"] for t in ts) for r, ts in by_role.items()},
-        "cpu_ns_by_role": {r: {"user": sum(t["utime_ns"] for t in ts),
-                               "system": sum(t["stime_ns"] for t in ts)} for r, ts in by_role.items()},
+        "cpu_by_role": {r: {"threads": len(ts),
+                            "user_ns": sum(t["utime_ns"] for t in ts),
+                            "system_ns": sum(t["stime_ns"] for t in ts),
+                            "voluntary_ctxt_switches": sum(t["voluntary_ctxt_switches"] for t in ts),
+                            "involuntary_ctxt_switches": sum(t["involuntary_ctxt_switches"] for t in ts)}
+                        for r, ts in by_role.items()},
+        "latency_dist_log2_us": (first_log2.tolist() if first_log2 is not None else None),
     }
     if plan.mechanism.name == "async":
-        metrics["list_lock"] = {"acquisitions": lock.acquisitions, "contended": lock.contended,
+        metrics["harness_locks"] = {}
+        metrics["harness_locks"]["async_list"] = {"acquisitions": lock.acquisitions, "contended": lock.contended,
                                 "spin_ns": lock.spin_ns, "max_spin_ns": lock.max_spin_ns}
     raw = {
         "exit_path": EXIT_PATHS[lib.fb_run_exit_path(run)],
@@ -260,7 +287,6 @@ def _collect(plan: Plan, run, table) -> tuple[dict, dict]:
         "fault_latency_hist": (stats.sparse_hist(first_hist.tolist())
                                if first_hist is not None else None),
         "blocktime_per_vcpu_ns": blocked if plan.record_latency else None,
-        "fault_latency_log2_us": (first_log2.tolist() if first_log2 is not None else None),
         "retouch_latency_hist": (stats.sparse_hist(re_hist.tolist())
                                  if re_hist is not None and re_hist.any() else None),
     }
