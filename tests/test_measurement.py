@@ -1,0 +1,106 @@
+"""Measurement fields on real runs: kernel lock contention, blocktime, latency
+histograms, cost breakdown, CPU per role; and tracefs left as found."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench import result as resultmod
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tracefs():
+    from bench.locktrace import TraceUnavailable, LockTracer
+    t = LockTracer(name_prefix="fbprobe")
+    try:
+        t.start()
+    except TraceUnavailable as exc:
+        pytest.skip(f"tracefs lock events unavailable: {exc}")
+    finally:
+        t.cleanup()
+
+
+def tracefs_state():
+    from bench.locktrace import enabled_events_in, leftover_instances, tracefs_mount_count
+    top = "/sys/kernel/tracing"
+    enabled = enabled_events_in(top) if tracefs_mount_count() else []
+    return tracefs_mount_count(), leftover_instances("faultbench"), enabled
+
+
+def run_cli(tmp_path, *args, timeout=300):
+    out = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, "run_bench.py", *args, "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return p, out
+
+
+@pytest.mark.parametrize("mech", ["uffd", "exits"])
+def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
+    before = tracefs_state()
+    p, out = run_cli(tmp_path, "--vcpus", "64", "--mech", mech, "--mem-per-vcpu", "2",
+                     "--repeat", "1")
+    assert p.returncode == 0, p.stderr
+    assert tracefs_state() == before
+    rec = json.loads(out.read_text())
+    assert resultmod.validate(rec) == []
+    m = rec["runs"][0]["metrics"]
+    kl = m["kernel_locks"]
+    assert kl["contentions"] > 0 and kl["wait_ns_total"] > 0
+    assert 1 <= len(kl["top_locks"]) <= 5
+    assert all(t["call_site"] for t in kl["top_locks"])
+    assert "acquisitions" in kl["mmap_lock"]
+    roles = m["cpu_by_role"]
+    assert roles["vcpu"]["threads"] == 64
+    assert roles["vcpu"]["user_ns"] + roles["vcpu"]["system_ns"] > 0
+    if mech == "uffd":
+        assert roles["reader"]["system_ns"] > 0
+    bt = m["blocktime_ns"]
+    assert 0 <= bt["all_vcpus"] <= m["guest_seconds"] * 1e9
+    assert 0 < bt["per_vcpu_mean"] <= bt["per_vcpu_max"]
+    log2 = m["latency_dist_log2_us"]
+    assert len(log2) == 32 and sum(log2) == m["pages"]
+    bd = m["fault_breakdown_ns"]
+    assert bd["faults_used"] > 0.9 * m["pages"]
+    assert abs(bd["sum_of_parts"] / bd["mean_fault_latency"] - 1) < 0.10
+    assert all(v >= 0 for v in bd["parts"].values())
+    assert 0 < rec["tracing"]["overhead_ratio"] < 10
+
+
+def test_async_reports_its_list_lock(kvm, tmp_path):
+    p, out = run_cli(tmp_path, "--vcpus", "8", "--mech", "async", "--mem-per-vcpu", "2",
+                     "--repeat", "1", "--no-trace-locks")
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(out.read_text())
+    assert rec["emulated"] is True and "KVM_READ_USERFAULT" in rec["emulation_reason"]
+    assert "EMULATED" in p.stdout
+    lock = rec["runs"][0]["metrics"]["harness_locks"]["async_list"]
+    # one push per fault, pops until empty: at least two acquisitions a fault
+    assert lock["acquisitions"] >= 2 * rec["runs"][0]["metrics"]["faults"]
+    assert "tracing" not in rec
+
+
+def test_sigint_mid_traced_run_leaves_tracefs_as_found(kvm, tracefs, tmp_path):
+    before = tracefs_state()
+    proc = subprocess.Popen(
+        [sys.executable, "run_bench.py", "--vcpus", "64", "--mech", "uffd",
+         "--mem-per-vcpu", "64", "--repeat", "5", "--results-dir", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from bench.locktrace import leftover_instances
+    deadline = time.monotonic() + 60
+    while not leftover_instances("faultbench") and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    assert leftover_instances("faultbench"), "the traced run never started"
+    time.sleep(0.5)   # inside the run
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "interrupted" in err
+    assert tracefs_state() == before
+    assert list(tmp_path.iterdir()) == []   # nothing half-written
