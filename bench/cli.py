@@ -57,9 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uffd/uffd-many: reader threads per userfaultfd; async: resolver threads (default 1)")
     g.add_argument("--wait", choices=["poll", "epoll", "read"], default="poll",
                    help="uffd readers wait with poll(2), epoll with EPOLLEXCLUSIVE, or a blocking read (default poll)")
-    g.add_argument("--resolve", choices=["copy", "continue"], default="copy",
+    g.add_argument("--resolve", choices=["copy", "continue"], default=None,
                    help="copy: private memory, MISSING mode, UFFDIO_COPY; continue: memfd with a second "
-                        "non-faulting mapping, page written there, MINOR mode, UFFDIO_CONTINUE (default copy)")
+                        "non-faulting mapping, page written there, MINOR mode, UFFDIO_CONTINUE (default: copy, "
+                        "or continue where the workload or --fetch worker needs shared memory)")
+    g.add_argument("--fault-around", type=int, default=1, metavar="N",
+                   help="pages installed per resolved fault, contiguous from the faulting page within its "
+                        "userfaultfd's range (1..512, default 1); faults and pages are counted apart")
     g.add_argument("--uffds", type=int, default=0,
                    help="uffd-many: number of userfaultfds (default: one per vCPU partition)")
     g.add_argument("--fetch-delay-us", type=float, default=0.0,
@@ -101,6 +105,8 @@ def validate_args(args) -> None:
         raise UsageError("--vcpus needs at least one count")
     if not (2 <= args.mem_per_vcpu <= 65536 and args.mem_per_vcpu % 2 == 0):
         raise UsageError(f"--mem-per-vcpu {args.mem_per_vcpu} must be an even number of MiB in 2..65536")
+    if not 1 <= args.fault_around <= 512:
+        raise UsageError(f"--fault-around {args.fault_around} is out of range 1..512")
     if not 1 <= args.readers <= 256:
         raise UsageError(f"--readers {args.readers} is out of range 1..256")
     if not 0 <= args.uffds <= 1024:
@@ -210,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         require_devices()
         workload = WORKLOADS[args.workload](args)
         workload.validate()
+        args.needs_shared_memory = workload.needs_shared_memory
+        args.shared_memory_reason = f"workload {workload.name}"
         for v in args.vcpus:
             check_memory(v, args, workload)
         probes = probe()
@@ -236,11 +244,13 @@ def main(argv: list[str] | None = None) -> int:
                     mem_per_vcpu_mib=args.mem_per_vcpu, fetch_delay_us=args.fetch_delay_us,
                     fetch_delay_mode=args.fetch_delay_mode, record_latency=not args.no_latency,
                     seed=args.seed, timeout_s=args.timeout, corrupt_every=args.corrupt_every,
-                    trace_locks=args.trace_locks, lock_stacks=args.lock_stacks)
+                    trace_locks=args.trace_locks, lock_stacks=args.lock_stacks,
+                    fault_around=args.fault_around)
         emulated, reason = mech.emulation()
         config = {**mech.config(), "workload": workload.name, "workload_params": workload.params(),
                   "vcpus": vcpus, "mem_per_vcpu_mib": args.mem_per_vcpu,
                   "memory_pages": plan.memory_pages,
+                  "fault_around": args.fault_around,
                   "fetch_delay_us": args.fetch_delay_us, "fetch_delay_mode": args.fetch_delay_mode,
                   "record_latency": not args.no_latency, "seed": args.seed,
                   "repeat": args.repeat, "warmup": args.warmup,

@@ -48,6 +48,7 @@ class Plan:
     seed: int = 1
     timeout_s: float = 300.0
     corrupt_every: int = 0
+    fault_around: int = 1
     trace_locks: bool = False
     lock_stacks: bool = True
     keep: list = field(default_factory=list)   # cffi buffers that must outlive the run
@@ -77,13 +78,21 @@ def _cfg(plan: Plan):
     cfg.record_latency = int(plan.record_latency)
     cfg.seed = plan.seed & 0xFFFFFFFFFFFFFFFF
     cfg.corrupt_every = plan.corrupt_every
+    cfg.fault_around = plan.fault_around
+    keep = []
+    stale = plan.workload.stale_map(plan.memory_pages, np.random.default_rng([plan.seed, 1]))
+    if stale is not None:
+        stale_buf = ffi.from_buffer(stale)
+        keep += [stale, stale_buf]
+        cfg.stale_map = ffi.cast("uint8_t *", stale_buf)
+        cfg.bitmap_delay_ns = plan.workload.bitmap_delay_ns()
     code_buf = ffi.from_buffer(code)
     table_buf = ffi.from_buffer(table)
     cfg.guest_code = code_buf
     cfg.guest_code_len = len(code)
     cfg.touches = ffi.cast("uint64_t *", table_buf)
     cfg.touches_per_vcpu = table.shape[1]
-    return cfg, [code_buf, table_buf, table], table
+    return cfg, keep + [code_buf, table_buf, table], table
 
 
 def execute(plan: Plan) -> tuple[dict, dict]:
@@ -248,6 +257,7 @@ def _collect(plan: Plan, run, table) -> tuple[dict, dict]:
         "touches": touches,
         "faults": faults,
         "pages_installed": int(lib.fb_run_pages_installed(run)),
+        "pages_copied": int(lib.fb_run_pages_copied(run)),
         "guest_seconds": guest_seconds,
         "pages_per_s": pages / guest_seconds if guest_seconds > 0 else 0.0,
         "pages_per_s_per_vcpu": float(np.mean(pages_per_vcpu_touched / per_vcpu_s)),
@@ -270,6 +280,14 @@ def _collect(plan: Plan, run, table) -> tuple[dict, dict]:
                         for r, ts in by_role.items()},
         "latency_dist_log2_us": (first_log2.tolist() if first_log2 is not None else None),
     }
+    if plan.mechanism.uses_uffd and plan.workload.stale_map(0, np.random.default_rng(0)) is not None:
+        arrived = lib.fb_run_bitmap_arrived_ns(run)
+        metrics["precopy"] = {
+            "stale_pages": int(plan.workload.stale_map(plan.memory_pages,
+                                                       np.random.default_rng([plan.seed, 1])).sum()),
+            "pages_declared_clean": int(lib.fb_run_pages_declared_clean(run)),
+            "bitmap_arrived_after_s": (arrived - starts.min()) / 1e9 if arrived else None,
+        }
     if plan.mechanism.name == "async":
         metrics["harness_locks"] = {}
         metrics["harness_locks"]["async_list"] = {"acquisitions": lock.acquisitions, "contended": lock.contended,

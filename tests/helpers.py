@@ -12,6 +12,8 @@ def make_plan(mech: str, vcpus: int, mib: int = 2, workload: str = "sequential",
     args = build_parser().parse_args(["--workload", workload, "--mem-per-vcpu", str(mib)] + (extra or []))
     wl = WORKLOADS[workload](args)
     wl.validate()
+    args.needs_shared_memory = wl.needs_shared_memory
+    args.shared_memory_reason = f"workload {workload}"
     args.memory_pages = wl.memory_pages(vcpus, mib * 256)
     m = MECHANISMS[mech](args, vcpus, {"memslot_flag_userfault": False})
     m.validate()

@@ -209,6 +209,35 @@ int fb_uffd_for_gpa(struct fb_run *run, uint64_t gpa)
     return (int)((gpa - run->demand_gpa) / run->uffd_span);
 }
 
+/* CopyFromRemote through the network worker, one request per contiguous run
+ * of pages that need content; the worker writes into the memfd directly */
+static int ring_fetch(struct fb_run *run, uint64_t page, uint64_t n, const uint64_t *fetch)
+{
+    uint64_t i = 0;
+    while (i < n) {
+        if (!(fetch[i / 64] >> (i % 64) & 1)) {
+            i++;
+            continue;
+        }
+        uint64_t j = i;
+        while (j < n && (fetch[j / 64] >> (j % 64) & 1))
+            j++;
+        uint64_t off = (page + i) * FB_PAGE;
+        int rc = fb_ring_copy(run->ring, off, off, (j - i) * FB_PAGE, (const volatile int *)&run->stop);
+        if (rc == FB_RING_STOPPED)
+            return -1;
+        if (rc != FB_RING_OK) {
+            fb_fail(run, "network worker %s (CopyFromRemote at offset 0x%llx)",
+                    rc == FB_RING_DEAD ? "died or stopped" : rc == FB_RING_FULL ? "ring stayed full for 5 s"
+                                                                                  : "refused the range",
+                    (unsigned long long)off);
+            return -1;
+        }
+        i = j;
+    }
+    return 0;
+}
+
 static void fetch_delay(struct fb_run *run)
 {
     uint64_t ns = run->cfg.fetch_delay_ns;
@@ -225,6 +254,60 @@ static void fetch_delay(struct fb_run *run)
     }
 }
 
+/* precopy-stale: faults before the final dirty bitmap wait for it */
+static int wait_for_bitmap(struct fb_run *run)
+{
+    while (!atomic_load_explicit(&run->bitmap_arrived, memory_order_acquire)) {
+        if (atomic_load_explicit(&run->stop, memory_order_relaxed))
+            return -1;
+        struct timespec ts = { 0, 50000 };
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+/* does page p need its content fetched before it is mapped? */
+static int needs_fetch(struct fb_run *run, uint64_t p)
+{
+    if (!run->stale)
+        return 1;
+    /* stale pages are fetched once; clean ones are declared present as they are */
+    return __atomic_exchange_n(&run->stale[p], 0, __ATOMIC_ACQ_REL) != 0;
+}
+
+static void put_content(struct fb_run *run, uint8_t *src, uint64_t p)
+{
+    uint64_t hdr[2] = { run->demand_gpa + p * FB_PAGE, fb_page_seed(run, p) };
+    if (run->cfg.resolve == FB_RESOLVE_CONTINUE)
+        memcpy(run->alias + p * FB_PAGE, hdr, sizeof(hdr));   /* the non-faulting mapping */
+    else
+        memcpy(src, hdr, sizeof(hdr));
+}
+
+/* one UFFDIO_COPY/CONTINUE over [first, first+n) pages; returns bytes mapped
+ * (>= 0) or -errno. A partial result means the next page was in the way. */
+static int64_t install_range(struct fb_run *run, int uffd, uint64_t first, uint64_t n,
+                             uint8_t *src, int dontwake)
+{
+    uint64_t hva = (uint64_t)(uintptr_t)(run->demand + first * FB_PAGE);
+    if (run->cfg.resolve == FB_RESOLVE_CONTINUE) {
+        struct uffdio_continue c = {
+            .range = { .start = hva, .len = n * FB_PAGE },
+            .mode = dontwake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0,
+        };
+        if (ioctl(uffd, UFFDIO_CONTINUE, &c) == 0)
+            return (int64_t)(n * FB_PAGE);
+        return c.mapped > 0 ? c.mapped : -errno;
+    }
+    struct uffdio_copy c = {
+        .dst = hva, .src = (uint64_t)(uintptr_t)src, .len = n * FB_PAGE,
+        .mode = dontwake ? UFFDIO_COPY_MODE_DONTWAKE : 0,
+    };
+    if (ioctl(uffd, UFFDIO_COPY, &c) == 0)
+        return (int64_t)(n * FB_PAGE);
+    return c.copy > 0 ? c.copy : -errno;
+}
+
 int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src_page,
                     uint64_t gpa, int dontwake)
 {
@@ -234,70 +317,130 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
     }
     uint64_t off = (gpa - run->demand_gpa) & ~(FB_PAGE - 1);
     uint64_t page = off / FB_PAGE;
-    int uffd = run->uffd[off / run->uffd_span];
-    uint64_t hva = (uint64_t)(uintptr_t)(run->demand + off);
-    uint64_t hdr[2] = { run->demand_gpa + off, fb_page_seed(run, page) };
+    int ui = (int)(off / run->uffd_span);
+    int uffd = run->uffd[ui];
+    /* fault-around: a window of contiguous pages, inside this userfaultfd's range */
+    uint64_t region_end = (uint64_t)(ui + 1) * run->uffd_span;
+    if (region_end > run->demand_size)
+        region_end = run->demand_size;
+    uint64_t n = run->cfg.fault_around ? run->cfg.fault_around : 1;
+    if (n > (region_end - off) / FB_PAGE)
+        n = (region_end - off) / FB_PAGE;
+
+    if (run->stale && wait_for_bitmap(run))
+        return -1;
 
     uint64_t t0 = fb_tsc();
     run->stamps[page].fetch_start = t0;
-    fetch_delay(run);
-    if (run->cfg.resolve == FB_RESOLVE_CONTINUE)
-        memcpy(run->alias + off, hdr, sizeof(hdr));   /* the non-faulting mapping */
-    else
-        memcpy(src_page, hdr, sizeof(hdr));
+    uint64_t fetch[FB_MAX_FAULT_AROUND / 64] = { 0 };
+    int any = 0;
+    for (uint64_t i = 0; i < n; i++)
+        if (needs_fetch(run, page + i)) {
+            fetch[i / 64] |= 1ULL << (i % 64);
+            any = 1;
+        }
+    if (any) {
+        if (run->ring) {
+            if (ring_fetch(run, page, n, fetch) < 0)
+                return -1;
+        } else {
+            fetch_delay(run);
+            for (uint64_t i = 0; i < n; i++)
+                if (fetch[i / 64] >> (i % 64) & 1)
+                    put_content(run, src_page + i * FB_PAGE, page + i);
+        }
+        for (uint64_t i = 0; i < n; i++)
+            if (fetch[i / 64] >> (i % 64) & 1)
+                atomic_fetch_add(&run->pages_copied, 1);
+    }
     uint64_t t1 = fb_tsc();
     run->stamps[page].fetched = t1;
     ts->part_ns[FB_PART_FETCH] += t1 - t0;
     ts->part_count[FB_PART_FETCH]++;
     ts->fetch_ns += t1 - t0;
 
-    int installed = 0;
-    for (;;) {
-        int rc;
-        if (run->cfg.resolve == FB_RESOLVE_CONTINUE) {
-            struct uffdio_continue c = {
-                .range = { .start = hva, .len = FB_PAGE },
-                .mode = dontwake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0,
-            };
-            rc = ioctl(uffd, UFFDIO_CONTINUE, &c);
-        } else {
-            struct uffdio_copy c = {
-                .dst = hva, .src = (uint64_t)(uintptr_t)src_page, .len = FB_PAGE,
-                .mode = dontwake ? UFFDIO_COPY_MODE_DONTWAKE : 0,
-            };
-            rc = ioctl(uffd, UFFDIO_COPY, &c);
+    int installed_first = 0;
+    uint64_t i = 0;
+    while (i < n) {
+        int64_t got = install_range(run, uffd, page + i, n - i, src_page + i * FB_PAGE, dontwake);
+        if (got > 0) {
+            uint64_t k = (uint64_t)got / FB_PAGE;
+            uint64_t now = fb_tsc();
+            for (uint64_t j = i; j < i + k; j++) {
+                __atomic_fetch_add(&run->page_installs[page + j], 1, __ATOMIC_RELAXED);
+                run->stamps[page + j].done = now;
+            }
+            if (i == 0)
+                installed_first = 1;
+            ts->pages_installed += k;
+            atomic_fetch_add(&run->pages_installed, k);
+            i += k;
+            continue;
         }
-        if (rc == 0) {
-            installed = 1;
-            break;
-        }
-        if (errno == EEXIST) {
+        if (got == -EEXIST) {
             ts->eexist++;
-            if (!dontwake) {
+            if (i == 0 && !dontwake) {
                 /* another resolver won; make sure no waiter stays asleep */
-                struct uffdio_range r = { .start = hva, .len = FB_PAGE };
+                struct uffdio_range r = { .start = (uint64_t)(uintptr_t)(run->demand + off), .len = FB_PAGE };
                 ioctl(uffd, UFFDIO_WAKE, &r);
                 ts->wakes++;
             }
-            break;
+            i++;   /* skip the page in the way */
+            continue;
         }
-        if (errno == EAGAIN || errno == EINTR)
+        if (got == -EAGAIN || got == -EINTR || got == 0)
             continue;   /* mapping changed under us; retry */
         fb_fail(run, "%s at gpa 0x%llx: %s",
                 run->cfg.resolve == FB_RESOLVE_CONTINUE ? "UFFDIO_CONTINUE" : "UFFDIO_COPY",
-                (unsigned long long)gpa, strerror(errno));
+                (unsigned long long)(gpa + i * FB_PAGE), strerror((int)-got));
         return -1;
     }
     uint64_t t2 = fb_tsc();
+    if (!installed_first)
+        run->stamps[page].done = t2;
     ts->part_ns[FB_PART_INSTALL] += t2 - t1;
     ts->part_count[FB_PART_INSTALL]++;
-    if (installed) {
-        ts->pages_installed++;
-        atomic_fetch_add(&run->pages_installed, 1);
-        run->stamps[page].done = t2;
-        __atomic_fetch_add(&run->page_installs[page], 1, __ATOMIC_RELAXED);
+    return installed_first;
+}
+
+/* precopy-stale: the final dirty bitmap arrives after bitmap_delay_ns; every
+ * page it declares clean is mapped with UFFDIO_CONTINUE, no copy */
+static void *bitmap_thread(void *arg)
+{
+    struct fb_run *run = arg;
+    struct timespec ts = { .tv_sec = run->cfg.bitmap_delay_ns / 1000000000ULL,
+                           .tv_nsec = run->cfg.bitmap_delay_ns % 1000000000ULL };
+    while (clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) == EINTR)
+        if (atomic_load(&run->stop))
+            return NULL;
+    run->bitmap_arrived_ns = fb_now_ns();
+    atomic_store_explicit(&run->bitmap_arrived, 1, memory_order_release);
+    for (uint64_t p = 0; p < run->npages && !atomic_load(&run->stop); ) {
+        if (run->stale[p] || run->page_installs[p]) {
+            p++;
+            continue;
+        }
+        uint64_t q = p;   /* a run of clean pages, inside one userfaultfd's range */
+        uint64_t end = ((p * FB_PAGE) / run->uffd_span + 1) * run->uffd_span / FB_PAGE;
+        while (q < run->npages && q < end && !run->stale[q] && !run->page_installs[q])
+            q++;
+        int uffd = run->uffd[(p * FB_PAGE) / run->uffd_span];
+        int64_t got = install_range(run, uffd, p, q - p, NULL, 0);
+        if (got > 0) {
+            for (uint64_t j = p; j < p + (uint64_t)got / FB_PAGE; j++)
+                __atomic_fetch_add(&run->page_installs[j], 1, __ATOMIC_RELAXED);
+            atomic_fetch_add(&run->pages_installed, (uint64_t)got / FB_PAGE);
+            atomic_fetch_add(&run->pages_declared_clean, (uint64_t)got / FB_PAGE);
+            p += (uint64_t)got / FB_PAGE;
+        } else if (got == -EEXIST || got == -EAGAIN || got == 0) {
+            p += got == -EEXIST;   /* a vCPU's fault mapped it first */
+        } else {
+            fb_fail(run, "bitmap: UFFDIO_CONTINUE at page %llu: %s", (unsigned long long)p,
+                    strerror((int)-got));
+            return NULL;
+        }
     }
-    return installed;
+    return NULL;
 }
 
 /* the seed a page's content carries; corrupt_every lets tests prove the guest's check works */
@@ -515,6 +658,7 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
     install_signal_handler();
 
     uint64_t tpv = cfg->touches_per_vcpu;
+    uint64_t src_bytes = (cfg->fault_around ? cfg->fault_around : 1) * FB_PAGE;   /* COPY source */
     run->demand_size = cfg->demand_bytes ? cfg->demand_bytes : (uint64_t)cfg->vcpus * cfg->mem_per_vcpu;
     if (run->demand_size % (2ULL << 20)) {
         fb_set_err(err, errlen, "guest memory size must be a multiple of 2 MiB");
@@ -581,6 +725,29 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
         }
         madvise(run->demand, run->demand_size, MADV_NOHUGEPAGE);   /* 4 KiB faults */
     }
+    if (cfg->fault_around > FB_MAX_FAULT_AROUND) {
+        fb_set_err(err, errlen, "fault-around %u above %d pages", cfg->fault_around, FB_MAX_FAULT_AROUND);
+        goto fail;
+    }
+    if (cfg->stale_map && cfg->mech != FB_MECH_NONE && cfg->mech != FB_MECH_PREFAULT) {
+        if (cfg->resolve != FB_RESOLVE_CONTINUE) {
+            fb_set_err(err, errlen, "precopy-stale needs shared memory (resolve continue)");
+            goto fail;
+        }
+        run->stale = malloc(run->npages);
+        if (!run->stale) {
+            fb_set_err(err, errlen, "out of memory for the stale map");
+            goto fail;
+        }
+        memcpy(run->stale, cfg->stale_map, run->npages);
+        /* pre-copy left every page in the page cache: clean ones with the right
+         * content, stale ones with an older version that must be fetched again */
+        for (uint64_t p = 0; p < run->npages; p++) {
+            uint64_t hdr[2] = { run->demand_gpa + p * FB_PAGE,
+                                run->stale[p] ? ~fb_page_seed(run, p) : fb_page_seed(run, p) };
+            memcpy(run->alias + p * FB_PAGE, hdr, sizeof(hdr));
+        }
+    }
     run->stamps = calloc(run->npages, sizeof(struct fb_stamps));
     run->page_installs = calloc(run->npages, sizeof(uint32_t));
     if (!run->stamps || !run->page_installs) {
@@ -610,8 +777,8 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
             }
             tab[t] = (run->demand_gpa + off) | (e & (FB_PAGE - 1));   /* tables hold offsets */
         }
-        v->src_page = aligned_alloc(FB_PAGE, FB_PAGE);
-        memset(v->src_page, 0, FB_PAGE);
+        v->src_page = aligned_alloc(FB_PAGE, src_bytes);
+        memset(v->src_page, 0, src_bytes);
     }
 
     if (set_slot(run, 0, 0, run->sys_mem, run->sys_size, err, errlen) ||
@@ -652,8 +819,8 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
             r->ts->index = i;
             r->uffd_index = cfg->mech == FB_MECH_UFFD ? i / cfg->readers : 0;
             r->ts->uffd_index = r->uffd_index;
-            r->src_page = aligned_alloc(FB_PAGE, FB_PAGE);
-            memset(r->src_page, 0, FB_PAGE);
+            r->src_page = aligned_alloc(FB_PAGE, src_bytes);
+            memset(r->src_page, 0, src_bytes);
         }
     }
 
@@ -753,6 +920,11 @@ int fb_run_start(struct fb_run *run, char *err, int errlen)
     run->barrier_init = 1;
     if (run->ops->start && run->ops->start(run, err, errlen))
         return -1;
+    if (run->stale) {
+        if (fb_spawn(run, &run->bitmap_thread, bitmap_thread, run, err, errlen))
+            return -1;
+        run->bitmap_started = 1;
+    }
     atomic_store(&run->vcpus_running, n);
     for (uint32_t i = 0; i < n; i++) {
         if (fb_spawn(run, &run->vcpus[i].thread, vcpu_thread, &run->vcpus[i], err, errlen)) {
@@ -819,6 +991,8 @@ void fb_run_stop(struct fb_run *run)
     for (int i = 0; i < run->nreaders; i++)
         if (run->readers[i].started)
             join_interrupting(run->readers[i].thread, &run->readers[i].joined);
+    if (run->bitmap_started)
+        join_interrupting(run->bitmap_thread, &run->bitmap_joined);
 }
 
 void fb_run_destroy(struct fb_run *run)
@@ -868,6 +1042,9 @@ void fb_run_destroy(struct fb_run *run)
             close(*fd);
     if (run->barrier_init)
         pthread_barrier_destroy(&run->barrier);
+    free(run->stale);
+    if (run->ring)
+        fb_ring_unmap(run->ring);
     free(run->stamps);
     free(run->page_installs);
     free(run->stats);
@@ -1113,4 +1290,40 @@ int fb_run_page_installs(struct fb_run *run, uint32_t *out, uint64_t npages)
 uint64_t fb_run_npages(struct fb_run *run)
 {
     return run->npages;
+}
+
+uint64_t fb_run_pages_copied(struct fb_run *run)
+{
+    return atomic_load(&run->pages_copied);
+}
+
+uint64_t fb_run_pages_declared_clean(struct fb_run *run)
+{
+    return atomic_load(&run->pages_declared_clean);
+}
+
+uint64_t fb_run_bitmap_arrived_ns(struct fb_run *run)
+{
+    return run->bitmap_arrived_ns;
+}
+
+int fb_run_memfd(struct fb_run *run)
+{
+    return run->memfd;
+}
+
+int fb_run_attach_ring(struct fb_run *run, int ring_fd, int worker_pidfd, char *err, int errlen)
+{
+    if (run->cfg.resolve != FB_RESOLVE_CONTINUE || run->memfd < 0) {
+        fb_set_err(err, errlen, "the network worker writes through shared memory: needs resolve continue");
+        return -1;
+    }
+    run->ring = fb_ring_map(ring_fd);
+    if (!run->ring) {
+        fb_set_err(err, errlen, "mapping the worker's ring: %s", strerror(errno));
+        return -1;
+    }
+    if (worker_pidfd >= 0)
+        fb_ring_set_worker_pidfd(run->ring, worker_pidfd);
+    return 0;
 }

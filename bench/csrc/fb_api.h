@@ -5,7 +5,7 @@
  * Bump FB_API_VERSION whenever a struct below changes: bench/_native_check.py
  * compares it with the Python side so a stale build is refused at import.
  */
-#define FB_API_VERSION 5
+#define FB_API_VERSION 6
 
 /* mechanisms implemented by the core (bench/csrc/mech_*.c) */
 #define FB_MECH_NONE     0
@@ -84,7 +84,12 @@ struct fb_config {
     uint64_t guest_code_len;
     const uint64_t *touches;    /* vcpus * touches_per_vcpu entries */
     uint64_t touches_per_vcpu;
+    uint32_t fault_around;      /* pages installed per resolved fault (1..FB_MAX_FAULT_AROUND) */
+    const uint8_t *stale_map;   /* precopy-stale: 1 per page to fetch; NULL: every page */
+    uint64_t bitmap_delay_ns;   /* precopy-stale: when the final dirty bitmap arrives */
 };
+
+#define FB_MAX_FAULT_AROUND 512
 
 struct fb_vcpu_result {
     uint64_t start_ns;          /* CLOCK_MONOTONIC, after the start barrier */
@@ -163,6 +168,13 @@ uint64_t fb_run_blocktime_all(struct fb_run *run);
 /* how often each page of guest memory was installed */
 int fb_run_page_installs(struct fb_run *run, uint32_t *out, uint64_t npages);
 uint64_t fb_run_npages(struct fb_run *run);
+uint64_t fb_run_pages_copied(struct fb_run *run);          /* page contents fetched */
+uint64_t fb_run_pages_declared_clean(struct fb_run *run);  /* mapped by the bitmap, no copy */
+uint64_t fb_run_bitmap_arrived_ns(struct fb_run *run);     /* CLOCK_MONOTONIC, 0 if never */
+/* --fetch worker: the memfd the worker writes guest memory through, and the
+ * ring it serves (attach before fb_run_start; the run keeps its own mapping) */
+int fb_run_memfd(struct fb_run *run);
+int fb_run_attach_ring(struct fb_run *run, int ring_fd, int worker_pidfd, char *err, int errlen);
 /* histogram helpers, exposed for tests */
 int fb_hist_index(uint64_t value_ns);
 uint64_t fb_hist_lower(int index);

@@ -13,6 +13,7 @@
 #include <linux/userfaultfd.h>
 
 #include "fb_api.h"
+#include "fb_ring_api.h"
 
 #define FB_PAGE 4096ULL
 #define FB_PORT_DONE 0x10
@@ -126,6 +127,17 @@ struct fb_run {
      * cost breakdown, and how often each page was installed */
     struct fb_stamps *stamps;
     uint32_t *page_installs;
+
+    /* precopy-stale */
+    uint8_t *stale;                  /* 1: content must be fetched (cleared once fetched) */
+    atomic_int bitmap_arrived;
+    uint64_t bitmap_arrived_ns;
+    pthread_t bitmap_thread;
+    int bitmap_started, bitmap_joined;
+    atomic_uint_fast64_t pages_copied, pages_declared_clean;
+
+    /* --fetch worker */
+    struct fb_ring *ring;
 
     /* async (emulated KVM_READ_USERFAULT) */
     struct fb_spinlock list_lock;

@@ -31,6 +31,8 @@ struct fb_ring_stats {
     uint64_t lock_max_spin_ns;
     uint64_t requester_waits;   /* fb_ring_copy calls that slept on the futex at least once */
     uint64_t requester_wait_ns; /* sum over fb_ring_copy calls: submitted -> saw done */
+    uint64_t model_ns;          /* sum of the sampled service times; service_ns exceeds it by
+                                 * the copy and by the worker's scheduling delays */
 };
 
 struct fb_ring_thread_stats {
@@ -38,6 +40,7 @@ struct fb_ring_thread_stats {
     uint64_t batches;
     uint64_t service_ns;
     uint64_t copied_bytes;
+    uint64_t model_ns;
     int32_t tid;
     int32_t pad;
 };

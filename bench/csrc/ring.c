@@ -78,6 +78,7 @@ struct ring_tstats {
     _Atomic uint64_t batches;
     _Atomic uint64_t service_ns;
     _Atomic uint64_t copied_bytes;
+    _Atomic uint64_t model_ns;
     _Atomic int32_t tid;
 };
 
@@ -346,6 +347,7 @@ void fb_ring_get_stats(struct fb_ring *r, struct fb_ring_stats *out)
         out->batches += atomic_load_explicit(&h->ts[i].batches, memory_order_relaxed);
         out->service_ns += atomic_load_explicit(&h->ts[i].service_ns, memory_order_relaxed);
         out->copied_bytes += atomic_load_explicit(&h->ts[i].copied_bytes, memory_order_relaxed);
+        out->model_ns += atomic_load_explicit(&h->ts[i].model_ns, memory_order_relaxed);
     }
     out->lock_acquisitions = atomic_load_explicit(&h->lock_acq, memory_order_relaxed);
     out->lock_contended = atomic_load_explicit(&h->lock_cont, memory_order_relaxed);
@@ -367,6 +369,7 @@ int fb_ring_get_thread_stats(struct fb_ring *r, struct fb_ring_thread_stats *out
         out[i].batches = atomic_load_explicit(&h->ts[i].batches, memory_order_relaxed);
         out[i].service_ns = atomic_load_explicit(&h->ts[i].service_ns, memory_order_relaxed);
         out[i].copied_bytes = atomic_load_explicit(&h->ts[i].copied_bytes, memory_order_relaxed);
+        out[i].model_ns = atomic_load_explicit(&h->ts[i].model_ns, memory_order_relaxed);
         out[i].tid = atomic_load_explicit(&h->ts[i].tid, memory_order_relaxed);
         out[i].pad = 0;
     }
@@ -597,7 +600,7 @@ static void serve(struct worker *w, struct ring_tstats *ts, uint64_t *rng, uint3
     struct ring_hdr *h = w->r->h;
     struct ring_slot *s = &w->r->slots[idx];
     uint32_t expect = S_SUBMITTED;
-    uint64_t t0, ro, lo, len;
+    uint64_t t0, ro, lo, len, model;
     int32_t result = 0;
 
     if (!atomic_compare_exchange_strong(&s->state, &expect, S_TAKEN)) {
@@ -610,7 +613,8 @@ static void serve(struct worker *w, struct ring_tstats *ts, uint64_t *rng, uint3
     ro = s->remote_off;
     lo = s->local_off;
     len = s->length;
-    wait_until(h, t0 + svc_sample_ns(&w->svc, rng));
+    model = svc_sample_ns(&w->svc, rng);
+    wait_until(h, t0 + model);
     /* the slot is in memory the other process writes: check again */
     if (ro > w->size || len > w->size - ro || lo > w->size || len > w->size - lo) {
         result = FB_RING_BADRANGE;
@@ -622,6 +626,8 @@ static void serve(struct worker *w, struct ring_tstats *ts, uint64_t *rng, uint3
     atomic_store_explicit(&ts->requests, atomic_load_explicit(&ts->requests, memory_order_relaxed) + 1,
                           memory_order_relaxed);
     atomic_store_explicit(&ts->copied_bytes, atomic_load_explicit(&ts->copied_bytes, memory_order_relaxed) + len,
+                          memory_order_relaxed);
+    atomic_store_explicit(&ts->model_ns, atomic_load_explicit(&ts->model_ns, memory_order_relaxed) + model,
                           memory_order_relaxed);
     atomic_store_explicit(&ts->service_ns,
                           atomic_load_explicit(&ts->service_ns, memory_order_relaxed) + (now_ns() - t0),

@@ -22,6 +22,17 @@ class Mechanism:
         """Raise ValueError (one line) when options do not fit this mechanism."""
         if self.args.resolve == "continue" and "resolve" not in self.options:
             raise ValueError(f"--resolve continue does not apply to mechanism {self.name}")
+        if self.args.resolve == "copy" and self.uses_uffd and self.args.needs_shared_memory:
+            raise ValueError(f"{self.args.shared_memory_reason} needs --resolve continue (shared memory)")
+
+    def resolve(self) -> str:
+        """copy (private memory, MISSING) or continue (memfd, MINOR); shared memory
+        is chosen when the workload or the fetch path writes through a second mapping."""
+        if not self.uses_uffd:
+            return "copy"
+        if self.args.resolve:
+            return self.args.resolve
+        return "continue" if self.args.needs_shared_memory else "copy"
 
     def uffds(self) -> int:
         return 1
@@ -39,7 +50,7 @@ class Mechanism:
                "readers": self.readers_total()}
         if "wait" in self.options:
             cfg["wait"] = self.args.wait
-        cfg["resolve"] = self.args.resolve if self.uses_uffd else None
+        cfg["resolve"] = self.resolve() if self.uses_uffd else None
         return cfg
 
     def c_fields(self) -> dict:
@@ -49,5 +60,5 @@ class Mechanism:
             "uffds": self.uffds(),
             "readers": self.args.readers,
             "wait_mode": WAIT_MODES[self.args.wait],
-            "resolve": RESOLVE_MODES[self.args.resolve],
+            "resolve": RESOLVE_MODES[self.resolve()],
         }

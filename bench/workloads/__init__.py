@@ -12,6 +12,7 @@ from .zipf import Zipf
 from .write_mix import WriteMix
 from .overlap import Overlap
 from .phased import Phased
+from .precopy_stale import PrecopyStale
 
 REGISTRY: dict[str, type[Workload]] = {
     Sequential.name: Sequential,
@@ -20,6 +21,7 @@ REGISTRY: dict[str, type[Workload]] = {
     WriteMix.name: WriteMix,
     Overlap.name: Overlap,
     Phased.name: Phased,
+    PrecopyStale.name: PrecopyStale,
 }
 
 __all__ = ["REGISTRY", "Workload"]

@@ -13,6 +13,8 @@ class Workload:
     summary = ""
     #: every vCPU's pages are its own; False when vCPUs share pages
     partitioned = True
+    #: guest memory must be a memfd with a second mapping (MINOR faults)
+    needs_shared_memory = False
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -26,6 +28,13 @@ class Workload:
 
     def params(self) -> dict:
         return {}
+
+    def stale_map(self, memory_pages: int, rng: np.random.Generator):
+        """precopy workloads: uint8 per page, 1 where the content must be fetched."""
+        return None
+
+    def bitmap_delay_ns(self) -> int:
+        return 0
 
     def memory_pages(self, vcpus: int, pages_per_vcpu: int) -> int:
         """Pages of guest memory the workload needs."""
