@@ -99,7 +99,7 @@ struct ring_hdr {
 
     /* submission queue and its spinlock; the stats are written only by the holder */
     _Alignas(CL) _Atomic uint32_t lock;
-    uint32_t q_head, q_tail;
+    uint64_t q_head, q_tail;    /* 64-bit: never wrap, so "% nslots" stays consistent */
     _Atomic uint64_t lock_acq, lock_cont, lock_spin_ns, lock_max_spin_ns;
 
     _Alignas(CL) _Atomic uint32_t q_seq;        /* futex: idle service threads */
@@ -651,6 +651,7 @@ static void *svc_main(void *arg)
     struct ring_tstats *ts = &h->ts[t->index];
     uint64_t rng = w->rng_seed + t->index;
     uint32_t *take, n, i, seq;
+    uint64_t avail;
 
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
     atomic_store(&ts->tid, (int32_t)syscall(SYS_gettid));
@@ -660,9 +661,8 @@ static void *svc_main(void *arg)
     while (!atomic_load(&h->shutdown)) {
         seq = atomic_load(&h->q_seq);   /* before looking: a later push changes it */
         ring_lock(h);
-        n = h->q_tail - h->q_head;
-        if (n > w->batch)
-            n = w->batch;
+        avail = h->q_tail - h->q_head;
+        n = avail > w->batch ? w->batch : (uint32_t)avail;
         for (i = 0; i < n; i++)
             take[i] = w->r->queue[(h->q_head + i) % h->nslots];
         h->q_head += n;

@@ -1,0 +1,98 @@
+"""Every workload with every mechanism on real vCPUs, and the workloads' own promises."""
+import numpy as np
+import pytest
+
+from bench.runner import execute
+from bench.workloads import REGISTRY as WORKLOADS
+from bench.workloads.base import TOUCH_FIRST, TOUCH_READ, first_touch_mask
+from conftest import process_resources
+from helpers import make_plan
+
+MECHS = ["uffd", "uffd-many", "exits", "async", "none", "prefault"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("vcpus", [1, 8, 64])
+@pytest.mark.parametrize("workload", sorted(WORKLOADS))
+@pytest.mark.parametrize("mech", MECHS)
+def test_matrix(kvm, mech, workload, vcpus):
+    before = process_resources()
+    plan = make_plan(mech, vcpus, mib=2, workload=workload)
+    metrics, raw = execute(plan)
+    assert metrics["content_errors"] == 0
+    assert all(v["touches"] == plan.workload.touches(vcpus, 512, np.random.default_rng(1)).shape[1]
+               for v in raw["vcpus"])
+    if mech not in ("none",):
+        assert metrics["pages_never_installed"] == 0
+        assert metrics["pages_installed_more_than_once"] == 0
+    assert process_resources() == before
+
+
+def test_overlap_64_vcpus_installs_each_page_once(kvm):
+    for mech in ("uffd", "exits", "async"):
+        metrics, raw = execute(make_plan(mech, 64, mib=2, workload="overlap"))
+        assert metrics["pages"] == 512
+        assert metrics["pages_installed"] == 512          # counted by the resolvers
+        assert metrics["pages_installed_more_than_once"] == 0
+        assert metrics["faults"] >= 512
+        assert all(v["end_ns"] > 0 for v in raw["vcpus"])   # every vCPU finished
+        assert metrics["content_errors"] == 0
+
+
+@pytest.mark.parametrize("mech", ["uffd", "uffd-many", "exits", "async"])
+def test_precopy_stale_copies_exactly_the_stale_pages(kvm, mech):
+    plan = make_plan(mech, 8, mib=2, workload="precopy-stale", extra=["--stale", "0.3"])
+    metrics, _ = execute(plan)
+    stale = metrics["precopy"]["stale_pages"]
+    assert stale == round(0.3 * 8 * 512)
+    assert metrics["pages_copied"] == stale
+    assert metrics["precopy"]["pages_declared_clean"] + stale <= metrics["pages"]
+    assert metrics["pages_installed"] == metrics["pages"]
+    assert metrics["content_errors"] == 0
+
+
+def test_precopy_faults_wait_for_the_bitmap(kvm):
+    plan = make_plan("exits", 2, mib=2, workload="precopy-stale",
+                     extra=["--stale", "0.5", "--bitmap-delay-ms", "200"])
+    metrics, _ = execute(plan)
+    assert metrics["precopy"]["bitmap_arrived_after_s"] >= 0.15
+    assert metrics["guest_seconds"] >= 0.15
+    assert metrics["fault_latency_ns"]["max"] >= 100e6
+    assert metrics["content_errors"] == 0
+
+
+@pytest.mark.parametrize("mech", ["uffd", "exits", "async"])
+def test_fault_around_counts_faults_and_pages_apart(kvm, mech):
+    metrics, _ = execute(make_plan(mech, 2, mib=2, fault_around=8))
+    assert metrics["pages_installed"] == metrics["pages"] == 1024
+    assert metrics["faults"] == 1024 // 8
+    assert metrics["content_errors"] == 0
+
+
+def test_write_mix_reads_and_writes(kvm):
+    plan = make_plan("uffd", 2, mib=2, workload="write-mix", extra=["--write-percent", "30"])
+    table = plan.workload.touches(2, 512, np.random.default_rng(1))
+    reads = ((table & TOUCH_READ) != 0).mean()
+    assert 0.6 < reads < 0.8
+    metrics, _ = execute(plan)
+    assert metrics["faults"] == 1024 and metrics["content_errors"] == 0
+
+
+def test_zipf_separates_first_touches_from_retouches(kvm):
+    plan = make_plan("exits", 2, mib=2, workload="zipf", extra=["--retouch-ratio", "1"])
+    metrics, _ = execute(plan)
+    assert metrics["faults"] == 1024
+    assert metrics["touches"] == 2048
+    assert metrics["retouch_latency_ns"]["count"] == 1024
+    assert metrics["retouch_latency_ns"]["p50"] < metrics["fault_latency_ns"]["p50"]
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_tables_are_seeded_and_mark_first_touches(name):
+    plan = make_plan("uffd", 4, mib=2, workload=name)
+    a = plan.workload.touches(4, 512, np.random.default_rng(5))
+    b = plan.workload.touches(4, 512, np.random.default_rng(5))
+    assert (a == b).all()
+    pages = (a >> 12).astype(np.int64)
+    assert (((a & TOUCH_FIRST) != 0) == first_touch_mask(pages)).all()
+    assert pages.max() < plan.workload.memory_pages(4, 512)
