@@ -66,8 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "userfaultfd's range (1..512, default 1); faults and pages are counted apart")
     g.add_argument("--uffds", type=int, default=0,
                    help="uffd-many: number of userfaultfds (default: one per vCPU partition)")
+    g.add_argument("--fetch", choices=["inline", "worker"], default="inline",
+                   help="inline: the resolving thread writes the page content itself; worker: a separate "
+                        "network-worker process (started, supervised and stopped by the harness) serves "
+                        "CopyFromRemote(remote, local, length) from a shared-memory ring, writing straight "
+                        "into guest memory through its own mapping; the resolver then maps it with "
+                        "UFFDIO_CONTINUE (needs shared memory) (default inline)")
+    g.add_argument("--worker-threads", type=int, default=1, help="worker: service threads (default 1)")
+    g.add_argument("--worker-batch", type=int, default=1,
+                   help="worker: requests a service thread takes from the ring at once (default 1)")
+    g.add_argument("--service", choices=["fixed", "uniform", "lognormal"], default="fixed",
+                   help="worker: service-time model per request (default fixed)")
+    g.add_argument("--service-us", type=float, default=0.0, help="worker, fixed: service time (default 0)")
+    g.add_argument("--service-min-us", type=float, default=10.0, help="worker, uniform: lower bound")
+    g.add_argument("--service-max-us", type=float, default=50.0, help="worker, uniform: upper bound")
+    g.add_argument("--service-median-us", type=float, default=30.0, help="worker, lognormal: median")
+    g.add_argument("--service-sigma", type=float, default=0.5, help="worker, lognormal: sigma of ln(time)")
     g.add_argument("--fetch-delay-us", type=float, default=0.0,
-                   help="modelled fetch time before each resolution, same for every mechanism (default 0)")
+                   help="--fetch inline: modelled fetch time before each resolution, same for every "
+                        "mechanism (default 0); the worker has its own --service model")
     g.add_argument("--fetch-delay-mode", choices=["sleep", "spin"], default="sleep",
                    help="sleep: clock_nanosleep with 1 ns timer slack (the thread yields its CPU, as a "
                         "network wait does); spin: busy-loop on the clock (default sleep)")
@@ -97,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def service_of(args) -> dict:
+    if args.service == "fixed":
+        return {"model": "fixed", "us": args.service_us}
+    if args.service == "uniform":
+        return {"model": "uniform", "min_us": args.service_min_us, "max_us": args.service_max_us}
+    return {"model": "lognormal", "median_us": args.service_median_us, "sigma": args.service_sigma}
+
+
 def validate_args(args) -> None:
     for v in args.vcpus:
         if not 1 <= v <= MAX_VCPUS:
@@ -105,6 +130,15 @@ def validate_args(args) -> None:
         raise UsageError("--vcpus needs at least one count")
     if not (2 <= args.mem_per_vcpu <= 65536 and args.mem_per_vcpu % 2 == 0):
         raise UsageError(f"--mem-per-vcpu {args.mem_per_vcpu} must be an even number of MiB in 2..65536")
+    if args.fetch == "worker":
+        if args.fetch_delay_us:
+            raise UsageError("--fetch-delay-us models an inline fetch; the worker uses --service")
+        if not 1 <= args.worker_threads <= 64:
+            raise UsageError(f"--worker-threads {args.worker_threads} is out of range 1..64")
+        if not 1 <= args.worker_batch <= 1024:
+            raise UsageError(f"--worker-batch {args.worker_batch} is out of range 1..1024")
+        if args.corrupt_every:
+            raise UsageError("--corrupt-every only applies to --fetch inline")
     if not 1 <= args.fault_around <= 512:
         raise UsageError(f"--fault-around {args.fault_around} is out of range 1..512")
     if not 1 <= args.readers <= 256:
@@ -216,8 +250,16 @@ def main(argv: list[str] | None = None) -> int:
         require_devices()
         workload = WORKLOADS[args.workload](args)
         workload.validate()
-        args.needs_shared_memory = workload.needs_shared_memory
-        args.shared_memory_reason = f"workload {workload.name}"
+        args.needs_shared_memory = workload.needs_shared_memory or args.fetch == "worker"
+        args.shared_memory_reason = (f"workload {workload.name}" if workload.needs_shared_memory
+                                     else "--fetch worker")
+        service = service_of(args)
+        if args.fetch == "worker":
+            from .worker import service_params
+            service_params(service)   # ValueError for bad parameters
+            for m in args.mech:
+                if not MECHANISMS[m].uses_uffd:
+                    raise UsageError(f"--fetch worker does not apply to mechanism {m} (no faults to fetch for)")
         for v in args.vcpus:
             check_memory(v, args, workload)
         probes = probe()
@@ -245,12 +287,17 @@ def main(argv: list[str] | None = None) -> int:
                     fetch_delay_mode=args.fetch_delay_mode, record_latency=not args.no_latency,
                     seed=args.seed, timeout_s=args.timeout, corrupt_every=args.corrupt_every,
                     trace_locks=args.trace_locks, lock_stacks=args.lock_stacks,
-                    fault_around=args.fault_around)
+                    fault_around=args.fault_around, fetch=args.fetch,
+                    worker={"threads": args.worker_threads, "batch": args.worker_batch,
+                            "service": service})
         emulated, reason = mech.emulation()
         config = {**mech.config(), "workload": workload.name, "workload_params": workload.params(),
                   "vcpus": vcpus, "mem_per_vcpu_mib": args.mem_per_vcpu,
                   "memory_pages": plan.memory_pages,
                   "fault_around": args.fault_around,
+                  "fetch": args.fetch,
+                  "worker": ({"threads": args.worker_threads, "batch": args.worker_batch,
+                              "service": service} if args.fetch == "worker" else None),
                   "fetch_delay_us": args.fetch_delay_us, "fetch_delay_mode": args.fetch_delay_mode,
                   "record_latency": not args.no_latency, "seed": args.seed,
                   "repeat": args.repeat, "warmup": args.warmup,

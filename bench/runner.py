@@ -49,6 +49,8 @@ class Plan:
     timeout_s: float = 300.0
     corrupt_every: int = 0
     fault_around: int = 1
+    fetch: str = "inline"              # inline | worker
+    worker: dict = field(default_factory=dict)   # threads, batch, service
     trace_locks: bool = False
     lock_stacks: bool = True
     keep: list = field(default_factory=list)   # cffi buffers that must outlive the run
@@ -117,17 +119,42 @@ def execute(plan: Plan) -> tuple[dict, dict]:
         del keep
 
 
+def _start_worker(plan: Plan, run, err):
+    """--fetch worker: the separate process that serves CopyFromRemote."""
+    from .worker import WorkerError, WorkerProcess
+    worker = WorkerProcess(lib.fb_run_memfd(run), int(lib.fb_run_npages(run)) * 4096,
+                           int(lib.fb_run_demand_gpa(run)), plan.seed & 0xFFFFFFFFFFFFFFFF,
+                           plan.worker["threads"], plan.worker["batch"], plan.worker["service"])
+    try:
+        worker.start()
+        pidfd = os.pidfd_open(worker.pid)
+    except (WorkerError, OSError) as exc:
+        worker.stop()
+        raise RunError(str(exc)) from None
+    if lib.fb_run_attach_ring(run, worker.ring_fd, pidfd, err, ERRLEN):
+        worker.stop()
+        os.close(pidfd)
+        raise RunError(ffi.string(err).decode())
+    return worker, pidfd
+
+
 def _execute(plan: Plan, cfg, table, tracer) -> tuple[dict, dict]:
     err = ffi.new("char[]", ERRLEN)
     run = lib.fb_run_create(cfg, err, ERRLEN)
     if run == ffi.NULL:
         raise RunError(ffi.string(err).decode())
+    worker, pidfd = None, -1
     try:
+        if plan.fetch == "worker":
+            worker, pidfd = _start_worker(plan, run, err)
         if lib.fb_run_start(run, err, ERRLEN):
             raise RunError(ffi.string(err).decode())
         waited = 0.0
         while True:
             rc = lib.fb_run_wait(run, 100, err, ERRLEN)   # short waits: Ctrl-C gets through
+            dead = worker.poll() if worker else None
+            if dead:
+                raise RunError(dead)
             if rc < 0:
                 raise RunError(ffi.string(err).decode())
             if rc == 1:
@@ -137,13 +164,60 @@ def _execute(plan: Plan, cfg, table, tracer) -> tuple[dict, dict]:
                 raise RunError(f"timeout: vCPUs still running after {plan.timeout_s:g} s "
                                f"(mechanism {plan.mechanism.name})")
         lib.fb_run_stop(run)
-        kernel_locks = tracer.stop(_tids(run)) if tracer else None
+        worker_stats = worker_cpu = None
+        tids = _tids(run)
+        if worker:
+            worker_stats = worker.stats()
+            worker_tids = [t["tid"] for t in worker_stats["threads"] if t["tid"]]
+            worker_cpu = _task_cpu(worker.pid)
+            tids += worker_tids
+        kernel_locks = tracer.stop(tids) if tracer else None
         metrics, raw = _collect(plan, run, table)
         if kernel_locks is not None:
             metrics["kernel_locks"] = kernel_locks
+        if worker:
+            metrics["worker"] = {k: worker_stats[k] for k in (
+                "requests", "batches", "mean_batch", "copied_bytes", "service_mean_ns",
+                "requester_waits", "requester_wait_ns")}
+            metrics["worker"]["model_mean_ns"] = (worker_stats["model_ns"] / worker_stats["requests"]
+                                                  if worker_stats["requests"] else 0.0)
+            metrics.setdefault("harness_locks", {})["worker_ring"] = worker_stats["lock"]
+            metrics["cpu_by_role"]["worker"] = worker_cpu
+            raw["worker"] = worker_stats
         return metrics, raw
     finally:
+        if worker:
+            worker.request_shutdown()   # requesters blocked on the ring return at once
         lib.fb_run_destroy(run)   # stops and joins every thread, closes every fd
+        if worker:
+            worker.stop()
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+def _task_cpu(pid: int) -> dict:
+    """CPU time and context switches of every thread of a process (the worker)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"threads": 0, "user_ns": 0, "system_ns": 0,
+           "voluntary_ctxt_switches": 0, "involuntary_ctxt_switches": 0}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue   # the thread ended meanwhile
+        out["threads"] += 1
+        out["user_ns"] += int(fields[11]) * 1_000_000_000 // tick
+        out["system_ns"] += int(fields[12]) * 1_000_000_000 // tick
+        out["voluntary_ctxt_switches"] += int(status["voluntary_ctxt_switches"])
+        out["involuntary_ctxt_switches"] += int(status["nonvoluntary_ctxt_switches"])
+    return out
 
 
 def _tids(run) -> list[int]:

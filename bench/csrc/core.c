@@ -1327,3 +1327,8 @@ int fb_run_attach_ring(struct fb_run *run, int ring_fd, int worker_pidfd, char *
         fb_ring_set_worker_pidfd(run->ring, worker_pidfd);
     return 0;
 }
+
+uint64_t fb_run_demand_gpa(struct fb_run *run)
+{
+    return run->demand_gpa;
+}

@@ -174,6 +174,7 @@ uint64_t fb_run_bitmap_arrived_ns(struct fb_run *run);     /* CLOCK_MONOTONIC, 0
 /* --fetch worker: the memfd the worker writes guest memory through, and the
  * ring it serves (attach before fb_run_start; the run keeps its own mapping) */
 int fb_run_memfd(struct fb_run *run);
+uint64_t fb_run_demand_gpa(struct fb_run *run);
 int fb_run_attach_ring(struct fb_run *run, int ring_fd, int worker_pidfd, char *err, int errlen);
 /* histogram helpers, exposed for tests */
 int fb_hist_index(uint64_t value_ns);
