@@ -163,7 +163,8 @@ def validate_args(args) -> None:
 
 def check_memory(vcpus: int, args, workload) -> None:
     pages = workload.memory_pages(vcpus, args.mem_per_vcpu * 256)
-    need = pages * 4096
+    # the network worker holds a second full copy (the "remote" memory)
+    need = pages * 4096 * (2 if args.fetch == "worker" else 1)
     # touch tables (8 B) and timing buffers (16 B) per touch, roughly one touch per page
     need += vcpus * args.mem_per_vcpu * 256 * 24 * 4
     avail = mem_available_bytes()
