@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = collect_machine({"probes": probes})
     harness = collect_harness(REPO_DIR, __version__)
     status = 0
+    done = []
     for mech, vcpus in plans:
         plan = Plan(vcpus=vcpus, mechanism=mech, workload=workload,
                     mem_per_vcpu_mib=args.mem_per_vcpu, fetch_delay_us=args.fetch_delay_us,
@@ -322,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         path = args.out or resultmod.default_path(args.results_dir, config)
         resultmod.write_atomic(rec, path)
+        done.append(rec)
         if args.quiet:
             print(path)
         else:
@@ -329,4 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(r["metrics"]["content_errors"] for r in rec["runs"]):
             print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: content errors", file=sys.stderr)
             status = 1
+    if len(done) > 1 and not args.quiet:
+        from .report import table
+        print("\n" + table(done), end="")
     return status

@@ -1,0 +1,209 @@
+"""Reports from result files: scaling plots for design reviews, a comparison
+for nightly CI.
+
+    python -m bench.report scaling results/*.json [--out report/]
+    python -m bench.report compare BASELINE.json NEW.json [--threshold 5]
+
+`compare` exits 1 when NEW is slower than BASELINE on a main metric: the
+median moved by more than --threshold percent in the bad direction AND the
+two sets of runs do not overlap at all (every new run worse than every
+baseline run). With fewer than 3 runs on a side it says the comparison is
+unreliable. Results whose configuration or machine differ are refused
+(exit 2), as pyperf refuses to mix them.
+"""
+import argparse
+import os
+import sys
+
+from . import result as resultmod
+
+# metric path, better direction, label, unit scale
+MAIN_METRICS = [
+    ("pages_per_s", "higher", "paging rate", "pages/s", 1.0),
+    ("fault_latency_ns.p50", "lower", "fault latency p50", "us", 1e-3),
+    ("fault_latency_ns.p99", "lower", "fault latency p99", "us", 1e-3),
+]
+# config keys that may differ between compared runs without changing the benchmark
+VOLATILE_CONFIG = {"repeat", "warmup", "trace_locks", "lock_stacks"}
+MACHINE_KEYS = ("kernel_release", "cpu_model", "online_cpus", "arch")
+MIN_RUNS = 3
+
+
+def load_all(paths: list[str]) -> list[dict]:
+    return [resultmod.load(p) for p in paths]
+
+
+def label(rec: dict) -> str:
+    c = rec["config"]
+    name = c["mech"]
+    if c.get("resolve") == "continue":
+        name += "/continue"
+    if c.get("readers", 1) > 1 and c["mech"] in ("uffd", "uffd-many", "async"):
+        name += f"/r{c['readers']}"
+    if c.get("fetch") == "worker":
+        name += "/worker"
+    if rec["emulated"]:
+        name += " (EMULATED)"
+    return name
+
+
+def _median(rec, path):
+    s = rec["summary"].get(path)
+    return None if s is None else s["median"]
+
+
+def _range(rec, path):
+    s = rec["summary"].get(path)
+    return None if s is None else (s["min"], s["max"])
+
+
+def scaling(records: list[dict], out_dir: str, name: str = "scaling") -> list[str]:
+    """Paging rate and fault latency against vCPU count, one line per mechanism."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[tuple, list[dict]] = {}
+    for r in records:
+        series.setdefault((label(r), r["config"]["workload"]), []).append(r)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    panels = [("pages_per_s", "overall paging rate (pages/s)", 1.0),
+              ("fault_latency_ns.p50", "fault latency p50 (us)", 1e-3),
+              ("fault_latency_ns.p99", "fault latency p99 (us)", 1e-3)]
+    for ax, (path, title, scale) in zip(axes, panels):
+        for (lab, wl), recs in sorted(series.items()):
+            recs = sorted((r for r in recs if _median(r, path) is not None),
+                          key=lambda r: r["config"]["vcpus"])
+            if not recs:
+                continue
+            x = [r["config"]["vcpus"] for r in recs]
+            y = [_median(r, path) * scale for r in recs]
+            lo = [y_ - _range(r, path)[0] * scale for y_, r in zip(y, recs)]
+            hi = [_range(r, path)[1] * scale - y_ for y_, r in zip(y, recs)]
+            ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3,
+                        linestyle="--" if "EMULATED" in lab else "-", label=f"{lab} [{wl}]")
+        ax.set_xscale("log", base=2)
+        if path != "pages_per_s":
+            ax.set_yscale("log")
+        ax.set_xlabel("vCPUs")
+        ax.set_title(title + "\nmedian over runs, bars: min..max")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    m = records[0]["machine"]
+    fig.suptitle(f"faultbench on {m.get('online_cpus')} CPUs ({m.get('cpu_model')}), "
+                 f"kernel {m.get('kernel_release')}; "
+                 f"{records[0]['config']['mem_per_vcpu_mib']} MiB per vCPU", fontsize=10)
+    notes = sorted({r["emulation_reason"] for r in records if r["emulated"]})
+    if notes:
+        fig.text(0.01, 0.01, "EMULATED: " + " | ".join(notes), fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.06 if notes else 0, 1, 0.95))
+    os.makedirs(out_dir, exist_ok=True)
+    png = os.path.join(out_dir, f"{name}.png")
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    md = os.path.join(out_dir, f"{name}.md")
+    with open(md, "w") as f:
+        f.write(table(records))
+        if notes:
+            f.write("\nEMULATED: " + "\n\nEMULATED: ".join(notes) + "\n")
+    return [png, md]
+
+
+def table(records: list[dict]) -> str:
+    rows = ["| mechanism | workload | vCPUs | runs | pages/s median [min..max] | p50 us | p99 us | "
+            "p99.9 us | all-vCPU blocktime ms | content errors |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (label(r), r["config"]["workload"], r["config"]["vcpus"])):
+        s = r["summary"]
+        def us(path):
+            v = _median(r, path)
+            return "-" if v is None else f"{v / 1000:.1f}"
+        bt = _median(r, "blocktime_ns.all_vcpus")
+        errors = sum(run["metrics"]["content_errors"] for run in r["runs"])
+        rows.append(f"| {label(r)} | {r['config']['workload']} | {r['config']['vcpus']} | {len(r['runs'])} | "
+                    f"{s['pages_per_s']['median']:.0f} [{s['pages_per_s']['min']:.0f}..{s['pages_per_s']['max']:.0f}] | "
+                    f"{us('fault_latency_ns.p50')} | {us('fault_latency_ns.p99')} | {us('fault_latency_ns.p99_9')} | "
+                    f"{'-' if bt is None else f'{bt / 1e6:.2f}'} | {errors} |")
+    return "\n".join(rows) + "\n"
+
+
+class Incompatible(Exception):
+    pass
+
+
+def check_comparable(base: dict, new: dict) -> None:
+    bc = {k: v for k, v in base["config"].items() if k not in VOLATILE_CONFIG}
+    nc = {k: v for k, v in new["config"].items() if k not in VOLATILE_CONFIG}
+    diff = sorted(k for k in set(bc) | set(nc) if bc.get(k) != nc.get(k))
+    if diff:
+        raise Incompatible("different benchmark configuration: " +
+                           ", ".join(f"{k} {bc.get(k)!r} vs {nc.get(k)!r}" for k in diff))
+    mdiff = [k for k in MACHINE_KEYS if base["machine"].get(k) != new["machine"].get(k)]
+    if mdiff:
+        raise Incompatible("different machine: " + ", ".join(
+            f"{k} {base['machine'].get(k)!r} vs {new['machine'].get(k)!r}" for k in mdiff))
+
+
+def compare(base: dict, new: dict, threshold_pct: float) -> tuple[list[str], bool]:
+    """Lines to print and whether NEW is slower."""
+    check_comparable(base, new)
+    lines, slower = [], False
+    nb, nn = len(base["runs"]), len(new["runs"])
+    reliable = nb >= MIN_RUNS and nn >= MIN_RUNS
+    if not reliable:
+        lines.append(f"results unreliable: {nb} baseline and {nn} new runs (need {MIN_RUNS} each); "
+                     "no verdict")
+    for path, better, name, unit, scale in MAIN_METRICS:
+        bv = resultmod.metric_values(base, path)
+        nv = resultmod.metric_values(new, path)
+        if not bv or not nv:
+            continue
+        bm, nm = sorted(bv)[len(bv) // 2], sorted(nv)[len(nv) // 2]
+        change = (nm - bm) / bm * 100 if bm else 0.0
+        worse = change < -threshold_pct if better == "higher" else change > threshold_pct
+        separated = min(nv) > max(bv) if better == "lower" else max(nv) < min(bv)
+        verdict = "same"
+        if worse and separated and reliable:
+            verdict, slower = "SLOWER", True
+        elif worse:
+            verdict = "maybe slower (not significant)"
+        elif (change > threshold_pct if better == "higher" else change < -threshold_pct):
+            verdict = "faster" if separated else "maybe faster (not significant)"
+        lines.append(f"{name:<18} {bm * scale:>12.1f} -> {nm * scale:>12.1f} {unit:<8} "
+                     f"{change:+6.1f}%  {verdict}")
+    if base["emulated"] or new["emulated"]:
+        lines.append(f"EMULATED: {new['emulation_reason'] or base['emulation_reason']}")
+    return lines, slower
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("scaling", help="plot and table of result files against vCPU count")
+    s.add_argument("results", nargs="+")
+    s.add_argument("--out", default="report")
+    s.add_argument("--name", default="scaling")
+    c = sub.add_parser("compare", help="is NEW slower than BASELINE? (exit 1 if so)")
+    c.add_argument("baseline")
+    c.add_argument("new")
+    c.add_argument("--threshold", type=float, default=5.0, help="minimum change in percent (default 5)")
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "scaling":
+            for path in scaling(load_all(a.results), a.out, a.name):
+                print(path)
+            return 0
+        base, new = load_all([a.baseline, a.new])
+        lines, slower = compare(base, new, a.threshold)
+        print("\n".join(lines))
+        return 1 if slower else 0
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"bench.report: error: {exc}", file=sys.stderr)
+        return 2
+    except Incompatible as exc:
+        print(f"bench.report: error: refusing to compare: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
