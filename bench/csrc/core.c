@@ -1061,18 +1061,34 @@ int fb_run_nthreads(struct fb_run *run)
     return run->nstats;
 }
 
+/* what the guest left of vCPU v's walk: its table entries and rdtsc pairs */
+struct touch_view {
+    const uint64_t *tab, *times;
+    uint64_t n;
+};
+
+static struct touch_view touches_of(struct fb_run *run, struct fb_vcpu *v)
+{
+    return (struct touch_view){ (const uint64_t *)(run->sys_mem + v->tsc_table),
+                                (const uint64_t *)(run->sys_mem + v->tsc_times), v->res.touches };
+}
+
+static int tv_first(const struct touch_view *tv, uint64_t t)
+{
+    return (tv->tab[t] & FB_TOUCH_FIRST) != 0;
+}
+
 int fb_run_vcpu_results(struct fb_run *run, struct fb_vcpu_result *out)
 {
     for (uint32_t i = 0; i < run->cfg.vcpus; i++) {
         out[i] = run->vcpus[i].res;
         /* blocked time: sum of first-touch latencies as the guest timed them */
-        uint64_t *times = (uint64_t *)(run->sys_mem + run->vcpus[i].tsc_times);
-        uint64_t *tab = (uint64_t *)(run->sys_mem + run->vcpus[i].tsc_table);
+        struct touch_view tv = touches_of(run, &run->vcpus[i]);
         uint64_t sum = 0;
         if (run->cfg.record_latency)
-            for (uint64_t t = 0; t < out[i].touches; t++)
-                if (tab[t] & FB_TOUCH_FIRST)
-                    sum += times[2 * t + 1] - times[2 * t];
+            for (uint64_t t = 0; t < tv.n; t++)
+                if (tv_first(&tv, t))
+                    sum += tv.times[2 * t + 1] - tv.times[2 * t];
         out[i].blocked_ns = fb_tsc_to_ns(run, sum);
     }
     return run->cfg.vcpus;
@@ -1153,14 +1169,12 @@ int fb_run_latency_hist(struct fb_run *run, int vcpu, int which,
 {
     if (vcpu < 0 || (uint32_t)vcpu >= run->cfg.vcpus || !run->cfg.record_latency)
         return -1;
-    struct fb_vcpu *v = &run->vcpus[vcpu];
-    uint64_t *times = (uint64_t *)(run->sys_mem + v->tsc_times);
-    uint64_t *tab = (uint64_t *)(run->sys_mem + v->tsc_table);
+    struct touch_view tv = touches_of(run, &run->vcpus[vcpu]);
     int n = 0;
-    for (uint64_t t = 0; t < v->res.touches; t++) {
-        if (((tab[t] & FB_TOUCH_FIRST) != 0) != (which == FB_TOUCH_FIRST))
+    for (uint64_t t = 0; t < tv.n; t++) {
+        if (tv_first(&tv, t) != (which == FB_TOUCH_FIRST))
             continue;
-        uint64_t ns = fb_tsc_to_ns(run, times[2 * t + 1] - times[2 * t]);
+        uint64_t ns = fb_tsc_to_ns(run, tv.times[2 * t + 1] - tv.times[2 * t]);
         loglin[fb_hist_index(ns)]++;
         uint64_t us = ns / 1000;
         int b = us ? 63 - __builtin_clzll(us) : 0;   /* QEMU: bucket N = [2^N, 2^(N+1)) us */
@@ -1179,15 +1193,13 @@ int fb_run_breakdown(struct fb_run *run, uint64_t *seg_ns, uint64_t *info)
     if (!run->cfg.record_latency)
         return -1;
     for (uint32_t i = 0; i < run->cfg.vcpus; i++) {
-        struct fb_vcpu *v = &run->vcpus[i];
-        uint64_t *times = (uint64_t *)(run->sys_mem + v->tsc_times);
-        uint64_t *tab = (uint64_t *)(run->sys_mem + v->tsc_table);
-        for (uint64_t t = 0; t < v->res.touches; t++) {
-            if (!(tab[t] & FB_TOUCH_FIRST))
+        struct touch_view tv = touches_of(run, &run->vcpus[i]);
+        for (uint64_t t = 0; t < tv.n; t++) {
+            if (!tv_first(&tv, t))
                 continue;
-            uint64_t page = ((tab[t] & ~(FB_PAGE - 1)) - run->demand_gpa) / FB_PAGE;
+            uint64_t page = ((tv.tab[t] & ~(FB_PAGE - 1)) - run->demand_gpa) / FB_PAGE;
             struct fb_stamps *s = &run->stamps[page];
-            uint64_t g0 = times[2 * t], g1 = times[2 * t + 1];
+            uint64_t g0 = tv.times[2 * t], g1 = tv.times[2 * t + 1];
             if (!s->notify || !s->done)
                 continue;   /* no fault was delivered for this page (baselines) */
             /* the chain of stamps this mechanism fills, in order */
@@ -1256,14 +1268,12 @@ uint64_t fb_run_blocktime_all(struct fb_run *run)
         return 0;
     uint64_t m = 0;
     for (uint32_t i = 0; i < run->cfg.vcpus; i++) {
-        struct fb_vcpu *v = &run->vcpus[i];
-        uint64_t *times = (uint64_t *)(run->sys_mem + v->tsc_times);
-        uint64_t *tab = (uint64_t *)(run->sys_mem + v->tsc_table);
-        for (uint64_t t = 0; t < v->res.touches; t++) {
-            if (!(tab[t] & FB_TOUCH_FIRST))
+        struct touch_view tv = touches_of(run, &run->vcpus[i]);
+        for (uint64_t t = 0; t < tv.n; t++) {
+            if (!tv_first(&tv, t))
                 continue;
-            ev[m++] = (struct fb_event){ times[2 * t], +1 };
-            ev[m++] = (struct fb_event){ times[2 * t + 1], -1 };
+            ev[m++] = (struct fb_event){ tv.times[2 * t], +1 };
+            ev[m++] = (struct fb_event){ tv.times[2 * t + 1], -1 };
         }
     }
     qsort(ev, m, sizeof(*ev), event_cmp);
