@@ -36,10 +36,17 @@ def _name_list(choices):
     return parse
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad input gets one line (and exit 2), not the whole usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     mech_help = "; ".join(f"{n}: {m.summary}" for n, m in MECHANISMS.items())
     wl_help = "; ".join(f"{n}: {w.summary}" for n, w in WORKLOADS.items())
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="run_bench.py",
         description="Measure how guest page faults reach userspace on real KVM vCPUs. "
                     "Comma lists sweep: every (mechanism, vCPU count) pair is one result file.")
@@ -53,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guest memory per vCPU partition in MiB, a multiple of 2 (default 4: "
                         "1024 faults per vCPU keeps 256-vCPU runs short on 2 pCPUs)")
     g = p.add_argument_group("mechanism options")
-    g.add_argument("--readers", type=int, default=1,
+    g.add_argument("--readers", type=int, default=None,
                    help="uffd/uffd-many: reader threads per userfaultfd; async: resolver threads (default 1)")
-    g.add_argument("--wait", choices=["poll", "epoll", "read"], default="poll",
+    g.add_argument("--wait", choices=["poll", "epoll", "read"], default=None,
                    help="uffd readers wait with poll(2), epoll with EPOLLEXCLUSIVE, or a blocking read (default poll)")
     g.add_argument("--resolve", choices=["copy", "continue"], default=None,
                    help="copy: private memory, MISSING mode, UFFDIO_COPY; continue: memfd with a second "
@@ -141,6 +148,11 @@ def validate_args(args) -> None:
             raise UsageError("--corrupt-every only applies to --fetch inline")
     if not 1 <= args.fault_around <= 512:
         raise UsageError(f"--fault-around {args.fault_around} is out of range 1..512")
+    for opt in ("readers", "wait"):
+        if getattr(args, opt) is not None and not any(opt in MECHANISMS[m].options for m in args.mech):
+            raise UsageError(f"--{opt} applies to none of the mechanisms asked for ({', '.join(args.mech)})")
+    args.readers = 1 if args.readers is None else args.readers
+    args.wait = "poll" if args.wait is None else args.wait
     if not 1 <= args.readers <= 256:
         raise UsageError(f"--readers {args.readers} is out of range 1..256")
     if not 0 <= args.uffds <= 1024:

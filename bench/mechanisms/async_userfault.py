@@ -10,7 +10,7 @@ class AsyncUserfault(Mechanism):
     options = ("readers", "resolve")
 
     def readers_total(self):
-        return self.args.readers
+        return self.readers()
 
     def emulation(self):
         flag = self.probes.get("memslot_flag_userfault")

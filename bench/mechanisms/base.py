@@ -37,6 +37,12 @@ class Mechanism:
     def uffds(self) -> int:
         return 1
 
+    def readers(self) -> int:
+        return self.args.readers or 1
+
+    def wait(self) -> str:
+        return self.args.wait or "poll"
+
     def readers_total(self) -> int:
         return 0
 
@@ -49,7 +55,7 @@ class Mechanism:
         cfg = {"mech": self.name, "uffds": self.uffds() if self.uses_uffd else 0,
                "readers": self.readers_total()}
         if "wait" in self.options:
-            cfg["wait"] = self.args.wait
+            cfg["wait"] = self.wait()
         cfg["resolve"] = self.resolve() if self.uses_uffd else None
         return cfg
 
@@ -58,7 +64,7 @@ class Mechanism:
         return {
             "mech": self.c_mech,
             "uffds": self.uffds(),
-            "readers": self.args.readers,
-            "wait_mode": WAIT_MODES[self.args.wait],
+            "readers": self.readers(),
+            "wait_mode": WAIT_MODES[self.wait()],
             "resolve": RESOLVE_MODES[self.resolve()],
         }

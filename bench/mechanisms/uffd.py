@@ -9,4 +9,4 @@ class Uffd(Mechanism):
     options = ("readers", "wait", "resolve")
 
     def readers_total(self):
-        return self.uffds() * self.args.readers
+        return self.uffds() * self.readers()
