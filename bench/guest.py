@@ -7,6 +7,7 @@ touches the page (write or read at offset 64, so the fault is delivered), then
 checks the page's first 16 bytes against the expected content: the page's own
 guest-physical address and the run seed. With timing on, rdtsc before and after
 the touch go to the vCPU's timing buffer. At the end, `out 0x10` tells the host.
+With timing on, the guest first reports one rdtsc through `out 0x11`.
 
 Registers set by the host: rsi = touch table, rcx = entries, rdi = timing
 buffer, r8 = expected seed, r9 = address mask (0 for zero-filled memory),
@@ -16,6 +17,7 @@ reads it from the synced registers.
 """
 
 DONE_PORT = 0x10
+TSC_PORT = 0x11   # one rdtsc at start: lets the host check the guest shares its TSC
 FAULT_ADDRESS_REGISTER = "rbx"
 
 
@@ -58,6 +60,11 @@ RDTSC_TO_RAX = [
 
 def touch_loop(record_latency: bool = True) -> bytes:
     a = Asm()
+    if record_latency:
+        # the host brackets this exit with its own rdtsc: the per-fault breakdown
+        # mixes guest and host timestamps, which is only valid on a shared clock
+        a.emit(*RDTSC_TO_RAX)
+        a.emit((0xE6, TSC_PORT))                  # out TSC_PORT, al
     a.label("loop")
     a.emit((0x48, 0x8B, 0x1E))                    # mov rbx, [rsi]
     if record_latency:

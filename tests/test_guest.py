@@ -4,13 +4,22 @@ import pytest
 from bench.guest import DONE_PORT, Asm, touch_loop
 
 
+PROLOGUE = 2 + 4 + 3 + 2   # rdtsc; shl rdx, 32; or rax, rdx; out 0x11, al
+
+
 def test_loop_starts_by_loading_the_table_entry_into_rbx():
-    assert touch_loop(True)[:3] == bytes([0x48, 0x8B, 0x1E])   # mov rbx, [rsi]
+    assert touch_loop(False)[:3] == bytes([0x48, 0x8B, 0x1E])   # mov rbx, [rsi]
+    assert touch_loop(True)[PROLOGUE:PROLOGUE + 3] == bytes([0x48, 0x8B, 0x1E])
+
+
+def test_timed_guest_reports_its_tsc_first():
+    code = touch_loop(True)
+    assert code[:2] == bytes([0x0F, 0x31]) and code[PROLOGUE - 2:PROLOGUE] == bytes([0xE6, 0x11])
 
 
 def test_timing_code_present_only_when_recording():
     rdtsc = bytes([0x0F, 0x31])
-    assert touch_loop(True).count(rdtsc) == 2
+    assert touch_loop(True).count(rdtsc) == 3
     assert rdtsc not in touch_loop(False)
 
 
@@ -29,10 +38,10 @@ def test_ends_with_out_to_the_done_port_and_a_jump_back_to_it():
 @pytest.mark.parametrize("record", [True, False])
 def test_loop_jump_goes_back_to_the_start(record):
     code = touch_loop(record)
-    # jnz rel32 just before `out`: its target must be offset 0
+    # jnz rel32 just before `out`: its target must be the loop's first instruction
     jnz = code.rindex(bytes([0x0F, 0x85]))
     rel = int.from_bytes(code[jnz + 2:jnz + 6], "little", signed=True)
-    assert jnz + 6 + rel == 0
+    assert jnz + 6 + rel == (PROLOGUE if record else 0)
 
 
 def test_short_jump_out_of_range_is_refused():

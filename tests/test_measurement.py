@@ -66,9 +66,15 @@ def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
     log2 = m["latency_dist_log2_us"]
     assert len(log2) == 32 and sum(log2) == m["pages"]
     bd = m["fault_breakdown_ns"]
-    assert bd["faults_used"] > 0.9 * m["pages"]
+    assert rec["runs"][0]["raw"]["clock_check"]["guest_tsc_within_host_bracket"]
+    assert bd["faults_used"] + bd["faults_skipped"] == m["faults"]
+    assert bd["faults_used"] > 0.9 * m["faults"]
+    # the parts partition each fault; the reference mean comes from the histogram
     assert abs(bd["sum_of_parts"] / bd["mean_fault_latency"] - 1) < 0.10
     assert all(v >= 0 for v in bd["parts"].values())
+    if mech == "exits":
+        # independent: host clocks alone on the vCPU thread, against the guest's timing
+        assert abs(bd["host_clock_check"]["sum_vs_mean"] - 1) < 0.10
     assert 0 < rec["tracing"]["overhead_ratio"] < 10
 
 

@@ -85,3 +85,38 @@ def test_fetch_delay_shows_in_latency(kvm):
     base, _ = execute(make_plan("exits", 1, mib=2))
     slow, _ = execute(make_plan("exits", 1, mib=2, fetch_delay_us=200, fetch_delay_mode="spin"))
     assert slow["fault_latency_ns"]["p50"] >= base["fault_latency_ns"]["p50"] + 150_000
+
+
+@pytest.mark.parametrize("mech,fail_at", [("exits", 1), ("exits", 4), ("uffd", 1), ("uffd", 3),
+                                          ("async", 2), ("async", 5)])
+def test_thread_creation_failure_is_an_error_not_a_hang(kvm, mech, fail_at):
+    """A failed pthread_create half-way through start: one-line error, nothing left."""
+    from bench.runner import RunError
+    before = process_resources()
+    extra = ["--readers", "2"] if mech != "exits" else []
+    with pytest.raises(RunError, match="injected failure"):
+        execute(make_plan(mech, 4, mib=2, extra=extra, fail_spawn_at=fail_at, timeout_s=20))
+    assert process_resources() == before
+
+
+def test_fault_latency_counts_only_delivered_faults(kvm):
+    """With fault-around most first touches find their page mapped: they are
+    first touches, not faults."""
+    metrics, _ = execute(make_plan("exits", 2, mib=2, fault_around=8))
+    assert metrics["faults"] == 128
+    assert metrics["fault_latency_ns"]["count"] == 128
+    assert metrics["first_touch_latency_ns"]["count"] == 1024
+    assert metrics["faults_attributed_to_vcpus"] == 128
+
+
+def test_uffd_faults_are_attributed_to_their_vcpus(kvm):
+    metrics, raw = execute(make_plan("uffd", 8, mib=2, extra=["--readers", "2"]))
+    assert metrics["faults_unattributed"] == 0
+    assert metrics["faults_attributed_to_vcpus"] == metrics["faults"] == 4096
+
+
+def test_guest_and_host_share_the_tsc(kvm):
+    """The breakdown subtracts guest rdtsc from host rdtsc: checked, not assumed."""
+    _, raw = execute(make_plan("exits", 4, mib=2))
+    assert raw["clock_check"]["guest_tsc_within_host_bracket"] is True
+    assert raw["clock_check"]["vcpus_checked"] == 4

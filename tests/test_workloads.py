@@ -96,3 +96,26 @@ def test_tables_are_seeded_and_mark_first_touches(name):
     pages = (a >> 12).astype(np.int64)
     assert (((a & TOUCH_FIRST) != 0) == first_touch_mask(pages)).all()
     assert pages.max() < plan.workload.memory_pages(4, 512)
+
+
+@pytest.mark.parametrize("mech,extra", [
+    ("exits", ["--fault-around", "256", "--fetch-delay-us", "500", "--fetch-delay-mode", "spin"]),
+    ("uffd", ["--readers", "4", "--fetch-delay-us", "500"]),
+    ("async", ["--readers", "2", "--fault-around", "64", "--fetch-delay-us", "200"]),
+])
+def test_precopy_stale_pages_never_mapped_before_their_content(kvm, mech, extra):
+    """A stale page is claimed, fetched, then marked clean: the bitmap and other
+    resolvers must not map it in between (regression: content errors)."""
+    vcpus = 64 if mech == "exits" else 8
+    plan = make_plan(mech, vcpus, mib=2, workload="precopy-stale",
+                     extra=["--stale", "0.5", "--bitmap-delay-ms", "1"] + extra)
+    metrics, _ = execute(plan)
+    assert metrics["content_errors"] == 0
+    assert metrics["pages_copied"] == metrics["precopy"]["stale_pages"]
+
+
+def test_overlap_latency_counts_faults_not_first_touches(kvm):
+    metrics, _ = execute(make_plan("uffd", 16, mib=2, workload="overlap"))
+    assert metrics["fault_latency_ns"]["count"] == metrics["faults_attributed_to_vcpus"]
+    assert metrics["first_touch_latency_ns"]["count"] == 16 * 512
+    assert metrics["fault_breakdown_ns"]["faults_used"] >= 0.9 * metrics["fault_latency_ns"]["count"]

@@ -137,8 +137,11 @@ static void install_signal_handler(void)
 int fb_spawn(struct fb_run *run, pthread_t *t, void *(*fn)(void *), void *arg,
              char *err, int errlen)
 {
-    (void)run;
     sigset_t all, old;
+    if (run->cfg.fail_spawn_at && ++run->spawned == run->cfg.fail_spawn_at) {
+        fb_set_err(err, errlen, "pthread_create: injected failure (thread %u)", run->spawned);
+        return -1;
+    }
     pthread_attr_t attr;
     sigfillset(&all);
     sigdelset(&all, SIGUSR1);
@@ -266,13 +269,45 @@ static int wait_for_bitmap(struct fb_run *run)
     return 0;
 }
 
-/* does page p need its content fetched before it is mapped? */
-static int needs_fetch(struct fb_run *run, uint64_t p)
+/* 1: this thread fetches page p; 0: its content is in place (precopy, clean);
+ * -1: another thread is fetching it; -2: it is mapped already */
+static int claim_fetch(struct fb_run *run, uint64_t p)
 {
-    if (!run->stale)
+    if (__atomic_load_n(&run->page_installs[p], __ATOMIC_ACQUIRE))
+        return -2;
+    uint8_t expect = FB_PAGE_STALE;
+    if (__atomic_compare_exchange_n(&run->pstate[p], &expect, FB_PAGE_FETCHING, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return 1;
-    /* stale pages are fetched once; clean ones are declared present as they are */
-    return __atomic_exchange_n(&run->stale[p], 0, __ATOMIC_ACQ_REL) != 0;
+    return expect == FB_PAGE_CLEAN ? 0 : -1;
+}
+
+/* a second fault on a page being fetched: wait until the fetcher mapped it
+ * (or, precopy, until its content is in place); 1 mapped, 0 clean, -1 stop */
+static int wait_fetched(struct fb_run *run, uint64_t p)
+{
+    for (;;) {
+        if (__atomic_load_n(&run->page_installs[p], __ATOMIC_ACQUIRE))
+            return 1;
+        if (run->precopy && __atomic_load_n(&run->pstate[p], __ATOMIC_ACQUIRE) == FB_PAGE_CLEAN)
+            return 0;
+        if (atomic_load_explicit(&run->stop, memory_order_relaxed))
+            return -1;
+        sched_yield();
+    }
+}
+
+/* the page is there already (overlap, a re-queued async fault): nothing to fetch */
+static int already_mapped(struct fb_run *run, struct fb_thread_stats *ts, uint64_t off, int dontwake)
+{
+    ts->eexist++;
+    if (!dontwake) {
+        /* the fault may have raced the mapping: make sure its waiter is awake */
+        struct uffdio_range r = { .start = (uint64_t)(uintptr_t)(run->demand + off), .len = FB_PAGE };
+        ioctl(run->uffd[off / run->uffd_span], UFFDIO_WAKE, &r);
+        ts->wakes++;
+    }
+    return 0;
 }
 
 static void put_content(struct fb_run *run, uint8_t *src, uint64_t p)
@@ -327,18 +362,34 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
     if (n > (region_end - off) / FB_PAGE)
         n = (region_end - off) / FB_PAGE;
 
-    if (run->stale && wait_for_bitmap(run))
+    if (run->precopy && wait_for_bitmap(run))
         return -1;
 
     uint64_t t0 = fb_tsc();
-    run->stamps[page].fetch_start = t0;
     uint64_t fetch[FB_MAX_FAULT_AROUND / 64] = { 0 };
     int any = 0;
-    for (uint64_t i = 0; i < n; i++)
-        if (needs_fetch(run, page + i)) {
+    for (uint64_t i = 0; i < n; i++) {
+        int c = claim_fetch(run, page + i);
+        if (c < 0 && i > 0) {
+            n = i;   /* the window ends where another thread's work begins */
+            break;
+        }
+        if (c == -2)
+            return already_mapped(run, ts, off, dontwake);
+        if (c == -1) {
+            int w = wait_fetched(run, page);
+            if (w < 0)
+                return -1;
+            if (w == 1)
+                return already_mapped(run, ts, off, dontwake);
+            c = 0;   /* precopy: content in place, map it */
+        }
+        if (c) {
             fetch[i / 64] |= 1ULL << (i % 64);
             any = 1;
         }
+    }
+    run->stamps[page].fetch_start = t0;
     if (any) {
         if (run->ring) {
             if (ring_fetch(run, page, n, fetch) < 0)
@@ -350,8 +401,11 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
                     put_content(run, src_page + i * FB_PAGE, page + i);
         }
         for (uint64_t i = 0; i < n; i++)
-            if (fetch[i / 64] >> (i % 64) & 1)
+            if (fetch[i / 64] >> (i % 64) & 1) {
                 atomic_fetch_add(&run->pages_copied, 1);
+                if (run->precopy)   /* content in place: the bitmap and others may map it */
+                    __atomic_store_n(&run->pstate[page + i], FB_PAGE_CLEAN, __ATOMIC_RELEASE);
+            }
     }
     uint64_t t1 = fb_tsc();
     run->stamps[page].fetched = t1;
@@ -416,13 +470,14 @@ static void *bitmap_thread(void *arg)
     run->bitmap_arrived_ns = fb_now_ns();
     atomic_store_explicit(&run->bitmap_arrived, 1, memory_order_release);
     for (uint64_t p = 0; p < run->npages && !atomic_load(&run->stop); ) {
-        if (run->stale[p] || run->page_installs[p]) {
+        if (__atomic_load_n(&run->pstate[p], __ATOMIC_ACQUIRE) != FB_PAGE_CLEAN || run->page_installs[p]) {
             p++;
             continue;
         }
         uint64_t q = p;   /* a run of clean pages, inside one userfaultfd's range */
         uint64_t end = ((p * FB_PAGE) / run->uffd_span + 1) * run->uffd_span / FB_PAGE;
-        while (q < run->npages && q < end && !run->stale[q] && !run->page_installs[q])
+        while (q < run->npages && q < end && !run->page_installs[q] &&
+               __atomic_load_n(&run->pstate[q], __ATOMIC_ACQUIRE) == FB_PAGE_CLEAN)
             q++;
         int uffd = run->uffd[(p * FB_PAGE) / run->uffd_span];
         int64_t got = install_range(run, uffd, p, q - p, NULL, 0);
@@ -449,6 +504,33 @@ uint64_t fb_page_seed(struct fb_run *run, uint64_t page)
     if (run->cfg.corrupt_every && page % run->cfg.corrupt_every == 0)
         return run->cfg.seed ^ 0x5a5a;
     return run->cfg.seed;
+}
+
+void fb_note_fault(struct fb_run *run, int vcpu, uint64_t page)
+{
+    struct fb_vcpu *v = &run->vcpus[vcpu];
+    uint64_t k = atomic_fetch_add(&v->fault_log_n, 1);
+    if (k < v->fault_log_cap)
+        v->fault_log[k] = page;
+}
+
+void fb_note_fault_tid(struct fb_run *run, int32_t tid, uint64_t page)
+{
+    int64_t key = (int64_t)tid;
+    uint32_t lo = 0, hi = run->cfg.vcpus;
+    while (lo < hi) {   /* tid_map is sorted by tid (upper 32 bits) */
+        uint32_t mid = (lo + hi) / 2;
+        int64_t t = run->tid_map[mid] >> 32;
+        if (t == key) {
+            fb_note_fault(run, (int)(run->tid_map[mid] & 0xffffffff), page);
+            return;
+        }
+        if (t < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    atomic_fetch_add(&run->unattributed_faults, 1);
 }
 
 /* ---------- KVM probes ---------- */
@@ -655,6 +737,8 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
     for (int i = 0; i < FB_MAX_UFFDS; i++)
         run->uffd[i] = -1;
     pthread_mutex_init(&run->err_lock, NULL);
+    pthread_mutex_init(&run->gate_lock, NULL);
+    pthread_cond_init(&run->gate_cond, NULL);
     install_signal_handler();
 
     uint64_t tpv = cfg->touches_per_vcpu;
@@ -729,22 +813,27 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
         fb_set_err(err, errlen, "fault-around %u above %d pages", cfg->fault_around, FB_MAX_FAULT_AROUND);
         goto fail;
     }
+    /* every page starts out needing its content; precopy-stale marks clean ones */
+    run->pstate = malloc(run->npages);
+    if (!run->pstate) {
+        fb_set_err(err, errlen, "out of memory for page states");
+        goto fail;
+    }
+    memset(run->pstate, FB_PAGE_STALE, run->npages);
     if (cfg->stale_map && cfg->mech != FB_MECH_NONE && cfg->mech != FB_MECH_PREFAULT) {
         if (cfg->resolve != FB_RESOLVE_CONTINUE) {
             fb_set_err(err, errlen, "precopy-stale needs shared memory (resolve continue)");
             goto fail;
         }
-        run->stale = malloc(run->npages);
-        if (!run->stale) {
-            fb_set_err(err, errlen, "out of memory for the stale map");
-            goto fail;
-        }
-        memcpy(run->stale, cfg->stale_map, run->npages);
+        run->precopy = 1;
+        for (uint64_t p = 0; p < run->npages; p++)
+            run->pstate[p] = cfg->stale_map[p] ? FB_PAGE_STALE : FB_PAGE_CLEAN;
         /* pre-copy left every page in the page cache: clean ones with the right
          * content, stale ones with an older version that must be fetched again */
         for (uint64_t p = 0; p < run->npages; p++) {
             uint64_t hdr[2] = { run->demand_gpa + p * FB_PAGE,
-                                run->stale[p] ? ~fb_page_seed(run, p) : fb_page_seed(run, p) };
+                                run->pstate[p] == FB_PAGE_STALE ? ~fb_page_seed(run, p)
+                                                                : fb_page_seed(run, p) };
             memcpy(run->alias + p * FB_PAGE, hdr, sizeof(hdr));
         }
     }
@@ -759,11 +848,26 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
     memcpy(run->sys_mem + FB_GPA_CODE, cfg->guest_code, cfg->guest_code_len);
     build_page_tables(run);
     run->vcpus = calloc(cfg->vcpus, sizeof(struct fb_vcpu));
+    run->tid_map = calloc(cfg->vcpus, sizeof(int64_t));
+    if (!run->vcpus || !run->tid_map) {
+        fb_set_err(err, errlen, "out of memory for %u vCPUs", cfg->vcpus);
+        goto fail;
+    }
+    for (uint32_t i = 0; i < cfg->vcpus; i++)
+        run->vcpus[i].fd = -1;   /* before any failure: destroy closes what is >= 0 */
     for (uint32_t i = 0; i < cfg->vcpus; i++) {
         struct fb_vcpu *v = &run->vcpus[i];
         v->run = run;
         v->id = i;
-        v->fd = -1;
+        /* a vCPU faults at most once per page it touches; duplicates are rare */
+        v->fault_log_cap = 2 * tpv + 16;
+        v->fault_log = malloc(v->fault_log_cap * sizeof(uint64_t));
+        v->src_page = aligned_alloc(FB_PAGE, src_bytes);
+        if (!v->fault_log || !v->src_page) {
+            fb_set_err(err, errlen, "out of memory for vCPU %u", i);
+            goto fail;
+        }
+        memset(v->src_page, 0, src_bytes);
         v->tsc_table = FB_GPA_DATA + (uint64_t)i * tpv * 8;
         v->tsc_times = FB_GPA_DATA + (uint64_t)cfg->vcpus * tpv * 8 + (uint64_t)i * tpv * 16;
         uint64_t *tab = (uint64_t *)(run->sys_mem + v->tsc_table);
@@ -777,8 +881,6 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
             }
             tab[t] = (run->demand_gpa + off) | (e & (FB_PAGE - 1));   /* tables hold offsets */
         }
-        v->src_page = aligned_alloc(FB_PAGE, src_bytes);
-        memset(v->src_page, 0, src_bytes);
     }
 
     if (set_slot(run, 0, 0, run->sys_mem, run->sys_size, err, errlen) ||
@@ -801,6 +903,10 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
         run->nreaders = cfg->readers;
     run->nstats = cfg->vcpus + run->nreaders;
     run->stats = calloc(run->nstats, sizeof(struct fb_thread_stats));
+    if (!run->stats) {
+        fb_set_err(err, errlen, "out of memory for thread statistics");
+        goto fail;
+    }
     for (uint32_t i = 0; i < cfg->vcpus; i++) {
         run->vcpus[i].ts = &run->stats[i];
         run->stats[i].role = FB_ROLE_VCPU;
@@ -809,6 +915,10 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
     }
     if (run->nreaders) {
         run->readers = calloc(run->nreaders, sizeof(struct fb_reader));
+        if (!run->readers) {
+            fb_set_err(err, errlen, "out of memory for %d readers", run->nreaders);
+            goto fail;
+        }
         for (int i = 0; i < run->nreaders; i++) {
             struct fb_reader *r = &run->readers[i];
             r->run = run;
@@ -820,6 +930,10 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
             r->uffd_index = cfg->mech == FB_MECH_UFFD ? i / cfg->readers : 0;
             r->ts->uffd_index = r->uffd_index;
             r->src_page = aligned_alloc(FB_PAGE, src_bytes);
+            if (!r->src_page) {
+                fb_set_err(err, errlen, "out of memory for reader %d", i);
+                goto fail;
+            }
             memset(r->src_page, 0, src_bytes);
         }
     }
@@ -842,7 +956,12 @@ static void *vcpu_thread(void *arg)
     struct fb_thread_stats *ts = v->ts;
 
     fb_thread_begin(ts);
-    pthread_barrier_wait(&run->barrier);
+    pthread_mutex_lock(&run->gate_lock);
+    run->gate_ready++;
+    pthread_cond_broadcast(&run->gate_cond);
+    while (!run->gate_go)
+        pthread_cond_wait(&run->gate_cond, &run->gate_lock);
+    pthread_mutex_unlock(&run->gate_lock);
     v->res.start_ns = fb_now_ns();
     while (!atomic_load_explicit(&run->stop, memory_order_relaxed)) {
         kr->kvm_valid_regs = KVM_SYNC_X86_REGS;
@@ -871,8 +990,10 @@ static void *vcpu_thread(void *arg)
                     if (run->exit_path != FB_EXITINFO_KVM)
                         run->exit_path = FB_EXITINFO_GUEST_REG;
                 }
-                if (gpa >= run->demand_gpa && gpa - run->demand_gpa < run->demand_size)
+                if (gpa >= run->demand_gpa && gpa - run->demand_gpa < run->demand_size) {
                     run->stamps[(gpa - run->demand_gpa) / FB_PAGE].notify = t1;
+                    fb_note_fault(run, v->id, (gpa - run->demand_gpa) / FB_PAGE);
+                }
                 ts->part_ns[FB_PART_LOOKUP] += fb_tsc() - t1;
                 ts->part_count[FB_PART_LOOKUP]++;
                 v->res.fault_exits++;
@@ -884,6 +1005,12 @@ static void *vcpu_thread(void *arg)
             fb_fail(run, "vCPU %d: KVM_RUN: %s (rip 0x%llx)", v->id, strerror(e),
                     (unsigned long long)kr->s.regs.regs.rip);
             break;
+        }
+        if (kr->exit_reason == KVM_EXIT_IO && kr->io.port == FB_PORT_TSC) {
+            v->res.tsc_host_before = t0;
+            v->res.tsc_guest = kr->s.regs.regs.rax;
+            v->res.tsc_host_after = t1;
+            continue;
         }
         if (kr->exit_reason == KVM_EXIT_IO && kr->io.port == FB_PORT_DONE) {
             v->res.end_ns = fb_now_ns();
@@ -910,17 +1037,27 @@ static void *vcpu_thread(void *arg)
     return NULL;
 }
 
+static int tid_cmp(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a >> 32, y = *(const int64_t *)b >> 32;
+    return x < y ? -1 : x > y;
+}
+
+/* release the vCPU threads that checked in; on failure they see stop and leave */
+static void open_gate(struct fb_run *run)
+{
+    pthread_mutex_lock(&run->gate_lock);
+    run->gate_go = 1;
+    pthread_cond_broadcast(&run->gate_cond);
+    pthread_mutex_unlock(&run->gate_lock);
+}
+
 int fb_run_start(struct fb_run *run, char *err, int errlen)
 {
     uint32_t n = run->cfg.vcpus;
-    if (pthread_barrier_init(&run->barrier, NULL, n + 1)) {
-        fb_set_err(err, errlen, "pthread_barrier_init failed");
-        return -1;
-    }
-    run->barrier_init = 1;
     if (run->ops->start && run->ops->start(run, err, errlen))
         return -1;
-    if (run->stale) {
+    if (run->precopy) {
         if (fb_spawn(run, &run->bitmap_thread, bitmap_thread, run, err, errlen))
             return -1;
         run->bitmap_started = 1;
@@ -928,19 +1065,23 @@ int fb_run_start(struct fb_run *run, char *err, int errlen)
     atomic_store(&run->vcpus_running, n);
     for (uint32_t i = 0; i < n; i++) {
         if (fb_spawn(run, &run->vcpus[i].thread, vcpu_thread, &run->vcpus[i], err, errlen)) {
-            /* threads already waiting at the barrier must be released to exit */
             atomic_store(&run->stop, 1);
             atomic_fetch_sub(&run->vcpus_running, n - i);
-            for (uint32_t j = i; j < n; j++)
-                run->vcpus[j].joined = 1;
-            for (uint32_t j = i; j < n; j++)
-                pthread_barrier_wait(&run->barrier);   /* stand in for the missing ones */
+            open_gate(run);   /* fb_run_stop joins the ones that started */
             return -1;
         }
         run->vcpus[i].started = 1;
     }
+    /* every vCPU thread has its tid: build the map uffd readers attribute faults with */
+    pthread_mutex_lock(&run->gate_lock);
+    while (run->gate_ready < (int)n)
+        pthread_cond_wait(&run->gate_cond, &run->gate_lock);
+    pthread_mutex_unlock(&run->gate_lock);
+    for (uint32_t i = 0; i < n; i++)
+        run->tid_map[i] = ((int64_t)run->vcpus[i].ts->tid << 32) | i;
+    qsort(run->tid_map, n, sizeof(int64_t), tid_cmp);
     run->started = 1;
-    pthread_barrier_wait(&run->barrier);
+    open_gate(run);
     return 0;
 }
 
@@ -988,7 +1129,7 @@ void fb_run_stop(struct fb_run *run)
             join_interrupting(run->vcpus[i].thread, &run->vcpus[i].joined);
     if (run->ops->stop)
         run->ops->stop(run);
-    for (int i = 0; i < run->nreaders; i++)
+    for (int i = 0; run->readers && i < run->nreaders; i++)
         if (run->readers[i].started)
             join_interrupting(run->readers[i].thread, &run->readers[i].joined);
     if (run->bitmap_started)
@@ -1013,6 +1154,8 @@ void fb_run_destroy(struct fb_run *run)
             if (run->vcpus[i].fd >= 0)
                 close(run->vcpus[i].fd);
             free(run->vcpus[i].src_page);
+            free(run->vcpus[i].fault_log);
+            free(run->vcpus[i].faulted);
         }
         free(run->vcpus);
     }
@@ -1040,9 +1183,10 @@ void fb_run_destroy(struct fb_run *run)
                                            fd == &run->stop_efd ? &run->list_efd : NULL)
         if (*fd >= 0)
             close(*fd);
-    if (run->barrier_init)
-        pthread_barrier_destroy(&run->barrier);
-    free(run->stale);
+    pthread_mutex_destroy(&run->gate_lock);
+    pthread_cond_destroy(&run->gate_cond);
+    free(run->tid_map);
+    free(run->pstate);
     if (run->ring)
         fb_ring_unmap(run->ring);
     free(run->stamps);
@@ -1064,13 +1208,49 @@ int fb_run_nthreads(struct fb_run *run)
 /* what the guest left of vCPU v's walk: its table entries and rdtsc pairs */
 struct touch_view {
     const uint64_t *tab, *times;
+    const uint8_t *faulted;
     uint64_t n;
 };
 
+static int u64_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Which touches really faulted: a first touch of a page that is in the vCPU's
+ * fault log (a page installed by fault-around, by another vCPU or by the
+ * final dirty bitmap is touched without a fault). Computed once, after the run. */
+static void compute_faulted(struct fb_run *run)
+{
+    if (run->faulted_ready)
+        return;
+    for (uint32_t i = 0; i < run->cfg.vcpus; i++) {
+        struct fb_vcpu *v = &run->vcpus[i];
+        uint64_t n = atomic_load(&v->fault_log_n);
+        if (n > v->fault_log_cap)
+            n = v->fault_log_cap;
+        qsort(v->fault_log, n, sizeof(uint64_t), u64_cmp);
+        const uint64_t *tab = (const uint64_t *)(run->sys_mem + v->tsc_table);
+        v->faulted = calloc(v->res.touches ? v->res.touches : 1, 1);
+        if (!v->faulted)
+            continue;
+        for (uint64_t t = 0; t < v->res.touches; t++) {
+            if (!(tab[t] & FB_TOUCH_FIRST))
+                continue;
+            uint64_t page = ((tab[t] & ~(FB_PAGE - 1)) - run->demand_gpa) / FB_PAGE;
+            v->faulted[t] = bsearch(&page, v->fault_log, n, sizeof(uint64_t), u64_cmp) != NULL;
+        }
+    }
+    run->faulted_ready = 1;
+}
+
 static struct touch_view touches_of(struct fb_run *run, struct fb_vcpu *v)
 {
+    compute_faulted(run);
     return (struct touch_view){ (const uint64_t *)(run->sys_mem + v->tsc_table),
-                                (const uint64_t *)(run->sys_mem + v->tsc_times), v->res.touches };
+                                (const uint64_t *)(run->sys_mem + v->tsc_times),
+                                v->faulted, v->faulted ? v->res.touches : 0 };
 }
 
 static int tv_first(const struct touch_view *tv, uint64_t t)
@@ -1078,16 +1258,24 @@ static int tv_first(const struct touch_view *tv, uint64_t t)
     return (tv->tab[t] & FB_TOUCH_FIRST) != 0;
 }
 
+static int tv_faulted(const struct touch_view *tv, uint64_t t)
+{
+    return tv->faulted[t];
+}
+
 int fb_run_vcpu_results(struct fb_run *run, struct fb_vcpu_result *out)
 {
     for (uint32_t i = 0; i < run->cfg.vcpus; i++) {
         out[i] = run->vcpus[i].res;
-        /* blocked time: sum of first-touch latencies as the guest timed them */
+        /* blocked time: sum of the faults' latencies as the guest timed them */
         struct touch_view tv = touches_of(run, &run->vcpus[i]);
+        uint64_t logged = atomic_load(&run->vcpus[i].fault_log_n);
+        out[i].faults_logged = logged;
+        out[i].faults_unlogged = logged > run->vcpus[i].fault_log_cap ? logged - run->vcpus[i].fault_log_cap : 0;
         uint64_t sum = 0;
         if (run->cfg.record_latency)
             for (uint64_t t = 0; t < tv.n; t++)
-                if (tv_first(&tv, t))
+                if (tv_faulted(&tv, t))
                     sum += tv.times[2 * t + 1] - tv.times[2 * t];
         out[i].blocked_ns = fb_tsc_to_ns(run, sum);
     }
@@ -1172,7 +1360,9 @@ int fb_run_latency_hist(struct fb_run *run, int vcpu, int which,
     struct touch_view tv = touches_of(run, &run->vcpus[vcpu]);
     int n = 0;
     for (uint64_t t = 0; t < tv.n; t++) {
-        if (tv_first(&tv, t) != (which == FB_TOUCH_FIRST))
+        int pick = which == FB_TOUCH_FAULTED ? tv_faulted(&tv, t)
+                 : which == FB_TOUCH_FIRST ? tv_first(&tv, t) : !tv_first(&tv, t);
+        if (!pick)
             continue;
         uint64_t ns = fb_tsc_to_ns(run, tv.times[2 * t + 1] - tv.times[2 * t]);
         loglin[fb_hist_index(ns)]++;
@@ -1195,7 +1385,7 @@ int fb_run_breakdown(struct fb_run *run, uint64_t *seg_ns, uint64_t *info)
     for (uint32_t i = 0; i < run->cfg.vcpus; i++) {
         struct touch_view tv = touches_of(run, &run->vcpus[i]);
         for (uint64_t t = 0; t < tv.n; t++) {
-            if (!tv_first(&tv, t))
+            if (!tv_faulted(&tv, t))
                 continue;
             uint64_t page = ((tv.tab[t] & ~(FB_PAGE - 1)) - run->demand_gpa) / FB_PAGE;
             struct fb_stamps *s = &run->stamps[page];
@@ -1270,7 +1460,7 @@ uint64_t fb_run_blocktime_all(struct fb_run *run)
     for (uint32_t i = 0; i < run->cfg.vcpus; i++) {
         struct touch_view tv = touches_of(run, &run->vcpus[i]);
         for (uint64_t t = 0; t < tv.n; t++) {
-            if (!tv_first(&tv, t))
+            if (!tv_faulted(&tv, t))
                 continue;
             ev[m++] = (struct fb_event){ tv.times[2 * t], +1 };
             ev[m++] = (struct fb_event){ tv.times[2 * t + 1], -1 };
@@ -1341,4 +1531,9 @@ int fb_run_attach_ring(struct fb_run *run, int ring_fd, int worker_pidfd, char *
 uint64_t fb_run_demand_gpa(struct fb_run *run)
 {
     return run->demand_gpa;
+}
+
+uint64_t fb_run_unattributed_faults(struct fb_run *run)
+{
+    return atomic_load(&run->unattributed_faults);
 }

@@ -5,7 +5,7 @@
  * Bump FB_API_VERSION whenever a struct below changes: bench/_native_check.py
  * compares it with the Python side so a stale build is refused at import.
  */
-#define FB_API_VERSION 6
+#define FB_API_VERSION 7
 
 /* mechanisms implemented by the core (bench/csrc/mech_*.c) */
 #define FB_MECH_NONE     0
@@ -27,6 +27,8 @@
 /* touch-table entry flags: entry = page gpa | flags */
 #define FB_TOUCH_READ  1
 #define FB_TOUCH_FIRST 2
+/* latency selection only (not in tables): first touches that really faulted */
+#define FB_TOUCH_FAULTED 4
 
 /* thread roles in fb_thread_stats */
 #define FB_ROLE_VCPU     0
@@ -52,7 +54,8 @@
 #define FB_PART_QUEUE      4   /* uffd: fault to message read; async: enqueue to pop */
 #define FB_PART_WAKE       5   /* uffd/async: install done to vCPU running again     */
 #define FB_PART_ENQUEUE    6   /* async: list lock + push + eventfd signal           */
-#define FB_PARTS           7
+#define FB_PART_SPIN       7   /* async vCPU: busy-wait until the bit is clear       */
+#define FB_PARTS           8
 
 /* segments of a fault's latency, from the guest's rdtsc before the touch
  * to its rdtsc after; consecutive stamps, so they partition the interval */
@@ -85,6 +88,7 @@ struct fb_config {
     const uint64_t *touches;    /* vcpus * touches_per_vcpu entries */
     uint64_t touches_per_vcpu;
     uint32_t fault_around;      /* pages installed per resolved fault (1..FB_MAX_FAULT_AROUND) */
+    uint32_t fail_spawn_at;     /* test knob: the Nth thread creation fails (0: never) */
     const uint8_t *stale_map;   /* precopy-stale: 1 per page to fetch; NULL: every page */
     uint64_t bitmap_delay_ns;   /* precopy-stale: when the final dirty bitmap arrives */
 };
@@ -101,6 +105,10 @@ struct fb_vcpu_result {
     uint64_t exitinfo_kvm;      /* of which the kernel gave the address */
     uint64_t exitinfo_guest_reg;/* of which the guest register gave it */
     uint64_t blocked_ns;        /* time in faults as the guest saw it */
+    uint64_t faults_logged;     /* faults attributed to this vCPU */
+    uint64_t faults_unlogged;   /* attributed, but the log was full */
+    /* the guest's rdtsc at start, bracketed by the host's: do they share a clock? */
+    uint64_t tsc_host_before, tsc_guest, tsc_host_after;
 };
 
 struct fb_thread_stats {
@@ -113,8 +121,8 @@ struct fb_thread_stats {
     uint64_t eexist;            /* install found the page present */
     uint64_t wakes;             /* explicit UFFDIO_WAKE after EEXIST */
     uint64_t fetch_ns;          /* time spent in the fetch model */
-    uint64_t part_ns[7];        /* FB_PART_* sums */
-    uint64_t part_count[7];
+    uint64_t part_ns[8];        /* FB_PART_* sums */
+    uint64_t part_count[8];
     uint64_t utime_ns;
     uint64_t stime_ns;
     uint64_t nvcsw;
@@ -169,6 +177,7 @@ uint64_t fb_run_blocktime_all(struct fb_run *run);
 int fb_run_page_installs(struct fb_run *run, uint32_t *out, uint64_t npages);
 uint64_t fb_run_npages(struct fb_run *run);
 uint64_t fb_run_pages_copied(struct fb_run *run);          /* page contents fetched */
+uint64_t fb_run_unattributed_faults(struct fb_run *run);   /* uffd messages from no vCPU */
 uint64_t fb_run_pages_declared_clean(struct fb_run *run);  /* mapped by the bitmap, no copy */
 uint64_t fb_run_bitmap_arrived_ns(struct fb_run *run);     /* CLOCK_MONOTONIC, 0 if never */
 /* --fetch worker: the memfd the worker writes guest memory through, and the

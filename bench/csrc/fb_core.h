@@ -17,6 +17,12 @@
 
 #define FB_PAGE 4096ULL
 #define FB_PORT_DONE 0x10
+#define FB_PORT_TSC  0x11   /* the guest reports one rdtsc at start */
+
+/* precopy-stale page states */
+#define FB_PAGE_CLEAN    0
+#define FB_PAGE_STALE    1
+#define FB_PAGE_FETCHING 2
 #define FB_MAX_UFFDS 1024
 
 /* guest-physical layout: the system slot (page tables, code, touch tables,
@@ -57,6 +63,10 @@ struct fb_vcpu {
     uint8_t *src_page;          /* fetch buffer for UFFDIO_COPY */
     uint64_t tsc_table;         /* gpa of this vCPU's touch table */
     uint64_t tsc_times;         /* gpa of this vCPU's timing buffer */
+    uint64_t *fault_log;        /* pages this vCPU really faulted on */
+    uint64_t fault_log_cap;
+    atomic_uint_fast64_t fault_log_n;
+    uint8_t *faulted;           /* per touch, computed after the run */
 };
 
 struct fb_reader {
@@ -116,8 +126,15 @@ struct fb_run {
     int stop_efd;                    /* readable once stop is requested */
     pthread_mutex_t err_lock;
     char err[256];
-    pthread_barrier_t barrier;
-    int barrier_init;
+    /* start gate: vCPU threads check in, then wait for `go` */
+    pthread_mutex_t gate_lock;
+    pthread_cond_t gate_cond;
+    int gate_ready, gate_go;
+    uint32_t spawned;                /* thread creations so far (fail_spawn_at) */
+    /* tid -> vCPU, sorted by tid, for uffd messages (UFFD_FEATURE_THREAD_ID) */
+    int64_t *tid_map;
+    atomic_uint_fast64_t unattributed_faults;
+    int faulted_ready;
     int started;
 
     atomic_uint_fast64_t pages_installed;
@@ -129,7 +146,8 @@ struct fb_run {
     uint32_t *page_installs;
 
     /* precopy-stale */
-    uint8_t *stale;                  /* 1: content must be fetched (cleared once fetched) */
+    int precopy;                     /* a precopy-stale run: bitmap thread, clean pages */
+    uint8_t *pstate;                 /* FB_PAGE_* per page: who fetches what, once */
     atomic_int bitmap_arrived;
     uint64_t bitmap_arrived_ns;
     pthread_t bitmap_thread;
@@ -165,6 +183,9 @@ int fb_uffd_register_all(struct fb_run *run, int nuffds, uint64_t features, int 
 int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src_page,
                     uint64_t gpa, int dontwake);
 uint64_t fb_page_seed(struct fb_run *run, uint64_t page);
+/* a fault by vCPU `vcpu` (or by thread `tid`, for uffd readers) on `page` */
+void fb_note_fault(struct fb_run *run, int vcpu, uint64_t page);
+void fb_note_fault_tid(struct fb_run *run, int32_t tid, uint64_t page);
 void fb_lock(struct fb_spinlock *l);
 void fb_unlock(struct fb_spinlock *l);
 

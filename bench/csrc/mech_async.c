@@ -72,6 +72,8 @@ static int async_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa)
     }
     uint64_t t2 = fb_tsc();
     run->stamps[page].resumed = t2;
+    ts->part_ns[FB_PART_SPIN] += t2 - t1;
+    ts->part_count[FB_PART_SPIN]++;
     uint64_t done = run->stamps[page].done;
     if (done && done < t2) {
         ts->part_ns[FB_PART_WAKE] += t2 - done;

@@ -42,6 +42,7 @@ static void *reader_thread(void *arg)
         }
         uint64_t off = msg.arg.pagefault.address - (uint64_t)(uintptr_t)run->demand;
         run->stamps[off / FB_PAGE].notify = t;
+        fb_note_fault_tid(run, (int32_t)msg.arg.pagefault.feat.ptid, off / FB_PAGE);
         ts->faults++;
         if (fb_resolve_page(run, ts, r->src_page, run->demand_gpa + off, 0) < 0)
             break;
@@ -52,7 +53,9 @@ static void *reader_thread(void *arg)
 
 static int uffd_setup(struct fb_run *run, char *err, int errlen)
 {
-    return fb_uffd_register_all(run, run->cfg.uffds, 0, run->cfg.wait_mode != FB_WAIT_READ,
+    /* THREAD_ID: each message names the faulting vCPU thread */
+    return fb_uffd_register_all(run, run->cfg.uffds, UFFD_FEATURE_THREAD_ID,
+                                run->cfg.wait_mode != FB_WAIT_READ,
                                 err, errlen);
 }
 
