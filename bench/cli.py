@@ -109,8 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lock-stacks", action=argparse.BooleanOptionalAction, default=True,
                    help="name contended locks by kernel call chain (stacktrace trigger; costs about "
                         "3 us per contention, which inflates short spin waits) (default on)")
-    r.add_argument("--trace-reference-runs", type=int, default=1,
-                   help="untraced runs per point to measure what tracing costs (default 1)")
+    r.add_argument("--trace-runs", type=int, default=1,
+                   help="extra runs per point made with lock tracing on; the --repeat runs that give "
+                        "the headline numbers are never traced (default 1)")
+    r.add_argument("--trace-buffer-mb", type=int, default=0,
+                   help="tracefs buffer per CPU in MiB (default: sized from the expected faults)")
+    r.add_argument("--trace-mmap-lock", action=argparse.BooleanOptionalAction, default=True,
+                   help="also record mmap_lock acquire/release (several events a fault) (default on)")
     r.add_argument("--seed", type=int, default=1, help="seed for page content and access order (default 1)")
     r.add_argument("--timeout", type=float, default=300.0, help="seconds before a run is declared hung (default 300)")
     o = p.add_argument_group("output")
@@ -135,6 +140,8 @@ def validate_args(args) -> None:
             raise UsageError(f"--vcpus {v} is out of range 1..{MAX_VCPUS}")
     if not args.vcpus:
         raise UsageError("--vcpus needs at least one count")
+    if not args.mech:
+        raise UsageError("--mech needs at least one mechanism")
     if not (2 <= args.mem_per_vcpu <= 65536 and args.mem_per_vcpu % 2 == 0):
         raise UsageError(f"--mem-per-vcpu {args.mem_per_vcpu} must be an even number of MiB in 2..65536")
     if args.fetch == "worker":
@@ -163,22 +170,49 @@ def validate_args(args) -> None:
         raise UsageError(f"--repeat {args.repeat} is out of range 1..1000")
     if not 0 <= args.warmup <= 100:
         raise UsageError(f"--warmup {args.warmup} is out of range 0..100")
-    if not 0 <= args.trace_reference_runs <= 100:
-        raise UsageError(f"--trace-reference-runs {args.trace_reference_runs} is out of range 0..100")
+    if not 1 <= args.trace_runs <= 100:
+        raise UsageError(f"--trace-runs {args.trace_runs} is out of range 1..100")
+    if not 0 <= args.trace_buffer_mb <= 4096:
+        raise UsageError(f"--trace-buffer-mb {args.trace_buffer_mb} is out of range 0..4096")
+    if not 0 <= args.seed < 2**64:
+        raise UsageError(f"--seed {args.seed} is out of range 0..2^64-1")
     if not args.timeout > 0:
         raise UsageError("--timeout must be positive")
     if args.out and len(args.vcpus) * len(args.mech) > 1:
         raise UsageError("--out names one file; a sweep writes one result per point to --results-dir")
-    if args.uffds and args.mech != ["uffd-many"] and "uffd-many" not in args.mech:
+    if args.uffds and "uffd-many" not in args.mech:
         raise UsageError("--uffds applies to uffd-many only")
 
 
-def check_memory(vcpus: int, args, workload) -> None:
-    pages = workload.memory_pages(vcpus, args.mem_per_vcpu * 256)
-    # the network worker holds a second full copy (the "remote" memory)
+def check_output(args) -> None:
+    """Refuse an unwritable destination before spending minutes measuring."""
+    target = os.path.dirname(os.path.abspath(args.out)) if args.out else args.results_dir
+    if args.out and not os.path.isdir(target):
+        raise UsageError(f"--out {args.out}: directory {target} does not exist")
+    if not args.out:
+        try:
+            os.makedirs(target, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--results-dir {target}: {exc.strerror}") from None
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise UsageError(f"{target} is not writable")
+
+
+def memory_needed(vcpus: int, args, workload) -> int:
+    ppv = args.mem_per_vcpu * 256
+    pages = workload.memory_pages(vcpus, ppv)
+    touches = workload.touches_per_vcpu(ppv)
+    # guest memory, and the network worker's second full copy (the "remote" memory)
     need = pages * 4096 * (2 if args.fetch == "worker" else 1)
-    # touch tables (8 B) and timing buffers (16 B) per touch, roughly one touch per page
-    need += vcpus * args.mem_per_vcpu * 256 * 24 * 4
+    # per touch: table 8 B, guest timing 16 B, fault log 16 B, faulted flag 1 B
+    need += vcpus * touches * 41
+    # per page: stamps 56 B, state 1 B, install count 4 B
+    need += pages * 61
+    return need
+
+
+def check_memory(vcpus: int, args, workload) -> None:
+    need = memory_needed(vcpus, args, workload)
     avail = mem_available_bytes()
     if avail is not None and need > 0.8 * avail:
         raise UsageError(
@@ -202,22 +236,46 @@ def rerun_argv(argv: list[str], mech: str, vcpus: int) -> list[str]:
     return out + ["--vcpus", str(vcpus), "--mech", mech]
 
 
-def measure_tracing_cost(plan, rec: dict, runs: int) -> dict:
-    """The same point without tracing: what the tracer costs in paging rate."""
+def trace_runs(plan, rec: dict, runs: int, buffer_mb: int) -> None:
+    """Extra runs with lock tracing on: lock data, and what tracing costs. The
+    measured runs stay untraced, so tracing never touches the headline numbers."""
     import dataclasses
     import statistics
     from .runner import execute
-    untraced = dataclasses.replace(plan, trace_locks=False)
-    ref = [execute(untraced)[0]["pages_per_s"] for _ in range(runs)]
-    traced = [r["metrics"]["pages_per_s"] for r in rec["runs"]]
-    return {
-        "lock_tracing": True, "stacks": plan.lock_stacks,
-        "untraced_pages_per_s": ref,
-        "traced_pages_per_s_median": statistics.median(traced),
-        "untraced_pages_per_s_median": statistics.median(ref),
-        "overhead_ratio": statistics.median(traced) / statistics.median(ref),
-        "note": "overhead_ratio = traced / untraced median paging rate; below 1 means tracing slowed the run",
+    traced = dataclasses.replace(plan, trace_locks=True, trace_buffer_kb=buffer_mb * 1024)
+    rec["traced_runs"] = []
+    for _ in range(runs):
+        metrics, raw = execute(traced)
+        rec["traced_runs"].append({"metrics": metrics, "raw": raw})
+    rates = [r["metrics"]["pages_per_s"] for r in rec["traced_runs"]]
+    untraced = statistics.median(r["metrics"]["pages_per_s"] for r in rec["runs"])
+    lost = sum(r["metrics"]["kernel_locks"]["events_lost"] for r in rec["traced_runs"])
+    rec["tracing"] = {
+        "lock_tracing": True, "stacks": plan.lock_stacks, "mmap_lock": plan.trace_mmap_lock,
+        "buffer_kb_per_cpu": traced.trace_buffer_kb,
+        "traced_pages_per_s": rates, "untraced_pages_per_s_median": untraced,
+        "overhead_ratio": statistics.median(rates) / untraced,
+        "events_lost": lost,
+        "note": "overhead_ratio = traced / untraced median paging rate (below 1: tracing slowed "
+                "the run); lock data comes from traced_runs, every other number from runs",
     }
+    if lost:
+        rec["warnings"].append(
+            f"lock tracing lost {lost} events (buffer {traced.trace_buffer_kb // 1024} MiB per CPU): "
+            "the lock counts cover only part of the traced run; raise --trace-buffer-mb or "
+            "use --no-trace-mmap-lock")
+
+
+def trace_buffer_mb(args, plan) -> int:
+    """Enough per-CPU buffer for the traced run's events (measured here: about 8
+    mmap_lock events a fault at 64-256 vCPUs, 40-60 B each in the buffer)."""
+    if args.trace_buffer_mb:
+        return args.trace_buffer_mb
+    per_fault = 8 * 64 if args.trace_mmap_lock else 64
+    ncpu = max(1, len(os.sched_getaffinity(0)))
+    mb = plan.memory_pages * per_fault * 2 // ncpu // 2**20   # headroom x2
+    avail = (mem_available_bytes() or 2**34) // 2**20
+    return int(min(max(16, mb), max(16, avail // (8 * ncpu))))
 
 
 def print_point(rec: dict, path: str) -> None:
@@ -240,49 +298,81 @@ def print_point(rec: dict, path: str) -> None:
         keys = ["p50", "p90", "p99", "p99_9", "max"]
         parts = "  ".join(f"{k.replace('_', '.')} {med('fault_latency_ns.' + k) / 1000:.1f}" for k in keys)
         print(f"Fault latency (us, first touches as the vCPU saw them): {parts}")
-    for r in rec["runs"][:1]:
-        kl = r["metrics"].get("kernel_locks")
-        if kl:
-            top = ", ".join(f"{t['call_site']} x{t['count']}" for t in kl["top_locks"][:3])
-            print(f"Kernel lock contention (run 1): {kl['contentions']} contentions, "
-                  f"{kl['wait_ns_total'] / 1e6:.2f} ms waited; top: {top or '-'}")
+    for r in rec.get("traced_runs", [])[:1]:
+        kl = r["metrics"]["kernel_locks"]
+        top = ", ".join(f"{t['call_site']} x{t['count']}" for t in kl["top_locks"][:3])
+        print(f"Kernel lock contention (traced run): {kl['contentions']} contentions, "
+              f"{kl['wait_ns_total'] / 1e6:.2f} ms waited; top: {top or '-'}")
     if rec.get("tracing"):
-        print(f"Tracing cost: traced/untraced paging rate = {rec['tracing']['overhead_ratio']:.3f}")
+        print(f"Tracing cost: traced/untraced paging rate = {rec['tracing']['overhead_ratio']:.3f} "
+              f"(headline numbers come from untraced runs)")
     for w in rec["warnings"]:
         print(f"   warning: {w}")
     print(f"Result: {path}")
+
+
+def prepare(args, probes: dict | None = None):
+    """Validated args -> (workload, [(mechanism, vcpus)]); raises UsageError/ValueError."""
+    workload = WORKLOADS[args.workload](args)
+    workload.validate()
+    args.needs_shared_memory = workload.needs_shared_memory or args.fetch == "worker"
+    args.shared_memory_reason = (f"workload {workload.name}" if workload.needs_shared_memory
+                                 else "--fetch worker")
+    if args.fetch == "worker":
+        from .worker import service_params
+        service_params(service_of(args))   # ValueError for bad parameters
+        for m in args.mech:
+            if not MECHANISMS[m].uses_uffd:
+                raise UsageError(f"--fetch worker does not apply to mechanism {m} (no faults to fetch for)")
+    points = []
+    for mech_name in args.mech:
+        for v in args.vcpus:
+            args.memory_pages = workload.memory_pages(v, args.mem_per_vcpu * 256)
+            mech = MECHANISMS[mech_name](args, v, probes or {})
+            mech.validate()
+            points.append((mech, v))
+    return workload, points
+
+
+def plan_for(args, mech, workload, vcpus: int, **overrides):
+    from .runner import Plan
+    kw = dict(vcpus=vcpus, mechanism=mech, workload=workload,
+              mem_per_vcpu_mib=args.mem_per_vcpu, fetch_delay_us=args.fetch_delay_us,
+              fetch_delay_mode=args.fetch_delay_mode, record_latency=not args.no_latency,
+              seed=args.seed, timeout_s=args.timeout, corrupt_every=args.corrupt_every,
+              lock_stacks=args.lock_stacks, trace_mmap_lock=args.trace_mmap_lock,
+              fault_around=args.fault_around, fetch=args.fetch,
+              worker={"threads": args.worker_threads, "batch": args.worker_batch,
+                      "service": service_of(args)})
+    kw.update(overrides)
+    return Plan(**kw)
+
+
+def make_plan(argv: list[str], **overrides):
+    """One runnable point from command-line words: for scripts and tests."""
+    args = build_parser().parse_args(argv)
+    validate_args(args)
+    workload, points = prepare(args)
+    if len(points) != 1:
+        raise UsageError("make_plan needs exactly one mechanism and one vCPU count")
+    mech, vcpus = points[0]
+    return plan_for(args, mech, workload, vcpus, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .probes import DeviceMissing, probe, require_devices
     try:
         validate_args(args)
-        from .probes import DeviceMissing, probe, require_devices
+        check_output(args)
         require_devices()
-        workload = WORKLOADS[args.workload](args)
-        workload.validate()
-        args.needs_shared_memory = workload.needs_shared_memory or args.fetch == "worker"
-        args.shared_memory_reason = (f"workload {workload.name}" if workload.needs_shared_memory
-                                     else "--fetch worker")
-        service = service_of(args)
-        if args.fetch == "worker":
-            from .worker import service_params
-            service_params(service)   # ValueError for bad parameters
-            for m in args.mech:
-                if not MECHANISMS[m].uses_uffd:
-                    raise UsageError(f"--fetch worker does not apply to mechanism {m} (no faults to fetch for)")
+        workload, _ = prepare(args)
         for v in args.vcpus:
             check_memory(v, args, workload)
         probes = probe()
-        plans = []
-        for mech_name in args.mech:
-            for v in args.vcpus:
-                args.memory_pages = workload.memory_pages(v, args.mem_per_vcpu * 256)
-                mech = MECHANISMS[mech_name](args, v, probes)
-                mech.validate()
-                plans.append((mech, v))
+        workload, points = prepare(args, probes)
     except (UsageError, ValueError) as exc:
         print(f"run_bench.py: error: {exc}", file=sys.stderr)
         return 2
@@ -290,54 +380,53 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_bench.py: error: {exc}", file=sys.stderr)
         return 3
 
-    from .runner import Plan, RunError, execute
+    from .runner import RunError, execute
     machine = collect_machine({"probes": probes})
     harness = collect_harness(REPO_DIR, __version__)
     status = 0
     done = []
-    for mech, vcpus in plans:
-        plan = Plan(vcpus=vcpus, mechanism=mech, workload=workload,
-                    mem_per_vcpu_mib=args.mem_per_vcpu, fetch_delay_us=args.fetch_delay_us,
-                    fetch_delay_mode=args.fetch_delay_mode, record_latency=not args.no_latency,
-                    seed=args.seed, timeout_s=args.timeout, corrupt_every=args.corrupt_every,
-                    trace_locks=args.trace_locks, lock_stacks=args.lock_stacks,
-                    fault_around=args.fault_around, fetch=args.fetch,
-                    worker={"threads": args.worker_threads, "batch": args.worker_batch,
-                            "service": service})
+    for mech, vcpus in points:
+        plan = plan_for(args, mech, workload, vcpus)
         emulated, reason = mech.emulation()
         config = {**mech.config(), "workload": workload.name, "workload_params": workload.params(),
                   "vcpus": vcpus, "mem_per_vcpu_mib": args.mem_per_vcpu,
                   "memory_pages": plan.memory_pages,
                   "fault_around": args.fault_around,
                   "fetch": args.fetch,
-                  "worker": ({"threads": args.worker_threads, "batch": args.worker_batch,
-                              "service": service} if args.fetch == "worker" else None),
+                  "worker": plan.worker if args.fetch == "worker" else None,
                   "fetch_delay_us": args.fetch_delay_us, "fetch_delay_mode": args.fetch_delay_mode,
                   "record_latency": not args.no_latency, "seed": args.seed,
                   "repeat": args.repeat, "warmup": args.warmup,
                   "fault_address_register": "rbx",
-                  "trace_locks": args.trace_locks, "lock_stacks": args.lock_stacks}
+                  "trace_locks": args.trace_locks, "lock_stacks": args.lock_stacks,
+                  "trace_mmap_lock": args.trace_mmap_lock}
         rerun = rerun_argv(argv, mech.name, vcpus)
         rec = resultmod.new_record(["run_bench.py", *rerun], config, machine, harness, emulated, reason)
         try:
             for i in range(args.warmup + args.repeat):
                 metrics, raw = execute(plan)
                 resultmod.add_run(rec, metrics, warmup=i < args.warmup, raw=raw)
-            if args.trace_locks and args.trace_reference_runs:
-                rec["tracing"] = measure_tracing_cost(plan, rec, args.trace_reference_runs)
+            resultmod.finalize(rec)
+            if args.trace_locks:
+                trace_runs(plan, rec, args.trace_runs, trace_buffer_mb(args, plan))
         except RunError as exc:
             print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: {exc}", file=sys.stderr)
             return 1
-        resultmod.finalize(rec)
         problems = resultmod.validate(rec)
         if problems:
             print(f"run_bench.py: error: invalid result: {problems[0]}", file=sys.stderr)
             return 1
         path = args.out or resultmod.default_path(args.results_dir, config)
-        resultmod.write_atomic(rec, path)
+        try:
+            resultmod.write_atomic(rec, path)
+        except (OSError, ValueError) as exc:
+            print(f"run_bench.py: error: writing {path}: {exc}", file=sys.stderr)
+            return 1
         done.append(rec)
         if args.quiet:
             print(path)
+            if emulated:
+                print(f"note: {mech.name} is EMULATED: {reason}", file=sys.stderr)
         else:
             print_point(rec, path)
         if any(r["metrics"]["content_errors"] for r in rec["runs"]):

@@ -461,11 +461,12 @@ class _Kallsyms:
 
 class LockTracer:
     def __init__(self, name_prefix="faultbench", top=5, buffer_kb=16384, stacks=True,
-                 pids=None):
+                 pids=None, mmap_lock=True):
         # stacks=False drops the stacktrace trigger (about 3 us per contention here,
         # which inflates short spinlock waits); pids limits recording in the kernel
         # to these tasks and what they fork or clone afterwards (event-fork)
         self.stacks = stacks
+        self.mmap_lock = mmap_lock
         self.pids = list(pids) if pids else []
         self.name_prefix = name_prefix
         self.top = top
@@ -569,7 +570,7 @@ class LockTracer:
             self._undo.append(lambda: self._w(trig, "!stacktrace"))
 
         self.mmap_events = []
-        for ev in MMAP_EVENTS:
+        for ev in MMAP_EVENTS if self.mmap_lock else ():
             if os.path.isdir(os.path.join(path, "events", "mmap_lock", ev)):
                 self._enable(f"events/mmap_lock/{ev}")
                 self.mmap_events.append(ev)

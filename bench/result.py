@@ -97,16 +97,28 @@ def _numeric_leaves(metrics: dict, prefix: str = "") -> dict[str, float]:
     return leaves
 
 
+_RATIO_NAMES = {"sum_vs_mean", "overhead_ratio", "cv"}
+# words that make a leaf a count: "faults_used", "kernel_locks.contentions", "..._switches"
+_COUNT_WORDS = ("count", "faults", "contentions", "acquisitions", "contended", "threads",
+                "requests", "batches", "touches", "pages", "switches", "lost", "lines", "waits",
+                "used", "skipped", "wakes", "eexist", "write", "seen", "begins", "ends", "errors")
+
+
 def _unit_of_name(name: str) -> str | None:
     if name.startswith("pages_per_s"):
         return "pages/s"
     if name.endswith("_per_s"):
         return "1/s"
-    if name.endswith("_ns"):
+    if name.endswith("_ns") or "_ns_" in name:
         return "ns"
     if name.endswith("_s") or name.endswith("seconds"):
         return "s"
-    if name in _COUNT_NAMES or name.endswith("_count"):
+    if name.endswith("_bytes"):
+        return "bytes"
+    if name in _RATIO_NAMES:
+        return "ratio"
+    if name in _COUNT_NAMES or any(name == w or name.endswith("_" + w) or name.startswith(w + "_")
+                                   for w in _COUNT_WORDS):
         return "count"
     return None
 

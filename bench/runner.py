@@ -58,6 +58,8 @@ class Plan:
     worker: dict = field(default_factory=dict)   # threads, batch, service
     trace_locks: bool = False
     lock_stacks: bool = True
+    trace_mmap_lock: bool = True
+    trace_buffer_kb: int = 16384
     keep: list = field(default_factory=list)   # cffi buffers that must outlive the run
 
     @property
@@ -112,7 +114,8 @@ def execute(plan: Plan) -> tuple[dict, dict]:
         from .locktrace import LockTracer, TraceUnavailable
         # recording is limited in the kernel to this process and the threads it
         # clones from now on; the summary keeps only the harness's own threads
-        tracer = LockTracer(stacks=plan.lock_stacks, pids=[os.getpid()])
+        tracer = LockTracer(stacks=plan.lock_stacks, pids=[os.getpid()],
+                            buffer_kb=plan.trace_buffer_kb, mmap_lock=plan.trace_mmap_lock)
         try:
             tracer.start()
         except TraceUnavailable as exc:

@@ -4,7 +4,7 @@ with and without the guest's rdtsc timing, in alternation (so drift in the
 machine hits both sides alike). Prints the paging rates and their ratio; exits
 non-zero if recording costs more than --limit percent of the paging rate.
 
-    python benchmarks/latency_overhead.py [--pairs 7] [--mech uffd] [--mib 64]
+    python benchmarks/latency_overhead.py [--pairs 9] [--mech uffd] [--mib 64]
 """
 import argparse
 import os
@@ -14,22 +14,18 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench.runner import Plan, execute  # noqa: E402
-from bench.cli import build_parser  # noqa: E402
+from bench.cli import make_plan  # noqa: E402
 from bench.mechanisms import REGISTRY as MECHANISMS  # noqa: E402
-from bench.workloads import REGISTRY as WORKLOADS  # noqa: E402
 
 
 def plan(mech: str, mib: int, record: bool) -> Plan:
-    args = build_parser().parse_args(["--mem-per-vcpu", str(mib)])
-    wl = WORKLOADS["sequential"](args)
-    args.memory_pages = wl.memory_pages(1, mib * 256)
-    return Plan(vcpus=1, mechanism=MECHANISMS[mech](args, 1, {}), workload=wl,
-                mem_per_vcpu_mib=mib, record_latency=record)
+    return make_plan(["--vcpus", "1", "--mech", mech, "--mem-per-vcpu", str(mib)],
+                     record_latency=record)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pairs", type=int, default=7)
+    p.add_argument("--pairs", type=int, default=9)
     p.add_argument("--mech", default="uffd", choices=list(MECHANISMS))
     p.add_argument("--mib", type=int, default=64)
     p.add_argument("--limit", type=float, default=5.0, help="allowed cost in percent")

@@ -62,17 +62,22 @@ def test_killing_the_worker_ends_the_run_with_one_line(kvm, tmp_path):
          "--service-us", "300", "--mem-per-vcpu", "64", "--repeat", "1", "--no-trace-locks",
          "--results-dir", str(tmp_path)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    pid = None
-    while pid is None and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        pid = _worker_pid(proc.pid)
-        time.sleep(0.05)
-    assert pid, "worker process never appeared"
-    time.sleep(1.0)   # mid-run: 32768 faults at 300 us each take about 10 s
-    os.kill(pid, signal.SIGKILL)
-    killed = time.monotonic()
-    _, err = proc.communicate(timeout=30)
+    try:
+        deadline = time.monotonic() + 30
+        pid = None
+        while pid is None and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            pid = _worker_pid(proc.pid)
+            time.sleep(0.05)
+        assert pid, "worker process never appeared"
+        time.sleep(1.0)   # mid-run: 32768 faults at 300 us each take about 10 s
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert time.monotonic() - killed < 10
     assert proc.returncode not in (0, None)
     lines = [line for line in err.splitlines() if line.strip()]

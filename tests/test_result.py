@@ -60,7 +60,15 @@ def test_metric_units():
     assert result.metric_unit("blocktime_ns") == "ns"
     assert result.metric_unit("wall_seconds") == "s"
     assert result.metric_unit("faults") == "count"
-    assert result.metric_unit("eexist") is None
+    assert result.metric_unit("eexist") == "count"
+    assert result.metric_unit("mean_batch") is None
+    # leaves name their own unit; only unit-less statistics inherit the parent's
+    assert result.metric_unit("fault_latency_ns.count") == "count"
+    assert result.metric_unit("fault_latency_ns.p99_9") == "ns"
+    assert result.metric_unit("fault_breakdown_ns.sum_vs_mean") == "ratio"
+    assert result.metric_unit("fault_breakdown_ns.parts.install_ioctl") == "ns"
+    assert result.metric_unit("kernel_locks.wait_ns_total") == "ns"
+    assert result.metric_unit("worker.copied_bytes") == "bytes"
 
 
 def test_finalize_summarizes_only_common_metrics_and_warns():

@@ -9,12 +9,16 @@ class UffdMany(Uffd):
 
     def validate(self):
         super().validate()
-        k = self.uffds()
-        if not 1 <= k <= min(1024, self.vcpus_pages()):
-            raise ValueError(f"--uffds must be in 1..{min(1024, self.vcpus_pages())} (got {k})")
-
-    def vcpus_pages(self):
-        return self.args.memory_pages
+        k, pages = self.uffds(), self.args.memory_pages
+        # equal ranges, as the core splits guest memory
+        if not 1 <= k <= 1024 or pages % k:
+            raise ValueError(f"--uffds {k} must be in 1..1024 and divide the {pages} pages of "
+                             f"guest memory at {self.vcpus} vCPUs")
 
     def uffds(self):
-        return self.args.uffds if self.args.uffds else min(self.vcpus, 1024)
+        if self.args.uffds:
+            return self.args.uffds
+        # one per vCPU partition; where the pages do not split that evenly (shared
+        # workloads), the most equal ranges that do
+        pages = self.args.memory_pages
+        return max(d for d in range(1, min(self.vcpus, 1024) + 1) if pages % d == 0)

@@ -36,6 +36,10 @@ class Workload:
     def bitmap_delay_ns(self) -> int:
         return 0
 
+    def touches_per_vcpu(self, pages_per_vcpu: int) -> int:
+        """Table entries per vCPU (what the guest walks), for memory planning."""
+        return pages_per_vcpu
+
     def memory_pages(self, vcpus: int, pages_per_vcpu: int) -> int:
         """Pages of guest memory the workload needs."""
         return vcpus * pages_per_vcpu

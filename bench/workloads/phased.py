@@ -24,6 +24,9 @@ class Phased(Workload):
     def params(self):
         return {"hot_fraction": self.args.hot_fraction, "hot_rounds": self.args.hot_rounds}
 
+    def touches_per_vcpu(self, pages_per_vcpu):
+        return max(1, int(pages_per_vcpu * self.args.hot_fraction)) * self.args.hot_rounds + pages_per_vcpu
+
     def pages_order(self, vcpus, pages_per_vcpu, rng):
         rng_pages = own_range(vcpus, pages_per_vcpu)
         hot_n = max(1, int(pages_per_vcpu * self.args.hot_fraction))

@@ -24,6 +24,9 @@ class Zipf(Workload):
     def params(self):
         return {"skew": self.args.skew, "retouch_ratio": self.args.retouch_ratio}
 
+    def touches_per_vcpu(self, pages_per_vcpu):
+        return pages_per_vcpu + int(round(pages_per_vcpu * self.args.retouch_ratio))
+
     def pages_order(self, vcpus, pages_per_vcpu, rng):
         base = own_range(vcpus, pages_per_vcpu)
         extra = int(round(pages_per_vcpu * self.args.retouch_ratio))
