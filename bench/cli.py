@@ -297,7 +297,7 @@ def print_point(rec: dict, path: str) -> None:
     if runs[0].get("fault_latency_ns"):
         keys = ["p50", "p90", "p99", "p99_9", "max"]
         parts = "  ".join(f"{k.replace('_', '.')} {med('fault_latency_ns.' + k) / 1000:.1f}" for k in keys)
-        print(f"Fault latency (us, first touches as the vCPU saw them): {parts}")
+        print(f"Fault latency (us, each fault as its vCPU saw it): {parts}")
     for r in rec.get("traced_runs", [])[:1]:
         kl = r["metrics"]["kernel_locks"]
         top = ", ".join(f"{t['call_site']} x{t['count']}" for t in kl["top_locks"][:3])
