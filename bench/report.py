@@ -38,8 +38,9 @@ def label(rec: dict) -> str:
     name = c["mech"]
     if c.get("resolve") == "continue":
         name += "/continue"
-    if c.get("readers", 1) > 1 and c["mech"] in ("uffd", "uffd-many", "async"):
-        name += f"/r{c['readers']}"
+    per = c.get("readers_per_uffd", c.get("resolvers", 1))
+    if per > 1:
+        name += f"/r{per}"
     if c.get("fetch") == "worker":
         name += "/worker"
     if rec["emulated"]:

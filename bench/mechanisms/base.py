@@ -54,6 +54,8 @@ class Mechanism:
         """What the result record stores about this mechanism."""
         cfg = {"mech": self.name, "uffds": self.uffds() if self.uses_uffd else 0,
                "readers": self.readers_total()}
+        if "readers" in self.options:
+            cfg["readers_per_uffd" if self.uses_uffd and self.c_mech == 2 else "resolvers"] = self.readers()
         if "wait" in self.options:
             cfg["wait"] = self.wait()
         cfg["resolve"] = self.resolve() if self.uses_uffd else None
