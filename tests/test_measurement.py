@@ -114,7 +114,7 @@ def test_sigint_mid_traced_run_leaves_tracefs_as_found(kvm, tracefs, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode != 0
-    assert "interrupted" in err
-    assert tracefs_state() == before
-    assert list(tmp_path.iterdir()) == []   # nothing half-written
+    assert proc.returncode != 0, err
+    assert "interrupted" in err, err
+    assert tracefs_state() == before, err
+    assert list(tmp_path.iterdir()) == [], err   # nothing half-written
