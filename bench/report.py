@@ -84,8 +84,7 @@ def scaling(records: list[dict], out_dir: str, name: str = "scaling") -> list[st
             ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3,
                         linestyle="--" if "EMULATED" in lab else "-", label=f"{lab} [{wl}]")
         ax.set_xscale("log", base=2)
-        if path != "pages_per_s":
-            ax.set_yscale("log")
+        ax.set_yscale("log")   # baselines and mechanisms differ by orders of magnitude
         ax.set_xlabel("vCPUs")
         ax.set_title(title + "\nmedian over runs, bars: min..max")
         ax.grid(True, which="both", alpha=0.3)
