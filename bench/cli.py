@@ -266,6 +266,36 @@ def trace_runs(plan, rec: dict, runs: int, buffer_mb: int) -> None:
             "use --no-trace-mmap-lock")
 
 
+def run_warnings(rec: dict) -> list[str]:
+    """Plain-words warnings about what a run's own numbers say of its validity."""
+    out = []
+    vcpus = rec["config"]["vcpus"]
+    for kind in ("runs", "warmups", "traced_runs"):
+        for i, r in enumerate(rec.get(kind, [])):
+            m = r["metrics"]
+            where = f"{kind[:-1]} {i + 1}"
+            if m["content_errors"]:
+                out.append(f"{where}: {m['content_errors']} pages had wrong content")
+            if m["vcpus_running_at_once_max"] < vcpus:
+                out.append(f"{where}: only {m['vcpus_running_at_once_max']} of {vcpus} vCPUs were "
+                           f"running at once (starts spread over {m['vcpu_start_spread_s']:.3f} s): "
+                           "not a {vcpus}-vCPU measurement".replace("{vcpus}", str(vcpus)))
+            bd = m.get("fault_breakdown_ns") or {}
+            if bd.get("faults_total"):
+                if bd["faults_used"] < 0.9 * bd["faults_total"]:
+                    out.append(f"{where}: the cost breakdown covers {bd['faults_used']} of "
+                               f"{bd['faults_total']} faults")
+                if bd.get("sum_vs_mean") and abs(bd["sum_vs_mean"] - 1) > 0.10:
+                    out.append(f"{where}: breakdown parts sum to {bd['sum_vs_mean']:.2f} x the mean "
+                               "fault latency")
+                hc = bd.get("host_clock_check")
+                every_touch_faulted = m["faults"] == (m.get("first_touch_latency_ns") or {}).get("count")
+                if hc and every_touch_faulted and abs(hc["sum_vs_mean"] - 1) > 0.10:
+                    out.append(f"{where}: host clocks account for {hc['sum_vs_mean']:.2f} x the "
+                               "guest-timed fault latency")
+    return out
+
+
 def trace_buffer_mb(args, plan) -> int:
     """Enough per-CPU buffer for the traced run's events (measured here: about 8
     mmap_lock events a fault at 64-256 vCPUs, 40-60 B each in the buffer)."""
@@ -412,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         except RunError as exc:
             print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: {exc}", file=sys.stderr)
             return 1
+        rec["warnings"] += [w for w in run_warnings(rec) if w not in rec["warnings"]]
         problems = resultmod.validate(rec)
         if problems:
             print(f"run_bench.py: error: invalid result: {problems[0]}", file=sys.stderr)
@@ -429,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"note: {mech.name} is EMULATED: {reason}", file=sys.stderr)
         else:
             print_point(rec, path)
-        if any(r["metrics"]["content_errors"] for r in rec["runs"]):
+        if any(r["metrics"]["content_errors"]
+               for kind in ("runs", "warmups", "traced_runs") for r in rec.get(kind, [])):
             print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: content errors", file=sys.stderr)
             status = 1
     if len(done) > 1 and not args.quiet:

@@ -14,20 +14,23 @@ from .guest import touch_loop
 from .native import ffi, lib
 
 ROLES = {0: "vcpu", 1: "reader", 2: "resolver"}
-PARTS = ["kvm_run", "lookup", "fetch", "install", "queue", "wake", "enqueue", "spin"]
+PARTS = ["kvm_run", "lookup", "fetch", "install", "queue", "wake", "enqueue", "spin", "wait"]
 # vCPU-thread parts that, for mechanisms handling faults on the vCPU thread, cover
 # the whole fault with host clocks only: an independent check on the breakdown
-HOST_SIDE_PARTS = {"exits": ("kvm_run", "lookup", "fetch", "install"),
+HOST_SIDE_PARTS = {"exits": ("kvm_run", "lookup", "wait", "fetch", "install"),
                    "async": ("kvm_run", "lookup", "enqueue", "spin")}
-SEGMENTS = ["notify", "enqueue", "queue", "dispatch", "fetch", "install", "wake", "resume"]
+SEGMENTS = ["notify", "enqueue", "queue", "dispatch", "wait", "fetch", "install", "wake", "resume"]
 # what each segment is called for a mechanism (None: the mechanism has no such stamp)
 SEGMENT_NAMES = {
-    "uffd": {"notify": "fault_to_message_read", "dispatch": "message_to_fetch", "fetch": "fetch",
+    "uffd": {"notify": "fault_to_message_read", "dispatch": "message_to_resolver",
+             "wait": "wait_bitmap_or_other_fetch", "fetch": "fetch",
              "install": "install_ioctl", "resume": "wake_to_vcpu_running"},
-    "exits": {"notify": "exit_to_userspace", "dispatch": "address_lookup", "fetch": "fetch",
+    "exits": {"notify": "exit_to_userspace", "dispatch": "address_lookup",
+              "wait": "wait_bitmap_or_other_fetch", "fetch": "fetch",
               "install": "install_ioctl", "resume": "reentry_to_guest_touch"},
     "async": {"notify": "exit_to_userspace", "enqueue": "list_lock_and_push",
-              "queue": "list_to_pop", "dispatch": "pop_to_fetch", "fetch": "fetch",
+              "queue": "list_to_pop", "dispatch": "pop_to_resolver",
+              "wait": "wait_bitmap_or_other_fetch", "fetch": "fetch",
               "install": "install_ioctl", "wake": "bit_clear_to_vcpu_sees_it",
               "resume": "reentry_to_guest_touch"},
 }
@@ -285,7 +288,7 @@ def _breakdown(run, mech_name: str, latency: dict | None, clock: dict | None,
         return {"omitted": "the guest's TSC does not match the host's (clock check failed): "
                            "guest and host stamps cannot be subtracted"}
     seg = ffi.new("uint64_t[]", lib.FB_BD_SEGMENTS)
-    info = ffi.new("uint64_t[]", 4)
+    info = ffi.new("uint64_t[]", 6)
     if lib.fb_run_breakdown(run, seg, info) < 0 or info[0] == 0:
         return None
     used = info[0]
@@ -300,6 +303,7 @@ def _breakdown(run, mech_name: str, latency: dict | None, clock: dict | None,
            "mean_fault_latency": reference,
            "sum_vs_mean": total / reference if reference else None,
            "faults_used": int(used), "faults_skipped": int(info[1]),
+           "faults_incomplete": int(info[4]), "faults_total": int(info[5]),
            "faults_resumed_before_install_returned": int(info[3])}
     host = HOST_SIDE_PARTS.get(mech_name)
     if host and faults:
@@ -309,7 +313,8 @@ def _breakdown(run, mech_name: str, latency: dict | None, clock: dict | None,
             "parts": per_fault, "sum": sum(per_fault.values()),
             "sum_vs_mean": sum(per_fault.values()) / reference if reference else None,
             "note": "vCPU-thread time per fault from host clocks only (KVM_RUN round trips "
-                    "and the handling between them), against the guest-timed mean"}
+                    "and the handling between them), against the guest-timed mean; KVM_RUN "
+                    "also holds the guest's time between faults (touches that did not fault)"}
     return out
 
 
@@ -364,6 +369,14 @@ def _collect(plan: Plan, run, table) -> tuple[dict, dict]:
     installs = np.zeros(lib.fb_run_npages(run), dtype=np.uint32)
     lib.fb_run_page_installs(run, ffi.cast("uint32_t *", ffi.from_buffer(installs)), installs.size)
     blocked = [vres[i].blocked_ns for i in range(vcpus)]
+    # how many vCPUs really ran at once: on 2 pCPUs, hundreds of vCPU threads
+    # must all be in the guest together for a scaling number to mean anything
+    events = sorted([(vres[i].start_ns, 1) for i in range(vcpus)] +
+                    [(vres[i].end_ns, -1) for i in range(vcpus)], key=lambda e: (e[0], e[1]))
+    running = at_once = 0
+    for _, d in events:
+        running += d
+        at_once = max(at_once, running)
     fault_latency = _latency(first_hist)
     breakdown = (_breakdown(run, plan.mechanism.name, fault_latency, clock, threads, faults)
                  if plan.record_latency else None)
@@ -380,6 +393,8 @@ def _collect(plan: Plan, run, table) -> tuple[dict, dict]:
         "fault_latency_ns": fault_latency,
         "first_touch_latency_ns": _latency(touch1_hist),
         "faults_attributed_to_vcpus": int(sum(vres[i].faults_logged for i in range(vcpus))),
+        "vcpus_running_at_once_max": at_once,
+        "vcpu_start_spread_s": float((starts.max() - starts.min()) / 1e9),
         "faults_unattributed": int(lib.fb_run_unattributed_faults(run)),
         "retouch_latency_ns": _latency(re_hist),
         "pages_installed_more_than_once": int((installs > 1).sum()),

@@ -22,6 +22,8 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <linux/futex.h>
+#include <limits.h>
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -257,6 +259,18 @@ static void fetch_delay(struct fb_run *run)
     }
 }
 
+static long futex(atomic_int *word, int op, int val)
+{
+    return syscall(SYS_futex, word, op, val, NULL, NULL, 0);
+}
+
+/* wait at the start gate until fb_run_start (or a failure) opens it */
+static void gate_wait(struct fb_run *run)
+{
+    while (!atomic_load(&run->gate_go))
+        futex(&run->gate_go, FUTEX_WAIT_PRIVATE, 0);
+}
+
 /* precopy-stale: faults before the final dirty bitmap wait for it */
 static int wait_for_bitmap(struct fb_run *run)
 {
@@ -279,7 +293,7 @@ static int claim_fetch(struct fb_run *run, uint64_t p)
     if (__atomic_compare_exchange_n(&run->pstate[p], &expect, FB_PAGE_FETCHING, 0,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return 1;
-    return expect == FB_PAGE_CLEAN ? 0 : -1;
+    return expect == FB_PAGE_CLEAN || expect == FB_PAGE_FETCHED ? 0 : -1;
 }
 
 /* a second fault on a page being fetched: wait until the fetcher mapped it
@@ -289,7 +303,8 @@ static int wait_fetched(struct fb_run *run, uint64_t p)
     for (;;) {
         if (__atomic_load_n(&run->page_installs[p], __ATOMIC_ACQUIRE))
             return 1;
-        if (run->precopy && __atomic_load_n(&run->pstate[p], __ATOMIC_ACQUIRE) == FB_PAGE_CLEAN)
+        uint8_t st = __atomic_load_n(&run->pstate[p], __ATOMIC_ACQUIRE);
+        if (run->precopy && (st == FB_PAGE_CLEAN || st == FB_PAGE_FETCHED))
             return 0;
         if (atomic_load_explicit(&run->stop, memory_order_relaxed))
             return -1;
@@ -298,8 +313,10 @@ static int wait_fetched(struct fb_run *run, uint64_t p)
 }
 
 /* the page is there already (overlap, a re-queued async fault): nothing to fetch */
-static int already_mapped(struct fb_run *run, struct fb_thread_stats *ts, uint64_t off, int dontwake)
+static int already_mapped(struct fb_run *run, struct fb_thread_stats *ts, uint64_t off, int dontwake,
+                          struct fb_fault *f)
 {
+    f->fetch_start = f->fetched = f->done = fb_tsc();   /* nothing fetched or installed */
     ts->eexist++;
     if (!dontwake) {
         /* the fault may have raced the mapping: make sure its waiter is awake */
@@ -344,8 +361,9 @@ static int64_t install_range(struct fb_run *run, int uffd, uint64_t first, uint6
 }
 
 int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src_page,
-                    uint64_t gpa, int dontwake)
+                    uint64_t gpa, int dontwake, struct fb_fault *f)
 {
+    f->claimed = fb_tsc();
     if (gpa < run->demand_gpa || gpa - run->demand_gpa >= run->demand_size) {
         fb_fail(run, "fault at gpa 0x%llx outside guest memory", (unsigned long long)gpa);
         return -1;
@@ -365,7 +383,6 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
     if (run->precopy && wait_for_bitmap(run))
         return -1;
 
-    uint64_t t0 = fb_tsc();
     uint64_t fetch[FB_MAX_FAULT_AROUND / 64] = { 0 };
     int any = 0;
     for (uint64_t i = 0; i < n; i++) {
@@ -375,13 +392,13 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
             break;
         }
         if (c == -2)
-            return already_mapped(run, ts, off, dontwake);
+            return already_mapped(run, ts, off, dontwake, f);
         if (c == -1) {
             int w = wait_fetched(run, page);
             if (w < 0)
                 return -1;
             if (w == 1)
-                return already_mapped(run, ts, off, dontwake);
+                return already_mapped(run, ts, off, dontwake, f);
             c = 0;   /* precopy: content in place, map it */
         }
         if (c) {
@@ -389,7 +406,10 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
             any = 1;
         }
     }
-    run->stamps[page].fetch_start = t0;
+    uint64_t t0 = fb_tsc();
+    f->fetch_start = t0;
+    ts->part_ns[FB_PART_WAIT] += t0 - f->claimed;
+    ts->part_count[FB_PART_WAIT]++;
     if (any) {
         if (run->ring) {
             if (ring_fetch(run, page, n, fetch) < 0)
@@ -403,12 +423,12 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
         for (uint64_t i = 0; i < n; i++)
             if (fetch[i / 64] >> (i % 64) & 1) {
                 atomic_fetch_add(&run->pages_copied, 1);
-                if (run->precopy)   /* content in place: the bitmap and others may map it */
-                    __atomic_store_n(&run->pstate[page + i], FB_PAGE_CLEAN, __ATOMIC_RELEASE);
+                if (run->precopy)   /* content in place: another fault on it may map it */
+                    __atomic_store_n(&run->pstate[page + i], FB_PAGE_FETCHED, __ATOMIC_RELEASE);
             }
     }
     uint64_t t1 = fb_tsc();
-    run->stamps[page].fetched = t1;
+    f->fetched = t1;
     ts->part_ns[FB_PART_FETCH] += t1 - t0;
     ts->part_count[FB_PART_FETCH]++;
     ts->fetch_ns += t1 - t0;
@@ -419,11 +439,8 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
         int64_t got = install_range(run, uffd, page + i, n - i, src_page + i * FB_PAGE, dontwake);
         if (got > 0) {
             uint64_t k = (uint64_t)got / FB_PAGE;
-            uint64_t now = fb_tsc();
-            for (uint64_t j = i; j < i + k; j++) {
+            for (uint64_t j = i; j < i + k; j++)
                 __atomic_fetch_add(&run->page_installs[page + j], 1, __ATOMIC_RELAXED);
-                run->stamps[page + j].done = now;
-            }
             if (i == 0)
                 installed_first = 1;
             ts->pages_installed += k;
@@ -450,8 +467,7 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
         return -1;
     }
     uint64_t t2 = fb_tsc();
-    if (!installed_first)
-        run->stamps[page].done = t2;
+    f->done = t2;
     ts->part_ns[FB_PART_INSTALL] += t2 - t1;
     ts->part_count[FB_PART_INSTALL]++;
     return installed_first;
@@ -462,6 +478,7 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
 static void *bitmap_thread(void *arg)
 {
     struct fb_run *run = arg;
+    gate_wait(run);   /* the delay counts from the moment the vCPUs start */
     struct timespec ts = { .tv_sec = run->cfg.bitmap_delay_ns / 1000000000ULL,
                            .tv_nsec = run->cfg.bitmap_delay_ns % 1000000000ULL };
     while (clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) == EINTR)
@@ -506,31 +523,36 @@ uint64_t fb_page_seed(struct fb_run *run, uint64_t page)
     return run->cfg.seed;
 }
 
-void fb_note_fault(struct fb_run *run, int vcpu, uint64_t page)
+struct fb_fault *fb_note_fault(struct fb_run *run, int vcpu, uint64_t page, uint64_t notify,
+                               struct fb_fault *scratch)
 {
     struct fb_vcpu *v = &run->vcpus[vcpu];
     uint64_t k = atomic_fetch_add(&v->fault_log_n, 1);
-    if (k < v->fault_log_cap)
-        v->fault_log[k] = page;
+    struct fb_fault *f = k < v->fault_log_cap ? &v->fault_log[k] : scratch;
+    f->page = page;
+    f->notify = notify;
+    return f;
 }
 
-void fb_note_fault_tid(struct fb_run *run, int32_t tid, uint64_t page)
+struct fb_fault *fb_note_fault_tid(struct fb_run *run, int32_t tid, uint64_t page, uint64_t notify,
+                                   struct fb_fault *scratch)
 {
     int64_t key = (int64_t)tid;
     uint32_t lo = 0, hi = run->cfg.vcpus;
     while (lo < hi) {   /* tid_map is sorted by tid (upper 32 bits) */
         uint32_t mid = (lo + hi) / 2;
         int64_t t = run->tid_map[mid] >> 32;
-        if (t == key) {
-            fb_note_fault(run, (int)(run->tid_map[mid] & 0xffffffff), page);
-            return;
-        }
+        if (t == key)
+            return fb_note_fault(run, (int)(run->tid_map[mid] & 0xffffffff), page, notify, scratch);
         if (t < key)
             lo = mid + 1;
         else
             hi = mid;
     }
     atomic_fetch_add(&run->unattributed_faults, 1);
+    scratch->page = page;
+    scratch->notify = notify;
+    return scratch;
 }
 
 /* ---------- KVM probes ---------- */
@@ -737,8 +759,7 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
     for (int i = 0; i < FB_MAX_UFFDS; i++)
         run->uffd[i] = -1;
     pthread_mutex_init(&run->err_lock, NULL);
-    pthread_mutex_init(&run->gate_lock, NULL);
-    pthread_cond_init(&run->gate_cond, NULL);
+
     install_signal_handler();
 
     uint64_t tpv = cfg->touches_per_vcpu;
@@ -837,9 +858,8 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
             memcpy(run->alias + p * FB_PAGE, hdr, sizeof(hdr));
         }
     }
-    run->stamps = calloc(run->npages, sizeof(struct fb_stamps));
     run->page_installs = calloc(run->npages, sizeof(uint32_t));
-    if (!run->stamps || !run->page_installs) {
+    if (!run->page_installs) {
         fb_set_err(err, errlen, "out of memory for per-page accounting");
         goto fail;
     }
@@ -859,9 +879,13 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
         struct fb_vcpu *v = &run->vcpus[i];
         v->run = run;
         v->id = i;
-        /* a vCPU faults at most once per page it touches; duplicates are rare */
-        v->fault_log_cap = 2 * tpv + 16;
-        v->fault_log = malloc(v->fault_log_cap * sizeof(uint64_t));
+        /* a vCPU faults at most once per page it touches first; a few spare
+         * records for a fault reported twice */
+        uint64_t firsts = 0;
+        for (uint64_t t = 0; t < tpv; t++)
+            firsts += (cfg->touches[i * tpv + t] & FB_TOUCH_FIRST) != 0;
+        v->fault_log_cap = firsts + 16;
+        v->fault_log = calloc(v->fault_log_cap, sizeof(struct fb_fault));
         v->src_page = aligned_alloc(FB_PAGE, src_bytes);
         if (!v->fault_log || !v->src_page) {
             fb_set_err(err, errlen, "out of memory for vCPU %u", i);
@@ -956,12 +980,9 @@ static void *vcpu_thread(void *arg)
     struct fb_thread_stats *ts = v->ts;
 
     fb_thread_begin(ts);
-    pthread_mutex_lock(&run->gate_lock);
-    run->gate_ready++;
-    pthread_cond_broadcast(&run->gate_cond);
-    while (!run->gate_go)
-        pthread_cond_wait(&run->gate_cond, &run->gate_lock);
-    pthread_mutex_unlock(&run->gate_lock);
+    atomic_fetch_add(&run->gate_ready, 1);
+    futex(&run->gate_ready, FUTEX_WAKE_PRIVATE, 1);
+    gate_wait(run);
     v->res.start_ns = fb_now_ns();
     while (!atomic_load_explicit(&run->stop, memory_order_relaxed)) {
         kr->kvm_valid_regs = KVM_SYNC_X86_REGS;
@@ -990,15 +1011,14 @@ static void *vcpu_thread(void *arg)
                     if (run->exit_path != FB_EXITINFO_KVM)
                         run->exit_path = FB_EXITINFO_GUEST_REG;
                 }
-                if (gpa >= run->demand_gpa && gpa - run->demand_gpa < run->demand_size) {
-                    run->stamps[(gpa - run->demand_gpa) / FB_PAGE].notify = t1;
-                    fb_note_fault(run, v->id, (gpa - run->demand_gpa) / FB_PAGE);
-                }
+                struct fb_fault scratch = { 0 }, *f = &scratch;
+                if (gpa >= run->demand_gpa && gpa - run->demand_gpa < run->demand_size)
+                    f = fb_note_fault(run, v->id, (gpa - run->demand_gpa) / FB_PAGE, t1, &scratch);
                 ts->part_ns[FB_PART_LOOKUP] += fb_tsc() - t1;
                 ts->part_count[FB_PART_LOOKUP]++;
                 v->res.fault_exits++;
                 ts->faults++;
-                if (run->ops->on_fault(run, v, gpa))
+                if (run->ops->on_fault(run, v, gpa, f))
                     break;
                 continue;
             }
@@ -1046,10 +1066,8 @@ static int tid_cmp(const void *a, const void *b)
 /* release the vCPU threads that checked in; on failure they see stop and leave */
 static void open_gate(struct fb_run *run)
 {
-    pthread_mutex_lock(&run->gate_lock);
-    run->gate_go = 1;
-    pthread_cond_broadcast(&run->gate_cond);
-    pthread_mutex_unlock(&run->gate_lock);
+    atomic_store(&run->gate_go, 1);
+    futex(&run->gate_go, FUTEX_WAKE_PRIVATE, INT_MAX);
 }
 
 int fb_run_start(struct fb_run *run, char *err, int errlen)
@@ -1073,10 +1091,8 @@ int fb_run_start(struct fb_run *run, char *err, int errlen)
         run->vcpus[i].started = 1;
     }
     /* every vCPU thread has its tid: build the map uffd readers attribute faults with */
-    pthread_mutex_lock(&run->gate_lock);
-    while (run->gate_ready < (int)n)
-        pthread_cond_wait(&run->gate_cond, &run->gate_lock);
-    pthread_mutex_unlock(&run->gate_lock);
+    for (int r; (r = atomic_load(&run->gate_ready)) < (int)n; )
+        futex(&run->gate_ready, FUTEX_WAIT_PRIVATE, r);
     for (uint32_t i = 0; i < n; i++)
         run->tid_map[i] = ((int64_t)run->vcpus[i].ts->tid << 32) | i;
     qsort(run->tid_map, n, sizeof(int64_t), tid_cmp);
@@ -1099,23 +1115,32 @@ int fb_run_wait(struct fb_run *run, int timeout_ms, char *err, int errlen)
     return atomic_load(&run->vcpus_running) == 0 ? 1 : 0;
 }
 
-static void join_interrupting(pthread_t t, int *joined)
+struct joinee {
+    pthread_t t;
+    int *joined;
+};
+
+/* Join threads, interrupting their blocking calls (KVM_RUN, read, poll) with
+ * SIGUSR1 until each has left; all of them at once, not one after another. */
+static void join_all(struct joinee *j, int n)
 {
-    if (*joined)
-        return;
     for (;;) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 20 * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
+        int left = 0;
+        for (int i = 0; i < n; i++) {
+            if (*j[i].joined)
+                continue;
+            if (pthread_tryjoin_np(j[i].t, NULL) == 0) {
+                *j[i].joined = 1;
+                continue;
+            }
+            pthread_kill(j[i].t, SIGUSR1);
+            left++;
         }
-        if (pthread_timedjoin_np(t, NULL, &ts) == 0)
-            break;
-        pthread_kill(t, SIGUSR1);
+        if (!left)
+            return;
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL);
     }
-    *joined = 1;
 }
 
 void fb_run_stop(struct fb_run *run)
@@ -1123,17 +1148,26 @@ void fb_run_stop(struct fb_run *run)
     uint64_t one = 1;
     atomic_store(&run->stop, 1);
     if (write(run->stop_efd, &one, sizeof(one)) < 0) { }
+    open_gate(run);   /* threads still at the gate see stop and leave */
+    struct joinee *j = calloc(run->cfg.vcpus + (run->readers ? run->nreaders : 0) + 1, sizeof(*j));
+    if (!j)
+        abort();   /* cannot stop the run's threads safely without it */
+    int n = 0;
     /* vCPUs first: a vCPU asleep in the kernel may still need a reader */
     for (uint32_t i = 0; i < run->cfg.vcpus; i++)
         if (run->vcpus[i].started)
-            join_interrupting(run->vcpus[i].thread, &run->vcpus[i].joined);
+            j[n++] = (struct joinee){ run->vcpus[i].thread, &run->vcpus[i].joined };
+    join_all(j, n);
     if (run->ops->stop)
         run->ops->stop(run);
+    n = 0;
     for (int i = 0; run->readers && i < run->nreaders; i++)
         if (run->readers[i].started)
-            join_interrupting(run->readers[i].thread, &run->readers[i].joined);
+            j[n++] = (struct joinee){ run->readers[i].thread, &run->readers[i].joined };
     if (run->bitmap_started)
-        join_interrupting(run->bitmap_thread, &run->bitmap_joined);
+        j[n++] = (struct joinee){ run->bitmap_thread, &run->bitmap_joined };
+    join_all(j, n);
+    free(j);
 }
 
 void fb_run_destroy(struct fb_run *run)
@@ -1155,7 +1189,7 @@ void fb_run_destroy(struct fb_run *run)
                 close(run->vcpus[i].fd);
             free(run->vcpus[i].src_page);
             free(run->vcpus[i].fault_log);
-            free(run->vcpus[i].faulted);
+            free(run->vcpus[i].fault_idx);
         }
         free(run->vcpus);
     }
@@ -1183,13 +1217,11 @@ void fb_run_destroy(struct fb_run *run)
                                            fd == &run->stop_efd ? &run->list_efd : NULL)
         if (*fd >= 0)
             close(*fd);
-    pthread_mutex_destroy(&run->gate_lock);
-    pthread_cond_destroy(&run->gate_cond);
     free(run->tid_map);
     free(run->pstate);
     if (run->ring)
         fb_ring_unmap(run->ring);
-    free(run->stamps);
+
     free(run->page_installs);
     free(run->stats);
     free(run->list);
@@ -1208,19 +1240,23 @@ int fb_run_nthreads(struct fb_run *run)
 /* what the guest left of vCPU v's walk: its table entries and rdtsc pairs */
 struct touch_view {
     const uint64_t *tab, *times;
-    const uint8_t *faulted;
+    const int64_t *fault_idx;
+    const struct fb_fault *log;
     uint64_t n;
 };
 
-static int u64_cmp(const void *a, const void *b)
+static int fault_cmp(const void *a, const void *b)
 {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
+    const struct fb_fault *x = a, *y = b;
+    if (x->page != y->page)
+        return x->page < y->page ? -1 : 1;
+    return x->notify < y->notify ? -1 : x->notify > y->notify;
 }
 
-/* Which touches really faulted: a first touch of a page that is in the vCPU's
- * fault log (a page installed by fault-around, by another vCPU or by the
- * final dirty bitmap is touched without a fault). Computed once, after the run. */
+/* Which touches really faulted: a first touch of a page the vCPU logged a
+ * fault for (a page installed by fault-around, by another vCPU or by the final
+ * dirty bitmap is touched without one). A fault reported twice keeps its first
+ * record. Computed once, after the run. */
 static void compute_faulted(struct fb_run *run)
 {
     if (run->faulted_ready)
@@ -1230,16 +1266,26 @@ static void compute_faulted(struct fb_run *run)
         uint64_t n = atomic_load(&v->fault_log_n);
         if (n > v->fault_log_cap)
             n = v->fault_log_cap;
-        qsort(v->fault_log, n, sizeof(uint64_t), u64_cmp);
+        qsort(v->fault_log, n, sizeof(struct fb_fault), fault_cmp);
         const uint64_t *tab = (const uint64_t *)(run->sys_mem + v->tsc_table);
-        v->faulted = calloc(v->res.touches ? v->res.touches : 1, 1);
-        if (!v->faulted)
+        v->fault_idx = malloc((v->res.touches ? v->res.touches : 1) * sizeof(int64_t));
+        if (!v->fault_idx)
             continue;
         for (uint64_t t = 0; t < v->res.touches; t++) {
+            v->fault_idx[t] = -1;
             if (!(tab[t] & FB_TOUCH_FIRST))
                 continue;
             uint64_t page = ((tab[t] & ~(FB_PAGE - 1)) - run->demand_gpa) / FB_PAGE;
-            v->faulted[t] = bsearch(&page, v->fault_log, n, sizeof(uint64_t), u64_cmp) != NULL;
+            uint64_t lo = 0, hi = n;   /* first record of this page */
+            while (lo < hi) {
+                uint64_t mid = (lo + hi) / 2;
+                if (v->fault_log[mid].page < page)
+                    lo = mid + 1;
+                else
+                    hi = mid;
+            }
+            if (lo < n && v->fault_log[lo].page == page)
+                v->fault_idx[t] = (int64_t)lo;
         }
     }
     run->faulted_ready = 1;
@@ -1250,7 +1296,7 @@ static struct touch_view touches_of(struct fb_run *run, struct fb_vcpu *v)
     compute_faulted(run);
     return (struct touch_view){ (const uint64_t *)(run->sys_mem + v->tsc_table),
                                 (const uint64_t *)(run->sys_mem + v->tsc_times),
-                                v->faulted, v->faulted ? v->res.touches : 0 };
+                                v->fault_idx, v->fault_log, v->fault_idx ? v->res.touches : 0 };
 }
 
 static int tv_first(const struct touch_view *tv, uint64_t t)
@@ -1260,7 +1306,7 @@ static int tv_first(const struct touch_view *tv, uint64_t t)
 
 static int tv_faulted(const struct touch_view *tv, uint64_t t)
 {
-    return tv->faulted[t];
+    return tv->fault_idx[t] >= 0;
 }
 
 int fb_run_vcpu_results(struct fb_run *run, struct fb_vcpu_result *out)
@@ -1379,7 +1425,7 @@ int fb_run_latency_hist(struct fb_run *run, int vcpu, int which,
 int fb_run_breakdown(struct fb_run *run, uint64_t *seg_ns, uint64_t *info)
 {
     uint64_t seg[FB_BD_SEGMENTS] = { 0 };
-    uint64_t used = 0, skipped = 0, total = 0, overlapped = 0;
+    uint64_t used = 0, skipped = 0, total = 0, overlapped = 0, incomplete = 0, all = 0;
     if (!run->cfg.record_latency)
         return -1;
     for (uint32_t i = 0; i < run->cfg.vcpus; i++) {
@@ -1387,23 +1433,26 @@ int fb_run_breakdown(struct fb_run *run, uint64_t *seg_ns, uint64_t *info)
         for (uint64_t t = 0; t < tv.n; t++) {
             if (!tv_faulted(&tv, t))
                 continue;
-            uint64_t page = ((tv.tab[t] & ~(FB_PAGE - 1)) - run->demand_gpa) / FB_PAGE;
-            struct fb_stamps *s = &run->stamps[page];
+            all++;
+            const struct fb_fault *f = &tv.log[tv.fault_idx[t]];
             uint64_t g0 = tv.times[2 * t], g1 = tv.times[2 * t + 1];
-            if (!s->notify || !s->done)
-                continue;   /* no fault was delivered for this page (baselines) */
+            if (!f->notify || !f->claimed || !f->fetch_start || !f->fetched || !f->done) {
+                incomplete++;   /* e.g. the run stopped inside this fault */
+                continue;
+            }
             /* the chain of stamps this mechanism fills, in order */
             uint64_t chain[FB_BD_SEGMENTS + 1];
             int idx[FB_BD_SEGMENTS + 1];
             int n = 0;
             chain[n] = g0; idx[n++] = -1;
-            chain[n] = s->notify; idx[n++] = FB_BD_NOTIFY;
-            if (s->enqueued) { chain[n] = s->enqueued; idx[n++] = FB_BD_ENQUEUE; }
-            if (s->popped) { chain[n] = s->popped; idx[n++] = FB_BD_QUEUE; }
-            chain[n] = s->fetch_start; idx[n++] = FB_BD_DISPATCH;
-            chain[n] = s->fetched; idx[n++] = FB_BD_FETCH;
-            chain[n] = s->done; idx[n++] = FB_BD_INSTALL;
-            if (s->resumed) { chain[n] = s->resumed; idx[n++] = FB_BD_WAKE; }
+            chain[n] = f->notify; idx[n++] = FB_BD_NOTIFY;
+            if (f->enqueued) { chain[n] = f->enqueued; idx[n++] = FB_BD_ENQUEUE; }
+            if (f->popped) { chain[n] = f->popped; idx[n++] = FB_BD_QUEUE; }
+            chain[n] = f->claimed; idx[n++] = FB_BD_DISPATCH;
+            chain[n] = f->fetch_start; idx[n++] = FB_BD_WAIT;
+            chain[n] = f->fetched; idx[n++] = FB_BD_FETCH;
+            chain[n] = f->done; idx[n++] = FB_BD_INSTALL;
+            if (f->resumed) { chain[n] = f->resumed; idx[n++] = FB_BD_WAKE; }
             chain[n] = g1; idx[n++] = FB_BD_RESUME;
             /* a woken vCPU may run again before the resolver's install ioctl
              * returns: such a stamp lies past the guest's end and is cut there */
@@ -1416,11 +1465,11 @@ int fb_run_breakdown(struct fb_run *run, uint64_t *seg_ns, uint64_t *info)
             for (int k = 1; k < n; k++)
                 if (chain[k] < chain[k - 1])
                     ordered = 0;
-            overlapped += cut && ordered;
             if (!ordered) {
                 skipped++;
                 continue;
             }
+            overlapped += cut;
             for (int k = 1; k < n; k++)
                 seg[idx[k]] += chain[k] - chain[k - 1];
             total += g1 - g0;
@@ -1433,6 +1482,8 @@ int fb_run_breakdown(struct fb_run *run, uint64_t *seg_ns, uint64_t *info)
     info[1] = skipped;
     info[2] = fb_tsc_to_ns(run, total);
     info[3] = overlapped;
+    info[4] = incomplete;
+    info[5] = all;
     return 0;
 }
 

@@ -5,7 +5,7 @@
  * Bump FB_API_VERSION whenever a struct below changes: bench/_native_check.py
  * compares it with the Python side so a stale build is refused at import.
  */
-#define FB_API_VERSION 7
+#define FB_API_VERSION 9
 
 /* mechanisms implemented by the core (bench/csrc/mech_*.c) */
 #define FB_MECH_NONE     0
@@ -55,19 +55,21 @@
 #define FB_PART_WAKE       5   /* uffd/async: install done to vCPU running again     */
 #define FB_PART_ENQUEUE    6   /* async: list lock + push + eventfd signal           */
 #define FB_PART_SPIN       7   /* async vCPU: busy-wait until the bit is clear       */
-#define FB_PARTS           8
+#define FB_PART_WAIT       8   /* all: waiting on the bitmap or another thread's fetch */
+#define FB_PARTS           9
 
 /* segments of a fault's latency, from the guest's rdtsc before the touch
  * to its rdtsc after; consecutive stamps, so they partition the interval */
 #define FB_BD_NOTIFY   0   /* guest touch -> userspace knows (exit / uffd message read) */
 #define FB_BD_ENQUEUE  1   /* async: exit -> gfn on the shared list */
 #define FB_BD_QUEUE    2   /* async: on the list -> popped by a resolver */
-#define FB_BD_DISPATCH 3   /* known -> fetch starts (address lookup, hand-off) */
-#define FB_BD_FETCH    4   /* fetch model */
-#define FB_BD_INSTALL  5   /* UFFDIO_COPY / CONTINUE */
-#define FB_BD_WAKE     6   /* async: installed -> vCPU sees the bit clear */
-#define FB_BD_RESUME   7   /* -> guest runs again (wake-up or KVM_RUN re-entry) */
-#define FB_BD_SEGMENTS 8
+#define FB_BD_DISPATCH 3   /* known -> the resolver has the address (lookup, hand-off) */
+#define FB_BD_WAIT     4   /* waiting on the final dirty bitmap or on another thread's fetch */
+#define FB_BD_FETCH    5   /* fetch model */
+#define FB_BD_INSTALL  6   /* UFFDIO_COPY / CONTINUE */
+#define FB_BD_WAKE     7   /* async: installed -> vCPU sees the bit clear */
+#define FB_BD_RESUME   8   /* -> guest runs again (wake-up or KVM_RUN re-entry) */
+#define FB_BD_SEGMENTS 9
 
 struct fb_config {
     uint32_t vcpus;
@@ -121,8 +123,8 @@ struct fb_thread_stats {
     uint64_t eexist;            /* install found the page present */
     uint64_t wakes;             /* explicit UFFDIO_WAKE after EEXIST */
     uint64_t fetch_ns;          /* time spent in the fetch model */
-    uint64_t part_ns[8];        /* FB_PART_* sums */
-    uint64_t part_count[8];
+    uint64_t part_ns[9];        /* FB_PART_* sums */
+    uint64_t part_count[9];
     uint64_t utime_ns;
     uint64_t stime_ns;
     uint64_t nvcsw;
@@ -167,9 +169,10 @@ int fb_run_exit_path(struct fb_run *run);
 int fb_run_latency_hist(struct fb_run *run, int vcpu, int which,
                         uint64_t *loglin, uint64_t *log2_us);
 /* per-fault breakdown: seg_ns[FB_BD_SEGMENTS] sums; info[0] faults used,
- * info[1] faults skipped (stamps out of order, e.g. another vCPU's fault
- * installed the page), info[2] sum of those faults' guest-timed latency (ns),
- * info[3] faults whose vCPU ran again before the install ioctl returned */
+ * info[1] faults skipped (stamps out of order), info[2] sum of the used faults'
+ * guest-timed latency (ns), info[3] faults whose vCPU ran again before the
+ * install ioctl returned, info[4] faults with a stamp missing, info[5] faulted
+ * touches in all (the denominator: nothing is dropped silently) */
 int fb_run_breakdown(struct fb_run *run, uint64_t *seg_ns, uint64_t *info);
 /* time during which every vCPU was blocked in a fault at once (ns) */
 uint64_t fb_run_blocktime_all(struct fb_run *run);

@@ -20,9 +20,10 @@
 #define FB_PORT_TSC  0x11   /* the guest reports one rdtsc at start */
 
 /* precopy-stale page states */
-#define FB_PAGE_CLEAN    0
-#define FB_PAGE_STALE    1
-#define FB_PAGE_FETCHING 2
+#define FB_PAGE_CLEAN    0   /* pre-copied and clean: the bitmap may declare it */
+#define FB_PAGE_STALE    1   /* content must be fetched */
+#define FB_PAGE_FETCHING 2   /* a resolver is fetching it */
+#define FB_PAGE_FETCHED  3   /* fetched content in place, its fetcher maps it */
 #define FB_MAX_UFFDS 1024
 
 /* guest-physical layout: the system slot (page tables, code, touch tables,
@@ -39,15 +40,18 @@
 
 struct fb_run;
 
-/* a fault's way through userspace; each stamp is the TSC when it happened */
-struct fb_stamps {
-    uint64_t notify;     /* userspace learns of it: vCPU exit, or uffd message read */
-    uint64_t enqueued;   /* async: gfn on the list and eventfd signalled */
-    uint64_t popped;     /* async: resolver popped it */
-    uint64_t fetch_start;
-    uint64_t fetched;    /* content in place, install ioctl starts */
-    uint64_t done;       /* install ioctl returned */
-    uint64_t resumed;    /* async: vCPU saw the bit clear */
+/* one fault delivered to userspace and its way through it: each stamp is the
+ * TSC when it happened (same clock as the guest's rdtsc, checked at start) */
+struct fb_fault {
+    uint64_t page;
+    uint64_t notify;      /* userspace learns of it: vCPU exit, or uffd message read */
+    uint64_t enqueued;    /* async: gfn on the list */
+    uint64_t popped;      /* async: resolver popped it */
+    uint64_t claimed;     /* the resolver has the address */
+    uint64_t fetch_start; /* after any wait (bitmap, another thread's fetch) */
+    uint64_t fetched;     /* content in place, install ioctl starts */
+    uint64_t done;        /* install ioctl returned (or the page was found mapped) */
+    uint64_t resumed;     /* async: vCPU saw the bit clear */
 };
 
 struct fb_vcpu {
@@ -63,10 +67,10 @@ struct fb_vcpu {
     uint8_t *src_page;          /* fetch buffer for UFFDIO_COPY */
     uint64_t tsc_table;         /* gpa of this vCPU's touch table */
     uint64_t tsc_times;         /* gpa of this vCPU's timing buffer */
-    uint64_t *fault_log;        /* pages this vCPU really faulted on */
+    struct fb_fault *fault_log; /* the faults this vCPU really took */
     uint64_t fault_log_cap;
     atomic_uint_fast64_t fault_log_n;
-    uint8_t *faulted;           /* per touch, computed after the run */
+    int64_t *fault_idx;         /* per touch: its fault in the log, or -1 (after the run) */
 };
 
 struct fb_reader {
@@ -91,8 +95,8 @@ struct fb_mech_ops {
     int needs_sigbus;           /* vCPUs get -EFAULT instead of sleeping */
     int (*setup)(struct fb_run *run, char *err, int errlen);
     int (*start)(struct fb_run *run, char *err, int errlen);
-    /* a vCPU thread got -EFAULT for gpa; returns 0 to re-enter KVM_RUN */
-    int (*on_fault)(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa);
+    /* a vCPU thread got -EFAULT for gpa (logged as f); returns 0 to re-enter KVM_RUN */
+    int (*on_fault)(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa, struct fb_fault *f);
     void (*stop)(struct fb_run *run);
     void (*destroy)(struct fb_run *run);
 };
@@ -126,10 +130,9 @@ struct fb_run {
     int stop_efd;                    /* readable once stop is requested */
     pthread_mutex_t err_lock;
     char err[256];
-    /* start gate: vCPU threads check in, then wait for `go` */
-    pthread_mutex_t gate_lock;
-    pthread_cond_t gate_cond;
-    int gate_ready, gate_go;
+    /* start gate: vCPU threads check in, then all leave at once on `go`
+     * (futex words: no lock to re-take on the way out) */
+    atomic_int gate_ready, gate_go;
     uint32_t spawned;                /* thread creations so far (fail_spawn_at) */
     /* tid -> vCPU, sorted by tid, for uffd messages (UFFD_FEATURE_THREAD_ID) */
     int64_t *tid_map;
@@ -140,10 +143,7 @@ struct fb_run {
     atomic_uint_fast64_t pages_installed;
     int exit_path;
 
-    /* per page host timestamps (TSC, same clock as the guest's rdtsc) for the
-     * cost breakdown, and how often each page was installed */
-    struct fb_stamps *stamps;
-    uint32_t *page_installs;
+    uint32_t *page_installs;         /* how often each page was installed */
 
     /* precopy-stale */
     int precopy;                     /* a precopy-stale run: bitmap thread, clean pages */
@@ -159,7 +159,7 @@ struct fb_run {
 
     /* async (emulated KVM_READ_USERFAULT) */
     struct fb_spinlock list_lock;
-    uint64_t *list;                  /* ring of gfns */
+    struct fb_fault **list;          /* ring of faults (their gfn inside) */
     uint64_t list_cap, list_head, list_tail;
     _Atomic uint64_t *uf_bitmap;     /* bit set: page missing */
     int list_efd;
@@ -181,11 +181,14 @@ int fb_uffd_register_all(struct fb_run *run, int nuffds, uint64_t features, int 
 /* fetch (delay + content) and install one page; returns 1 installed,
  * 0 page was already present, -1 failure (run failed). */
 int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src_page,
-                    uint64_t gpa, int dontwake);
+                    uint64_t gpa, int dontwake, struct fb_fault *f);
 uint64_t fb_page_seed(struct fb_run *run, uint64_t page);
-/* a fault by vCPU `vcpu` (or by thread `tid`, for uffd readers) on `page` */
-void fb_note_fault(struct fb_run *run, int vcpu, uint64_t page);
-void fb_note_fault_tid(struct fb_run *run, int32_t tid, uint64_t page);
+/* log a fault by vCPU `vcpu` (or by thread `tid`, for uffd readers) on `page`,
+ * noticed at TSC `notify`; returns its record (`scratch` if it cannot be logged) */
+struct fb_fault *fb_note_fault(struct fb_run *run, int vcpu, uint64_t page, uint64_t notify,
+                               struct fb_fault *scratch);
+struct fb_fault *fb_note_fault_tid(struct fb_run *run, int32_t tid, uint64_t page, uint64_t notify,
+                                   struct fb_fault *scratch);
 void fb_lock(struct fb_spinlock *l);
 void fb_unlock(struct fb_spinlock *l);
 

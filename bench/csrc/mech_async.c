@@ -24,7 +24,7 @@ static int async_setup(struct fb_run *run, char *err, int errlen)
     if (fb_uffd_register_all(run, 1, UFFD_FEATURE_SIGBUS, 1, err, errlen))
         return -1;
     run->list_cap = run->npages + run->cfg.vcpus;   /* one outstanding fault per vCPU at most */
-    run->list = calloc(run->list_cap, sizeof(uint64_t));
+    run->list = calloc(run->list_cap, sizeof(struct fb_fault *));
     uint64_t words = (run->npages + 63) / 64;
     run->uf_bitmap = calloc(words, sizeof(uint64_t));
     if (!run->list || !run->uf_bitmap) {
@@ -41,7 +41,7 @@ static int async_setup(struct fb_run *run, char *err, int errlen)
     return 0;
 }
 
-static int async_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa)
+static int async_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa, struct fb_fault *f)
 {
     struct fb_thread_stats *ts = v->ts;
     uint64_t page = (gpa - run->demand_gpa) / FB_PAGE;
@@ -50,12 +50,15 @@ static int async_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa)
         fb_fail(run, "vCPU %d: fault at gpa 0x%llx outside guest memory", v->id, (unsigned long long)gpa);
         return -1;
     }
-    if (!bit_set(run, page))
-        return 0;   /* resolved since the exit: just re-enter */
+    if (!bit_set(run, page)) {
+        /* resolved since the exit: just re-enter */
+        f->claimed = f->fetch_start = f->fetched = f->done = fb_tsc();
+        return 0;
+    }
     uint64_t t0 = fb_tsc();
     fb_lock(&run->list_lock);
-    run->stamps[page].enqueued = fb_tsc();   /* before a resolver can pop it */
-    run->list[run->list_tail++ % run->list_cap] = page;
+    f->enqueued = fb_tsc();   /* before a resolver can pop it */
+    run->list[run->list_tail++ % run->list_cap] = f;
     fb_unlock(&run->list_lock);
     if (write(run->list_efd, &one, sizeof(one)) < 0) {
         fb_fail(run, "vCPU %d: eventfd write: %s", v->id, strerror(errno));
@@ -71,10 +74,10 @@ static int async_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa)
         sched_yield();
     }
     uint64_t t2 = fb_tsc();
-    run->stamps[page].resumed = t2;
+    f->resumed = t2;
     ts->part_ns[FB_PART_SPIN] += t2 - t1;
     ts->part_count[FB_PART_SPIN]++;
-    uint64_t done = run->stamps[page].done;
+    uint64_t done = f->done;   /* written before the bit's release store */
     if (done && done < t2) {
         ts->part_ns[FB_PART_WAKE] += t2 - done;
         ts->part_count[FB_PART_WAKE]++;
@@ -97,23 +100,24 @@ static void *resolver_thread(void *arg)
         if (read(run->list_efd, &cnt, sizeof(cnt)) < 0 && errno != EAGAIN)
             break;
         for (;;) {   /* KVM_READ_USERFAULT until -ENOENT */
-            uint64_t page;
+            struct fb_fault *f;
             fb_lock(&run->list_lock);
             if (run->list_head == run->list_tail) {
                 fb_unlock(&run->list_lock);
                 break;
             }
-            page = run->list[run->list_head++ % run->list_cap];
+            f = run->list[run->list_head++ % run->list_cap];
             fb_unlock(&run->list_lock);
+            uint64_t page = f->page;
             uint64_t t = fb_tsc();
-            run->stamps[page].popped = t;
-            uint64_t enq = run->stamps[page].enqueued;
+            f->popped = t;
+            uint64_t enq = f->enqueued;
             if (enq && enq < t) {
                 ts->part_ns[FB_PART_QUEUE] += t - enq;
                 ts->part_count[FB_PART_QUEUE]++;
             }
             ts->faults++;
-            if (fb_resolve_page(run, ts, r->src_page, run->demand_gpa + page * FB_PAGE, 1) < 0)
+            if (fb_resolve_page(run, ts, r->src_page, run->demand_gpa + page * FB_PAGE, 1, f) < 0)
                 goto out;
             atomic_fetch_and_explicit(&run->uf_bitmap[page / 64], ~(1ULL << (page % 64)),
                                       memory_order_release);

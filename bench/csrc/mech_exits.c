@@ -10,9 +10,9 @@ static int exits_setup(struct fb_run *run, char *err, int errlen)
     return fb_uffd_register_all(run, run->cfg.uffds, UFFD_FEATURE_SIGBUS, 1, err, errlen);
 }
 
-static int exits_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa)
+static int exits_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa, struct fb_fault *f)
 {
-    return fb_resolve_page(run, v->ts, v->src_page, gpa, 1) < 0 ? -1 : 0;
+    return fb_resolve_page(run, v->ts, v->src_page, gpa, 1, f) < 0 ? -1 : 0;
 }
 
 const struct fb_mech_ops fb_mech_exits = {

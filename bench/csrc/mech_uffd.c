@@ -41,10 +41,11 @@ static void *reader_thread(void *arg)
             break;
         }
         uint64_t off = msg.arg.pagefault.address - (uint64_t)(uintptr_t)run->demand;
-        run->stamps[off / FB_PAGE].notify = t;
-        fb_note_fault_tid(run, (int32_t)msg.arg.pagefault.feat.ptid, off / FB_PAGE);
+        struct fb_fault scratch = { 0 };
+        struct fb_fault *f = fb_note_fault_tid(run, (int32_t)msg.arg.pagefault.feat.ptid,
+                                               off / FB_PAGE, t, &scratch);
         ts->faults++;
-        if (fb_resolve_page(run, ts, r->src_page, run->demand_gpa + off, 0) < 0)
+        if (fb_resolve_page(run, ts, r->src_page, run->demand_gpa + off, 0, f) < 0)
             break;
     }
     fb_thread_end(ts);
