@@ -11,7 +11,8 @@ def _terminate(signum, frame):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _terminate)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, _terminate)
     try:
         sys.exit(main())
     except KeyboardInterrupt:

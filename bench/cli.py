@@ -142,6 +142,10 @@ def validate_args(args) -> None:
         raise UsageError("--vcpus needs at least one count")
     if not args.mech:
         raise UsageError("--mech needs at least one mechanism")
+    for name, values in (("--vcpus", args.vcpus), ("--mech", args.mech)):
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise UsageError(f"{name} lists {', '.join(twice)} more than once")
     if not (2 <= args.mem_per_vcpu <= 65536 and args.mem_per_vcpu % 2 == 0):
         raise UsageError(f"--mem-per-vcpu {args.mem_per_vcpu} must be an even number of MiB in 2..65536")
     if args.fetch == "worker":
@@ -186,16 +190,18 @@ def validate_args(args) -> None:
 
 def check_output(args) -> None:
     """Refuse an unwritable destination before spending minutes measuring."""
-    target = os.path.dirname(os.path.abspath(args.out)) if args.out else args.results_dir
+    if args.out and os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a directory; use --results-dir for a directory")
+    target = os.path.dirname(os.path.abspath(args.out)) if args.out else os.path.abspath(args.results_dir)
     if args.out and not os.path.isdir(target):
         raise UsageError(f"--out {args.out}: directory {target} does not exist")
-    if not args.out:
-        try:
-            os.makedirs(target, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"--results-dir {target}: {exc.strerror}") from None
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise UsageError(f"{target} is not writable")
+    # the results directory is made when the first result is written; here only
+    # check that it can be (nothing is created for a run that never happens)
+    existing = target
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{target} cannot be written ({existing} is not a writable directory)")
 
 
 def memory_needed(vcpus: int, args, workload) -> int:
@@ -324,13 +330,17 @@ def print_point(rec: dict, path: str) -> None:
           + (f"  (min {s['pages_per_s']['min']:.0f}, max {s['pages_per_s']['max']:.0f})" if len(runs) > 1 else ""))
     print(f"Pages: {runs[0]['pages']}  faults delivered: {runs[0]['faults']}  "
           f"installed: {runs[0]['pages_installed']}  content errors: {sum(r['content_errors'] for r in runs)}")
+    keys = ["p50", "p90", "p99", "p99_9", "max"]
     if runs[0].get("fault_latency_ns"):
-        keys = ["p50", "p90", "p99", "p99_9", "max"]
         parts = "  ".join(f"{k.replace('_', '.')} {med('fault_latency_ns.' + k) / 1000:.1f}" for k in keys)
         print(f"Fault latency (us, each fault as its vCPU saw it): {parts}")
+    elif runs[0].get("first_touch_latency_ns"):
+        parts = "  ".join(f"{k.replace('_', '.')} {med('first_touch_latency_ns.' + k) / 1000:.2f}"
+                          for k in keys)
+        print(f"First-touch latency (us; no fault reaches userspace here): {parts}")
     for r in rec.get("traced_runs", [])[:1]:
         kl = r["metrics"]["kernel_locks"]
-        top = ", ".join(f"{t['call_site']} x{t['count']}" for t in kl["top_locks"][:3])
+        top = ", ".join(f"{t['call_site'] or t['lock']} x{t['count']}" for t in kl["top_locks"][:3])
         print(f"Kernel lock contention (traced run): {kl['contentions']} contentions, "
               f"{kl['wait_ns_total'] / 1e6:.2f} ms waited; top: {top or '-'}")
     if rec.get("tracing"):

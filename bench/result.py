@@ -97,7 +97,7 @@ def _numeric_leaves(metrics: dict, prefix: str = "") -> dict[str, float]:
     return leaves
 
 
-_RATIO_NAMES = {"sum_vs_mean", "overhead_ratio", "cv"}
+_RATIO_NAMES = {"sum_vs_mean", "overhead_ratio", "cv", "mean_batch"}
 # words that make a leaf a count: "faults_used", "kernel_locks.contentions", "..._switches"
 _COUNT_WORDS = ("count", "faults", "contentions", "acquisitions", "contended", "threads",
                 "requests", "batches", "touches", "pages", "switches", "lost", "lines", "waits",
@@ -117,6 +117,8 @@ def _unit_of_name(name: str) -> str | None:
         return "bytes"
     if name in _RATIO_NAMES:
         return "ratio"
+    if name.startswith("resolved"):
+        return "count"
     if name in _COUNT_NAMES or any(name == w or name.endswith("_" + w) or name.startswith(w + "_")
                                    for w in _COUNT_WORDS):
         return "count"
@@ -287,7 +289,9 @@ def validate(record) -> list[str]:
         problems.append("warnings should all be strings")
 
     config = present.get("config", {})
-    latency_optional = not config.get("record_latency", True)
+    # baselines deliver no faults: their latency lives in first_touch_latency_ns
+    latency_optional = (not config.get("record_latency", True)
+                        or config.get("mech") in ("none", "prefault"))
     for key in ("runs", "warmups"):
         for index, run in enumerate(present.get(key, [])):
             _validate_run(problems, f"{key}[{index}]", run, latency_optional)

@@ -117,7 +117,7 @@ def execute(plan: Plan) -> tuple[dict, dict]:
         from .locktrace import LockTracer, TraceUnavailable
         # recording is limited in the kernel to this process and the threads it
         # clones from now on; the summary keeps only the harness's own threads
-        tracer = LockTracer(stacks=plan.lock_stacks, pids=[os.getpid()],
+        tracer = LockTracer(stacks=plan.lock_stacks, pids=[os.getpid()], top=TOP_LOCKS * 2,
                             buffer_kb=plan.trace_buffer_kb, mmap_lock=plan.trace_mmap_lock)
         try:
             tracer.start()
@@ -136,7 +136,9 @@ def _start_worker(plan: Plan, run, err):
     from .worker import WorkerError, WorkerProcess
     worker = WorkerProcess(lib.fb_run_memfd(run), int(lib.fb_run_npages(run)) * 4096,
                            int(lib.fb_run_demand_gpa(run)), plan.seed & 0xFFFFFFFFFFFFFFFF,
-                           plan.worker["threads"], plan.worker["batch"], plan.worker["service"])
+                           plan.worker["threads"], plan.worker["batch"], plan.worker["service"],
+                           # the worker fills its source copy first: about 0.5 s per GiB here
+                           ready_timeout=10.0 + 2.0 * lib.fb_run_npages(run) * 4096 / 2**30)
     try:
         worker.start()
         pidfd = os.pidfd_open(worker.pid)
@@ -167,6 +169,9 @@ def _execute(plan: Plan, cfg, table, tracer) -> tuple[dict, dict]:
             dead = worker.poll() if worker else None
             if dead:
                 raise RunError(dead)
+            if worker and _stopped_for(worker.pid, 2.0):
+                raise RunError(f"network worker (pid {worker.pid}) is stopped (SIGSTOP or a "
+                               "debugger) and serves nothing")
             if rc < 0:
                 raise RunError(ffi.string(err).decode())
             if rc == 1:
@@ -183,7 +188,7 @@ def _execute(plan: Plan, cfg, table, tracer) -> tuple[dict, dict]:
             worker_tids = [t["tid"] for t in worker_stats["threads"] if t["tid"]]
             worker_cpu = _task_cpu(worker.pid)
             tids += worker_tids
-        kernel_locks = tracer.stop(tids) if tracer else None
+        kernel_locks = _without_tracer(tracer.stop(tids)) if tracer else None
         metrics, raw = _collect(plan, run, table)
         if kernel_locks is not None:
             metrics["kernel_locks"] = kernel_locks
@@ -205,6 +210,38 @@ def _execute(plan: Plan, cfg, table, tracer) -> tuple[dict, dict]:
             worker.stop()
         if pidfd >= 0:
             os.close(pidfd)
+
+
+_stopped_since: dict[int, float] = {}
+
+
+def _stopped_for(pid: int, seconds: float) -> bool:
+    """True once the process has been in state T (stopped) for `seconds`."""
+    import time
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    if state not in ("T", "t"):
+        _stopped_since.pop(pid, None)
+        return False
+    since = _stopped_since.setdefault(pid, time.monotonic())
+    return time.monotonic() - since >= seconds
+
+
+TOP_LOCKS = 5
+# call sites inside the tracer itself (the set_event_pid filter takes a lock on
+# every event): contention the measurement causes, kept apart from the top list
+TRACER_FRAMES = ("trace_pid_list", "trace_event_", "ring_buffer_", "trace_buffer_")
+
+
+def _without_tracer(kl: dict) -> dict:
+    own = [t for t in kl["top_locks"] if t.get("call_site") and t["call_site"].startswith(TRACER_FRAMES)]
+    kl["top_locks"] = [t for t in kl["top_locks"] if t not in own][:TOP_LOCKS]
+    kl["tracer_own_contentions"] = sum(t["count"] for t in own)
+    kl["tracer_own_call_sites"] = [t["call_site"] for t in own]
+    return kl
 
 
 def _task_cpu(pid: int) -> dict:
@@ -361,8 +398,9 @@ def _collect(plan: Plan, run, table) -> tuple[dict, dict]:
 
     # fault latency: the touches whose fault was delivered to userspace; baselines
     # deliver none, so there it is every first touch (the kernel's own fault path)
-    which = lib.FB_TOUCH_FAULTED if plan.mechanism.uses_uffd else lib.FB_TOUCH_FIRST
-    first_hist, first_log2 = _hist(run, vcpus, which) if plan.record_latency else (None, None)
+    delivers = plan.mechanism.uses_uffd
+    first_hist, first_log2 = (_hist(run, vcpus, lib.FB_TOUCH_FAULTED)
+                              if plan.record_latency and delivers else (None, None))
     touch1_hist, _ = _hist(run, vcpus, lib.FB_TOUCH_FIRST) if plan.record_latency else (None, None)
     re_hist, _ = _hist(run, vcpus, 0) if plan.record_latency else (None, None)
     clock = _clock_check(vres, vcpus, plan.record_latency)
@@ -428,9 +466,9 @@ def _collect(plan: Plan, run, table) -> tuple[dict, dict]:
     raw = {
         "exit_path": EXIT_PATHS[lib.fb_run_exit_path(run)],
         "clock_check": clock,
-        "fault_latency_selects": ("touches whose fault was delivered to userspace"
-                                  if plan.mechanism.uses_uffd else
-                                  "every first touch (no fault is delivered to userspace)"),
+        "fault_latency_selects": ("touches whose fault was delivered to userspace" if delivers else
+                                  "nothing: this baseline delivers no fault to userspace; see "
+                                  "first_touch_latency_ns"),
         "tsc_khz": int(lib.fb_run_tsc_khz(run)),
         "vcpus": [{"id": i, "start_ns": vres[i].start_ns, "end_ns": vres[i].end_ns,
                    "touches": vres[i].touches, "content_errors": vres[i].content_errors,

@@ -61,7 +61,7 @@ def test_metric_units():
     assert result.metric_unit("wall_seconds") == "s"
     assert result.metric_unit("faults") == "count"
     assert result.metric_unit("eexist") == "count"
-    assert result.metric_unit("mean_batch") is None
+    assert result.metric_unit("mean_batch") == "ratio"
     # leaves name their own unit; only unit-less statistics inherit the parent's
     assert result.metric_unit("fault_latency_ns.count") == "count"
     assert result.metric_unit("fault_latency_ns.p99_9") == "ns"

@@ -18,8 +18,14 @@ class Mechanism:
         self.vcpus = vcpus
         self.probes = probes
 
+    MAX_THREADS = 4096   # vCPU plus reader threads in one process
+
     def validate(self) -> None:
         """Raise ValueError (one line) when options do not fit this mechanism."""
+        threads = self.vcpus + self.readers_total()
+        if threads > self.MAX_THREADS:
+            raise ValueError(f"{self.name} at {self.vcpus} vCPUs needs {threads} threads "
+                             f"(limit {self.MAX_THREADS}): use fewer --readers or --uffds")
         if self.args.resolve == "continue" and "resolve" not in self.options:
             raise ValueError(f"--resolve continue does not apply to mechanism {self.name}")
         if self.args.resolve == "copy" and self.uses_uffd and self.args.needs_shared_memory:
