@@ -408,11 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         validate_args(args)
         check_output(args)
         require_devices()
-        workload, _ = prepare(args)
-        for v in args.vcpus:
-            check_memory(v, args, workload)
         probes = probe()
         workload, points = prepare(args, probes)
+        for v in args.vcpus:
+            check_memory(v, args, workload)
     except (UsageError, ValueError) as exc:
         print(f"run_bench.py: error: {exc}", file=sys.stderr)
         return 2

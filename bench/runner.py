@@ -105,13 +105,13 @@ def _cfg(plan: Plan):
     cfg.guest_code_len = len(code)
     cfg.touches = ffi.cast("uint64_t *", table_buf)
     cfg.touches_per_vcpu = table.shape[1]
-    return cfg, keep + [code_buf, table_buf, table], table
+    return cfg, keep + [code_buf, table_buf, table], table, stale
 
 
 def execute(plan: Plan) -> tuple[dict, dict]:
     """Run once; returns (metrics, raw). Whatever happens (error, timeout,
     Ctrl-C), every thread is joined, every fd closed and tracing undone."""
-    cfg, keep, table = _cfg(plan)
+    cfg, keep, table, stale = _cfg(plan)
     tracer = None
     if plan.trace_locks:
         from .locktrace import LockTracer, TraceUnavailable
@@ -124,7 +124,7 @@ def execute(plan: Plan) -> tuple[dict, dict]:
         except TraceUnavailable as exc:
             raise RunError(f"lock tracing unavailable ({exc}); use --no-trace-locks") from None
     try:
-        return _execute(plan, cfg, table, tracer)
+        return _execute(plan, cfg, table, stale, tracer)
     finally:
         if tracer:
             tracer.cleanup()
@@ -152,7 +152,7 @@ def _start_worker(plan: Plan, run, err):
     return worker, pidfd
 
 
-def _execute(plan: Plan, cfg, table, tracer) -> tuple[dict, dict]:
+def _execute(plan: Plan, cfg, table, stale, tracer) -> tuple[dict, dict]:
     err = ffi.new("char[]", ERRLEN)
     run = lib.fb_run_create(cfg, err, ERRLEN)
     if run == ffi.NULL:
@@ -189,7 +189,7 @@ def _execute(plan: Plan, cfg, table, tracer) -> tuple[dict, dict]:
             worker_cpu = _task_cpu(worker.pid)
             tids += worker_tids
         kernel_locks = _without_tracer(tracer.stop(tids)) if tracer else None
-        metrics, raw = _collect(plan, run, table)
+        metrics, raw = _collect(plan, run, table, stale)
         if kernel_locks is not None:
             metrics["kernel_locks"] = kernel_locks
         if worker:
@@ -355,7 +355,7 @@ def _breakdown(run, mech_name: str, latency: dict | None, clock: dict | None,
     return out
 
 
-def _collect(plan: Plan, run, table) -> tuple[dict, dict]:
+def _collect(plan: Plan, run, table, stale) -> tuple[dict, dict]:
     vcpus = plan.vcpus
     vres = ffi.new("struct fb_vcpu_result[]", vcpus)
     lib.fb_run_vcpu_results(run, vres)
@@ -382,7 +382,7 @@ def _collect(plan: Plan, run, table) -> tuple[dict, dict]:
         threads.append({
             "role": ROLES[t.role], "index": t.index, "uffd": t.uffd_index, "tid": t.tid,
             "faults": t.faults, "pages_installed": t.pages_installed, "eexist": t.eexist,
-            "wakes": t.wakes, "fetch_ns": t.fetch_ns,
+            "wakes": t.wakes,
             "parts_ns": {p: t.part_ns[j] for j, p in enumerate(PARTS) if t.part_count[j]},
             "parts_count": {p: t.part_count[j] for j, p in enumerate(PARTS) if t.part_count[j]},
             "utime_ns": t.utime_ns, "stime_ns": t.stime_ns,
@@ -451,18 +451,17 @@ def _collect(plan: Plan, run, table) -> tuple[dict, dict]:
                         for r, ts in by_role.items()},
         "latency_dist_log2_us": (first_log2.tolist() if first_log2 is not None else None),
     }
-    if plan.mechanism.uses_uffd and plan.workload.stale_map(0, np.random.default_rng(0)) is not None:
+    if plan.mechanism.uses_uffd and stale is not None:
         arrived = lib.fb_run_bitmap_arrived_ns(run)
         metrics["precopy"] = {
-            "stale_pages": int(plan.workload.stale_map(plan.memory_pages,
-                                                       np.random.default_rng([plan.seed, 1])).sum()),
+            "stale_pages": int(stale.sum()),
             "pages_declared_clean": int(lib.fb_run_pages_declared_clean(run)),
             "bitmap_arrived_after_s": (arrived - starts.min()) / 1e9 if arrived else None,
         }
     if plan.mechanism.name == "async":
-        metrics["harness_locks"] = {}
-        metrics["harness_locks"]["async_list"] = {"acquisitions": lock.acquisitions, "contended": lock.contended,
-                                "spin_ns": lock.spin_ns, "max_spin_ns": lock.max_spin_ns}
+        metrics["harness_locks"] = {"async_list": {
+            "acquisitions": lock.acquisitions, "contended": lock.contended,
+            "spin_ns": lock.spin_ns, "max_spin_ns": lock.max_spin_ns}}
     raw = {
         "exit_path": EXIT_PATHS[lib.fb_run_exit_path(run)],
         "clock_check": clock,

@@ -209,11 +209,6 @@ int64_t fb_uffd_features(void)
     return rc < 0 ? -e : (int64_t)api.features;
 }
 
-int fb_uffd_for_gpa(struct fb_run *run, uint64_t gpa)
-{
-    return (int)((gpa - run->demand_gpa) / run->uffd_span);
-}
-
 /* CopyFromRemote through the network worker, one request per contiguous run
  * of pages that need content; the worker writes into the memfd directly */
 static int ring_fetch(struct fb_run *run, uint64_t page, uint64_t n, const uint64_t *fetch)
@@ -431,7 +426,6 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
     f->fetched = t1;
     ts->part_ns[FB_PART_FETCH] += t1 - t0;
     ts->part_count[FB_PART_FETCH]++;
-    ts->fetch_ns += t1 - t0;
 
     int installed_first = 0;
     uint64_t i = 0;
@@ -1036,7 +1030,6 @@ static void *vcpu_thread(void *arg)
             v->res.end_ns = fb_now_ns();
             v->res.content_errors = kr->s.regs.regs.r12;
             v->res.touches = (kr->s.regs.regs.rsi - v->tsc_table) / 8;
-            atomic_store(&v->done, 1);
             break;
         }
         if (kr->exit_reason == KVM_EXIT_SHUTDOWN) {
@@ -1096,7 +1089,6 @@ int fb_run_start(struct fb_run *run, char *err, int errlen)
     for (uint32_t i = 0; i < n; i++)
         run->tid_map[i] = ((int64_t)run->vcpus[i].ts->tid << 32) | i;
     qsort(run->tid_map, n, sizeof(int64_t), tid_cmp);
-    run->started = 1;
     open_gate(run);
     return 0;
 }
@@ -1332,7 +1324,6 @@ int fb_run_thread_stats(struct fb_run *run, struct fb_thread_stats *out)
 {
     for (int i = 0; i < run->nstats; i++) {
         out[i] = run->stats[i];
-        out[i].fetch_ns = fb_tsc_to_ns(run, out[i].fetch_ns);
         for (int p = 0; p < FB_PARTS; p++)
             out[i].part_ns[p] = fb_tsc_to_ns(run, out[i].part_ns[p]);
     }

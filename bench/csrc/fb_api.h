@@ -5,7 +5,7 @@
  * Bump FB_API_VERSION whenever a struct below changes: bench/_native_check.py
  * compares it with the Python side so a stale build is refused at import.
  */
-#define FB_API_VERSION 9
+#define FB_API_VERSION 10
 
 /* mechanisms implemented by the core (bench/csrc/mech_*.c) */
 #define FB_MECH_NONE     0
@@ -122,7 +122,6 @@ struct fb_thread_stats {
     uint64_t pages_installed;   /* successful COPY/CONTINUE */
     uint64_t eexist;            /* install found the page present */
     uint64_t wakes;             /* explicit UFFDIO_WAKE after EEXIST */
-    uint64_t fetch_ns;          /* time spent in the fetch model */
     uint64_t part_ns[9];        /* FB_PART_* sums */
     uint64_t part_count[9];
     uint64_t utime_ns;

@@ -61,7 +61,6 @@ struct fb_vcpu {
     struct kvm_run *kr;
     pthread_t thread;
     int started, joined;
-    atomic_int done;
     struct fb_vcpu_result res;
     struct fb_thread_stats *ts;
     uint8_t *src_page;          /* fetch buffer for UFFDIO_COPY */
@@ -92,7 +91,6 @@ struct fb_spinlock {
 
 struct fb_mech_ops {
     const char *name;
-    int needs_sigbus;           /* vCPUs get -EFAULT instead of sleeping */
     int (*setup)(struct fb_run *run, char *err, int errlen);
     int (*start)(struct fb_run *run, char *err, int errlen);
     /* a vCPU thread got -EFAULT for gpa (logged as f); returns 0 to re-enter KVM_RUN */
@@ -138,7 +136,6 @@ struct fb_run {
     int64_t *tid_map;
     atomic_uint_fast64_t unattributed_faults;
     int faulted_ready;
-    int started;
 
     atomic_uint_fast64_t pages_installed;
     int exit_path;
@@ -175,7 +172,6 @@ int fb_spawn(struct fb_run *run, pthread_t *t, void *(*fn)(void *), void *arg,
 void fb_thread_begin(struct fb_thread_stats *ts);
 void fb_thread_end(struct fb_thread_stats *ts);
 int fb_uffd_open(struct fb_run *run, uint64_t features, int nonblock, char *err, int errlen);
-int fb_uffd_for_gpa(struct fb_run *run, uint64_t gpa);
 int fb_uffd_register_all(struct fb_run *run, int nuffds, uint64_t features, int nonblock,
                          char *err, int errlen);
 /* fetch (delay + content) and install one page; returns 1 installed,

@@ -140,7 +140,6 @@ static int async_start(struct fb_run *run, char *err, int errlen)
 
 const struct fb_mech_ops fb_mech_async = {
     .name = "async",
-    .needs_sigbus = 1,
     .setup = async_setup,
     .start = async_start,
     .on_fault = async_on_fault,

@@ -17,7 +17,6 @@ static int exits_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa, s
 
 const struct fb_mech_ops fb_mech_exits = {
     .name = "exits",
-    .needs_sigbus = 1,
     .setup = exits_setup,
     .on_fault = exits_on_fault,
 };
