@@ -134,6 +134,14 @@ def service_of(args) -> dict:
     return {"model": "lognormal", "median_us": args.service_median_us, "sigma": args.service_sigma}
 
 
+# numeric flags and their allowed ranges (0 for --uffds: one per vCPU partition)
+RANGES = [
+    ("--readers", 1, 256), ("--uffds", 0, 1024), ("--fetch-delay-us", 0, 1_000_000),
+    ("--repeat", 1, 1000), ("--warmup", 0, 100), ("--trace-runs", 1, 100),
+    ("--trace-buffer-mb", 0, 4096), ("--seed", 0, 2**64 - 1),
+]
+
+
 def validate_args(args) -> None:
     for v in args.vcpus:
         if not 1 <= v <= MAX_VCPUS:
@@ -164,22 +172,10 @@ def validate_args(args) -> None:
             raise UsageError(f"--{opt} applies to none of the mechanisms asked for ({', '.join(args.mech)})")
     args.readers = 1 if args.readers is None else args.readers
     args.wait = "poll" if args.wait is None else args.wait
-    if not 1 <= args.readers <= 256:
-        raise UsageError(f"--readers {args.readers} is out of range 1..256")
-    if not 0 <= args.uffds <= 1024:
-        raise UsageError(f"--uffds {args.uffds} is out of range 1..1024")
-    if not 0 <= args.fetch_delay_us <= 1_000_000:
-        raise UsageError(f"--fetch-delay-us {args.fetch_delay_us} is out of range 0..1000000")
-    if not 1 <= args.repeat <= 1000:
-        raise UsageError(f"--repeat {args.repeat} is out of range 1..1000")
-    if not 0 <= args.warmup <= 100:
-        raise UsageError(f"--warmup {args.warmup} is out of range 0..100")
-    if not 1 <= args.trace_runs <= 100:
-        raise UsageError(f"--trace-runs {args.trace_runs} is out of range 1..100")
-    if not 0 <= args.trace_buffer_mb <= 4096:
-        raise UsageError(f"--trace-buffer-mb {args.trace_buffer_mb} is out of range 0..4096")
-    if not 0 <= args.seed < 2**64:
-        raise UsageError(f"--seed {args.seed} is out of range 0..2^64-1")
+    for flag, lo, hi in RANGES:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if not lo <= value <= hi:
+            raise UsageError(f"{flag} {value} is out of range {lo}..{hi}")
     if not args.timeout > 0:
         raise UsageError("--timeout must be positive")
     if args.out and len(args.vcpus) * len(args.mech) > 1:
