@@ -43,13 +43,22 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _subcommand_help() -> str:
+    from .commands import SUBCOMMANDS
+    if not SUBCOMMANDS:
+        return ""
+    return "other commands: " + "; ".join(
+        f"run_bench.py {name} ...: {summary}" for name, (_m, summary) in SUBCOMMANDS.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     mech_help = "; ".join(f"{n}: {m.summary}" for n, m in MECHANISMS.items())
     wl_help = "; ".join(f"{n}: {w.summary}" for n, w in WORKLOADS.items())
     p = OneLineParser(
         prog="run_bench.py",
         description="Measure how guest page faults reach userspace on real KVM vCPUs. "
-                    "Comma lists sweep: every (mechanism, vCPU count) pair is one result file.")
+                    "Comma lists sweep: every (mechanism, vCPU count) pair is one result file.",
+        epilog=_subcommand_help())
     p.add_argument("--vcpus", type=_int_list, default=[1],
                    help=f"vCPU count(s), 1..{MAX_VCPUS}, e.g. 1,8,64 (default 1)")
     p.add_argument("--mech", type=_name_list(list(MECHANISMS)), default=["uffd"],
@@ -398,6 +407,10 @@ def make_plan(argv: list[str], **overrides):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .commands import dispatch
+    status = dispatch(argv)
+    if status is not None:
+        return status
     parser = build_parser()
     args = parser.parse_args(argv)
     from .probes import DeviceMissing, probe, require_devices
