@@ -8,10 +8,13 @@ from . import __version__
 from . import result as resultmod
 from .machine import collect_harness, collect_machine, mem_available_bytes
 from .mechanisms import REGISTRY as MECHANISMS
+from .placement import POLICIES as PLACEMENTS
 from .workloads import REGISTRY as WORKLOADS
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_VCPUS = 1024
+# a run shorter than this in guest time is dominated by start-up and timer effects
+MIN_GUEST_MS_WARN = 200.0
 
 
 class UsageError(Exception):
@@ -125,13 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tracefs buffer per CPU in MiB (default: sized from the expected faults)")
     r.add_argument("--trace-mmap-lock", action=argparse.BooleanOptionalAction, default=True,
                    help="also record mmap_lock acquire/release (several events a fault) (default on)")
+    r.add_argument("--placement", choices=PLACEMENTS, default="free",
+                   help="thread placement: free (the scheduler decides), spread (vCPU threads on one half "
+                        "of the CPUs, resolver threads on the other), packed (each resolver on its vCPU's "
+                        "CPU); every run records the CPUs each thread was seen on and its migrations "
+                        "(default free)")
+    r.add_argument("--verify", choices=["header", "full"], default="header",
+                   help="content the guest checks on every touch: header (the page's first 16 bytes: its "
+                        "address and the seed) or full (every 8-byte word but offset 64, which the guest "
+                        "writes: a torn copy shows; costs about 1 us of guest time per page, outside the "
+                        "timed touch) (default header)")
+    r.add_argument("--min-guest-ms", type=float, default=0.0, metavar="MS",
+                   help="size --mem-per-vcpu up (from one sizing run) until a run lasts at least MS of "
+                        "guest time; the size used is recorded and in the rerun line (default 0: off; "
+                        f"runs under {MIN_GUEST_MS_WARN:g} ms are warned about either way)")
     r.add_argument("--seed", type=int, default=1, help="seed for page content and access order (default 1)")
     r.add_argument("--timeout", type=float, default=300.0, help="seconds before a run is declared hung (default 300)")
     o = p.add_argument_group("output")
     o.add_argument("--out", help="result file (only for a single point); default results/<name>.json")
     o.add_argument("--results-dir", default=os.path.join(REPO_DIR, "results"))
     o.add_argument("--quiet", action="store_true", help="print only the result paths")
-    o.add_argument("--corrupt-every", type=int, default=0, help=argparse.SUPPRESS)  # tests the content check
+    # test knobs: each proves a check can fail
+    o.add_argument("--corrupt-every", type=int, default=0, help=argparse.SUPPRESS)       # content check
+    o.add_argument("--corrupt-tail-every", type=int, default=0, help=argparse.SUPPRESS)  # torn copies
+    o.add_argument("--misstamp-fetched-cycles", type=int, default=0, help=argparse.SUPPRESS)
+    o.add_argument("--tsc-khz-error-ppm", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
 
@@ -147,7 +168,8 @@ def service_of(args) -> dict:
 RANGES = [
     ("--readers", 1, 256), ("--uffds", 0, 1024), ("--fetch-delay-us", 0, 1_000_000),
     ("--repeat", 1, 1000), ("--warmup", 0, 100), ("--trace-runs", 1, 100),
-    ("--trace-buffer-mb", 0, 4096), ("--seed", 0, 2**64 - 1),
+    ("--trace-buffer-mb", 0, 4096), ("--seed", 0, 2**64 - 1), ("--min-guest-ms", 0, 600_000),
+    ("--tsc-khz-error-ppm", -500_000, 500_000),
 ]
 
 
@@ -172,8 +194,11 @@ def validate_args(args) -> None:
             raise UsageError(f"--worker-threads {args.worker_threads} is out of range 1..64")
         if not 1 <= args.worker_batch <= 1024:
             raise UsageError(f"--worker-batch {args.worker_batch} is out of range 1..1024")
-        if args.corrupt_every:
+        if args.corrupt_every or args.corrupt_tail_every:
             raise UsageError("--corrupt-every only applies to --fetch inline")
+        if args.verify == "full":
+            raise UsageError("--verify full is not built for --fetch worker (the worker's source "
+                             "pages carry the header only); use --verify header")
     if not 1 <= args.fault_around <= 512:
         raise UsageError(f"--fault-around {args.fault_around} is out of range 1..512")
     for opt in ("readers", "wait"):
@@ -231,20 +256,40 @@ def check_memory(vcpus: int, args, workload) -> None:
             f"this machine has {avail / 2**30:.1f} GiB available (limit: 80%)")
 
 
-def rerun_argv(argv: list[str], mech: str, vcpus: int) -> list[str]:
-    """The command that reruns exactly this point of a sweep."""
+def rerun_argv(argv: list[str], mech: str, vcpus: int, mem_per_vcpu: int | None = None) -> list[str]:
+    """The command that reruns exactly this point of a sweep (with the memory size
+    --min-guest-ms chose, if it chose one: the rerun does not size again)."""
+    dropped = ["--vcpus", "--mech", "--out", "--results-dir"]
+    if mem_per_vcpu is not None:
+        dropped += ["--mem-per-vcpu", "--min-guest-ms"]
     out, skip = [], False
     for i, a in enumerate(argv):
         if skip:
             skip = False
             continue
-        if a in ("--vcpus", "--mech", "--out", "--results-dir"):
+        if a in dropped:
             skip = True
             continue
-        if a.startswith(("--vcpus=", "--mech=", "--out=", "--results-dir=")):
+        if a.startswith(tuple(f"{d}=" for d in dropped)):
             continue
         out.append(a)
-    return out + ["--vcpus", str(vcpus), "--mech", mech]
+    tail = ["--mem-per-vcpu", str(mem_per_vcpu)] if mem_per_vcpu is not None else []
+    return out + tail + ["--vcpus", str(vcpus), "--mech", mech]
+
+
+def size_memory(args, mech, workload, vcpus: int) -> dict:
+    """--min-guest-ms: one sizing run at the asked size; if its guest time falls
+    short, grow --mem-per-vcpu in proportion (10% headroom, even MiB)."""
+    import math
+    from .runner import execute
+    metrics, _ = execute(plan_for(args, mech, workload, vcpus))
+    ms = metrics["guest_seconds"] * 1000
+    asked = args.mem_per_vcpu
+    sized = asked
+    if ms < args.min_guest_ms:
+        sized = min(65536, 2 * math.ceil(asked * args.min_guest_ms / max(ms, 1e-3) * 1.1 / 2))
+    return {"asked_mib": asked, "min_guest_ms": args.min_guest_ms,
+            "sizing_run_guest_ms": ms, "sized_mib": sized}
 
 
 def trace_runs(plan, rec: dict, runs: int, buffer_mb: int) -> None:
@@ -277,6 +322,28 @@ def trace_runs(plan, rec: dict, runs: int, buffer_mb: int) -> None:
             "use --no-trace-mmap-lock")
 
 
+def _check_warnings(where: str, checks: dict) -> list[str]:
+    out = []
+    gw = checks.get("guest_window_vs_host_clock")
+    if gw and not gw["ok"]:
+        out.append(f"{where}: check failed: the guest's clock covers {gw['fill']:.3f} of the host's "
+                   f"monotonic window over its touch loop (worst vCPU {gw['max_vcpu_ratio']:.4f}; "
+                   f"limits >= {gw['limits']['fill_min']}, <= {gw['limits']['vcpu_ratio_max']}): "
+                   "guest timings or the TSC frequency are wrong")
+    sm = checks.get("segments_vs_monotonic")
+    if sm and sm.get("comparable") and not sm["ok"]:
+        bad = [f"{p} {sm[p]['segment_ns'] / 1000:.1f} us stamped vs {sm[p]['monotonic_ns'] / 1000:.1f} us "
+               "monotonic" for p in ("fetch", "install") if not sm[p]["ok"]]
+        out.append(f"{where}: check failed: breakdown segments disagree with an independent clock: "
+                   + "; ".join(bad))
+    ct = checks.get("cpu_time_vs_latency")
+    if ct and ct.get("applies") and ct["ok"] is False:
+        out.append(f"{where}: check failed: the vCPU threads' guest-timed fault latency is "
+                   f"{ct['ratio']:.3f} x their on-CPU plus run-queue time (the scheduler's "
+                   "accounting): latency cannot exceed the time the threads were awake")
+    return out
+
+
 def run_warnings(rec: dict) -> list[str]:
     """Plain-words warnings about what a run's own numbers say of its validity."""
     out = []
@@ -287,23 +354,38 @@ def run_warnings(rec: dict) -> list[str]:
             where = f"{kind[:-1]} {i + 1}"
             if m["content_errors"]:
                 out.append(f"{where}: {m['content_errors']} pages had wrong content")
-            if m["vcpus_running_at_once_max"] < vcpus:
-                out.append(f"{where}: only {m['vcpus_running_at_once_max']} of {vcpus} vCPUs were "
-                           f"running at once (starts spread over {m['vcpu_start_spread_s']:.3f} s): "
-                           "not a {vcpus}-vCPU measurement".replace("{vcpus}", str(vcpus)))
+            inside = m.get("vcpus_inside_kvm_run_max")
+            if inside is not None and inside < vcpus / 2:
+                out.append(f"{where}: at most {inside} of {vcpus} vCPUs were inside KVM_RUN at once "
+                           f"(starts spread over {m['vcpu_start_spread_s']:.3f} s): "
+                           f"not a {vcpus}-vCPU measurement")
+            if m.get("fault_records_dropped"):
+                out.append(f"{where}: {m['fault_records_dropped']} fault records did not fit the "
+                           "per-vCPU log and are missing from latency and breakdown")
+            if m.get("faults_unattributed"):
+                out.append(f"{where}: {m['faults_unattributed']} userfaultfd messages came from no "
+                           "vCPU thread and are not in the per-vCPU figures")
             bd = m.get("fault_breakdown_ns") or {}
-            if bd.get("faults_total"):
-                if bd["faults_used"] < 0.9 * bd["faults_total"]:
-                    out.append(f"{where}: the cost breakdown covers {bd['faults_used']} of "
-                               f"{bd['faults_total']} faults")
-                if bd.get("sum_vs_mean") and abs(bd["sum_vs_mean"] - 1) > 0.10:
-                    out.append(f"{where}: breakdown parts sum to {bd['sum_vs_mean']:.2f} x the mean "
-                               "fault latency")
-                hc = bd.get("host_clock_check")
-                every_touch_faulted = m["faults"] == (m.get("first_touch_latency_ns") or {}).get("count")
-                if hc and every_touch_faulted and abs(hc["sum_vs_mean"] - 1) > 0.10:
-                    out.append(f"{where}: host clocks account for {hc['sum_vs_mean']:.2f} x the "
-                               "guest-timed fault latency")
+            if bd.get("faults_total") and bd["faults_used"] < 0.9 * bd["faults_total"]:
+                out.append(f"{where}: the cost breakdown covers {bd['faults_used']} of "
+                           f"{bd['faults_total']} faults")
+            out += _check_warnings(where, m.get("checks") or {})
+    runs = [r["metrics"] for r in rec["runs"]]
+    ms = sorted(r["guest_seconds"] * 1000 for r in runs)
+    if ms and ms[len(ms) // 2] < MIN_GUEST_MS_WARN:
+        out.append(f"runs last {ms[len(ms) // 2]:.0f} ms of guest time (median), under "
+                   f"{MIN_GUEST_MS_WARN:g} ms: start-up and timer effects weigh in; raise "
+                   f"--mem-per-vcpu or use --min-guest-ms {MIN_GUEST_MS_WARN:g}")
+    from .placement import bimodal_groups
+    rates = [r["pages_per_s"] for r in runs]
+    groups = bimodal_groups(rates)
+    if groups:
+        desc = " vs ".join(
+            "runs " + ",".join(str(i + 1) for i in g) + f" at about {sorted(rates[i] for i in g)[len(g) // 2]:,.0f} pages/s"
+            for g in groups)
+        out.append(f"bimodal: the repetitions fall into two groups ({desc}); with --placement "
+                   f"{rec['config'].get('placement', 'free')} thread placement may decide which; "
+                   "compare --placement packed and spread")
     return out
 
 
@@ -320,6 +402,34 @@ def trace_buffer_mb(args, plan) -> int:
     return int(min(max(16, mb), max(16, avail // (8 * ncpu))))
 
 
+def _print_cost_and_wait(rec: dict, med) -> None:
+    """Mechanism cost (CPU time per fault) and CPU wait (run-queue time per fault)
+    apart, from the scheduler's accounting of every harness thread (schedstat)."""
+    s = rec["summary"]
+    roles = sorted({k.split(".")[1] for k in s if k.startswith("sched.") and k.endswith(".on_cpu_ns_per_fault")})
+    if not roles:
+        return
+    cost = sum(med(f"sched.{r}.on_cpu_ns_per_fault") or 0 for r in roles)
+    wait = {r: med(f"sched.{r}.run_queue_wait_ns_per_fault") or 0 for r in roles}
+    by_role = ", ".join(f"{r} {med(f'sched.{r}.on_cpu_ns_per_fault') / 1000:.1f}" for r in roles)
+    waits = ", ".join(f"{r} {wait[r] / 1000:.1f}" for r in roles)
+    print(f"Mechanism cost per fault (on-CPU time, us; schedstat): {cost / 1000:.1f} ({by_role})")
+    print(f"CPU wait per fault (runnable, waiting for a CPU, us; schedstat): {sum(wait.values()) / 1000:.1f} "
+          f"({waits})")
+    mean = med("fault_latency_ns.mean")
+    if mean:
+        print(f"   fault latency mean {mean / 1000:.1f} us, p50 {med('fault_latency_ns.p50') / 1000:.1f} us; "
+              f"breakdown medians: " + ", ".join(
+                  f"{k.rsplit('.', 1)[1]} {med(k) / 1000:.1f}" for k in sorted(s)
+                  if k.startswith("fault_breakdown_ns.parts_median.") and med(k)))
+    pl = rec["runs"][0]["raw"].get("placement") if rec["runs"] else None
+    if pl:
+        seen = "; ".join(f"{role}: CPUs {','.join(map(str, d['cpus_seen']))}, "
+                         f"{d['migrations'] if d['migrations'] is not None else '?'} migrations"
+                         for role, d in pl["by_role"].items())
+        print(f"Placement {pl['policy']} (run 1): {seen}")
+
+
 def print_point(rec: dict, path: str) -> None:
     cfg, s = rec["config"], rec["summary"]
     m = rec["machine"]
@@ -330,12 +440,18 @@ def print_point(rec: dict, path: str) -> None:
           f"{len(runs)} run(s), on {m.get('online_cpus')} CPUs ({m.get('cpu_model')}, {m.get('kernel_release')})")
     if rec["emulated"]:
         print(f"   EMULATED: {rec['emulation_reason']}")
-    print(f"Total guest execution time: {med('guest_seconds'):.6f} s")
-    print(f"Per-vcpu demand paging rate: {med('pages_per_s_per_vcpu'):.0f} pgs/sec/vcpu")
-    print(f"Overall demand paging rate: {med('pages_per_s'):.0f} pgs/sec"
+    # the selftest's lines, under its names and with its definitions
+    print(f"Total guest execution time: {med('guest_seconds'):.6f}s")
+    print(f"Per-vcpu demand paging rate: {med('pages_per_s_per_vcpu'):f} pgs/sec/vcpu")
+    print(f"Overall demand paging rate: {med('pages_per_s'):f} pgs/sec"
           + (f"  (min {s['pages_per_s']['min']:.0f}, max {s['pages_per_s']['max']:.0f})" if len(runs) > 1 else ""))
+    print(f"Per-vCPU rate over each vCPU's own window (harness measure, mean): "
+          f"{med('pages_per_s_per_vcpu_own_window'):.0f} pages/s")
     print(f"Pages: {runs[0]['pages']}  faults delivered: {runs[0]['faults']}  "
-          f"installed: {runs[0]['pages_installed']}  content errors: {sum(r['content_errors'] for r in runs)}")
+          f"installed: {runs[0]['pages_installed']}  content errors: {sum(r['content_errors'] for r in runs)} "
+          f"(verify {cfg.get('verify', 'header')})  fault records dropped: "
+          f"{sum(r.get('fault_records_dropped', 0) for r in runs)}  unattributed: "
+          f"{sum(r.get('faults_unattributed', 0) for r in runs)}")
     keys = ["p50", "p90", "p99", "p99_9", "max"]
     if runs[0].get("fault_latency_ns"):
         parts = "  ".join(f"{k.replace('_', '.')} {med('fault_latency_ns.' + k) / 1000:.1f}" for k in keys)
@@ -344,6 +460,7 @@ def print_point(rec: dict, path: str) -> None:
         parts = "  ".join(f"{k.replace('_', '.')} {med('first_touch_latency_ns.' + k) / 1000:.2f}"
                           for k in keys)
         print(f"First-touch latency (us; no fault reaches userspace here): {parts}")
+    _print_cost_and_wait(rec, med)
     for r in rec.get("traced_runs", [])[:1]:
         kl = r["metrics"]["kernel_locks"]
         top = ", ".join(f"{t['call_site'] or t['lock']} x{t['count']}" for t in kl["top_locks"][:3])
@@ -358,6 +475,7 @@ def print_point(rec: dict, path: str) -> None:
 
 
 def prepare(args, probes: dict | None = None):
+    from .placement import plan_cpus
     """Validated args -> (workload, [(mechanism, vcpus)]); raises UsageError/ValueError."""
     workload = WORKLOADS[args.workload](args)
     workload.validate()
@@ -376,6 +494,8 @@ def prepare(args, probes: dict | None = None):
             args.memory_pages = workload.memory_pages(v, args.mem_per_vcpu * 256)
             mech = MECHANISMS[mech_name](args, v, probes or {})
             mech.validate()
+            resolvers = mech.readers_total()
+            plan_cpus(args.placement, v, resolvers, [0] * resolvers)   # ValueError if impossible
             points.append((mech, v))
     return workload, points
 
@@ -388,6 +508,10 @@ def plan_for(args, mech, workload, vcpus: int, **overrides):
               seed=args.seed, timeout_s=args.timeout, corrupt_every=args.corrupt_every,
               lock_stacks=args.lock_stacks, trace_mmap_lock=args.trace_mmap_lock,
               fault_around=args.fault_around, fetch=args.fetch,
+              placement=args.placement, verify=args.verify,
+              corrupt_tail_every=args.corrupt_tail_every,
+              misstamp_fetched_cycles=args.misstamp_fetched_cycles,
+              tsc_khz_error_ppm=args.tsc_khz_error_ppm,
               worker={"threads": args.worker_threads, "batch": args.worker_batch,
                       "service": service_of(args)})
     kw.update(overrides)
@@ -434,8 +558,25 @@ def main(argv: list[str] | None = None) -> int:
     harness = collect_harness(REPO_DIR, __version__)
     status = 0
     done = []
+    asked_mem = args.mem_per_vcpu
     for mech, vcpus in points:
+        sizing = None
+        args.mem_per_vcpu = asked_mem
+        if args.min_guest_ms:
+            from .runner import RunError as _RunError
+            try:
+                sizing = size_memory(args, mech, workload, vcpus)
+                args.mem_per_vcpu = sizing["sized_mib"]
+                check_memory(vcpus, args, workload)
+            except _RunError as exc:
+                print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: sizing run: {exc}", file=sys.stderr)
+                return 1
+            except UsageError as exc:
+                print(f"run_bench.py: error: --min-guest-ms {args.min_guest_ms:g}: {exc}", file=sys.stderr)
+                return 2
+        args.memory_pages = workload.memory_pages(vcpus, args.mem_per_vcpu * 256)
         plan = plan_for(args, mech, workload, vcpus)
+        vcpu_cpu, resolver_cpu = plan.cpu_map()
         emulated, reason = mech.emulation()
         config = {**mech.config(), "workload": workload.name, "workload_params": workload.params(),
                   "vcpus": vcpus, "mem_per_vcpu_mib": args.mem_per_vcpu,
@@ -448,8 +589,13 @@ def main(argv: list[str] | None = None) -> int:
                   "repeat": args.repeat, "warmup": args.warmup,
                   "fault_address_register": "rbx",
                   "trace_locks": args.trace_locks, "lock_stacks": args.lock_stacks,
-                  "trace_mmap_lock": args.trace_mmap_lock}
-        rerun = rerun_argv(argv, mech.name, vcpus)
+                  "trace_mmap_lock": args.trace_mmap_lock,
+                  "placement": args.placement,
+                  "cpu_map": {"vcpus": vcpu_cpu, "resolvers": resolver_cpu,
+                              "note": "planned CPU per thread, -1: unpinned"},
+                  "verify": args.verify,
+                  "min_guest_ms": args.min_guest_ms, "memory_sizing": sizing}
+        rerun = rerun_argv(argv, mech.name, vcpus, sizing["sized_mib"] if sizing else None)
         rec = resultmod.new_record(["run_bench.py", *rerun], config, machine, harness, emulated, reason)
         try:
             for i in range(args.warmup + args.repeat):

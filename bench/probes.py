@@ -50,5 +50,8 @@ def probe() -> dict:
         "kvm_caps": caps,
         "userfaultfd": uffd,
         "memslot_flag_userfault": bool(lib.fb_kvm_memslot_flag_supported(MEMSLOT_FLAG_PROPOSED) == 1),
-        "kvm_read_userfault": False,   # no capability or ioctl exists in any merged kernel
+        # nothing to probe: no kernel ever assigned KVM_READ_USERFAULT a capability
+        # or ioctl number, so there is no answer a probe could get
+        "kvm_read_userfault": "not provided by any kernel (RFC only, never merged; no "
+                              "capability or ioctl number exists)",
     }

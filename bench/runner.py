@@ -9,16 +9,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import stats
+from . import breakdown as bd
+from . import placement, stats
 from .guest import touch_loop
 from .native import ffi, lib
 
 ROLES = {0: "vcpu", 1: "reader", 2: "resolver"}
 PARTS = ["kvm_run", "lookup", "fetch", "install", "queue", "wake", "enqueue", "spin", "wait"]
-# vCPU-thread parts that, for mechanisms handling faults on the vCPU thread, cover
-# the whole fault with host clocks only: an independent check on the breakdown
-HOST_SIDE_PARTS = {"exits": ("kvm_run", "lookup", "wait", "fetch", "install"),
-                   "async": ("kvm_run", "lookup", "enqueue", "spin")}
 SEGMENTS = ["notify", "enqueue", "queue", "dispatch", "wait", "fetch", "install", "wake", "resume"]
 # what each segment is called for a mechanism (None: the mechanism has no such stamp)
 SEGMENT_NAMES = {
@@ -63,6 +60,11 @@ class Plan:
     lock_stacks: bool = True
     trace_mmap_lock: bool = True
     trace_buffer_kb: int = 16384
+    placement: str = "free"    # bench.placement.POLICIES
+    verify: str = "header"     # header | full
+    corrupt_tail_every: int = 0        # test knob: torn copies
+    misstamp_fetched_cycles: int = 0   # test knob: a late `fetched` stamp
+    tsc_khz_error_ppm: int = 0         # test knob: a wrong TSC frequency
     keep: list = field(default_factory=list)   # cffi buffers that must outlive the run
 
     @property
@@ -73,12 +75,26 @@ class Plan:
     def memory_pages(self) -> int:
         return self.workload.memory_pages(self.vcpus, self.pages_per_vcpu)
 
+    def cpu_map(self) -> tuple[list[int], list[int]]:
+        """(CPU per vCPU, CPU per resolver thread) for this plan's placement."""
+        mech = self.mechanism
+        resolvers = mech.readers_total()
+        per = max(1, resolvers // max(1, mech.uffds())) if mech.uses_uffd else resolvers
+        first = []
+        for r in range(resolvers):
+            if mech.uses_uffd and mech.uffds() > 1:
+                # resolver r serves userfaultfd r // per, whose range starts at this vCPU's partition
+                first.append((r // per) * self.vcpus // mech.uffds())
+            else:
+                first.append(r)
+        return placement.plan_cpus(self.placement, self.vcpus, resolvers, first)
+
 
 def _cfg(plan: Plan):
     rng = np.random.default_rng(plan.seed)
     table = np.ascontiguousarray(plan.workload.touches(plan.vcpus, plan.pages_per_vcpu, rng),
                                  dtype=np.uint64)
-    code = touch_loop(plan.record_latency)
+    code = touch_loop(plan.record_latency, verify_full=plan.verify == "full")
     cfg = ffi.new("struct fb_config *")
     cfg.vcpus = plan.vcpus
     cfg.mem_per_vcpu = plan.mem_per_vcpu_mib << 20
@@ -92,7 +108,19 @@ def _cfg(plan: Plan):
     cfg.corrupt_every = plan.corrupt_every
     cfg.fault_around = plan.fault_around
     cfg.fail_spawn_at = plan.fail_spawn_at
+    cfg.verify = {"header": lib.FB_VERIFY_HEADER, "full": lib.FB_VERIFY_FULL}[plan.verify]
+    cfg.corrupt_tail_every = plan.corrupt_tail_every
+    cfg.misstamp_fetched_cycles = plan.misstamp_fetched_cycles
+    cfg.tsc_khz_error_ppm = plan.tsc_khz_error_ppm
     keep = []
+    vcpu_cpu, reader_cpu = plan.cpu_map()
+    if plan.placement != "free":
+        vbuf = ffi.new("int32_t[]", vcpu_cpu)
+        rbuf = ffi.new("int32_t[]", reader_cpu or [0])
+        keep += [vbuf, rbuf]
+        cfg.vcpu_cpu = vbuf
+        cfg.reader_cpu = rbuf
+        cfg.nreader_cpu = len(reader_cpu)
     stale = plan.workload.stale_map(plan.memory_pages, np.random.default_rng([plan.seed, 1]))
     if stale is not None:
         stale_buf = ffi.from_buffer(stale)
@@ -315,43 +343,50 @@ def _clock_check(vres, vcpus: int, record_latency: bool) -> dict | None:
             "vcpus_outside": inside.count(False), "max_bracket_cycles": max(widths)}
 
 
-def _breakdown(run, mech_name: str, latency: dict | None, clock: dict | None,
-               threads: list[dict], faults: int) -> dict | None:
-    """Mean time per fault in each named segment, from the core's stamps."""
-    names = SEGMENT_NAMES.get(mech_name)
-    if not names:
-        return None
+def _fault_rows(run) -> dict:
+    n = lib.fb_run_fault_count(run)
+    rows = ffi.new("struct fb_fault_row[]", max(1, n))
+    got = lib.fb_run_fault_rows(run, rows, n)
+    return bd.rows_array(ffi.buffer(rows, got * ffi.sizeof("struct fb_fault_row")))
+
+
+def _breakdown(run, plan: Plan, clock: dict | None, threads: list[dict], vres) -> tuple:
+    """(breakdown, checks, vCPUs inside KVM_RUN at once) from the per-fault rows."""
+    names = SEGMENT_NAMES.get(plan.mechanism.name)
+    if not plan.record_latency:
+        return None, {}, None
     if not clock or not clock["guest_tsc_within_host_bracket"]:
-        return {"omitted": "the guest's TSC does not match the host's (clock check failed): "
-                           "guest and host stamps cannot be subtracted"}
-    seg = ffi.new("uint64_t[]", lib.FB_BD_SEGMENTS)
-    info = ffi.new("uint64_t[]", 6)
-    if lib.fb_run_breakdown(run, seg, info) < 0 or info[0] == 0:
+        return ({"omitted": "the guest's TSC does not match the host's (clock check failed): "
+                            "guest and host stamps cannot be subtracted"}, {}, None)
+    khz = lib.fb_run_tsc_khz(run)
+
+    def to_ns(cycles):
+        return cycles * 1e6 / khz
+    checks = {"guest_window_vs_host_clock": bd.check_guest_window(vres, plan.vcpus, to_ns)}
+    cols = _fault_rows(run)
+    seg = bd.segments(cols)
+    inside = bd.inside_kvm_run_max(cols, seg, vres, plan.vcpus,
+                                   plan.mechanism.handles_faults_on_vcpu)
+    if not names:
+        return None, checks, inside
+    resolvers = [t for t in threads if t["mono_count"]]
+    checks["segments_vs_monotonic"] = bd.check_segments_vs_monotonic(seg, resolvers, to_ns)
+    return bd.summarize(seg, names, to_ns), checks, inside
+
+
+def _sched(threads: list[dict], faults: int) -> dict | None:
+    """Run-queue wait and on-CPU time per role over the run (schedstat), per fault."""
+    if not threads or not all(t["sched_ok"] for t in threads):
         return None
-    used = info[0]
-    parts = {names[s]: seg[i] / used for i, s in enumerate(SEGMENTS) if s in names}
-    other = [s for i, s in enumerate(SEGMENTS) if s not in names and seg[i]]
-    if other:   # a stamp this mechanism should not set: report, do not hide it
-        parts.update({f"unexpected_{s}": seg[SEGMENTS.index(s)] / used for s in other})
-    total = sum(parts.values())
-    # the reference is the histogram's mean over every fault, computed apart
-    reference = latency["mean"] if latency else info[2] / used
-    out = {"parts": parts, "sum_of_parts": total,
-           "mean_fault_latency": reference,
-           "sum_vs_mean": total / reference if reference else None,
-           "faults_used": int(used), "faults_skipped": int(info[1]),
-           "faults_incomplete": int(info[4]), "faults_total": int(info[5]),
-           "faults_resumed_before_install_returned": int(info[3])}
-    host = HOST_SIDE_PARTS.get(mech_name)
-    if host and faults:
-        vcpu_threads = [t for t in threads if t["role"] == "vcpu"]
-        per_fault = {p: sum(t["parts_ns"].get(p, 0) for t in vcpu_threads) / faults for p in host}
-        out["host_clock_check"] = {
-            "parts": per_fault, "sum": sum(per_fault.values()),
-            "sum_vs_mean": sum(per_fault.values()) / reference if reference else None,
-            "note": "vCPU-thread time per fault from host clocks only (KVM_RUN round trips "
-                    "and the handling between them), against the guest-timed mean; KVM_RUN "
-                    "also holds the guest's time between faults (touches that did not fault)"}
+    out = {}
+    for role in sorted({t["role"] for t in threads}):
+        ts = [t for t in threads if t["role"] == role]
+        run_ns = sum(t["sched_run_ns"] for t in ts)
+        wait_ns = sum(t["sched_wait_ns"] for t in ts)
+        out[role] = {"on_cpu_ns": run_ns, "run_queue_wait_ns": wait_ns,
+                     "timeslices": sum(t["sched_timeslices"] for t in ts),
+                     "on_cpu_ns_per_fault": run_ns / faults if faults else None,
+                     "run_queue_wait_ns_per_fault": wait_ns / faults if faults else None}
     return out
 
 
@@ -387,6 +422,13 @@ def _collect(plan: Plan, run, table, stale) -> tuple[dict, dict]:
             "parts_count": {p: t.part_count[j] for j, p in enumerate(PARTS) if t.part_count[j]},
             "utime_ns": t.utime_ns, "stime_ns": t.stime_ns,
             "voluntary_ctxt_switches": t.nvcsw, "involuntary_ctxt_switches": t.nivcsw,
+            "sched_ok": bool(t.sched_ok), "sched_run_ns": t.sched_run_ns,
+            "sched_wait_ns": t.sched_wait_ns, "sched_timeslices": t.sched_timeslices,
+            "migrations": None if t.migrations == 0xFFFFFFFFFFFFFFFF else t.migrations,
+            "cpus_seen": [c for c in range(64) if t.cpus_seen >> c & 1],
+            "pinned_cpu": t.pinned_cpu,
+            "mono_fetch_ns": t.mono_fetch_ns, "mono_install_ns": t.mono_install_ns,
+            "mono_count": t.mono_count,
         })
     by_role = {}
     for t in threads:
@@ -407,17 +449,30 @@ def _collect(plan: Plan, run, table, stale) -> tuple[dict, dict]:
     installs = np.zeros(lib.fb_run_npages(run), dtype=np.uint32)
     lib.fb_run_page_installs(run, ffi.cast("uint32_t *", ffi.from_buffer(installs)), installs.size)
     blocked = [vres[i].blocked_ns for i in range(vcpus)]
-    # how many vCPUs really ran at once: on 2 pCPUs, hundreds of vCPU threads
-    # must all be in the guest together for a scaling number to mean anything
-    events = sorted([(vres[i].start_ns, 1) for i in range(vcpus)] +
-                    [(vres[i].end_ns, -1) for i in range(vcpus)], key=lambda e: (e[0], e[1]))
-    running = at_once = 0
-    for _, d in events:
-        running += d
-        at_once = max(at_once, running)
     fault_latency = _latency(first_hist)
-    breakdown = (_breakdown(run, plan.mechanism.name, fault_latency, clock, threads, faults)
-                 if plan.record_latency else None)
+    breakdown, checks, inside_kvm_run = _breakdown(run, plan, clock, threads, vres)
+    sched = _sched(threads, faults)
+    if sched and "vcpu" in sched and fault_latency:
+        # the kernel's accounting of the vCPU threads against the guest-timed fault
+        # latency they lived through: latency cannot exceed on-CPU + run-queue +
+        # sleeping time, and for mechanisms where the vCPU thread never sleeps
+        # (faults handled on it, no sleeping fetch delay) it is all on-CPU + wait
+        v = sched["vcpu"]
+        lat_total = fault_latency["mean"] * fault_latency["count"]
+        awake = v["on_cpu_ns"] + v["run_queue_wait_ns"]
+        checks["cpu_time_vs_latency"] = {
+            "fault_latency_total_ns": lat_total, "vcpu_on_cpu_plus_wait_ns": awake,
+            "ratio": lat_total / awake if awake else None,
+            "applies": bool(plan.mechanism.handles_faults_on_vcpu
+                            and not (plan.fetch_delay_us and plan.fetch_delay_mode == "sleep")
+                            and plan.fetch == "inline"),
+        }
+        c = checks["cpu_time_vs_latency"]
+        c["ok"] = (c["ratio"] is not None and c["ratio"] <= 1.0 + bd.CPU_TIME_SLACK) if c["applies"] else None
+    dropped = int(sum(vres[i].faults_unlogged for i in range(vcpus)))
+    unattributed = int(lib.fb_run_unattributed_faults(run))
+    exits_by_path = {name: int(sum(vres[i].exits_by_path[k] for i in range(vcpus)))
+                     for k, name in EXIT_PATHS.items() if name}
     metrics = {
         "pages": pages,
         "touches": touches,
@@ -426,14 +481,18 @@ def _collect(plan: Plan, run, table, stale) -> tuple[dict, dict]:
         "pages_copied": int(lib.fb_run_pages_copied(run)),
         "guest_seconds": guest_seconds,
         "pages_per_s": pages / guest_seconds if guest_seconds > 0 else 0.0,
-        "pages_per_s_per_vcpu": float(np.mean(pages_per_vcpu_touched / per_vcpu_s)),
+        # the selftest's definition: a vCPU's pages over the whole run's time
+        "pages_per_s_per_vcpu": float(pages_per_vcpu_touched.mean() / guest_seconds) if guest_seconds > 0 else 0.0,
+        # each vCPU's pages over its own start-to-end window, averaged
+        "pages_per_s_per_vcpu_own_window": float(np.mean(pages_per_vcpu_touched / per_vcpu_s)),
         "content_errors": content_errors,
         "fault_latency_ns": fault_latency,
         "first_touch_latency_ns": _latency(touch1_hist),
         "faults_attributed_to_vcpus": int(sum(vres[i].faults_logged for i in range(vcpus))),
-        "vcpus_running_at_once_max": at_once,
+        "vcpus_inside_kvm_run_max": inside_kvm_run,
         "vcpu_start_spread_s": float((starts.max() - starts.min()) / 1e9),
-        "faults_unattributed": int(lib.fb_run_unattributed_faults(run)),
+        "faults_unattributed": unattributed,
+        "fault_records_dropped": dropped,
         "retouch_latency_ns": _latency(re_hist),
         "pages_installed_more_than_once": int((installs > 1).sum()),
         "pages_never_installed": int((installs == 0).sum()),
@@ -442,6 +501,9 @@ def _collect(plan: Plan, run, table, stale) -> tuple[dict, dict]:
                           "per_vcpu_max": int(max(blocked)),
                           "per_vcpu_total": int(sum(blocked))} if plan.record_latency else None),
         "fault_breakdown_ns": breakdown,
+        "checks": checks,
+        "sched": sched,
+        "exits_by_path": exits_by_path if any(exits_by_path.values()) else None,
         "resolved_by_role": {r: sum(t["faults"] for t in ts) for r, ts in by_role.items()},
         "cpu_by_role": {r: {"threads": len(ts),
                             "user_ns": sum(t["utime_ns"] for t in ts),
@@ -474,7 +536,9 @@ def _collect(plan: Plan, run, table, stale) -> tuple[dict, dict]:
                    "kvm_runs": vres[i].kvm_runs, "fault_exits": vres[i].fault_exits,
                    "exitinfo_kvm": vres[i].exitinfo_kvm,
                    "exitinfo_guest_reg": vres[i].exitinfo_guest_reg,
-                   "blocked_ns": vres[i].blocked_ns} for i in range(vcpus)],
+                   "blocked_ns": vres[i].blocked_ns, "host_loop_ns": vres[i].host_loop_ns,
+                   "guest_loop_cycles": vres[i].guest_loop_cycles} for i in range(vcpus)],
+        "placement": {"policy": plan.placement, "by_role": placement.describe(threads)},
         "threads": threads,
         "fault_latency_hist": (stats.sparse_hist(first_hist.tolist())
                                if first_hist is not None else None),

@@ -160,21 +160,76 @@ int fb_spawn(struct fb_run *run, pthread_t *t, void *(*fn)(void *), void *arg,
     return 0;
 }
 
+/* schedstat: on-CPU ns, run-queue wait ns, timeslices; sched: se.nr_migrations */
+static int read_sched(uint64_t *run_ns, uint64_t *wait_ns, uint64_t *slices, uint64_t *migrations)
+{
+    char buf[4096];
+    int ok = 0;
+    FILE *f = fopen("/proc/thread-self/schedstat", "r");
+    if (f) {
+        unsigned long long a, b, c;
+        if (fscanf(f, "%llu %llu %llu", &a, &b, &c) == 3) {
+            *run_ns = a; *wait_ns = b; *slices = c;
+            ok = 1;
+        }
+        fclose(f);
+    }
+    *migrations = UINT64_MAX;
+    f = fopen("/proc/thread-self/sched", "r");
+    if (f) {
+        while (fgets(buf, sizeof(buf), f)) {
+            unsigned long long m;
+            if (sscanf(buf, "se.nr_migrations : %llu", &m) == 1) {
+                *migrations = m;
+                break;
+            }
+        }
+        fclose(f);
+    }
+    return ok;
+}
+
+void fb_thread_mark(struct fb_thread_stats *ts)
+{
+    /* baselines held in the fields; fb_thread_end turns them into deltas */
+    ts->sched_ok = read_sched(&ts->sched_run_ns, &ts->sched_wait_ns, &ts->sched_timeslices,
+                              &ts->migrations);
+    ts->cpus_seen = 0;
+    fb_note_cpu(ts);
+}
+
 void fb_thread_begin(struct fb_thread_stats *ts)
 {
     ts->tid = (int32_t)syscall(SYS_gettid);
     prctl(PR_SET_TIMERSLACK, 1UL);   /* sleeping fetch delays stay close to asked */
+    if (ts->pinned_cpu != FB_CPU_FREE) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(ts->pinned_cpu, &set);
+        /* a refused CPU would silently turn a placement into `free`: record it */
+        if (sched_setaffinity(0, sizeof(set), &set) != 0)
+            ts->pinned_cpu = -2;
+    }
+    fb_thread_mark(ts);
 }
 
 void fb_thread_end(struct fb_thread_stats *ts)
 {
     struct rusage ru;
+    fb_note_cpu(ts);
     if (getrusage(RUSAGE_THREAD, &ru) == 0) {
         ts->utime_ns = ru.ru_utime.tv_sec * 1000000000ULL + ru.ru_utime.tv_usec * 1000ULL;
         ts->stime_ns = ru.ru_stime.tv_sec * 1000000000ULL + ru.ru_stime.tv_usec * 1000ULL;
         ts->nvcsw = ru.ru_nvcsw;
         ts->nivcsw = ru.ru_nivcsw;
     }
+    uint64_t r, w, sl, m;
+    int ok = read_sched(&r, &w, &sl, &m);
+    ts->sched_ok = ts->sched_ok && ok;
+    ts->sched_run_ns = r - ts->sched_run_ns;
+    ts->sched_wait_ns = w - ts->sched_wait_ns;
+    ts->sched_timeslices = sl - ts->sched_timeslices;
+    ts->migrations = (m == UINT64_MAX || ts->migrations == UINT64_MAX) ? UINT64_MAX : m - ts->migrations;
 }
 
 /* ---------- userfaultfd helpers ---------- */
@@ -322,13 +377,23 @@ static int already_mapped(struct fb_run *run, struct fb_thread_stats *ts, uint64
     return 0;
 }
 
+void fb_fill_page(struct fb_run *run, uint8_t *dst, uint64_t p)
+{
+    uint64_t *w = (uint64_t *)dst;
+    uint64_t gpa = run->demand_gpa + p * FB_PAGE, seed = fb_page_seed(run, p);
+    w[0] = gpa;
+    w[1] = seed;
+    if (run->cfg.verify == FB_VERIFY_FULL)
+        for (uint64_t o = 16; o < FB_PAGE; o += 8)
+            w[o / 8] = gpa ^ seed ^ (o * FB_PATTERN_MUL);
+    if (run->cfg.corrupt_tail_every && p % run->cfg.corrupt_tail_every == 0)
+        w[FB_PAGE / 8 - 1] ^= 0xff;   /* a torn copy: the page's last bytes are wrong */
+}
+
 static void put_content(struct fb_run *run, uint8_t *src, uint64_t p)
 {
-    uint64_t hdr[2] = { run->demand_gpa + p * FB_PAGE, fb_page_seed(run, p) };
-    if (run->cfg.resolve == FB_RESOLVE_CONTINUE)
-        memcpy(run->alias + p * FB_PAGE, hdr, sizeof(hdr));   /* the non-faulting mapping */
-    else
-        memcpy(src, hdr, sizeof(hdr));
+    /* CONTINUE: the content goes in through the non-faulting mapping */
+    fb_fill_page(run, run->cfg.resolve == FB_RESOLVE_CONTINUE ? run->alias + p * FB_PAGE : src, p);
 }
 
 /* one UFFDIO_COPY/CONTINUE over [first, first+n) pages; returns bytes mapped
@@ -359,6 +424,8 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
                     uint64_t gpa, int dontwake, struct fb_fault *f)
 {
     f->claimed = fb_tsc();
+    f->resolver_tid = ts->tid;
+    fb_note_cpu(ts);
     if (gpa < run->demand_gpa || gpa - run->demand_gpa >= run->demand_size) {
         fb_fail(run, "fault at gpa 0x%llx outside guest memory", (unsigned long long)gpa);
         return -1;
@@ -401,6 +468,7 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
             any = 1;
         }
     }
+    uint64_t m0 = fb_now_ns();
     uint64_t t0 = fb_tsc();
     f->fetch_start = t0;
     ts->part_ns[FB_PART_WAIT] += t0 - f->claimed;
@@ -423,7 +491,8 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
             }
     }
     uint64_t t1 = fb_tsc();
-    f->fetched = t1;
+    uint64_t m1 = fb_now_ns();
+    f->fetched = t1 + run->cfg.misstamp_fetched_cycles;
     ts->part_ns[FB_PART_FETCH] += t1 - t0;
     ts->part_count[FB_PART_FETCH]++;
 
@@ -460,8 +529,12 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
                 (unsigned long long)(gpa + i * FB_PAGE), strerror((int)-got));
         return -1;
     }
+    uint64_t m2 = fb_now_ns();
     uint64_t t2 = fb_tsc();
     f->done = t2;
+    ts->mono_fetch_ns += m1 - m0;
+    ts->mono_install_ns += m2 - m1;
+    ts->mono_count++;
     ts->part_ns[FB_PART_INSTALL] += t2 - t1;
     ts->part_count[FB_PART_INSTALL]++;
     return installed_first;
@@ -698,6 +771,7 @@ static int setup_vcpu(struct fb_run *run, struct fb_vcpu *v, char *err, int errl
     int zero_fill = run->cfg.mech == FB_MECH_NONE;   /* the kernel gives zeroed pages */
     regs.r8 = zero_fill ? 0 : run->cfg.seed;
     regs.r9 = zero_fill ? 0 : ~0ULL;
+    regs.r10 = zero_fill ? 0 : FB_PATTERN_MUL;   /* --verify full: the pattern's step */
     regs.r12 = 0;
     regs.r13 = v->id;
     if (ioctl(v->fd, KVM_SET_REGS, &regs) < 0) {
@@ -706,8 +780,8 @@ static int setup_vcpu(struct fb_run *run, struct fb_vcpu *v, char *err, int errl
     }
     if (!run->tsc_khz) {
         long khz = ioctl(v->fd, KVM_GET_TSC_KHZ, 0);
-        if (khz > 0)
-            run->tsc_khz = (uint64_t)khz;
+        if (khz > 0)   /* the error knob lets tests prove the clock checks can fail */
+            run->tsc_khz = (uint64_t)((double)khz * (1.0 + run->cfg.tsc_khz_error_ppm / 1e6));
     }
     return 0;
 }
@@ -846,10 +920,10 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
         /* pre-copy left every page in the page cache: clean ones with the right
          * content, stale ones with an older version that must be fetched again */
         for (uint64_t p = 0; p < run->npages; p++) {
-            uint64_t hdr[2] = { run->demand_gpa + p * FB_PAGE,
-                                run->pstate[p] == FB_PAGE_STALE ? ~fb_page_seed(run, p)
-                                                                : fb_page_seed(run, p) };
-            memcpy(run->alias + p * FB_PAGE, hdr, sizeof(hdr));
+            uint64_t *w = (uint64_t *)(run->alias + p * FB_PAGE);
+            fb_fill_page(run, run->alias + p * FB_PAGE, p);
+            if (run->pstate[p] == FB_PAGE_STALE)
+                w[1] = ~w[1];   /* an older version: its seed word is wrong */
         }
     }
     run->page_installs = calloc(run->npages, sizeof(uint32_t));
@@ -929,6 +1003,7 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
         run->vcpus[i].ts = &run->stats[i];
         run->stats[i].role = FB_ROLE_VCPU;
         run->stats[i].index = i;
+        run->stats[i].pinned_cpu = cfg->vcpu_cpu ? cfg->vcpu_cpu[i] : FB_CPU_FREE;
         run->stats[i].uffd_index = -1;
     }
     if (run->nreaders) {
@@ -945,6 +1020,7 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
             r->ts = &run->stats[cfg->vcpus + i];
             r->ts->role = cfg->mech == FB_MECH_ASYNC ? FB_ROLE_RESOLVER : FB_ROLE_READER;
             r->ts->index = i;
+            r->ts->pinned_cpu = (uint32_t)i < cfg->nreader_cpu ? cfg->reader_cpu[i] : FB_CPU_FREE;
             r->uffd_index = cfg->mech == FB_MECH_UFFD ? i / cfg->readers : 0;
             r->ts->uffd_index = r->uffd_index;
             r->src_page = aligned_alloc(FB_PAGE, src_bytes);
@@ -977,6 +1053,7 @@ static void *vcpu_thread(void *arg)
     atomic_fetch_add(&run->gate_ready, 1);
     futex(&run->gate_ready, FUTEX_WAKE_PRIVATE, 1);
     gate_wait(run);
+    fb_thread_mark(ts);
     v->res.start_ns = fb_now_ns();
     while (!atomic_load_explicit(&run->stop, memory_order_relaxed)) {
         kr->kvm_valid_regs = KVM_SYNC_X86_REGS;
@@ -986,6 +1063,7 @@ static void *vcpu_thread(void *arg)
         int e = errno;
         uint64_t t1 = fb_tsc();
         v->res.kvm_runs++;
+        fb_note_cpu(ts);
         if (rc < 0) {
             if (e == EINTR || e == EAGAIN)
                 continue;
@@ -997,11 +1075,13 @@ static void *vcpu_thread(void *arg)
                     /* the kernel filled kvm_run.memory_fault {flags, gpa, size} */
                     gpa = *(uint64_t *)((uint8_t *)kr + FB_KVM_RUN_MEMFAULT_OFFSET + 8);
                     v->res.exitinfo_kvm++;
+                    v->res.exits_by_path[FB_EXITINFO_KVM]++;
                     run->exit_path = FB_EXITINFO_KVM;
                 } else {
                     /* the guest's touch instructions address the page through rbx */
                     gpa = kr->s.regs.regs.rbx & ~(FB_PAGE - 1);
                     v->res.exitinfo_guest_reg++;
+                    v->res.exits_by_path[FB_EXITINFO_GUEST_REG]++;
                     if (run->exit_path != FB_EXITINFO_KVM)
                         run->exit_path = FB_EXITINFO_GUEST_REG;
                 }
@@ -1024,10 +1104,13 @@ static void *vcpu_thread(void *arg)
             v->res.tsc_host_before = t0;
             v->res.tsc_guest = kr->s.regs.regs.rax;
             v->res.tsc_host_after = t1;
+            v->loop_start_ns = fb_now_ns();
             continue;
         }
         if (kr->exit_reason == KVM_EXIT_IO && kr->io.port == FB_PORT_DONE) {
             v->res.end_ns = fb_now_ns();
+            if (v->loop_start_ns)
+                v->res.host_loop_ns = v->res.end_ns - v->loop_start_ns;
             v->res.content_errors = kr->s.regs.regs.r12;
             v->res.touches = (kr->s.regs.regs.rsi - v->tsc_table) / 8;
             break;
@@ -1316,6 +1399,8 @@ int fb_run_vcpu_results(struct fb_run *run, struct fb_vcpu_result *out)
                 if (tv_faulted(&tv, t))
                     sum += tv.times[2 * t + 1] - tv.times[2 * t];
         out[i].blocked_ns = fb_tsc_to_ns(run, sum);
+        out[i].guest_loop_cycles = run->cfg.record_latency && tv.n
+                                 ? tv.times[2 * (tv.n - 1) + 1] - tv.times[0] : 0;
     }
     return run->cfg.vcpus;
 }
@@ -1413,69 +1498,40 @@ int fb_run_latency_hist(struct fb_run *run, int vcpu, int which,
 
 /* ---------- breakdown and blocktime ---------- */
 
-int fb_run_breakdown(struct fb_run *run, uint64_t *seg_ns, uint64_t *info)
+uint64_t fb_run_fault_count(struct fb_run *run)
 {
-    uint64_t seg[FB_BD_SEGMENTS] = { 0 };
-    uint64_t used = 0, skipped = 0, total = 0, overlapped = 0, incomplete = 0, all = 0;
-    if (!run->cfg.record_latency)
-        return -1;
+    uint64_t n = 0;
     for (uint32_t i = 0; i < run->cfg.vcpus; i++) {
         struct touch_view tv = touches_of(run, &run->vcpus[i]);
-        for (uint64_t t = 0; t < tv.n; t++) {
+        for (uint64_t t = 0; t < tv.n; t++)
+            n += tv_faulted(&tv, t);
+    }
+    return n;
+}
+
+uint64_t fb_run_fault_rows(struct fb_run *run, struct fb_fault_row *out, uint64_t max)
+{
+    uint64_t n = 0;
+    if (!run->cfg.record_latency)
+        return 0;
+    for (uint32_t i = 0; i < run->cfg.vcpus && n < max; i++) {
+        struct touch_view tv = touches_of(run, &run->vcpus[i]);
+        for (uint64_t t = 0; t < tv.n && n < max; t++) {
             if (!tv_faulted(&tv, t))
                 continue;
-            all++;
             const struct fb_fault *f = &tv.log[tv.fault_idx[t]];
-            uint64_t g0 = tv.times[2 * t], g1 = tv.times[2 * t + 1];
-            if (!f->notify || !f->claimed || !f->fetch_start || !f->fetched || !f->done) {
-                incomplete++;   /* e.g. the run stopped inside this fault */
-                continue;
-            }
-            /* the chain of stamps this mechanism fills, in order */
-            uint64_t chain[FB_BD_SEGMENTS + 1];
-            int idx[FB_BD_SEGMENTS + 1];
-            int n = 0;
-            chain[n] = g0; idx[n++] = -1;
-            chain[n] = f->notify; idx[n++] = FB_BD_NOTIFY;
-            if (f->enqueued) { chain[n] = f->enqueued; idx[n++] = FB_BD_ENQUEUE; }
-            if (f->popped) { chain[n] = f->popped; idx[n++] = FB_BD_QUEUE; }
-            chain[n] = f->claimed; idx[n++] = FB_BD_DISPATCH;
-            chain[n] = f->fetch_start; idx[n++] = FB_BD_WAIT;
-            chain[n] = f->fetched; idx[n++] = FB_BD_FETCH;
-            chain[n] = f->done; idx[n++] = FB_BD_INSTALL;
-            if (f->resumed) { chain[n] = f->resumed; idx[n++] = FB_BD_WAKE; }
-            chain[n] = g1; idx[n++] = FB_BD_RESUME;
-            /* a woken vCPU may run again before the resolver's install ioctl
-             * returns: such a stamp lies past the guest's end and is cut there */
-            int ordered = 1, cut = 0;
-            for (int k = 1; k < n - 1; k++)
-                if (chain[k] > g1) {
-                    chain[k] = g1;
-                    cut = 1;
-                }
-            for (int k = 1; k < n; k++)
-                if (chain[k] < chain[k - 1])
-                    ordered = 0;
-            if (!ordered) {
-                skipped++;
-                continue;
-            }
-            overlapped += cut;
-            for (int k = 1; k < n; k++)
-                seg[idx[k]] += chain[k] - chain[k - 1];
-            total += g1 - g0;
-            used++;
+            struct fb_fault_row *r = &out[n++];
+            r->vcpu = (int32_t)i;
+            r->vcpu_tid = run->vcpus[i].ts->tid;
+            r->resolver_tid = f->resolver_tid;
+            r->complete = f->notify && f->claimed && f->fetch_start && f->fetched && f->done;
+            uint64_t st[FB_STAMPS] = { tv.times[2 * t], f->notify, f->enqueued, f->popped,
+                                       f->claimed, f->fetch_start, f->fetched, f->done,
+                                       f->resumed, tv.times[2 * t + 1], 0 };
+            memcpy(r->stamp, st, sizeof(st));
         }
     }
-    for (int k = 0; k < FB_BD_SEGMENTS; k++)
-        seg_ns[k] = fb_tsc_to_ns(run, seg[k]);
-    info[0] = used;
-    info[1] = skipped;
-    info[2] = fb_tsc_to_ns(run, total);
-    info[3] = overlapped;
-    info[4] = incomplete;
-    info[5] = all;
-    return 0;
+    return n;
 }
 
 struct fb_event { uint64_t tsc; int64_t delta; };

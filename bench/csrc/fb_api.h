@@ -5,7 +5,7 @@
  * Bump FB_API_VERSION whenever a struct below changes: bench/_native_check.py
  * compares it with the Python side so a stale build is refused at import.
  */
-#define FB_API_VERSION 10
+#define FB_API_VERSION 11
 
 /* mechanisms implemented by the core (bench/csrc/mech_*.c) */
 #define FB_MECH_NONE     0
@@ -20,6 +20,15 @@
 
 #define FB_RESOLVE_COPY     0
 #define FB_RESOLVE_CONTINUE 1
+
+/* thread placement (the CPUs themselves are planned in Python: fb_config.*_cpu) */
+#define FB_CPU_FREE -1          /* no affinity: the scheduler decides */
+
+/* content verification by the guest on every check */
+#define FB_VERIFY_HEADER 0      /* the first 16 bytes: gpa and seed */
+#define FB_VERIFY_FULL   1      /* every 8-byte word but offset 64 (the guest's own write) */
+/* the pattern word at byte offset o of a page: (gpa & mask) ^ seed ^ (o * FB_PATTERN_MUL) */
+#define FB_PATTERN_MUL 0x9E3779B97F4A7C15
 
 #define FB_DELAY_SPIN  0
 #define FB_DELAY_SLEEP 1
@@ -93,6 +102,13 @@ struct fb_config {
     uint32_t fail_spawn_at;     /* test knob: the Nth thread creation fails (0: never) */
     const uint8_t *stale_map;   /* precopy-stale: 1 per page to fetch; NULL: every page */
     uint64_t bitmap_delay_ns;   /* precopy-stale: when the final dirty bitmap arrives */
+    const int32_t *vcpu_cpu;    /* per vCPU: the CPU it is pinned to, or FB_CPU_FREE; NULL: all free */
+    const int32_t *reader_cpu;  /* per reader/resolver thread, the same */
+    uint32_t nreader_cpu;
+    uint32_t verify;            /* FB_VERIFY_* */
+    uint64_t corrupt_tail_every;/* test knob: every Nth page gets its last 8 bytes wrong (a torn copy) */
+    uint64_t misstamp_fetched_cycles; /* test knob: the `fetched` stamp is taken this much late */
+    int32_t tsc_khz_error_ppm;  /* test knob: the TSC frequency used for conversion is off by this */
 };
 
 #define FB_MAX_FAULT_AROUND 512
@@ -111,6 +127,11 @@ struct fb_vcpu_result {
     uint64_t faults_unlogged;   /* attributed, but the log was full */
     /* the guest's rdtsc at start, bracketed by the host's: do they share a clock? */
     uint64_t tsc_host_before, tsc_guest, tsc_host_after;
+    /* host clock (CLOCK_MONOTONIC, not the TSC stamps): from the return of the
+     * guest's start-up exit to its completion exit, which brackets its touch loop */
+    uint64_t host_loop_ns;
+    uint64_t guest_loop_cycles; /* the guest's own stamps: first touch start to last touch end */
+    uint64_t exits_by_path[3];  /* FB_EXITINFO_*: how each fault exit's address was learned */
 };
 
 struct fb_thread_stats {
@@ -128,6 +149,20 @@ struct fb_thread_stats {
     uint64_t stime_ns;
     uint64_t nvcsw;
     uint64_t nivcsw;
+    /* the scheduler's view over the thread's measured window (vCPUs: from the
+     * start gate), /proc/thread-self/schedstat and .../sched before and after */
+    uint64_t sched_run_ns;      /* on a CPU */
+    uint64_t sched_wait_ns;     /* runnable, waiting on a run queue */
+    uint64_t sched_timeslices;
+    uint64_t migrations;        /* se.nr_migrations; UINT64_MAX when unreadable */
+    uint64_t cpus_seen;         /* bit c: the thread was seen on CPU c (sampled per fault) */
+    int32_t pinned_cpu;         /* FB_CPU_FREE or the CPU its affinity holds it to */
+    int32_t sched_ok;           /* 1: the schedstat fields are valid */
+    /* CLOCK_MONOTONIC sums around the fetch and the install ioctl: the same work
+     * as the fetch/install segments, timed by a clock that shares no stamp with them */
+    uint64_t mono_fetch_ns;
+    uint64_t mono_install_ns;
+    uint64_t mono_count;
 };
 
 /* a userspace lock of the harness: counts what contention it sees */
@@ -167,12 +202,20 @@ int fb_run_exit_path(struct fb_run *run);
  * which: FB_TOUCH_FIRST selects first touches, 0 selects re-touches. */
 int fb_run_latency_hist(struct fb_run *run, int vcpu, int which,
                         uint64_t *loglin, uint64_t *log2_us);
-/* per-fault breakdown: seg_ns[FB_BD_SEGMENTS] sums; info[0] faults used,
- * info[1] faults skipped (stamps out of order), info[2] sum of the used faults'
- * guest-timed latency (ns), info[3] faults whose vCPU ran again before the
- * install ioctl returned, info[4] faults with a stamp missing, info[5] faulted
- * touches in all (the denominator: nothing is dropped silently) */
-int fb_run_breakdown(struct fb_run *run, uint64_t *seg_ns, uint64_t *info);
+/* one fault as its vCPU took it: the guest's stamps around the touch and the
+ * host's stamps on its way (raw TSC, 0 where the mechanism sets none); the
+ * breakdown, its medians and its CPU-wait shares are computed from these rows */
+#define FB_STAMPS 11            /* g0, notify, enqueued, popped, claimed, fetch_start,
+                                   fetched, done, resumed, g1 (and one spare: 0) */
+struct fb_fault_row {
+    int32_t vcpu;
+    int32_t vcpu_tid;
+    int32_t resolver_tid;       /* the thread that fetched and installed it (0: unknown) */
+    int32_t complete;           /* every stamp the chain needs is set */
+    uint64_t stamp[FB_STAMPS];
+};
+uint64_t fb_run_fault_count(struct fb_run *run);   /* faulted touches (rows available) */
+uint64_t fb_run_fault_rows(struct fb_run *run, struct fb_fault_row *out, uint64_t max);
 /* time during which every vCPU was blocked in a fault at once (ns) */
 uint64_t fb_run_blocktime_all(struct fb_run *run);
 /* how often each page of guest memory was installed */

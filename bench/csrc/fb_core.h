@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <linux/kvm.h>
 #include <linux/userfaultfd.h>
@@ -52,6 +53,7 @@ struct fb_fault {
     uint64_t fetched;     /* content in place, install ioctl starts */
     uint64_t done;        /* install ioctl returned (or the page was found mapped) */
     uint64_t resumed;     /* async: vCPU saw the bit clear */
+    int32_t resolver_tid; /* who fetched and installed it */
 };
 
 struct fb_vcpu {
@@ -70,6 +72,7 @@ struct fb_vcpu {
     uint64_t fault_log_cap;
     atomic_uint_fast64_t fault_log_n;
     int64_t *fault_idx;         /* per touch: its fault in the log, or -1 (after the run) */
+    uint64_t loop_start_ns;     /* CLOCK_MONOTONIC when the start-up exit returned */
 };
 
 struct fb_reader {
@@ -171,6 +174,17 @@ int fb_spawn(struct fb_run *run, pthread_t *t, void *(*fn)(void *), void *arg,
              char *err, int errlen);
 void fb_thread_begin(struct fb_thread_stats *ts);
 void fb_thread_end(struct fb_thread_stats *ts);
+/* restart the thread's scheduler window (vCPUs: once through the start gate) */
+void fb_thread_mark(struct fb_thread_stats *ts);
+/* note the CPU the calling thread is on (cheap: vDSO getcpu) */
+static inline void fb_note_cpu(struct fb_thread_stats *ts)
+{
+    int c = sched_getcpu();
+    if (c >= 0)
+        ts->cpus_seen |= 1ULL << (c & 63);
+}
+/* write page p's content (header, and the full pattern with --verify full) to dst */
+void fb_fill_page(struct fb_run *run, uint8_t *dst, uint64_t p);
 int fb_uffd_open(struct fb_run *run, uint64_t features, int nonblock, char *err, int errlen);
 int fb_uffd_register_all(struct fb_run *run, int nuffds, uint64_t features, int nonblock,
                          char *err, int errlen);

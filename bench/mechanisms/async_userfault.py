@@ -8,6 +8,16 @@ class AsyncUserfault(Mechanism):
                "bit; --readers resolver threads pop, install and clear the bit")
     c_mech = 4
     options = ("readers", "resolve")
+    handles_faults_on_vcpu = True
+    kernel_path = (
+        "EMULATED. The real part: the `exits` path (shadow page fault -> get_user_pages -> "
+        "handle_userfault under mmap_lock -> VM_FAULT_SIGBUS -> KVM_RUN returns -EFAULT, one "
+        "real exit per fault). Then in userspace on the vCPU thread: the gfn is pushed on one "
+        "list under a userspace test-and-test-and-set lock, an eventfd is written, and the "
+        "thread busy-waits on the gfn's bit; resolvers pop, install (UFFDIO_COPY/CONTINUE + "
+        "DONTWAKE) and clear the bit. Costs the emulation adds over the RFC: a real KVM_RUN "
+        "exit and re-entry per fault (the RFC waits inside the kernel), and a userspace lock "
+        "where the RFC takes a kernel spinlock")
 
     def readers_total(self):
         return self.readers()

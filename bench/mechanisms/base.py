@@ -10,6 +10,10 @@ class Mechanism:
     summary = ""
     c_mech = -1                  # FB_MECH_* in csrc/fb_api.h
     uses_uffd = True
+    #: faults come back to the vCPU thread (KVM_RUN returns), which handles them itself
+    handles_faults_on_vcpu = False
+    #: the kernel path one fault takes on this kernel, exactly (recorded in every result)
+    kernel_path = ""
     #: common options that mean something for this mechanism
     options: tuple[str, ...] = ()
 
@@ -65,6 +69,7 @@ class Mechanism:
         if "wait" in self.options:
             cfg["wait"] = self.wait()
         cfg["resolve"] = self.resolve() if self.uses_uffd else None
+        cfg["kernel_path"] = self.kernel_path
         return cfg
 
     def c_fields(self) -> dict:

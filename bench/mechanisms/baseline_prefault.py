@@ -6,3 +6,6 @@ class Prefault(Mechanism):
     summary = "every page written before the guest starts: no faults, the guest loop alone"
     c_mech = 1
     uses_uffd = False
+    kernel_path = ("no fault on guest memory: every page is present before the guest starts; "
+                   "on this PVM host each first touch still fills the shadow MMU from the "
+                   "present host page")

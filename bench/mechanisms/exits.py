@@ -7,6 +7,16 @@ class Exits(Mechanism):
                "fetches, installs with DONTWAKE and re-enters (no shared wait queue)")
     c_mech = 3
     options = ("resolve",)
+    handles_faults_on_vcpu = True
+    kernel_path = (
+        "shadow page fault (PVM) -> hva_to_pfn -> get_user_pages -> handle_userfault under "
+        "mmap_lock (read), which with UFFD_FEATURE_SIGBUS returns VM_FAULT_SIGBUS at once (no "
+        "wait queue): KVM_RUN returns -EFAULT; the address comes from kvm_run.memory_fault "
+        "when the kernel fills it, else from the guest's rbx; the vCPU thread installs with "
+        "UFFDIO_COPY/CONTINUE + MODE_DONTWAKE and re-enters KVM_RUN. A kernel with a KVM-side "
+        "userfault bitmap (KVM_MEM_USERFAULT) or KVM_MEM_EXIT_ON_MISSING would exit before "
+        "get_user_pages and skip handle_userfault and mmap_lock: that work is in these numbers "
+        "and would not be there")
 
     def config(self):
         cfg = super().config()

@@ -7,6 +7,12 @@ class Uffd(Mechanism):
                "--readers threads (--wait poll|epoll|read) resolve with UFFDIO_COPY or CONTINUE")
     c_mech = 2
     options = ("readers", "wait", "resolve")
+    kernel_path = (
+        "shadow page fault (PVM) -> hva_to_pfn -> get_user_pages -> handle_userfault under "
+        "mmap_lock (read): the vCPU thread is queued on the userfaultfd's pending wait queue "
+        "and sleeps in KVM_RUN; a reader wakes from poll/epoll/read, reads the message, installs "
+        "with UFFDIO_COPY (MISSING) or UFFDIO_CONTINUE (MINOR), and the install wakes the "
+        "waiters on that address (a walk of the fault wait queue under its spinlock)")
 
     def readers_total(self):
         return self.uffds() * self.readers()
