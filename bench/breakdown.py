@@ -33,7 +33,7 @@ OPTIONAL_STAMPS = {"enqueued", "popped", "resumed"}
 HOST_WINDOW_MIN_FILL = 0.90     # guest loop / host loop window, aggregate over vCPUs
 HOST_WINDOW_MAX_OVER = 1.002    # the guest window cannot exceed the host's (0.2%: clock rounding)
 MONO_TOLERANCE = 0.05           # |segment - monotonic| / mean latency
-CPU_TIME_SLACK = 0.02          # fault latency / (on-CPU + run-queue wait) of the vCPU threads
+CPU_TIME_SLACK = 0.005         # fault latency / (on-CPU + run-queue wait) of the vCPU threads
 MONO_SLACK_NS = 500.0           # per fault: clock reads sit a few instructions apart
 
 

@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     # test knobs: each proves a check can fail
     o.add_argument("--corrupt-every", type=int, default=0, help=argparse.SUPPRESS)       # content check
     o.add_argument("--corrupt-tail-every", type=int, default=0, help=argparse.SUPPRESS)  # torn copies
-    o.add_argument("--misstamp-fetched-cycles", type=int, default=0, help=argparse.SUPPRESS)
+    o.add_argument("--misstamp-fetched-ns", type=int, default=0, help=argparse.SUPPRESS)
     o.add_argument("--tsc-khz-error-ppm", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
@@ -510,7 +510,7 @@ def plan_for(args, mech, workload, vcpus: int, **overrides):
               fault_around=args.fault_around, fetch=args.fetch,
               placement=args.placement, verify=args.verify,
               corrupt_tail_every=args.corrupt_tail_every,
-              misstamp_fetched_cycles=args.misstamp_fetched_cycles,
+              misstamp_fetched_ns=args.misstamp_fetched_ns,
               tsc_khz_error_ppm=args.tsc_khz_error_ppm,
               worker={"threads": args.worker_threads, "batch": args.worker_batch,
                       "service": service_of(args)})

@@ -27,7 +27,7 @@ from typing import Callable
 
 from . import stats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Metrics that decide whether a result can be trusted: their spread is checked.
 MAIN_METRICS = ("pages_per_s", "fault_latency_ns.p50", "fault_latency_ns.p99")
@@ -97,7 +97,8 @@ def _numeric_leaves(metrics: dict, prefix: str = "") -> dict[str, float]:
     return leaves
 
 
-_RATIO_NAMES = {"sum_vs_mean", "overhead_ratio", "cv", "mean_batch"}
+_RATIO_NAMES = {"overhead_ratio", "cv", "mean_batch", "fill", "ratio", "max_vcpu_ratio",
+                "fill_min", "vcpu_ratio_max"}
 # words that make a leaf a count: "faults_used", "kernel_locks.contentions", "..._switches"
 _COUNT_WORDS = ("count", "faults", "contentions", "acquisitions", "contended", "threads",
                 "requests", "batches", "touches", "pages", "switches", "lost", "lines", "waits",
@@ -368,7 +369,36 @@ def update_to_1(record: dict) -> dict:
     return record
 
 
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: update_to_1}
+def update_to_2(record: dict) -> dict:
+    """Version 2 (issue 7): `pages_per_s_per_vcpu` takes the KVM selftest's
+    definition (a vCPU's pages over the whole run's time); the old per-vCPU-window
+    mean keeps its value as `pages_per_s_per_vcpu_own_window`. The tautological
+    breakdown self-checks (`sum_vs_mean`, `host_clock_check`) are dropped, and
+    `vcpus_running_at_once_max`, which only counted overlapping start-end windows,
+    is renamed to what it measured."""
+    for kind in ("runs", "warmups", "traced_runs"):
+        for run in record.get(kind) or []:
+            m = run.get("metrics") if isinstance(run, dict) else None
+            if not isinstance(m, dict):
+                continue
+            if "pages_per_s_per_vcpu" in m:
+                m["pages_per_s_per_vcpu_own_window"] = m.pop("pages_per_s_per_vcpu")
+                vcpus = (record.get("config") or {}).get("vcpus")
+                secs, pages = m.get("guest_seconds"), m.get("pages")
+                if _is_number(vcpus) and _is_number(secs) and _is_number(pages) and vcpus and secs:
+                    m["pages_per_s_per_vcpu"] = pages / vcpus / secs
+            if "vcpus_running_at_once_max" in m:
+                m["vcpu_windows_overlapping_max"] = m.pop("vcpus_running_at_once_max")
+            bd = m.get("fault_breakdown_ns")
+            if isinstance(bd, dict):
+                for key in ("sum_of_parts", "sum_vs_mean", "host_clock_check"):
+                    bd.pop(key, None)
+    if isinstance(record.get("runs"), list) and isinstance(record.get("warnings"), list):
+        finalize(record)
+    return record
+
+
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: update_to_1, 2: update_to_2}
 
 
 def migrate(record: dict) -> dict:

@@ -63,7 +63,7 @@ class Plan:
     placement: str = "free"    # bench.placement.POLICIES
     verify: str = "header"     # header | full
     corrupt_tail_every: int = 0        # test knob: torn copies
-    misstamp_fetched_cycles: int = 0   # test knob: a late `fetched` stamp
+    misstamp_fetched_ns: int = 0   # test knob: a late `fetched` stamp
     tsc_khz_error_ppm: int = 0         # test knob: a wrong TSC frequency
     keep: list = field(default_factory=list)   # cffi buffers that must outlive the run
 
@@ -110,7 +110,7 @@ def _cfg(plan: Plan):
     cfg.fail_spawn_at = plan.fail_spawn_at
     cfg.verify = {"header": lib.FB_VERIFY_HEADER, "full": lib.FB_VERIFY_FULL}[plan.verify]
     cfg.corrupt_tail_every = plan.corrupt_tail_every
-    cfg.misstamp_fetched_cycles = plan.misstamp_fetched_cycles
+    cfg.misstamp_fetched_ns = plan.misstamp_fetched_ns
     cfg.tsc_khz_error_ppm = plan.tsc_khz_error_ppm
     keep = []
     vcpu_cpu, reader_cpu = plan.cpu_map()
@@ -458,7 +458,7 @@ def _collect(plan: Plan, run, table, stale) -> tuple[dict, dict]:
         # sleeping time, and for mechanisms where the vCPU thread never sleeps
         # (faults handled on it, no sleeping fetch delay) it is all on-CPU + wait
         v = sched["vcpu"]
-        lat_total = fault_latency["mean"] * fault_latency["count"]
+        lat_total = float(sum(vres[i].blocked_ns for i in range(vcpus)))   # exact, not binned
         awake = v["on_cpu_ns"] + v["run_queue_wait_ns"]
         checks["cpu_time_vs_latency"] = {
             "fault_latency_total_ns": lat_total, "vcpu_on_cpu_plus_wait_ns": awake,

@@ -71,12 +71,20 @@ def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
     assert rec["runs"][0]["raw"]["clock_check"]["guest_tsc_within_host_bracket"]
     assert bd["faults_used"] + bd["faults_skipped"] == m["faults"]
     assert bd["faults_used"] > 0.9 * m["faults"]
-    # the parts partition each fault; the reference mean comes from the histogram
-    assert abs(bd["sum_of_parts"] / bd["mean_fault_latency"] - 1) < 0.10
     assert all(v >= 0 for v in bd["parts"].values())
+    assert set(bd["parts_median"]) <= set(bd["parts"])
+    # the independent checks (each has a test that makes it fail: test_checks.py)
+    checks = m["checks"]
+    assert checks["guest_window_vs_host_clock"]["ok"], checks
+    assert checks["segments_vs_monotonic"]["comparable"] and checks["segments_vs_monotonic"]["ok"], checks
     if mech == "exits":
-        # independent: host clocks alone on the vCPU thread, against the guest's timing
-        assert abs(bd["host_clock_check"]["sum_vs_mean"] - 1) < 0.10
+        assert checks["cpu_time_vs_latency"]["applies"] and checks["cpu_time_vs_latency"]["ok"], checks
+    sched = m["sched"]
+    assert sched["vcpu"]["on_cpu_ns"] > 0 and sched["vcpu"]["run_queue_wait_ns"] > 0   # 64 on 2 CPUs
+    if mech == "uffd":
+        assert m["vcpus_inside_kvm_run_max"] == 64   # asleep in the kernel counts as inside
+    assert 1 <= m["vcpus_inside_kvm_run_max"] <= 64
+    assert m["fault_records_dropped"] == 0 and m["faults_unattributed"] == 0
     assert 0 < rec["tracing"]["overhead_ratio"] < 10
 
 

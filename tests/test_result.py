@@ -65,7 +65,7 @@ def test_metric_units():
     # leaves name their own unit; only unit-less statistics inherit the parent's
     assert result.metric_unit("fault_latency_ns.count") == "count"
     assert result.metric_unit("fault_latency_ns.p99_9") == "ns"
-    assert result.metric_unit("fault_breakdown_ns.sum_vs_mean") == "ratio"
+    assert result.metric_unit("checks.cpu_time_vs_latency.ratio") == "ratio"
     assert result.metric_unit("fault_breakdown_ns.parts.install_ioctl") == "ns"
     assert result.metric_unit("kernel_locks.wait_ns_total") == "ns"
     assert result.metric_unit("worker.copied_bytes") == "bytes"

@@ -160,16 +160,22 @@ int fb_spawn(struct fb_run *run, pthread_t *t, void *(*fn)(void *), void *arg,
     return 0;
 }
 
-/* schedstat: on-CPU ns, run-queue wait ns, timeslices; sched: se.nr_migrations */
+/* the calling thread's on-CPU ns (CLOCK_THREAD_CPUTIME_ID: exact, where
+ * schedstat's first field lags by up to a tick), run-queue wait ns and
+ * timeslices (schedstat: wait is accounted at each switch-in, so it is current
+ * while the thread runs), and se.nr_migrations (sched) */
 static int read_sched(uint64_t *run_ns, uint64_t *wait_ns, uint64_t *slices, uint64_t *migrations)
 {
     char buf[4096];
     int ok = 0;
+    struct timespec ts;
     FILE *f = fopen("/proc/thread-self/schedstat", "r");
     if (f) {
         unsigned long long a, b, c;
-        if (fscanf(f, "%llu %llu %llu", &a, &b, &c) == 3) {
-            *run_ns = a; *wait_ns = b; *slices = c;
+        if (fscanf(f, "%llu %llu %llu", &a, &b, &c) == 3 &&
+            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) {
+            *run_ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+            *wait_ns = b; *slices = c;
             ok = 1;
         }
         fclose(f);
@@ -492,7 +498,7 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
     }
     uint64_t t1 = fb_tsc();
     uint64_t m1 = fb_now_ns();
-    f->fetched = t1 + run->cfg.misstamp_fetched_cycles;
+    f->fetched = t1 + (uint64_t)(run->cfg.misstamp_fetched_ns * (int64_t)run->tsc_khz / 1000000);
     ts->part_ns[FB_PART_FETCH] += t1 - t0;
     ts->part_count[FB_PART_FETCH]++;
 

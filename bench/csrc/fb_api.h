@@ -107,7 +107,7 @@ struct fb_config {
     uint32_t nreader_cpu;
     uint32_t verify;            /* FB_VERIFY_* */
     uint64_t corrupt_tail_every;/* test knob: every Nth page gets its last 8 bytes wrong (a torn copy) */
-    uint64_t misstamp_fetched_cycles; /* test knob: the `fetched` stamp is taken this much late */
+    int64_t misstamp_fetched_ns;/* test knob: the `fetched` stamp is off by this much (signed) */
     int32_t tsc_khz_error_ppm;  /* test knob: the TSC frequency used for conversion is off by this */
 };
 
