@@ -298,7 +298,8 @@ def trace_runs(plan, rec: dict, runs: int, buffer_mb: int) -> None:
     import dataclasses
     import statistics
     from .runner import execute
-    traced = dataclasses.replace(plan, trace_locks=True, trace_buffer_kb=buffer_mb * 1024)
+    traced = dataclasses.replace(plan, trace_locks=True, trace_sched=True,
+                                 trace_buffer_kb=buffer_mb * 1024)
     rec["traced_runs"] = []
     for _ in range(runs):
         metrics, raw = execute(traced)
@@ -422,6 +423,20 @@ def _print_cost_and_wait(rec: dict, med) -> None:
               f"breakdown medians: " + ", ".join(
                   f"{k.rsplit('.', 1)[1]} {med(k) / 1000:.1f}" for k in sorted(s)
                   if k.startswith("fault_breakdown_ns.parts_median.") and med(k)))
+    for r in rec.get("traced_runs", [])[:1]:
+        split = (r["metrics"].get("fault_breakdown_ns") or {}).get("sched_split")
+        if not split:
+            continue
+        parts = split["parts"]
+        total = sum(p["total_ns"] for p in parts.values())
+        wait = sum(p["cpu_wait_ns"] for p in parts.values())
+        on = sum(p["on_cpu_ns"] for p in parts.values())
+        print(f"Traced run, per fault (us): latency {total / 1000:.1f} = on CPU {on / 1000:.1f} + CPU wait "
+              f"{wait / 1000:.1f} + asleep/blocked {(total - on - wait) / 1000:.1f}; "
+              f"vCPUs on a CPU at once: at most {split['vcpus_on_cpu_at_once_max']}")
+        print("   by segment (total/wait): " + ", ".join(
+            f"{name} {p['total_ns'] / 1000:.1f}/{p['cpu_wait_ns'] / 1000:.1f}" for name, p in parts.items()
+            if p["total_ns"] >= 50))
     pl = rec["runs"][0]["raw"].get("placement") if rec["runs"] else None
     if pl:
         seen = "; ".join(f"{role}: CPUs {','.join(map(str, d['cpus_seen']))}, "

@@ -460,6 +460,9 @@ class _Kallsyms:
 # ----------------------------------------------------------------------------- tracer
 
 class LockTracer:
+    #: the instance's trace clock: ns since boot, the same on all CPUs
+    CLOCK = "mono"
+
     def __init__(self, name_prefix="faultbench", top=5, buffer_kb=16384, stacks=True,
                  pids=None, mmap_lock=True):
         # stacks=False drops the stacktrace trigger (about 3 us per contention here,
@@ -532,10 +535,7 @@ class LockTracer:
                 self._holds_mount = True
                 self._undo.append(self._release_mount)
         top = TRACEFS
-        for ev in LOCK_EVENTS:
-            if not os.path.isdir(os.path.join(top, "events", "lock", ev)):
-                raise TraceUnavailable(f"tracefs lock:{ev} event not available: "
-                                       f"no {top}/events/lock/{ev}")
+        self._check_events(top)
         self.instance = f"{self.name_prefix}-{os.getpid()}-{next(_counter)}"
         path = os.path.join(top, "instances", self.instance)
         try:
@@ -550,9 +550,10 @@ class LockTracer:
         self._undo.append(lambda: self._w("tracing_on", "0"))
         self._w("buffer_size_kb", str(int(self.buffer_kb)))
         try:
-            self._w("trace_clock", "mono")   # ns since boot, same on all CPUs
+            self._w("trace_clock", self.CLOCK)
         except OSError:
-            pass
+            if self.CLOCK != "mono":   # stamps in another clock would be misread
+                raise TraceUnavailable(f"tracefs: trace clock {self.CLOCK} not available") from None
         # Raw addresses (so static locks resolve) and "func+off/len" frames.
         self._hashed = not self._set_option("hash-ptr", "0")
         self._set_option("sym-offset", "1")
@@ -562,6 +563,16 @@ class LockTracer:
             self._set_option("event-fork", "1")
             self._w("set_event_pid", " ".join(str(p) for p in self.pids))
             self._undo.append(lambda: self._w("set_event_pid", ""))
+        self._enable_events(path)
+        self._w("tracing_on", "1")
+
+    def _check_events(self, top):
+        for ev in LOCK_EVENTS:
+            if not os.path.isdir(os.path.join(top, "events", "lock", ev)):
+                raise TraceUnavailable(f"tracefs lock:{ev} event not available: "
+                                       f"no {top}/events/lock/{ev}")
+
+    def _enable_events(self, path):
         for ev in LOCK_EVENTS:
             self._enable(f"events/lock/{ev}")
         if self.stacks:
@@ -574,8 +585,6 @@ class LockTracer:
             if os.path.isdir(os.path.join(path, "events", "mmap_lock", ev)):
                 self._enable(f"events/mmap_lock/{ev}")
                 self.mmap_events.append(ev)
-
-        self._w("tracing_on", "1")
 
     def _enable(self, rel):
         self._w(os.path.join(rel, "enable"), "1")

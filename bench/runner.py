@@ -60,6 +60,7 @@ class Plan:
     lock_stacks: bool = True
     trace_mmap_lock: bool = True
     trace_buffer_kb: int = 16384
+    trace_sched: bool = False  # traced runs: sched_switch/wakeup split each segment's CPU wait
     placement: str = "free"    # bench.placement.POLICIES
     verify: str = "header"     # header | full
     corrupt_tail_every: int = 0        # test knob: torn copies
@@ -151,9 +152,25 @@ def execute(plan: Plan) -> tuple[dict, dict]:
             tracer.start()
         except TraceUnavailable as exc:
             raise RunError(f"lock tracing unavailable ({exc}); use --no-trace-locks") from None
+    stracer = None
+    if plan.trace_sched:
+        from .locktrace import TraceUnavailable
+        from .schedtrace import SchedTracer
+        ncpu = max(1, len(os.sched_getaffinity(0)))
+        # about 4 events a fault at most (uffd: vCPU sleeps and wakes, reader too), 64 B each
+        kb = max(8192, plan.memory_pages * 4 * 64 * 2 // ncpu // 1024)
+        stracer = SchedTracer(pids=[os.getpid()], buffer_kb=kb)
+        try:
+            stracer.start()
+        except TraceUnavailable as exc:
+            if tracer:
+                tracer.cleanup()
+            raise RunError(f"scheduler tracing unavailable ({exc}); use --no-trace-locks") from None
     try:
-        return _execute(plan, cfg, table, stale, tracer)
+        return _execute(plan, cfg, table, stale, tracer, stracer)
     finally:
+        if stracer:
+            stracer.cleanup()
         if tracer:
             tracer.cleanup()
         del keep
@@ -180,7 +197,7 @@ def _start_worker(plan: Plan, run, err):
     return worker, pidfd
 
 
-def _execute(plan: Plan, cfg, table, stale, tracer) -> tuple[dict, dict]:
+def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None) -> tuple[dict, dict]:
     err = ffi.new("char[]", ERRLEN)
     run = lib.fb_run_create(cfg, err, ERRLEN)
     if run == ffi.NULL:
@@ -217,7 +234,8 @@ def _execute(plan: Plan, cfg, table, stale, tracer) -> tuple[dict, dict]:
             worker_cpu = _task_cpu(worker.pid)
             tids += worker_tids
         kernel_locks = _without_tracer(tracer.stop(tids)) if tracer else None
-        metrics, raw = _collect(plan, run, table, stale)
+        sched_trace = stracer.stop() if stracer else None
+        metrics, raw = _collect(plan, run, table, stale, sched_trace)
         if kernel_locks is not None:
             metrics["kernel_locks"] = kernel_locks
         if worker:
@@ -350,7 +368,25 @@ def _fault_rows(run) -> dict:
     return bd.rows_array(ffi.buffer(rows, got * ffi.sizeof("struct fb_fault_row")))
 
 
-def _breakdown(run, plan: Plan, clock: dict | None, threads: list[dict], vres) -> tuple:
+def _sched_split(plan: Plan, cols: dict, seg: dict, names: dict, threads: list[dict],
+                 sched_trace, to_ns) -> dict:
+    """The traced run's per-segment split: CPU wait, on CPU, and vCPUs on a CPU at once."""
+    from . import schedtrace
+    lines, lost = sched_trace
+    events = schedtrace.parse(lines)
+    tids = {t["tid"] for t in threads if t["tid"]}
+    waiting, running = schedtrace.intervals(events, tids)
+    vcpu_tids = [t["tid"] for t in threads if t["role"] == "vcpu"]
+    return {"events": len(events), "events_lost": lost,
+            "vcpus_on_cpu_at_once_max": schedtrace.max_running_at_once(running, vcpu_tids),
+            "parts": schedtrace.segment_split(cols, seg, names, waiting, running,
+                                              plan.mechanism.handles_faults_on_vcpu, to_ns),
+            "note": "each segment charged to the thread that must run for it to end; "
+                    "total = cpu_wait (runnable, not on a CPU) + on_cpu + the rest (asleep)"}
+
+
+def _breakdown(run, plan: Plan, clock: dict | None, threads: list[dict], vres,
+               sched_trace=None) -> tuple:
     """(breakdown, checks, vCPUs inside KVM_RUN at once) from the per-fault rows."""
     names = SEGMENT_NAMES.get(plan.mechanism.name)
     if not plan.record_latency:
@@ -371,7 +407,10 @@ def _breakdown(run, plan: Plan, clock: dict | None, threads: list[dict], vres) -
         return None, checks, inside
     resolvers = [t for t in threads if t["mono_count"]]
     checks["segments_vs_monotonic"] = bd.check_segments_vs_monotonic(seg, resolvers, to_ns)
-    return bd.summarize(seg, names, to_ns), checks, inside
+    summary = bd.summarize(seg, names, to_ns)
+    if summary and sched_trace is not None:
+        summary["sched_split"] = _sched_split(plan, cols, seg, names, threads, sched_trace, to_ns)
+    return summary, checks, inside
 
 
 def _sched(threads: list[dict], faults: int) -> dict | None:
@@ -390,7 +429,7 @@ def _sched(threads: list[dict], faults: int) -> dict | None:
     return out
 
 
-def _collect(plan: Plan, run, table, stale) -> tuple[dict, dict]:
+def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dict]:
     vcpus = plan.vcpus
     vres = ffi.new("struct fb_vcpu_result[]", vcpus)
     lib.fb_run_vcpu_results(run, vres)
@@ -450,7 +489,7 @@ def _collect(plan: Plan, run, table, stale) -> tuple[dict, dict]:
     lib.fb_run_page_installs(run, ffi.cast("uint32_t *", ffi.from_buffer(installs)), installs.size)
     blocked = [vres[i].blocked_ns for i in range(vcpus)]
     fault_latency = _latency(first_hist)
-    breakdown, checks, inside_kvm_run = _breakdown(run, plan, clock, threads, vres)
+    breakdown, checks, inside_kvm_run = _breakdown(run, plan, clock, threads, vres, sched_trace)
     sched = _sched(threads, faults)
     if sched and "vcpu" in sched and fault_latency:
         # the kernel's accounting of the vCPU threads against the guest-timed fault

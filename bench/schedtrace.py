@@ -1,0 +1,165 @@
+"""The scheduler's view of a traced run: when each harness thread waited for a CPU.
+
+A private tracefs instance (the lock tracer's machinery, its own instance) records
+sched_switch and sched_wakeup for the harness's threads with the `x86-tsc` trace
+clock, so event times are the same TSC the per-fault stamps use. From them, per
+thread: intervals runnable-but-not-running (woken or preempted, until switched in)
+and intervals on a CPU. Each fault segment is charged to the thread that must run
+for it to end (its owner), and split into CPU wait, on-CPU time and the rest
+(sleeping or blocked).
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .locktrace import LockTracer, TraceUnavailable
+
+SCHED_EVENTS = ("sched_switch", "sched_wakeup", "sched_wakeup_new")
+_LINE = re.compile(r"\[(\d+)\]\s+\S+\s+(\d+): (sched_switch|sched_wakeup|sched_wakeup_new): (.*)$")
+_SWITCH = re.compile(r"prev_pid=(\d+) .*prev_state=(\S+) ==> .*next_pid=(\d+)")
+_WAKE = re.compile(r"\bpid=(\d+)")
+# segments the resolving thread must run to end; the rest wait on the vCPU thread
+RESOLVER_SEGMENTS = {"queue", "dispatch", "wait", "fetch", "install"}
+
+
+class SchedTracer(LockTracer):
+    CLOCK = "x86-tsc"
+
+    def __init__(self, pids, buffer_kb):
+        super().__init__(name_prefix="faultbench-sched", stacks=False, pids=pids,
+                         buffer_kb=buffer_kb, mmap_lock=False)
+
+    def _check_events(self, top):
+        for ev in SCHED_EVENTS:
+            import os
+            if not os.path.isdir(os.path.join(top, "events", "sched", ev)):
+                raise TraceUnavailable(f"tracefs sched:{ev} event not available")
+
+    def _enable_events(self, path):
+        for ev in SCHED_EVENTS:
+            self._enable(f"events/sched/{ev}")
+
+    def stop(self, tids=None) -> tuple[list[str], int]:
+        """(trace lines, events lost); everything undone."""
+        with self._lock:
+            try:
+                self._w("tracing_on", "0")
+                lost = self._stats_lost()
+                lines = self._r("trace").splitlines()
+            finally:
+                self.cleanup()
+        return lines, lost
+
+
+def parse(lines: list[str]) -> list[tuple[int, str, tuple]]:
+    """(tsc, event, fields) in time order."""
+    out = []
+    for line in lines:
+        m = _LINE.search(line)
+        if not m:
+            continue
+        ts, ev, body = int(m.group(2)), m.group(3), m.group(4)
+        if ev == "sched_switch":
+            s = _SWITCH.search(body)
+            if s:
+                out.append((ts, ev, (int(s.group(1)), s.group(2), int(s.group(3)))))
+        else:
+            w = _WAKE.search(body)
+            if w:
+                out.append((ts, ev, (int(w.group(1)),)))
+    out.sort(key=lambda e: e[0])
+    return out
+
+
+def intervals(events, tids: set[int]) -> tuple[dict, dict]:
+    """Per tid: (starts, ends) arrays of waiting (runnable, not on a CPU) and of running."""
+    waiting: dict[int, list] = {t: [] for t in tids}
+    running: dict[int, list] = {t: [] for t in tids}
+    runnable_since: dict[int, int] = {}
+    on_cpu_since: dict[int, int] = {}
+    for ts, ev, f in events:
+        if ev == "sched_switch":
+            prev, state, nxt = f
+            if prev in tids:
+                if prev in on_cpu_since:
+                    running[prev].append((on_cpu_since.pop(prev), ts))
+                if state.startswith("R"):    # preempted: still runnable
+                    runnable_since[prev] = ts
+            if nxt in tids:
+                if nxt in runnable_since:
+                    waiting[nxt].append((runnable_since.pop(nxt), ts))
+                on_cpu_since[nxt] = ts
+        else:
+            tid = f[0]
+            if tid in tids and tid not in on_cpu_since:
+                runnable_since.setdefault(tid, ts)
+    return ({t: _arrays(v) for t, v in waiting.items()},
+            {t: _arrays(v) for t, v in running.items()})
+
+
+def _arrays(pairs):
+    a = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    return a[:, 0], a[:, 1]
+
+
+def cumulative(iv, t: np.ndarray) -> np.ndarray:
+    """Time inside the (sorted, disjoint) intervals before each instant t."""
+    starts, ends = iv
+    if starts.size == 0:
+        return np.zeros(t.shape, dtype=np.float64)
+    dur = ends - starts
+    before = np.concatenate([[0], np.cumsum(dur)])
+    k = np.searchsorted(starts, t, side="right")   # intervals starting at or before t
+    partial = np.where(k > 0, np.minimum(t - starts[np.maximum(k - 1, 0)], dur[np.maximum(k - 1, 0)]), 0)
+    return before[np.maximum(k - 1, 0)] * (k > 0) + np.maximum(partial, 0)
+
+
+def max_running_at_once(running: dict, tids: list[int]) -> int:
+    t, d = [], []
+    for tid in tids:
+        s, e = running.get(tid, (np.empty(0, np.int64), np.empty(0, np.int64)))
+        t += [s, e]
+        d += [np.ones(s.size, np.int64), -np.ones(e.size, np.int64)]
+    if not t:
+        return 0
+    tt, dd = np.concatenate(t), np.concatenate(d)
+    if not tt.size:
+        return 0
+    order = np.lexsort((dd, tt))
+    return int(np.cumsum(dd[order]).max())
+
+
+def segment_split(cols: dict, seg: dict, names: dict, waiting: dict, running: dict,
+                  handles_on_vcpu: bool, to_ns) -> dict:
+    """Per named segment: mean total, CPU wait and on-CPU time of its owner thread."""
+    use = seg["used"]
+    stamps = cols["stamps"][use].astype(np.int64)
+    from .breakdown import OPTIONAL_STAMPS, STAMPS
+    for k, name in enumerate(STAMPS):   # the same filling and cut as the breakdown
+        if name in OPTIONAL_STAMPS:
+            absent = stamps[:, k] == 0
+            stamps[absent, k] = stamps[absent, k - 1]
+    stamps[:, 1:-1] = np.minimum(stamps[:, 1:-1], stamps[:, -1:])
+    vtid, rtid = cols["vcpu_tid"][use], cols["resolver_tid"][use]
+    out = {}
+    for j, s in enumerate(seg["names"]):
+        if s not in names:
+            continue
+        owner_is_resolver = s in RESOLVER_SEGMENTS or (s == "notify" and not handles_on_vcpu)
+        owners = np.where(owner_is_resolver & (rtid != 0), rtid, vtid)
+        a, b = stamps[:, j], stamps[:, j + 1]
+        wait = np.zeros(a.size)
+        run = np.zeros(a.size)
+        for tid in np.unique(owners):
+            sel = owners == tid
+            if tid in waiting:
+                wait[sel] = cumulative(waiting[tid], b[sel]) - cumulative(waiting[tid], a[sel])
+                run[sel] = cumulative(running[tid], b[sel]) - cumulative(running[tid], a[sel])
+        total = (b - a).astype(np.float64)
+        out[names[s]] = {"total_ns": to_ns(float(total.mean())),
+                         "cpu_wait_ns": to_ns(float(wait.mean())),
+                         "on_cpu_ns": to_ns(float(run.mean())),
+                         "owner": "resolver" if owner_is_resolver else "vcpu"}
+    return out
