@@ -240,8 +240,10 @@ def memory_needed(vcpus: int, args, workload) -> int:
     touches = workload.touches_per_vcpu(ppv)
     # guest memory, and the network worker's second full copy (the "remote" memory)
     need = pages * 4096 * (2 if args.fetch == "worker" else 1)
-    # per touch: table 8 B, guest timing 16 B, fault log 16 B, faulted flag 1 B
-    need += vcpus * touches * 41
+    # per touch: table 8 B, guest timing 16 B, fault log 88 B (struct fb_fault), fault
+    # index 8 B, and after the run its exported row (104 B) and numpy's columns of it
+    # (about 300 B while the breakdown and the scheduler split are computed)
+    need += vcpus * touches * 524
     # per page: stamps 56 B, state 1 B, install count 4 B
     need += pages * 61
     return need

@@ -85,6 +85,16 @@ def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
         assert m["vcpus_inside_kvm_run_max"] == 64   # asleep in the kernel counts as inside
     assert 1 <= m["vcpus_inside_kvm_run_max"] <= 64
     assert m["fault_records_dropped"] == 0 and m["faults_unattributed"] == 0
+    # the traced run splits each segment with the scheduler's events
+    split = rec["traced_runs"][0]["metrics"]["fault_breakdown_ns"]["sched_split"]
+    assert split["events"] > 0 and split["events_lost"] == 0
+    assert 1 <= split["vcpus_on_cpu_at_once_max"] <= len(os.sched_getaffinity(0))
+    for name, part in split["parts"].items():
+        assert part["cpu_wait_ns"] >= 0 and part["on_cpu_ns"] >= 0
+        assert part["cpu_wait_ns"] + part["on_cpu_ns"] <= part["total_ns"] * 1.001 + 1, (name, part)
+    # 64 vCPU threads on 2 CPUs: most of a fault is waiting for a CPU
+    waited = sum(p["cpu_wait_ns"] for p in split["parts"].values())
+    assert waited > 0.3 * sum(p["total_ns"] for p in split["parts"].values())
     assert 0 < rec["tracing"]["overhead_ratio"] < 10
 
 
