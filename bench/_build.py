@@ -5,10 +5,10 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
-SOURCES = ["core.c", "uffd_common.c", "mech_baseline.c", "mech_uffd.c", "mech_exits.c", "mech_async.c", "ring.c"]
+SOURCES = ["core.c", "uffd_common.c", "mech_baseline.c", "mech_uffd.c", "mech_exits.c", "mech_async.c", "ring.c", "calib.c"]
 
 ffibuilder = FFI()
-CDEF_HEADERS = ["fb_api.h", "fb_ring_api.h"]
+CDEF_HEADERS = ["fb_api.h", "fb_ring_api.h", "fb_calib_api.h"]
 cdef_text = ""
 for name in CDEF_HEADERS:
     with open(os.path.join(CSRC, name)) as f:
@@ -16,7 +16,7 @@ for name in CDEF_HEADERS:
 ffibuilder.cdef(cdef_text)
 ffibuilder.set_source(
     "bench._native",
-    '#include "fb_core.h"\n#ifndef FB_RING_VERSION\n#include "fb_ring_api.h"\n#endif',
+    '#include "fb_core.h"\n#ifndef FB_RING_VERSION\n#include "fb_ring_api.h"\n#endif\n#include "fb_calib_api.h"',
     sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES],
     include_dirs=[os.path.relpath(CSRC)],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall"],

@@ -572,6 +572,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from .runner import RunError, execute
     machine = collect_machine({"probes": probes})
+    from .nightly.fingerprint import CalibrationError, measure as measure_fingerprint
+    try:   # the host's own costs, so a comparison can tell a slower host from slower code
+        machine["fingerprint"] = measure_fingerprint()
+    except CalibrationError as exc:
+        print(f"run_bench.py: error: host calibration: {exc}", file=sys.stderr)
+        return 1
     harness = collect_harness(REPO_DIR, __version__)
     status = 0
     done = []

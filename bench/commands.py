@@ -6,6 +6,8 @@ is a benchmark run. One line per subcommand: name -> (module, one-line summary).
 import importlib
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "ingest": ("bench.nightly.ingest", "load result records into the history database (SQLite or PostgreSQL)"),
+    "compare": ("bench.nightly.compare", "SAME/DIFFERENT/UNKNOWN per cell and metric, host fingerprint checked"),
 }
 
 

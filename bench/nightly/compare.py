@@ -1,0 +1,62 @@
+"""`run_bench.py compare BASE NEW`: SAME / DIFFERENT / UNKNOWN per cell and metric.
+
+BASE and NEW are result files or directories of them; several records of one
+cell on a side pool their runs. Exit 0: every judged metric SAME (or better);
+1: a metric DIFFERENT and worse; 2: UNKNOWN somewhere, the host changed, or bad
+input. See bench/nightly/verdict.py for the statistics.
+"""
+import argparse
+import json
+import sys
+
+from bench import result as resultmod
+
+from .cells import BadInput, load_records
+from .verdict import ALPHA, compare_records, render_markdown, render_text
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser(prog: str = "run_bench.py compare") -> argparse.ArgumentParser:
+    p = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
+    p.add_argument("base", help="baseline result file or directory")
+    p.add_argument("new", help="new result file or directory")
+    p.add_argument("--ignore-config", default="", metavar="KEY,...",
+                   help="config keys left out of the cell identity (e.g. fetch_delay_us to "
+                        "compare a run with a modelled slowdown against its baseline)")
+    p.add_argument("--alpha", type=float, default=ALPHA,
+                   help=f"false-discovery rate across all cells and metrics (default {ALPHA})")
+    p.add_argument("--markdown", metavar="FILE", help="also write a Markdown summary")
+    p.add_argument("--json", metavar="FILE", help="also write the verdicts as JSON")
+    return p
+
+
+def main(argv=None, prog: str = "run_bench.py compare") -> int:
+    a = build_parser(prog).parse_args(argv)
+    if not 0 < a.alpha < 1:
+        print(f"{prog}: error: --alpha {a.alpha} is not in (0, 1)", file=sys.stderr)
+        return 2
+    try:
+        base = [r for _p, r in load_records([a.base])]
+        new = [r for _p, r in load_records([a.new])]
+    except BadInput as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    ignore = frozenset(k for k in a.ignore_config.split(",") if k)
+    cmp = compare_records(base, new, ignore, alpha=a.alpha)
+    if not cmp.judgements:
+        print(f"{prog}: error: no cell in common between {a.base} and {a.new} "
+              f"({'; '.join(cmp.unmatched)})", file=sys.stderr)
+        return 2
+    sys.stdout.write(render_text(cmp))
+    if a.markdown:
+        with open(a.markdown + ".tmp", "w") as f:
+            f.write(render_markdown(cmp))
+        import os
+        os.replace(a.markdown + ".tmp", a.markdown)
+    if a.json:
+        resultmod.write_atomic(cmp.as_dict(), a.json)
+    return cmp.exit_status()

@@ -1,0 +1,217 @@
+"""The host fingerprint: a short calibration of the platform's own costs.
+
+Measured at the start of every invocation and stored in `machine.fingerprint`,
+so that a comparison can tell "the code got slower" from "tonight's host is
+slower" (on this machine type the same loop ran 1.4-5x apart on two boots).
+
+Each component is measured SAMPLES times, interleaved with the others, so a
+burst of load on the host touches every component alike; a component's spread
+is the range of its samples. The KVM and userfaultfd parts go through the C
+core's own run API (one vCPU, 2 MiB: 512 faults a sample), so they time exactly
+the paths the benchmark times; the futex and memcpy parts are C kernels in
+bench/csrc/calib.c.
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+FINGERPRINT_VERSION = 1
+SAMPLES = 5
+FUTEX_ROUND_TRIPS = 500
+MEMCPY_BYTES = 16 << 20
+SPIN_ITERATIONS = 5_000_000   # about 7 ms of one core here
+
+# name -> (unit, better direction, what is timed, tolerance). The tolerance is the
+# relative change below which a difference is not called a host change even when
+# the samples do not overlap: measured on this machine, back-to-back fingerprints
+# of the same idle host differed by up to about 15-25% (futex most), while a CPU
+# hog or another boot moved components by 1.4-5x.
+COMPONENTS: dict[str, tuple[str, str, str, float]] = {
+    "kvm_exit_fault_ns": (
+        "ns", "lower", "memory-fault exit round trip: KVM_RUN returns -EFAULT, UFFDIO_COPY, "
+        "re-entry (p50 over 512 faults, 1 vCPU, mechanism exits)", 0.30),
+    "kvm_zero_fill_fault_ns": (
+        "ns", "lower", "zero-fill page fault through KVM, no userfaultfd (first-touch p50 over "
+        "512 pages, 1 vCPU, mechanism none)", 0.30),
+    "uffd_round_trip_ns": (
+        "ns", "lower", "userfaultfd round trip: vCPU sleeps, reader thread reads the message and "
+        "UFFDIO_COPYs (p50 over 512 faults, 1 vCPU, mechanism uffd)", 0.30),
+    "futex_wake_ns": (
+        "ns", "lower", f"futex wake between two threads (mean of {2 * FUTEX_ROUND_TRIPS} hand-offs, "
+        "each a FUTEX_WAKE of a thread in FUTEX_WAIT)", 0.50),
+    "memcpy_bytes_per_s": (
+        "bytes/s", "higher", f"memcpy bandwidth ({MEMCPY_BYTES >> 20} MiB between two "
+        "prefaulted buffers)", 0.30),
+    "cpu_loop_ns": (
+        "ns", "lower", f"CPU time of {SPIN_ITERATIONS:,} dependent xorshift steps (the core's own "
+        "speed, whatever else runs)", 0.20),
+    "cpu_share": (
+        "ratio", "higher", "thread CPU time / wall time over that loop: the share of its CPU the "
+        "calibration got (1.0 on an idle CPU; a CPU hog or a busy neighbour lowers it)", 0.25),
+}
+
+
+class CalibrationError(RuntimeError):
+    """The calibration itself failed; the message is one line."""
+
+
+def _run_p50(mech: str) -> float:
+    from bench.cli import make_plan
+    from bench.runner import RunError, execute
+    plan = make_plan(["--mech", mech, "--vcpus", "1", "--mem-per-vcpu", "2"])
+    try:
+        metrics, _raw = execute(plan)
+    except RunError as exc:
+        raise CalibrationError(f"fingerprint ({mech} run): {exc}") from None
+    latency = metrics["fault_latency_ns"] or metrics["first_touch_latency_ns"]
+    if not latency:
+        raise CalibrationError(f"fingerprint ({mech} run): no latency recorded")
+    return float(latency["p50"])
+
+
+def _futex_wake_ns() -> float:
+    from bench.native import ffi, lib
+    out = ffi.new("uint64_t[]", 1)
+    err = ffi.new("char[]", 256)
+    if lib.fb_calib_futex(FUTEX_ROUND_TRIPS, 1, out, err, 256):
+        raise CalibrationError(ffi.string(err).decode())
+    return out[0] / (2 * FUTEX_ROUND_TRIPS)
+
+
+def _memcpy_bytes_per_s() -> float:
+    from bench.native import ffi, lib
+    out = ffi.new("uint64_t[]", 1)
+    err = ffi.new("char[]", 256)
+    if lib.fb_calib_memcpy(MEMCPY_BYTES, 1, out, err, 256):
+        raise CalibrationError(ffi.string(err).decode())
+    return MEMCPY_BYTES / (out[0] / 1e9)
+
+
+def _spin() -> tuple[float, float]:
+    from bench.native import ffi, lib
+    wall = ffi.new("uint64_t[]", 1)
+    cpu = ffi.new("uint64_t[]", 1)
+    err = ffi.new("char[]", 256)
+    if lib.fb_calib_spin(SPIN_ITERATIONS, 1, wall, cpu, err, 256):
+        raise CalibrationError(ffi.string(err).decode())
+    return float(cpu[0]), cpu[0] / wall[0]
+
+
+MEASURE = {
+    "kvm_exit_fault_ns": lambda: _run_p50("exits"),
+    "kvm_zero_fill_fault_ns": lambda: _run_p50("none"),
+    "uffd_round_trip_ns": lambda: _run_p50("uffd"),
+    "futex_wake_ns": _futex_wake_ns,
+    "memcpy_bytes_per_s": _memcpy_bytes_per_s,
+    ("cpu_loop_ns", "cpu_share"): _spin,
+}
+assert {n for key in MEASURE for n in (key if isinstance(key, tuple) else (key,))} == set(COMPONENTS)
+
+
+def measure(samples: int = SAMPLES) -> dict:
+    """Calibrate this host now: about 0.5 s here. Raises CalibrationError."""
+    from bench.native import lib
+    if lib.FB_CALIB_VERSION != FINGERPRINT_VERSION:
+        raise CalibrationError(f"stale C core: calibration API {lib.FB_CALIB_VERSION}, "
+                               f"expected {FINGERPRINT_VERSION}; rebuild")
+    started = time.monotonic()
+    values: dict[str, list[float]] = {name: [] for name in COMPONENTS}
+    # Thread placement decides these figures on 2 CPUs (uffd: 63 or 92 us a fault
+    # depending on whether vCPU and reader share a CPU). Every thread the
+    # calibration starts inherits this thread's affinity, so pinning it to one
+    # CPU makes the placement the same in every fingerprint.
+    allowed = os.sched_getaffinity(0)
+    cpu = min(allowed)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        for _ in range(samples):
+            for name, fn in MEASURE.items():
+                if isinstance(name, tuple):   # one measurement, several components
+                    for part, value in zip(name, fn()):
+                        values[part].append(value)
+                else:
+                    values[name].append(fn())
+    finally:
+        os.sched_setaffinity(0, allowed)
+    components = {}
+    for name, vals in values.items():
+        unit, better, what, tolerance = COMPONENTS[name]
+        components[name] = {"values": vals, "median": statistics.median(vals),
+                            "min": min(vals), "max": max(vals), "unit": unit,
+                            "better": better, "what": what}
+    return {"version": FINGERPRINT_VERSION, "samples": samples,
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.monotonic() - started, 3),
+            "spread": "min..max of the samples, measured interleaved across components",
+            "pinned_cpu": cpu,
+            "components": components}
+
+
+@dataclass
+class ComponentChange:
+    name: str
+    base_median: float
+    new_median: float
+    unit: str
+    ratio: float          # new / base
+    slower: bool          # in the component's bad direction
+
+    def describe(self) -> str:
+        direction = "slower" if self.slower else "faster"
+        return (f"{self.name} {_fmt(self.base_median, self.unit)} -> "
+                f"{_fmt(self.new_median, self.unit)} (x{self.ratio:.2f}, {direction})")
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "bytes/s":
+        return f"{value / 1e9:.2f} GB/s"
+    if unit == "ratio":
+        return f"{value:.2f}"
+    if unit == "ns" and value >= 10_000:
+        return f"{value / 1000:.1f} us"
+    return f"{value:.0f} {unit}"
+
+
+def pooled(fingerprints: list[dict]) -> dict | None:
+    """One fingerprint from several (one side of a comparison): samples pooled."""
+    fps = [fp for fp in fingerprints if fp]
+    if not fps:
+        return None
+    # the same invocation's fingerprint appears in each of its records once
+    unique = {(fp.get("measured"), repr(fp["components"].get("futex_wake_ns", {}).get("values"))): fp
+              for fp in fps}
+    out = {"version": FINGERPRINT_VERSION, "components": {}}
+    for name in COMPONENTS:
+        vals = [v for fp in unique.values() for v in fp["components"].get(name, {}).get("values", [])]
+        if vals:
+            out["components"][name] = {"values": vals, "median": statistics.median(vals),
+                                       "min": min(vals), "max": max(vals),
+                                       "unit": COMPONENTS[name][0]}
+    return out
+
+
+def changes(base: dict | None, new: dict | None) -> list[ComponentChange] | None:
+    """Components that differ beyond their noise; None when a side has no fingerprint.
+
+    Beyond noise means both: the two sets of samples do not overlap at all (with 5
+    samples a side, a Mann-Whitney p of 0.008), and the medians differ by more
+    than the component's tolerance.
+    """
+    if not base or not new:
+        return None
+    out = []
+    for name, (unit, better, _what, tolerance) in COMPONENTS.items():
+        b, n = base["components"].get(name), new["components"].get(name)
+        if not b or not n or b["median"] <= 0:
+            continue
+        ratio = n["median"] / b["median"]
+        separated = n["min"] > b["max"] or n["max"] < b["min"]
+        # symmetric in log: x1.3 slower and x1/1.3 faster are the same size
+        if separated and ratio > 0 and abs(math.log(ratio)) > math.log1p(tolerance):
+            slower = ratio > 1 if better == "lower" else ratio < 1
+            out.append(ComponentChange(name, b["median"], n["median"], unit, ratio, slower))
+    return out

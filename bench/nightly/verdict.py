@@ -1,0 +1,293 @@
+"""A/B verdicts that do not cry wolf: SAME / DIFFERENT / UNKNOWN per cell and metric.
+
+For each cell and metric the samples are the per-run values (one per
+repetition). A verdict needs all of:
+  - enough repetitions: fewer than MIN_REPETITIONS a side is UNKNOWN, saying so;
+  - a rank test: Mann-Whitney U, two-sided, its p-values corrected across every
+    cell and metric compared at once by Benjamini-Hochberg (false-discovery rate
+    ALPHA), so a sweep of many cells does not find a "regression" by chance;
+  - an effect size: the ratio of medians NEW/BASE with a bootstrap 95% interval.
+
+DIFFERENT: the corrected p is below ALPHA, the interval excludes 1, and the ratio
+is beyond the metric's minimum effect. SAME: the interval lies inside the
+minimum effect on both sides (no change that large is plausible). Anything else
+is UNKNOWN: the data admit a change of the minimum effect but do not show one;
+more repetitions decide it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats as sps
+
+from bench import result as resultmod
+
+from . import fingerprint as fpmod
+from .cells import HOST_KEYS, cell_key, cell_name
+
+ALPHA = 0.05
+MIN_REPETITIONS = 5     # with 5 a side, Mann-Whitney's smallest two-sided p is 0.008
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Metric:
+    path: str
+    better: str            # "lower" | "higher"
+    label: str
+    unit: str
+    scale: float           # value * scale is shown in `unit`
+    min_effect: float      # relative change below which a difference does not matter
+
+
+# The metrics judged, with their minimum effects. Measured here: the p50 of one
+# configuration moved under 1% between invocations while a neighbour's load moved
+# the paging rate (which counts every preemption of the vCPU) by 9% and p99 by
+# 11%; each needs a change beyond its own noise to count.
+METRICS = (
+    Metric("pages_per_s", "higher", "paging rate", "pages/s", 1.0, 0.15),
+    Metric("fault_latency_ns.p50", "lower", "fault latency p50", "us", 1e-3, 0.10),
+    Metric("fault_latency_ns.p99", "lower", "fault latency p99", "us", 1e-3, 0.25),
+    # baselines (none, prefault) deliver no fault: their first touch is the latency
+    Metric("first_touch_latency_ns.p50", "lower", "first-touch latency p50", "us", 1e-3, 0.10),
+)
+METRIC_BY_PATH = {m.path: m for m in METRICS}
+
+
+@dataclass
+class Judgement:
+    cell: str
+    metric: Metric
+    base: list[float]
+    new: list[float]
+    verdict: str = "UNKNOWN"
+    reason: str = ""
+    p: float | None = None
+    q: float | None = None
+    ratio: float | None = None
+    interval: tuple[float, float] | None = None
+    worse: bool = False
+    repetitions_needed: int | None = None
+
+    def as_dict(self) -> dict:
+        return {"cell": self.cell, "metric": self.metric.path, "verdict": self.verdict,
+                "direction": (None if self.verdict != "DIFFERENT" else
+                              "worse" if self.worse else "better"),
+                "reason": self.reason, "p": self.p, "q": self.q, "ratio": self.ratio,
+                "interval": list(self.interval) if self.interval else None,
+                "min_effect": self.metric.min_effect,
+                "base_n": len(self.base), "new_n": len(self.new),
+                "base_median": float(np.median(self.base)) if self.base else None,
+                "new_median": float(np.median(self.new)) if self.new else None,
+                "unit": resultmod.metric_unit(self.metric.path),
+                "repetitions_needed": self.repetitions_needed}
+
+
+def bootstrap_ratio_interval(base, new, seed: int = 0,
+                             resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """Percentile bootstrap interval of median(new) / median(base)."""
+    rng = np.random.default_rng(seed)
+    b = np.asarray(base, dtype=float)
+    n = np.asarray(new, dtype=float)
+    bm = np.median(b[rng.integers(0, b.size, (resamples, b.size))], axis=1)
+    nm = np.median(n[rng.integers(0, n.size, (resamples, n.size))], axis=1)
+    ok = bm > 0
+    ratios = nm[ok] / bm[ok]
+    tail = (1 - CONFIDENCE) / 2 * 100
+    lo, hi = np.percentile(ratios, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def judge(judgements: list[Judgement], alpha: float = ALPHA) -> list[Judgement]:
+    """Fill every judgement's verdict; the p-values are corrected together (BH)."""
+    testable = [j for j in judgements
+                if len(j.base) >= MIN_REPETITIONS and len(j.new) >= MIN_REPETITIONS]
+    for j in judgements:
+        if j not in testable:
+            j.verdict = "UNKNOWN"
+            j.repetitions_needed = MIN_REPETITIONS
+            j.reason = (f"too few repetitions: {len(j.base)} base and {len(j.new)} new; "
+                        f"need at least {MIN_REPETITIONS} a side")
+    for j in testable:
+        if np.median(j.base) <= 0:
+            j.verdict, j.reason = "UNKNOWN", "base median is 0: no ratio"
+            continue
+        j.p = float(sps.mannwhitneyu(j.base, j.new, alternative="two-sided").pvalue)
+        j.ratio = float(np.median(j.new) / np.median(j.base))
+        j.interval = bootstrap_ratio_interval(j.base, j.new)
+        j.worse = j.ratio > 1 if j.metric.better == "lower" else j.ratio < 1
+    with_p = [j for j in testable if j.p is not None]
+    if with_p:
+        qs = sps.false_discovery_control([j.p for j in with_p], method="bh")
+        for j, q in zip(with_p, qs):
+            j.q = float(q)
+    for j in with_p:
+        margin = math.log1p(j.metric.min_effect)
+        lo, hi = j.interval
+        size = abs(math.log(j.ratio)) if j.ratio > 0 else math.inf
+        if j.q < alpha and not lo <= 1 <= hi and size >= margin:
+            j.verdict = "DIFFERENT"
+            j.reason = (f"{'worse' if j.worse else 'better'}: x{j.ratio:.3f} "
+                        f"(95% interval {lo:.3f}..{hi:.3f}), q={j.q:.2g}")
+        elif lo > 0 and abs(math.log(lo)) < margin and abs(math.log(hi)) < margin:
+            j.verdict = "SAME"
+            j.reason = (f"x{j.ratio:.3f}, 95% interval {lo:.3f}..{hi:.3f} inside "
+                        f"+-{j.metric.min_effect:.0%}")
+        else:
+            j.verdict = "UNKNOWN"
+            # the interval narrows about as 1/sqrt(n): repetitions to fit the margin
+            widest = max(abs(math.log(lo)) if lo > 0 else 10.0, abs(math.log(hi)))
+            n = min(len(j.base), len(j.new))
+            j.repetitions_needed = int(math.ceil(n * (widest / margin) ** 2)) + 1
+            j.reason = (f"inconclusive: x{j.ratio:.3f}, 95% interval {lo:.3f}..{hi:.3f} admits a "
+                        f"change of {j.metric.min_effect:.0%} (q={j.q:.2g}); about "
+                        f"{j.repetitions_needed} repetitions a side would decide")
+    return judgements
+
+
+def metrics_of(record: dict) -> list[Metric]:
+    """The judged metrics this record has in every run."""
+    out = []
+    for m in METRICS:
+        if m.path == "first_touch_latency_ns.p50" and resultmod.metric_values(record, "fault_latency_ns.p50"):
+            continue
+        if resultmod.metric_values(record, m.path):
+            out.append(m)
+    return out
+
+
+@dataclass
+class Comparison:
+    judgements: list[Judgement]
+    host_changes: list[str] = field(default_factory=list)   # plain words, empty: same host
+    notes: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+
+    @property
+    def regression(self) -> bool:
+        return any(j.verdict == "DIFFERENT" and j.worse for j in self.judgements)
+
+    @property
+    def inconclusive(self) -> bool:
+        return any(j.verdict == "UNKNOWN" for j in self.judgements) or not self.judgements
+
+    def exit_status(self) -> int:
+        """0 SAME everywhere (or better), 1 slower, 2 unknown or host changed."""
+        if self.host_changes:
+            return 2
+        if self.regression:
+            return 1
+        return 2 if self.inconclusive else 0
+
+    def as_dict(self) -> dict:
+        return {"status": {0: "same", 1: "regression", 2: "host changed" if self.host_changes
+                           else "inconclusive"}[self.exit_status()],
+                "exit_status": self.exit_status(),
+                "host_changes": self.host_changes, "notes": self.notes,
+                "unmatched_cells": self.unmatched,
+                "judgements": [j.as_dict() for j in self.judgements]}
+
+
+def host_differences(base: list[dict], new: list[dict]) -> tuple[list[str], list[str]]:
+    """(host changes, notes) between two sides' machines and fingerprints."""
+    changes, notes = [], []
+    for key in HOST_KEYS:
+        bv = sorted({str(r["machine"].get(key)) for r in base})
+        nv = sorted({str(r["machine"].get(key)) for r in new})
+        if bv != nv:
+            changes.append(f"{key}: {', '.join(bv)} -> {', '.join(nv)}")
+    bk = sorted({str(r["machine"].get("kernel_release")) for r in base})
+    nk = sorted({str(r["machine"].get("kernel_release")) for r in new})
+    if bk != nk:
+        notes.append(f"kernel changed: {', '.join(bk)} -> {', '.join(nk)} (compared: a kernel under "
+                     "test is what a nightly job measures)")
+    bfp = fpmod.pooled([r["machine"].get("fingerprint") for r in base])
+    nfp = fpmod.pooled([r["machine"].get("fingerprint") for r in new])
+    moved = fpmod.changes(bfp, nfp)
+    if moved is None:
+        notes.append("no host fingerprint on " + ("either side" if not bfp and not nfp else
+                                                   "the base side" if not bfp else "the new side")
+                     + ": a host change cannot be told from a code change")
+    else:
+        changes += [f"host fingerprint: {c.describe()}" for c in moved]
+    return changes, notes
+
+
+def compare_records(base: list[dict], new: list[dict], ignore_config: frozenset = frozenset(),
+                    pair_single: bool = False, alpha: float = ALPHA) -> Comparison:
+    """Judge NEW against BASE cell by cell. pair_single: one cell a side, compared
+    even though their configurations differ (an A/B of two configurations)."""
+    def group(records):
+        cells: dict[str, list[dict]] = {}
+        for r in records:
+            cells.setdefault(cell_key(r["config"], ignore_config), []).append(r)
+        return cells
+
+    bcells, ncells = group(base), group(new)
+    pairs = []
+    if pair_single and len(bcells) == 1 and len(ncells) == 1:
+        (bk, br), = bcells.items()
+        (nk, nr), = ncells.items()
+        pairs.append((f"{cell_name(br[0]['config'])} vs {cell_name(nr[0]['config'])}", br, nr))
+        unmatched = []
+    else:
+        for key in sorted(set(bcells) & set(ncells)):
+            pairs.append((cell_name(bcells[key][0]["config"]), bcells[key], ncells[key]))
+        unmatched = ([f"base only: {cell_name(bcells[k][0]['config'])}" for k in sorted(set(bcells) - set(ncells))]
+                     + [f"new only: {cell_name(ncells[k][0]['config'])}" for k in sorted(set(ncells) - set(bcells))])
+    judgements = []
+    for name, brecs, nrecs in pairs:
+        common = [m for m in metrics_of(brecs[0]) if m in metrics_of(nrecs[0])]
+        for m in common:
+            bv = [v for r in brecs for v in resultmod.metric_values(r, m.path)]
+            nv = [v for r in nrecs for v in resultmod.metric_values(r, m.path)]
+            judgements.append(Judgement(name, m, bv, nv))
+    judge(judgements, alpha)
+    changes, notes = host_differences(base, new)
+    if any(r["emulated"] for r in base + new):
+        notes.append("EMULATED mechanism in the comparison: " + "; ".join(
+            sorted({r["emulation_reason"] for r in base + new if r["emulated"]})))
+    return Comparison(judgements, changes, notes, unmatched)
+
+
+def render_text(cmp: Comparison) -> str:
+    lines = []
+    for j in cmp.judgements:
+        m = j.metric
+        bmed = np.median(j.base) * m.scale if j.base else float("nan")
+        nmed = np.median(j.new) * m.scale if j.new else float("nan")
+        lines.append(f"{j.cell:<32} {m.label:<24} {bmed:>11.1f} -> {nmed:>11.1f} {m.unit:<7} "
+                     f"n={len(j.base)}/{len(j.new)}  {j.verdict:<9} {j.reason}")
+    for c in cmp.host_changes:
+        lines.append(f"HOST CHANGED: {c}")
+    for n in cmp.notes + cmp.unmatched:
+        lines.append(f"note: {n}")
+    lines.append(f"verdict: {cmp.as_dict()['status']} (exit {cmp.exit_status()})")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(cmp: Comparison, title: str = "faultbench comparison") -> str:
+    status = cmp.as_dict()["status"]
+    out = [f"### {title}: **{status}**", ""]
+    if cmp.host_changes:
+        out += ["**Host changed** (fingerprint or machine differs beyond its noise; no slower/faster "
+                "verdict is drawn from these numbers):", ""]
+        out += [f"- {c}" for c in cmp.host_changes] + [""]
+    out += ["| cell | metric | base | new | ratio [95% interval] | q | verdict |",
+            "|---|---|---|---|---|---|---|"]
+    for j in cmp.judgements:
+        m = j.metric
+        base = f"{np.median(j.base) * m.scale:.1f} {m.unit} (n={len(j.base)})" if j.base else "-"
+        new = f"{np.median(j.new) * m.scale:.1f} {m.unit} (n={len(j.new)})" if j.new else "-"
+        ratio = (f"x{j.ratio:.3f} [{j.interval[0]:.3f}..{j.interval[1]:.3f}]" if j.interval else "-")
+        q = f"{j.q:.2g}" if j.q is not None else "-"
+        verdict = j.verdict + (f" ({'worse' if j.worse else 'better'})" if j.verdict == "DIFFERENT" else "")
+        out.append(f"| {j.cell} | {m.label} | {base} | {new} | {ratio} | {q} | {verdict} |")
+    notes = cmp.notes + cmp.unmatched + [f"{j.cell} {j.metric.label}: {j.reason}"
+                                         for j in cmp.judgements if j.verdict == "UNKNOWN"]
+    if notes:
+        out += [""] + [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"
