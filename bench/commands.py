@@ -7,6 +7,9 @@ import importlib
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("bench.nightly.ingest", "load result records into the history database (SQLite or PostgreSQL)"),
+    "history": ("bench.nightly.history", "change points in each cell's nightly series, host vs code"),
+    "export-pyperf": ("bench.nightly.pyperf_export", "one cell's runs as pyperf JSON (for pyperf compare_to)"),
+    "ab": ("bench.nightly.ab", "two configurations interleaved until SAME/DIFFERENT (or a cap)"),
     "compare": ("bench.nightly.compare", "SAME/DIFFERENT/UNKNOWN per cell and metric, host fingerprint checked"),
 }
 

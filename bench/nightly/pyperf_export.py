@@ -1,0 +1,69 @@
+"""`run_bench.py export-pyperf RECORDS... --out FILE`: one cell as pyperf JSON.
+
+Each faultbench run becomes one pyperf run holding one value, in seconds (pyperf
+compares times): a latency metric as is, the paging rate as its inverse, the
+time per page. `python -m pyperf compare_to a.json b.json` then reads two
+exported cells; give both the same --name when they are two configurations.
+"""
+import os
+import sys
+
+import pyperf
+
+from .cells import BadInput, cell_key, cell_name, load_records
+from .ingest import OneLineParser
+from .verdict import METRIC_BY_PATH, metrics_of
+
+from bench import result as resultmod
+
+
+def to_seconds(path: str, value: float) -> float:
+    unit = resultmod.metric_unit(path)
+    if unit == "ns":
+        return value / 1e9
+    if unit == "pages/s":
+        return 1.0 / value
+    raise ValueError(f"metric {path} (unit {unit}) has no time to export")
+
+
+def export(records: list[dict], metric: str | None, name: str | None) -> pyperf.Benchmark:
+    keys = {cell_key(r["config"]) for r in records}
+    if len(keys) != 1:
+        raise BadInput(f"the records hold {len(keys)} cells; export one cell at a time")
+    if metric is None:
+        metric = metrics_of(records[0])[1 if len(metrics_of(records[0])) > 1 else 0].path
+    if metric not in METRIC_BY_PATH:
+        raise BadInput(f"--metric {metric}: choose from {', '.join(METRIC_BY_PATH)}")
+    runs = []
+    for rec in records:
+        values = resultmod.metric_values(rec, metric)
+        if not values:
+            raise BadInput(f"a record of {cell_name(rec['config'])} has no {metric}")
+        meta = {"name": name or cell_name(rec["config"]), "unit": "second", "loops": 1,
+                "hostname": str(rec["machine"].get("hostname")),
+                "cpu_model_name": str(rec["machine"].get("cpu_model")),
+                "description": f"faultbench {metric}"
+                               + (" as seconds per page" if metric == "pages_per_s" else "")}
+        for v in values:
+            runs.append(pyperf.Run([to_seconds(metric, v)], metadata=meta, collect_metadata=False))
+    return pyperf.Benchmark(runs)
+
+
+def main(argv=None) -> int:
+    p = OneLineParser(prog="run_bench.py export-pyperf", description=__doc__.splitlines()[0])
+    p.add_argument("records", nargs="+", help="result files (or a directory) of one cell")
+    p.add_argument("--out", required=True, help="pyperf JSON file to write")
+    p.add_argument("--metric", help="metric path (default: fault latency p50, or first-touch "
+                                    "latency p50 for the baselines)")
+    p.add_argument("--name", help="benchmark name (default: the cell's name)")
+    a = p.parse_args(argv)
+    try:
+        bench = export([r for _p, r in load_records(a.records)], a.metric, a.name)
+    except (BadInput, ValueError) as exc:
+        print(f"run_bench.py export-pyperf: error: {exc}", file=sys.stderr)
+        return 2
+    tmp = a.out + ".tmp"
+    bench.dump(tmp, compact=False, replace=True)
+    os.replace(tmp, a.out)
+    print(a.out)
+    return 0
