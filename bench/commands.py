@@ -10,6 +10,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "history": ("bench.nightly.history", "change points in each cell's nightly series, host vs code"),
     "export-pyperf": ("bench.nightly.pyperf_export", "one cell's runs as pyperf JSON (for pyperf compare_to)"),
     "ab": ("bench.nightly.ab", "two configurations interleaved until SAME/DIFFERENT (or a cap)"),
+    "nightly": ("bench.nightly.nightly", "sweep, ingest, compare with last night and history; exit 0/1/2/3"),
     "compare": ("bench.nightly.compare", "SAME/DIFFERENT/UNKNOWN per cell and metric, host fingerprint checked"),
 }
 

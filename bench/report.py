@@ -177,6 +177,11 @@ def compare(base: dict, new: dict, threshold_pct: float) -> tuple[list[str], boo
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        # the nightly verdict (rank test, effect size, host fingerprint): bench/nightly/
+        from .nightly.compare import main as compare_main
+        return compare_main(argv[1:], prog="python -m bench.report compare")
     p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("scaling", help="plot and table of result files against vCPU count")

@@ -216,6 +216,41 @@ def host_differences(base: list[dict], new: list[dict]) -> tuple[list[str], list
     return changes, notes
 
 
+# Host load during the runs themselves (the fingerprint is taken before them):
+# involuntary context switches of the harness's threads per guest second. Measured
+# here: about 150/s for exits at 1 vCPU on a quiet host, 5,000/s while a
+# neighbour's benchmark ran, when the paging rate fell 37% and p50 did not move.
+PREEMPTION_RATIO = 3.0
+PREEMPTION_FLOOR_PER_S = 1000.0
+
+
+def preemptions_per_s(record: dict) -> list[float]:
+    out = []
+    for run in record["runs"]:
+        m = run["metrics"]
+        roles = m.get("cpu_by_role") or {}
+        if not roles or not m.get("guest_seconds"):
+            continue
+        out.append(sum(r.get("involuntary_ctxt_switches", 0) for r in roles.values()) / m["guest_seconds"])
+    return out
+
+
+def load_difference(cell: str, base: list[dict], new: list[dict]) -> str | None:
+    """Plain words when one side's runs were preempted far more than the other's."""
+    b = [v for r in base for v in preemptions_per_s(r)]
+    n = [v for r in new for v in preemptions_per_s(r)]
+    if len(b) < MIN_REPETITIONS or len(n) < MIN_REPETITIONS:
+        return None
+    bm, nm = float(np.median(b)), float(np.median(n))
+    hi, lo = max(bm, nm), min(bm, nm)
+    if hi - lo < PREEMPTION_FLOOR_PER_S or hi < PREEMPTION_RATIO * max(lo, 1.0):
+        return None
+    if sps.mannwhitneyu(b, n, alternative="two-sided").pvalue >= 0.01:
+        return None
+    return (f"host load during the runs of {cell}: harness threads preempted {bm:,.0f}/s (base) vs "
+            f"{nm:,.0f}/s (new), medians over runs; another task competed for the CPUs")
+
+
 def compare_records(base: list[dict], new: list[dict], ignore_config: frozenset = frozenset(),
                     pair_single: bool = False, alpha: float = ALPHA) -> Comparison:
     """Judge NEW against BASE cell by cell. pair_single: one cell a side, compared
@@ -247,6 +282,10 @@ def compare_records(base: list[dict], new: list[dict], ignore_config: frozenset 
             judgements.append(Judgement(name, m, bv, nv))
     judge(judgements, alpha)
     changes, notes = host_differences(base, new)
+    for name, brecs, nrecs in pairs:
+        busy = load_difference(name, brecs, nrecs)
+        if busy:
+            changes.append(busy)
     if any(r["emulated"] for r in base + new):
         notes.append("EMULATED mechanism in the comparison: " + "; ".join(
             sorted({r["emulation_reason"] for r in base + new if r["emulated"]})))

@@ -1,0 +1,158 @@
+"""`run_bench.py nightly`: the nightly job's whole contract in one command.
+
+1. run a small configured sweep (every point a normal invocation: records with
+   the host fingerprint), 2. ingest it into the history database, 3. compare
+   each cell with the last comparable night (the latest earlier record of the
+   same cell), 4. look for change points in the history, 5. write a Markdown
+   summary (fit for a pull-request comment) and a JSON verdict, and exit:
+
+   0  no regression
+   1  confirmed regression: a cell DIFFERENT and worse than the last night, on an
+      unchanged host
+   2  inconclusive (UNKNOWN somewhere, or no earlier night to compare with) or
+      the host changed (fingerprint beyond its noise)
+   3  harness error (a run failed, bad sweep file, database unusable)
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import json
+import os
+import shlex
+import sys
+
+from bench import result as resultmod
+
+from . import history as historymod
+from .cells import BadInput, cell_key, content_hash, load_records
+from .ingest import OneLineParser, add_db_argument
+from .store import Store, StoreError
+from .verdict import compare_records, render_markdown
+
+EXIT_OK, EXIT_REGRESSION, EXIT_INCONCLUSIVE, EXIT_HARNESS = 0, 1, 2, 3
+
+# small enough for a few seconds a night on 2 CPUs; exits and uffd are the two
+# designs the benchmark exists to compare
+DEFAULT_SWEEP = {
+    "repeat": 10,
+    "points": ["--mech exits,uffd --vcpus 1 --mem-per-vcpu 4 --no-trace-locks"],
+}
+
+
+class HarnessError(Exception):
+    pass
+
+
+def load_sweep(path: str | None) -> dict:
+    if path is None:
+        return DEFAULT_SWEEP
+    try:
+        with open(path) as f:
+            sweep = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"sweep file {path}: {exc}") from None
+    if (not isinstance(sweep, dict) or not isinstance(sweep.get("points"), list) or not sweep["points"]
+            or not all(isinstance(p, str) for p in sweep["points"])
+            or not isinstance(sweep.get("repeat", 10), int) or not 1 <= sweep.get("repeat", 10) <= 1000):
+        raise HarnessError(f"sweep file {path}: needs {{\"points\": [\"ARGS\", ...], \"repeat\": N}} "
+                           "with at least one point and 1 <= repeat <= 1000")
+    return sweep
+
+
+def run_sweep(sweep: dict, records_dir: str) -> list[str]:
+    from bench.cli import main as bench_main
+    paths = []
+    for i, point in enumerate(sweep["points"]):
+        argv = shlex.split(point) + ["--repeat", str(sweep.get("repeat", 10)), "--quiet",
+                                     "--results-dir", os.path.join(records_dir, f"point{i}")]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            status = bench_main(argv)
+        if status != 0:
+            raise HarnessError(f"sweep point {i + 1} ({point}) exited {status}")
+        paths += [line for line in out.getvalue().splitlines() if line.endswith(".json")]
+    return paths
+
+
+def previous_night(store_rows: list[dict], tonight: list[dict]) -> list[dict]:
+    """Per cell of tonight, the latest earlier stored record of that cell."""
+    tonight_hashes = {content_hash(r) for r in tonight}
+    first_created = min(r["created"] for r in tonight)
+    out = []
+    for key in sorted({cell_key(r["config"]) for r in tonight}):
+        earlier = [row for row in store_rows if row["cell_key"] == key
+                   and row["content_hash"] not in tonight_hashes and row["created"] <= first_created]
+        if earlier:
+            out.append(earlier[-1]["record"])   # rows are oldest first
+    return out
+
+
+def main(argv=None) -> int:
+    p = OneLineParser(prog="run_bench.py nightly", description=__doc__.splitlines()[0])
+    add_db_argument(p)
+    p.add_argument("--sweep", help='JSON file {"points": ["--mech exits --vcpus 1", ...], "repeat": 10} '
+                                   "(default: exits and uffd at 1 vCPU, 10 repetitions)")
+    p.add_argument("--records", nargs="+", metavar="FILE",
+                   help="use these result files as tonight's instead of running the sweep")
+    p.add_argument("--out-dir", default="nightly-out",
+                   help="records, summary.md and verdict.json go here (default nightly-out)")
+    a = p.parse_args(argv)
+    os.makedirs(a.out_dir, exist_ok=True)
+    summary_path = os.path.join(a.out_dir, "summary.md")
+    verdict_path = os.path.join(a.out_dir, "verdict.json")
+    verdict = {"exit_status": None, "status": None,
+               "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        if a.records:
+            paths = a.records
+        else:
+            paths = run_sweep(load_sweep(a.sweep), os.path.join(a.out_dir, "records"))
+        tonight = [r for _p, r in load_records(paths)]
+        store = Store(a.db)
+        try:
+            ingested = store.ingest(tonight)
+            rows = store.rows(sorted({cell_key(r["config"]) for r in tonight}))
+        finally:
+            store.close()
+    except (HarnessError, BadInput, StoreError) as exc:
+        verdict.update(exit_status=EXIT_HARNESS, status="harness error", error=str(exc))
+        resultmod.write_atomic(verdict, verdict_path)
+        print(f"run_bench.py nightly: error: {exc}", file=sys.stderr)
+        return EXIT_HARNESS
+
+    previous = previous_night(rows, tonight)
+    changes, notes = historymod.analyse(rows)
+    tonight_hashes = {content_hash(r) for r in tonight}
+    changes_tonight = [c for c in changes if rows[0] and any(
+        row["content_hash"] in tonight_hashes and row["created"] == c.created for row in rows)]
+    md = [f"## faultbench nightly {verdict['started'][:10]}", ""]
+    if previous:
+        cmp = compare_records(previous, tonight)
+        status = cmp.exit_status()
+        state = cmp.as_dict()["status"]
+        md.append(render_markdown(cmp, "Tonight against the last comparable night"))
+        verdict["comparison"] = cmp.as_dict()
+        if status == 0 and cmp.unmatched:
+            # a cell with no earlier night is not known to be fine
+            status, state = EXIT_INCONCLUSIVE, "inconclusive"
+    else:
+        status, state = EXIT_INCONCLUSIVE, "inconclusive"
+        md.append("No earlier night of these cells in the history: tonight is stored as the first "
+                  "point; no verdict.\n")
+    md += ["### History (E-divisive means)", "", historymod.render_markdown(changes, notes)]
+    verdict.update(exit_status=status, status=state,
+                   records=[os.path.abspath(p) for p in paths],
+                   ingested=len(ingested.added), already_present=len(ingested.present),
+                   history_changes=[c.__dict__ for c in changes],
+                   history_changes_tonight=[c.__dict__ for c in changes_tonight],
+                   history_notes=notes)
+    md.insert(1, f"**{state}** (exit {status}); {len(tonight)} record(s), "
+                 f"{len(ingested.added)} newly stored\n")
+    with open(summary_path + ".tmp", "w") as f:
+        f.write("\n".join(md))
+    os.replace(summary_path + ".tmp", summary_path)
+    resultmod.write_atomic(verdict, verdict_path)
+    print(f"nightly: {state} (exit {status}); summary {summary_path}, verdict {verdict_path}")
+    return status

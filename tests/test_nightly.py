@@ -1,0 +1,353 @@
+"""Issue 11: verdicts, host fingerprint, history, store, pyperf export, nightly.
+
+Every verdict here is drawn from real runs on the real kernel; where a test
+changes a record (a metric scaled from one night on, a fingerprint from
+another measurement) it says so.
+"""
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import nightly_helpers as nh
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_bench(*args, timeout=300):
+    done = subprocess.run([sys.executable, "run_bench.py", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def recs(kvm, tmp_path_factory):
+    """Real records: a baseline, a rerun of it, one with a fetch delay of 20% of
+    the baseline's fault latency (spin: exactly that long), and a short one."""
+    d = tmp_path_factory.mktemp("records")
+    base = nh.run_record(str(d / "base.json"), 10)
+    p50_us = base["summary"]["fault_latency_ns.p50"]["median"] / 1000
+    delay = round(0.2 * p50_us, 2)
+    nh.run_record(str(d / "slow.json"), 10, ["--fetch-delay-us", str(delay), "--fetch-delay-mode", "spin"])
+    nh.run_record(str(d / "short.json"), 3)
+    return {"dir": d, "base": str(d / "base.json"), "slow": str(d / "slow.json"),
+            "short": str(d / "short.json"), "delay_us": delay, "base_record": base}
+
+
+# --- A/B verdicts -----------------------------------------------------------
+
+def test_compare_fetch_delay_of_20_percent_is_different(recs):
+    rc, out = run_bench("compare", recs["base"], recs["slow"], "--ignore-config", "fetch_delay_us,fetch_delay_mode")
+    assert rc == 1, out
+    p50 = [line for line in out.splitlines() if "fault latency p50" in line][0]
+    assert "DIFFERENT worse" in p50, out
+
+
+def test_ab_fetch_delay_is_different_and_rerun_is_same(recs):
+    point = "--mech exits --vcpus 1 --mem-per-vcpu 2 --no-trace-locks"
+    delay = f"--fetch-delay-us {recs['delay_us']} --fetch-delay-mode spin"
+    rc, out = run_bench("ab", point, f"{point} {delay}", "--max-repeat", "20")
+    assert rc == 1, out
+    assert "DIFFERENT worse" in [l for l in out.splitlines() if "fault latency p50" in l][0], out
+    rc, out = run_bench("ab", point, point, "--max-repeat", "20")
+    assert rc == 0, out
+    assert all("SAME" in l for l in out.splitlines() if "vs" in l), out
+
+
+def test_too_few_repetitions_is_unknown_and_says_how_many(recs):
+    rc, out = run_bench("compare", recs["base"], recs["short"])
+    assert rc == 2, out
+    assert "UNKNOWN" in out and "need at least 5 a side" in out, out
+
+
+def test_module_form_of_compare_still_works(recs):
+    done = subprocess.run([sys.executable, "-m", "bench.report", "compare", recs["base"], recs["slow"],
+                           "--ignore-config", "fetch_delay_us,fetch_delay_mode"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+
+
+def test_compare_bad_input_one_line_exit_2(recs, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    rc, out = run_bench("compare", recs["base"], str(bad))
+    assert rc == 2 and len(out.strip().splitlines()) == 1 and "not JSON" in out, out
+
+
+def test_benjamini_hochberg_and_thresholds():
+    """The statistics alone, on fixed numbers: a check that can fail each way."""
+    from bench.nightly.verdict import METRIC_BY_PATH, Judgement, judge
+    m = METRIC_BY_PATH["fault_latency_ns.p50"]
+    base = [100.0, 101, 99, 100.5, 99.5, 100.2, 99.8]
+    # 3% slower, significant: below the minimum effect, and inside it: SAME
+    small = judge([Judgement("c", m, base, [v * 1.03 for v in base])])[0]
+    assert small.verdict == "SAME" and small.p < 0.01
+    big = judge([Judgement("c", m, base, [v * 1.3 for v in base])])[0]
+    assert big.verdict == "DIFFERENT" and big.worse
+    # the same big change among many unchanged cells keeps q above its own p
+    many = judge([Judgement("c", m, base, [v * 1.3 for v in base])] +
+                 [Judgement(f"c{i}", m, base, list(base)) for i in range(9)])
+    assert many[0].q > many[0].p
+
+
+# --- host fingerprint ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fingerprints(kvm):
+    from bench.nightly import fingerprint
+    quiet = fingerprint.measure()
+    again = fingerprint.measure()
+    procs = nh.hogs(2 * nh.cpus())
+    try:
+        hogged = fingerprint.measure()
+    finally:
+        nh.stop(procs)
+    return quiet, again, hogged
+
+
+def test_fingerprint_has_every_component_with_spread(recs):
+    fp = recs["base_record"]["machine"]["fingerprint"]
+    from bench.nightly.fingerprint import COMPONENTS
+    assert set(fp["components"]) == set(COMPONENTS)
+    for name, c in fp["components"].items():
+        assert len(c["values"]) == fp["samples"] >= 5, name
+        assert 0 < c["min"] <= c["median"] <= c["max"], name
+    assert fp["seconds"] < 5
+
+
+def test_fingerprint_same_host_unchanged_cpu_hog_changed(fingerprints):
+    from bench.nightly.fingerprint import changes
+    quiet, again, hogged = fingerprints
+    assert changes(quiet, again) == [], [c.describe() for c in changes(quiet, again)]
+    moved = changes(quiet, hogged)
+    assert "cpu_share" in [c.name for c in moved], [c.describe() for c in moved]
+
+
+def test_slower_record_with_hogged_fingerprint_is_host_changed_not_regression(recs, fingerprints, tmp_path):
+    """The slow run is really slower; its fingerprint is one measured under a CPU
+    hog: the verdict must blame the host (exit 2), not call it a regression."""
+    _quiet, _again, hogged = fingerprints
+    slow = json.load(open(recs["slow"]))
+    slow["machine"]["fingerprint"] = hogged
+    path = nh.write(slow, str(tmp_path / "slow-hogged.json"))
+    rc, out = run_bench("compare", recs["base"], path, "--ignore-config", "fetch_delay_us,fetch_delay_mode")
+    assert rc == 2, out
+    assert "HOST CHANGED" in out and "cpu_share" in out and "host changed (exit 2)" in out, out
+
+
+def test_record_from_another_host_is_host_changed(recs, tmp_path):
+    other = json.load(open(recs["slow"]))
+    other["machine"]["cpu_model"] = "another CPU model"
+    other["machine"]["online_cpus"] = 64
+    path = nh.write(other, str(tmp_path / "other-host.json"))
+    rc, out = run_bench("compare", recs["base"], path, "--ignore-config", "fetch_delay_us,fetch_delay_mode")
+    assert rc == 2 and "cpu_model" in out and "HOST CHANGED" in out, out
+
+
+# --- history -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def nights(kvm, tmp_path_factory):
+    """16 nights of 3 real runs each, from one 48-run invocation."""
+    d = tmp_path_factory.mktemp("nights")
+    record = nh.run_record(str(d / "all.json"), 48)
+    return nh.nights_from(record, 3)
+
+
+def _history(tmp_path, records, *extra):
+    db = str(tmp_path / "h.sqlite")
+    paths = [nh.write(r, str(tmp_path / f"n{i:02d}.json")) for i, r in enumerate(records)]
+    rc, out = run_bench("ingest", *paths, "--db", db)
+    assert rc == 0, out
+    return run_bench("history", "--db", db, "--json", str(tmp_path / "h.json"), *extra)
+
+
+def test_history_finds_the_night_of_an_injected_step(nights, tmp_path):
+    step_at = 10
+    records = [copy.deepcopy(r) for r in nights]
+    for i, r in enumerate(records):
+        r["harness"]["git_commit"] = "a" * 40 if i < step_at else "b" * 40
+    records = records[:step_at] + [nh.scaled(r, "", 1.3) for r in records[step_at:]]
+    rc, out = _history(tmp_path, records)
+    assert rc == 0, out
+    found = json.load(open(tmp_path / "h.json"))["changes"]
+    p50 = [c for c in found if c["metric"] == "fault_latency_ns.p50"]
+    assert len(p50) == 1, out
+    assert p50[0]["night"] == records[step_at]["created"][:10], out
+    assert p50[0]["cause"] == "code" and "bbbbbbbbbbbb" in p50[0]["explanation"], out
+    assert p50[0]["worse"] and 1.2 < p50[0]["ratio"] < 1.4, out
+
+
+def test_flat_noisy_history_finds_nothing(nights, tmp_path):
+    rc, out = _history(tmp_path, nights)
+    assert rc == 0, out
+    assert json.load(open(tmp_path / "h.json"))["changes"] == [], out
+
+
+def test_history_step_with_host_change_is_blamed_on_the_host(nights, fingerprints, tmp_path):
+    _quiet, _again, hogged = fingerprints
+    records = [copy.deepcopy(r) for r in nights]
+    for r in records[8:]:
+        r["machine"]["fingerprint"] = hogged
+    records = records[:8] + [nh.scaled(r, "", 1.3) for r in records[8:]]
+    rc, out = _history(tmp_path, records)
+    p50 = [c for c in json.load(open(tmp_path / "h.json"))["changes"] if c["metric"] == "fault_latency_ns.p50"]
+    assert len(p50) == 1 and p50[0]["cause"] == "host" and "cpu_share" in p50[0]["explanation"], out
+
+
+def test_changepoint_on_fixed_series():
+    import numpy as np
+    from bench.nightly.changepoint import find
+    rng = np.random.default_rng(1)
+    x = rng.normal(100, 2, 24)
+    assert find(x) == []
+    x[15:] += 10
+    assert [c.index for c in find(x)] == [15]
+
+
+# --- store -----------------------------------------------------------------------
+
+def test_sqlite_store_idempotent_wal_versioned(recs, tmp_path):
+    import sqlite3
+    db = str(tmp_path / "h.sqlite")
+    rc, out = run_bench("ingest", str(recs["dir"]), "--db", db)
+    assert rc == 0 and "ingested 3 new" in out, out
+    rc, out = run_bench("ingest", str(recs["dir"]), "--db", db)
+    assert rc == 0 and "ingested 0 new record(s), 3 already present" in out, out
+    con = sqlite3.connect(db)
+    assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
+    assert con.execute("select max(version) from schema_version").fetchone()[0] == 2
+    rows = con.execute("select record_json, hostname, kernel_release, harness_commit, cell_key "
+                       "from records").fetchall()
+    assert len(rows) == 3 and all(r[1] and r[2] and r[4] for r in rows)
+    stored = sorted(json.loads(r[0])["created"] + str(len(json.loads(r[0])["runs"])) for r in rows)
+    assert len(set(stored)) == 3
+    indexes = {r[1] for r in con.execute("select * from sqlite_master where type='index'")}
+    assert {"ix_records_hostname", "ix_records_kernel", "ix_records_commit", "ix_records_config",
+            "ix_records_cell_created", "ix_records_night"} <= indexes
+
+
+def test_sqlite_bad_file_leaves_database_as_it_was(recs, tmp_path):
+    db = str(tmp_path / "h.sqlite")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema_version": 1}))
+    rc, out = run_bench("ingest", recs["base"], str(bad), "--db", db)
+    assert rc == 2 and "not a valid result record" in out, out
+    from bench.nightly.store import Store
+    assert Store(db).rows() == []
+
+
+def test_migration_from_version_1_keeps_records(recs, tmp_path):
+    from bench.nightly.store import Store
+    db = str(tmp_path / "old.sqlite")
+    old = Store(db, upto=1)
+    old.ingest([json.load(open(recs["base"]))])
+    old.close()
+    new = Store(db)
+    assert new.schema_version() == 2
+    rows = new.rows()
+    assert len(rows) == 1 and json.loads(rows[0]["fingerprint_json"])["version"] == 1
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL server from Debian's package, started and stopped here."""
+    import glob
+    import shutil
+    import socket
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], capture_output=True,
+                       timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.skip("Debian package postgresql is not installed and could not be installed")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("PyPI package psycopg is not installed (pip install -e '.[test]')")
+    bindir = os.path.dirname(bins[-1])
+    d = tmp_path_factory.mktemp("pg")
+    os.chmod(d, 0o777)
+    data, sock = str(d / "data"), str(d)
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run(as_pg + [f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run(as_pg + [f"{bindir}/pg_ctl", "-D", data, "-w", "-l", str(d / "log"), "-o",
+                            f"-k {sock} -p {port} -c listen_addresses=''", "start"],
+                   check=True, capture_output=True, timeout=120)
+    try:
+        yield f"postgresql+psycopg://postgres@/postgres?host={sock}&port={port}"
+    finally:
+        subprocess.run(as_pg + [f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "stop"],
+                       capture_output=True, timeout=120)
+
+
+def test_postgres_and_sqlite_hold_the_same_data(recs, postgres, tmp_path):
+    from bench.nightly.store import Store
+    paths = [recs["base"], recs["slow"], recs["short"]]
+    for url in (str(tmp_path / "h.sqlite"), postgres):
+        rc, out = run_bench("ingest", *paths, "--db", url)
+        assert rc == 0 and "ingested 3 new" in out, out
+        rc, out = run_bench("ingest", *paths, "--db", url)
+        assert rc == 0 and "3 already present" in out, out
+    lite, pg = Store(str(tmp_path / "h.sqlite")), Store(postgres)
+    assert pg.schema_version() == lite.schema_version() == 2
+    assert pg.dump() == lite.dump()
+    assert len(pg.dump()) == 3
+
+
+# --- pyperf ----------------------------------------------------------------------
+
+def test_pyperf_compare_to_reads_two_exported_cells(recs, tmp_path):
+    a, b = str(tmp_path / "a.json"), str(tmp_path / "b.json")
+    assert run_bench("export-pyperf", recs["base"], "--out", a)[0] == 0
+    assert run_bench("export-pyperf", recs["slow"], "--out", b, "--name",
+                     json.load(open(a))["metadata"]["name"])[0] == 0
+    done = subprocess.run([sys.executable, "-m", "pyperf", "compare_to", a, b], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "slower" in done.stdout, done.stdout
+
+
+# --- nightly -----------------------------------------------------------------------
+
+def test_nightly_contract(recs, tmp_path):
+    db = str(tmp_path / "h.sqlite")
+    out = str(tmp_path / "out")
+    rc, text = run_bench("nightly", "--db", db, "--out-dir", out, "--records", recs["base"])
+    assert rc == 2, text   # first night: nothing to compare with
+    verdict = json.load(open(os.path.join(out, "verdict.json")))
+    assert verdict["status"] == "inconclusive" and verdict["exit_status"] == 2
+    # the slow run measured as if the code itself had slowed (same configuration)
+    slow = json.load(open(recs["slow"]))
+    slow["config"] = copy.deepcopy(recs["base_record"]["config"])
+    slow["created"] = "2099-01-01T02:00:00+00:00"
+    path = nh.write(slow, str(tmp_path / "slow-same-config.json"))
+    rc, text = run_bench("nightly", "--db", db, "--out-dir", out, "--records", path)
+    assert rc == 1, text
+    summary = open(os.path.join(out, "summary.md")).read()
+    assert "**regression** (exit 1)" in summary and "| fault latency p50 |" in summary
+    assert json.load(open(os.path.join(out, "verdict.json")))["exit_status"] == 1
+
+
+def test_nightly_runs_its_sweep_and_bad_sweep_is_harness_error(kvm, tmp_path):
+    db = str(tmp_path / "h.sqlite")
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"repeat": 5, "points": [
+        "--mech exits --vcpus 1 --mem-per-vcpu 2 --no-trace-locks"]}))
+    rc, text = run_bench("nightly", "--db", db, "--out-dir", str(tmp_path / "o"), "--sweep", str(sweep))
+    assert rc == 2 and "inconclusive" in text, text
+    from bench.nightly.store import Store
+    assert len(Store(db).rows()) == 1
+    sweep.write_text(json.dumps({"points": ["--mech nosuch"]}))
+    rc, text = run_bench("nightly", "--db", db, "--out-dir", str(tmp_path / "o"), "--sweep", str(sweep))
+    assert rc == 3, text
+    assert json.load(open(tmp_path / "o" / "verdict.json"))["status"] == "harness error"
