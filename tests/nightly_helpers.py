@@ -26,13 +26,17 @@ def write(record: dict, path: str) -> str:
 
 
 def scaled(record: dict, path: str, factor: float) -> dict:
-    """The record with one metric (fault latency p50) of every run multiplied."""
+    """The record with one metric, the fault latency (every percentile of it, so
+    the distribution shifts whole), multiplied in every run."""
+    from bench import result as resultmod
     out = copy.deepcopy(record)
     for run in out["runs"]:
-        run["metrics"]["fault_latency_ns"]["p50"] *= factor
-    for key in ("median", "min", "max", "mean"):
-        out["summary"]["fault_latency_ns.p50"][key] *= factor
-    return out
+        latency = run["metrics"]["fault_latency_ns"]
+        for key in latency:
+            if key != "count":
+                latency[key] *= factor
+    out["summary"] = {}
+    return resultmod.finalize(out)
 
 
 def nights_from(record: dict, runs_per_night: int, first_night: str = "2026-01-01") -> list[dict]:

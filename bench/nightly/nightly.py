@@ -61,8 +61,25 @@ def load_sweep(path: str | None) -> dict:
     return sweep
 
 
+def check_points(sweep: dict) -> None:
+    """Refuse a bad point before anything runs (the benchmark's own checks)."""
+    from bench.cli import UsageError, build_parser, validate_args
+    for i, point in enumerate(sweep["points"]):
+        stderr = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stderr):
+                args = build_parser().parse_args(shlex.split(point))
+            validate_args(args)
+        except SystemExit:
+            raise HarnessError(f"sweep point {i + 1} ({point}): "
+                               f"{stderr.getvalue().strip().splitlines()[-1]}") from None
+        except (UsageError, ValueError) as exc:
+            raise HarnessError(f"sweep point {i + 1} ({point}): {exc}") from None
+
+
 def run_sweep(sweep: dict, records_dir: str) -> list[str]:
     from bench.cli import main as bench_main
+    check_points(sweep)
     paths = []
     for i, point in enumerate(sweep["points"]):
         argv = shlex.split(point) + ["--repeat", str(sweep.get("repeat", 10)), "--quiet",
