@@ -88,8 +88,10 @@ def main(argv=None) -> int:
             base = [r for _p, r in load_records(files["a"])]
             new = [r for _p, r in load_records(files["b"])]
             cmp = compare_records(base, new, pair_single=True)
-            undecided = any(j.verdict == "UNKNOWN" for j in cmp.judgements)
-            if not undecided or cmp.host_changes or done["a"] + a.block > a.max_repeat:
+            # a burst of load on one side's blocks (host changed) is also undecided:
+            # more interleaved blocks spread it over both sides
+            undecided = any(j.verdict == "UNKNOWN" for j in cmp.judgements) or cmp.host_changes
+            if not undecided or done["a"] + a.block > a.max_repeat:
                 break
         sys.stdout.write(render_text(cmp))
         print(f"{done['a']} repetitions a side in {block} block pair(s)"

@@ -141,9 +141,9 @@ def main(argv=None) -> int:
 
     previous = previous_night(rows, tonight)
     changes, notes = historymod.analyse(rows)
-    tonight_hashes = {content_hash(r) for r in tonight}
-    changes_tonight = [c for c in changes if rows[0] and any(
-        row["content_hash"] in tonight_hashes and row["created"] == c.created for row in rows)]
+    tonight_created = {row["created"] for row in rows if row["content_hash"] in
+                       {content_hash(r) for r in tonight}}
+    changes_tonight = [c for c in changes if c.created in tonight_created]
     md = [f"## faultbench nightly {verdict['started'][:10]}", ""]
     if previous:
         cmp = compare_records(previous, tonight)
