@@ -30,8 +30,11 @@ def export(records: list[dict], metric: str | None, name: str | None) -> pyperf.
     keys = {cell_key(r["config"]) for r in records}
     if len(keys) != 1:
         raise BadInput(f"the records hold {len(keys)} cells; export one cell at a time")
-    if metric is None:
-        metric = metrics_of(records[0])[1 if len(metrics_of(records[0])) > 1 else 0].path
+    if metric is None:   # the latency the cell has: fault p50, or first-touch p50 for a baseline
+        latencies = [m.path for m in metrics_of(records[0]) if m.path != "pages_per_s"]
+        if not latencies:
+            raise BadInput("the records hold no latency metric; choose one with --metric")
+        metric = latencies[0]
     if metric not in METRIC_BY_PATH:
         raise BadInput(f"--metric {metric}: choose from {', '.join(METRIC_BY_PATH)}")
     runs = []
