@@ -63,6 +63,13 @@ def test_too_few_repetitions_is_unknown_and_says_how_many(recs):
     assert "UNKNOWN" in out and "need at least 5 a side" in out, out
 
 
+def test_ab_stops_at_its_cap_with_unknown(kvm):
+    point = "--mech exits --vcpus 1 --mem-per-vcpu 2 --no-trace-locks"
+    rc, out = run_bench("ab", point, point, "--block", "2", "--max-repeat", "4")
+    assert rc == 2, out
+    assert "4 repetitions a side" in out and "need at least 5 a side" in out, out
+
+
 def test_module_form_of_compare_still_works(recs):
     done = subprocess.run([sys.executable, "-m", "bench.report", "compare", recs["base"], recs["slow"],
                            "--ignore-config", "fetch_delay_us,fetch_delay_mode"],
@@ -129,11 +136,14 @@ def test_fingerprint_same_host_unchanged_cpu_hog_changed(fingerprints):
 def test_slower_record_with_hogged_fingerprint_is_host_changed_not_regression(recs, fingerprints, tmp_path):
     """The slow run is really slower; its fingerprint is one measured under a CPU
     hog: the verdict must blame the host (exit 2), not call it a regression."""
-    _quiet, _again, hogged = fingerprints
+    quiet, _again, hogged = fingerprints
+    base = json.load(open(recs["base"]))
+    base["machine"]["fingerprint"] = quiet   # both from one fixture: quiet vs hogged only
     slow = json.load(open(recs["slow"]))
     slow["machine"]["fingerprint"] = hogged
     path = nh.write(slow, str(tmp_path / "slow-hogged.json"))
-    rc, out = run_bench("compare", recs["base"], path, "--ignore-config", "fetch_delay_us,fetch_delay_mode")
+    base_path = nh.write(base, str(tmp_path / "base-quiet.json"))
+    rc, out = run_bench("compare", base_path, path, "--ignore-config", "fetch_delay_us,fetch_delay_mode")
     assert rc == 2, out
     assert "HOST CHANGED" in out and "cpu_share" in out and "host changed (exit 2)" in out, out
 
@@ -344,6 +354,33 @@ def test_nightly_contract(recs, tmp_path):
     summary = open(os.path.join(out, "summary.md")).read()
     assert "**regression** (exit 1)" in summary and "| fault latency p50 |" in summary
     assert json.load(open(os.path.join(out, "verdict.json")))["exit_status"] == 1
+
+
+def test_nightly_host_changed_is_not_a_regression(recs, fingerprints, tmp_path):
+    """The really slower run, carrying a fingerprint measured under a CPU hog."""
+    db, out = str(tmp_path / "h.sqlite"), str(tmp_path / "out")
+    # both fingerprints from one fixture, so the test hangs on quiet vs hogged only
+    base = json.load(open(recs["base"]))
+    base["machine"]["fingerprint"] = fingerprints[0]
+    base_path = nh.write(base, str(tmp_path / "base-quiet.json"))
+    assert run_bench("nightly", "--db", db, "--out-dir", out, "--records", base_path)[0] == 2
+    slow = json.load(open(recs["slow"]))
+    slow["config"] = copy.deepcopy(recs["base_record"]["config"])
+    slow["created"] = "2099-01-01T02:00:00+00:00"
+    slow["machine"]["fingerprint"] = fingerprints[2]
+    rc, text = run_bench("nightly", "--db", db, "--out-dir", out, "--records",
+                         nh.write(slow, str(tmp_path / "slow-hogged.json")))
+    assert rc == 2, text
+    verdict = json.load(open(os.path.join(out, "verdict.json")))
+    assert verdict["status"] == "host changed"
+    assert any("cpu_share" in c for c in verdict["comparison"]["host_changes"])
+    assert "**Host changed**" in open(os.path.join(out, "summary.md")).read()
+
+
+def test_history_of_a_missing_database_is_an_error(tmp_path):
+    rc, out = run_bench("history", "--db", str(tmp_path / "none" / "h.sqlite"))
+    assert rc == 2 and "no history database" in out, out
+    assert not (tmp_path / "none").exists()
 
 
 def test_nightly_runs_its_sweep_and_bad_sweep_is_harness_error(kvm, tmp_path):

@@ -145,7 +145,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
-        store = Store(a.db)
+        store = Store(a.db, create=False)   # reading: a mistyped path is an error, not a new file
         rows = store.rows(a.cell, a.host)
         store.close()
     except StoreError as exc:

@@ -108,13 +108,15 @@ class IngestResult:
 
 
 class Store:
-    def __init__(self, db: str | None = None, *, upto: int = SCHEMA_VERSION):
+    def __init__(self, db: str | None = None, *, upto: int = SCHEMA_VERSION, create: bool = True):
         self.url = url_of(db)
         try:
             url = sa.engine.make_url(self.url)
         except sa.exc.ArgumentError as exc:
             raise StoreError(f"--db {db!r} is not a database URL: {exc}") from None
         if url.get_backend_name() == "sqlite" and url.database:
+            if not create and not os.path.exists(url.database):
+                raise StoreError(f"no history database at {url.database}")
             parent = os.path.dirname(os.path.abspath(url.database))
             if not os.path.isdir(parent):
                 os.makedirs(parent, exist_ok=True)
