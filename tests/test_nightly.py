@@ -25,10 +25,10 @@ def run_bench(*args, timeout=300):
 
 @pytest.fixture(scope="module")
 def recs(kvm, tmp_path_factory):
-    """Real records: a baseline, a rerun of it, one with a fetch delay of 20% of
-    the baseline's fault latency (spin: exactly that long), and a short one."""
+    """Real records: a baseline (20 runs), one with a fetch delay of 20% of
+    the baseline's fault latency (spin: exactly that long; 10 runs), and a short one (3)."""
     d = tmp_path_factory.mktemp("records")
-    base = nh.run_record(str(d / "base.json"), 10)
+    base = nh.run_record(str(d / "base.json"), 20)
     p50_us = base["summary"]["fault_latency_ns.p50"]["median"] / 1000
     delay = round(0.2 * p50_us, 2)
     nh.run_record(str(d / "slow.json"), 10, ["--fetch-delay-us", str(delay), "--fetch-delay-mode", "spin"])
@@ -354,6 +354,26 @@ def test_nightly_contract(recs, tmp_path):
     summary = open(os.path.join(out, "summary.md")).read()
     assert "**regression** (exit 1)" in summary and "| fault latency p50 |" in summary
     assert json.load(open(os.path.join(out, "verdict.json")))["exit_status"] == 1
+
+
+def test_nightly_same_code_same_host_is_exit_0(recs, tmp_path):
+    """Two nights made of one invocation's real runs, alternate runs each: the
+    same code on the same host, measured side by side."""
+    base = recs["base_record"]
+    first, second = copy.deepcopy(base), copy.deepcopy(base)
+    first["runs"], second["runs"] = base["runs"][0::2], base["runs"][1::2]
+    second["created"] = "2099-01-02T02:00:00+00:00"
+    from bench import result as resultmod
+    for r in (first, second):
+        r["summary"] = {}
+        resultmod.finalize(r)
+    db, out = str(tmp_path / "h.sqlite"), str(tmp_path / "out")
+    assert run_bench("nightly", "--db", db, "--out-dir", out, "--records",
+                     nh.write(first, str(tmp_path / "n1.json")))[0] == 2
+    rc, text = run_bench("nightly", "--db", db, "--out-dir", out, "--records",
+                         nh.write(second, str(tmp_path / "n2.json")))
+    assert rc == 0, open(os.path.join(out, "summary.md")).read()
+    assert json.load(open(os.path.join(out, "verdict.json")))["status"] == "same"
 
 
 def test_nightly_host_changed_is_not_a_regression(recs, fingerprints, tmp_path):

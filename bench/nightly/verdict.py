@@ -286,6 +286,13 @@ def compare_records(base: list[dict], new: list[dict], ignore_config: frozenset 
         busy = load_difference(name, brecs, nrecs)
         if busy:
             changes.append(busy)
+    for side, recs in (("base", base), ("new", new)):
+        # the records' own spread warnings (pyperf's checks): the likeliest reason
+        # for an UNKNOWN is a busy host, and they say which metric spread
+        unstable = sorted({w for r in recs for w in r.get("warnings", [])
+                           if w.split(":")[0] in METRIC_BY_PATH and "run" not in w.split(":")[1][:6]})
+        if unstable:
+            notes.append(f"{side} runs unstable ({len(unstable)} warning(s)): " + "; ".join(unstable[:3]))
     if any(r["emulated"] for r in base + new):
         notes.append("EMULATED mechanism in the comparison: " + "; ".join(
             sorted({r["emulation_reason"] for r in base + new if r["emulated"]})))
