@@ -148,6 +148,20 @@ def test_slower_record_with_hogged_fingerprint_is_host_changed_not_regression(re
     assert "HOST CHANGED" in out and "cpu_share" in out and "host changed (exit 2)" in out, out
 
 
+def test_runs_under_a_cpu_hog_are_host_load_not_regression(recs, tmp_path):
+    """Real runs made while busy loops compete for the CPUs: the runs' own
+    run-queue wait names the host, and the disturbed runs are said to be."""
+    procs = nh.hogs(2 * nh.cpus())
+    try:
+        nh.run_record(str(tmp_path / "hogged.json"), 10)
+    finally:
+        nh.stop(procs)
+    rc, out = run_bench("compare", recs["base"], str(tmp_path / "hogged.json"))
+    assert rc == 2, out
+    assert "host load during the runs" in out and "waited for a CPU" in out, out
+    assert ("left out" in out or "verdicts drawn from all runs" in out) and "regression" not in out, out
+
+
 def test_record_from_another_host_is_host_changed(recs, tmp_path):
     other = json.load(open(recs["slow"]))
     other["machine"]["cpu_model"] = "another CPU model"

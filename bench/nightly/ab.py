@@ -2,8 +2,8 @@
 
 Each CONFIG is the benchmark's own arguments for one point, quoted (for
 example "--mech exits --vcpus 1"). The two run in alternating blocks of
---block repetitions, in the order A B B A A B ..., so a drift of the host
-during the comparison falls on both alike; every block is a normal invocation
+--block repetitions, in the order A B B A A B ... (two pairs at least), so a
+drift of the host during the comparison falls on both alike; every block is a normal invocation
 (with its own host fingerprint and result record). While the verdict is
 UNKNOWN another pair of blocks is run, up to --max-repeat repetitions a side.
 Exit as `compare`: 0 SAME, 1 B DIFFERENT and worse, 2 UNKNOWN at the cap,
@@ -91,7 +91,9 @@ def main(argv=None) -> int:
             # a burst of load on one side's blocks (host changed) is also undecided:
             # more interleaved blocks spread it over both sides
             undecided = any(j.verdict == "UNKNOWN" for j in cmp.judgements) or cmp.host_changes
-            if not undecided or done["a"] + a.block > a.max_repeat:
+            # two block pairs at least (A B B A): a burst of load on one block alone
+            # cannot make the verdict
+            if (block >= 2 and not undecided) or done["a"] + a.block > a.max_repeat:
                 break
         sys.stdout.write(render_text(cmp))
         print(f"{done['a']} repetitions a side in {block} block pair(s)"
