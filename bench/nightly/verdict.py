@@ -105,8 +105,9 @@ def judge(judgements: list[Judgement], alpha: float = ALPHA) -> list[Judgement]:
     """Fill every judgement's verdict; the p-values are corrected together (BH)."""
     testable = [j for j in judgements
                 if len(j.base) >= MIN_REPETITIONS and len(j.new) >= MIN_REPETITIONS]
+    testable_ids = {id(j) for j in testable}
     for j in judgements:
-        if j not in testable:
+        if id(j) not in testable_ids:
             j.verdict = "UNKNOWN"
             j.repetitions_needed = MIN_REPETITIONS
             j.reason = (f"too few repetitions: {len(j.base)} base and {len(j.new)} new; "
