@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests import nightly_helpers as nh
+import nightly_helpers as nh
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
