@@ -5,7 +5,8 @@ over the record's runs of each judged metric. Change points come from
 E-divisive means (bench/nightly/changepoint.py); a change smaller than the
 metric's minimum effect is not reported. Each change is then explained:
   host  - the host fingerprints of the nights before and after differ beyond
-          their noise (or the CPU model / count changed): not the code;
+          their noise, the CPU model / count changed, or the runs' waiting for
+          a CPU moved by over 10 points (load during the runs): not the code;
   code  - same host, and the harness commit or the kernel changed at that night;
   unexplained - neither moved: a change to look at by hand.
 """
@@ -25,7 +26,7 @@ from . import fingerprint as fpmod
 from .cells import HOST_KEYS
 from .ingest import OneLineParser, add_db_argument
 from .store import Store, StoreError
-from .verdict import METRICS, metrics_of
+from .verdict import DISTURBED_MARGIN, METRICS, cpu_wait_share, metrics_of
 
 FINGERPRINT_WINDOW = 5   # nights each side of a change whose fingerprints are pooled
 
@@ -70,6 +71,12 @@ def _explain(rows: list[dict], at: int) -> tuple[str, str]:
                           fpmod.pooled([r["record"]["machine"].get("fingerprint") for r in after]))
     if moved:
         host += [c.describe() for c in moved]
+    waits = [[w for r in side for run in r["record"]["runs"]
+              if (w := cpu_wait_share(run)) is not None] for side in (before, after)]
+    if all(waits):
+        wb, wa = statistics.median(waits[0]), statistics.median(waits[1])
+        if abs(wa - wb) > DISTURBED_MARGIN:   # the host's load during the runs moved
+            host.append(f"threads waited for a CPU {wb:.0%} -> {wa:.0%} of their runnable time")
     if host:
         return "host", "host changed: " + "; ".join(host)
     prev, this = rows[at - 1], rows[at]
