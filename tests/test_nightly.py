@@ -54,7 +54,8 @@ def test_ab_fetch_delay_is_different_and_rerun_is_same(recs):
     assert "DIFFERENT worse" in [l for l in out.splitlines() if "fault latency p50" in l][0], out
     rc, out = run_bench("ab", point, point, "--max-repeat", "20")
     assert rc == 0, out
-    assert all("SAME" in l for l in out.splitlines() if "vs" in l), out
+    verdict_lines = [l for l in out.splitlines() if l.startswith("exits/")]
+    assert len(verdict_lines) == 3 and all(" SAME " in l for l in verdict_lines), out
 
 
 def test_too_few_repetitions_is_unknown_and_says_how_many(recs):
