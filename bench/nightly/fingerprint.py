@@ -24,6 +24,7 @@ SAMPLES = 5
 FUTEX_ROUND_TRIPS = 500
 MEMCPY_BYTES = 16 << 20
 SPIN_ITERATIONS = 5_000_000   # about 7 ms of one core here
+CHANGE_P = 0.05
 
 # name -> (unit, better direction, what is timed, tolerance). The tolerance is the
 # relative change below which a difference is not called a host change even when
@@ -197,10 +198,12 @@ def pooled(fingerprints: list[dict]) -> dict | None:
 def changes(base: dict | None, new: dict | None) -> list[ComponentChange] | None:
     """Components that differ beyond their noise; None when a side has no fingerprint.
 
-    Beyond noise means both: the two sets of samples do not overlap at all (with 5
-    samples a side, a Mann-Whitney p of 0.008), and the medians differ by more
-    than the component's tolerance.
+    Beyond noise means both: the two sets of samples differ by rank (Mann-Whitney,
+    two-sided p below CHANGE_P: with 5 samples a side, at most two of the 25 pairs
+    out of order, so one sample caught by a burst of load on either side does not
+    hide a change), and the medians differ by more than the component's tolerance.
     """
+    from scipy.stats import mannwhitneyu
     if not base or not new:
         return None
     out = []
@@ -209,7 +212,7 @@ def changes(base: dict | None, new: dict | None) -> list[ComponentChange] | None
         if not b or not n or b["median"] <= 0:
             continue
         ratio = n["median"] / b["median"]
-        separated = n["min"] > b["max"] or n["max"] < b["min"]
+        separated = mannwhitneyu(b["values"], n["values"]).pvalue < CHANGE_P
         # symmetric in log: x1.3 slower and x1/1.3 faster are the same size
         if separated and ratio > 0 and abs(math.log(ratio)) > math.log1p(tolerance):
             slower = ratio > 1 if better == "lower" else ratio < 1
