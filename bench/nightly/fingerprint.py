@@ -27,10 +27,11 @@ SPIN_ITERATIONS = 5_000_000   # about 7 ms of one core here
 CHANGE_P = 0.05
 
 # name -> (unit, better direction, what is timed, tolerance). The tolerance is the
-# relative change below which a difference is not called a host change even when
-# the samples do not overlap: measured on this machine, back-to-back fingerprints
-# of the same idle host differed by up to about 15-25% (futex most), while a CPU
-# hog or another boot moved components by 1.4-5x.
+# relative change of the median below which a difference is not called a host
+# change, however clear. Measured here: back-to-back fingerprints of a quiet host
+# had medians within 1% (KVM and uffd parts), 6% (futex) and 9% (memcpy); a
+# neighbour's benchmark moved memcpy by 30-50%; a CPU hog moved the futex wake
+# 5-20x and cpu_share to 0.1-0.5; two boots of this machine type differ 1.4-5x.
 COMPONENTS: dict[str, tuple[str, str, str, float]] = {
     "kvm_exit_fault_ns": (
         "ns", "lower", "memory-fault exit round trip: KVM_RUN returns -EFAULT, UFFDIO_COPY, "
