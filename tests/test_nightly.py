@@ -350,6 +350,9 @@ def test_pyperf_compare_to_reads_two_exported_cells(recs, tmp_path):
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "slower" in done.stdout, done.stdout
+    # every cell of a directory at once: base and short are one cell, slow another
+    rc, out = run_bench("export-pyperf", str(recs["dir"]), "--out-dir", str(tmp_path / "cells"))
+    assert rc == 0 and len(os.listdir(tmp_path / "cells")) == 2, out
 
 
 # --- nightly -----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`run_bench.py export-pyperf RECORDS... --out FILE`: one cell as pyperf JSON.
+"""`run_bench.py export-pyperf RECORDS... --out FILE | --out-dir DIR`: cells as pyperf JSON.
 
 Each faultbench run becomes one pyperf run holding one value, in seconds (pyperf
 compares times): a latency metric as is, the paging rate as its inverse, the
@@ -54,19 +54,33 @@ def export(records: list[dict], metric: str | None, name: str | None) -> pyperf.
 
 def main(argv=None) -> int:
     p = OneLineParser(prog="run_bench.py export-pyperf", description=__doc__.splitlines()[0])
-    p.add_argument("records", nargs="+", help="result files (or a directory) of one cell")
-    p.add_argument("--out", required=True, help="pyperf JSON file to write")
+    p.add_argument("records", nargs="+", help="result files or directories")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", help="pyperf JSON file to write (the records hold one cell)")
+    out.add_argument("--out-dir", help="one pyperf JSON file per cell, named after the cell")
     p.add_argument("--metric", help="metric path (default: fault latency p50, or first-touch "
                                     "latency p50 for the baselines)")
     p.add_argument("--name", help="benchmark name (default: the cell's name)")
     a = p.parse_args(argv)
     try:
-        bench = export([r for _p, r in load_records(a.records)], a.metric, a.name)
+        records = [r for _p, r in load_records(a.records)]
+        cells: dict[str, list[dict]] = {}
+        for r in records:
+            cells.setdefault(cell_key(r["config"]), []).append(r)
+        if a.out:
+            targets = [(a.out, records)]
+        else:
+            targets = [(os.path.join(a.out_dir, cell_name(recs[0]["config"]).replace("/", "_")
+                                     + f"-{key}.json"), recs) for key, recs in cells.items()]
+        benches = [(path, export(recs, a.metric, a.name)) for path, recs in targets]
     except (BadInput, ValueError) as exc:
         print(f"run_bench.py export-pyperf: error: {exc}", file=sys.stderr)
         return 2
-    tmp = a.out + ".tmp"
-    bench.dump(tmp, compact=False, replace=True)
-    os.replace(tmp, a.out)
-    print(a.out)
+    if a.out_dir:
+        os.makedirs(a.out_dir, exist_ok=True)
+    for path, bench in benches:   # every cell converted before any file is written
+        tmp = path + ".tmp"
+        bench.dump(tmp, compact=False, replace=True)
+        os.replace(tmp, path)
+        print(path)
     return 0
