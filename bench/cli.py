@@ -131,13 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--placement", choices=PLACEMENTS, default="free",
                    help="thread placement: free (the scheduler decides), spread (vCPU threads on one half "
                         "of the CPUs, resolver threads on the other), packed (each resolver on its vCPU's "
-                        "CPU); every run records the CPUs each thread was seen on and its migrations "
+                        "CPU); every run records the CPUs each thread was seen on and its migrations. "
+                        "On 2 CPUs, spread puts every vCPU on one CPU and every resolver on the other "
                         "(default free)")
     r.add_argument("--verify", choices=["header", "full"], default="header",
                    help="content the guest checks on every touch: header (the page's first 16 bytes: its "
                         "address and the seed) or full (every 8-byte word but offset 64, which the guest "
-                        "writes: a torn copy shows; costs about 1 us of guest time per page, outside the "
-                        "timed touch) (default header)")
+                        "writes: a torn copy shows; the check costs about 1 us of guest time per page, outside "
+                        "the timed touch, and filling the 4 KiB pattern counts in the fetch segment) "
+                        "(default header)")
     r.add_argument("--min-guest-ms", type=float, default=0.0, metavar="MS",
                    help="size --mem-per-vcpu up (from one sizing run) until a run lasts at least MS of "
                         "guest time; the size used is recorded and in the rerun line (default 0: off; "
@@ -335,10 +337,13 @@ def _check_warnings(where: str, checks: dict) -> list[str]:
                    "guest timings or the TSC frequency are wrong")
     sm = checks.get("segments_vs_monotonic")
     if sm and sm.get("comparable") and not sm["ok"]:
-        bad = [f"{p} {sm[p]['segment_ns'] / 1000:.1f} us stamped vs {sm[p]['monotonic_ns'] / 1000:.1f} us "
-               "monotonic" for p in ("fetch", "install") if not sm[p]["ok"]]
+        bad = [f"{p}: {sm[p]['faults_disagreeing']} of {sm['faults_timed']} faults (mean "
+               f"{sm[p]['segment_ns_mean'] / 1000:.1f} us stamped vs {sm[p]['monotonic_ns_mean'] / 1000:.1f} us "
+               "monotonic)" for p in ("fetch", "install") if not sm[p]["ok"]]
         out.append(f"{where}: check failed: breakdown segments disagree with an independent clock: "
                    + "; ".join(bad))
+    elif sm and not sm.get("comparable"):
+        out.append(f"{where}: the segment clock check could not run: {sm['reason']}")
     ct = checks.get("cpu_time_vs_latency")
     if ct and ct.get("applies") and ct["ok"] is False:
         out.append(f"{where}: check failed: the vCPU threads' guest-timed fault latency is "
@@ -357,17 +362,26 @@ def run_warnings(rec: dict) -> list[str]:
             where = f"{kind[:-1]} {i + 1}"
             if m["content_errors"]:
                 out.append(f"{where}: {m['content_errors']} pages had wrong content")
+            overlap = m.get("vcpu_windows_overlapping_max")
+            if overlap is not None and overlap < vcpus:
+                out.append(f"{where}: only {overlap} of {vcpus} vCPUs' start-to-end windows overlapped "
+                           f"(starts spread over {m['vcpu_start_spread_s']:.3f} s): not a "
+                           f"{vcpus}-vCPU measurement")
             inside = m.get("vcpus_inside_kvm_run_max")
             if inside is not None and inside < vcpus / 2:
-                out.append(f"{where}: at most {inside} of {vcpus} vCPUs were inside KVM_RUN at once "
-                           f"(starts spread over {m['vcpu_start_spread_s']:.3f} s): "
-                           f"not a {vcpus}-vCPU measurement")
+                out.append(f"{where}: at most {inside} of {vcpus} vCPUs were inside KVM_RUN at once: "
+                           "most were handling faults in userspace or not yet started")
             if m.get("fault_records_dropped"):
                 out.append(f"{where}: {m['fault_records_dropped']} fault records did not fit the "
                            "per-vCPU log and are missing from latency and breakdown")
             if m.get("faults_unattributed"):
                 out.append(f"{where}: {m['faults_unattributed']} userfaultfd messages came from no "
                            "vCPU thread and are not in the per-vCPU figures")
+            pinned = {c for d in ((r.get("raw") or {}).get("placement") or {}).get("by_role", {}).values()
+                      for c in d["pinned"]}
+            if -2 in pinned:
+                out.append(f"{where}: a thread's CPU affinity was refused: it ran unpinned, not as "
+                           f"--placement {rec['config'].get('placement')} planned")
             bd = m.get("fault_breakdown_ns") or {}
             if bd.get("faults_total") and bd["faults_used"] < 0.9 * bd["faults_total"]:
                 out.append(f"{where}: the cost breakdown covers {bd['faults_used']} of "
@@ -416,9 +430,10 @@ def _print_cost_and_wait(rec: dict, med) -> None:
     wait = {r: med(f"sched.{r}.run_queue_wait_ns_per_fault") or 0 for r in roles}
     by_role = ", ".join(f"{r} {med(f'sched.{r}.on_cpu_ns_per_fault') / 1000:.1f}" for r in roles)
     waits = ", ".join(f"{r} {wait[r] / 1000:.1f}" for r in roles)
-    print(f"Mechanism cost per fault (on-CPU time, us; schedstat): {cost / 1000:.1f} ({by_role})")
-    print(f"CPU wait per fault (runnable, waiting for a CPU, us; schedstat): {sum(wait.values()) / 1000:.1f} "
-          f"({waits})")
+    print(f"Mechanism cost per fault (on-CPU time of the harness threads per fault, guest loop "
+          f"included; us; thread CPU clock): {cost / 1000:.1f} ({by_role})")
+    print(f"CPU wait per fault (runnable, waiting for a CPU, us; schedstat run delay): "
+          f"{sum(wait.values()) / 1000:.1f} ({waits})")
     mean = med("fault_latency_ns.mean")
     if mean:
         print(f"   fault latency mean {mean / 1000:.1f} us, p50 {med('fault_latency_ns.p50') / 1000:.1f} us; "
@@ -492,8 +507,8 @@ def print_point(rec: dict, path: str) -> None:
 
 
 def prepare(args, probes: dict | None = None):
-    from .placement import plan_cpus
     """Validated args -> (workload, [(mechanism, vcpus)]); raises UsageError/ValueError."""
+    from .placement import plan_cpus
     workload = WORKLOADS[args.workload](args)
     workload.validate()
     args.needs_shared_memory = workload.needs_shared_memory or args.fetch == "worker"

@@ -102,7 +102,8 @@ _RATIO_NAMES = {"overhead_ratio", "cv", "mean_batch", "fill", "ratio", "max_vcpu
 # words that make a leaf a count: "faults_used", "kernel_locks.contentions", "..._switches"
 _COUNT_WORDS = ("count", "faults", "contentions", "acquisitions", "contended", "threads",
                 "requests", "batches", "touches", "pages", "switches", "lost", "lines", "waits",
-                "used", "skipped", "wakes", "eexist", "write", "seen", "begins", "ends", "errors")
+                "used", "skipped", "wakes", "eexist", "write", "seen", "begins", "ends", "errors",
+                "timeslices", "dropped", "events", "vcpus", "disagreeing", "timed", "migrations")
 
 
 def _unit_of_name(name: str) -> str | None:
@@ -393,6 +394,9 @@ def update_to_2(record: dict) -> dict:
             if isinstance(bd, dict):
                 for key in ("sum_of_parts", "sum_vs_mean", "host_clock_check"):
                     bd.pop(key, None)
+    if isinstance(record.get("warnings"), list):   # warnings from the dropped checks
+        record["warnings"] = [w for w in record["warnings"] if not (
+            isinstance(w, str) and ("breakdown parts sum to" in w or "host clocks account for" in w))]
     if isinstance(record.get("runs"), list) and isinstance(record.get("warnings"), list):
         finalize(record)
     return record

@@ -208,7 +208,9 @@ void fb_thread_begin(struct fb_thread_stats *ts)
 {
     ts->tid = (int32_t)syscall(SYS_gettid);
     prctl(PR_SET_TIMERSLACK, 1UL);   /* sleeping fetch delays stay close to asked */
-    if (ts->pinned_cpu != FB_CPU_FREE) {
+    if (ts->pinned_cpu >= CPU_SETSIZE)
+        ts->pinned_cpu = -2;   /* refused, recorded: never silently free */
+    else if (ts->pinned_cpu != FB_CPU_FREE) {
         cpu_set_t set;
         CPU_ZERO(&set);
         CPU_SET(ts->pinned_cpu, &set);
@@ -229,7 +231,7 @@ void fb_thread_end(struct fb_thread_stats *ts)
         ts->nvcsw = ru.ru_nvcsw;
         ts->nivcsw = ru.ru_nivcsw;
     }
-    uint64_t r, w, sl, m;
+    uint64_t r = 0, w = 0, sl = 0, m = UINT64_MAX;
     int ok = read_sched(&r, &w, &sl, &m);
     ts->sched_ok = ts->sched_ok && ok;
     ts->sched_run_ns = r - ts->sched_run_ns;
@@ -541,6 +543,9 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
     ts->mono_fetch_ns += m1 - m0;
     ts->mono_install_ns += m2 - m1;
     ts->mono_count++;
+    f->mono_fetch_ns = m1 - m0;
+    f->mono_install_ns = m2 - m1;
+    f->mono_timed = 1;
     ts->part_ns[FB_PART_INSTALL] += t2 - t1;
     ts->part_count[FB_PART_INSTALL]++;
     return installed_first;
@@ -1407,6 +1412,7 @@ int fb_run_vcpu_results(struct fb_run *run, struct fb_vcpu_result *out)
         out[i].blocked_ns = fb_tsc_to_ns(run, sum);
         out[i].guest_loop_cycles = run->cfg.record_latency && tv.n
                                  ? tv.times[2 * (tv.n - 1) + 1] - tv.times[0] : 0;
+        out[i].guest_first_tsc = run->cfg.record_latency && tv.n ? tv.times[0] : 0;
     }
     return run->cfg.vcpus;
 }
@@ -1535,6 +1541,8 @@ uint64_t fb_run_fault_rows(struct fb_run *run, struct fb_fault_row *out, uint64_
                                        f->claimed, f->fetch_start, f->fetched, f->done,
                                        f->resumed, tv.times[2 * t + 1], 0 };
             memcpy(r->stamp, st, sizeof(st));
+            r->mono_fetch_ns = f->mono_timed ? f->mono_fetch_ns : 0;
+            r->mono_install_ns = f->mono_timed ? f->mono_install_ns : 0;
         }
     }
     return n;

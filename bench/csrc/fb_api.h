@@ -131,6 +131,7 @@ struct fb_vcpu_result {
      * guest's start-up exit to its completion exit, which brackets its touch loop */
     uint64_t host_loop_ns;
     uint64_t guest_loop_cycles; /* the guest's own stamps: first touch start to last touch end */
+    uint64_t guest_first_tsc;   /* the guest's stamp at its first touch (0 without timing) */
     uint64_t exits_by_path[3];  /* FB_EXITINFO_*: how each fault exit's address was learned */
 };
 
@@ -155,7 +156,7 @@ struct fb_thread_stats {
     uint64_t sched_wait_ns;     /* runnable, waiting on a run queue */
     uint64_t sched_timeslices;
     uint64_t migrations;        /* se.nr_migrations; UINT64_MAX when unreadable */
-    uint64_t cpus_seen;         /* bit c: the thread was seen on CPU c (sampled per fault) */
+    uint64_t cpus_seen;         /* bit c: seen on CPU c (sampled per fault); bit 63: CPU 63 or above */
     int32_t pinned_cpu;         /* FB_CPU_FREE or the CPU its affinity holds it to */
     int32_t sched_ok;           /* 1: the schedstat fields are valid */
     /* CLOCK_MONOTONIC sums around the fetch and the install ioctl: the same work
@@ -213,6 +214,9 @@ struct fb_fault_row {
     int32_t resolver_tid;       /* the thread that fetched and installed it (0: unknown) */
     int32_t complete;           /* every stamp the chain needs is set */
     uint64_t stamp[FB_STAMPS];
+    /* CLOCK_MONOTONIC around the fetch and the install of this fault (0, 0 when
+     * the fault found its page mapped): the independent clock of the per-fault check */
+    uint64_t mono_fetch_ns, mono_install_ns;
 };
 uint64_t fb_run_fault_count(struct fb_run *run);   /* faulted touches (rows available) */
 uint64_t fb_run_fault_rows(struct fb_run *run, struct fb_fault_row *out, uint64_t max);

@@ -54,6 +54,8 @@ struct fb_fault {
     uint64_t done;        /* install ioctl returned (or the page was found mapped) */
     uint64_t resumed;     /* async: vCPU saw the bit clear */
     int32_t resolver_tid; /* who fetched and installed it */
+    int32_t mono_timed;   /* the two below were taken (this thread fetched and installed) */
+    uint64_t mono_fetch_ns, mono_install_ns;   /* CLOCK_MONOTONIC around the same work */
 };
 
 struct fb_vcpu {
@@ -181,7 +183,7 @@ static inline void fb_note_cpu(struct fb_thread_stats *ts)
 {
     int c = sched_getcpu();
     if (c >= 0)
-        ts->cpus_seen |= 1ULL << (c & 63);
+        ts->cpus_seen |= 1ULL << (c < 63 ? c : 63);   /* bit 63: CPU 63 or above */
 }
 /* write page p's content (header, and the full pattern with --verify full) to dst */
 void fb_fill_page(struct fb_run *run, uint8_t *dst, uint64_t p);
