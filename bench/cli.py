@@ -400,9 +400,12 @@ def run_warnings(rec: dict) -> list[str]:
         desc = " vs ".join(
             "runs " + ",".join(str(i + 1) for i in g) + f" at about {sorted(rates[i] for i in g)[len(g) // 2]:,.0f} pages/s"
             for g in groups)
-        out.append(f"bimodal: the repetitions fall into two groups ({desc}); with --placement "
-                   f"{rec['config'].get('placement', 'free')} thread placement may decide which; "
-                   "compare --placement packed and spread")
+        policy = rec["config"].get("placement", "free")
+        why = ("thread placement may decide which; compare --placement packed and spread"
+               if policy == "free" else
+               f"placement is fixed (--placement {policy}): something else decides, such as other "
+               "processes on the host")
+        out.append(f"bimodal: the repetitions fall into two groups ({desc}); {why}")
     return out
 
 
