@@ -292,8 +292,10 @@ def validate(record) -> list[str]:
 
     config = present.get("config", {})
     # baselines deliver no faults: their latency lives in first_touch_latency_ns
+    from .mechanisms import REGISTRY
+    mech = REGISTRY.get(config.get("mech"))
     latency_optional = (not config.get("record_latency", True)
-                        or config.get("mech") in ("none", "prefault"))
+                        or (mech is not None and not mech.delivers_faults()))
     for key in ("runs", "warmups"):
         for index, run in enumerate(present.get(key, [])):
             _validate_run(problems, f"{key}[{index}]", run, latency_optional)

@@ -14,25 +14,19 @@ from . import placement, stats
 from .guest import touch_loop
 from .native import ffi, lib
 
-ROLES = {0: "vcpu", 1: "reader", 2: "resolver"}
-PARTS = ["kvm_run", "lookup", "fetch", "install", "queue", "wake", "enqueue", "spin", "wait"]
-SEGMENTS = ["notify", "enqueue", "queue", "dispatch", "wait", "fetch", "install", "wake", "resume"]
-# what each segment is called for a mechanism (None: the mechanism has no such stamp)
-SEGMENT_NAMES = {
-    "uffd": {"notify": "fault_to_message_read", "dispatch": "message_to_resolver",
-             "wait": "wait_bitmap_or_other_fetch", "fetch": "fetch",
-             "install": "install_ioctl", "resume": "wake_to_vcpu_running"},
-    "exits": {"notify": "exit_to_userspace", "dispatch": "address_lookup",
-              "wait": "wait_bitmap_or_other_fetch", "fetch": "fetch",
-              "install": "install_ioctl", "resume": "reentry_to_guest_touch"},
-    "async": {"notify": "exit_to_userspace", "enqueue": "list_lock_and_push",
-              "queue": "list_to_pop", "dispatch": "pop_to_resolver",
-              "wait": "wait_bitmap_or_other_fetch", "fetch": "fetch",
-              "install": "install_ioctl", "wake": "bit_clear_to_vcpu_sees_it",
-              "resume": "reentry_to_guest_touch"},
-}
-SEGMENT_NAMES["uffd-many"] = SEGMENT_NAMES["uffd"]
-EXIT_PATHS = {0: None, 1: "kvm_memory_fault", 2: "sigbus_guest_register"}
+def _c_names(prefix: str, skip: tuple = ()) -> list[str]:
+    """The lower-case names of a C enum of #defines (FB_PART_FETCH -> "fetch"), in value order."""
+    names = {n: getattr(lib, n) for n in dir(lib) if n.startswith(prefix) and n not in skip}
+    return [n[len(prefix):].lower() for n, _ in sorted(names.items(), key=lambda kv: kv[1])]
+
+
+# thread roles, cost parts and breakdown segments come from the C header, never restated
+ROLES = dict(enumerate(_c_names("FB_ROLE_")))
+PARTS = _c_names("FB_PART_")
+SEGMENTS = _c_names("FB_BD_", skip=("FB_BD_SEGMENTS",))
+# how an exit's address was learned (FB_EXITINFO_*), as results name it
+EXIT_PATHS = {lib.FB_EXITINFO_NONE: None, lib.FB_EXITINFO_KVM: "kvm_memory_fault",
+              lib.FB_EXITINFO_GUEST_REG: "sigbus_guest_register"}
 ERRLEN = 256
 
 
@@ -104,7 +98,7 @@ def _cfg(plan: Plan):
     cfg.demand_bytes = plan.memory_pages * 4096
     for k, v in plan.mechanism.c_fields().items():
         setattr(cfg, k, v)
-    cfg.delay_mode = {"spin": 0, "sleep": 1}[plan.fetch_delay_mode]
+    cfg.delay_mode = {"spin": lib.FB_DELAY_SPIN, "sleep": lib.FB_DELAY_SLEEP}[plan.fetch_delay_mode]
     cfg.fetch_delay_ns = int(round(plan.fetch_delay_us * 1000))
     cfg.record_latency = int(plan.record_latency)
     cfg.seed = plan.seed & 0xFFFFFFFFFFFFFFFF
@@ -390,7 +384,7 @@ def _sched_split(plan: Plan, cols: dict, seg: dict, names: dict, threads: list[d
 def _breakdown(run, plan: Plan, clock: dict | None, threads: list[dict], vres,
                sched_trace=None) -> tuple:
     """(breakdown, checks, vCPUs inside KVM_RUN at once) from the per-fault rows."""
-    names = SEGMENT_NAMES.get(plan.mechanism.name)
+    names = plan.mechanism.segment_names
     if not plan.record_latency:
         return None, {}, None
     if not clock or not clock["guest_tsc_within_host_bracket"]:
@@ -480,7 +474,7 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dic
 
     # fault latency: the touches whose fault was delivered to userspace; baselines
     # deliver none, so there it is every first touch (the kernel's own fault path)
-    delivers = plan.mechanism.uses_uffd
+    delivers = plan.mechanism.delivers_faults()
     first_hist, first_log2 = (_hist(run, vcpus, lib.FB_TOUCH_FAULTED)
                               if plan.record_latency and delivers else (None, None))
     touch1_hist, _ = _hist(run, vcpus, lib.FB_TOUCH_FIRST) if plan.record_latency else (None, None)
@@ -569,7 +563,7 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dic
             "pages_declared_clean": int(lib.fb_run_pages_declared_clean(run)),
             "bitmap_arrived_after_s": (arrived - starts.min()) / 1e9 if arrived else None,
         }
-    if plan.mechanism.name == "async":
+    if "async_list" in plan.mechanism.harness_locks:   # the core's one harness lock
         metrics["harness_locks"] = {"async_list": {
             "acquisitions": lock.acquisitions, "contended": lock.contended,
             "spin_ns": lock.spin_ns, "max_spin_ns": lock.max_spin_ns}}

@@ -33,6 +33,10 @@
 #define FB_DELAY_SPIN  0
 #define FB_DELAY_SLEEP 1
 
+/* I/O ports the guest's `out` uses to talk to the host (bench/guest.py) */
+#define FB_PORT_DONE 0x10   /* the touch loop is over */
+#define FB_PORT_TSC  0x11   /* the guest reports one rdtsc at start */
+
 /* touch-table entry flags: entry = page gpa | flags */
 #define FB_TOUCH_READ  1
 #define FB_TOUCH_FIRST 2

@@ -17,8 +17,6 @@
 #include "fb_ring_api.h"
 
 #define FB_PAGE 4096ULL
-#define FB_PORT_DONE 0x10
-#define FB_PORT_TSC  0x11   /* the guest reports one rdtsc at start */
 
 /* precopy-stale page states */
 #define FB_PAGE_CLEAN    0   /* pre-copied and clean: the bitmap may declare it */

@@ -10,6 +10,13 @@ class Mechanism:
     summary = ""
     c_mech = -1                  # FB_MECH_* in csrc/fb_api.h
     uses_uffd = True
+    #: what this mechanism calls each segment of a fault's breakdown (C's FB_BD_*
+    #: names -> result names); empty: it delivers no fault to userspace
+    segment_names: dict[str, str] = {}
+    #: the harness's own locks it reports (result key -> what it guards)
+    harness_locks: dict[str, str] = {}
+    #: its reader threads serve one userfaultfd each (config says readers_per_uffd)
+    readers_per_uffd = False
     #: faults come back to the vCPU thread (KVM_RUN returns), which handles them itself
     handles_faults_on_vcpu = False
     #: the kernel path one fault takes on this kernel, exactly (recorded in every result)
@@ -56,6 +63,11 @@ class Mechanism:
     def readers_total(self) -> int:
         return 0
 
+    @classmethod
+    def delivers_faults(cls) -> bool:
+        """Faults reach userspace (the baselines' latency is first-touch latency instead)."""
+        return bool(cls.segment_names)
+
     def emulation(self) -> tuple[bool, str | None]:
         """(emulated, reason): whether a kernel part is replaced by userspace code."""
         return False, None
@@ -65,7 +77,7 @@ class Mechanism:
         cfg = {"mech": self.name, "uffds": self.uffds() if self.uses_uffd else 0,
                "readers": self.readers_total()}
         if "readers" in self.options:
-            cfg["readers_per_uffd" if self.uses_uffd and self.c_mech == 2 else "resolvers"] = self.readers()
+            cfg["readers_per_uffd" if self.readers_per_uffd else "resolvers"] = self.readers()
         if "wait" in self.options:
             cfg["wait"] = self.wait()
         cfg["resolve"] = self.resolve() if self.uses_uffd else None

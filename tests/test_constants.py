@@ -1,0 +1,56 @@
+"""Every Python table that restates a C constant (where importing the native core
+would be wrong: --help, guest code, pure statistics) agrees with the built library."""
+import numpy as np
+
+from bench import breakdown, guest, placement, stats
+from bench.mechanisms import REGISTRY
+from bench.mechanisms.base import RESOLVE_MODES, WAIT_MODES
+
+
+def test_mechanism_ids_match_the_c_table(kvm):
+    lib = kvm
+    for cls in REGISTRY.values():
+        if cls.name == "uffd-many":
+            assert cls.c_mech == lib.FB_MECH_UFFD   # the same C mechanism, split memory
+            continue
+        c_name = "FB_MECH_" + {"none": "NONE", "prefault": "PREFAULT", "uffd": "UFFD",
+                               "exits": "EXITS", "async": "ASYNC"}[cls.name]
+        assert cls.c_mech == getattr(lib, c_name), cls.name
+
+
+def test_mode_maps_match(kvm):
+    lib = kvm
+    assert WAIT_MODES == {"poll": lib.FB_WAIT_POLL, "epoll": lib.FB_WAIT_EPOLL, "read": lib.FB_WAIT_READ}
+    assert RESOLVE_MODES == {"copy": lib.FB_RESOLVE_COPY, "continue": lib.FB_RESOLVE_CONTINUE}
+    assert placement.FREE == lib.FB_CPU_FREE
+
+
+def test_histogram_agrees_with_c(kvm):
+    lib = kvm
+    assert stats.HIST_SUB_BITS == lib.FB_HIST_SUB_BITS
+    assert stats.HIST_BUCKETS == lib.FB_HIST_BUCKETS
+    rng = np.random.default_rng(7)
+    values = [0, 1, 127, 128, 129, 255, 256, 1000, 4095, 4096, 10**6, 10**9, 2**41, 2**42 + 5]
+    values += [int(v) for v in rng.integers(0, 2**40, 500)]
+    for v in values:
+        i = lib.fb_hist_index(v)
+        assert stats.loglin_bucket_index(v) == i, v
+        assert stats.loglin_bucket_bounds(i) == (lib.fb_hist_lower(i), lib.fb_hist_upper(i)), v
+
+
+def test_fault_row_layout_matches(kvm):
+    from bench.native import ffi
+    lib = kvm
+    assert breakdown.ROW_DTYPE.itemsize == ffi.sizeof("struct fb_fault_row")
+    assert breakdown.ROW_DTYPE["stamp"].shape == (lib.FB_STAMPS,)
+    # the chain's segment names are C's FB_BD_* in order
+    from bench.runner import SEGMENTS
+    assert [breakdown.SEGMENT_ENDING_AT[s] for s in breakdown.STAMPS[1:]] == SEGMENTS
+    for cls in REGISTRY.values():
+        assert set(cls.segment_names) <= set(SEGMENTS), cls.name
+
+
+def test_guest_ports_and_pattern(kvm):
+    lib = kvm
+    assert guest.DONE_PORT == lib.FB_PORT_DONE and guest.TSC_PORT == lib.FB_PORT_TSC
+    assert lib.FB_PATTERN_MUL == 0x9E3779B97F4A7C15
