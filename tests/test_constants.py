@@ -7,15 +7,18 @@ from bench.mechanisms import REGISTRY
 from bench.mechanisms.base import RESOLVE_MODES, WAIT_MODES
 
 
-def test_mechanism_ids_match_the_c_table(kvm):
+def test_mechanism_classes_match_their_c_contract(kvm):
     lib = kvm
     for cls in REGISTRY.values():
-        if cls.name == "uffd-many":
-            assert cls.c_mech == lib.FB_MECH_UFFD   # the same C mechanism, split memory
-            continue
-        c_name = "FB_MECH_" + {"none": "NONE", "prefault": "PREFAULT", "uffd": "UFFD",
-                               "exits": "EXITS", "async": "ASYNC"}[cls.name]
-        assert cls.c_mech == getattr(lib, c_name), cls.name
+        flags = lib.fb_mech_flags(cls.c_mech())
+        assert flags >= 0, cls.name
+        assert bool(flags & lib.FB_MF_USES_UFFD) == cls.uses_uffd, cls.name
+        assert bool(flags & lib.FB_MF_DELIVERS) == cls.delivers_faults(), cls.name
+        assert bool(flags & lib.FB_MF_READERS_PER_UFFD) == cls.readers_per_uffd, cls.name
+        assert bool(flags & lib.FB_MF_ON_VCPU) == cls.handles_faults_on_vcpu, cls.name
+        has_threads = bool(flags & (lib.FB_MF_READERS_PER_UFFD | lib.FB_MF_RESOLVERS))
+        assert has_threads == ("readers" in cls.options), cls.name
+    assert lib.fb_mech_id(b"no-such-mechanism") == -1
 
 
 def test_mode_maps_match(kvm):

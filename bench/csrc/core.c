@@ -29,13 +29,25 @@
 #define MADV_POPULATE_WRITE 23
 #endif
 
-static const struct fb_mech_ops *const mech_table[] = {
-    [FB_MECH_NONE] = &fb_mech_none,
-    [FB_MECH_PREFAULT] = &fb_mech_prefault,
-    [FB_MECH_UFFD] = &fb_mech_uffd,
-    [FB_MECH_EXITS] = &fb_mech_exits,
-    [FB_MECH_ASYNC] = &fb_mech_async,
-};
+#define FB_MECH_ENTRY(sym) &fb_mech_##sym,
+static const struct fb_mech_ops *const mech_table[] = { FB_MECH_REGISTRY(FB_MECH_ENTRY) };
+#define FB_MECH_COUNT_ONE(sym) + 1
+enum { FB_MECHS = 0 FB_MECH_REGISTRY(FB_MECH_COUNT_ONE) };
+_Static_assert(sizeof(mech_table) / sizeof(mech_table[0]) == FB_MECHS,
+               "the mechanism table and the registry disagree");
+
+int fb_mech_id(const char *name)
+{
+    for (int i = 0; i < FB_MECHS; i++)
+        if (strcmp(mech_table[i]->name, name) == 0)
+            return i;
+    return -1;
+}
+
+int fb_mech_flags(uint32_t mech)
+{
+    return mech < FB_MECHS ? (int)mech_table[mech]->flags : -1;
+}
 
 /* ---------- small services ---------- */
 
@@ -779,7 +791,7 @@ static int setup_vcpu(struct fb_run *run, struct fb_vcpu *v, char *err, int errl
     regs.rsi = v->tsc_table;
     regs.rcx = tpv;
     regs.rdi = v->tsc_times;
-    int zero_fill = run->cfg.mech == FB_MECH_NONE;   /* the kernel gives zeroed pages */
+    int zero_fill = (run->ops->flags & FB_MF_ZERO_FILL) != 0;   /* the kernel gives zeroed pages */
     regs.r8 = zero_fill ? 0 : run->cfg.seed;
     regs.r9 = zero_fill ? 0 : ~0ULL;
     regs.r10 = zero_fill ? 0 : FB_PATTERN_MUL;   /* --verify full: the pattern's step */
@@ -818,7 +830,7 @@ static uint64_t round_up(uint64_t v, uint64_t a)
 
 struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
 {
-    if (cfg->mech >= sizeof(mech_table) / sizeof(mech_table[0]) || !mech_table[cfg->mech]) {
+    if (cfg->mech >= FB_MECHS) {
         fb_set_err(err, errlen, "unknown mechanism %u", cfg->mech);
         return NULL;
     }
@@ -834,7 +846,7 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
     struct fb_run *run = calloc(1, sizeof(*run));
     run->cfg = *cfg;
     run->ops = mech_table[cfg->mech];
-    run->kvm_fd = run->vm_fd = run->memfd = run->done_efd = run->stop_efd = run->list_efd = -1;
+    run->kvm_fd = run->vm_fd = run->memfd = run->done_efd = run->stop_efd = -1;
     for (int i = 0; i < FB_MAX_UFFDS; i++)
         run->uffd[i] = -1;
     pthread_mutex_init(&run->err_lock, NULL);
@@ -920,7 +932,7 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
         goto fail;
     }
     memset(run->pstate, FB_PAGE_STALE, run->npages);
-    if (cfg->stale_map && cfg->mech != FB_MECH_NONE && cfg->mech != FB_MECH_PREFAULT) {
+    if (cfg->stale_map && (run->ops->flags & FB_MF_DELIVERS)) {
         if (cfg->resolve != FB_RESOLVE_CONTINUE) {
             fb_set_err(err, errlen, "precopy-stale needs shared memory (resolve continue)");
             goto fail;
@@ -1000,9 +1012,9 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
 
     /* thread stats: one slot per vCPU, then the mechanism's readers */
     run->nreaders = 0;
-    if (cfg->mech == FB_MECH_UFFD)
+    if (run->ops->flags & FB_MF_READERS_PER_UFFD)
         run->nreaders = cfg->uffds * cfg->readers;
-    else if (cfg->mech == FB_MECH_ASYNC)
+    else if (run->ops->flags & FB_MF_RESOLVERS)
         run->nreaders = cfg->readers;
     run->nstats = cfg->vcpus + run->nreaders;
     run->stats = calloc(run->nstats, sizeof(struct fb_thread_stats));
@@ -1029,10 +1041,10 @@ struct fb_run *fb_run_create(const struct fb_config *cfg, char *err, int errlen)
             r->index = i;
             r->epfd = -1;
             r->ts = &run->stats[cfg->vcpus + i];
-            r->ts->role = cfg->mech == FB_MECH_ASYNC ? FB_ROLE_RESOLVER : FB_ROLE_READER;
+            r->ts->role = run->ops->flags & FB_MF_RESOLVERS ? FB_ROLE_RESOLVER : FB_ROLE_READER;
             r->ts->index = i;
             r->ts->pinned_cpu = (uint32_t)i < cfg->nreader_cpu ? cfg->reader_cpu[i] : FB_CPU_FREE;
-            r->uffd_index = cfg->mech == FB_MECH_UFFD ? i / cfg->readers : 0;
+            r->uffd_index = run->ops->flags & FB_MF_READERS_PER_UFFD ? i / cfg->readers : 0;
             r->ts->uffd_index = r->uffd_index;
             r->src_page = aligned_alloc(FB_PAGE, src_bytes);
             if (!r->src_page) {
@@ -1299,10 +1311,10 @@ void fb_run_destroy(struct fb_run *run)
         close(run->memfd);
     if (run->sys_mem)
         munmap(run->sys_mem, run->sys_size);
-    for (int *fd = &run->done_efd; fd; fd = fd == &run->done_efd ? &run->stop_efd :
-                                           fd == &run->stop_efd ? &run->list_efd : NULL)
-        if (*fd >= 0)
-            close(*fd);
+    if (run->done_efd >= 0)
+        close(run->done_efd);
+    if (run->stop_efd >= 0)
+        close(run->stop_efd);
     free(run->tid_map);
     free(run->pstate);
     if (run->ring)
@@ -1310,8 +1322,6 @@ void fb_run_destroy(struct fb_run *run)
 
     free(run->page_installs);
     free(run->stats);
-    free(run->list);
-    free((void *)run->uf_bitmap);
     pthread_mutex_destroy(&run->err_lock);
     free(run);
 }
@@ -1429,7 +1439,9 @@ int fb_run_thread_stats(struct fb_run *run, struct fb_thread_stats *out)
 
 int fb_run_lock_stats(struct fb_run *run, struct fb_lock_stats *out)
 {
-    *out = run->list_lock.st;
+    memset(out, 0, sizeof(*out));
+    if (run->ops->lock_stats)
+        run->ops->lock_stats(run, out);
     out->spin_ns = fb_tsc_to_ns(run, out->spin_ns);
     out->max_spin_ns = fb_tsc_to_ns(run, out->max_spin_ns);
     return 1;

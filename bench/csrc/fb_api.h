@@ -7,12 +7,17 @@
  */
 #define FB_API_VERSION 11
 
-/* mechanisms implemented by the core (bench/csrc/mech_*.c) */
-#define FB_MECH_NONE     0
-#define FB_MECH_PREFAULT 1
-#define FB_MECH_UFFD     2
-#define FB_MECH_EXITS    3
-#define FB_MECH_ASYNC    4
+/* mechanisms: bench/csrc/mech_*.c, listed once in FB_MECH_REGISTRY (fb_core.h);
+ * Python finds one by its C name (fb_mech_id) and puts the id in fb_config.mech */
+
+/* what a mechanism is, for the core (struct fb_mech_ops.flags): the core asks
+ * these, never a mechanism's id; fb_mech_flags() shows them to Python */
+#define FB_MF_USES_UFFD        1   /* registers guest memory with userfaultfds */
+#define FB_MF_DELIVERS         2   /* faults reach userspace (else a baseline) */
+#define FB_MF_READERS_PER_UFFD 4   /* `readers` reader threads per userfaultfd */
+#define FB_MF_RESOLVERS        8   /* `readers` resolver threads in all, fed by the mechanism */
+#define FB_MF_ZERO_FILL        16  /* guest pages are the kernel's zero-filled ones */
+#define FB_MF_ON_VCPU          32  /* faults come back to the vCPU thread (KVM_RUN returns) */
 
 #define FB_WAIT_POLL  0
 #define FB_WAIT_EPOLL 1
@@ -181,6 +186,8 @@ struct fb_lock_stats {
 struct fb_run;
 
 /* probes, independent of a run */
+int fb_mech_id(const char *name);            /* a mechanism's id by its C name, -1 if none */
+int fb_mech_flags(uint32_t mech);             /* FB_MF_* of a mechanism, -1 if unknown */
 int fb_kvm_check_extension(int cap);          /* -errno on failure */
 int64_t fb_uffd_features(void);              /* UFFDIO_API features, -errno */
 int fb_kvm_memslot_flag_supported(uint32_t flag);  /* 1 yes, 0 no, -errno */

@@ -92,14 +92,20 @@ struct fb_spinlock {
     struct fb_lock_stats st;
 };
 
+/* A mechanism, as fio's ioengine_ops: the whole contract between it and the core.
+ * It keeps its own state behind run->mech_state (allocated in setup, freed in destroy). */
 struct fb_mech_ops {
     const char *name;
+    int version;                 /* bumped when the mechanism's behaviour changes */
+    unsigned flags;              /* FB_MF_* */
     int (*setup)(struct fb_run *run, char *err, int errlen);
     int (*start)(struct fb_run *run, char *err, int errlen);
     /* a vCPU thread got -EFAULT for gpa (logged as f); returns 0 to re-enter KVM_RUN */
     int (*on_fault)(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa, struct fb_fault *f);
     void (*stop)(struct fb_run *run);
     void (*destroy)(struct fb_run *run);
+    /* the harness lock it owns, if any (fb_run_lock_stats) */
+    void (*lock_stats)(struct fb_run *run, struct fb_lock_stats *out);
 };
 
 struct fb_run {
@@ -157,12 +163,7 @@ struct fb_run {
     /* --fetch worker */
     struct fb_ring *ring;
 
-    /* async (emulated KVM_READ_USERFAULT) */
-    struct fb_spinlock list_lock;
-    struct fb_fault **list;          /* ring of faults (their gfn inside) */
-    uint64_t list_cap, list_head, list_tail;
-    _Atomic uint64_t *uf_bitmap;     /* bit set: page missing */
-    int list_efd;
+    void *mech_state;                /* the mechanism's own, behind its ops */
 };
 
 /* core services for mechanisms */
@@ -202,7 +203,17 @@ struct fb_fault *fb_note_fault_tid(struct fb_run *run, int32_t tid, uint64_t pag
 void fb_lock(struct fb_spinlock *l);
 void fb_unlock(struct fb_spinlock *l);
 
-extern const struct fb_mech_ops fb_mech_none, fb_mech_prefault, fb_mech_uffd,
-    fb_mech_exits, fb_mech_async;
+/* The registry: one line per mechanism, its C name; mech_<name>.c defines
+ * `const struct fb_mech_ops fb_mech_<name>`. Ids are positions in this list. */
+#define FB_MECH_REGISTRY(X) \
+    X(none)                 \
+    X(prefault)             \
+    X(uffd)                 \
+    X(exits)                \
+    X(async)
+
+#define FB_MECH_DECLARE(sym) extern const struct fb_mech_ops fb_mech_##sym;
+FB_MECH_REGISTRY(FB_MECH_DECLARE)
+#undef FB_MECH_DECLARE
 
 #endif

@@ -31,5 +31,9 @@ static int none_setup(struct fb_run *run, char *err, int errlen)
     return 0;
 }
 
-const struct fb_mech_ops fb_mech_none = { .name = "none", .setup = none_setup };
-const struct fb_mech_ops fb_mech_prefault = { .name = "prefault", .setup = prefault_setup };
+const struct fb_mech_ops fb_mech_none = {
+    .name = "none", .version = 1, .flags = FB_MF_ZERO_FILL, .setup = none_setup,
+};
+const struct fb_mech_ops fb_mech_prefault = {
+    .name = "prefault", .version = 1, .flags = 0, .setup = prefault_setup,
+};

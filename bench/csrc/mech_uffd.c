@@ -85,6 +85,8 @@ static int uffd_start(struct fb_run *run, char *err, int errlen)
 
 const struct fb_mech_ops fb_mech_uffd = {
     .name = "uffd",
+    .version = 1,
+    .flags = FB_MF_USES_UFFD | FB_MF_DELIVERS | FB_MF_READERS_PER_UFFD,
     .setup = uffd_setup,
     .start = uffd_start,
 };

@@ -6,7 +6,7 @@ class AsyncUserfault(Mechanism):
     summary = ("the KVM_READ_USERFAULT design: faulting vCPUs append the gfn to one shared "
                "list under a spinlock, signal an eventfd and busy-wait on the gfn's userfault "
                "bit; --readers resolver threads pop, install and clear the bit")
-    c_mech = 4
+    c_name = "async"
     options = ("readers", "resolve")
     handles_faults_on_vcpu = True
     segment_names = {"notify": "exit_to_userspace", "enqueue": "list_lock_and_push",

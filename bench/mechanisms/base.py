@@ -8,7 +8,7 @@ RESOLVE_MODES = {"copy": 0, "continue": 1}        # FB_RESOLVE_*
 class Mechanism:
     name = ""
     summary = ""
-    c_mech = -1                  # FB_MECH_* in csrc/fb_api.h
+    c_name = ""                  # its C side: `fb_mech_<c_name>` in a bench/csrc/mech_*.c file
     uses_uffd = True
     #: what this mechanism calls each segment of a fault's breakdown (C's FB_BD_*
     #: names -> result names); empty: it delivers no fault to userspace
@@ -64,6 +64,15 @@ class Mechanism:
         return 0
 
     @classmethod
+    def c_mech(cls) -> int:
+        """The C core's id of this mechanism, looked up by name (never restated)."""
+        from ..native import lib
+        mech = lib.fb_mech_id(cls.c_name.encode())
+        if mech < 0:
+            raise RuntimeError(f"the C core has no mechanism {cls.c_name!r} (stale build?)")
+        return mech
+
+    @classmethod
     def delivers_faults(cls) -> bool:
         """Faults reach userspace (the baselines' latency is first-touch latency instead)."""
         return bool(cls.segment_names)
@@ -87,7 +96,7 @@ class Mechanism:
     def c_fields(self) -> dict:
         """Fields of struct fb_config this mechanism sets."""
         return {
-            "mech": self.c_mech,
+            "mech": self.c_mech(),
             "uffds": self.uffds(),
             "readers": self.readers(),
             "wait_mode": WAIT_MODES[self.wait()],

@@ -5,7 +5,7 @@ class Exits(Mechanism):
     name = "exits"
     summary = ("memory-fault exits: KVM_RUN returns the fault to the vCPU thread, which "
                "fetches, installs with DONTWAKE and re-enters (no shared wait queue)")
-    c_mech = 3
+    c_name = "exits"
     options = ("resolve",)
     handles_faults_on_vcpu = True
     segment_names = {"notify": "exit_to_userspace", "dispatch": "address_lookup",

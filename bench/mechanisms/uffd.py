@@ -5,7 +5,7 @@ class Uffd(Mechanism):
     name = "uffd"
     summary = ("blocking userfaultfd, one for all guest memory: vCPUs sleep on its wait queue, "
                "--readers threads (--wait poll|epoll|read) resolve with UFFDIO_COPY or CONTINUE")
-    c_mech = 2
+    c_name = "uffd"
     options = ("readers", "wait", "resolve")
     readers_per_uffd = True
     segment_names = {"notify": "fault_to_message_read", "dispatch": "message_to_resolver",
