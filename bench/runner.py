@@ -357,8 +357,14 @@ def _clock_check(vres, vcpus: int, record_latency: bool) -> dict | None:
             "vcpus_outside": inside.count(False), "max_bracket_cycles": max(widths)}
 
 
-def _fault_rows(run) -> dict:
-    n = lib.fb_run_fault_count(run)
+def _totals(run) -> dict:
+    """Every field of struct fb_run_totals, by name (a new C counter needs no code here)."""
+    t = ffi.new("struct fb_run_totals *")
+    lib.fb_run_totals(run, t)
+    return {name: int(getattr(t, name)) for name, _ in ffi.typeof("struct fb_run_totals").fields}
+
+
+def _fault_rows(run, n: int) -> dict:
     rows = ffi.new("struct fb_fault_row[]", max(1, n))
     got = lib.fb_run_fault_rows(run, rows, n)
     return bd.rows_array(ffi.buffer(rows, got * ffi.sizeof("struct fb_fault_row")))
@@ -381,7 +387,7 @@ def _sched_split(plan: Plan, cols: dict, seg: dict, names: dict, threads: list[d
                     "total = cpu_wait (runnable, not on a CPU) + on_cpu + the rest (asleep)"}
 
 
-def _breakdown(run, plan: Plan, clock: dict | None, threads: list[dict], vres,
+def _breakdown(run, plan: Plan, clock: dict | None, threads: list[dict], vres, totals: dict,
                sched_trace=None) -> tuple:
     """(breakdown, checks, vCPUs inside KVM_RUN at once) from the per-fault rows."""
     names = plan.mechanism.segment_names
@@ -390,12 +396,12 @@ def _breakdown(run, plan: Plan, clock: dict | None, threads: list[dict], vres,
     if not clock or not clock["guest_tsc_within_host_bracket"]:
         return ({"omitted": "the guest's TSC does not match the host's (clock check failed): "
                             "guest and host stamps cannot be subtracted"}, {}, None)
-    khz = lib.fb_run_tsc_khz(run)
+    khz = totals["tsc_khz"]
 
     def to_ns(cycles):
         return cycles * 1e6 / khz
     checks = {"guest_window_vs_host_clock": bd.check_guest_window(vres, plan.vcpus, to_ns)}
-    cols = _fault_rows(run)
+    cols = _fault_rows(run, totals["fault_rows"])
     seg = bd.segments(cols)
     inside = bd.inside_kvm_run_max(cols, seg, vres, plan.vcpus,
                                    plan.mechanism.handles_faults_on_vcpu)
@@ -492,7 +498,8 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dic
         running += d
         overlapping = max(overlapping, running)
     fault_latency = _latency(first_hist)
-    breakdown, checks, inside_kvm_run = _breakdown(run, plan, clock, threads, vres, sched_trace)
+    totals = _totals(run)
+    breakdown, checks, inside_kvm_run = _breakdown(run, plan, clock, threads, vres, totals, sched_trace)
     sched = _sched(threads, faults)
     if sched and "vcpu" in sched and fault_latency:
         # the kernel's accounting of the vCPU threads against the guest-timed fault
@@ -512,15 +519,15 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dic
         c = checks["cpu_time_vs_latency"]
         c["ok"] = (c["ratio"] is not None and c["ratio"] <= 1.0 + bd.CPU_TIME_SLACK) if c["applies"] else None
     dropped = int(sum(vres[i].faults_unlogged for i in range(vcpus)))
-    unattributed = int(lib.fb_run_unattributed_faults(run))
+    unattributed = totals["faults_unattributed"]
     exits_by_path = {name: int(sum(vres[i].exits_by_path[k] for i in range(vcpus)))
                      for k, name in EXIT_PATHS.items() if name}
     metrics = {
         "pages": pages,
         "touches": touches,
         "faults": faults,
-        "pages_installed": int(lib.fb_run_pages_installed(run)),
-        "pages_copied": int(lib.fb_run_pages_copied(run)),
+        "pages_installed": totals["pages_installed"],
+        "pages_copied": totals["pages_copied"],
         "guest_seconds": guest_seconds,
         "pages_per_s": pages / guest_seconds if guest_seconds > 0 else 0.0,
         # the selftest's definition: a vCPU's pages over the whole run's time
@@ -539,7 +546,7 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dic
         "retouch_latency_ns": _latency(re_hist),
         "pages_installed_more_than_once": int((installs > 1).sum()),
         "pages_never_installed": int((installs == 0).sum()),
-        "blocktime_ns": ({"all_vcpus": int(lib.fb_run_blocktime_all(run)),
+        "blocktime_ns": ({"all_vcpus": totals["blocktime_all_ns"],
                           "per_vcpu_mean": float(np.mean(blocked)),
                           "per_vcpu_max": int(max(blocked)),
                           "per_vcpu_total": int(sum(blocked))} if plan.record_latency else None),
@@ -557,10 +564,10 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dic
         "latency_dist_log2_us": (first_log2.tolist() if first_log2 is not None else None),
     }
     if plan.mechanism.uses_uffd and stale is not None:
-        arrived = lib.fb_run_bitmap_arrived_ns(run)
+        arrived = totals["bitmap_arrived_ns"]
         metrics["precopy"] = {
             "stale_pages": int(stale.sum()),
-            "pages_declared_clean": int(lib.fb_run_pages_declared_clean(run)),
+            "pages_declared_clean": totals["pages_declared_clean"],
             "bitmap_arrived_after_s": (arrived - starts.min()) / 1e9 if arrived else None,
         }
     if "async_list" in plan.mechanism.harness_locks:   # the core's one harness lock
@@ -568,12 +575,12 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dic
             "acquisitions": lock.acquisitions, "contended": lock.contended,
             "spin_ns": lock.spin_ns, "max_spin_ns": lock.max_spin_ns}}
     raw = {
-        "exit_path": EXIT_PATHS[lib.fb_run_exit_path(run)],
+        "exit_path": EXIT_PATHS[totals["exit_path"]],
         "clock_check": clock,
         "fault_latency_selects": ("touches whose fault was delivered to userspace" if delivers else
                                   "nothing: this baseline delivers no fault to userspace; see "
                                   "first_touch_latency_ns"),
-        "tsc_khz": int(lib.fb_run_tsc_khz(run)),
+        "tsc_khz": totals["tsc_khz"],
         "vcpus": [{"id": i, "start_ns": vres[i].start_ns, "end_ns": vres[i].end_ns,
                    "touches": vres[i].touches, "content_errors": vres[i].content_errors,
                    "kvm_runs": vres[i].kvm_runs, "fault_exits": vres[i].fault_exits,

@@ -1447,11 +1447,6 @@ int fb_run_lock_stats(struct fb_run *run, struct fb_lock_stats *out)
     return 1;
 }
 
-uint64_t fb_run_tsc_khz(struct fb_run *run)
-{
-    return run->tsc_khz;
-}
-
 int fb_run_thread_tids(struct fb_run *run, int32_t *out, int max)
 {
     int n = 0;
@@ -1459,16 +1454,6 @@ int fb_run_thread_tids(struct fb_run *run, int32_t *out, int max)
         if (run->stats[i].tid)
             out[n++] = run->stats[i].tid;
     return n;
-}
-
-uint64_t fb_run_pages_installed(struct fb_run *run)
-{
-    return atomic_load(&run->pages_installed);
-}
-
-int fb_run_exit_path(struct fb_run *run)
-{
-    return run->exit_path;
 }
 
 /* ---------- latency histograms ---------- */
@@ -1522,7 +1507,7 @@ int fb_run_latency_hist(struct fb_run *run, int vcpu, int which,
 
 /* ---------- breakdown and blocktime ---------- */
 
-uint64_t fb_run_fault_count(struct fb_run *run)
+static uint64_t fault_count(struct fb_run *run)
 {
     uint64_t n = 0;
     for (uint32_t i = 0; i < run->cfg.vcpus; i++) {
@@ -1570,7 +1555,7 @@ static int event_cmp(const void *a, const void *b)
     return (int)(x->delta - y->delta);   /* ends before starts at the same instant */
 }
 
-uint64_t fb_run_blocktime_all(struct fb_run *run)
+static uint64_t blocktime_all(struct fb_run *run)
 {
     if (!run->cfg.record_latency)
         return 0;
@@ -1616,21 +1601,6 @@ uint64_t fb_run_npages(struct fb_run *run)
     return run->npages;
 }
 
-uint64_t fb_run_pages_copied(struct fb_run *run)
-{
-    return atomic_load(&run->pages_copied);
-}
-
-uint64_t fb_run_pages_declared_clean(struct fb_run *run)
-{
-    return atomic_load(&run->pages_declared_clean);
-}
-
-uint64_t fb_run_bitmap_arrived_ns(struct fb_run *run)
-{
-    return run->bitmap_arrived_ns;
-}
-
 int fb_run_memfd(struct fb_run *run)
 {
     return run->memfd;
@@ -1657,7 +1627,18 @@ uint64_t fb_run_demand_gpa(struct fb_run *run)
     return run->demand_gpa;
 }
 
-uint64_t fb_run_unattributed_faults(struct fb_run *run)
+
+int fb_run_totals(struct fb_run *run, struct fb_run_totals *out)
 {
-    return atomic_load(&run->unattributed_faults);
+    memset(out, 0, sizeof(*out));
+    out->tsc_khz = run->tsc_khz;
+    out->pages_installed = atomic_load(&run->pages_installed);
+    out->pages_copied = atomic_load(&run->pages_copied);
+    out->pages_declared_clean = atomic_load(&run->pages_declared_clean);
+    out->faults_unattributed = atomic_load(&run->unattributed_faults);
+    out->bitmap_arrived_ns = run->bitmap_arrived_ns;
+    out->blocktime_all_ns = blocktime_all(run);
+    out->fault_rows = fault_count(run);
+    out->exit_path = (uint64_t)run->exit_path;
+    return 0;
 }

@@ -202,13 +202,25 @@ void fb_run_stop(struct fb_run *run);          /* interrupt and join everything 
 void fb_run_destroy(struct fb_run *run);
 
 int fb_run_nthreads(struct fb_run *run);
+
+/* a run's totals once it stopped, filled by one call: a new counter is a field
+ * here, its increment, and one line in fb_run_totals (Python reads every field) */
+struct fb_run_totals {
+    uint64_t tsc_khz;
+    uint64_t pages_installed;       /* successful installs, fault-around pages included */
+    uint64_t pages_copied;          /* page contents fetched */
+    uint64_t pages_declared_clean;  /* precopy-stale: mapped by the bitmap, no copy */
+    uint64_t faults_unattributed;   /* uffd messages from no vCPU thread */
+    uint64_t bitmap_arrived_ns;     /* CLOCK_MONOTONIC, 0 if never */
+    uint64_t blocktime_all_ns;      /* every vCPU blocked in a fault at once */
+    uint64_t fault_rows;            /* faulted touches: what fb_run_fault_rows gives */
+    uint64_t exit_path;             /* FB_EXITINFO_* of the last fault exit that said */
+};
+int fb_run_totals(struct fb_run *run, struct fb_run_totals *out);
 int fb_run_vcpu_results(struct fb_run *run, struct fb_vcpu_result *out);
 int fb_run_thread_stats(struct fb_run *run, struct fb_thread_stats *out);
 int fb_run_lock_stats(struct fb_run *run, struct fb_lock_stats *out);
-uint64_t fb_run_tsc_khz(struct fb_run *run);
 int fb_run_thread_tids(struct fb_run *run, int32_t *out, int max);
-uint64_t fb_run_pages_installed(struct fb_run *run);
-int fb_run_exit_path(struct fb_run *run);
 
 /* latency: fill histograms from the guest's per-touch timings.
  * which: FB_TOUCH_FIRST selects first touches, 0 selects re-touches. */
@@ -229,17 +241,10 @@ struct fb_fault_row {
      * the fault found its page mapped): the independent clock of the per-fault check */
     uint64_t mono_fetch_ns, mono_install_ns;
 };
-uint64_t fb_run_fault_count(struct fb_run *run);   /* faulted touches (rows available) */
 uint64_t fb_run_fault_rows(struct fb_run *run, struct fb_fault_row *out, uint64_t max);
-/* time during which every vCPU was blocked in a fault at once (ns) */
-uint64_t fb_run_blocktime_all(struct fb_run *run);
 /* how often each page of guest memory was installed */
 int fb_run_page_installs(struct fb_run *run, uint32_t *out, uint64_t npages);
 uint64_t fb_run_npages(struct fb_run *run);
-uint64_t fb_run_pages_copied(struct fb_run *run);          /* page contents fetched */
-uint64_t fb_run_unattributed_faults(struct fb_run *run);   /* uffd messages from no vCPU */
-uint64_t fb_run_pages_declared_clean(struct fb_run *run);  /* mapped by the bitmap, no copy */
-uint64_t fb_run_bitmap_arrived_ns(struct fb_run *run);     /* CLOCK_MONOTONIC, 0 if never */
 /* --fetch worker: the memfd the worker writes guest memory through, and the
  * ring it serves (attach before fb_run_start; the run keeps its own mapping) */
 int fb_run_memfd(struct fb_run *run);
