@@ -55,7 +55,7 @@ def _subcommand_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    mech_help = "; ".join(f"{n}: {m.summary}" for n, m in MECHANISMS.items())
+    mech_help = "; ".join(f"{n}: {m.summary}" for n, m in MECHANISMS.items() if not m.hidden)
     wl_help = "; ".join(f"{n}: {w.summary}" for n, w in WORKLOADS.items())
     p = OneLineParser(
         prog="run_bench.py",

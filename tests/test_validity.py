@@ -13,7 +13,7 @@ from bench import placement
 from bench.cli import run_warnings
 from bench.mechanisms import REGISTRY
 from bench.runner import execute
-from helpers import make_plan
+from helpers import make_plan, mech_names
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -178,7 +178,7 @@ def test_min_guest_ms_sizes_up(kvm, tmp_path):
 
 # ---- content verification
 
-@pytest.mark.parametrize("mech", ["uffd", "exits", "async", "prefault", "none"])
+@pytest.mark.parametrize("mech", mech_names(one_per_c_mechanism=True))
 def test_full_verify_passes_on_correct_content(kvm, mech):
     m, _ = execute(make_plan(mech, 2, extra=["--verify", "full"]))
     assert m["content_errors"] == 0

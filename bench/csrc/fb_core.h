@@ -210,7 +210,8 @@ void fb_unlock(struct fb_spinlock *l);
     X(prefault)             \
     X(uffd)                 \
     X(exits)                \
-    X(async)
+    X(async)                \
+    X(exits_pair)
 
 #define FB_MECH_DECLARE(sym) extern const struct fb_mech_ops fb_mech_##sym;
 FB_MECH_REGISTRY(FB_MECH_DECLARE)

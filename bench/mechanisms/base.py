@@ -10,6 +10,8 @@ class Mechanism:
     summary = ""
     c_name = ""                  # its C side: `fb_mech_<c_name>` in a bench/csrc/mech_*.c file
     uses_uffd = True
+    #: kept for the tests: accepted by --mech, left out of --help
+    hidden = False
     #: what this mechanism calls each segment of a fault's breakdown (C's FB_BD_*
     #: names -> result names); empty: it delivers no fault to userspace
     segment_names: dict[str, str] = {}
