@@ -25,19 +25,17 @@ import shlex
 import tempfile
 from typing import Callable
 
-from . import stats
+from . import metrics, stats
 
 SCHEMA_VERSION = 2
 
 # Metrics that decide whether a result can be trusted: their spread is checked.
-MAIN_METRICS = ("pages_per_s", "fault_latency_ns.p50", "fault_latency_ns.p99")
+MAIN_METRICS = metrics.HEADLINE
 
-REQUIRED_RUN_METRICS = ("pages", "guest_seconds", "pages_per_s",
-                        "pages_per_s_per_vcpu", "content_errors")
+REQUIRED_RUN_METRICS = metrics.REQUIRED
 LATENCY_KEYS = ("p50", "p90", "p99", "p99_9", "max")
 SUMMARY_KEYS = ("median", "min", "max", "mean", "stdev", "cv", "n", "unit")
 
-_COUNT_NAMES = {"pages", "faults", "content_errors"}
 
 
 def _utc_now() -> datetime.datetime:
@@ -97,43 +95,9 @@ def _numeric_leaves(metrics: dict, prefix: str = "") -> dict[str, float]:
     return leaves
 
 
-_RATIO_NAMES = {"overhead_ratio", "cv", "mean_batch", "fill", "ratio", "max_vcpu_ratio",
-                "fill_min", "vcpu_ratio_max"}
-# words that make a leaf a count: "faults_used", "kernel_locks.contentions", "..._switches"
-_COUNT_WORDS = ("count", "faults", "contentions", "acquisitions", "contended", "threads",
-                "requests", "batches", "touches", "pages", "switches", "lost", "lines", "waits",
-                "used", "skipped", "wakes", "eexist", "write", "seen", "begins", "ends", "errors",
-                "timeslices", "dropped", "events", "vcpus", "disagreeing", "timed", "migrations")
-
-
-def _unit_of_name(name: str) -> str | None:
-    if name.startswith("pages_per_s"):
-        return "pages/s"
-    if name.endswith("_per_s"):
-        return "1/s"
-    if name.endswith("_ns") or "_ns_" in name:
-        return "ns"
-    if name.endswith("_s") or name.endswith("seconds"):
-        return "s"
-    if name.endswith("_bytes"):
-        return "bytes"
-    if name in _RATIO_NAMES:
-        return "ratio"
-    if name.startswith("resolved"):
-        return "count"
-    if name in _COUNT_NAMES or any(name == w or name.endswith("_" + w) or name.startswith(w + "_")
-                                   for w in _COUNT_WORDS):
-        return "count"
-    return None
-
-
 def metric_unit(path: str) -> str | None:
-    """Unit from the metric's name; "fault_latency_ns.p99" takes its parent's."""
-    for part in reversed(path.split(".")):
-        unit = _unit_of_name(part)
-        if unit is not None:
-            return unit
-    return None
+    """The metric's unit, from the metrics table (bench/metrics.py)."""
+    return metrics.unit(path)
 
 
 def metric_values(record: dict, path: str, warmups: bool = False) -> list[float]:
