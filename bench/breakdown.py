@@ -91,8 +91,13 @@ def summarize(seg: dict, names: dict, to_ns) -> dict | None:
     segments (C names) to what they are called in its results."""
     cyc = seg["cycles"]
     used = cyc.shape[0]
-    if not used:
-        return None
+    counts = {"faults_used": int(used), "faults_skipped": seg["skipped"],
+              "faults_incomplete": seg["incomplete"],
+              "faults_total": int(used + seg["skipped"] + seg["incomplete"]),
+              "faults_resumed_before_install_returned": seg["cut"]}
+    if not used:   # say so, with the counts: every fault skipped is not "no faults"
+        return {"parts": {}, "parts_median": {}, "mean_fault_latency": None,
+                "median_fault_latency": None, **counts}
     parts, medians, unexpected = {}, {}, {}
     for j, s in enumerate(seg["names"]):
         col = cyc[:, j]
@@ -105,11 +110,7 @@ def summarize(seg: dict, names: dict, to_ns) -> dict | None:
     lat = seg["latency_cycles"]
     return {"parts": parts, "parts_median": medians,
             "mean_fault_latency": to_ns(float(lat.mean())),
-            "median_fault_latency": to_ns(float(np.median(lat))),
-            "faults_used": int(used), "faults_skipped": seg["skipped"],
-            "faults_incomplete": seg["incomplete"],
-            "faults_total": int(used + seg["skipped"] + seg["incomplete"]),
-            "faults_resumed_before_install_returned": seg["cut"],
+            "median_fault_latency": to_ns(float(np.median(lat))), **counts,
             "note": "segments partition each fault's guest-timed latency, so they sum to it "
                     "by construction; see `checks` for the independent cross-checks"}
 

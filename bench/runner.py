@@ -430,30 +430,13 @@ def _sched(threads: list[dict], faults: int) -> dict | None:
     return out
 
 
-def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dict]:
-    vcpus = plan.vcpus
-    vres = ffi.new("struct fb_vcpu_result[]", vcpus)
-    lib.fb_run_vcpu_results(run, vres)
+def _threads(run) -> list[dict]:
+    """Every harness thread's counters (vCPUs first, then readers/resolvers)."""
     nth = lib.fb_run_nthreads(run)
     tstats = ffi.new("struct fb_thread_stats[]", nth)
     lib.fb_run_thread_stats(run, tstats)
-    lock = ffi.new("struct fb_lock_stats *")
-    lib.fb_run_lock_stats(run, lock)
-
-    starts = np.array([vres[i].start_ns for i in range(vcpus)], dtype=np.float64)
-    ends = np.array([vres[i].end_ns for i in range(vcpus)], dtype=np.float64)
-    per_vcpu_s = (ends - starts) / 1e9
-    guest_seconds = float((ends.max() - starts.min()) / 1e9)
-    first = (table & np.uint64(2)) != 0
-    pages_per_vcpu_touched = first.sum(axis=1)
-    pages = int(plan.memory_pages if not plan.workload.partitioned
-                else pages_per_vcpu_touched.sum())
-    content_errors = int(sum(vres[i].content_errors for i in range(vcpus)))
-    touches = int(sum(vres[i].touches for i in range(vcpus)))
-
     threads = []
-    for i in range(nth):
-        t = tstats[i]
+    for t in tstats:
         threads.append({
             "role": ROLES[t.role], "index": t.index, "uffd": t.uffd_index, "tid": t.tid,
             "faults": t.faults, "pages_installed": t.pages_installed, "eexist": t.eexist,
@@ -470,80 +453,152 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dic
             "mono_fetch_ns": t.mono_fetch_ns, "mono_install_ns": t.mono_install_ns,
             "mono_count": t.mono_count,
         })
-    by_role = {}
-    for t in threads:
-        by_role.setdefault(t["role"], []).append(t)
-    # a fault is counted where it is delivered: at the vCPU for exit-based mechanisms,
-    # at the readers for blocking userfaultfd (resolvers of async count pops, not faults)
-    faults = sum(t["faults"] for t in by_role.get("vcpu", [])) or \
-        sum(t["faults"] for t in by_role.get("reader", []))
+    return threads
 
-    # fault latency: the touches whose fault was delivered to userspace; baselines
-    # deliver none, so there it is every first touch (the kernel's own fault path)
+
+def _rates(plan: Plan, vres, table) -> dict:
+    """Pages, guest time and the paging rates (the selftest's definitions, and ours)."""
+    vcpus = plan.vcpus
+    starts = np.array([vres[i].start_ns for i in range(vcpus)], dtype=np.float64)
+    ends = np.array([vres[i].end_ns for i in range(vcpus)], dtype=np.float64)
+    per_vcpu_s = (ends - starts) / 1e9
+    guest_seconds = float((ends.max() - starts.min()) / 1e9)
+    pages_per_vcpu_touched = ((table & np.uint64(lib.FB_TOUCH_FIRST)) != 0).sum(axis=1)
+    pages = int(plan.memory_pages if not plan.workload.partitioned
+                else pages_per_vcpu_touched.sum())
+    return {
+        "pages": pages,
+        "guest_seconds": guest_seconds,
+        "pages_per_s": pages / guest_seconds if guest_seconds > 0 else 0.0,
+        # the selftest's definition: a vCPU's pages over the whole run's time
+        "pages_per_s_per_vcpu": (float(pages_per_vcpu_touched.mean() / guest_seconds)
+                                 if guest_seconds > 0 else 0.0),
+        # each vCPU's pages over its own start-to-end window, averaged
+        "pages_per_s_per_vcpu_own_window": float(np.mean(pages_per_vcpu_touched / per_vcpu_s)),
+        "vcpu_start_spread_s": float((starts.max() - starts.min()) / 1e9),
+    }
+
+
+def _latencies(plan: Plan, run) -> tuple[dict, dict]:
+    """(metrics, raw) of the latency histograms: faults delivered to userspace (the
+    baselines deliver none: their first touches are the kernel's own fault path),
+    first touches, re-touches."""
+    vcpus = plan.vcpus
+    if not plan.record_latency:
+        return ({"fault_latency_ns": None, "first_touch_latency_ns": None,
+                 "retouch_latency_ns": None, "latency_dist_log2_us": None},
+                {"fault_latency_hist": None, "retouch_latency_hist": None})
     delivers = plan.mechanism.delivers_faults()
-    first_hist, first_log2 = (_hist(run, vcpus, lib.FB_TOUCH_FAULTED)
-                              if plan.record_latency and delivers else (None, None))
-    touch1_hist, _ = _hist(run, vcpus, lib.FB_TOUCH_FIRST) if plan.record_latency else (None, None)
-    re_hist, _ = _hist(run, vcpus, 0) if plan.record_latency else (None, None)
-    clock = _clock_check(vres, vcpus, plan.record_latency)
-    installs = np.zeros(lib.fb_run_npages(run), dtype=np.uint32)
-    lib.fb_run_page_installs(run, ffi.cast("uint32_t *", ffi.from_buffer(installs)), installs.size)
-    blocked = [vres[i].blocked_ns for i in range(vcpus)]
-    # start-to-end windows that overlap (kept from schema 1 under its true name; the
-    # real concurrency is vcpus_inside_kvm_run_max and the traced run's on-CPU count)
+    first_hist, first_log2 = _hist(run, vcpus, lib.FB_TOUCH_FAULTED) if delivers else (None, None)
+    touch1_hist, _ = _hist(run, vcpus, lib.FB_TOUCH_FIRST)
+    re_hist, _ = _hist(run, vcpus, 0)
+    return ({"fault_latency_ns": _latency(first_hist),
+             "first_touch_latency_ns": _latency(touch1_hist),
+             "retouch_latency_ns": _latency(re_hist),
+             "latency_dist_log2_us": first_log2.tolist() if first_log2 is not None else None},
+            {"fault_latency_hist": (stats.sparse_hist(first_hist.tolist())
+                                    if first_hist is not None else None),
+             "retouch_latency_hist": (stats.sparse_hist(re_hist.tolist())
+                                      if re_hist is not None and re_hist.any() else None)})
+
+
+def _windows_overlapping(vres, vcpus: int) -> int:
+    """Most vCPU start-to-end windows that overlap (schema 1's "running at once";
+    the real concurrency is vcpus_inside_kvm_run_max and the traced run's on-CPU count)."""
     events = sorted([(vres[i].start_ns, 1) for i in range(vcpus)] +
                     [(vres[i].end_ns, -1) for i in range(vcpus)], key=lambda e: (e[0], e[1]))
     running = overlapping = 0
     for _, d in events:
         running += d
         overlapping = max(overlapping, running)
-    fault_latency = _latency(first_hist)
+    return overlapping
+
+
+def _cpu_time_check(plan: Plan, sched: dict, vres) -> dict:
+    """The kernel's accounting of the vCPU threads against the guest-timed fault
+    latency they lived through: latency cannot exceed on-CPU + run-queue + sleeping
+    time, and where the vCPU thread never sleeps (faults handled on it, no sleeping
+    fetch delay) it is all on-CPU + wait."""
+    v = sched["vcpu"]
+    lat_total = float(sum(vres[i].blocked_ns for i in range(plan.vcpus)))   # exact, not binned
+    awake = v["on_cpu_ns"] + v["run_queue_wait_ns"]
+    applies = bool(plan.mechanism.handles_faults_on_vcpu
+                   and not (plan.fetch_delay_us and plan.fetch_delay_mode == "sleep")
+                   and plan.fetch == "inline")
+    ratio = lat_total / awake if awake else None
+    return {"fault_latency_total_ns": lat_total, "vcpu_on_cpu_plus_wait_ns": awake,
+            "ratio": ratio, "applies": applies,
+            "ok": (ratio is not None and ratio <= 1.0 + bd.CPU_TIME_SLACK) if applies else None}
+
+
+def _roles(threads: list[dict]) -> tuple[int, dict]:
+    """(faults delivered, per-role metrics). A fault is counted where it is delivered:
+    at the vCPU for exit-based mechanisms, at the readers for blocking userfaultfd
+    (async's resolvers count pops, not faults)."""
+    by_role: dict[str, list] = {}
+    for t in threads:
+        by_role.setdefault(t["role"], []).append(t)
+    faults = (sum(t["faults"] for t in by_role.get("vcpu", []))
+              or sum(t["faults"] for t in by_role.get("reader", [])))
+    return faults, {
+        "resolved_by_role": {r: sum(t["faults"] for t in ts) for r, ts in by_role.items()},
+        "cpu_by_role": {r: {"threads": len(ts),
+                            "user_ns": sum(t["utime_ns"] for t in ts),
+                            "system_ns": sum(t["stime_ns"] for t in ts),
+                            "voluntary_ctxt_switches": sum(t["voluntary_ctxt_switches"] for t in ts),
+                            "involuntary_ctxt_switches": sum(t["involuntary_ctxt_switches"] for t in ts)}
+                        for r, ts in by_role.items()},
+    }
+
+
+def _vcpu_raw(vres, vcpus: int) -> list[dict]:
+    return [{"id": i, "start_ns": vres[i].start_ns, "end_ns": vres[i].end_ns,
+             "touches": vres[i].touches, "content_errors": vres[i].content_errors,
+             "kvm_runs": vres[i].kvm_runs, "fault_exits": vres[i].fault_exits,
+             "exitinfo_kvm": vres[i].exitinfo_kvm,
+             "exitinfo_guest_reg": vres[i].exitinfo_guest_reg,
+             "blocked_ns": vres[i].blocked_ns, "host_loop_ns": vres[i].host_loop_ns,
+             "guest_loop_cycles": vres[i].guest_loop_cycles} for i in range(vcpus)]
+
+
+def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dict]:
+    """The run's metrics (summarized across runs) and raw data (kept to recompute them)."""
+    vcpus = plan.vcpus
+    vres = ffi.new("struct fb_vcpu_result[]", vcpus)
+    lib.fb_run_vcpu_results(run, vres)
+    threads = _threads(run)
     totals = _totals(run)
+    rates = _rates(plan, vres, table)
+    faults, roles = _roles(threads)
+    lat, lat_raw = _latencies(plan, run)
+    clock = _clock_check(vres, vcpus, plan.record_latency)
+    installs = np.zeros(lib.fb_run_npages(run), dtype=np.uint32)
+    lib.fb_run_page_installs(run, ffi.cast("uint32_t *", ffi.from_buffer(installs)), installs.size)
+    blocked = [vres[i].blocked_ns for i in range(vcpus)]
     breakdown, checks, inside_kvm_run = _breakdown(run, plan, clock, threads, vres, totals, sched_trace)
     sched = _sched(threads, faults)
-    if sched and "vcpu" in sched and fault_latency:
-        # the kernel's accounting of the vCPU threads against the guest-timed fault
-        # latency they lived through: latency cannot exceed on-CPU + run-queue +
-        # sleeping time, and for mechanisms where the vCPU thread never sleeps
-        # (faults handled on it, no sleeping fetch delay) it is all on-CPU + wait
-        v = sched["vcpu"]
-        lat_total = float(sum(vres[i].blocked_ns for i in range(vcpus)))   # exact, not binned
-        awake = v["on_cpu_ns"] + v["run_queue_wait_ns"]
-        checks["cpu_time_vs_latency"] = {
-            "fault_latency_total_ns": lat_total, "vcpu_on_cpu_plus_wait_ns": awake,
-            "ratio": lat_total / awake if awake else None,
-            "applies": bool(plan.mechanism.handles_faults_on_vcpu
-                            and not (plan.fetch_delay_us and plan.fetch_delay_mode == "sleep")
-                            and plan.fetch == "inline"),
-        }
-        c = checks["cpu_time_vs_latency"]
-        c["ok"] = (c["ratio"] is not None and c["ratio"] <= 1.0 + bd.CPU_TIME_SLACK) if c["applies"] else None
-    dropped = int(sum(vres[i].faults_unlogged for i in range(vcpus)))
-    unattributed = totals["faults_unattributed"]
+    if sched and "vcpu" in sched and lat["fault_latency_ns"]:
+        checks["cpu_time_vs_latency"] = _cpu_time_check(plan, sched, vres)
     exits_by_path = {name: int(sum(vres[i].exits_by_path[k] for i in range(vcpus)))
                      for k, name in EXIT_PATHS.items() if name}
     metrics = {
-        "pages": pages,
-        "touches": touches,
+        "pages": rates["pages"],
+        "touches": int(sum(vres[i].touches for i in range(vcpus))),
         "faults": faults,
         "pages_installed": totals["pages_installed"],
         "pages_copied": totals["pages_copied"],
-        "guest_seconds": guest_seconds,
-        "pages_per_s": pages / guest_seconds if guest_seconds > 0 else 0.0,
-        # the selftest's definition: a vCPU's pages over the whole run's time
-        "pages_per_s_per_vcpu": float(pages_per_vcpu_touched.mean() / guest_seconds) if guest_seconds > 0 else 0.0,
-        # each vCPU's pages over its own start-to-end window, averaged
-        "pages_per_s_per_vcpu_own_window": float(np.mean(pages_per_vcpu_touched / per_vcpu_s)),
-        "content_errors": content_errors,
-        "fault_latency_ns": fault_latency,
-        "first_touch_latency_ns": _latency(touch1_hist),
+        **{k: rates[k] for k in ("guest_seconds", "pages_per_s", "pages_per_s_per_vcpu",
+                                 "pages_per_s_per_vcpu_own_window")},
+        "content_errors": int(sum(vres[i].content_errors for i in range(vcpus))),
+        "fault_latency_ns": lat["fault_latency_ns"],
+        "first_touch_latency_ns": lat["first_touch_latency_ns"],
         "faults_attributed_to_vcpus": int(sum(vres[i].faults_logged for i in range(vcpus))),
-        "vcpu_windows_overlapping_max": overlapping,
+        "vcpu_windows_overlapping_max": _windows_overlapping(vres, vcpus),
         "vcpus_inside_kvm_run_max": inside_kvm_run,
-        "vcpu_start_spread_s": float((starts.max() - starts.min()) / 1e9),
-        "faults_unattributed": unattributed,
-        "fault_records_dropped": dropped,
-        "retouch_latency_ns": _latency(re_hist),
+        "vcpu_start_spread_s": rates["vcpu_start_spread_s"],
+        "faults_unattributed": totals["faults_unattributed"],
+        "fault_records_dropped": int(sum(vres[i].faults_unlogged for i in range(vcpus))),
+        "retouch_latency_ns": lat["retouch_latency_ns"],
         "pages_installed_more_than_once": int((installs > 1).sum()),
         "pages_never_installed": int((installs == 0).sum()),
         "blocktime_ns": ({"all_vcpus": totals["blocktime_all_ns"],
@@ -554,46 +609,37 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dic
         "checks": checks,
         "sched": sched,
         "exits_by_path": exits_by_path if any(exits_by_path.values()) else None,
-        "resolved_by_role": {r: sum(t["faults"] for t in ts) for r, ts in by_role.items()},
-        "cpu_by_role": {r: {"threads": len(ts),
-                            "user_ns": sum(t["utime_ns"] for t in ts),
-                            "system_ns": sum(t["stime_ns"] for t in ts),
-                            "voluntary_ctxt_switches": sum(t["voluntary_ctxt_switches"] for t in ts),
-                            "involuntary_ctxt_switches": sum(t["involuntary_ctxt_switches"] for t in ts)}
-                        for r, ts in by_role.items()},
-        "latency_dist_log2_us": (first_log2.tolist() if first_log2 is not None else None),
+        **roles,
+        "latency_dist_log2_us": lat["latency_dist_log2_us"],
     }
     if plan.mechanism.uses_uffd and stale is not None:
         arrived = totals["bitmap_arrived_ns"]
+        first_start = min(vres[i].start_ns for i in range(vcpus))
         metrics["precopy"] = {
             "stale_pages": int(stale.sum()),
             "pages_declared_clean": totals["pages_declared_clean"],
-            "bitmap_arrived_after_s": (arrived - starts.min()) / 1e9 if arrived else None,
+            "bitmap_arrived_after_s": (arrived - first_start) / 1e9 if arrived else None,
         }
-    if "async_list" in plan.mechanism.harness_locks:   # the core's one harness lock
-        metrics["harness_locks"] = {"async_list": {
+    if plan.mechanism.harness_locks:
+        lock = ffi.new("struct fb_lock_stats *")
+        lib.fb_run_lock_stats(run, lock)
+        name = next(iter(plan.mechanism.harness_locks))   # the core keeps one per mechanism
+        metrics["harness_locks"] = {name: {
             "acquisitions": lock.acquisitions, "contended": lock.contended,
             "spin_ns": lock.spin_ns, "max_spin_ns": lock.max_spin_ns}}
     raw = {
         "exit_path": EXIT_PATHS[totals["exit_path"]],
         "clock_check": clock,
-        "fault_latency_selects": ("touches whose fault was delivered to userspace" if delivers else
+        "fault_latency_selects": ("touches whose fault was delivered to userspace"
+                                  if plan.mechanism.delivers_faults() else
                                   "nothing: this baseline delivers no fault to userspace; see "
                                   "first_touch_latency_ns"),
         "tsc_khz": totals["tsc_khz"],
-        "vcpus": [{"id": i, "start_ns": vres[i].start_ns, "end_ns": vres[i].end_ns,
-                   "touches": vres[i].touches, "content_errors": vres[i].content_errors,
-                   "kvm_runs": vres[i].kvm_runs, "fault_exits": vres[i].fault_exits,
-                   "exitinfo_kvm": vres[i].exitinfo_kvm,
-                   "exitinfo_guest_reg": vres[i].exitinfo_guest_reg,
-                   "blocked_ns": vres[i].blocked_ns, "host_loop_ns": vres[i].host_loop_ns,
-                   "guest_loop_cycles": vres[i].guest_loop_cycles} for i in range(vcpus)],
+        "vcpus": _vcpu_raw(vres, vcpus),
         "placement": {"policy": plan.placement, "by_role": placement.describe(threads)},
         "threads": threads,
-        "fault_latency_hist": (stats.sparse_hist(first_hist.tolist())
-                               if first_hist is not None else None),
+        "fault_latency_hist": lat_raw["fault_latency_hist"],
         "blocktime_per_vcpu_ns": blocked if plan.record_latency else None,
-        "retouch_latency_hist": (stats.sparse_hist(re_hist.tolist())
-                                 if re_hist is not None and re_hist.any() else None),
+        "retouch_latency_hist": lat_raw["retouch_latency_hist"],
     }
     return metrics, raw
