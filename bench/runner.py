@@ -56,6 +56,8 @@ class Plan:
     timeout_s: float = 300.0
     corrupt_every: int = 0
     fail_spawn_at: int = 0     # test knob: the Nth thread creation fails
+    stall_timeout_s: float = 60.0   # no progress this long: the watchdog stops the run
+    stall_after: int = 0       # test knob: the resolver of the Nth page stops answering
     fault_around: int = 1
     fetch: str = "inline"              # inline | worker
     worker: dict = field(default_factory=dict)   # threads, batch, service
@@ -161,6 +163,8 @@ def _execute(plan: Plan, cfg, table, stale, tracer) -> tuple[dict, dict]:
     try:
         if plan.fetch == "worker":
             worker, pidfd = _start_worker(plan, run, err)
+        from .watchdog import Watchdog
+        watchdog = Watchdog(plan, run)   # before the start: it arms the stall test knob
         if lib.fb_run_start(run, err, ERRLEN):
             raise RunError(ffi.string(err).decode())
         waited = 0.0
@@ -176,6 +180,7 @@ def _execute(plan: Plan, cfg, table, stale, tracer) -> tuple[dict, dict]:
                 raise RunError(ffi.string(err).decode())
             if rc == 1:
                 break
+            watchdog.check(worker)
             waited += 0.1
             if waited >= plan.timeout_s:
                 raise RunError(f"timeout: vCPUs still running after {plan.timeout_s:g} s "

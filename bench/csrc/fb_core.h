@@ -160,6 +160,10 @@ struct fb_run {
     uint64_t list_cap, list_head, list_tail;
     _Atomic uint64_t *uf_bitmap;     /* bit set: page missing */
     int list_efd;
+
+    /* watchdog test knob: the Nth resolution stalls (0: never) */
+    uint64_t stall_after;
+    atomic_uint_fast64_t resolutions;
 };
 
 /* core services for mechanisms */
@@ -186,6 +190,19 @@ struct fb_fault *fb_note_fault(struct fb_run *run, int vcpu, uint64_t page, uint
 struct fb_fault *fb_note_fault_tid(struct fb_run *run, int32_t tid, uint64_t page, uint64_t notify,
                                    struct fb_fault *scratch);
 void fb_lock(struct fb_spinlock *l);
+
+/* what a thread is doing, for the watchdog: relaxed stores, a few cycles each */
+static inline void fb_doing_at(struct fb_thread_stats *ts, int what, uint64_t gpa, uint64_t tsc)
+{
+    __atomic_store_n(&ts->doing_gpa, gpa, __ATOMIC_RELAXED);
+    __atomic_store_n(&ts->doing_since_tsc, tsc, __ATOMIC_RELAXED);
+    __atomic_store_n(&ts->doing, what, __ATOMIC_RELAXED);
+}
+
+static inline void fb_doing(struct fb_thread_stats *ts, int what, uint64_t gpa)
+{
+    fb_doing_at(ts, what, gpa, __builtin_ia32_rdtsc());
+}
 void fb_unlock(struct fb_spinlock *l);
 
 extern const struct fb_mech_ops fb_mech_none, fb_mech_prefault, fb_mech_uffd,
