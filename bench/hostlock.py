@@ -76,7 +76,12 @@ class HostLock:
         self.fd = -1
 
     def _open(self) -> int:
-        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:   # every user's runs share the host: let them all open it (umask would not)
+            os.fchmod(fd, 0o666)
+        except OSError:
+            pass   # created by another user, who made it shareable
+        return fd
 
     def _try(self, fd: int) -> bool:
         try:

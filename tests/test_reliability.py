@@ -324,6 +324,28 @@ def test_stalled_resolver_is_named_and_nothing_leaks(kvm, mech, extra, blamed):
     assert locktrace._mount_users == 0 and not locktrace._we_mounted, "tracefs left mounted"
 
 
+def test_hung_network_worker_is_named_by_the_watchdog(kvm):
+    """A worker that hangs without dying or stopping (here: a 20 s service time
+    against a 1 s stall timeout; run_bench.py itself refuses such a pair)."""
+    from bench.runner import execute
+    from bench.watchdog import StallError
+    before = process_resources()
+    with pytest.raises(StallError) as info:
+        execute(make_plan("exits", 1, mib=2, extra=["--fetch", "worker", "--service-us", "20000000"],
+                          stall_timeout_s=1.0))
+    assert "vCPU 0 waiting for the network worker (CopyFromRemote)" in str(info.value), str(info.value)
+    assert any(d.startswith("  network worker (pid") for d in info.value.details)
+    assert process_resources() == before
+    assert _children() == []
+
+
+def test_oversubscribed_healthy_run_is_not_a_stall(kvm):
+    """64 vCPUs on this 2-CPU host with a 2 s stall timeout: still progress."""
+    from bench.runner import execute
+    metrics, _ = execute(make_plan("uffd", 64, mib=2, stall_timeout_s=2.0))
+    assert metrics["pages_installed"] == 64 * 512
+
+
 def _children():
     try:
         with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
