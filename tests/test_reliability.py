@@ -184,7 +184,7 @@ def test_busy_processes_are_recorded_and_warned_about(kvm, lock_path, tmp_path):
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.2)
-        h = Harness(["--vcpus", "2", "--mech", "uffd", "--mem-per-vcpu", "16", "--repeat", "2",
+        h = Harness(["--vcpus", "2", "--mech", "uffd", "--mem-per-vcpu", "8", "--repeat", "2",
                      "--no-trace-locks", "--quiet"], tmp_path / "r")
         status, out, err = h.wait()
     finally:
@@ -195,8 +195,8 @@ def test_busy_processes_are_recorded_and_warned_about(kvm, lock_path, tmp_path):
     noise = rec["host_noise"]
     top = {p["pid"]: p["cpu_s"] for p in noise["top_processes"]}
     assert busy.pid in top, noise
-    # a busy loop takes about a CPU's worth of the point's time on this 2-CPU host
-    assert top[busy.pid] >= 0.3 * noise["interval_s"], noise
+    # a busy loop takes a good share of a CPU, even on a shared 2-CPU host
+    assert top[busy.pid] >= 0.1 * noise["interval_s"], noise
     assert any(f"(pid {busy.pid})" in w and "other processes used" in w for w in rec["warnings"])
 
 
