@@ -174,6 +174,7 @@ def _execute(plan: Plan, cfg, table, stale, tracer) -> tuple[dict, dict]:
             if dead:
                 raise RunError(dead)
             if worker and _stopped_for(worker.pid, 2.0):
+                os.kill(worker.pid, 9)   # a stopped process cannot shut down: no 5 s wait for it
                 raise RunError(f"network worker (pid {worker.pid}) is stopped (SIGSTOP or a "
                                "debugger) and serves nothing")
             if rc < 0:
