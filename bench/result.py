@@ -395,6 +395,11 @@ MAX_ABS_INT = 2**64          # counters are 64-bit in the C core
 class RecordError(ValueError):
     """A file is not a usable result record; str() is one line."""
 
+    def __init__(self, message: str):
+        # keys and paths come from the file: control characters would break the line
+        super().__init__("".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                                 for c in message))
+
 
 def _reject_constant(name: str):
     raise RecordError(f"{name} is not a number in standard JSON")
@@ -439,6 +444,9 @@ def readable_problems(record: dict) -> list[str]:
     for key in ("resolve", "fetch"):
         if config.get(key) is not None and not isinstance(config[key], str):
             problems.append(f"config.{key} should be a string or null")
+    odd = [k for k in config if not k.isprintable()]
+    if odd:   # config keys are printed when two records are compared
+        problems.append(f"config has a key with control characters: {odd[0]!r}")
     if not record.get("runs"):
         problems.append("runs is empty: no measured run")
     summary = record.get("summary") or {}

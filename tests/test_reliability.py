@@ -418,6 +418,23 @@ def test_signal_mid_run(kvm, lock_path, tmp_path, sig):
     assert not (tmp_path / "r").exists()
 
 
+def test_sigterm_mid_traced_run_leaves_tracefs_as_found(kvm, lock_path, tmp_path):
+    """SIGINT mid traced run: tests/test_measurement.py; here SIGTERM, in a smaller run."""
+    from bench.locktrace import leftover_instances
+    h = Harness(["--vcpus", "2", "--mech", "uffd", "--mem-per-vcpu", "32", "--repeat", "1"],
+                tmp_path / "r")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not [
+            i for i in leftover_instances("faultbench") if i.startswith(f"faultbench-{h.proc.pid}-")]:
+        assert h.proc.poll() is None, h.proc.communicate()
+        time.sleep(0.02)
+    time.sleep(0.2)   # inside the traced run
+    h.proc.send_signal(signal.SIGTERM)
+    status, _, err = h.wait(timeout=60)
+    h.assert_clean_failure(status, err, "interrupted")
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_sweep_keeps_only_finished_points(kvm, lock_path, tmp_path, sig):
     # point 1 (1 vCPU, 512 pages) finishes; point 2 (2 vCPUs) stops after 600 pages
