@@ -67,6 +67,7 @@ class NoiseSampler:
         self.root = root_pid or os.getpid()
         self._before: dict = {}
         self._t0 = 0.0
+        self.busy: list[tuple[float, int, str]] = []
 
     def start(self) -> None:
         self._before = read_processes()
@@ -87,6 +88,7 @@ class NoiseSampler:
             if spent > 0:
                 busy.append((spent / tick, pid, comm))
         busy.sort(reverse=True)
+        self.busy = busy   # every process outside the harness that used CPU: (s, pid, comm)
         cpus = len(os.sched_getaffinity(0)) or 1
         total = sum(s for s, _, _ in busy)
         share = total / (interval * cpus) if interval > 0 else 0.0
