@@ -15,6 +15,7 @@ REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_VCPUS = 1024
 # a run shorter than this in guest time is dominated by start-up and timer effects
 MIN_GUEST_MS_WARN = 200.0
+STALL_TIMEOUT_S = 60.0   # a healthy run installs a page every few ms even at 1024 vCPUs here
 
 
 class UsageError(Exception):
@@ -146,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
                         f"runs under {MIN_GUEST_MS_WARN:g} ms are warned about either way)")
     r.add_argument("--seed", type=int, default=1, help="seed for page content and access order (default 1)")
     r.add_argument("--timeout", type=float, default=300.0, help="seconds before a run is declared hung (default 300)")
+    r.add_argument("--stall-timeout", type=float, default=STALL_TIMEOUT_S, metavar="S",
+                   help="stop a run when no page was installed and no vCPU moved on for S seconds, "
+                        "and say which vCPUs wait on which pages and what every thread was doing "
+                        f"(default {STALL_TIMEOUT_S:g})")
+    r.add_argument("--no-wait", action="store_true",
+                   help="exit (status 2) instead of waiting when another faultbench run holds this "
+                        "host (one run at a time per host; FAULTBENCH_LOCK_PATH names the lock file)")
+    r.add_argument("--stall-after", type=int, default=0, help=argparse.SUPPRESS)  # tests the watchdog
     o = p.add_argument_group("output")
     o.add_argument("--out", help="result file (only for a single point); default results/<name>.json")
     o.add_argument("--results-dir", default=os.path.join(REPO_DIR, "results"))
@@ -172,6 +181,7 @@ RANGES = [
     ("--repeat", 1, 1000), ("--warmup", 0, 100), ("--trace-runs", 1, 100),
     ("--trace-buffer-mb", 0, 4096), ("--seed", 0, 2**64 - 1), ("--min-guest-ms", 0, 600_000),
     ("--tsc-khz-error-ppm", -500_000, 500_000),
+    ("--stall-timeout", 0.5, 86400), ("--stall-after", 0, 2**63 - 1),
 ]
 
 
@@ -218,6 +228,27 @@ def validate_args(args) -> None:
         raise UsageError("--out names one file; a sweep writes one result per point to --results-dir")
     if args.uffds and "uffd-many" not in args.mech:
         raise UsageError("--uffds applies to uffd-many only")
+    longest, source = longest_modelled_wait_s(args)
+    if args.stall_timeout <= longest:
+        raise UsageError(f"--stall-timeout {args.stall_timeout:g} s must exceed the longest modelled "
+                         f"wait for one page ({longest:g} s from {source})")
+
+
+def longest_modelled_wait_s(args) -> tuple[float, str]:
+    """The longest time one page may legitimately take: the watchdog must wait longer."""
+    waits = [(args.fetch_delay_us / 1e6, "--fetch-delay-us"),
+             (getattr(args, "bitmap_delay_ms", 0.0) / 1e3 if args.workload == "precopy-stale" else 0.0,
+              "--bitmap-delay-ms")]
+    if args.fetch == "worker":
+        if args.service == "fixed":
+            waits.append((args.service_us / 1e6, "--service-us"))
+        elif args.service == "uniform":
+            waits.append((args.service_max_us / 1e6, "--service-max-us"))
+        else:   # lognormal: 6 sigma above the median (the C side clamps at 60 s)
+            import math
+            waits.append((min(60.0, args.service_median_us * math.exp(6 * args.service_sigma) / 1e6),
+                          "--service-median-us and --service-sigma (6 sigma)"))
+    return max(waits)
 
 
 def check_output(args) -> None:
@@ -547,6 +578,7 @@ def plan_for(args, mech, workload, vcpus: int, **overrides):
               corrupt_tail_every=args.corrupt_tail_every,
               misstamp_fetched_ns=args.misstamp_fetched_ns,
               tsc_khz_error_ppm=args.tsc_khz_error_ppm,
+              stall_timeout_s=args.stall_timeout, stall_after=args.stall_after,
               worker={"threads": args.worker_threads, "batch": args.worker_batch,
                       "service": service_of(args)})
     kw.update(overrides)
@@ -566,12 +598,37 @@ def make_plan(argv: list[str], **overrides):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .hostlock import HostLock
+    host_lock = HostLock(command=["run_bench.py", *argv])
+    try:
+        return _main(argv, host_lock)
+    finally:
+        host_lock.release()   # also at exit by the kernel, however the process ends
+
+
+def _take_host(args, host_lock) -> None:
+    """One run at a time per host: wait (or, --no-wait, refuse) while another holds it."""
+    from .hostlock import LockBusy
+    try:
+        note = host_lock.acquire(wait=not args.no_wait,
+                                 on_wait=lambda msg: print(f"run_bench.py: {msg}", file=sys.stderr))
+    except LockBusy as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"host lock {host_lock.path}: {exc.strerror}; set FAULTBENCH_LOCK_PATH "
+                         "to a writable file") from None
+    if note:
+        print(f"run_bench.py: note: {note}", file=sys.stderr)
+
+
+def _main(argv: list[str], host_lock) -> int:
     from .commands import dispatch
     status = dispatch(argv)
     if status is not None:
         return status
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .preflight import PreflightError, check_all, check_tracefs
     from .probes import DeviceMissing, probe, require_devices
     try:
         validate_args(args)
@@ -579,15 +636,18 @@ def main(argv: list[str] | None = None) -> int:
         require_devices()
         probes = probe()
         workload, points = prepare(args, probes)
+        check_all(args, points, probes, precopy=args.workload == "precopy-stale")
+        _take_host(args, host_lock)
+        # with the host ours: the memory another run held is free, and a look into
+        # tracefs (mounted for the look if need be) cannot disturb another run's tracing
         for v in args.vcpus:
             check_memory(v, args, workload)
-    except (UsageError, ValueError) as exc:
+        check_tracefs(args.trace_locks)
+    except (UsageError, ValueError, PreflightError, DeviceMissing) as exc:
         print(f"run_bench.py: error: {exc}", file=sys.stderr)
         return 2
-    except DeviceMissing as exc:
-        print(f"run_bench.py: error: {exc}", file=sys.stderr)
-        return 3
 
+    from .hostnoise import NoiseSampler
     from .runner import RunError, execute
     machine = collect_machine({"probes": probes})
     harness = collect_harness(REPO_DIR, __version__)
@@ -632,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
                   "min_guest_ms": args.min_guest_ms, "memory_sizing": sizing}
         rerun = rerun_argv(argv, mech.name, vcpus, sizing["sized_mib"] if sizing else None)
         rec = resultmod.new_record(["run_bench.py", *rerun], config, machine, harness, emulated, reason)
+        noise = NoiseSampler()
+        noise.start()
         try:
             for i in range(args.warmup + args.repeat):
                 metrics, raw = execute(plan)
@@ -640,8 +702,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.trace_locks:
                 trace_runs(plan, rec, args.trace_runs, trace_buffer_mb(args, plan))
         except RunError as exc:
+            for line in getattr(exc, "details", ()):   # the watchdog's state of every thread
+                print(line, file=sys.stderr)
             print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: {exc}", file=sys.stderr)
             return 1
+        rec["host_noise"], noisy = noise.stop()
+        rec["warnings"] += noisy
         rec["warnings"] += [w for w in run_warnings(rec) if w not in rec["warnings"]]
         problems = resultmod.validate(rec)
         if problems:

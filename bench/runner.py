@@ -47,6 +47,8 @@ class Plan:
     timeout_s: float = 300.0
     corrupt_every: int = 0
     fail_spawn_at: int = 0     # test knob: the Nth thread creation fails
+    stall_timeout_s: float = 60.0   # no progress this long: the watchdog stops the run
+    stall_after: int = 0       # test knob: the resolver of the Nth page stops answering
     fault_around: int = 1
     fetch: str = "inline"              # inline | worker
     worker: dict = field(default_factory=dict)   # threads, batch, service
@@ -202,6 +204,8 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None) -> tuple[dict,
     try:
         if plan.fetch == "worker":
             worker, pidfd = _start_worker(plan, run, err)
+        from .watchdog import Watchdog
+        watchdog = Watchdog(plan, run)   # before the start: it arms the stall test knob
         if lib.fb_run_start(run, err, ERRLEN):
             raise RunError(ffi.string(err).decode())
         waited = 0.0
@@ -211,12 +215,14 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None) -> tuple[dict,
             if dead:
                 raise RunError(dead)
             if worker and _stopped_for(worker.pid, 2.0):
+                os.kill(worker.pid, 9)   # a stopped process cannot shut down: no 5 s wait for it
                 raise RunError(f"network worker (pid {worker.pid}) is stopped (SIGSTOP or a "
                                "debugger) and serves nothing")
             if rc < 0:
                 raise RunError(ffi.string(err).decode())
             if rc == 1:
                 break
+            watchdog.check(worker)
             waited += 0.1
             if waited >= plan.timeout_s:
                 raise RunError(f"timeout: vCPUs still running after {plan.timeout_s:g} s "

@@ -231,6 +231,7 @@ void fb_thread_begin(struct fb_thread_stats *ts)
             ts->pinned_cpu = -2;
     }
     fb_thread_mark(ts);
+    fb_doing(ts, FB_DOING_START, 0);
 }
 
 void fb_thread_end(struct fb_thread_stats *ts)
@@ -250,6 +251,7 @@ void fb_thread_end(struct fb_thread_stats *ts)
     ts->sched_wait_ns = w - ts->sched_wait_ns;
     ts->sched_timeslices = sl - ts->sched_timeslices;
     ts->migrations = (m == UINT64_MAX || ts->migrations == UINT64_MAX) ? UINT64_MAX : m - ts->migrations;
+    fb_doing(ts, FB_DOING_EXITED, 0);
 }
 
 /* ---------- userfaultfd helpers ---------- */
@@ -440,12 +442,26 @@ static int64_t install_range(struct fb_run *run, int uffd, uint64_t first, uint6
     return c.copy > 0 ? c.copy : -errno;
 }
 
+/* the watchdog's test knob: this resolver stops answering until the run stops */
+static int stall_here(struct fb_run *run, struct fb_thread_stats *ts, uint64_t gpa)
+{
+    fb_doing(ts, FB_DOING_STALLED, gpa & ~(FB_PAGE - 1));
+    while (!atomic_load(&run->stop)) {
+        struct timespec ts1 = { 0, 1000000 };
+        nanosleep(&ts1, NULL);
+    }
+    return -1;
+}
+
 int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src_page,
                     uint64_t gpa, int dontwake, struct fb_fault *f)
 {
     f->claimed = fb_tsc();
     f->resolver_tid = ts->tid;
     fb_note_cpu(ts);
+    fb_doing_at(ts, FB_DOING_WAIT, gpa & ~(FB_PAGE - 1), f->claimed);
+    if (run->stall_after && atomic_fetch_add(&run->resolutions, 1) + 1 == run->stall_after)
+        return stall_here(run, ts, gpa);
     if (gpa < run->demand_gpa || gpa - run->demand_gpa >= run->demand_size) {
         fb_fail(run, "fault at gpa 0x%llx outside guest memory", (unsigned long long)gpa);
         return -1;
@@ -491,6 +507,7 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
     uint64_t m0 = fb_now_ns();
     uint64_t t0 = fb_tsc();
     f->fetch_start = t0;
+    fb_doing_at(ts, run->ring ? FB_DOING_FETCH_WORKER : FB_DOING_FETCH, gpa & ~(FB_PAGE - 1), t0);
     ts->part_ns[FB_PART_WAIT] += t0 - f->claimed;
     ts->part_count[FB_PART_WAIT]++;
     if (any) {
@@ -513,6 +530,7 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
     uint64_t t1 = fb_tsc();
     uint64_t m1 = fb_now_ns();
     f->fetched = t1 + (uint64_t)(run->cfg.misstamp_fetched_ns * (int64_t)run->tsc_khz / 1000000);
+    fb_doing_at(ts, FB_DOING_INSTALL, gpa & ~(FB_PAGE - 1), t1);
     ts->part_ns[FB_PART_FETCH] += t1 - t0;
     ts->part_count[FB_PART_FETCH]++;
 
@@ -1082,6 +1100,7 @@ static void *vcpu_thread(void *arg)
         kr->kvm_valid_regs = KVM_SYNC_X86_REGS;
         kr->exit_reason = KVM_EXIT_UNKNOWN;
         uint64_t t0 = fb_tsc();
+        fb_doing_at(ts, FB_DOING_GUEST, 0, t0);
         int rc = ioctl(v->fd, KVM_RUN, 0);
         int e = errno;
         uint64_t t1 = fb_tsc();
@@ -1108,6 +1127,7 @@ static void *vcpu_thread(void *arg)
                     if (run->exit_path != FB_EXITINFO_KVM)
                         run->exit_path = FB_EXITINFO_GUEST_REG;
                 }
+                fb_doing_at(ts, FB_DOING_FAULT_EXIT, gpa, t1);
                 struct fb_fault scratch = { 0 }, *f = &scratch;
                 if (gpa >= run->demand_gpa && gpa - run->demand_gpa < run->demand_size)
                     f = fb_note_fault(run, v->id, (gpa - run->demand_gpa) / FB_PAGE, t1, &scratch);
@@ -1641,4 +1661,69 @@ int fb_run_totals(struct fb_run *run, struct fb_run_totals *out)
     out->fault_rows = fault_count(run);
     out->exit_path = (uint64_t)run->exit_path;
     return 0;
+}
+
+/* ---------- watchdog (issue 10) ---------- */
+
+/* touches vCPU v's guest finished, from its timing buffer: the guest writes
+ * [2t] before touch t and [2t+1] after it, in order, into zeroed memory */
+static uint64_t touches_done(struct fb_run *run, struct fb_vcpu *v, uint64_t *touch_gpa)
+{
+    const volatile uint64_t *times = (const volatile uint64_t *)(run->sys_mem + v->tsc_times);
+    const volatile uint64_t *tab = (const volatile uint64_t *)(run->sys_mem + v->tsc_table);
+    uint64_t lo = 0, hi = run->cfg.touches_per_vcpu;
+    while (lo < hi) {   /* first touch without its end stamp */
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (times[2 * mid + 1])
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (touch_gpa)
+        *touch_gpa = lo < run->cfg.touches_per_vcpu && times[2 * lo] ? tab[lo] & ~(FB_PAGE - 1) : 0;
+    return lo;
+}
+
+int fb_run_thread_states(struct fb_run *run, struct fb_thread_state *out, int max)
+{
+    uint64_t now = fb_tsc();
+    int n = 0;
+    for (int i = 0; i < run->nstats && n < max; i++, n++) {
+        struct fb_thread_stats *ts = &run->stats[i];
+        struct fb_thread_state *o = &out[n];
+        uint64_t since = __atomic_load_n(&ts->doing_since_tsc, __ATOMIC_RELAXED);
+        o->role = ts->role;
+        o->index = ts->index;
+        o->tid = __atomic_load_n(&ts->tid, __ATOMIC_RELAXED);
+        o->doing = __atomic_load_n(&ts->doing, __ATOMIC_RELAXED);
+        o->doing_for_ns = since && now > since ? fb_tsc_to_ns(run, now - since) : 0;
+        o->gpa = __atomic_load_n(&ts->doing_gpa, __ATOMIC_RELAXED);
+        o->touches_done = UINT64_MAX;
+        o->touch_gpa = 0;
+        o->touches_total = 0;
+        if (ts->role == FB_ROLE_VCPU) {
+            o->touches_total = run->cfg.touches_per_vcpu;
+            if (run->cfg.record_latency)
+                o->touches_done = touches_done(run, &run->vcpus[ts->index], &o->touch_gpa);
+        }
+    }
+    return n;
+}
+
+uint64_t fb_run_progress(struct fb_run *run)
+{
+    uint64_t p = atomic_load(&run->pages_installed);
+    for (uint32_t i = 0; run->cfg.record_latency && i < run->cfg.vcpus; i++)
+        p += touches_done(run, &run->vcpus[i], NULL);
+    return p + run->cfg.vcpus - (uint64_t)atomic_load(&run->vcpus_running);
+}
+
+int fb_run_vcpus_running(struct fb_run *run)
+{
+    return atomic_load(&run->vcpus_running);
+}
+
+void fb_run_inject_stall(struct fb_run *run, uint64_t nth_resolution)
+{
+    run->stall_after = nth_resolution;
 }

@@ -5,7 +5,7 @@
  * Bump FB_API_VERSION whenever a struct below changes: bench/_native_check.py
  * compares it with the Python side so a stale build is refused at import.
  */
-#define FB_API_VERSION 11
+#define FB_API_VERSION 12
 
 /* mechanisms: bench/csrc/mech_*.c, listed once in FB_MECH_REGISTRY (fb_core.h);
  * Python finds one by its C name (fb_mech_id) and puts the id in fb_config.mech */
@@ -173,6 +173,12 @@ struct fb_thread_stats {
     uint64_t mono_fetch_ns;
     uint64_t mono_install_ns;
     uint64_t mono_count;
+    /* live state for the watchdog, written by the thread with relaxed atomic
+     * stores and read by fb_run_thread_states while the run goes on */
+    int32_t doing;              /* FB_DOING_* */
+    int32_t doing_reserved;
+    uint64_t doing_since_tsc;   /* when it began doing it */
+    uint64_t doing_gpa;         /* the page it handles or waits on (0: none) */
 };
 
 /* a userspace lock of the harness: counts what contention it sees */
@@ -254,3 +260,40 @@ int fb_run_attach_ring(struct fb_run *run, int ring_fd, int worker_pidfd, char *
 int fb_hist_index(uint64_t value_ns);
 uint64_t fb_hist_lower(int index);
 uint64_t fb_hist_upper(int index);
+
+/* ---------- watchdog (issue 10): what each thread is doing, read live ---------- */
+#define FB_DOING_START        0   /* started, not yet at work (vCPUs: at the start gate) */
+#define FB_DOING_GUEST        1   /* vCPU in KVM_RUN: the guest runs or sleeps in a fault */
+#define FB_DOING_FAULT_EXIT   2   /* vCPU handling a fault exit (address lookup)          */
+#define FB_DOING_WAIT_EVENTS  3   /* reader/resolver waiting for fault notifications      */
+#define FB_DOING_WAIT         4   /* waiting on the final bitmap or another thread's fetch */
+#define FB_DOING_FETCH        5   /* fetching page content (delay model + fill)            */
+#define FB_DOING_FETCH_WORKER 6   /* waiting for the network worker's CopyFromRemote       */
+#define FB_DOING_INSTALL      7   /* UFFDIO_COPY / UFFDIO_CONTINUE                         */
+#define FB_DOING_ENQUEUE      8   /* async vCPU: pushing its fault on the list              */
+#define FB_DOING_SPIN         9   /* async vCPU: busy-waiting for its page's bit           */
+#define FB_DOING_EXITED      10   /* the thread has returned                               */
+#define FB_DOING_STALLED     11   /* test knob: stopped answering on purpose               */
+#define FB_DOING_STATES      12
+
+struct fb_thread_state {
+    int32_t role;               /* FB_ROLE_* */
+    int32_t index;
+    int32_t tid;
+    int32_t doing;              /* FB_DOING_* */
+    uint64_t doing_for_ns;      /* how long it has been doing it */
+    uint64_t gpa;               /* the page it handles or waits on (0: none) */
+    uint64_t touches_done;      /* vCPUs with timing on: touches the guest finished; else ~0 */
+    uint64_t touch_gpa;         /* vCPUs with timing on: page of the touch under way (0: none) */
+    uint64_t touches_total;     /* vCPUs: entries in its touch table */
+};
+
+/* live, callable from another thread while the run goes on */
+int fb_run_thread_states(struct fb_run *run, struct fb_thread_state *out, int max);
+/* a number that grows while the run makes progress: pages installed, touches the
+ * guests finished (timing on) and vCPUs done */
+uint64_t fb_run_progress(struct fb_run *run);
+int fb_run_vcpus_running(struct fb_run *run);
+/* test knob: the thread that starts the Nth page resolution stops answering
+ * (sleeps until the run is stopped); set before fb_run_start; 0: never */
+void fb_run_inject_stall(struct fb_run *run, uint64_t nth_resolution);

@@ -164,6 +164,9 @@ struct fb_run {
     struct fb_ring *ring;
 
     void *mech_state;                /* the mechanism's own, behind its ops */
+    /* watchdog test knob: the Nth resolution stalls (0: never) */
+    uint64_t stall_after;
+    atomic_uint_fast64_t resolutions;
 };
 
 /* core services for mechanisms */
@@ -201,6 +204,19 @@ struct fb_fault *fb_note_fault(struct fb_run *run, int vcpu, uint64_t page, uint
 struct fb_fault *fb_note_fault_tid(struct fb_run *run, int32_t tid, uint64_t page, uint64_t notify,
                                    struct fb_fault *scratch);
 void fb_lock(struct fb_spinlock *l);
+
+/* what a thread is doing, for the watchdog: relaxed stores, a few cycles each */
+static inline void fb_doing_at(struct fb_thread_stats *ts, int what, uint64_t gpa, uint64_t tsc)
+{
+    __atomic_store_n(&ts->doing_gpa, gpa, __ATOMIC_RELAXED);
+    __atomic_store_n(&ts->doing_since_tsc, tsc, __ATOMIC_RELAXED);
+    __atomic_store_n(&ts->doing, what, __ATOMIC_RELAXED);
+}
+
+static inline void fb_doing(struct fb_thread_stats *ts, int what, uint64_t gpa)
+{
+    fb_doing_at(ts, what, gpa, __builtin_ia32_rdtsc());
+}
 void fb_unlock(struct fb_spinlock *l);
 
 /* The registry: one line per mechanism, its C name; mech_<name>.c defines

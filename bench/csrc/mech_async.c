@@ -98,6 +98,7 @@ static int async_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa, s
         return 0;
     }
     uint64_t t0 = fb_tsc();
+    fb_doing_at(ts, FB_DOING_ENQUEUE, gpa & ~(FB_PAGE - 1), t0);
     fb_lock(&st->list_lock);
     f->enqueued = fb_tsc();   /* before a resolver can pop it */
     st->list[st->list_tail++ % st->list_cap] = f;
@@ -109,6 +110,7 @@ static int async_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa, s
     uint64_t t1 = fb_tsc();
     ts->part_ns[FB_PART_ENQUEUE] += t1 - t0;
     ts->part_count[FB_PART_ENQUEUE]++;
+    fb_doing_at(ts, FB_DOING_SPIN, gpa & ~(FB_PAGE - 1), t1);
     /* the busy-wait; yielding because hundreds of vCPU threads share 2 pCPUs */
     while (bit_set(st, page)) {
         if (atomic_load_explicit(&run->stop, memory_order_relaxed))
@@ -138,6 +140,7 @@ static void *resolver_thread(void *arg)
     fb_thread_begin(ts);
     while (!atomic_load_explicit(&run->stop, memory_order_relaxed)) {
         uint64_t cnt;
+        fb_doing(ts, FB_DOING_WAIT_EVENTS, 0);
         if (poll(pf, 2, -1) < 0 || pf[1].revents)
             continue;
         if (read(st->list_efd, &cnt, sizeof(cnt)) < 0 && errno != EAGAIN)

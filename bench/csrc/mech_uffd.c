@@ -20,6 +20,7 @@ static void *reader_thread(void *arg)
 
     fb_thread_begin(ts);
     while (!atomic_load_explicit(&run->stop, memory_order_relaxed)) {
+        fb_doing(ts, FB_DOING_WAIT_EVENTS, 0);
         if (run->cfg.wait_mode == FB_WAIT_POLL) {
             if (poll(pf, 2, -1) < 0 || pf[1].revents)
                 continue;   /* EINTR, or stop: the loop test decides */
