@@ -7,7 +7,7 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
 # the core, then every mechanism file: adding mech_<name>.c needs no edit here
-SOURCES = ["core.c", "uffd_common.c", "ring.c"] + sorted(
+SOURCES = ["core.c", "vm.c", "resolve.c", "collect.c", "uffd_common.c", "ring.c"] + sorted(
     os.path.basename(p) for p in glob.glob(os.path.join(CSRC, "mech_*.c")))
 
 ffibuilder = FFI()

@@ -66,8 +66,8 @@ struct fb_vcpu {
     struct fb_vcpu_result res;
     struct fb_thread_stats *ts;
     uint8_t *src_page;          /* fetch buffer for UFFDIO_COPY */
-    uint64_t tsc_table;         /* gpa of this vCPU's touch table */
-    uint64_t tsc_times;         /* gpa of this vCPU's timing buffer */
+    uint64_t table_gpa;         /* gpa of this vCPU's touch table */
+    uint64_t times_gpa;         /* gpa of this vCPU's timing buffer */
     struct fb_fault *fault_log; /* the faults this vCPU really took */
     uint64_t fault_log_cap;
     atomic_uint_fast64_t fault_log_n;
@@ -178,6 +178,12 @@ int fb_spawn(struct fb_run *run, pthread_t *t, void *(*fn)(void *), void *arg,
              char *err, int errlen);
 void fb_thread_begin(struct fb_thread_stats *ts);
 void fb_thread_end(struct fb_thread_stats *ts);
+/* the start gate and its futex (core.c); the precopy bitmap thread (resolve.c) */
+long fb_futex(atomic_int *word, int op, int val);
+void fb_gate_wait(struct fb_run *run);
+void *fb_bitmap_thread(void *arg);
+/* a SIGUSR1 handler that does nothing: it interrupts blocking calls at stop */
+void fb_install_signal_handler(void);
 /* restart the thread's scheduler window (vCPUs: once through the start gate) */
 void fb_thread_mark(struct fb_thread_stats *ts);
 /* note the CPU the calling thread is on (cheap: vDSO getcpu) */
