@@ -474,11 +474,11 @@ def test_signal_mid_sweep_keeps_only_finished_points(kvm, lock_path, tmp_path, s
     assert resultmod.load(str(done[0]))["config"]["vcpus"] == 1
 
 
-def _guest_with_bad_instruction(record_latency, original):
+def _guest_with_bad_instruction(record_latency, original, **kw):
     """The generated guest with its final `out 0x10` (E6 10) replaced by `ud2`
     (0F 0B, same length): a guest that dies instead of saying it is done. With
     no IDT the #UD becomes a triple fault: KVM_EXIT_SHUTDOWN."""
-    code = original(record_latency)
+    code = original(record_latency, **kw)
     assert code.count(b"\xe6\x10") == 1
     return code.replace(b"\xe6\x10", b"\x0f\x0b")
 
@@ -487,7 +487,7 @@ def _guest_with_bad_instruction(record_latency, original):
 def test_guest_exiting_unexpectedly(kvm, monkeypatch, mech):
     from bench import runner
     original = runner.touch_loop
-    monkeypatch.setattr(runner, "touch_loop", lambda rl: _guest_with_bad_instruction(rl, original))
+    monkeypatch.setattr(runner, "touch_loop", lambda rl, **kw: _guest_with_bad_instruction(rl, original, **kw))
     before = process_resources()
     with pytest.raises(runner.RunError) as info:
         # vCPU 0's 512 pages end first: it dies while vCPU 1 still faults
@@ -499,7 +499,7 @@ def test_guest_exiting_unexpectedly(kvm, monkeypatch, mech):
 
 def test_guest_exiting_unexpectedly_through_the_cli(kvm, lock_path, tmp_path):
     code = ("import sys; from bench import runner; orig = runner.touch_loop; "
-            "runner.touch_loop = lambda rl: orig(rl).replace(bytes([0xe6, 0x10]), bytes([0x0f, 0x0b])); "
+            "runner.touch_loop = lambda rl, **kw: orig(rl, **kw).replace(bytes([0xe6, 0x10]), bytes([0x0f, 0x0b])); "
             "from bench.cli import main; sys.exit(main(sys.argv[1:]))")
     before = tracefs_state()
     p = subprocess.Popen([sys.executable, "-c", code, "--vcpus", "2", "--mech", "uffd",
