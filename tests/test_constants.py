@@ -1,6 +1,7 @@
 """Every Python table that restates a C constant (where importing the native core
 would be wrong: --help, guest code, pure statistics) agrees with the built library."""
 import numpy as np
+import pytest
 
 from bench import breakdown, guest, placement, stats
 from bench.mechanisms import REGISTRY
@@ -57,3 +58,16 @@ def test_guest_ports_and_pattern(kvm):
     lib = kvm
     assert guest.DONE_PORT == lib.FB_PORT_DONE and guest.TSC_PORT == lib.FB_PORT_TSC
     assert lib.FB_PATTERN_MUL == 0x9E3779B97F4A7C15
+
+
+def test_limits_and_touch_flags_match(kvm):
+    lib = kvm
+    from bench import cli
+    from bench.workloads import base as workload_base
+    assert workload_base.TOUCH_READ == lib.FB_TOUCH_READ
+    assert workload_base.TOUCH_FIRST == lib.FB_TOUCH_FIRST
+    ranges = {flag: (lo, hi) for flag, lo, hi in cli.RANGES}
+    assert ranges["--uffds"] == (0, lib.FB_MAX_UFFDS)
+    args = cli.build_parser().parse_args(["--fault-around", str(lib.FB_MAX_FAULT_AROUND + 1)])
+    with pytest.raises(cli.UsageError, match=f"1..{lib.FB_MAX_FAULT_AROUND}"):
+        cli.validate_args(args)

@@ -132,7 +132,7 @@ int fb_run_thread_stats(struct fb_run *run, struct fb_thread_stats *out)
     for (int i = 0; i < run->nstats; i++) {
         out[i] = run->stats[i];
         for (int p = 0; p < FB_PARTS; p++)
-            out[i].part_ns[p] = fb_tsc_to_ns(run, out[i].part_ns[p]);
+            out[i].part_ns[p] = fb_tsc_to_ns(run, out[i].part_cycles[p]);
     }
     return run->nstats;
 }
@@ -142,8 +142,8 @@ int fb_run_lock_stats(struct fb_run *run, struct fb_lock_stats *out)
     memset(out, 0, sizeof(*out));
     if (run->ops->lock_stats)
         run->ops->lock_stats(run, out);
-    out->spin_ns = fb_tsc_to_ns(run, out->spin_ns);
-    out->max_spin_ns = fb_tsc_to_ns(run, out->max_spin_ns);
+    out->spin_ns = fb_tsc_to_ns(run, out->spin_cycles);
+    out->max_spin_ns = fb_tsc_to_ns(run, out->max_spin_cycles);
     return 1;
 }
 

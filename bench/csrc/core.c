@@ -99,9 +99,9 @@ void fb_lock(struct fb_spinlock *l)
     uint64_t spin = fb_tsc() - t0;
     l->st.acquisitions++;
     l->st.contended++;
-    l->st.spin_ns += spin;          /* cycles during the run, converted at collection */
-    if (spin > l->st.max_spin_ns)
-        l->st.max_spin_ns = spin;
+    l->st.spin_cycles += spin;
+    if (spin > l->st.max_spin_cycles)
+        l->st.max_spin_cycles = spin;
 }
 
 void fb_unlock(struct fb_spinlock *l)
@@ -279,7 +279,7 @@ static void *vcpu_thread(void *arg)
                 continue;
             if (e == EFAULT && run->ops->on_fault) {
                 uint64_t gpa;
-                ts->part_ns[FB_PART_KVM_RUN] += t1 - t0;
+                ts->part_cycles[FB_PART_KVM_RUN] += t1 - t0;
                 ts->part_count[FB_PART_KVM_RUN]++;
                 if (kr->exit_reason == FB_KVM_EXIT_MEMORY_FAULT) {
                     /* the kernel filled kvm_run.memory_fault {flags, gpa, size} */
@@ -299,7 +299,7 @@ static void *vcpu_thread(void *arg)
                 struct fb_fault scratch = { 0 }, *f = &scratch;
                 if (gpa >= run->demand_gpa && gpa - run->demand_gpa < run->demand_size)
                     f = fb_note_fault(run, v->id, (gpa - run->demand_gpa) / FB_PAGE, t1, &scratch);
-                ts->part_ns[FB_PART_LOOKUP] += fb_tsc() - t1;
+                ts->part_cycles[FB_PART_LOOKUP] += fb_tsc() - t1;
                 ts->part_count[FB_PART_LOOKUP]++;
                 v->res.fault_exits++;
                 ts->faults++;

@@ -2,8 +2,8 @@
  *
  * This file is read twice: by the C compiler (through fb_core.h) and by cffi's
  * cdef parser, so it holds only plain declarations and integer #defines.
- * Bump FB_API_VERSION whenever a struct below changes: bench/_native_check.py
- * compares it with the Python side so a stale build is refused at import.
+ * Bump FB_API_VERSION whenever a struct below changes: bench/native.py
+ * compares it with bench.API_VERSION so a stale build is refused at import.
  */
 #define FB_API_VERSION 12
 
@@ -121,6 +121,7 @@ struct fb_config {
 };
 
 #define FB_MAX_FAULT_AROUND 512
+#define FB_MAX_UFFDS 1024           /* userfaultfds one run may split its memory over */
 
 struct fb_vcpu_result {
     uint64_t start_ns;          /* CLOCK_MONOTONIC, after the start barrier */
@@ -153,8 +154,9 @@ struct fb_thread_stats {
     uint64_t pages_installed;   /* successful COPY/CONTINUE */
     uint64_t eexist;            /* install found the page present */
     uint64_t wakes;             /* explicit UFFDIO_WAKE after EEXIST */
-    uint64_t part_ns[9];        /* FB_PART_* sums */
-    uint64_t part_count[9];
+    uint64_t part_cycles[FB_PARTS]; /* FB_PART_* sums in TSC cycles, as the run accumulates them */
+    uint64_t part_ns[FB_PARTS];     /* the same in ns: filled by fb_run_thread_stats */
+    uint64_t part_count[FB_PARTS];
     uint64_t utime_ns;
     uint64_t stime_ns;
     uint64_t nvcsw;
@@ -185,7 +187,9 @@ struct fb_thread_stats {
 struct fb_lock_stats {
     uint64_t acquisitions;
     uint64_t contended;
-    uint64_t spin_ns;
+    uint64_t spin_cycles;       /* TSC cycles, as the run accumulates them */
+    uint64_t max_spin_cycles;
+    uint64_t spin_ns;           /* the same in ns: filled by fb_run_lock_stats */
     uint64_t max_spin_ns;
 };
 

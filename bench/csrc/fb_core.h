@@ -23,7 +23,6 @@
 #define FB_PAGE_STALE    1   /* content must be fetched */
 #define FB_PAGE_FETCHING 2   /* a resolver is fetching it */
 #define FB_PAGE_FETCHED  3   /* fetched content in place, its fetcher maps it */
-#define FB_MAX_UFFDS 1024
 
 /* guest-physical layout: the system slot (page tables, code, touch tables,
  * timing buffers) at 0; the demand-paged region at demand_gpa (1 GiB aligned). */

@@ -108,7 +108,7 @@ static int async_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa, s
         return -1;
     }
     uint64_t t1 = fb_tsc();
-    ts->part_ns[FB_PART_ENQUEUE] += t1 - t0;
+    ts->part_cycles[FB_PART_ENQUEUE] += t1 - t0;
     ts->part_count[FB_PART_ENQUEUE]++;
     fb_doing_at(ts, FB_DOING_SPIN, gpa & ~(FB_PAGE - 1), t1);
     /* the busy-wait; yielding because hundreds of vCPU threads share 2 pCPUs */
@@ -119,11 +119,11 @@ static int async_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa, s
     }
     uint64_t t2 = fb_tsc();
     f->resumed = t2;
-    ts->part_ns[FB_PART_SPIN] += t2 - t1;
+    ts->part_cycles[FB_PART_SPIN] += t2 - t1;
     ts->part_count[FB_PART_SPIN]++;
     uint64_t done = f->done;   /* written before the bit's release store */
     if (done && done < t2) {
-        ts->part_ns[FB_PART_WAKE] += t2 - done;
+        ts->part_cycles[FB_PART_WAKE] += t2 - done;
         ts->part_count[FB_PART_WAKE]++;
     }
     return 0;
@@ -159,7 +159,7 @@ static void *resolver_thread(void *arg)
             f->popped = t;
             uint64_t enq = f->enqueued;
             if (enq && enq < t) {
-                ts->part_ns[FB_PART_QUEUE] += t - enq;
+                ts->part_cycles[FB_PART_QUEUE] += t - enq;
                 ts->part_count[FB_PART_QUEUE]++;
             }
             ts->faults++;

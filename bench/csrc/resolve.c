@@ -237,7 +237,7 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
     uint64_t t0 = fb_tsc();
     f->fetch_start = t0;
     fb_doing_at(ts, run->ring ? FB_DOING_FETCH_WORKER : FB_DOING_FETCH, gpa & ~(FB_PAGE - 1), t0);
-    ts->part_ns[FB_PART_WAIT] += t0 - f->claimed;
+    ts->part_cycles[FB_PART_WAIT] += t0 - f->claimed;
     ts->part_count[FB_PART_WAIT]++;
     if (any) {
         if (run->ring) {
@@ -260,7 +260,7 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
     uint64_t m1 = fb_now_ns();
     f->fetched = t1 + (uint64_t)(run->cfg.misstamp_fetched_ns * (int64_t)run->tsc_khz / 1000000);
     fb_doing_at(ts, FB_DOING_INSTALL, gpa & ~(FB_PAGE - 1), t1);
-    ts->part_ns[FB_PART_FETCH] += t1 - t0;
+    ts->part_cycles[FB_PART_FETCH] += t1 - t0;
     ts->part_count[FB_PART_FETCH]++;
 
     int installed_first = 0;
@@ -305,7 +305,7 @@ int fb_resolve_page(struct fb_run *run, struct fb_thread_stats *ts, uint8_t *src
     f->mono_fetch_ns = m1 - m0;
     f->mono_install_ns = m2 - m1;
     f->mono_timed = 1;
-    ts->part_ns[FB_PART_INSTALL] += t2 - t1;
+    ts->part_cycles[FB_PART_INSTALL] += t2 - t1;
     ts->part_count[FB_PART_INSTALL]++;
     return installed_first;
 }
