@@ -1,0 +1,256 @@
+"""Sweeps people can leave running: progress, one directory, an index, resume.
+
+`run_bench.py --vcpus 1,2,...,256 --mech ... --out DIR` writes every cell's record
+into DIR under a fixed name (<mech>-<workload>-v<vcpus>.json) and keeps
+DIR/index.json up to date after every cell: each cell's status (pending, running,
+done, failed, interrupted), its record, its wall time, and where the sweep's wall
+time went (guest, VM and vCPU set-up, vCPU start/stop, collection, teardown,
+tracing, writing the record). Records are written atomically, so Ctrl-C leaves
+every finished cell usable; `run_bench.py --resume DIR` reruns the sweep's own
+command for the cells that have no complete record.
+
+On a terminal, a status line says cell i of n, elapsed and estimated time left;
+nothing is printed there when stderr is not a terminal.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+
+from . import result as resultmod
+from .table import INDEX_KIND
+
+INDEX_NAME = "index.json"
+# wall-time accounts, in the order the index lists them
+ACCOUNTS = ("guest", "guest_traced", "setup", "vcpu_start_stop", "collect", "teardown",
+            "tracing", "record", "startup")
+ACCOUNT_MEANING = {
+    "guest": "vCPUs in the guest, measured runs (guest_seconds)",
+    "guest_traced": "vCPUs in the guest, traced runs (lock data)",
+    "setup": "touch tables, VM, memory, vCPU and thread creation",
+    "vcpu_start_stop": "between the start gate and the first vCPU in the guest, and after the "
+                       "last one left it until every thread reported",
+    "collect": "reading counters and histograms out of the core into metrics",
+    "teardown": "joining threads, closing the VM, unmapping memory",
+    "tracing": "traced runs outside the guest: tracefs set-up, reading and parsing the trace",
+    "record": "summary, warnings, validation and writing the record",
+    "startup": "probing the machine before the first cell, and anything not listed above",
+}
+
+
+class SweepError(Exception):
+    """Bad --out/--resume directory: one line, exit 2."""
+
+
+def cell_file(mech: str, workload: str, vcpus: int) -> str:
+    return f"{mech}-{workload}-v{vcpus}.json"
+
+
+def resume_argv(directory: str) -> list[str]:
+    """The sweep's own command-line words, from its index."""
+    index = load_index(directory)
+    argv = index.get("argv")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise SweepError(f"{os.path.join(directory, INDEX_NAME)}: no usable argv")
+    return argv
+
+
+def load_index(directory: str) -> dict:
+    path = os.path.join(directory, INDEX_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+    except FileNotFoundError:
+        raise SweepError(f"{directory}: no sweep index ({INDEX_NAME}) here") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise SweepError(f"{path}: unreadable sweep index: {str(exc)[:120]}") from None
+    if not isinstance(index, dict) or index.get("kind") != INDEX_KIND:
+        raise SweepError(f"{path}: not a faultbench sweep index")
+    return index
+
+
+def record_complete(path: str, repeat: int) -> bool:
+    """A record that loads, validates, and holds every measured run asked for."""
+    try:
+        rec = resultmod.load(path)
+    except (OSError, ValueError, RecursionError):
+        return False
+    if rec.get("incomplete") or resultmod.validate(rec):
+        return False
+    return len(rec["runs"]) >= repeat
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Progress:
+    """One status line on a terminal; silent otherwise."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.width = 0
+
+    def show(self, text: str) -> None:
+        if not self.enabled:
+            return
+        pad = max(0, self.width - len(text))
+        self.stream.write("\r" + text + " " * pad)
+        self.stream.flush()
+        self.width = len(text)
+
+    def clear(self) -> None:
+        if self.enabled and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
+
+
+class Sweep:
+    """The cells of one invocation, their progress, and (with a directory) the index."""
+
+    def __init__(self, cells: list[tuple[str, int]], workload: str, repeat: int,
+                 directory: str | None = None, argv: list[str] | None = None,
+                 cost: dict | None = None, stream=None):
+        self.started = time.monotonic()
+        self.directory = directory
+        self.argv = list(argv or [])
+        self.repeat = repeat
+        self.progress = Progress(stream)
+        # expected cost of a cell, for the time-left estimate: pages x (repeat + traced)
+        self.cost = cost or {}
+        self.cells = [{"mech": m, "vcpus": v, "status": "pending",
+                       "record": cell_file(m, workload, v), "wall_s": None, "time_s": {},
+                       "error": None} for m, v in cells]
+        self.totals = {k: 0.0 for k in ACCOUNTS}
+        if directory:
+            self._adopt_previous()
+            self.write_index()
+
+    # -- cells
+    def _find(self, mech: str, vcpus: int) -> dict:
+        for c in self.cells:
+            if c["mech"] == mech and c["vcpus"] == vcpus:
+                return c
+        raise KeyError((mech, vcpus))
+
+    def _adopt_previous(self) -> None:
+        """Cells a previous invocation finished keep their status and timings."""
+        try:
+            old = load_index(self.directory)
+        except SweepError:
+            old = {}
+        previous = {(c.get("mech"), c.get("vcpus")): c for c in old.get("cells", [])
+                    if isinstance(c, dict)}
+        for c in self.cells:
+            path = os.path.join(self.directory, c["record"])
+            if record_complete(path, self.repeat):
+                before = previous.get((c["mech"], c["vcpus"]), {})
+                c.update(status="done", wall_s=before.get("wall_s"),
+                         time_s=before.get("time_s") or {}, reused=True)
+        self.previous_runs = old.get("invocations", [])
+
+    def is_done(self, mech: str, vcpus: int) -> bool:
+        return self._find(mech, vcpus)["status"] == "done"
+
+    def record_path(self, mech: str, vcpus: int) -> str:
+        return os.path.join(self.directory, self._find(mech, vcpus)["record"])
+
+    def begin(self, mech: str, vcpus: int) -> dict:
+        cell = self._find(mech, vcpus)
+        cell.update(status="running", error=None)
+        cell["_t0"] = time.monotonic()
+        self._show(cell)
+        if self.directory:
+            self.write_index()
+        return {}
+
+    def end(self, mech: str, vcpus: int, status: str, phases: dict, error: str | None = None) -> None:
+        cell = self._find(mech, vcpus)
+        wall = time.monotonic() - cell.pop("_t0", time.monotonic())
+        accounted = {k: phases.get(k, 0.0) for k in ACCOUNTS if k != "startup"}
+        cell.update(status=status, wall_s=round(wall, 3), error=error,
+                    time_s={k: round(v, 3) for k, v in accounted.items()})
+        for k, v in accounted.items():
+            self.totals[k] += v
+        self.progress.clear()
+        if self.directory:
+            self.write_index()
+
+    def interrupt(self) -> None:
+        for c in self.cells:
+            if c["status"] == "running":
+                c["status"] = "interrupted"
+                c.pop("_t0", None)
+        self.progress.clear()
+        if self.directory:
+            self.write_index()
+
+    def finish(self) -> None:
+        self.progress.clear()
+        if self.directory:
+            self.write_index()
+
+    # -- progress
+    def _show(self, cell: dict) -> None:
+        n = len(self.cells)
+        i = self.cells.index(cell) + 1
+        elapsed = time.monotonic() - self.started
+        done_now = [c for c in self.cells if c["status"] == "done" and not c.get("reused")]
+        left = [c for c in self.cells if c["status"] in ("pending", "running")]
+        eta = ""
+        spent_cost = sum(self.cost.get((c["mech"], c["vcpus"]), 1) for c in done_now)
+        if done_now and spent_cost:
+            per = sum(c["wall_s"] or 0 for c in done_now) / spent_cost
+            remaining = per * sum(self.cost.get((c["mech"], c["vcpus"]), 1) for c in left)
+            eta = f", about {_fmt_duration(remaining)} left"
+        self.progress.show(f"cell {i} of {n}: {cell['mech']} at {cell['vcpus']} vCPUs; "
+                           f"elapsed {_fmt_duration(elapsed)}{eta}")
+
+    # -- index
+    def summary(self) -> dict:
+        wall = time.monotonic() - self.started
+        totals = dict(self.totals)
+        totals["startup"] = max(0.0, wall - sum(v for k, v in totals.items() if k != "startup"))
+        guest = totals["guest"] + totals["guest_traced"]
+        return {"wall_s": round(wall, 3),
+                "accounts_s": {k: round(v, 3) for k, v in totals.items()},
+                "guest_share": round(guest / wall, 4) if wall else None,
+                "outside_guest_share": round(1 - guest / wall, 4) if wall else None,
+                "meaning": ACCOUNT_MEANING}
+
+    def write_index(self) -> None:
+        counts: dict[str, int] = {}
+        for c in self.cells:
+            counts[c["status"]] = counts.get(c["status"], 0) + 1
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        this = {"started_at": getattr(self, "_started_at", now), "updated_at": now,
+                **self.summary()}
+        self._started_at = this["started_at"]
+        index = {
+            "kind": INDEX_KIND, "version": 1, "argv": self.argv,
+            "rerun": "python run_bench.py " + " ".join(self.argv),
+            "resume": f"python run_bench.py --resume {self.directory}",
+            "status": "complete" if counts.get("done", 0) == len(self.cells) else "incomplete",
+            "counts": counts,
+            "cells": [{k: v for k, v in c.items() if not k.startswith("_")} for c in self.cells],
+            "time": this,
+            "invocations": list(getattr(self, "previous_runs", [])) + [this],
+        }
+        os.makedirs(self.directory, exist_ok=True)
+        resultmod.write_atomic(index, os.path.join(self.directory, INDEX_NAME))
+
+
+def time_text(summary: dict) -> str:
+    """The index's wall-time split as a few lines for the terminal."""
+    acc = summary["accounts_s"]
+    wall = summary["wall_s"] or 1
+    parts = ", ".join(f"{k} {v:.1f} s ({v / wall * 100:.0f}%)" for k, v in acc.items() if v >= 0.05)
+    return (f"sweep wall time {wall:.1f} s: {parts}; outside the guest: "
+            f"{summary['outside_guest_share'] * 100:.0f}%")
