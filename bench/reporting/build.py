@@ -82,7 +82,7 @@ def generate(paths: list[str], out_dir: str, reference: str | None = None,
         plt.close(f.fig)
     tables = all_tables(d, reference)
     ids = d.warning_ids()
-    sources = sorted({os.path.relpath(p, out_dir) for p in d.df["source"].unique()})
+    sources = sorted({os.path.basename(p) for p in d.df["source"].unique()})
     head = {"title": title, "machine": d.machine_text(), "config": d.config_text(),
             "emulated": {s: r for s, r in d.emulated.items()}, "reference": reference,
             "cdf_vcpus": cdf_vcpus, "records": len(sources)}
