@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import sys
+import threading
 import time
 
 from . import result as resultmod
@@ -90,26 +91,59 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class Progress:
-    """One status line on a terminal; silent otherwise."""
+    """One status line on a terminal, redrawn every second while a cell runs (a
+    256-vCPU cell takes a minute); silent when stderr is not a terminal."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, every_s: float = 1.0):
         self.stream = stream or sys.stderr
         self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.width = 0
+        self.every_s = every_s
+        self.text_of = None          # callable giving the current line
+        self._lock = threading.Lock()
+        self._ticker = None
 
-    def show(self, text: str) -> None:
+    def follow(self, text_of) -> None:
+        """Show text_of() now and every second until clear()."""
         if not self.enabled:
             return
-        pad = max(0, self.width - len(text))
-        self.stream.write("\r" + text + " " * pad)
-        self.stream.flush()
-        self.width = len(text)
+        self.text_of = text_of
+        self._draw()
+        if self._ticker is None:
+            self._stop = threading.Event()
+            self._ticker = threading.Thread(target=self._tick, name="sweep-progress", daemon=True)
+            self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._draw()
+
+    def _draw(self) -> None:
+        with self._lock:
+            if self.text_of is None:
+                return
+            text = self.text_of()
+            pad = max(0, self.width - len(text))
+            self.stream.write("\r" + text + " " * pad)
+            self.stream.flush()
+            self.width = len(text)
 
     def clear(self) -> None:
-        if self.enabled and self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-            self.stream.flush()
-            self.width = 0
+        if not self.enabled:
+            return
+        with self._lock:
+            self.text_of = None
+            if self.width:
+                self.stream.write("\r" + " " * self.width + "\r")
+                self.stream.flush()
+                self.width = 0
+
+    def close(self) -> None:
+        self.clear()
+        if self._ticker is not None:
+            self._stop.set()
+            self._ticker.join()
+            self._ticker = None
 
 
 class Sweep:
@@ -188,17 +222,20 @@ class Sweep:
             if c["status"] == "running":
                 c["status"] = "interrupted"
                 c.pop("_t0", None)
-        self.progress.clear()
+        self.progress.close()
         if self.directory:
             self.write_index()
 
     def finish(self) -> None:
-        self.progress.clear()
+        self.progress.close()
         if self.directory:
             self.write_index()
 
     # -- progress
     def _show(self, cell: dict) -> None:
+        self.progress.follow(lambda: self._line(cell))
+
+    def _line(self, cell: dict) -> str:
         n = len(self.cells)
         i = self.cells.index(cell) + 1
         elapsed = time.monotonic() - self.started
@@ -209,9 +246,12 @@ class Sweep:
         if done_now and spent_cost:
             per = sum(c["wall_s"] or 0 for c in done_now) / spent_cost
             remaining = per * sum(self.cost.get((c["mech"], c["vcpus"]), 1) for c in left)
-            eta = f", about {_fmt_duration(remaining)} left"
-        self.progress.show(f"cell {i} of {n}: {cell['mech']} at {cell['vcpus']} vCPUs; "
-                           f"elapsed {_fmt_duration(elapsed)}{eta}")
+            # the running cell's share of its estimate already spent
+            remaining -= min(time.monotonic() - cell.get("_t0", time.monotonic()),
+                             per * self.cost.get((cell["mech"], cell["vcpus"]), 1))
+            eta = f", about {_fmt_duration(max(0.0, remaining))} left"
+        return (f"cell {i} of {n}: {cell['mech']} at {cell['vcpus']} vCPUs; "
+                f"elapsed {_fmt_duration(elapsed)}{eta}")
 
     # -- index
     def summary(self) -> dict:
