@@ -167,6 +167,12 @@ _END_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]+) \(ret=(-?\d+)\)")
 _MM_RE = re.compile(r"mm=(\S+)")
 # the fields of both mmap_lock events in one search: mm, write, success (acquire only)
 _MM_FIELDS_RE = re.compile(r"mm=(\S+)(?:.*? write=(\w+))?(?:.*? success=(\w+))?")
+# a whole mmap_lock line in one match (they are nearly every line at scale): pid, cpu,
+# sec, usec, which event, mm, write, success; anything else takes the general pattern
+_MM_LINE_RE = re.compile(
+    r"^\s*.*?-(\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(\d+)\]\s+(?:[^\s\[]{4,6}\s+)?(\d+)\.(\d{6}):\s+"
+    r"mmap_lock_(start_locking|acquire_returned)\s*:\s?.*?mm=(\S+)(?:.*? write=(\w+))?"
+    r"(?:.*? success=(\w+))?")
 _WRITE_RE = re.compile(r"write=(\w+)")
 _SUCCESS_RE = re.compile(r"success=(\w+)")
 _LOST_RE = re.compile(r"LOST (\d+) EVENTS")
@@ -213,6 +219,8 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
     header_in = header_written = None
     idx = -1
     match = _ENTRY_RE.match
+    mm_match = _MM_LINE_RE.match
+    mm_entries = []   # (idx, pid, ts_us_ns, acquire?, mm, write, success)
     for line in text_lines:
         if not line.strip():
             continue
@@ -225,6 +233,21 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
             if last_kept is not None and last_kept[4] == "<stack trace>":
                 last_kept[7].append(line[4:].strip())
             continue
+        if "mmap_lock_start" in line or "mmap_lock_acq" in line:
+            f = mm_match(line)
+            if f:
+                idx += 1
+                pid, cpu, sec, usec, kind, mm_id, write, success = f.groups()
+                pid, cpu = int(pid), int(cpu)
+                ts_us = int(sec) * 1_000_000 + int(usec)
+                if use_raw and (idx >= len(raw_ts) or raw_pid[idx] != pid or raw_cpu[idx] != cpu
+                                or (raw_ts[idx] + 500) // 1000 != ts_us):
+                    use_raw = False
+                last_kept = None
+                if tidset is None or pid in tidset:
+                    mm_entries.append((idx, pid, ts_us * 1000, kind == "acquire_returned",
+                                       mm_id, write, success))
+                continue
         m = match(line)
         if not m:
             lm = _LOST_RE.search(line)
@@ -341,6 +364,26 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
         elif ev == "mmap_lock_released":
             pass
         # other events (none enabled by us) are ignored
+
+    # mmap_lock events parsed by the dedicated pattern: the same steps as above, in order
+    for idx_, pid, ts_text, acquire, mm_id, write, success in mm_entries:
+        pids_seen.add(pid)
+        t = raw_ts[idx_] if use_raw else ts_text
+        if not acquire:
+            mm_pending[(pid, mm_id)] = (t, write == "true")
+            continue
+        if success is not None and success != "true":
+            mm_pending.pop((pid, mm_id), None)
+            continue
+        mm["acquisitions"] += 1
+        if write == "true":
+            mm["write"] += 1
+        start = mm_pending.pop((pid, mm_id), None)
+        if start is not None:
+            w = max(0, t - start[0])
+            mm["wait_ns_total"] += w
+            mm["wait_ns_max"] = max(mm["wait_ns_max"], w)
+            mm_waits.append((pid, start[0], t))
 
     unmatched_begins = sum(len(v) for v in pending.values())
 
