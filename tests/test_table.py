@@ -68,7 +68,8 @@ def test_records_from_two_hosts_stay_apart(records, tmp_path):
     assert df["machine.hostname"].nunique() == 2 and df["cell"].nunique() == 2
 
 
-@pytest.mark.parametrize("content, reason", [
+@pytest.mark.parametrize("content, reason", ids=["newer", "zero", "no-version", "cut-short",
+                                                 "deep-nesting", "wrong-type"], argvalues=[
     ('{"schema_version": 99, "runs": []}', "newer than this harness"),
     ('{"schema_version": 0}', "not a result record"),
     ('{"config": {}}', "no schema_version"),

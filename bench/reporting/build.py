@@ -101,7 +101,7 @@ def generate(paths: list[str], out_dir: str, reference: str | None = None,
         "tables": [{"title": t.title, "columns": len(t.header), "rows": len(t.rows)} for t in tables],
         "series": d.series, "emulated": sorted(d.emulated), "vcpus": d.vcpus,
         "reference": reference, "cdf_vcpus": cdf_vcpus,
-        "warnings": {wid: f"{s} at {v} vCPUs" for (s, v), wid in ids.items()},
+        "warnings": {wid: f"{d.legend(s)} at {v} vCPUs" for (s, v), wid in ids.items()},
         "records": sources,
     }
     with open(os.path.join(out_dir, "manifest.json"), "w") as fh:

@@ -66,20 +66,36 @@ def _style(d: ReportData, s: str) -> dict:
             "markersize": 6, "label": d.legend(s)}
 
 
-def _series_lines(ax, d: ReportData, col: str, scale: float, series: list[str]) -> bool:
+def _series_lines(ax, d: ReportData, col: str, scale: float, series: list[str]) -> list[str]:
+    """One line per series (median, bars min..max); returns the series drawn. All-zero
+    series (a baseline's blocktime) are left out: a log axis cannot show them."""
     st = d.column(col)
-    drawn = False
+    drawn = []
     for s in series:
         if s not in st.index.get_level_values(0):
             continue
         sub = st.loc[s].sort_index()
+        if not (sub["median"] > 0).any():
+            continue
         x = sub.index.tolist()
         y = (sub["median"] * scale).tolist()
         lo = ((sub["median"] - sub["min"]) * scale).tolist()
         hi = ((sub["max"] - sub["median"]) * scale).tolist()
         ax.errorbar(x, y, yerr=[lo, hi], capsize=3, **_style(d, s))
-        drawn = True
+        drawn.append(s)
     return drawn
+
+
+def _series_legend(d: ReportData, series: list[str], ncol: int | None = None) -> tuple:
+    """Legend entries drawn as the lines are (dashed for emulated), one per series."""
+    from matplotlib.lines import Line2D
+    handles = []
+    for s in series:
+        st = _style(d, s)
+        label = st.pop("label")
+        handles.append(Line2D([], [], **st))
+    labels = [d.legend(s) for s in series]
+    return handles, labels, ncol or max(1, min(len(labels), 6))
 
 
 def _legend_of(axes, ncol: int | None = None) -> tuple:
@@ -103,14 +119,13 @@ def rate_vs_vcpus(d: ReportData, per_vcpu: bool = False) -> Figure | None:
     _vcpu_axis(ax, d.vcpus)
     ax.set_yscale("log")   # baselines and mechanisms differ by orders of magnitude
     ax.set_ylabel("pages/s per vCPU" if per_vcpu else "pages/s (all vCPUs)")
-    ax.legend(loc="best", framealpha=0.9)
     title = ("Per-vCPU paging rate vs vCPUs" if per_vcpu
              else "Demand-paging rate vs vCPUs, per mechanism")
     what = ("Pages each vCPU faulted in per second of its own run (mean over vCPUs); "
             if per_vcpu else "Pages faulted in per second of guest time, all vCPUs together; ")
     cap = d.caption(what + "median over runs, bars min..max; squares: baselines "
                     "(none: kernel zero-fill, prefault: memory written before the guest starts).")
-    _finish(fig, title, cap)
+    _finish(fig, title, cap, _series_legend(d, d.series))
     return Figure("rate_per_vcpu" if per_vcpu else "rate", title, cap, fig)
 
 
@@ -118,9 +133,9 @@ def latency_vs_vcpus(d: ReportData) -> Figure | None:
     mechs = d.mechanisms()
     panels = [("p50", "p50"), ("p99", "p99"), ("p99_9", "p99.9")]
     fig, axes = plt.subplots(1, 3, figsize=SLIDE_INCHES, sharey=True)
-    drawn = False
+    drawn = []
     for ax, (key, name) in zip(axes, panels):
-        drawn |= _series_lines(ax, d, f"fault_latency_ns.{key}", 1e-3, mechs)
+        drawn += _series_lines(ax, d, f"fault_latency_ns.{key}", 1e-3, mechs)
         _vcpu_axis(ax, d.vcpus)
         ax.set_yscale("log")
         ax.set_title(f"fault latency {name}")
@@ -128,7 +143,7 @@ def latency_vs_vcpus(d: ReportData) -> Figure | None:
         plt.close(fig)
         return None
     axes[0].set_ylabel("us (log scale)")
-    legend = _legend_of(axes)
+    legend = _series_legend(d, [s for s in mechs if s in drawn])
     title = "Fault latency percentiles vs vCPUs"
     cap = d.caption("Each fault's latency as its vCPU saw it (guest rdtsc around the touch); "
                     "median over runs of each run's percentile, bars min..max. Baselines deliver "
@@ -289,17 +304,18 @@ def blocktime(d: ReportData) -> Figure | None:
     if not d.has("blocktime_ns.all_vcpus"):
         return None
     fig, axes = plt.subplots(1, 2, figsize=SLIDE_INCHES)
-    _series_lines(axes[0], d, "blocktime_ns.all_vcpus", 1e-6, d.series)
-    _series_lines(axes[1], d, "blocktime_ns.per_vcpu_mean", 1e-6, d.series)
+    drawn = set(_series_lines(axes[0], d, "blocktime_ns.all_vcpus", 1e-6, d.series))
+    drawn |= set(_series_lines(axes[1], d, "blocktime_ns.per_vcpu_mean", 1e-6, d.series))
     for ax, t in zip(axes, ("all vCPUs blocked at once", "each vCPU blocked (mean over vCPUs)")):
         _vcpu_axis(ax, d.vcpus)
         ax.set_yscale("log")
         ax.set_title(t)
         ax.set_ylabel("ms (log scale)")
-    legend = _legend_of(axes)
+    legend = _series_legend(d, [s for s in d.series if s in drawn])
     title = "Blocktime vs vCPUs"
     cap = d.caption("As QEMU's postcopy-blocktime: time during which every vCPU waited on a fault "
-                    "at once, and each vCPU's own waiting time; median over runs, bars min..max.")
+                    "at once, and each vCPU's own waiting time; median over runs, bars min..max. "
+                    "Baselines deliver no fault, so they have no blocktime.")
     _finish(fig, title, cap, legend)
     return Figure("blocktime", title, cap, fig)
 
