@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--resume", metavar="DIR",
                    help="finish the sweep in DIR (written with --out DIR): its own command again, "
                         "running only the cells without a complete record")
+    o.add_argument("--report", metavar="DIR",
+                   help="when every cell is done, write the report of the sweep's records into DIR "
+                        "(run_bench.py report)")
     o.add_argument("--results-dir", default=os.path.join(REPO_DIR, "results"))
     o.add_argument("--quiet", action="store_true", help="print only the result paths")
     o.add_argument("--corrupt-every", type=int, default=0, help=argparse.SUPPRESS)  # tests the content check
@@ -195,6 +198,8 @@ def validate_args(args) -> None:
         raise UsageError("--timeout must be positive")
     if args.out and args.out.endswith(".json") and len(args.vcpus) * len(args.mech) > 1:
         raise UsageError("--out FILE.json names one result; give a directory for a sweep")
+    if args.report and (not args.out or args.out.endswith(".json")):
+        raise UsageError("--report DIR reports on a sweep directory: give --out DIR too")
     if args.uffds and "uffd-many" not in args.mech:
         raise UsageError("--uffds applies to uffd-many only")
 
@@ -471,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     sweep.finish()
     if sweep_dir and not args.quiet:
         print(sweepmod.time_text(sweep.summary()))
+    if args.report and status == 0:
+        from .reporting.build import main as report_main
+        status = report_main([sweep_dir, "--out", args.report])
     if len(done) > 1 and not args.quiet:
         from .report import table
         print("\n" + table(done), end="")
