@@ -517,14 +517,14 @@ def _run_cells(args, argv, points, workload, machine, harness, sweep, done) -> i
             if args.trace_locks:
                 trace_runs(plan, rec, args.trace_runs, trace_buffer_mb(args, plan), phases)
         except RunError as exc:
-            sweep.end(mech.name, vcpus, "failed", sweepmod_phases(phases), str(exc))
+            sweep.end(mech.name, vcpus, "failed", _sweep_accounts(phases), str(exc))
             print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: {exc}", file=sys.stderr)
             return 1
         t0 = time.monotonic()
         rec["warnings"] += [w for w in run_warnings(rec) if w not in rec["warnings"]]
         problems = resultmod.validate(rec)
         if problems:
-            sweep.end(mech.name, vcpus, "failed", sweepmod_phases(phases), problems[0])
+            sweep.end(mech.name, vcpus, "failed", _sweep_accounts(phases), problems[0])
             print(f"run_bench.py: error: invalid result: {problems[0]}", file=sys.stderr)
             return 1
         path = (sweep.record_path(mech.name, vcpus) if sweep.directory
@@ -532,11 +532,11 @@ def _run_cells(args, argv, points, workload, machine, harness, sweep, done) -> i
         try:
             resultmod.write_atomic(rec, path)
         except (OSError, ValueError) as exc:
-            sweep.end(mech.name, vcpus, "failed", sweepmod_phases(phases), str(exc))
+            sweep.end(mech.name, vcpus, "failed", _sweep_accounts(phases), str(exc))
             print(f"run_bench.py: error: writing {path}: {exc}", file=sys.stderr)
             return 1
         phases["record"] = time.monotonic() - t0
-        sweep.end(mech.name, vcpus, "done", sweepmod_phases(phases))
+        sweep.end(mech.name, vcpus, "done", _sweep_accounts(phases))
         done.append(rec)
         if args.quiet:
             print(path)
@@ -551,7 +551,7 @@ def _run_cells(args, argv, points, workload, machine, harness, sweep, done) -> i
     return status
 
 
-def sweepmod_phases(phases: dict) -> dict:
+def _sweep_accounts(phases: dict) -> dict:
     """Runner phases (bench.runner.execute) in the sweep index's accounts."""
     out = {k: phases.get(k, 0.0) for k in ("guest", "setup", "vcpu_start_stop", "collect",
                                            "teardown", "record")}

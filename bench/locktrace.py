@@ -164,7 +164,6 @@ _ENTRY_RE = re.compile(
 _RAW_RE = re.compile(r"^(\d+) (\d+) (\d+) ")
 _BEGIN_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]+) \(flags=([^)]*)\)")
 _END_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]+) \(ret=(-?\d+)\)")
-_MM_RE = re.compile(r"mm=(\S+)")
 # the fields of both mmap_lock events in one search: mm, write, success (acquire only)
 _MM_FIELDS_RE = re.compile(r"mm=(\S+)(?:.*? write=(\w+))?(?:.*? success=(\w+))?")
 # a whole mmap_lock line in one match (they are nearly every line at scale): pid, cpu,
@@ -173,8 +172,6 @@ _MM_LINE_RE = re.compile(
     r"^\s*.*?-(\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(\d+)\]\s+(?:[^\s\[]{4,6}\s+)?(\d+)\.(\d{6}):\s+"
     r"mmap_lock_(start_locking|acquire_returned)\s*:\s?.*?mm=(\S+)(?:.*? write=(\w+))?"
     r"(?:.*? success=(\w+))?")
-_WRITE_RE = re.compile(r"write=(\w+)")
-_SUCCESS_RE = re.compile(r"success=(\w+)")
 _LOST_RE = re.compile(r"LOST (\d+) EVENTS")
 _HEADER_RE = re.compile(r"entries-in-buffer/entries-written:\s*(\d+)/(\d+)")
 
