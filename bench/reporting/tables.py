@@ -114,7 +114,7 @@ def rate_table(d: ReportData, ids: dict) -> Table:
                 row.append("-")
         rows.append(row)
     return Table("How fast does each mechanism page memory in? Paging rate, pages/s",
-                 ["vCPUs"] + [d.header(s) for s in d.series], rows,
+                 ["vCPUs"] + [d.header(s) + "\npages/s cv" for s in d.series], rows,
                  notes=["median over runs, then the coefficient of variation (stdev/mean); "
                         "Wn: warnings for that cell, listed at the end"]
                  + _emulation_notes(d, d.series))
@@ -134,7 +134,7 @@ def who_wins_table(d: ReportData, reference: str, ids: dict) -> Table:
                 row.append(f"{r['median']:.2f} {r['min']:.2f}-{r['max']:.2f}")
         rows.append(row)
     return Table(f"Who wins? Paging rate relative to {reference}",
-                 ["vCPUs"] + [d.header(s) for s in d.series], rows,
+                 ["vCPUs"] + [d.header(s) + "\nratio min-max" for s in d.series], rows,
                  notes=[f"median of the ratios over every pair of runs (a run of the mechanism "
                         f"over a run of {reference} at the same vCPU count), then their "
                         "min-max; above 1: faster than the reference"]
@@ -154,7 +154,8 @@ def latency_table(d: ReportData, ids: dict) -> Table:
             rows.append([name, str(v)] + [fmt_num(x / 1000 if x is not None else None) for x in vals]
                         + [ids.get((s, v), "")])
     return Table("How long does a vCPU wait for a page? Fault latency, us",
-                 ["mechanism", "vCPUs"] + [lbl for _, lbl in keys] + ["warn"], rows, key_columns=2,
+                 ["mechanism", "vCPUs"] + [f"{lbl} us" for _, lbl in keys] + ["warn"], rows,
+                 key_columns=2,
                  notes=["each percentile is the median over runs of the run's own percentile "
                         "(from a histogram within 0.4%); baselines deliver no fault to userspace, "
                         "so their row is the first touch of a page (the kernel's own fault path)"]
@@ -176,7 +177,7 @@ def breakdown_tables(d: ReportData) -> list[Table]:
             rows.append([g.replace("_", " ") if g != "sum_of_parts" else "total (mean per fault)"]
                         + [fmt_num((d.value(col, s, v, "mean") or 0) / 1000) for v in vs])
         out.append(Table(f"{d.legend(s)}: where does a fault's time go? Mean us per fault",
-                         ["segment \\ vCPUs"] + [str(v) for v in vs], rows,
+                         ["segment, us \\ vCPUs"] + [str(v) for v in vs], rows,
                          notes=["mean over runs of each run's mean per fault (so the parts add "
                                 "up to the total)"]
                          + _emulation_notes(d, [s])))
@@ -201,7 +202,7 @@ def lock_table(d: ReportData, ids: dict) -> Table | None:
             rows.append([d.legend(s), str(v), f"{int(row['kernel_locks.contentions']):,}",
                          f"{total / 1e6:.2f}", site, share])
     return Table("Which kernel locks are contended? One traced run per cell",
-                 ["mechanism", "vCPUs", "contentions", "wait ms", "top call site", "share"], rows,
+                 ["mechanism", "vCPUs", "contentions", "wait ms", "top call site", "share %"], rows,
                  key_columns=2,
                  notes=["lock:contention_begin/end with the kernel call chain; traced runs are "
                         "extra runs, the headline numbers come from untraced ones; share: the "
@@ -224,7 +225,8 @@ def blocktime_table(d: ReportData, ids: dict) -> Table | None:
                          fmt_num(d.value("blocktime_ns.per_vcpu_mean", s, v) / 1e6, 2),
                          fmt_num(d.value("blocktime_ns.per_vcpu_max", s, v) / 1e6, 2)])
     return Table("How long are vCPUs blocked on faults? Blocktime, ms",
-                 ["mechanism", "vCPUs", "all blocked", "of guest", "per vCPU", "per vCPU max"],
+                 ["mechanism", "vCPUs", "all blocked\nms", "of guest\n%", "per vCPU\nms",
+                  "per vCPU max\nms"],
                  rows, key_columns=2,
                  notes=["as QEMU's postcopy-blocktime: time all vCPUs were blocked at once, and "
                         "each vCPU's blocked time (mean and max over vCPUs); medians over runs"]
@@ -248,7 +250,7 @@ def cpu_table(d: ReportData, ids: dict) -> Table | None:
                 row.append("-" if u is None else f"{u / per / 1000:.1f}/{k / per / 1000:.1f}")
             rows.append(row)
     return Table("What CPU time does a fault cost, by thread role? us user/system per fault",
-                 ["mechanism", "vCPUs"] + roles, rows, key_columns=2,
+                 ["mechanism", "vCPUs"] + [f"{r}\nus usr/sys" for r in roles], rows, key_columns=2,
                  notes=["thread CPU time over the run divided by the faults delivered (baselines: "
                         "by the pages faulted in by the kernel); medians over runs"]
                  + _emulation_notes(d, d.series))
