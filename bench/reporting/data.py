@@ -201,7 +201,7 @@ class ReportData:
             parts.append(f"fetch delay {delay} us ({values('fetch_delay_mode')})")
         reps = d.groupby(["series", "vcpus"]).size()
         parts.append(f"{reps.min()}" + (f"-{reps.max()}" if reps.max() != reps.min() else "")
-                     + " runs per cell")
+                     + (" run per cell" if reps.max() == 1 else " runs per cell"))
         parts.append(f"vCPUs {', '.join(str(v) for v in self.vcpus)}")
         return "; ".join(parts)
 

@@ -283,4 +283,4 @@ def all_tables(d: ReportData, reference: str) -> list[Table]:
     for t in (lock_table(d, ids), blocktime_table(d, ids), cpu_table(d, ids)):
         if t is not None:
             tables.append(t)
-    return tables
+    return [t for t in tables if t.rows]   # e.g. no latency table for --no-latency records
