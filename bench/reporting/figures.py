@@ -123,8 +123,11 @@ def rate_vs_vcpus(d: ReportData, per_vcpu: bool = False) -> Figure | None:
              else "Demand-paging rate vs vCPUs, per mechanism")
     what = ("Pages each vCPU faulted in per second of its own run (mean over vCPUs); "
             if per_vcpu else "Pages faulted in per second of guest time, all vCPUs together; ")
-    cap = d.caption(what + "median over runs, bars min..max; squares: baselines "
-                    "(none: kernel zero-fill, prefault: memory written before the guest starts).")
+    meaning = {"none": "none: no userfaultfd, the kernel zero-fills",
+               "prefault": "prefault: memory written before the guest starts"}
+    present = [meaning[d.mech_of[s]] for s in d.series if d.is_baseline(s)]
+    cap = d.caption(what + "median over runs, bars min..max"
+                    + (f"; squares: baselines ({'; '.join(present)})." if present else "."))
     _finish(fig, title, cap, _series_legend(d, d.series))
     return Figure("rate_per_vcpu" if per_vcpu else "rate", title, cap, fig)
 
