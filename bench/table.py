@@ -103,13 +103,29 @@ def load_records(paths: list[str]) -> list[tuple[str, dict]]:
             rec = resultmod.migrate(rec)
         except (ValueError, KeyError) as exc:
             raise TableError(f"{path}: {exc}") from None
-        problems = resultmod.validate(rec)
+        problems = resultmod.validate(rec) or _cell_problems(rec)
         if problems:
             raise TableError(f"{path}: invalid record: {problems[0]}")
         out.append((path, rec))
     if not out:
         raise TableError("no result records found in " + " ".join(paths))
     return out
+
+
+def _cell_problems(rec: dict) -> list[str]:
+    """What the table needs beyond bench.result.validate: the cell's identity."""
+    c = rec["config"]
+    problems = [f"config.{k} should be a string" for k in ("mech", "workload")
+                if not isinstance(c.get(k), str)]
+    v = c.get("vcpus")
+    if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        problems.append("config.vcpus should be a positive integer")
+    for k in ("readers_per_uffd", "resolvers"):
+        if k in c and not isinstance(c[k], int):
+            problems.append(f"config.{k} should be an integer")
+    if not isinstance(rec.get("traced_runs", []), list):
+        problems.append("traced_runs should be a list")
+    return problems
 
 
 def mech_label(rec: dict) -> str:

@@ -69,16 +69,22 @@ def test_records_from_two_hosts_stay_apart(records, tmp_path):
 
 
 @pytest.mark.parametrize("content, reason", ids=["newer", "zero", "no-version", "cut-short",
-                                                 "deep-nesting", "wrong-type"], argvalues=[
+                                                 "deep-nesting", "wrong-type", "no-cell"],
+                         argvalues=[
     ('{"schema_version": 99, "runs": []}', "newer than this harness"),
     ('{"schema_version": 0}', "not a result record"),
     ('{"config": {}}', "no schema_version"),
     ('[1, 2', "not JSON"),
     ('[' * 100000 + ']' * 100000, "not"),
     ('{"schema_version": 1, "runs": "x"}', "invalid record"),
+    (None, "config.vcpus should be a positive integer"),
 ])
 def test_bad_records_are_refused_in_one_line(tmp_path, content, reason):
     bad = tmp_path / "bad.json"
+    if content is None:   # a valid record whose cell has no vCPU count
+        rec = table.load_records([RECORDS])[0][1]
+        rec["config"]["vcpus"] = "many"
+        content = json.dumps(rec)
     bad.write_text(content)
     r = subprocess.run([sys.executable, "run_bench.py", "table", str(bad), "--csv",
                         str(tmp_path / "o.csv")], cwd=REPO, capture_output=True, text=True)
