@@ -34,6 +34,33 @@ def _mech_rank(mech: str) -> tuple:
     return (1, mech)
 
 
+# keys that follow from others (memory_pages from vCPUs and memory per vCPU)
+DERIVED_CONFIG = {"memory_pages", "vcpus"}
+
+
+def _distinguishing(df: pd.DataFrame) -> dict:
+    """cell -> " key=value,..." for the config keys that tell apart records of one series
+    name at one vCPU count; "" where nothing does."""
+    cells = df.drop_duplicates("cell")[["series", "vcpus", "cell"]]
+    configs = {c: json.loads(c)["config"] for c in cells["cell"]}
+    varying: dict[str, set] = {}
+    for (series, _v), group in cells.groupby(["series", "vcpus"]):
+        cfgs = [configs[c] for c in group["cell"]]
+        keys = set().union(*cfgs) - DERIVED_CONFIG
+        varying.setdefault(series, set()).update(
+            k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in cfgs}) > 1)
+    out = {}
+    for series, cell in zip(cells["series"], cells["cell"]):
+        keys = sorted(varying.get(series, ()))
+        out[cell] = (" " + ",".join(f"{k}={_short(configs[cell].get(k))}" for k in keys)) if keys else ""
+    return out
+
+
+def _short(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
 class ReportData:
     """Measured rows grouped into series (one line per mechanism variant) and cells
     (series x vCPU count)."""
@@ -43,11 +70,13 @@ class ReportData:
             raise ValueError("no rows to report")
         df = df.copy()
         df["series"] = df["label"]
-        # several hosts, workloads or memory sizes in one report: say which in the name
-        for col, fmt in (("workload", "{}"), ("mem_per_vcpu_mib", "{} MiB"),
-                         ("machine.hostname", "@{}"), ("machine.boot_id", "boot {:.8}")):
+        # several hosts in one report: say which in the name
+        for col, fmt in (("machine.hostname", "@{}"), ("machine.boot_id", "boot {:.8}")):
             if col in df.columns and df[col].nunique(dropna=False) > 1:
                 df["series"] = df["series"] + " " + df[col].map(lambda v: fmt.format(v))
+        # records of one mechanism whose configurations differ at the same vCPU count
+        # (another workload, memory size, placement...): the differing keys join the name
+        df["series"] = df["series"] + df["cell"].map(_distinguishing(df))
         self.df = df
         self.runs = df[df["kind"] == "run"]
         self.traced = df[df["kind"] == "traced"]
