@@ -444,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(argv)
         validate_args(args)
         check_output(args)
+        if args.out and not args.out.endswith(".json"):
+            sweepmod.check_directory(args.out, argv)
         require_devices()
         probes = probe()
         workload, points = prepare(args, probes)

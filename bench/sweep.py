@@ -73,6 +73,24 @@ def load_index(directory: str) -> dict:
     return index
 
 
+def check_directory(directory: str, argv: list[str]) -> None:
+    """A sweep directory is new, empty, or holds this same command's sweep: records of
+    another command must never be taken for this one's finished cells."""
+    if not os.path.exists(directory):
+        return
+    if not os.path.isdir(directory):
+        raise SweepError(f"--out {directory} is not a directory")
+    if not os.path.exists(os.path.join(directory, INDEX_NAME)):
+        if any(name.endswith(".json") for name in os.listdir(directory)):
+            raise SweepError(f"--out {directory} holds records but no sweep index: "
+                             "give a new directory")
+        return
+    old = resume_argv(directory)
+    if old != list(argv):
+        raise SweepError(f"--out {directory} holds the sweep of another command "
+                         f"({' '.join(old)}): give a new directory, or --resume {directory}")
+
+
 def record_complete(path: str, repeat: int) -> bool:
     """A record that loads, validates, and holds every measured run asked for."""
     try:

@@ -150,3 +150,17 @@ def test_incomplete_record_is_not_taken_as_done(tmp_path):
     assert not sweepmod.record_complete(str(path), 1)
     s = sweepmod.Sweep([("exits", 1)], "sequential", 1, str(tmp_path), ["--vcpus", "1"])
     assert not s.is_done("exits", 1)
+
+
+def test_a_directory_of_another_sweep_is_refused(tmp_path):
+    d = tmp_path / "s"
+    s = sweepmod.Sweep([("exits", 1)], "sequential", 1, str(d), ["--vcpus", "1", "--out", str(d)])
+    s.finish()
+    r = subprocess.run([sys.executable, "run_bench.py", "--vcpus", "2", "--out", str(d)],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "holds the sweep of another command" in r.stderr
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "x.json").write_text("{}")
+    r = subprocess.run([sys.executable, "run_bench.py", "--vcpus", "2", "--out",
+                        str(tmp_path / "loose")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "no sweep index" in r.stderr
