@@ -3,6 +3,7 @@ import argparse
 import os
 import shlex
 import sys
+import time
 
 from . import __version__
 from . import result as resultmod
@@ -156,7 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "host (one run at a time per host; FAULTBENCH_LOCK_PATH names the lock file)")
     r.add_argument("--stall-after", type=int, default=0, help=argparse.SUPPRESS)  # tests the watchdog
     o = p.add_argument_group("output")
-    o.add_argument("--out", help="result file (only for a single point); default results/<name>.json")
+    o.add_argument("--out", help="FILE.json: the result of a single point; DIR (any other name): the "
+                                 "sweep's directory, one record per cell and an index.json of the cells, "
+                                 "their status and where the wall time went (default: results/<name>.json)")
+    o.add_argument("--resume", metavar="DIR",
+                   help="finish the sweep in DIR (written with --out DIR): its own command again, "
+                        "running only the cells without a complete record")
+    o.add_argument("--report", metavar="DIR",
+                   help="when every cell is done, write the report of the sweep's records into DIR "
+                        "(run_bench.py report)")
     o.add_argument("--results-dir", default=os.path.join(REPO_DIR, "results"))
     o.add_argument("--quiet", action="store_true", help="print only the result paths")
     # test knobs: each proves a check can fail
@@ -224,8 +233,10 @@ def validate_args(args) -> None:
             raise UsageError(f"{flag} {value} is out of range {lo}..{hi}")
     if not args.timeout > 0:
         raise UsageError("--timeout must be positive")
-    if args.out and len(args.vcpus) * len(args.mech) > 1:
-        raise UsageError("--out names one file; a sweep writes one result per point to --results-dir")
+    if args.out and args.out.endswith(".json") and len(args.vcpus) * len(args.mech) > 1:
+        raise UsageError("--out FILE.json names one result; give a directory for a sweep")
+    if args.report and (not args.out or args.out.endswith(".json")):
+        raise UsageError("--report DIR reports on a sweep directory: give --out DIR too")
     if args.uffds and "uffd-many" not in args.mech:
         raise UsageError("--uffds applies to uffd-many only")
     longest, source = longest_modelled_wait_s(args)
@@ -253,10 +264,12 @@ def longest_modelled_wait_s(args) -> tuple[float, str]:
 
 def check_output(args) -> None:
     """Refuse an unwritable destination before spending minutes measuring."""
-    if args.out and os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a directory; use --results-dir for a directory")
-    target = os.path.dirname(os.path.abspath(args.out)) if args.out else os.path.abspath(args.results_dir)
-    if args.out and not os.path.isdir(target):
+    if args.out and args.out.endswith(".json") and os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a directory")
+    sweep_dir = args.out and not args.out.endswith(".json")
+    target = (os.path.abspath(args.out) if sweep_dir else os.path.dirname(os.path.abspath(args.out))
+              if args.out else os.path.abspath(args.results_dir))
+    if args.out and not sweep_dir and not os.path.isdir(target):
         raise UsageError(f"--out {args.out}: directory {target} does not exist")
     # the results directory is made when the first result is written; here only
     # check that it can be (nothing is created for a run that never happens)
@@ -327,9 +340,10 @@ def size_memory(args, mech, workload, vcpus: int) -> dict:
             "sizing_run_guest_ms": ms, "sized_mib": sized}
 
 
-def trace_runs(plan, rec: dict, runs: int, buffer_mb: int) -> None:
+def trace_runs(plan, rec: dict, runs: int, buffer_mb: int, phases: dict | None = None) -> None:
     """Extra runs with lock tracing on: lock data, and what tracing costs. The
-    measured runs stay untraced, so tracing never touches the headline numbers."""
+    measured runs stay untraced, so tracing never touches the headline numbers.
+    `phases`: their wall time is added under traced.<phase>."""
     import dataclasses
     import statistics
     from .runner import execute
@@ -337,7 +351,11 @@ def trace_runs(plan, rec: dict, runs: int, buffer_mb: int) -> None:
                                  trace_buffer_kb=buffer_mb * 1024)
     rec["traced_runs"] = []
     for _ in range(runs):
-        metrics, raw = execute(traced)
+        traced_phases: dict = {}
+        metrics, raw = execute(traced, traced_phases)
+        if phases is not None:
+            for k, v in traced_phases.items():
+                phases[f"traced.{k}"] = phases.get(f"traced.{k}", 0.0) + v
         rec["traced_runs"].append({"metrics": metrics, "raw": raw})
     rates = [r["metrics"]["pages_per_s"] for r in rec["traced_runs"]]
     untraced = statistics.median(r["metrics"]["pages_per_s"] for r in rec["runs"])
@@ -443,7 +461,9 @@ def run_warnings(rec: dict) -> list[str]:
 def trace_buffer_mb(args, plan) -> int:
     """Enough per-CPU buffer for the traced run's events. Measured here at 64
     vCPUs: 262,338 mmap_lock acquisitions for 65,536 faults, i.e. 4 a fault and
-    3 events each (start, acquired, released), about 48 B apiece in the buffer."""
+    3 events each (start, acquired, released), about 48 B apiece in the buffer. The
+    released event is no longer recorded (bench/locktrace.py), so this now leaves a
+    third more headroom than it says."""
     if args.trace_buffer_mb:
         return args.trace_buffer_mb
     per_fault = 12 * 48 if args.trace_mmap_lock else 64
@@ -629,10 +649,19 @@ def _main(argv: list[str], host_lock) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .preflight import PreflightError, check_all, check_tracefs
+    from . import sweep as sweepmod
     from .probes import DeviceMissing, probe, require_devices
     try:
+        if args.resume:   # the sweep's own words, again, into its own directory
+            if argv not in (["--resume", args.resume], [f"--resume={args.resume}"]):
+                raise UsageError("--resume DIR takes the sweep's options from DIR/index.json; "
+                                 "give no other option")
+            argv = sweepmod.resume_argv(args.resume)
+            args = parser.parse_args(argv)
         validate_args(args)
         check_output(args)
+        if args.out and not args.out.endswith(".json"):
+            sweepmod.check_directory(args.out, argv)
         require_devices()
         probes = probe()
         workload, points = prepare(args, probes)
@@ -646,27 +675,61 @@ def _main(argv: list[str], host_lock) -> int:
     except (UsageError, ValueError, PreflightError, DeviceMissing) as exc:
         print(f"run_bench.py: error: {exc}", file=sys.stderr)
         return 2
+    except sweepmod.SweepError as exc:
+        print(f"run_bench.py: error: {exc}", file=sys.stderr)
+        return 2
 
-    from .hostnoise import NoiseSampler
-    from .runner import RunError, execute
     machine = collect_machine({"probes": probes})
     harness = collect_harness(REPO_DIR, __version__)
     status = 0
     done = []
+    sweep_dir = args.out if args.out and not args.out.endswith(".json") else None
+    sweep = sweepmod.Sweep([(m.name, v) for m, v in points], workload.name, args.repeat, sweep_dir,
+                           argv, cost={(m.name, v): workload.memory_pages(v, args.mem_per_vcpu * 256)
+                                       * (args.repeat + args.warmup + args.trace_runs * args.trace_locks)
+                                       for m, v in points})
+    try:
+        status = _run_cells(args, argv, points, workload, machine, harness, sweep, done)
+    except KeyboardInterrupt:
+        sweep.interrupt()
+        where = f"; finished cells are in {sweep_dir}, go on with --resume {sweep_dir}" if sweep_dir else ""
+        print(f"run_bench.py: interrupted{where}", file=sys.stderr)
+        return 130
+    sweep.finish()
+    if sweep_dir and not args.quiet:
+        print(sweepmod.time_text(sweep.summary()))
+    if args.report and status == 0:
+        from .reporting.build import main as report_main
+        status = report_main([sweep_dir, "--out", args.report])
+    if len(done) > 1 and not args.quiet:
+        from .report import table
+        print("\n" + table(done), end="")
+    return status
+
+
+def _run_cells(args, argv, points, workload, machine, harness, sweep, done) -> int:
+    from .hostnoise import NoiseSampler
+    from .runner import RunError, execute
+    status = 0
     asked_mem = args.mem_per_vcpu
     for mech, vcpus in points:
+        if sweep.is_done(mech.name, vcpus):
+            continue
+        sweep.begin(mech.name, vcpus)
+        phases: dict = {}
         sizing = None
         args.mem_per_vcpu = asked_mem
         if args.min_guest_ms:
-            from .runner import RunError as _RunError
             try:
                 sizing = size_memory(args, mech, workload, vcpus)
                 args.mem_per_vcpu = sizing["sized_mib"]
                 check_memory(vcpus, args, workload)
-            except _RunError as exc:
+            except RunError as exc:
+                sweep.end(mech.name, vcpus, "failed", _sweep_accounts(phases), str(exc))
                 print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: sizing run: {exc}", file=sys.stderr)
                 return 1
             except UsageError as exc:
+                sweep.end(mech.name, vcpus, "failed", _sweep_accounts(phases), str(exc))
                 print(f"run_bench.py: error: --min-guest-ms {args.min_guest_ms:g}: {exc}", file=sys.stderr)
                 return 2
         args.memory_pages = workload.memory_pages(vcpus, args.mem_per_vcpu * 256)
@@ -696,29 +759,36 @@ def _main(argv: list[str], host_lock) -> int:
         noise.start()
         try:
             for i in range(args.warmup + args.repeat):
-                metrics, raw = execute(plan)
+                metrics, raw = execute(plan, phases)
                 resultmod.add_run(rec, metrics, warmup=i < args.warmup, raw=raw)
             resultmod.finalize(rec)
             if args.trace_locks:
-                trace_runs(plan, rec, args.trace_runs, trace_buffer_mb(args, plan))
+                trace_runs(plan, rec, args.trace_runs, trace_buffer_mb(args, plan), phases)
         except RunError as exc:
             for line in getattr(exc, "details", ()):   # the watchdog's state of every thread
                 print(line, file=sys.stderr)
+            sweep.end(mech.name, vcpus, "failed", _sweep_accounts(phases), str(exc))
             print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: {exc}", file=sys.stderr)
             return 1
         rec["host_noise"], noisy = noise.stop()
         rec["warnings"] += noisy
+        t0 = time.monotonic()
         rec["warnings"] += [w for w in run_warnings(rec) if w not in rec["warnings"]]
         problems = resultmod.validate(rec)
         if problems:
+            sweep.end(mech.name, vcpus, "failed", _sweep_accounts(phases), problems[0])
             print(f"run_bench.py: error: invalid result: {problems[0]}", file=sys.stderr)
             return 1
-        path = args.out or resultmod.default_path(args.results_dir, config)
+        path = (sweep.record_path(mech.name, vcpus) if sweep.directory
+                else args.out or resultmod.default_path(args.results_dir, config))
         try:
             resultmod.write_atomic(rec, path)
         except (OSError, ValueError) as exc:
+            sweep.end(mech.name, vcpus, "failed", _sweep_accounts(phases), str(exc))
             print(f"run_bench.py: error: writing {path}: {exc}", file=sys.stderr)
             return 1
+        phases["record"] = time.monotonic() - t0
+        sweep.end(mech.name, vcpus, "done", _sweep_accounts(phases))
         done.append(rec)
         if args.quiet:
             print(path)
@@ -730,7 +800,14 @@ def _main(argv: list[str], host_lock) -> int:
                for kind in ("runs", "warmups", "traced_runs") for r in rec.get(kind, [])):
             print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: content errors", file=sys.stderr)
             status = 1
-    if len(done) > 1 and not args.quiet:
-        from .report import table
-        print("\n" + table(done), end="")
     return status
+
+
+def _sweep_accounts(phases: dict) -> dict:
+    """Runner phases (bench.runner.execute) in the sweep index's accounts."""
+    out = {k: phases.get(k, 0.0) for k in ("guest", "setup", "vcpu_start_stop", "collect",
+                                           "teardown", "record")}
+    out["guest_traced"] = phases.get("traced.guest", 0.0)
+    out["tracing"] = sum(v for k, v in phases.items() if k.startswith("traced.")
+                         and k != "traced.guest") + phases.get("trace", 0.0)
+    return out

@@ -6,6 +6,8 @@ is a benchmark run. One line per subcommand: name -> (module, one-line summary).
 import importlib
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "table": ("bench.table", "export result records as one tidy table (CSV, Parquet)"),
+    "report": ("bench.reporting.build", "figures and tables (HTML, Markdown, 80-column text) from records"),
 }
 
 

@@ -5,6 +5,7 @@ waits (so Ctrl-C and timeouts are handled here), then turns the core's counters
 and per-vCPU histograms into metrics. No timing happens in Python.
 """
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,10 +136,23 @@ def _cfg(plan: Plan):
     return cfg, keep + [code_buf, table_buf, table], table, stale
 
 
-def execute(plan: Plan) -> tuple[dict, dict]:
+def _lap(phases: dict | None, name: str, since: float) -> float:
+    """Add the time since `since` to phases[name] (seconds); returns now."""
+    now = time.monotonic()
+    if phases is not None:
+        phases[name] = phases.get(name, 0.0) + now - since
+    return now
+
+
+def execute(plan: Plan, phases: dict | None = None) -> tuple[dict, dict]:
     """Run once; returns (metrics, raw). Whatever happens (error, timeout,
-    Ctrl-C), every thread is joined, every fd closed and tracing undone."""
+    Ctrl-C), every thread is joined, every fd closed and tracing undone.
+    `phases`, if given, accumulates where the wall time went, in seconds:
+    setup, guest (the run's guest_seconds), vcpu_start_stop, collect, teardown,
+    trace (tracefs set-up, read and parse)."""
+    t0 = time.monotonic()
     cfg, keep, table, stale = _cfg(plan)
+    _lap(phases, "setup", t0)
     tracer = None
     if plan.trace_locks:
         from .locktrace import LockTracer, TraceUnavailable
@@ -146,10 +160,12 @@ def execute(plan: Plan) -> tuple[dict, dict]:
         # clones from now on; the summary keeps only the harness's own threads
         tracer = LockTracer(stacks=plan.lock_stacks, pids=[os.getpid()], top=TOP_LOCKS * 2,
                             buffer_kb=plan.trace_buffer_kb, mmap_lock=plan.trace_mmap_lock)
+        t0 = time.monotonic()
         try:
             tracer.start()
         except TraceUnavailable as exc:
             raise RunError(f"lock tracing unavailable ({exc}); use --no-trace-locks") from None
+        _lap(phases, "trace", t0)
     stracer = None
     if plan.trace_sched:
         from .locktrace import TraceUnavailable
@@ -158,14 +174,16 @@ def execute(plan: Plan) -> tuple[dict, dict]:
         # about 4 events a fault at most (uffd: vCPU sleeps and wakes, reader too), 64 B each
         kb = max(8192, plan.memory_pages * 4 * 64 * 2 // ncpu // 1024)
         stracer = SchedTracer(pids=[os.getpid()], buffer_kb=kb)
+        t0 = time.monotonic()
         try:
             stracer.start()
         except TraceUnavailable as exc:
             if tracer:
                 tracer.cleanup()
             raise RunError(f"scheduler tracing unavailable ({exc}); use --no-trace-locks") from None
+        _lap(phases, "trace", t0)
     try:
-        return _execute(plan, cfg, table, stale, tracer, stracer)
+        return _execute(plan, cfg, table, stale, tracer, stracer, phases)
     finally:
         if stracer:
             stracer.cleanup()
@@ -195,8 +213,9 @@ def _start_worker(plan: Plan, run, err):
     return worker, pidfd
 
 
-def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None) -> tuple[dict, dict]:
+def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None, phases=None) -> tuple[dict, dict]:
     err = ffi.new("char[]", ERRLEN)
+    t0 = time.monotonic()
     run = lib.fb_run_create(cfg, err, ERRLEN)
     if run == ffi.NULL:
         raise RunError(ffi.string(err).decode())
@@ -206,7 +225,8 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None) -> tuple[dict,
             worker, pidfd = _start_worker(plan, run, err)
         from .watchdog import Watchdog
         watchdog = Watchdog(plan, run)   # before the start: it arms the stall test knob
-        if lib.fb_run_start(run, err, ERRLEN):
+        t0 = _lap(phases, "setup", t0)
+        if lib.fb_run_start(run, err, ERRLEN):   # opens the vCPUs' start gate
             raise RunError(ffi.string(err).decode())
         waited = 0.0
         while True:
@@ -228,6 +248,7 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None) -> tuple[dict,
                 raise RunError(f"timeout: vCPUs still running after {plan.timeout_s:g} s "
                                f"(mechanism {plan.mechanism.name})")
         lib.fb_run_stop(run)
+        t0 = _lap(phases, "vcpu_run", t0)   # split into guest and start/stop below
         worker_stats = worker_cpu = None
         tids = _tids(run)
         if worker:
@@ -237,6 +258,7 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None) -> tuple[dict,
             tids += worker_tids
         kernel_locks = _without_tracer(tracer.stop(tids)) if tracer else None
         sched_trace = stracer.stop() if stracer else None
+        t0 = _lap(phases, "trace", t0)
         metrics, raw = _collect(plan, run, table, stale, sched_trace)
         if kernel_locks is not None:
             metrics["kernel_locks"] = kernel_locks
@@ -249,8 +271,14 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None) -> tuple[dict,
             metrics.setdefault("harness_locks", {})["worker_ring"] = worker_stats["lock"]
             metrics["cpu_by_role"]["worker"] = worker_cpu
             raw["worker"] = worker_stats
+        t0 = _lap(phases, "collect", t0)
+        if phases is not None:
+            phases["guest"] = phases.get("guest", 0.0) + metrics["guest_seconds"]
+            phases["vcpu_start_stop"] = (phases.get("vcpu_start_stop", 0.0)
+                                         + phases.pop("vcpu_run") - metrics["guest_seconds"])
         return metrics, raw
     finally:
+        t0 = time.monotonic()
         if worker:
             worker.request_shutdown()   # requesters blocked on the ring return at once
         lib.fb_run_destroy(run)   # stops and joins every thread, closes every fd
@@ -258,6 +286,7 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None) -> tuple[dict,
             worker.stop()
         if pidfd >= 0:
             os.close(pidfd)
+        _lap(phases, "teardown", t0)
 
 
 _stopped_since: dict[int, float] = {}
