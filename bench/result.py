@@ -257,7 +257,8 @@ def validate(record) -> list[str]:
     config = present.get("config", {})
     # baselines deliver no faults: their latency lives in first_touch_latency_ns
     from .mechanisms import REGISTRY
-    mech = REGISTRY.get(config.get("mech"))
+    name = config.get("mech")
+    mech = REGISTRY.get(name) if isinstance(name, str) else None
     latency_optional = (not config.get("record_latency", True)
                         or (mech is not None and not mech.delivers_faults()))
     for key in ("runs", "warmups"):

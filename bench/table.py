@@ -22,6 +22,7 @@ import math
 import os
 import sys
 
+from . import metrics
 from . import result as resultmod
 
 # marks the sweep index (bench/sweep.py) so that loading a sweep directory skips it
@@ -34,22 +35,15 @@ MACHINE_COLUMNS = ("hostname", "boot_id", "kernel_release", "cpu_model", "online
 VOLATILE_CONFIG = ("repeat", "warmup", "trace_locks", "lock_stacks", "trace_mmap_lock")
 KINDS = (("runs", "run"), ("warmups", "warmup"), ("traced_runs", "traced"))
 
-# The headline metrics, in the order reports and `--units` list them: path, meaning.
-HEADLINE = [
-    ("pages_per_s", "overall paging rate (pages / guest wall time)"),
-    ("pages_per_s_per_vcpu", "paging rate per vCPU"),
-    ("guest_seconds", "guest wall time, first vCPU start to last vCPU end"),
-    ("faults", "faults delivered to userspace"),
-    ("fault_latency_ns.p50", "fault latency as the vCPU saw it, median"),
-    ("fault_latency_ns.p99", "fault latency, 99th percentile"),
-    ("fault_latency_ns.p99_9", "fault latency, 99.9th percentile"),
-    ("first_touch_latency_ns.p50", "first-touch latency (baselines: kernel path), median"),
-    ("blocktime_ns.all_vcpus", "time all vCPUs were blocked at once"),
-    ("blocktime_ns.per_vcpu_mean", "time a vCPU was blocked, mean over vCPUs"),
-    ("fault_breakdown_ns.sum_of_parts", "mean time per fault over the breakdown's parts"),
-    ("kernel_locks.contentions", "kernel lock contentions (traced rows)"),
-    ("kernel_locks.wait_ns_total", "kernel lock wait, summed (traced rows)"),
-]
+# The headline metrics, in the order reports and `--units` list them; what each
+# means comes from the metrics table (bench/metrics.py)
+HEADLINE = [(path, metrics.lookup(path).label) for path in (
+    "pages_per_s", "pages_per_s_per_vcpu", "guest_seconds", "faults",
+    "fault_latency_ns.p50", "fault_latency_ns.p99", "fault_latency_ns.p99_9",
+    "first_touch_latency_ns.p50", "blocktime_ns.all_vcpus", "blocktime_ns.per_vcpu_mean",
+    "fault_breakdown_ns.mean_fault_latency", "sched.vcpu.on_cpu_ns_per_fault",
+    "sched.vcpu.run_queue_wait_ns_per_fault", "kernel_locks.contentions",
+    "kernel_locks.wait_ns_total")]
 
 
 class TableError(Exception):

@@ -298,3 +298,19 @@ def test_migration_to_schema_2():
     assert out["warnings"][0] == "kept" and not any("breakdown parts" in w for w in out["warnings"])
     assert out["summary"]["pages_per_s_per_vcpu"]["median"] == 512.0
     assert result.validate(out) == []
+
+
+def test_report_shows_mechanism_cost_and_cpu_wait_apart(kvm, tmp_path):
+    for v in ("1", "2"):
+        p, _ = run_cli(tmp_path, "--vcpus", v, "--mech", "exits",
+                       "--mem-per-vcpu", "2", "--repeat", "1")
+        os.rename(tmp_path / "r.json", tmp_path / f"exits-{v}.json")
+    out = tmp_path / "report"
+    p = subprocess.run([sys.executable, "run_bench.py", "report", str(tmp_path / "exits-1.json"),
+                        str(tmp_path / "exits-2.json"), "--out", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    text = (out / "report.txt").read_text()
+    assert "how long do its threads wait for a CPU" in text
+    assert "on-CPU us" in text and "CPU wait us" in text
+    assert max(len(line) for line in text.splitlines()) <= 80

@@ -121,7 +121,8 @@ def rate_vs_vcpus(d: ReportData, per_vcpu: bool = False) -> Figure | None:
     ax.set_ylabel("pages/s per vCPU" if per_vcpu else "pages/s (all vCPUs)")
     title = ("Per-vCPU paging rate vs vCPUs" if per_vcpu
              else "Demand-paging rate vs vCPUs, per mechanism")
-    what = ("Pages each vCPU faulted in per second of its own run (mean over vCPUs); "
+    what = ("A vCPU's pages per second of the whole run's guest time (the KVM selftest's "
+            "per-vcpu demand paging rate); "
             if per_vcpu else "Pages faulted in per second of guest time, all vCPUs together; ")
     meaning = {"none": "none: no userfaultfd, the kernel zero-fills",
                "prefault": "prefault: memory written before the guest starts"}
@@ -216,18 +217,18 @@ def _panel_grid(n: int):
 
 def breakdown_bars(d: ReportData) -> Figure | None:
     mechs = [s for s in d.mechanisms()
-             if d.has("fault_breakdown_ns.sum_of_parts", d.runs[d.runs["series"] == s])]
+             if d.has("fault_breakdown_ns.mean_fault_latency", d.runs[d.runs["series"] == s])]
     if not mechs:
         return None
     segments = d.segments()
     colors = {g: SEGMENT_COLORS[i % len(SEGMENT_COLORS)] for i, g in enumerate(segments)}
     fig, axes = _panel_grid(len(mechs))
     for ax, s in zip(axes, mechs):
-        vs = [v for v in d.vcpus if d.value("fault_breakdown_ns.sum_of_parts", s, v)]
+        vs = [v for v in d.vcpus if d.value("fault_breakdown_ns.mean_fault_latency", s, v)]
         x = list(range(len(vs)))
         bottom = [0.0] * len(vs)
         # means over runs: the parts' means add up to the total's mean (medians need not)
-        totals = [d.value("fault_breakdown_ns.sum_of_parts", s, v, "mean") for v in vs]
+        totals = [d.value("fault_breakdown_ns.mean_fault_latency", s, v, "mean") for v in vs]
         for g in segments:
             vals = [d.value(f"fault_breakdown_ns.parts.{g}", s, v, "mean") for v in vs]
             if all(val is None for val in vals):

@@ -172,9 +172,10 @@ def breakdown_tables(d: ReportData) -> list[Table]:
             continue
         vs = [v for v in d.vcpus if d.value(f"fault_breakdown_ns.parts.{present[0]}", s, v) is not None]
         rows = []
-        for g in present + ["sum_of_parts"]:
-            col = f"fault_breakdown_ns.parts.{g}" if g != "sum_of_parts" else "fault_breakdown_ns.sum_of_parts"
-            rows.append([g.replace("_", " ") if g != "sum_of_parts" else "total (mean per fault)"]
+        for g in present + ["mean_fault_latency"]:
+            col = (f"fault_breakdown_ns.parts.{g}" if g != "mean_fault_latency"
+                   else "fault_breakdown_ns.mean_fault_latency")
+            rows.append([g.replace("_", " ") if g != "mean_fault_latency" else "total (mean per fault)"]
                         + [fmt_num((d.value(col, s, v, "mean") or 0) / 1000) for v in vs])
         out.append(Table(f"{d.legend(s)}: where does a fault's time go? Mean us per fault",
                          ["segment, us \\ vCPUs"] + [str(v) for v in vs], rows,
@@ -256,6 +257,34 @@ def cpu_table(d: ReportData, ids: dict) -> Table | None:
                  + _emulation_notes(d, d.series))
 
 
+def cost_and_wait_table(d: ReportData, ids: dict) -> Table:
+    """Mechanism cost (on-CPU time per fault) and CPU wait (run-queue time per fault)
+    apart: on 2 CPUs most of a fault's latency at scale is waiting for a CPU."""
+    roles = [r for r in ("vcpu", "reader", "resolver")
+             if d.has(f"sched.{r}.on_cpu_ns_per_fault")]
+    rows = []
+    for s in d.mechanisms():
+        for v in d.vcpus:
+            cost = [d.value(f"sched.{r}.on_cpu_ns_per_fault", s, v) for r in roles]
+            wait = [d.value(f"sched.{r}.run_queue_wait_ns_per_fault", s, v) for r in roles]
+            if all(c is None for c in cost):
+                continue
+            mean = d.value("fault_latency_ns.mean", s, v)
+            rows.append([d.legend(s), str(v),
+                         fmt_num(sum(c or 0 for c in cost) / 1000),
+                         fmt_num(sum(w or 0 for w in wait) / 1000),
+                         fmt_num(mean / 1000 if mean is not None else None),
+                         ids.get((s, v), "")])
+    return Table("What does a fault cost, and how long do its threads wait for a CPU? us per fault",
+                 ["mechanism", "vCPUs", "on-CPU us", "CPU wait us", "latency mean us", "warn"],
+                 rows, key_columns=2,
+                 notes=["on-CPU: thread CPU clock of the vCPU" + (", reader and resolver" if len(roles) > 1 else "")
+                        + " threads over the run per fault delivered (the mechanism's cost, the guest "
+                        "loop included); CPU wait: their run-queue time per fault (schedstat); medians "
+                        "over runs; the traced run splits each breakdown segment the same way"]
+                 + _emulation_notes(d, d.mechanisms()))
+
+
 def per_fault_divisor(d: ReportData, s: str, v: int):
     faults = d.value("faults", s, v)
     return faults if faults else d.value("pages", s, v)
@@ -278,7 +307,8 @@ def warnings_rows(d: ReportData, ids: dict) -> list[tuple[str, str, list[str]]]:
 
 def all_tables(d: ReportData, reference: str) -> list[Table]:
     ids = d.warning_ids()
-    tables = [rate_table(d, ids), who_wins_table(d, reference, ids), latency_table(d, ids)]
+    tables = [rate_table(d, ids), who_wins_table(d, reference, ids), latency_table(d, ids),
+              cost_and_wait_table(d, ids)]
     tables += breakdown_tables(d)
     for t in (lock_table(d, ids), blocktime_table(d, ids), cpu_table(d, ids)):
         if t is not None:
