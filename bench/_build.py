@@ -1,11 +1,14 @@
 """cffi API-mode build of the C core; run by `pip install .` (setup.py's cffi_modules)."""
+import glob
 import os
 
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
-SOURCES = ["core.c", "uffd_common.c", "mech_baseline.c", "mech_uffd.c", "mech_exits.c", "mech_async.c", "ring.c", "calib.c"]
+# the core, then every mechanism file: adding mech_<name>.c needs no edit here
+SOURCES = ["core.c", "vm.c", "resolve.c", "collect.c", "uffd_common.c", "ring.c", "calib.c"] + sorted(
+    os.path.basename(p) for p in glob.glob(os.path.join(CSRC, "mech_*.c")))
 
 ffibuilder = FFI()
 CDEF_HEADERS = ["fb_api.h", "fb_ring_api.h", "fb_calib_api.h"]

@@ -13,8 +13,9 @@ each against a clock or a counter that shares no stamp with the segments:
   between them); the guest window must fit inside and fill nearly all of it.
 - `segments_vs_monotonic`: the fetch and install segments (TSC stamps) against
   CLOCK_MONOTONIC sums taken around the same work by the resolving thread.
-- `cpu_time_vs_latency` (in cli): the scheduler's on-CPU + run-queue time of the
-  vCPU threads against the guest-timed fault latency they spent.
+- `cpu_time_vs_latency` (in runner): an upper bound from the scheduler's accounting:
+  the guest-timed fault latency of the vCPU threads cannot exceed their on-CPU +
+  run-queue time where they never sleep (`exits`, `async`).
 """
 from __future__ import annotations
 
@@ -32,13 +33,15 @@ OPTIONAL_STAMPS = {"enqueued", "popped", "resumed"}
 # tolerances of the checks (see README, "Checks")
 HOST_WINDOW_MIN_FILL = 0.90     # guest loop / host loop window, aggregate over vCPUs
 HOST_WINDOW_MAX_OVER = 1.002    # the guest window cannot exceed the host's (0.2%: clock rounding)
-MONO_TOLERANCE = 0.05           # |segment - monotonic| / mean latency
+MONO_TOLERANCE = 0.05           # |segment - monotonic| / monotonic, per fault
+MONO_DISAGREE_MAX = 0.01        # share of faults that may disagree (preempted between reads)
 CPU_TIME_SLACK = 0.005         # fault latency / (on-CPU + run-queue wait) of the vCPU threads
-MONO_SLACK_NS = 500.0           # per fault: clock reads sit a few instructions apart
+MONO_SLACK_NS = 2000.0          # per fault: the clock reads sit a few instructions apart
 
 
 ROW_DTYPE = np.dtype([("vcpu", "<i4"), ("vcpu_tid", "<i4"), ("resolver_tid", "<i4"),
-                      ("complete", "<i4"), ("stamp", "<u8", (11,))])   # struct fb_fault_row
+                      ("complete", "<i4"), ("stamp", "<u8", (11,)),
+                      ("mono_fetch_ns", "<u8"), ("mono_install_ns", "<u8")])   # struct fb_fault_row
 
 
 def rows_array(buffer) -> dict:
@@ -46,7 +49,9 @@ def rows_array(buffer) -> dict:
     rows = np.frombuffer(buffer, dtype=ROW_DTYPE)
     return {"stamps": rows["stamp"][:, :len(STAMPS)].copy(), "vcpu": rows["vcpu"].copy(),
             "vcpu_tid": rows["vcpu_tid"].copy(), "resolver_tid": rows["resolver_tid"].copy(),
-            "complete": rows["complete"] != 0}
+            "complete": rows["complete"] != 0,
+            "mono_fetch_ns": rows["mono_fetch_ns"].astype(np.float64),
+            "mono_install_ns": rows["mono_install_ns"].astype(np.float64)}
 
 
 def segments(cols: dict) -> dict:
@@ -86,8 +91,13 @@ def summarize(seg: dict, names: dict, to_ns) -> dict | None:
     segments (C names) to what they are called in its results."""
     cyc = seg["cycles"]
     used = cyc.shape[0]
-    if not used:
-        return None
+    counts = {"faults_used": int(used), "faults_skipped": seg["skipped"],
+              "faults_incomplete": seg["incomplete"],
+              "faults_total": int(used + seg["skipped"] + seg["incomplete"]),
+              "faults_resumed_before_install_returned": seg["cut"]}
+    if not used:   # say so, with the counts: every fault skipped is not "no faults"
+        return {"parts": {}, "parts_median": {}, "mean_fault_latency": None,
+                "median_fault_latency": None, **counts}
     parts, medians, unexpected = {}, {}, {}
     for j, s in enumerate(seg["names"]):
         col = cyc[:, j]
@@ -100,40 +110,41 @@ def summarize(seg: dict, names: dict, to_ns) -> dict | None:
     lat = seg["latency_cycles"]
     return {"parts": parts, "parts_median": medians,
             "mean_fault_latency": to_ns(float(lat.mean())),
-            "median_fault_latency": to_ns(float(np.median(lat))),
-            "faults_used": int(used), "faults_skipped": seg["skipped"],
-            "faults_incomplete": seg["incomplete"],
-            "faults_total": int(used + seg["skipped"] + seg["incomplete"]),
-            "faults_resumed_before_install_returned": seg["cut"],
+            "median_fault_latency": to_ns(float(np.median(lat))), **counts,
             "note": "segments partition each fault's guest-timed latency, so they sum to it "
                     "by construction; see `checks` for the independent cross-checks"}
 
 
-def check_segments_vs_monotonic(seg: dict, threads: list[dict], to_ns) -> dict:
-    """Fetch and install: the TSC-stamped segments against CLOCK_MONOTONIC sums of
-    the resolving threads. Only where both count the same resolutions."""
-    count = sum(t["mono_count"] for t in threads)
-    used = seg["cycles"].shape[0]
-    out = {"resolutions_timed": int(count), "faults_used": int(used)}
-    if not used or count != used:
-        out["comparable"] = False
-        out["reason"] = ("the segments and the monotonic sums count different resolutions "
-                         f"({used} faults with stamps, {count} timed resolutions: duplicates, "
-                         "fault-around or declared-clean pages)")
+def check_segments_vs_monotonic(cols: dict, to_ns) -> dict:
+    """Per fault: the fetch and install segments from their raw TSC stamps (not cut,
+    not filtered for order) against CLOCK_MONOTONIC taken around the same work by
+    the same thread. A fault disagrees when the two differ by more than
+    MONO_SLACK_NS + MONO_TOLERANCE of the monotonic time; the check fails when more
+    than MONO_DISAGREE_MAX of the timed faults disagree (a preemption between two
+    adjacent clock reads makes a rare honest disagreement)."""
+    timed = cols["complete"] & ((cols["mono_fetch_ns"] > 0) | (cols["mono_install_ns"] > 0))
+    n = int(timed.sum())
+    out = {"faults_timed": n, "faults": int(cols["complete"].size)}
+    if not n:
+        out.update(comparable=False, ok=None,
+                   reason="no fault was fetched and installed by a timed resolver")
         return out
-    idx = {s: j for j, s in enumerate(seg["names"])}
-    mean_latency = to_ns(float(seg["latency_cycles"].mean()))
+    st = cols["stamps"][timed].astype(np.int64)
+    col = {s: st[:, STAMPS.index(s)] for s in ("fetch_start", "fetched", "done")}
     ok = True
-    for part, key in (("fetch", "mono_fetch_ns"), ("install", "mono_install_ns")):
-        stamped = to_ns(float(seg["cycles"][:, idx[part]].sum())) / used
-        mono = sum(t[key] for t in threads) / count
+    for part, a, b, key in (("fetch", "fetch_start", "fetched", "mono_fetch_ns"),
+                            ("install", "fetched", "done", "mono_install_ns")):
+        stamped = to_ns((col[b] - col[a]).astype(np.float64))
+        mono = cols[key][timed]
         diff = stamped - mono
-        limit = MONO_TOLERANCE * mean_latency + MONO_SLACK_NS
-        out[part] = {"segment_ns": stamped, "monotonic_ns": mono, "difference_ns": diff,
-                     "limit_ns": limit, "ok": abs(diff) <= limit}
-        ok = ok and abs(diff) <= limit
-    out["comparable"] = True
-    out["ok"] = ok
+        bad = np.abs(diff) > MONO_SLACK_NS + MONO_TOLERANCE * mono
+        share = float(bad.mean())
+        out[part] = {"segment_ns_mean": float(stamped.mean()), "monotonic_ns_mean": float(mono.mean()),
+                     "difference_ns_median": float(np.median(diff)),
+                     "faults_disagreeing": int(bad.sum()), "share_disagreeing": share,
+                     "ok": share <= MONO_DISAGREE_MAX}
+        ok = ok and share <= MONO_DISAGREE_MAX
+    out.update(comparable=True, ok=ok)
     return out
 
 
@@ -160,13 +171,12 @@ def inside_kvm_run_max(cols: dict, seg: dict, vres, vcpus: int, handles_on_vcpu:
     if not starts.all():
         return None
     events = [(starts, np.ones(vcpus, dtype=np.int64))]
-    # the end of each vCPU's loop: its last g1 (the done exit follows at once)
-    st = cols["stamps"].astype(np.int64)
-    ends = np.zeros(vcpus, dtype=np.int64)
-    if st.shape[0]:
-        np.maximum.at(ends, cols["vcpu"], st[:, -1])
+    # the end of each vCPU's loop: its last touch's end stamp (the done exit follows at once)
+    ends = np.array([vres[i].guest_first_tsc + vres[i].guest_loop_cycles for i in range(vcpus)],
+                    dtype=np.int64)
     ends = np.where(ends > 0, ends, starts)
     events.append((ends, -np.ones(vcpus, dtype=np.int64)))
+    st = cols["stamps"].astype(np.int64)
     if handles_on_vcpu and st.shape[0]:
         complete = cols["complete"]
         left = st[complete, STAMPS.index("notify")]

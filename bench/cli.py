@@ -3,6 +3,7 @@ import argparse
 import os
 import shlex
 import sys
+import time
 
 from . import __version__
 from . import result as resultmod
@@ -15,6 +16,7 @@ REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_VCPUS = 1024
 # a run shorter than this in guest time is dominated by start-up and timer effects
 MIN_GUEST_MS_WARN = 200.0
+STALL_TIMEOUT_S = 60.0   # a healthy run installs a page every few ms even at 1024 vCPUs here
 
 
 class UsageError(Exception):
@@ -55,7 +57,7 @@ def _subcommand_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    mech_help = "; ".join(f"{n}: {m.summary}" for n, m in MECHANISMS.items())
+    mech_help = "; ".join(f"{n}: {m.summary}" for n, m in MECHANISMS.items() if not m.hidden)
     wl_help = "; ".join(f"{n}: {w.summary}" for n, w in WORKLOADS.items())
     p = OneLineParser(
         prog="run_bench.py",
@@ -131,21 +133,39 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--placement", choices=PLACEMENTS, default="free",
                    help="thread placement: free (the scheduler decides), spread (vCPU threads on one half "
                         "of the CPUs, resolver threads on the other), packed (each resolver on its vCPU's "
-                        "CPU); every run records the CPUs each thread was seen on and its migrations "
+                        "CPU); every run records the CPUs each thread was seen on and its migrations. "
+                        "On 2 CPUs, spread puts every vCPU on one CPU and every resolver on the other "
                         "(default free)")
     r.add_argument("--verify", choices=["header", "full"], default="header",
                    help="content the guest checks on every touch: header (the page's first 16 bytes: its "
                         "address and the seed) or full (every 8-byte word but offset 64, which the guest "
-                        "writes: a torn copy shows; costs about 1 us of guest time per page, outside the "
-                        "timed touch) (default header)")
+                        "writes: a torn copy shows; the check costs about 1 us of guest time per page, outside "
+                        "the timed touch, and filling the 4 KiB pattern counts in the fetch segment) "
+                        "(default header)")
     r.add_argument("--min-guest-ms", type=float, default=0.0, metavar="MS",
                    help="size --mem-per-vcpu up (from one sizing run) until a run lasts at least MS of "
                         "guest time; the size used is recorded and in the rerun line (default 0: off; "
                         f"runs under {MIN_GUEST_MS_WARN:g} ms are warned about either way)")
     r.add_argument("--seed", type=int, default=1, help="seed for page content and access order (default 1)")
     r.add_argument("--timeout", type=float, default=300.0, help="seconds before a run is declared hung (default 300)")
+    r.add_argument("--stall-timeout", type=float, default=STALL_TIMEOUT_S, metavar="S",
+                   help="stop a run when no page was installed and no vCPU moved on for S seconds, "
+                        "and say which vCPUs wait on which pages and what every thread was doing "
+                        f"(default {STALL_TIMEOUT_S:g})")
+    r.add_argument("--no-wait", action="store_true",
+                   help="exit (status 2) instead of waiting when another faultbench run holds this "
+                        "host (one run at a time per host; FAULTBENCH_LOCK_PATH names the lock file)")
+    r.add_argument("--stall-after", type=int, default=0, help=argparse.SUPPRESS)  # tests the watchdog
     o = p.add_argument_group("output")
-    o.add_argument("--out", help="result file (only for a single point); default results/<name>.json")
+    o.add_argument("--out", help="FILE.json: the result of a single point; DIR (any other name): the "
+                                 "sweep's directory, one record per cell and an index.json of the cells, "
+                                 "their status and where the wall time went (default: results/<name>.json)")
+    o.add_argument("--resume", metavar="DIR",
+                   help="finish the sweep in DIR (written with --out DIR): its own command again, "
+                        "running only the cells without a complete record")
+    o.add_argument("--report", metavar="DIR",
+                   help="when every cell is done, write the report of the sweep's records into DIR "
+                        "(run_bench.py report)")
     o.add_argument("--results-dir", default=os.path.join(REPO_DIR, "results"))
     o.add_argument("--quiet", action="store_true", help="print only the result paths")
     # test knobs: each proves a check can fail
@@ -170,6 +190,7 @@ RANGES = [
     ("--repeat", 1, 1000), ("--warmup", 0, 100), ("--trace-runs", 1, 100),
     ("--trace-buffer-mb", 0, 4096), ("--seed", 0, 2**64 - 1), ("--min-guest-ms", 0, 600_000),
     ("--tsc-khz-error-ppm", -500_000, 500_000),
+    ("--stall-timeout", 0.5, 86400), ("--stall-after", 0, 2**63 - 1),
 ]
 
 
@@ -212,18 +233,43 @@ def validate_args(args) -> None:
             raise UsageError(f"{flag} {value} is out of range {lo}..{hi}")
     if not args.timeout > 0:
         raise UsageError("--timeout must be positive")
-    if args.out and len(args.vcpus) * len(args.mech) > 1:
-        raise UsageError("--out names one file; a sweep writes one result per point to --results-dir")
+    if args.out and args.out.endswith(".json") and len(args.vcpus) * len(args.mech) > 1:
+        raise UsageError("--out FILE.json names one result; give a directory for a sweep")
+    if args.report and (not args.out or args.out.endswith(".json")):
+        raise UsageError("--report DIR reports on a sweep directory: give --out DIR too")
     if args.uffds and "uffd-many" not in args.mech:
         raise UsageError("--uffds applies to uffd-many only")
+    longest, source = longest_modelled_wait_s(args)
+    if args.stall_timeout <= longest:
+        raise UsageError(f"--stall-timeout {args.stall_timeout:g} s must exceed the longest modelled "
+                         f"wait for one page ({longest:g} s from {source})")
+
+
+def longest_modelled_wait_s(args) -> tuple[float, str]:
+    """The longest time one page may legitimately take: the watchdog must wait longer."""
+    waits = [(args.fetch_delay_us / 1e6, "--fetch-delay-us"),
+             (getattr(args, "bitmap_delay_ms", 0.0) / 1e3 if args.workload == "precopy-stale" else 0.0,
+              "--bitmap-delay-ms")]
+    if args.fetch == "worker":
+        if args.service == "fixed":
+            waits.append((args.service_us / 1e6, "--service-us"))
+        elif args.service == "uniform":
+            waits.append((args.service_max_us / 1e6, "--service-max-us"))
+        else:   # lognormal: 6 sigma above the median (the C side clamps at 60 s)
+            import math
+            waits.append((min(60.0, args.service_median_us * math.exp(6 * args.service_sigma) / 1e6),
+                          "--service-median-us and --service-sigma (6 sigma)"))
+    return max(waits)
 
 
 def check_output(args) -> None:
     """Refuse an unwritable destination before spending minutes measuring."""
-    if args.out and os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a directory; use --results-dir for a directory")
-    target = os.path.dirname(os.path.abspath(args.out)) if args.out else os.path.abspath(args.results_dir)
-    if args.out and not os.path.isdir(target):
+    if args.out and args.out.endswith(".json") and os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a directory")
+    sweep_dir = args.out and not args.out.endswith(".json")
+    target = (os.path.abspath(args.out) if sweep_dir else os.path.dirname(os.path.abspath(args.out))
+              if args.out else os.path.abspath(args.results_dir))
+    if args.out and not sweep_dir and not os.path.isdir(target):
         raise UsageError(f"--out {args.out}: directory {target} does not exist")
     # the results directory is made when the first result is written; here only
     # check that it can be (nothing is created for a run that never happens)
@@ -294,9 +340,10 @@ def size_memory(args, mech, workload, vcpus: int) -> dict:
             "sizing_run_guest_ms": ms, "sized_mib": sized}
 
 
-def trace_runs(plan, rec: dict, runs: int, buffer_mb: int) -> None:
+def trace_runs(plan, rec: dict, runs: int, buffer_mb: int, phases: dict | None = None) -> None:
     """Extra runs with lock tracing on: lock data, and what tracing costs. The
-    measured runs stay untraced, so tracing never touches the headline numbers."""
+    measured runs stay untraced, so tracing never touches the headline numbers.
+    `phases`: their wall time is added under traced.<phase>."""
     import dataclasses
     import statistics
     from .runner import execute
@@ -304,7 +351,11 @@ def trace_runs(plan, rec: dict, runs: int, buffer_mb: int) -> None:
                                  trace_buffer_kb=buffer_mb * 1024)
     rec["traced_runs"] = []
     for _ in range(runs):
-        metrics, raw = execute(traced)
+        traced_phases: dict = {}
+        metrics, raw = execute(traced, traced_phases)
+        if phases is not None:
+            for k, v in traced_phases.items():
+                phases[f"traced.{k}"] = phases.get(f"traced.{k}", 0.0) + v
         rec["traced_runs"].append({"metrics": metrics, "raw": raw})
     rates = [r["metrics"]["pages_per_s"] for r in rec["traced_runs"]]
     untraced = statistics.median(r["metrics"]["pages_per_s"] for r in rec["runs"])
@@ -335,10 +386,13 @@ def _check_warnings(where: str, checks: dict) -> list[str]:
                    "guest timings or the TSC frequency are wrong")
     sm = checks.get("segments_vs_monotonic")
     if sm and sm.get("comparable") and not sm["ok"]:
-        bad = [f"{p} {sm[p]['segment_ns'] / 1000:.1f} us stamped vs {sm[p]['monotonic_ns'] / 1000:.1f} us "
-               "monotonic" for p in ("fetch", "install") if not sm[p]["ok"]]
+        bad = [f"{p}: {sm[p]['faults_disagreeing']} of {sm['faults_timed']} faults (mean "
+               f"{sm[p]['segment_ns_mean'] / 1000:.1f} us stamped vs {sm[p]['monotonic_ns_mean'] / 1000:.1f} us "
+               "monotonic)" for p in ("fetch", "install") if not sm[p]["ok"]]
         out.append(f"{where}: check failed: breakdown segments disagree with an independent clock: "
                    + "; ".join(bad))
+    elif sm and not sm.get("comparable"):
+        out.append(f"{where}: the segment clock check could not run: {sm['reason']}")
     ct = checks.get("cpu_time_vs_latency")
     if ct and ct.get("applies") and ct["ok"] is False:
         out.append(f"{where}: check failed: the vCPU threads' guest-timed fault latency is "
@@ -357,17 +411,26 @@ def run_warnings(rec: dict) -> list[str]:
             where = f"{kind[:-1]} {i + 1}"
             if m["content_errors"]:
                 out.append(f"{where}: {m['content_errors']} pages had wrong content")
+            overlap = m.get("vcpu_windows_overlapping_max")
+            if overlap is not None and overlap < vcpus:
+                out.append(f"{where}: only {overlap} of {vcpus} vCPUs' start-to-end windows overlapped "
+                           f"(starts spread over {m['vcpu_start_spread_s']:.3f} s): not a "
+                           f"{vcpus}-vCPU measurement")
             inside = m.get("vcpus_inside_kvm_run_max")
             if inside is not None and inside < vcpus / 2:
-                out.append(f"{where}: at most {inside} of {vcpus} vCPUs were inside KVM_RUN at once "
-                           f"(starts spread over {m['vcpu_start_spread_s']:.3f} s): "
-                           f"not a {vcpus}-vCPU measurement")
+                out.append(f"{where}: at most {inside} of {vcpus} vCPUs were inside KVM_RUN at once: "
+                           "most were handling faults in userspace or not yet started")
             if m.get("fault_records_dropped"):
                 out.append(f"{where}: {m['fault_records_dropped']} fault records did not fit the "
                            "per-vCPU log and are missing from latency and breakdown")
             if m.get("faults_unattributed"):
                 out.append(f"{where}: {m['faults_unattributed']} userfaultfd messages came from no "
                            "vCPU thread and are not in the per-vCPU figures")
+            pinned = {c for d in ((r.get("raw") or {}).get("placement") or {}).get("by_role", {}).values()
+                      for c in d["pinned"]}
+            if -2 in pinned:
+                out.append(f"{where}: a thread's CPU affinity was refused: it ran unpinned, not as "
+                           f"--placement {rec['config'].get('placement')} planned")
             bd = m.get("fault_breakdown_ns") or {}
             if bd.get("faults_total") and bd["faults_used"] < 0.9 * bd["faults_total"]:
                 out.append(f"{where}: the cost breakdown covers {bd['faults_used']} of "
@@ -386,16 +449,21 @@ def run_warnings(rec: dict) -> list[str]:
         desc = " vs ".join(
             "runs " + ",".join(str(i + 1) for i in g) + f" at about {sorted(rates[i] for i in g)[len(g) // 2]:,.0f} pages/s"
             for g in groups)
-        out.append(f"bimodal: the repetitions fall into two groups ({desc}); with --placement "
-                   f"{rec['config'].get('placement', 'free')} thread placement may decide which; "
-                   "compare --placement packed and spread")
+        policy = rec["config"].get("placement", "free")
+        why = ("thread placement may decide which; compare --placement packed and spread"
+               if policy == "free" else
+               f"placement is fixed (--placement {policy}): something else decides, such as other "
+               "processes on the host")
+        out.append(f"bimodal: the repetitions fall into two groups ({desc}); {why}")
     return out
 
 
 def trace_buffer_mb(args, plan) -> int:
     """Enough per-CPU buffer for the traced run's events. Measured here at 64
     vCPUs: 262,338 mmap_lock acquisitions for 65,536 faults, i.e. 4 a fault and
-    3 events each (start, acquired, released), about 48 B apiece in the buffer."""
+    3 events each (start, acquired, released), about 48 B apiece in the buffer. The
+    released event is no longer recorded (bench/locktrace.py), so this now leaves a
+    third more headroom than it says."""
     if args.trace_buffer_mb:
         return args.trace_buffer_mb
     per_fault = 12 * 48 if args.trace_mmap_lock else 64
@@ -416,9 +484,10 @@ def _print_cost_and_wait(rec: dict, med) -> None:
     wait = {r: med(f"sched.{r}.run_queue_wait_ns_per_fault") or 0 for r in roles}
     by_role = ", ".join(f"{r} {med(f'sched.{r}.on_cpu_ns_per_fault') / 1000:.1f}" for r in roles)
     waits = ", ".join(f"{r} {wait[r] / 1000:.1f}" for r in roles)
-    print(f"Mechanism cost per fault (on-CPU time, us; schedstat): {cost / 1000:.1f} ({by_role})")
-    print(f"CPU wait per fault (runnable, waiting for a CPU, us; schedstat): {sum(wait.values()) / 1000:.1f} "
-          f"({waits})")
+    print(f"Mechanism cost per fault (on-CPU time of the harness threads per fault, guest loop "
+          f"included; us; thread CPU clock): {cost / 1000:.1f} ({by_role})")
+    print(f"CPU wait per fault (runnable, waiting for a CPU, us; schedstat run delay): "
+          f"{sum(wait.values()) / 1000:.1f} ({waits})")
     mean = med("fault_latency_ns.mean")
     if mean:
         print(f"   fault latency mean {mean / 1000:.1f} us, p50 {med('fault_latency_ns.p50') / 1000:.1f} us; "
@@ -492,8 +561,8 @@ def print_point(rec: dict, path: str) -> None:
 
 
 def prepare(args, probes: dict | None = None):
-    from .placement import plan_cpus
     """Validated args -> (workload, [(mechanism, vcpus)]); raises UsageError/ValueError."""
+    from .placement import plan_cpus
     workload = WORKLOADS[args.workload](args)
     workload.validate()
     args.needs_shared_memory = workload.needs_shared_memory or args.fetch == "worker"
@@ -529,6 +598,7 @@ def plan_for(args, mech, workload, vcpus: int, **overrides):
               corrupt_tail_every=args.corrupt_tail_every,
               misstamp_fetched_ns=args.misstamp_fetched_ns,
               tsc_khz_error_ppm=args.tsc_khz_error_ppm,
+              stall_timeout_s=args.stall_timeout, stall_after=args.stall_after,
               worker={"threads": args.worker_threads, "batch": args.worker_batch,
                       "service": service_of(args)})
     kw.update(overrides)
@@ -548,29 +618,67 @@ def make_plan(argv: list[str], **overrides):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .hostlock import HostLock
+    host_lock = HostLock(command=["run_bench.py", *argv])
+    try:
+        return _main(argv, host_lock)
+    finally:
+        host_lock.release()   # also at exit by the kernel, however the process ends
+
+
+def _take_host(args, host_lock) -> None:
+    """One run at a time per host: wait (or, --no-wait, refuse) while another holds it."""
+    from .hostlock import LockBusy
+    try:
+        note = host_lock.acquire(wait=not args.no_wait,
+                                 on_wait=lambda msg: print(f"run_bench.py: {msg}", file=sys.stderr))
+    except LockBusy as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"host lock {host_lock.path}: {exc.strerror}; set FAULTBENCH_LOCK_PATH "
+                         "to a writable file") from None
+    if note:
+        print(f"run_bench.py: note: {note}", file=sys.stderr)
+
+
+def _main(argv: list[str], host_lock) -> int:
     from .commands import dispatch
     status = dispatch(argv)
     if status is not None:
         return status
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .preflight import PreflightError, check_all, check_tracefs
+    from . import sweep as sweepmod
     from .probes import DeviceMissing, probe, require_devices
     try:
+        if args.resume:   # the sweep's own words, again, into its own directory
+            if argv not in (["--resume", args.resume], [f"--resume={args.resume}"]):
+                raise UsageError("--resume DIR takes the sweep's options from DIR/index.json; "
+                                 "give no other option")
+            argv = sweepmod.resume_argv(args.resume)
+            args = parser.parse_args(argv)
         validate_args(args)
         check_output(args)
+        if args.out and not args.out.endswith(".json"):
+            sweepmod.check_directory(args.out, argv)
         require_devices()
         probes = probe()
         workload, points = prepare(args, probes)
+        check_all(args, points, probes, precopy=args.workload == "precopy-stale")
+        _take_host(args, host_lock)
+        # with the host ours: the memory another run held is free, and a look into
+        # tracefs (mounted for the look if need be) cannot disturb another run's tracing
         for v in args.vcpus:
             check_memory(v, args, workload)
-    except (UsageError, ValueError) as exc:
+        check_tracefs(args.trace_locks)
+    except (UsageError, ValueError, PreflightError, DeviceMissing) as exc:
         print(f"run_bench.py: error: {exc}", file=sys.stderr)
         return 2
-    except DeviceMissing as exc:
+    except sweepmod.SweepError as exc:
         print(f"run_bench.py: error: {exc}", file=sys.stderr)
-        return 3
+        return 2
 
-    from .runner import RunError, execute
     machine = collect_machine({"probes": probes})
     from .nightly.fingerprint import CalibrationError, measure as measure_fingerprint
     try:   # the host's own costs, so a comparison can tell a slower host from slower code
@@ -581,20 +689,53 @@ def main(argv: list[str] | None = None) -> int:
     harness = collect_harness(REPO_DIR, __version__)
     status = 0
     done = []
+    sweep_dir = args.out if args.out and not args.out.endswith(".json") else None
+    sweep = sweepmod.Sweep([(m.name, v) for m, v in points], workload.name, args.repeat, sweep_dir,
+                           argv, cost={(m.name, v): workload.memory_pages(v, args.mem_per_vcpu * 256)
+                                       * (args.repeat + args.warmup + args.trace_runs * args.trace_locks)
+                                       for m, v in points})
+    try:
+        status = _run_cells(args, argv, points, workload, machine, harness, sweep, done)
+    except KeyboardInterrupt:
+        sweep.interrupt()
+        where = f"; finished cells are in {sweep_dir}, go on with --resume {sweep_dir}" if sweep_dir else ""
+        print(f"run_bench.py: interrupted{where}", file=sys.stderr)
+        return 130
+    sweep.finish()
+    if sweep_dir and not args.quiet:
+        print(sweepmod.time_text(sweep.summary()))
+    if args.report and status == 0:
+        from .reporting.build import main as report_main
+        status = report_main([sweep_dir, "--out", args.report])
+    if len(done) > 1 and not args.quiet:
+        from .report import table
+        print("\n" + table(done), end="")
+    return status
+
+
+def _run_cells(args, argv, points, workload, machine, harness, sweep, done) -> int:
+    from .hostnoise import NoiseSampler
+    from .runner import RunError, execute
+    status = 0
     asked_mem = args.mem_per_vcpu
     for mech, vcpus in points:
+        if sweep.is_done(mech.name, vcpus):
+            continue
+        sweep.begin(mech.name, vcpus)
+        phases: dict = {}
         sizing = None
         args.mem_per_vcpu = asked_mem
         if args.min_guest_ms:
-            from .runner import RunError as _RunError
             try:
                 sizing = size_memory(args, mech, workload, vcpus)
                 args.mem_per_vcpu = sizing["sized_mib"]
                 check_memory(vcpus, args, workload)
-            except _RunError as exc:
+            except RunError as exc:
+                sweep.end(mech.name, vcpus, "failed", _sweep_accounts(phases), str(exc))
                 print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: sizing run: {exc}", file=sys.stderr)
                 return 1
             except UsageError as exc:
+                sweep.end(mech.name, vcpus, "failed", _sweep_accounts(phases), str(exc))
                 print(f"run_bench.py: error: --min-guest-ms {args.min_guest_ms:g}: {exc}", file=sys.stderr)
                 return 2
         args.memory_pages = workload.memory_pages(vcpus, args.mem_per_vcpu * 256)
@@ -620,27 +761,40 @@ def main(argv: list[str] | None = None) -> int:
                   "min_guest_ms": args.min_guest_ms, "memory_sizing": sizing}
         rerun = rerun_argv(argv, mech.name, vcpus, sizing["sized_mib"] if sizing else None)
         rec = resultmod.new_record(["run_bench.py", *rerun], config, machine, harness, emulated, reason)
+        noise = NoiseSampler()
+        noise.start()
         try:
             for i in range(args.warmup + args.repeat):
-                metrics, raw = execute(plan)
+                metrics, raw = execute(plan, phases)
                 resultmod.add_run(rec, metrics, warmup=i < args.warmup, raw=raw)
             resultmod.finalize(rec)
             if args.trace_locks:
-                trace_runs(plan, rec, args.trace_runs, trace_buffer_mb(args, plan))
+                trace_runs(plan, rec, args.trace_runs, trace_buffer_mb(args, plan), phases)
         except RunError as exc:
+            for line in getattr(exc, "details", ()):   # the watchdog's state of every thread
+                print(line, file=sys.stderr)
+            sweep.end(mech.name, vcpus, "failed", _sweep_accounts(phases), str(exc))
             print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: {exc}", file=sys.stderr)
             return 1
+        rec["host_noise"], noisy = noise.stop()
+        rec["warnings"] += noisy
+        t0 = time.monotonic()
         rec["warnings"] += [w for w in run_warnings(rec) if w not in rec["warnings"]]
         problems = resultmod.validate(rec)
         if problems:
+            sweep.end(mech.name, vcpus, "failed", _sweep_accounts(phases), problems[0])
             print(f"run_bench.py: error: invalid result: {problems[0]}", file=sys.stderr)
             return 1
-        path = args.out or resultmod.default_path(args.results_dir, config)
+        path = (sweep.record_path(mech.name, vcpus) if sweep.directory
+                else args.out or resultmod.default_path(args.results_dir, config))
         try:
             resultmod.write_atomic(rec, path)
         except (OSError, ValueError) as exc:
+            sweep.end(mech.name, vcpus, "failed", _sweep_accounts(phases), str(exc))
             print(f"run_bench.py: error: writing {path}: {exc}", file=sys.stderr)
             return 1
+        phases["record"] = time.monotonic() - t0
+        sweep.end(mech.name, vcpus, "done", _sweep_accounts(phases))
         done.append(rec)
         if args.quiet:
             print(path)
@@ -652,7 +806,14 @@ def main(argv: list[str] | None = None) -> int:
                for kind in ("runs", "warmups", "traced_runs") for r in rec.get(kind, [])):
             print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: content errors", file=sys.stderr)
             status = 1
-    if len(done) > 1 and not args.quiet:
-        from .report import table
-        print("\n" + table(done), end="")
     return status
+
+
+def _sweep_accounts(phases: dict) -> dict:
+    """Runner phases (bench.runner.execute) in the sweep index's accounts."""
+    out = {k: phases.get(k, 0.0) for k in ("guest", "setup", "vcpu_start_stop", "collect",
+                                           "teardown", "record")}
+    out["guest_traced"] = phases.get("traced.guest", 0.0)
+    out["tracing"] = sum(v for k, v in phases.items() if k.startswith("traced.")
+                         and k != "traced.guest") + phases.get("trace", 0.0)
+    return out

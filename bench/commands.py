@@ -6,6 +6,8 @@ is a benchmark run. One line per subcommand: name -> (module, one-line summary).
 import importlib
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "table": ("bench.table", "export result records as one tidy table (CSV, Parquet)"),
+    "report": ("bench.reporting.build", "figures and tables (HTML, Markdown, 80-column text) from records"),
     "ingest": ("bench.nightly.ingest", "load result records into the history database (SQLite or PostgreSQL)"),
     "history": ("bench.nightly.history", "change points in each cell's nightly series, host vs code"),
     "export-pyperf": ("bench.nightly.pyperf_export", "one cell's runs as pyperf JSON (for pyperf compare_to)"),

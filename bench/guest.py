@@ -5,7 +5,7 @@ PVM host: see PLATFORM.md). Each vCPU walks its touch table: every entry is a
 page offset with flags (FB_TOUCH_READ, FB_TOUCH_FIRST). For each entry it
 touches the page (write or read at offset 64, so the fault is delivered), then
 checks the page's first 16 bytes against the expected content: the page's own
-guest-physical address and the run seed (with verify_full, every other word too,
+guest-physical address and the run seed (with verify_full, all the other words too,
 but offset 64: a pattern of the address, seed and offset, so a torn copy shows). With timing on, rdtsc before and after
 the touch go to the vCPU's timing buffer. At the end, `out 0x10` tells the host.
 With timing on, the guest first reports one rdtsc through `out 0x11`.

@@ -68,21 +68,23 @@ def describe(threads: list[dict]) -> dict:
     return out
 
 
-def bimodal_groups(values: list[float], min_gap: float = 0.10) -> list[list[int]] | None:
+def bimodal_groups(values: list[float], min_gap: float = 0.10,
+                   single_gap: float = 0.25) -> list[list[int]] | None:
     """Split repetitions into two groups when they fall apart: the largest gap
-    between sorted values exceeds `min_gap` of the median and is larger than the
-    spread inside each group put together. Returns the index groups or None."""
-    if len(values) < 4:
+    between sorted values exceeds `min_gap` of the median (`single_gap` when one
+    group is a single run) and is larger than the spread inside each group put
+    together. Returns the index groups or None."""
+    if len(values) < 3:
         return None
     order = sorted(range(len(values)), key=lambda i: values[i])
     v = [values[i] for i in order]
     gaps = [v[k + 1] - v[k] for k in range(len(v) - 1)]
     k = max(range(len(gaps)), key=gaps.__getitem__)
     low, high = v[:k + 1], v[k + 1:]
-    if len(low) < 2 or len(high) < 2:
-        return None   # one outlier is instability, not two modes
-    median = sorted(v)[len(v) // 2]
+    median = v[len(v) // 2]
     inside = (low[-1] - low[0]) + (high[-1] - high[0])
-    if gaps[k] < min_gap * median or gaps[k] <= inside:
+    # a lone run counts as a mode of its own only when far off (placement gives 2x)
+    needed = single_gap if min(len(low), len(high)) == 1 else min_gap
+    if gaps[k] < needed * median or gaps[k] <= inside:
         return None
     return [sorted(order[:k + 1]), sorted(order[k + 1:])]

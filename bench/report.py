@@ -1,6 +1,7 @@
 """Reports from result files: scaling plots for design reviews, a comparison
 for nightly CI.
 
+    python -m bench.report RECORDS... [--out DIR]     (the full report: bench/reporting/)
     python -m bench.report scaling results/*.json [--out report/]
     python -m bench.report compare BASELINE.json NEW.json [--threshold 5]
 
@@ -182,6 +183,9 @@ def main(argv=None) -> int:
         # the nightly verdict (rank test, effect size, host fingerprint): bench/nightly/
         from .nightly.compare import main as compare_main
         return compare_main(argv[1:], prog="python -m bench.report compare")
+    if argv and argv[0] not in ("scaling", "compare", "-h", "--help"):
+        from .reporting.build import main as full_report   # RECORDS... [--out DIR]
+        return full_report(argv)
     p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("scaling", help="plot and table of result files against vCPU count")

@@ -25,19 +25,17 @@ import shlex
 import tempfile
 from typing import Callable
 
-from . import stats
+from . import metrics, stats
 
 SCHEMA_VERSION = 2
 
 # Metrics that decide whether a result can be trusted: their spread is checked.
-MAIN_METRICS = ("pages_per_s", "fault_latency_ns.p50", "fault_latency_ns.p99")
+MAIN_METRICS = metrics.HEADLINE
 
-REQUIRED_RUN_METRICS = ("pages", "guest_seconds", "pages_per_s",
-                        "pages_per_s_per_vcpu", "content_errors")
+REQUIRED_RUN_METRICS = metrics.REQUIRED
 LATENCY_KEYS = ("p50", "p90", "p99", "p99_9", "max")
 SUMMARY_KEYS = ("median", "min", "max", "mean", "stdev", "cv", "n", "unit")
 
-_COUNT_NAMES = {"pages", "faults", "content_errors"}
 
 
 def _utc_now() -> datetime.datetime:
@@ -97,42 +95,9 @@ def _numeric_leaves(metrics: dict, prefix: str = "") -> dict[str, float]:
     return leaves
 
 
-_RATIO_NAMES = {"overhead_ratio", "cv", "mean_batch", "fill", "ratio", "max_vcpu_ratio",
-                "fill_min", "vcpu_ratio_max"}
-# words that make a leaf a count: "faults_used", "kernel_locks.contentions", "..._switches"
-_COUNT_WORDS = ("count", "faults", "contentions", "acquisitions", "contended", "threads",
-                "requests", "batches", "touches", "pages", "switches", "lost", "lines", "waits",
-                "used", "skipped", "wakes", "eexist", "write", "seen", "begins", "ends", "errors")
-
-
-def _unit_of_name(name: str) -> str | None:
-    if name.startswith("pages_per_s"):
-        return "pages/s"
-    if name.endswith("_per_s"):
-        return "1/s"
-    if name.endswith("_ns") or "_ns_" in name:
-        return "ns"
-    if name.endswith("_s") or name.endswith("seconds"):
-        return "s"
-    if name.endswith("_bytes"):
-        return "bytes"
-    if name in _RATIO_NAMES:
-        return "ratio"
-    if name.startswith("resolved"):
-        return "count"
-    if name in _COUNT_NAMES or any(name == w or name.endswith("_" + w) or name.startswith(w + "_")
-                                   for w in _COUNT_WORDS):
-        return "count"
-    return None
-
-
 def metric_unit(path: str) -> str | None:
-    """Unit from the metric's name; "fault_latency_ns.p99" takes its parent's."""
-    for part in reversed(path.split(".")):
-        unit = _unit_of_name(part)
-        if unit is not None:
-            return unit
-    return None
+    """The metric's unit, from the metrics table (bench/metrics.py)."""
+    return metrics.unit(path)
 
 
 def metric_values(record: dict, path: str, warmups: bool = False) -> list[float]:
@@ -291,8 +256,11 @@ def validate(record) -> list[str]:
 
     config = present.get("config", {})
     # baselines deliver no faults: their latency lives in first_touch_latency_ns
+    from .mechanisms import REGISTRY
+    name = config.get("mech")
+    mech = REGISTRY.get(name) if isinstance(name, str) else None
     latency_optional = (not config.get("record_latency", True)
-                        or config.get("mech") in ("none", "prefault"))
+                        or (mech is not None and not mech.delivers_faults()))
     for key in ("runs", "warmups"):
         for index, run in enumerate(present.get(key, [])):
             _validate_run(problems, f"{key}[{index}]", run, latency_optional)
@@ -393,6 +361,9 @@ def update_to_2(record: dict) -> dict:
             if isinstance(bd, dict):
                 for key in ("sum_of_parts", "sum_vs_mean", "host_clock_check"):
                     bd.pop(key, None)
+    if isinstance(record.get("warnings"), list):   # warnings from the dropped checks
+        record["warnings"] = [w for w in record["warnings"] if not (
+            isinstance(w, str) and ("breakdown parts sum to" in w or "host clocks account for" in w))]
     if isinstance(record.get("runs"), list) and isinstance(record.get("warnings"), list):
         finalize(record)
     return record
@@ -415,11 +386,133 @@ def migrate(record: dict) -> dict:
     return record
 
 
-def load(path: str) -> dict:
-    """Read a result file and migrate it to the current schema version."""
-    with open(path, encoding="utf-8") as f:
-        record = json.load(f)
+# Untrusted files (issue 10): a result file may be truncated, foreign or hostile.
+# Anything that is not a well-formed record becomes one RecordError line.
+MAX_FILE_BYTES = 256 << 20   # far above a 1024-vCPU record with its raw histograms
+MAX_DEPTH = 32               # a record nests about 7 levels deep
+MAX_ABS_INT = 2**64          # counters are 64-bit in the C core
+
+
+class RecordError(ValueError):
+    """A file is not a usable result record; str() is one line."""
+
+    def __init__(self, message: str):
+        # keys and paths come from the file: control characters would break the line
+        super().__init__("".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                                 for c in message))
+
+
+def _reject_constant(name: str):
+    raise RecordError(f"{name} is not a number in standard JSON")
+
+
+def _check_tree(value) -> str | None:
+    """Depth, numbers and keys of a parsed JSON tree, without recursion (a
+    hostile file must not exhaust the stack of whatever reads it next)."""
+    stack = [(value, 1, "record")]
+    while stack:
+        node, depth, where = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"nested more than {MAX_DEPTH} levels deep (at {where})"
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1, f"{where}.{k}"[:200]) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1, f"{where}[{i}]"[:200]) for i, v in enumerate(node))
+        elif isinstance(node, float) and not math.isfinite(node):
+            return f"{where} is {node} (out of range)"
+        elif isinstance(node, int) and not isinstance(node, bool) and abs(node) > MAX_ABS_INT:
+            return f"{where} is an integer too large for any counter"
+    return None
+
+
+def _is_count(value, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def readable_problems(record: dict) -> list[str]:
+    """What readers of records (reports, compare, ingest) rely on beyond
+    validate(): names and counts in config, and summaries that are numbers."""
+    problems = []
+    config = record.get("config") or {}
+    for key in ("mech", "workload"):
+        if not isinstance(config.get(key), str):
+            problems.append(f"config.{key} should be a string")
+    if not _is_count(config.get("vcpus"), 1):
+        problems.append("config.vcpus should be an integer >= 1")
+    for key in ("mem_per_vcpu_mib", "readers_per_uffd", "resolvers"):
+        if key in config and not (_is_number(config[key]) and config[key] >= 0):
+            problems.append(f"config.{key} should be a number >= 0")
+    for key in ("resolve", "fetch"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            problems.append(f"config.{key} should be a string or null")
+    odd = [k for k in config if not k.isprintable()]
+    if odd:   # config keys are printed when two records are compared
+        problems.append(f"config has a key with control characters: {odd[0]!r}")
+    if not record.get("runs"):
+        problems.append("runs is empty: no measured run")
+    summary = record.get("summary") or {}
+    if record.get("runs") and "pages_per_s" not in summary:
+        problems.append("summary.pages_per_s is missing")
+    for path, entry in summary.items():
+        if not isinstance(entry, dict):
+            continue   # validate() says so
+        for key in ("median", "min", "max", "mean"):
+            if not _is_number(entry.get(key)):
+                problems.append(f"summary.{path}.{key} should be a number")
+        if all(_is_number(entry.get(k)) for k in ("min", "median", "max")) and \
+                not entry["min"] <= entry["median"] <= entry["max"]:
+            problems.append(f"summary.{path}: min <= median <= max does not hold")
+        if not _is_count(entry.get("n"), 1):
+            problems.append(f"summary.{path}.n should be an integer >= 1")
+    if record.get("incomplete"):
+        problems.append("it is marked incomplete (the run that wrote it did not finish)")
+    return problems
+
+
+def loads(data: bytes, source: str = "<data>") -> dict:
+    """Parse, check and migrate one record from bytes; RecordError otherwise."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        record = json.loads(text, parse_constant=_reject_constant)
+    except RecordError as exc:
+        raise RecordError(f"{source}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        what = "empty" if not text.strip() else "truncated" if exc.pos >= len(text.rstrip()) else "not valid JSON"
+        raise RecordError(f"{source}: {what} ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise RecordError(f"{source}: nested too deeply to be a result record") from None
+    except ValueError as exc:   # e.g. an integer with thousands of digits
+        raise RecordError(f"{source}: {str(exc).splitlines()[0][:200]}") from None
     if not isinstance(record, dict):
-        raise ValueError(f"{path}: not a result record (top level is "
-                         f"{type(record).__name__})")
-    return migrate(record)
+        raise RecordError(f"{source}: not a result record (top level is {type(record).__name__})")
+    problem = _check_tree(record)
+    if problem:
+        raise RecordError(f"{source}: {problem}")
+    try:
+        record = migrate(record)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RecordError(f"{source}: {exc}") from None
+    problems = validate(record) or readable_problems(record)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise RecordError(f"{source}: not a usable result record: {problems[0][:300]}{more}")
+    return record
+
+
+def load(path: str) -> dict:
+    """Read a result file, check it and migrate it to the current schema
+    version. Any unusable file (missing, unreadable, not UTF-8, truncated,
+    hostile, or not a complete record) raises RecordError with one line."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise RecordError(f"{path}: {size} bytes, larger than any result file "
+                                  f"({MAX_FILE_BYTES >> 20} MiB)")
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise RecordError(f"{path}: {exc.strerror or exc}") from None
+    return loads(data, path)

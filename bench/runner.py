@@ -5,6 +5,7 @@ waits (so Ctrl-C and timeouts are handled here), then turns the core's counters
 and per-vCPU histograms into metrics. No timing happens in Python.
 """
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,25 +15,19 @@ from . import placement, stats
 from .guest import touch_loop
 from .native import ffi, lib
 
-ROLES = {0: "vcpu", 1: "reader", 2: "resolver"}
-PARTS = ["kvm_run", "lookup", "fetch", "install", "queue", "wake", "enqueue", "spin", "wait"]
-SEGMENTS = ["notify", "enqueue", "queue", "dispatch", "wait", "fetch", "install", "wake", "resume"]
-# what each segment is called for a mechanism (None: the mechanism has no such stamp)
-SEGMENT_NAMES = {
-    "uffd": {"notify": "fault_to_message_read", "dispatch": "message_to_resolver",
-             "wait": "wait_bitmap_or_other_fetch", "fetch": "fetch",
-             "install": "install_ioctl", "resume": "wake_to_vcpu_running"},
-    "exits": {"notify": "exit_to_userspace", "dispatch": "address_lookup",
-              "wait": "wait_bitmap_or_other_fetch", "fetch": "fetch",
-              "install": "install_ioctl", "resume": "reentry_to_guest_touch"},
-    "async": {"notify": "exit_to_userspace", "enqueue": "list_lock_and_push",
-              "queue": "list_to_pop", "dispatch": "pop_to_resolver",
-              "wait": "wait_bitmap_or_other_fetch", "fetch": "fetch",
-              "install": "install_ioctl", "wake": "bit_clear_to_vcpu_sees_it",
-              "resume": "reentry_to_guest_touch"},
-}
-SEGMENT_NAMES["uffd-many"] = SEGMENT_NAMES["uffd"]
-EXIT_PATHS = {0: None, 1: "kvm_memory_fault", 2: "sigbus_guest_register"}
+def _c_names(prefix: str, skip: tuple = ()) -> list[str]:
+    """The lower-case names of a C enum of #defines (FB_PART_FETCH -> "fetch"), in value order."""
+    names = {n: getattr(lib, n) for n in dir(lib) if n.startswith(prefix) and n not in skip}
+    return [n[len(prefix):].lower() for n, _ in sorted(names.items(), key=lambda kv: kv[1])]
+
+
+# thread roles, cost parts and breakdown segments come from the C header, never restated
+ROLES = dict(enumerate(_c_names("FB_ROLE_")))
+PARTS = _c_names("FB_PART_")
+SEGMENTS = _c_names("FB_BD_", skip=("FB_BD_SEGMENTS",))
+# how an exit's address was learned (FB_EXITINFO_*), as results name it
+EXIT_PATHS = {lib.FB_EXITINFO_NONE: None, lib.FB_EXITINFO_KVM: "kvm_memory_fault",
+              lib.FB_EXITINFO_GUEST_REG: "sigbus_guest_register"}
 ERRLEN = 256
 
 
@@ -53,6 +48,8 @@ class Plan:
     timeout_s: float = 300.0
     corrupt_every: int = 0
     fail_spawn_at: int = 0     # test knob: the Nth thread creation fails
+    stall_timeout_s: float = 60.0   # no progress this long: the watchdog stops the run
+    stall_after: int = 0       # test knob: the resolver of the Nth page stops answering
     fault_around: int = 1
     fetch: str = "inline"              # inline | worker
     worker: dict = field(default_factory=dict)   # threads, batch, service
@@ -82,10 +79,12 @@ class Plan:
         resolvers = mech.readers_total()
         per = max(1, resolvers // max(1, mech.uffds())) if mech.uses_uffd else resolvers
         first = []
+        # the core's split: each userfaultfd spans ceil(pages / uffds) pages
+        span = -(-self.memory_pages // max(1, mech.uffds()))
         for r in range(resolvers):
             if mech.uses_uffd and mech.uffds() > 1:
-                # resolver r serves userfaultfd r // per, whose range starts at this vCPU's partition
-                first.append((r // per) * self.vcpus // mech.uffds())
+                # resolver r serves userfaultfd r // per; its range starts in this vCPU's partition
+                first.append(min(self.vcpus - 1, (r // per) * span // self.pages_per_vcpu))
             else:
                 first.append(r)
         return placement.plan_cpus(self.placement, self.vcpus, resolvers, first)
@@ -102,7 +101,7 @@ def _cfg(plan: Plan):
     cfg.demand_bytes = plan.memory_pages * 4096
     for k, v in plan.mechanism.c_fields().items():
         setattr(cfg, k, v)
-    cfg.delay_mode = {"spin": 0, "sleep": 1}[plan.fetch_delay_mode]
+    cfg.delay_mode = {"spin": lib.FB_DELAY_SPIN, "sleep": lib.FB_DELAY_SLEEP}[plan.fetch_delay_mode]
     cfg.fetch_delay_ns = int(round(plan.fetch_delay_us * 1000))
     cfg.record_latency = int(plan.record_latency)
     cfg.seed = plan.seed & 0xFFFFFFFFFFFFFFFF
@@ -137,10 +136,23 @@ def _cfg(plan: Plan):
     return cfg, keep + [code_buf, table_buf, table], table, stale
 
 
-def execute(plan: Plan) -> tuple[dict, dict]:
+def _lap(phases: dict | None, name: str, since: float) -> float:
+    """Add the time since `since` to phases[name] (seconds); returns now."""
+    now = time.monotonic()
+    if phases is not None:
+        phases[name] = phases.get(name, 0.0) + now - since
+    return now
+
+
+def execute(plan: Plan, phases: dict | None = None) -> tuple[dict, dict]:
     """Run once; returns (metrics, raw). Whatever happens (error, timeout,
-    Ctrl-C), every thread is joined, every fd closed and tracing undone."""
+    Ctrl-C), every thread is joined, every fd closed and tracing undone.
+    `phases`, if given, accumulates where the wall time went, in seconds:
+    setup, guest (the run's guest_seconds), vcpu_start_stop, collect, teardown,
+    trace (tracefs set-up, read and parse)."""
+    t0 = time.monotonic()
     cfg, keep, table, stale = _cfg(plan)
+    _lap(phases, "setup", t0)
     tracer = None
     if plan.trace_locks:
         from .locktrace import LockTracer, TraceUnavailable
@@ -148,10 +160,12 @@ def execute(plan: Plan) -> tuple[dict, dict]:
         # clones from now on; the summary keeps only the harness's own threads
         tracer = LockTracer(stacks=plan.lock_stacks, pids=[os.getpid()], top=TOP_LOCKS * 2,
                             buffer_kb=plan.trace_buffer_kb, mmap_lock=plan.trace_mmap_lock)
+        t0 = time.monotonic()
         try:
             tracer.start()
         except TraceUnavailable as exc:
             raise RunError(f"lock tracing unavailable ({exc}); use --no-trace-locks") from None
+        _lap(phases, "trace", t0)
     stracer = None
     if plan.trace_sched:
         from .locktrace import TraceUnavailable
@@ -160,14 +174,16 @@ def execute(plan: Plan) -> tuple[dict, dict]:
         # about 4 events a fault at most (uffd: vCPU sleeps and wakes, reader too), 64 B each
         kb = max(8192, plan.memory_pages * 4 * 64 * 2 // ncpu // 1024)
         stracer = SchedTracer(pids=[os.getpid()], buffer_kb=kb)
+        t0 = time.monotonic()
         try:
             stracer.start()
         except TraceUnavailable as exc:
             if tracer:
                 tracer.cleanup()
             raise RunError(f"scheduler tracing unavailable ({exc}); use --no-trace-locks") from None
+        _lap(phases, "trace", t0)
     try:
-        return _execute(plan, cfg, table, stale, tracer, stracer)
+        return _execute(plan, cfg, table, stale, tracer, stracer, phases)
     finally:
         if stracer:
             stracer.cleanup()
@@ -197,8 +213,9 @@ def _start_worker(plan: Plan, run, err):
     return worker, pidfd
 
 
-def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None) -> tuple[dict, dict]:
+def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None, phases=None) -> tuple[dict, dict]:
     err = ffi.new("char[]", ERRLEN)
+    t0 = time.monotonic()
     run = lib.fb_run_create(cfg, err, ERRLEN)
     if run == ffi.NULL:
         raise RunError(ffi.string(err).decode())
@@ -206,7 +223,10 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None) -> tuple[dict,
     try:
         if plan.fetch == "worker":
             worker, pidfd = _start_worker(plan, run, err)
-        if lib.fb_run_start(run, err, ERRLEN):
+        from .watchdog import Watchdog
+        watchdog = Watchdog(plan, run)   # before the start: it arms the stall test knob
+        t0 = _lap(phases, "setup", t0)
+        if lib.fb_run_start(run, err, ERRLEN):   # opens the vCPUs' start gate
             raise RunError(ffi.string(err).decode())
         waited = 0.0
         while True:
@@ -215,17 +235,20 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None) -> tuple[dict,
             if dead:
                 raise RunError(dead)
             if worker and _stopped_for(worker.pid, 2.0):
+                os.kill(worker.pid, 9)   # a stopped process cannot shut down: no 5 s wait for it
                 raise RunError(f"network worker (pid {worker.pid}) is stopped (SIGSTOP or a "
                                "debugger) and serves nothing")
             if rc < 0:
                 raise RunError(ffi.string(err).decode())
             if rc == 1:
                 break
+            watchdog.check(worker)
             waited += 0.1
             if waited >= plan.timeout_s:
                 raise RunError(f"timeout: vCPUs still running after {plan.timeout_s:g} s "
                                f"(mechanism {plan.mechanism.name})")
         lib.fb_run_stop(run)
+        t0 = _lap(phases, "vcpu_run", t0)   # split into guest and start/stop below
         worker_stats = worker_cpu = None
         tids = _tids(run)
         if worker:
@@ -235,6 +258,7 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None) -> tuple[dict,
             tids += worker_tids
         kernel_locks = _without_tracer(tracer.stop(tids)) if tracer else None
         sched_trace = stracer.stop() if stracer else None
+        t0 = _lap(phases, "trace", t0)
         metrics, raw = _collect(plan, run, table, stale, sched_trace)
         if kernel_locks is not None:
             metrics["kernel_locks"] = kernel_locks
@@ -247,8 +271,14 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None) -> tuple[dict,
             metrics.setdefault("harness_locks", {})["worker_ring"] = worker_stats["lock"]
             metrics["cpu_by_role"]["worker"] = worker_cpu
             raw["worker"] = worker_stats
+        t0 = _lap(phases, "collect", t0)
+        if phases is not None:
+            phases["guest"] = phases.get("guest", 0.0) + metrics["guest_seconds"]
+            phases["vcpu_start_stop"] = (phases.get("vcpu_start_stop", 0.0)
+                                         + phases.pop("vcpu_run") - metrics["guest_seconds"])
         return metrics, raw
     finally:
+        t0 = time.monotonic()
         if worker:
             worker.request_shutdown()   # requesters blocked on the ring return at once
         lib.fb_run_destroy(run)   # stops and joins every thread, closes every fd
@@ -256,6 +286,7 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None) -> tuple[dict,
             worker.stop()
         if pidfd >= 0:
             os.close(pidfd)
+        _lap(phases, "teardown", t0)
 
 
 _stopped_since: dict[int, float] = {}
@@ -361,8 +392,14 @@ def _clock_check(vres, vcpus: int, record_latency: bool) -> dict | None:
             "vcpus_outside": inside.count(False), "max_bracket_cycles": max(widths)}
 
 
-def _fault_rows(run) -> dict:
-    n = lib.fb_run_fault_count(run)
+def _totals(run) -> dict:
+    """Every field of struct fb_run_totals, by name (a new C counter needs no code here)."""
+    t = ffi.new("struct fb_run_totals *")
+    lib.fb_run_totals(run, t)
+    return {name: int(getattr(t, name)) for name, _ in ffi.typeof("struct fb_run_totals").fields}
+
+
+def _fault_rows(run, n: int) -> dict:
     rows = ffi.new("struct fb_fault_row[]", max(1, n))
     got = lib.fb_run_fault_rows(run, rows, n)
     return bd.rows_array(ffi.buffer(rows, got * ffi.sizeof("struct fb_fault_row")))
@@ -385,28 +422,27 @@ def _sched_split(plan: Plan, cols: dict, seg: dict, names: dict, threads: list[d
                     "total = cpu_wait (runnable, not on a CPU) + on_cpu + the rest (asleep)"}
 
 
-def _breakdown(run, plan: Plan, clock: dict | None, threads: list[dict], vres,
+def _breakdown(run, plan: Plan, clock: dict | None, threads: list[dict], vres, totals: dict,
                sched_trace=None) -> tuple:
     """(breakdown, checks, vCPUs inside KVM_RUN at once) from the per-fault rows."""
-    names = SEGMENT_NAMES.get(plan.mechanism.name)
+    names = plan.mechanism.segment_names
     if not plan.record_latency:
         return None, {}, None
     if not clock or not clock["guest_tsc_within_host_bracket"]:
         return ({"omitted": "the guest's TSC does not match the host's (clock check failed): "
                             "guest and host stamps cannot be subtracted"}, {}, None)
-    khz = lib.fb_run_tsc_khz(run)
+    khz = totals["tsc_khz"]
 
     def to_ns(cycles):
         return cycles * 1e6 / khz
     checks = {"guest_window_vs_host_clock": bd.check_guest_window(vres, plan.vcpus, to_ns)}
-    cols = _fault_rows(run)
+    cols = _fault_rows(run, totals["fault_rows"])
     seg = bd.segments(cols)
     inside = bd.inside_kvm_run_max(cols, seg, vres, plan.vcpus,
                                    plan.mechanism.handles_faults_on_vcpu)
     if not names:
         return None, checks, inside
-    resolvers = [t for t in threads if t["mono_count"]]
-    checks["segments_vs_monotonic"] = bd.check_segments_vs_monotonic(seg, resolvers, to_ns)
+    checks["segments_vs_monotonic"] = bd.check_segments_vs_monotonic(cols, to_ns)
     summary = bd.summarize(seg, names, to_ns)
     if summary and sched_trace is not None:
         summary["sched_split"] = _sched_split(plan, cols, seg, names, threads, sched_trace, to_ns)
@@ -429,30 +465,13 @@ def _sched(threads: list[dict], faults: int) -> dict | None:
     return out
 
 
-def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dict]:
-    vcpus = plan.vcpus
-    vres = ffi.new("struct fb_vcpu_result[]", vcpus)
-    lib.fb_run_vcpu_results(run, vres)
+def _threads(run) -> list[dict]:
+    """Every harness thread's counters (vCPUs first, then readers/resolvers)."""
     nth = lib.fb_run_nthreads(run)
     tstats = ffi.new("struct fb_thread_stats[]", nth)
     lib.fb_run_thread_stats(run, tstats)
-    lock = ffi.new("struct fb_lock_stats *")
-    lib.fb_run_lock_stats(run, lock)
-
-    starts = np.array([vres[i].start_ns for i in range(vcpus)], dtype=np.float64)
-    ends = np.array([vres[i].end_ns for i in range(vcpus)], dtype=np.float64)
-    per_vcpu_s = (ends - starts) / 1e9
-    guest_seconds = float((ends.max() - starts.min()) / 1e9)
-    first = (table & np.uint64(2)) != 0
-    pages_per_vcpu_touched = first.sum(axis=1)
-    pages = int(plan.memory_pages if not plan.workload.partitioned
-                else pages_per_vcpu_touched.sum())
-    content_errors = int(sum(vres[i].content_errors for i in range(vcpus)))
-    touches = int(sum(vres[i].touches for i in range(vcpus)))
-
     threads = []
-    for i in range(nth):
-        t = tstats[i]
+    for t in tstats:
         threads.append({
             "role": ROLES[t.role], "index": t.index, "uffd": t.uffd_index, "tid": t.tid,
             "faults": t.faults, "pages_installed": t.pages_installed, "eexist": t.eexist,
@@ -469,80 +488,94 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dic
             "mono_fetch_ns": t.mono_fetch_ns, "mono_install_ns": t.mono_install_ns,
             "mono_count": t.mono_count,
         })
-    by_role = {}
-    for t in threads:
-        by_role.setdefault(t["role"], []).append(t)
-    # a fault is counted where it is delivered: at the vCPU for exit-based mechanisms,
-    # at the readers for blocking userfaultfd (resolvers of async count pops, not faults)
-    faults = sum(t["faults"] for t in by_role.get("vcpu", [])) or \
-        sum(t["faults"] for t in by_role.get("reader", []))
+    return threads
 
-    # fault latency: the touches whose fault was delivered to userspace; baselines
-    # deliver none, so there it is every first touch (the kernel's own fault path)
-    delivers = plan.mechanism.uses_uffd
-    first_hist, first_log2 = (_hist(run, vcpus, lib.FB_TOUCH_FAULTED)
-                              if plan.record_latency and delivers else (None, None))
-    touch1_hist, _ = _hist(run, vcpus, lib.FB_TOUCH_FIRST) if plan.record_latency else (None, None)
-    re_hist, _ = _hist(run, vcpus, 0) if plan.record_latency else (None, None)
-    clock = _clock_check(vres, vcpus, plan.record_latency)
-    installs = np.zeros(lib.fb_run_npages(run), dtype=np.uint32)
-    lib.fb_run_page_installs(run, ffi.cast("uint32_t *", ffi.from_buffer(installs)), installs.size)
-    blocked = [vres[i].blocked_ns for i in range(vcpus)]
-    fault_latency = _latency(first_hist)
-    breakdown, checks, inside_kvm_run = _breakdown(run, plan, clock, threads, vres, sched_trace)
-    sched = _sched(threads, faults)
-    if sched and "vcpu" in sched and fault_latency:
-        # the kernel's accounting of the vCPU threads against the guest-timed fault
-        # latency they lived through: latency cannot exceed on-CPU + run-queue +
-        # sleeping time, and for mechanisms where the vCPU thread never sleeps
-        # (faults handled on it, no sleeping fetch delay) it is all on-CPU + wait
-        v = sched["vcpu"]
-        lat_total = float(sum(vres[i].blocked_ns for i in range(vcpus)))   # exact, not binned
-        awake = v["on_cpu_ns"] + v["run_queue_wait_ns"]
-        checks["cpu_time_vs_latency"] = {
-            "fault_latency_total_ns": lat_total, "vcpu_on_cpu_plus_wait_ns": awake,
-            "ratio": lat_total / awake if awake else None,
-            "applies": bool(plan.mechanism.handles_faults_on_vcpu
-                            and not (plan.fetch_delay_us and plan.fetch_delay_mode == "sleep")
-                            and plan.fetch == "inline"),
-        }
-        c = checks["cpu_time_vs_latency"]
-        c["ok"] = (c["ratio"] is not None and c["ratio"] <= 1.0 + bd.CPU_TIME_SLACK) if c["applies"] else None
-    dropped = int(sum(vres[i].faults_unlogged for i in range(vcpus)))
-    unattributed = int(lib.fb_run_unattributed_faults(run))
-    exits_by_path = {name: int(sum(vres[i].exits_by_path[k] for i in range(vcpus)))
-                     for k, name in EXIT_PATHS.items() if name}
-    metrics = {
+
+def _rates(plan: Plan, vres, table) -> dict:
+    """Pages, guest time and the paging rates (the selftest's definitions, and ours)."""
+    vcpus = plan.vcpus
+    starts = np.array([vres[i].start_ns for i in range(vcpus)], dtype=np.float64)
+    ends = np.array([vres[i].end_ns for i in range(vcpus)], dtype=np.float64)
+    per_vcpu_s = (ends - starts) / 1e9
+    guest_seconds = float((ends.max() - starts.min()) / 1e9)
+    pages_per_vcpu_touched = ((table & np.uint64(lib.FB_TOUCH_FIRST)) != 0).sum(axis=1)
+    pages = int(plan.memory_pages if not plan.workload.partitioned
+                else pages_per_vcpu_touched.sum())
+    return {
         "pages": pages,
-        "touches": touches,
-        "faults": faults,
-        "pages_installed": int(lib.fb_run_pages_installed(run)),
-        "pages_copied": int(lib.fb_run_pages_copied(run)),
         "guest_seconds": guest_seconds,
         "pages_per_s": pages / guest_seconds if guest_seconds > 0 else 0.0,
         # the selftest's definition: a vCPU's pages over the whole run's time
-        "pages_per_s_per_vcpu": float(pages_per_vcpu_touched.mean() / guest_seconds) if guest_seconds > 0 else 0.0,
+        "pages_per_s_per_vcpu": (float(pages_per_vcpu_touched.mean() / guest_seconds)
+                                 if guest_seconds > 0 else 0.0),
         # each vCPU's pages over its own start-to-end window, averaged
         "pages_per_s_per_vcpu_own_window": float(np.mean(pages_per_vcpu_touched / per_vcpu_s)),
-        "content_errors": content_errors,
-        "fault_latency_ns": fault_latency,
-        "first_touch_latency_ns": _latency(touch1_hist),
-        "faults_attributed_to_vcpus": int(sum(vres[i].faults_logged for i in range(vcpus))),
-        "vcpus_inside_kvm_run_max": inside_kvm_run,
         "vcpu_start_spread_s": float((starts.max() - starts.min()) / 1e9),
-        "faults_unattributed": unattributed,
-        "fault_records_dropped": dropped,
-        "retouch_latency_ns": _latency(re_hist),
-        "pages_installed_more_than_once": int((installs > 1).sum()),
-        "pages_never_installed": int((installs == 0).sum()),
-        "blocktime_ns": ({"all_vcpus": int(lib.fb_run_blocktime_all(run)),
-                          "per_vcpu_mean": float(np.mean(blocked)),
-                          "per_vcpu_max": int(max(blocked)),
-                          "per_vcpu_total": int(sum(blocked))} if plan.record_latency else None),
-        "fault_breakdown_ns": breakdown,
-        "checks": checks,
-        "sched": sched,
-        "exits_by_path": exits_by_path if any(exits_by_path.values()) else None,
+    }
+
+
+def _latencies(plan: Plan, run) -> tuple[dict, dict]:
+    """(metrics, raw) of the latency histograms: faults delivered to userspace (the
+    baselines deliver none: their first touches are the kernel's own fault path),
+    first touches, re-touches."""
+    vcpus = plan.vcpus
+    if not plan.record_latency:
+        return ({"fault_latency_ns": None, "first_touch_latency_ns": None,
+                 "retouch_latency_ns": None, "latency_dist_log2_us": None},
+                {"fault_latency_hist": None, "retouch_latency_hist": None})
+    delivers = plan.mechanism.delivers_faults()
+    first_hist, first_log2 = _hist(run, vcpus, lib.FB_TOUCH_FAULTED) if delivers else (None, None)
+    touch1_hist, _ = _hist(run, vcpus, lib.FB_TOUCH_FIRST)
+    re_hist, _ = _hist(run, vcpus, 0)
+    return ({"fault_latency_ns": _latency(first_hist),
+             "first_touch_latency_ns": _latency(touch1_hist),
+             "retouch_latency_ns": _latency(re_hist),
+             "latency_dist_log2_us": first_log2.tolist() if first_log2 is not None else None},
+            {"fault_latency_hist": (stats.sparse_hist(first_hist.tolist())
+                                    if first_hist is not None else None),
+             "retouch_latency_hist": (stats.sparse_hist(re_hist.tolist())
+                                      if re_hist is not None and re_hist.any() else None)})
+
+
+def _windows_overlapping(vres, vcpus: int) -> int:
+    """Most vCPU start-to-end windows that overlap (schema 1's "running at once";
+    the real concurrency is vcpus_inside_kvm_run_max and the traced run's on-CPU count)."""
+    events = sorted([(vres[i].start_ns, 1) for i in range(vcpus)] +
+                    [(vres[i].end_ns, -1) for i in range(vcpus)], key=lambda e: (e[0], e[1]))
+    running = overlapping = 0
+    for _, d in events:
+        running += d
+        overlapping = max(overlapping, running)
+    return overlapping
+
+
+def _cpu_time_check(plan: Plan, sched: dict, vres) -> dict:
+    """The kernel's accounting of the vCPU threads against the guest-timed fault
+    latency they lived through: latency cannot exceed on-CPU + run-queue + sleeping
+    time, and where the vCPU thread never sleeps (faults handled on it, no sleeping
+    fetch delay) it is all on-CPU + wait."""
+    v = sched["vcpu"]
+    lat_total = float(sum(vres[i].blocked_ns for i in range(plan.vcpus)))   # exact, not binned
+    awake = v["on_cpu_ns"] + v["run_queue_wait_ns"]
+    applies = bool(plan.mechanism.handles_faults_on_vcpu
+                   and not (plan.fetch_delay_us and plan.fetch_delay_mode == "sleep")
+                   and plan.fetch == "inline")
+    ratio = lat_total / awake if awake else None
+    return {"fault_latency_total_ns": lat_total, "vcpu_on_cpu_plus_wait_ns": awake,
+            "ratio": ratio, "applies": applies,
+            "ok": (ratio is not None and ratio <= 1.0 + bd.CPU_TIME_SLACK) if applies else None}
+
+
+def _roles(threads: list[dict]) -> tuple[int, dict]:
+    """(faults delivered, per-role metrics). A fault is counted where it is delivered:
+    at the vCPU for exit-based mechanisms, at the readers for blocking userfaultfd
+    (async's resolvers count pops, not faults)."""
+    by_role: dict[str, list] = {}
+    for t in threads:
+        by_role.setdefault(t["role"], []).append(t)
+    faults = (sum(t["faults"] for t in by_role.get("vcpu", []))
+              or sum(t["faults"] for t in by_role.get("reader", [])))
+    return faults, {
         "resolved_by_role": {r: sum(t["faults"] for t in ts) for r, ts in by_role.items()},
         "cpu_by_role": {r: {"threads": len(ts),
                             "user_ns": sum(t["utime_ns"] for t in ts),
@@ -550,39 +583,98 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dic
                             "voluntary_ctxt_switches": sum(t["voluntary_ctxt_switches"] for t in ts),
                             "involuntary_ctxt_switches": sum(t["involuntary_ctxt_switches"] for t in ts)}
                         for r, ts in by_role.items()},
-        "latency_dist_log2_us": (first_log2.tolist() if first_log2 is not None else None),
+    }
+
+
+def _vcpu_raw(vres, vcpus: int) -> list[dict]:
+    return [{"id": i, "start_ns": vres[i].start_ns, "end_ns": vres[i].end_ns,
+             "touches": vres[i].touches, "content_errors": vres[i].content_errors,
+             "kvm_runs": vres[i].kvm_runs, "fault_exits": vres[i].fault_exits,
+             "exitinfo_kvm": vres[i].exitinfo_kvm,
+             "exitinfo_guest_reg": vres[i].exitinfo_guest_reg,
+             "blocked_ns": vres[i].blocked_ns, "host_loop_ns": vres[i].host_loop_ns,
+             "guest_loop_cycles": vres[i].guest_loop_cycles} for i in range(vcpus)]
+
+
+def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dict]:
+    """The run's metrics (summarized across runs) and raw data (kept to recompute them)."""
+    vcpus = plan.vcpus
+    vres = ffi.new("struct fb_vcpu_result[]", vcpus)
+    lib.fb_run_vcpu_results(run, vres)
+    threads = _threads(run)
+    totals = _totals(run)
+    rates = _rates(plan, vres, table)
+    faults, roles = _roles(threads)
+    lat, lat_raw = _latencies(plan, run)
+    clock = _clock_check(vres, vcpus, plan.record_latency)
+    installs = np.zeros(lib.fb_run_npages(run), dtype=np.uint32)
+    lib.fb_run_page_installs(run, ffi.cast("uint32_t *", ffi.from_buffer(installs)), installs.size)
+    blocked = [vres[i].blocked_ns for i in range(vcpus)]
+    breakdown, checks, inside_kvm_run = _breakdown(run, plan, clock, threads, vres, totals, sched_trace)
+    sched = _sched(threads, faults)
+    if sched and "vcpu" in sched and lat["fault_latency_ns"]:
+        checks["cpu_time_vs_latency"] = _cpu_time_check(plan, sched, vres)
+    exits_by_path = {name: int(sum(vres[i].exits_by_path[k] for i in range(vcpus)))
+                     for k, name in EXIT_PATHS.items() if name}
+    metrics = {
+        "pages": rates["pages"],
+        "touches": int(sum(vres[i].touches for i in range(vcpus))),
+        "faults": faults,
+        "pages_installed": totals["pages_installed"],
+        "pages_copied": totals["pages_copied"],
+        **{k: rates[k] for k in ("guest_seconds", "pages_per_s", "pages_per_s_per_vcpu",
+                                 "pages_per_s_per_vcpu_own_window")},
+        "content_errors": int(sum(vres[i].content_errors for i in range(vcpus))),
+        "fault_latency_ns": lat["fault_latency_ns"],
+        "first_touch_latency_ns": lat["first_touch_latency_ns"],
+        "faults_attributed_to_vcpus": int(sum(vres[i].faults_logged for i in range(vcpus))),
+        "vcpu_windows_overlapping_max": _windows_overlapping(vres, vcpus),
+        "vcpus_inside_kvm_run_max": inside_kvm_run,
+        "vcpu_start_spread_s": rates["vcpu_start_spread_s"],
+        "faults_unattributed": totals["faults_unattributed"],
+        "fault_records_dropped": int(sum(vres[i].faults_unlogged for i in range(vcpus))),
+        "retouch_latency_ns": lat["retouch_latency_ns"],
+        "pages_installed_more_than_once": int((installs > 1).sum()),
+        "pages_never_installed": int((installs == 0).sum()),
+        "blocktime_ns": ({"all_vcpus": totals["blocktime_all_ns"],
+                          "per_vcpu_mean": float(np.mean(blocked)),
+                          "per_vcpu_max": int(max(blocked)),
+                          "per_vcpu_total": int(sum(blocked))} if plan.record_latency else None),
+        "fault_breakdown_ns": breakdown,
+        "checks": checks,
+        "sched": sched,
+        "exits_by_path": exits_by_path if any(exits_by_path.values()) else None,
+        **roles,
+        "latency_dist_log2_us": lat["latency_dist_log2_us"],
     }
     if plan.mechanism.uses_uffd and stale is not None:
-        arrived = lib.fb_run_bitmap_arrived_ns(run)
+        arrived = totals["bitmap_arrived_ns"]
+        first_start = min(vres[i].start_ns for i in range(vcpus))
         metrics["precopy"] = {
             "stale_pages": int(stale.sum()),
-            "pages_declared_clean": int(lib.fb_run_pages_declared_clean(run)),
-            "bitmap_arrived_after_s": (arrived - starts.min()) / 1e9 if arrived else None,
+            "pages_declared_clean": totals["pages_declared_clean"],
+            "bitmap_arrived_after_s": (arrived - first_start) / 1e9 if arrived else None,
         }
-    if plan.mechanism.name == "async":
-        metrics["harness_locks"] = {"async_list": {
+    if plan.mechanism.harness_locks:
+        lock = ffi.new("struct fb_lock_stats *")
+        lib.fb_run_lock_stats(run, lock)
+        name = next(iter(plan.mechanism.harness_locks))   # the core keeps one per mechanism
+        metrics["harness_locks"] = {name: {
             "acquisitions": lock.acquisitions, "contended": lock.contended,
             "spin_ns": lock.spin_ns, "max_spin_ns": lock.max_spin_ns}}
     raw = {
-        "exit_path": EXIT_PATHS[lib.fb_run_exit_path(run)],
+        "exit_path": EXIT_PATHS[totals["exit_path"]],
         "clock_check": clock,
-        "fault_latency_selects": ("touches whose fault was delivered to userspace" if delivers else
+        "fault_latency_selects": ("touches whose fault was delivered to userspace"
+                                  if plan.mechanism.delivers_faults() else
                                   "nothing: this baseline delivers no fault to userspace; see "
                                   "first_touch_latency_ns"),
-        "tsc_khz": int(lib.fb_run_tsc_khz(run)),
-        "vcpus": [{"id": i, "start_ns": vres[i].start_ns, "end_ns": vres[i].end_ns,
-                   "touches": vres[i].touches, "content_errors": vres[i].content_errors,
-                   "kvm_runs": vres[i].kvm_runs, "fault_exits": vres[i].fault_exits,
-                   "exitinfo_kvm": vres[i].exitinfo_kvm,
-                   "exitinfo_guest_reg": vres[i].exitinfo_guest_reg,
-                   "blocked_ns": vres[i].blocked_ns, "host_loop_ns": vres[i].host_loop_ns,
-                   "guest_loop_cycles": vres[i].guest_loop_cycles} for i in range(vcpus)],
+        "tsc_khz": totals["tsc_khz"],
+        "vcpus": _vcpu_raw(vres, vcpus),
         "placement": {"policy": plan.placement, "by_role": placement.describe(threads)},
         "threads": threads,
-        "fault_latency_hist": (stats.sparse_hist(first_hist.tolist())
-                               if first_hist is not None else None),
+        "fault_latency_hist": lat_raw["fault_latency_hist"],
         "blocktime_per_vcpu_ns": blocked if plan.record_latency else None,
-        "retouch_latency_hist": (stats.sparse_hist(re_hist.tolist())
-                                 if re_hist is not None and re_hist.any() else None),
+        "retouch_latency_hist": lat_raw["retouch_latency_hist"],
     }
     return metrics, raw

@@ -10,6 +10,7 @@ for it to end (its owner), and split into CPU wait, on-CPU time and the rest
 """
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -33,7 +34,6 @@ class SchedTracer(LockTracer):
 
     def _check_events(self, top):
         for ev in SCHED_EVENTS:
-            import os
             if not os.path.isdir(os.path.join(top, "events", "sched", ev)):
                 raise TraceUnavailable(f"tracefs sched:{ev} event not available")
 
@@ -85,6 +85,7 @@ def intervals(events, tids: set[int]) -> tuple[dict, dict]:
             if prev in tids:
                 if prev in on_cpu_since:
                     running[prev].append((on_cpu_since.pop(prev), ts))
+                runnable_since.pop(prev, None)   # a wakeup seen while it ran is void
                 if state.startswith("R"):    # preempted: still runnable
                     runnable_since[prev] = ts
             if nxt in tids:

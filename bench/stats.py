@@ -110,7 +110,9 @@ def loglin_bucket_index(value_ns: int, sub_bits: int = HIST_SUB_BITS) -> int:
     if value_ns < sub:
         return value_ns
     octave = value_ns.bit_length() - 1 - sub_bits
-    return sub + octave * sub + ((value_ns >> octave) - sub)
+    index = sub + octave * sub + ((value_ns >> octave) - sub)
+    # as the C core: the last bucket also holds everything above 2**42 ns
+    return min(index, HIST_BUCKETS - 1) if sub_bits == HIST_SUB_BITS else index
 
 
 def log2_us_bucket_bounds(index: int) -> tuple[int, int]:

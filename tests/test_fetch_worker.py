@@ -10,7 +10,7 @@ import pytest
 
 from bench.runner import execute
 from conftest import process_resources
-from helpers import make_plan
+from helpers import make_plan, mech_names
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +20,7 @@ def worker_plan(mech, vcpus, **kw):
                                                  "--worker-batch", "4", "--service-us", "5"], **kw)
 
 
-@pytest.mark.parametrize("mech", ["uffd", "uffd-many", "exits", "async"])
+@pytest.mark.parametrize("mech", mech_names(delivers=True))
 def test_worker_serves_every_page(kvm, mech):
     before = process_resources()
     metrics, raw = execute(worker_plan(mech, 8))

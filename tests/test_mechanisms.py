@@ -4,10 +4,10 @@ import pytest
 
 from bench.runner import execute
 from conftest import process_resources
-from helpers import make_plan
+from helpers import make_plan, mech_names
 
-MECHS = ["uffd", "uffd-many", "exits", "async", "none", "prefault"]
-DELIVERS_FAULTS = {"uffd", "uffd-many", "exits", "async"}
+MECHS = mech_names()
+DELIVERS_FAULTS = set(mech_names(delivers=True))
 
 
 @pytest.mark.parametrize("vcpus", [1, 2, 8])
@@ -33,7 +33,7 @@ def test_each_page_faults_once_with_right_content(kvm, mech, vcpus):
     assert process_resources() == before, "file descriptors or threads left behind"
 
 
-@pytest.mark.parametrize("mech", ["uffd", "exits", "async"])
+@pytest.mark.parametrize("mech", mech_names(delivers=True, one_per_c_mechanism=True))
 def test_continue_mode_on_shared_memory(kvm, mech):
     metrics, _ = execute(make_plan(mech, 2, mib=2, extra=["--resolve", "continue"]))
     assert metrics["content_errors"] == 0
@@ -61,7 +61,7 @@ def test_uffd_many_splits_into_one_uffd_per_vcpu(kvm):
     assert all(t["faults"] == 512 for t in readers)
 
 
-@pytest.mark.parametrize("mech", ["uffd", "exits", "async", "prefault"])
+@pytest.mark.parametrize("mech", mech_names(delivers=True, one_per_c_mechanism=True) + ["prefault"])
 def test_content_check_catches_wrong_pages(kvm, mech):
     """The guest's check is real: pages given a wrong seed are counted."""
     metrics, _ = execute(make_plan(mech, 2, mib=2, corrupt_every=7))

@@ -56,12 +56,13 @@ def test_roundtrip_is_valid():
 
 
 def test_metric_units():
-    assert result.metric_unit("faults_per_s") == "1/s"
-    assert result.metric_unit("blocktime_ns") == "ns"
-    assert result.metric_unit("wall_seconds") == "s"
+    assert result.metric_unit("guest_seconds") == "s"
+    assert result.metric_unit("blocktime_ns.all_vcpus") == "ns"   # a guess from "vcpus" said count
     assert result.metric_unit("faults") == "count"
-    assert result.metric_unit("eexist") == "count"
-    assert result.metric_unit("mean_batch") == "ratio"
+    assert result.metric_unit("worker.mean_batch") == "ratio"
+    assert result.metric_unit("checks.segments_vs_monotonic.fetch.share_disagreeing") == "ratio"
+    assert result.metric_unit("kernel_locks.by_type.SPIN.wait_ns_total") == "ns"
+    assert result.metric_unit("no_such_metric") is None
     # leaves name their own unit; only unit-less statistics inherit the parent's
     assert result.metric_unit("fault_latency_ns.count") == "count"
     assert result.metric_unit("fault_latency_ns.p99_9") == "ns"

@@ -6,9 +6,9 @@ from bench.runner import execute
 from bench.workloads import REGISTRY as WORKLOADS
 from bench.workloads.base import TOUCH_FIRST, TOUCH_READ, first_touch_mask
 from conftest import process_resources
-from helpers import make_plan
+from helpers import make_plan, mech_names
 
-MECHS = ["uffd", "uffd-many", "exits", "async", "none", "prefault"]
+MECHS = mech_names()
 
 
 @pytest.mark.slow
@@ -29,7 +29,7 @@ def test_matrix(kvm, mech, workload, vcpus):
 
 
 def test_overlap_64_vcpus_installs_each_page_once(kvm):
-    for mech in ("uffd", "exits", "async"):
+    for mech in mech_names(delivers=True, one_per_c_mechanism=True):
         metrics, raw = execute(make_plan(mech, 64, mib=2, workload="overlap"))
         assert metrics["pages"] == 512
         assert metrics["pages_installed"] == 512          # counted by the resolvers
@@ -39,7 +39,7 @@ def test_overlap_64_vcpus_installs_each_page_once(kvm):
         assert metrics["content_errors"] == 0
 
 
-@pytest.mark.parametrize("mech", ["uffd", "uffd-many", "exits", "async"])
+@pytest.mark.parametrize("mech", mech_names(delivers=True))
 def test_precopy_stale_copies_exactly_the_stale_pages(kvm, mech):
     plan = make_plan(mech, 8, mib=2, workload="precopy-stale", extra=["--stale", "0.3"])
     metrics, _ = execute(plan)
@@ -61,7 +61,7 @@ def test_precopy_faults_wait_for_the_bitmap(kvm):
     assert metrics["content_errors"] == 0
 
 
-@pytest.mark.parametrize("mech", ["uffd", "exits", "async"])
+@pytest.mark.parametrize("mech", mech_names(delivers=True, one_per_c_mechanism=True))
 def test_fault_around_counts_faults_and_pages_apart(kvm, mech):
     metrics, _ = execute(make_plan(mech, 2, mib=2, fault_around=8))
     assert metrics["pages_installed"] == metrics["pages"] == 1024

@@ -2,17 +2,22 @@
  *
  * This file is read twice: by the C compiler (through fb_core.h) and by cffi's
  * cdef parser, so it holds only plain declarations and integer #defines.
- * Bump FB_API_VERSION whenever a struct below changes: bench/_native_check.py
- * compares it with the Python side so a stale build is refused at import.
+ * Bump FB_API_VERSION whenever a struct below changes: bench/native.py
+ * compares it with bench.API_VERSION so a stale build is refused at import.
  */
-#define FB_API_VERSION 11
+#define FB_API_VERSION 12
 
-/* mechanisms implemented by the core (bench/csrc/mech_*.c) */
-#define FB_MECH_NONE     0
-#define FB_MECH_PREFAULT 1
-#define FB_MECH_UFFD     2
-#define FB_MECH_EXITS    3
-#define FB_MECH_ASYNC    4
+/* mechanisms: bench/csrc/mech_*.c, listed once in FB_MECH_REGISTRY (fb_core.h);
+ * Python finds one by its C name (fb_mech_id) and puts the id in fb_config.mech */
+
+/* what a mechanism is, for the core (struct fb_mech_ops.flags): the core asks
+ * these, never a mechanism's id; fb_mech_flags() shows them to Python */
+#define FB_MF_USES_UFFD        1   /* registers guest memory with userfaultfds */
+#define FB_MF_DELIVERS         2   /* faults reach userspace (else a baseline) */
+#define FB_MF_READERS_PER_UFFD 4   /* `readers` reader threads per userfaultfd */
+#define FB_MF_RESOLVERS        8   /* `readers` resolver threads in all, fed by the mechanism */
+#define FB_MF_ZERO_FILL        16  /* guest pages are the kernel's zero-filled ones */
+#define FB_MF_ON_VCPU          32  /* faults come back to the vCPU thread (KVM_RUN returns) */
 
 #define FB_WAIT_POLL  0
 #define FB_WAIT_EPOLL 1
@@ -32,6 +37,10 @@
 
 #define FB_DELAY_SPIN  0
 #define FB_DELAY_SLEEP 1
+
+/* I/O ports the guest's `out` uses to talk to the host (bench/guest.py) */
+#define FB_PORT_DONE 0x10   /* the touch loop is over */
+#define FB_PORT_TSC  0x11   /* the guest reports one rdtsc at start */
 
 /* touch-table entry flags: entry = page gpa | flags */
 #define FB_TOUCH_READ  1
@@ -112,6 +121,7 @@ struct fb_config {
 };
 
 #define FB_MAX_FAULT_AROUND 512
+#define FB_MAX_UFFDS 1024           /* userfaultfds one run may split its memory over */
 
 struct fb_vcpu_result {
     uint64_t start_ns;          /* CLOCK_MONOTONIC, after the start barrier */
@@ -131,6 +141,7 @@ struct fb_vcpu_result {
      * guest's start-up exit to its completion exit, which brackets its touch loop */
     uint64_t host_loop_ns;
     uint64_t guest_loop_cycles; /* the guest's own stamps: first touch start to last touch end */
+    uint64_t guest_first_tsc;   /* the guest's stamp at its first touch (0 without timing) */
     uint64_t exits_by_path[3];  /* FB_EXITINFO_*: how each fault exit's address was learned */
 };
 
@@ -143,8 +154,9 @@ struct fb_thread_stats {
     uint64_t pages_installed;   /* successful COPY/CONTINUE */
     uint64_t eexist;            /* install found the page present */
     uint64_t wakes;             /* explicit UFFDIO_WAKE after EEXIST */
-    uint64_t part_ns[9];        /* FB_PART_* sums */
-    uint64_t part_count[9];
+    uint64_t part_cycles[FB_PARTS]; /* FB_PART_* sums in TSC cycles, as the run accumulates them */
+    uint64_t part_ns[FB_PARTS];     /* the same in ns: filled by fb_run_thread_stats */
+    uint64_t part_count[FB_PARTS];
     uint64_t utime_ns;
     uint64_t stime_ns;
     uint64_t nvcsw;
@@ -155,7 +167,7 @@ struct fb_thread_stats {
     uint64_t sched_wait_ns;     /* runnable, waiting on a run queue */
     uint64_t sched_timeslices;
     uint64_t migrations;        /* se.nr_migrations; UINT64_MAX when unreadable */
-    uint64_t cpus_seen;         /* bit c: the thread was seen on CPU c (sampled per fault) */
+    uint64_t cpus_seen;         /* bit c: seen on CPU c (sampled per fault); bit 63: CPU 63 or above */
     int32_t pinned_cpu;         /* FB_CPU_FREE or the CPU its affinity holds it to */
     int32_t sched_ok;           /* 1: the schedstat fields are valid */
     /* CLOCK_MONOTONIC sums around the fetch and the install ioctl: the same work
@@ -163,19 +175,29 @@ struct fb_thread_stats {
     uint64_t mono_fetch_ns;
     uint64_t mono_install_ns;
     uint64_t mono_count;
+    /* live state for the watchdog, written by the thread with relaxed atomic
+     * stores and read by fb_run_thread_states while the run goes on */
+    int32_t doing;              /* FB_DOING_* */
+    int32_t doing_reserved;
+    uint64_t doing_since_tsc;   /* when it began doing it */
+    uint64_t doing_gpa;         /* the page it handles or waits on (0: none) */
 };
 
 /* a userspace lock of the harness: counts what contention it sees */
 struct fb_lock_stats {
     uint64_t acquisitions;
     uint64_t contended;
-    uint64_t spin_ns;
+    uint64_t spin_cycles;       /* TSC cycles, as the run accumulates them */
+    uint64_t max_spin_cycles;
+    uint64_t spin_ns;           /* the same in ns: filled by fb_run_lock_stats */
     uint64_t max_spin_ns;
 };
 
 struct fb_run;
 
 /* probes, independent of a run */
+int fb_mech_id(const char *name);            /* a mechanism's id by its C name, -1 if none */
+int fb_mech_flags(uint32_t mech);             /* FB_MF_* of a mechanism, -1 if unknown */
 int fb_kvm_check_extension(int cap);          /* -errno on failure */
 int64_t fb_uffd_features(void);              /* UFFDIO_API features, -errno */
 int fb_kvm_memslot_flag_supported(uint32_t flag);  /* 1 yes, 0 no, -errno */
@@ -190,13 +212,25 @@ void fb_run_stop(struct fb_run *run);          /* interrupt and join everything 
 void fb_run_destroy(struct fb_run *run);
 
 int fb_run_nthreads(struct fb_run *run);
+
+/* a run's totals once it stopped, filled by one call: a new counter is a field
+ * here, its increment, and one line in fb_run_totals (Python reads every field) */
+struct fb_run_totals {
+    uint64_t tsc_khz;
+    uint64_t pages_installed;       /* successful installs, fault-around pages included */
+    uint64_t pages_copied;          /* page contents fetched */
+    uint64_t pages_declared_clean;  /* precopy-stale: mapped by the bitmap, no copy */
+    uint64_t faults_unattributed;   /* uffd messages from no vCPU thread */
+    uint64_t bitmap_arrived_ns;     /* CLOCK_MONOTONIC, 0 if never */
+    uint64_t blocktime_all_ns;      /* every vCPU blocked in a fault at once */
+    uint64_t fault_rows;            /* faulted touches: what fb_run_fault_rows gives */
+    uint64_t exit_path;             /* FB_EXITINFO_* of the last fault exit that said */
+};
+int fb_run_totals(struct fb_run *run, struct fb_run_totals *out);
 int fb_run_vcpu_results(struct fb_run *run, struct fb_vcpu_result *out);
 int fb_run_thread_stats(struct fb_run *run, struct fb_thread_stats *out);
 int fb_run_lock_stats(struct fb_run *run, struct fb_lock_stats *out);
-uint64_t fb_run_tsc_khz(struct fb_run *run);
 int fb_run_thread_tids(struct fb_run *run, int32_t *out, int max);
-uint64_t fb_run_pages_installed(struct fb_run *run);
-int fb_run_exit_path(struct fb_run *run);
 
 /* latency: fill histograms from the guest's per-touch timings.
  * which: FB_TOUCH_FIRST selects first touches, 0 selects re-touches. */
@@ -213,18 +247,14 @@ struct fb_fault_row {
     int32_t resolver_tid;       /* the thread that fetched and installed it (0: unknown) */
     int32_t complete;           /* every stamp the chain needs is set */
     uint64_t stamp[FB_STAMPS];
+    /* CLOCK_MONOTONIC around the fetch and the install of this fault (0, 0 when
+     * the fault found its page mapped): the independent clock of the per-fault check */
+    uint64_t mono_fetch_ns, mono_install_ns;
 };
-uint64_t fb_run_fault_count(struct fb_run *run);   /* faulted touches (rows available) */
 uint64_t fb_run_fault_rows(struct fb_run *run, struct fb_fault_row *out, uint64_t max);
-/* time during which every vCPU was blocked in a fault at once (ns) */
-uint64_t fb_run_blocktime_all(struct fb_run *run);
 /* how often each page of guest memory was installed */
 int fb_run_page_installs(struct fb_run *run, uint32_t *out, uint64_t npages);
 uint64_t fb_run_npages(struct fb_run *run);
-uint64_t fb_run_pages_copied(struct fb_run *run);          /* page contents fetched */
-uint64_t fb_run_unattributed_faults(struct fb_run *run);   /* uffd messages from no vCPU */
-uint64_t fb_run_pages_declared_clean(struct fb_run *run);  /* mapped by the bitmap, no copy */
-uint64_t fb_run_bitmap_arrived_ns(struct fb_run *run);     /* CLOCK_MONOTONIC, 0 if never */
 /* --fetch worker: the memfd the worker writes guest memory through, and the
  * ring it serves (attach before fb_run_start; the run keeps its own mapping) */
 int fb_run_memfd(struct fb_run *run);
@@ -234,3 +264,40 @@ int fb_run_attach_ring(struct fb_run *run, int ring_fd, int worker_pidfd, char *
 int fb_hist_index(uint64_t value_ns);
 uint64_t fb_hist_lower(int index);
 uint64_t fb_hist_upper(int index);
+
+/* ---------- watchdog (issue 10): what each thread is doing, read live ---------- */
+#define FB_DOING_START        0   /* started, not yet at work (vCPUs: at the start gate) */
+#define FB_DOING_GUEST        1   /* vCPU in KVM_RUN: the guest runs or sleeps in a fault */
+#define FB_DOING_FAULT_EXIT   2   /* vCPU handling a fault exit (address lookup)          */
+#define FB_DOING_WAIT_EVENTS  3   /* reader/resolver waiting for fault notifications      */
+#define FB_DOING_WAIT         4   /* waiting on the final bitmap or another thread's fetch */
+#define FB_DOING_FETCH        5   /* fetching page content (delay model + fill)            */
+#define FB_DOING_FETCH_WORKER 6   /* waiting for the network worker's CopyFromRemote       */
+#define FB_DOING_INSTALL      7   /* UFFDIO_COPY / UFFDIO_CONTINUE                         */
+#define FB_DOING_ENQUEUE      8   /* async vCPU: pushing its fault on the list              */
+#define FB_DOING_SPIN         9   /* async vCPU: busy-waiting for its page's bit           */
+#define FB_DOING_EXITED      10   /* the thread has returned                               */
+#define FB_DOING_STALLED     11   /* test knob: stopped answering on purpose               */
+#define FB_DOING_STATES      12
+
+struct fb_thread_state {
+    int32_t role;               /* FB_ROLE_* */
+    int32_t index;
+    int32_t tid;
+    int32_t doing;              /* FB_DOING_* */
+    uint64_t doing_for_ns;      /* how long it has been doing it */
+    uint64_t gpa;               /* the page it handles or waits on (0: none) */
+    uint64_t touches_done;      /* vCPUs with timing on: touches the guest finished; else ~0 */
+    uint64_t touch_gpa;         /* vCPUs with timing on: page of the touch under way (0: none) */
+    uint64_t touches_total;     /* vCPUs: entries in its touch table */
+};
+
+/* live, callable from another thread while the run goes on */
+int fb_run_thread_states(struct fb_run *run, struct fb_thread_state *out, int max);
+/* a number that grows while the run makes progress: pages installed, touches the
+ * guests finished (timing on) and vCPUs done */
+uint64_t fb_run_progress(struct fb_run *run);
+int fb_run_vcpus_running(struct fb_run *run);
+/* test knob: the thread that starts the Nth page resolution stops answering
+ * (sleeps until the run is stopped); set before fb_run_start; 0: never */
+void fb_run_inject_stall(struct fb_run *run, uint64_t nth_resolution);

@@ -17,15 +17,12 @@
 #include "fb_ring_api.h"
 
 #define FB_PAGE 4096ULL
-#define FB_PORT_DONE 0x10
-#define FB_PORT_TSC  0x11   /* the guest reports one rdtsc at start */
 
 /* precopy-stale page states */
 #define FB_PAGE_CLEAN    0   /* pre-copied and clean: the bitmap may declare it */
 #define FB_PAGE_STALE    1   /* content must be fetched */
 #define FB_PAGE_FETCHING 2   /* a resolver is fetching it */
 #define FB_PAGE_FETCHED  3   /* fetched content in place, its fetcher maps it */
-#define FB_MAX_UFFDS 1024
 
 /* guest-physical layout: the system slot (page tables, code, touch tables,
  * timing buffers) at 0; the demand-paged region at demand_gpa (1 GiB aligned). */
@@ -54,6 +51,8 @@ struct fb_fault {
     uint64_t done;        /* install ioctl returned (or the page was found mapped) */
     uint64_t resumed;     /* async: vCPU saw the bit clear */
     int32_t resolver_tid; /* who fetched and installed it */
+    int32_t mono_timed;   /* the two below were taken (this thread fetched and installed) */
+    uint64_t mono_fetch_ns, mono_install_ns;   /* CLOCK_MONOTONIC around the same work */
 };
 
 struct fb_vcpu {
@@ -66,8 +65,8 @@ struct fb_vcpu {
     struct fb_vcpu_result res;
     struct fb_thread_stats *ts;
     uint8_t *src_page;          /* fetch buffer for UFFDIO_COPY */
-    uint64_t tsc_table;         /* gpa of this vCPU's touch table */
-    uint64_t tsc_times;         /* gpa of this vCPU's timing buffer */
+    uint64_t table_gpa;         /* gpa of this vCPU's touch table */
+    uint64_t times_gpa;         /* gpa of this vCPU's timing buffer */
     struct fb_fault *fault_log; /* the faults this vCPU really took */
     uint64_t fault_log_cap;
     atomic_uint_fast64_t fault_log_n;
@@ -92,14 +91,20 @@ struct fb_spinlock {
     struct fb_lock_stats st;
 };
 
+/* A mechanism, as fio's ioengine_ops: the whole contract between it and the core.
+ * It keeps its own state behind run->mech_state (allocated in setup, freed in destroy). */
 struct fb_mech_ops {
     const char *name;
+    int version;                 /* bumped when the mechanism's behaviour changes */
+    unsigned flags;              /* FB_MF_* */
     int (*setup)(struct fb_run *run, char *err, int errlen);
     int (*start)(struct fb_run *run, char *err, int errlen);
     /* a vCPU thread got -EFAULT for gpa (logged as f); returns 0 to re-enter KVM_RUN */
     int (*on_fault)(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa, struct fb_fault *f);
     void (*stop)(struct fb_run *run);
     void (*destroy)(struct fb_run *run);
+    /* the harness lock it owns, if any (fb_run_lock_stats) */
+    void (*lock_stats)(struct fb_run *run, struct fb_lock_stats *out);
 };
 
 struct fb_run {
@@ -157,12 +162,10 @@ struct fb_run {
     /* --fetch worker */
     struct fb_ring *ring;
 
-    /* async (emulated KVM_READ_USERFAULT) */
-    struct fb_spinlock list_lock;
-    struct fb_fault **list;          /* ring of faults (their gfn inside) */
-    uint64_t list_cap, list_head, list_tail;
-    _Atomic uint64_t *uf_bitmap;     /* bit set: page missing */
-    int list_efd;
+    void *mech_state;                /* the mechanism's own, behind its ops */
+    /* watchdog test knob: the Nth resolution stalls (0: never) */
+    uint64_t stall_after;
+    atomic_uint_fast64_t resolutions;
 };
 
 /* core services for mechanisms */
@@ -174,6 +177,12 @@ int fb_spawn(struct fb_run *run, pthread_t *t, void *(*fn)(void *), void *arg,
              char *err, int errlen);
 void fb_thread_begin(struct fb_thread_stats *ts);
 void fb_thread_end(struct fb_thread_stats *ts);
+/* the start gate and its futex (core.c); the precopy bitmap thread (resolve.c) */
+long fb_futex(atomic_int *word, int op, int val);
+void fb_gate_wait(struct fb_run *run);
+void *fb_bitmap_thread(void *arg);
+/* a SIGUSR1 handler that does nothing: it interrupts blocking calls at stop */
+void fb_install_signal_handler(void);
 /* restart the thread's scheduler window (vCPUs: once through the start gate) */
 void fb_thread_mark(struct fb_thread_stats *ts);
 /* note the CPU the calling thread is on (cheap: vDSO getcpu) */
@@ -181,7 +190,7 @@ static inline void fb_note_cpu(struct fb_thread_stats *ts)
 {
     int c = sched_getcpu();
     if (c >= 0)
-        ts->cpus_seen |= 1ULL << (c & 63);
+        ts->cpus_seen |= 1ULL << (c < 63 ? c : 63);   /* bit 63: CPU 63 or above */
 }
 /* write page p's content (header, and the full pattern with --verify full) to dst */
 void fb_fill_page(struct fb_run *run, uint8_t *dst, uint64_t p);
@@ -200,9 +209,33 @@ struct fb_fault *fb_note_fault(struct fb_run *run, int vcpu, uint64_t page, uint
 struct fb_fault *fb_note_fault_tid(struct fb_run *run, int32_t tid, uint64_t page, uint64_t notify,
                                    struct fb_fault *scratch);
 void fb_lock(struct fb_spinlock *l);
+
+/* what a thread is doing, for the watchdog: relaxed stores, a few cycles each */
+static inline void fb_doing_at(struct fb_thread_stats *ts, int what, uint64_t gpa, uint64_t tsc)
+{
+    __atomic_store_n(&ts->doing_gpa, gpa, __ATOMIC_RELAXED);
+    __atomic_store_n(&ts->doing_since_tsc, tsc, __ATOMIC_RELAXED);
+    __atomic_store_n(&ts->doing, what, __ATOMIC_RELAXED);
+}
+
+static inline void fb_doing(struct fb_thread_stats *ts, int what, uint64_t gpa)
+{
+    fb_doing_at(ts, what, gpa, __builtin_ia32_rdtsc());
+}
 void fb_unlock(struct fb_spinlock *l);
 
-extern const struct fb_mech_ops fb_mech_none, fb_mech_prefault, fb_mech_uffd,
-    fb_mech_exits, fb_mech_async;
+/* The registry: one line per mechanism, its C name; mech_<name>.c defines
+ * `const struct fb_mech_ops fb_mech_<name>`. Ids are positions in this list. */
+#define FB_MECH_REGISTRY(X) \
+    X(none)                 \
+    X(prefault)             \
+    X(uffd)                 \
+    X(exits)                \
+    X(async)                \
+    X(exits_pair)
+
+#define FB_MECH_DECLARE(sym) extern const struct fb_mech_ops fb_mech_##sym;
+FB_MECH_REGISTRY(FB_MECH_DECLARE)
+#undef FB_MECH_DECLARE
 
 #endif

@@ -17,6 +17,8 @@ static int exits_on_fault(struct fb_run *run, struct fb_vcpu *v, uint64_t gpa, s
 
 const struct fb_mech_ops fb_mech_exits = {
     .name = "exits",
+    .version = 1,
+    .flags = FB_MF_USES_UFFD | FB_MF_DELIVERS | FB_MF_ON_VCPU,
     .setup = exits_setup,
     .on_fault = exits_on_fault,
 };

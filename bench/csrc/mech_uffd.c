@@ -20,6 +20,7 @@ static void *reader_thread(void *arg)
 
     fb_thread_begin(ts);
     while (!atomic_load_explicit(&run->stop, memory_order_relaxed)) {
+        fb_doing(ts, FB_DOING_WAIT_EVENTS, 0);
         if (run->cfg.wait_mode == FB_WAIT_POLL) {
             if (poll(pf, 2, -1) < 0 || pf[1].revents)
                 continue;   /* EINTR, or stop: the loop test decides */
@@ -85,6 +86,8 @@ static int uffd_start(struct fb_run *run, char *err, int errlen)
 
 const struct fb_mech_ops fb_mech_uffd = {
     .name = "uffd",
+    .version = 1,
+    .flags = FB_MF_USES_UFFD | FB_MF_DELIVERS | FB_MF_READERS_PER_UFFD,
     .setup = uffd_setup,
     .start = uffd_start,
 };

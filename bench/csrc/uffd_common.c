@@ -1,9 +1,13 @@
-/* Registering the demand region with one or more userfaultfds; shared by the
- * uffd, exits and async mechanisms. */
+/* userfaultfd helpers shared by the uffd, exits and async mechanisms: opening
+ * one, asking the kernel's features, registering the demand region with one or
+ * more of them. */
 #include "fb_core.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 
 int fb_uffd_register_all(struct fb_run *run, int nuffds, uint64_t features, int nonblock,
                          char *err, int errlen)
@@ -45,4 +49,36 @@ int fb_uffd_register_all(struct fb_run *run, int nuffds, uint64_t features, int 
         }
     }
     return 0;
+}
+
+/* ---------- userfaultfd helpers ---------- */
+
+int fb_uffd_open(struct fb_run *run, uint64_t features, int nonblock, char *err, int errlen)
+{
+    (void)run;
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | (nonblock ? O_NONBLOCK : 0));
+    if (fd < 0) {
+        fb_set_err(err, errlen, "userfaultfd(2): %s", strerror(errno));
+        return -1;
+    }
+    struct uffdio_api api = { .api = UFFD_API, .features = features };
+    if (ioctl(fd, UFFDIO_API, &api) < 0) {
+        fb_set_err(err, errlen, "UFFDIO_API features 0x%llx: %s",
+                   (unsigned long long)features, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int64_t fb_uffd_features(void)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return -errno;
+    struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+    int rc = ioctl(fd, UFFDIO_API, &api);
+    int e = errno;
+    close(fd);
+    return rc < 0 ? -e : (int64_t)api.features;
 }

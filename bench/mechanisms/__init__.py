@@ -12,6 +12,7 @@ from .uffd import Uffd
 from .uffd_many import UffdMany
 from .exits import Exits
 from .async_userfault import AsyncUserfault
+from .exits_pair import ExitsPair
 
 REGISTRY: dict[str, type[Mechanism]] = {
     NoneBaseline.name: NoneBaseline,
@@ -20,6 +21,7 @@ REGISTRY: dict[str, type[Mechanism]] = {
     UffdMany.name: UffdMany,
     Exits.name: Exits,
     AsyncUserfault.name: AsyncUserfault,
+    ExitsPair.name: ExitsPair,
 }
 
 __all__ = ["REGISTRY", "Mechanism"]

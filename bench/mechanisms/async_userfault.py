@@ -6,9 +6,15 @@ class AsyncUserfault(Mechanism):
     summary = ("the KVM_READ_USERFAULT design: faulting vCPUs append the gfn to one shared "
                "list under a spinlock, signal an eventfd and busy-wait on the gfn's userfault "
                "bit; --readers resolver threads pop, install and clear the bit")
-    c_mech = 4
+    c_name = "async"
     options = ("readers", "resolve")
     handles_faults_on_vcpu = True
+    segment_names = {"notify": "exit_to_userspace", "enqueue": "list_lock_and_push",
+                     "queue": "list_to_pop", "dispatch": "pop_to_resolver",
+                     "wait": "wait_bitmap_or_other_fetch", "fetch": "fetch",
+                     "install": "install_ioctl", "wake": "bit_clear_to_vcpu_sees_it",
+                     "resume": "reentry_to_guest_touch"}
+    harness_locks = {"async_list": "the emulated per-VM gfn list (the RFC's kernel spinlock)"}
     kernel_path = (
         "EMULATED. The real part: the `exits` path (shadow page fault -> get_user_pages -> "
         "handle_userfault under mmap_lock -> VM_FAULT_SIGBUS -> KVM_RUN returns -EFAULT, one "

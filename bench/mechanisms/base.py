@@ -8,8 +8,17 @@ RESOLVE_MODES = {"copy": 0, "continue": 1}        # FB_RESOLVE_*
 class Mechanism:
     name = ""
     summary = ""
-    c_mech = -1                  # FB_MECH_* in csrc/fb_api.h
+    c_name = ""                  # its C side: `fb_mech_<c_name>` in a bench/csrc/mech_*.c file
     uses_uffd = True
+    #: kept for the tests: accepted by --mech, left out of --help
+    hidden = False
+    #: what this mechanism calls each segment of a fault's breakdown (C's FB_BD_*
+    #: names -> result names); empty: it delivers no fault to userspace
+    segment_names: dict[str, str] = {}
+    #: the harness's own locks it reports (result key -> what it guards)
+    harness_locks: dict[str, str] = {}
+    #: its reader threads serve one userfaultfd each (config says readers_per_uffd)
+    readers_per_uffd = False
     #: faults come back to the vCPU thread (KVM_RUN returns), which handles them itself
     handles_faults_on_vcpu = False
     #: the kernel path one fault takes on this kernel, exactly (recorded in every result)
@@ -56,6 +65,20 @@ class Mechanism:
     def readers_total(self) -> int:
         return 0
 
+    @classmethod
+    def c_mech(cls) -> int:
+        """The C core's id of this mechanism, looked up by name (never restated)."""
+        from ..native import lib
+        mech = lib.fb_mech_id(cls.c_name.encode())
+        if mech < 0:
+            raise RuntimeError(f"the C core has no mechanism {cls.c_name!r} (stale build?)")
+        return mech
+
+    @classmethod
+    def delivers_faults(cls) -> bool:
+        """Faults reach userspace (the baselines' latency is first-touch latency instead)."""
+        return bool(cls.segment_names)
+
     def emulation(self) -> tuple[bool, str | None]:
         """(emulated, reason): whether a kernel part is replaced by userspace code."""
         return False, None
@@ -65,7 +88,7 @@ class Mechanism:
         cfg = {"mech": self.name, "uffds": self.uffds() if self.uses_uffd else 0,
                "readers": self.readers_total()}
         if "readers" in self.options:
-            cfg["readers_per_uffd" if self.uses_uffd and self.c_mech == 2 else "resolvers"] = self.readers()
+            cfg["readers_per_uffd" if self.readers_per_uffd else "resolvers"] = self.readers()
         if "wait" in self.options:
             cfg["wait"] = self.wait()
         cfg["resolve"] = self.resolve() if self.uses_uffd else None
@@ -75,7 +98,7 @@ class Mechanism:
     def c_fields(self) -> dict:
         """Fields of struct fb_config this mechanism sets."""
         return {
-            "mech": self.c_mech,
+            "mech": self.c_mech(),
             "uffds": self.uffds(),
             "readers": self.readers(),
             "wait_mode": WAIT_MODES[self.wait()],

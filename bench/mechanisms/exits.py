@@ -5,9 +5,12 @@ class Exits(Mechanism):
     name = "exits"
     summary = ("memory-fault exits: KVM_RUN returns the fault to the vCPU thread, which "
                "fetches, installs with DONTWAKE and re-enters (no shared wait queue)")
-    c_mech = 3
+    c_name = "exits"
     options = ("resolve",)
     handles_faults_on_vcpu = True
+    segment_names = {"notify": "exit_to_userspace", "dispatch": "address_lookup",
+                     "wait": "wait_bitmap_or_other_fetch", "fetch": "fetch",
+                     "install": "install_ioctl", "resume": "reentry_to_guest_touch"}
     kernel_path = (
         "shadow page fault (PVM) -> hva_to_pfn -> get_user_pages -> handle_userfault under "
         "mmap_lock (read), which with UFFD_FEATURE_SIGBUS returns VM_FAULT_SIGBUS at once (no "

@@ -1,0 +1,111 @@
+"""Other busy processes during a run: CPU time spent outside the harness.
+
+On a 2-CPU host any other busy process changes every number, so the CPU time
+(user + system, from /proc/PID/stat) of every process that is not the harness
+(this process and its descendants, e.g. the network worker) is sampled before
+and after each measured point. A process that started during the point counts
+whole; one that ended is only seen through its parent's cutime/cstime, which
+are counted too (a process that exits unreaped by a watched parent is missed:
+the result says it is a lower bound).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+# other processes' CPU time, as a share of all CPUs over the point, that earns a warning
+WARN_SHARE = 0.05
+TOP = 5
+
+
+def _clock_tick() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+def read_processes() -> dict[int, tuple[int, str, int]]:
+    """{pid: (ppid, comm, CPU ticks incl. reaped children)} for every process."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                raw = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue   # ended meanwhile
+        comm = raw[raw.find("(") + 1:raw.rfind(")")]
+        fields = raw[raw.rfind(")") + 2:].split()
+        try:
+            # fields from 'state': ppid is [1], utime [11], stime [12], cutime [13], cstime [14]
+            ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+            out[int(name)] = (int(fields[1]), comm, ticks)
+        except (IndexError, ValueError):
+            continue
+    return out
+
+
+def harness_pids(procs: dict, root: int) -> set[int]:
+    """root and every descendant of it."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    seen, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo += children.get(pid, [])
+    return seen
+
+
+class NoiseSampler:
+    """start() before a point's runs, stop() after: returns the record's
+    `host_noise` block and the warnings to add."""
+
+    def __init__(self, root_pid: int | None = None):
+        self.root = root_pid or os.getpid()
+        self._before: dict = {}
+        self._t0 = 0.0
+        self.busy: list[tuple[float, int, str]] = []
+
+    def start(self) -> None:
+        self._before = read_processes()
+        self._t0 = time.monotonic()
+
+    def stop(self) -> tuple[dict, list[str]]:
+        interval = time.monotonic() - self._t0
+        after = read_processes()
+        ours = harness_pids(after, self.root) | harness_pids(self._before, self.root)
+        tick = _clock_tick()
+        busy = []
+        for pid, (_, comm, ticks) in after.items():
+            if pid in ours:
+                continue
+            before = self._before.get(pid)
+            # same pid with less CPU than before: a new process that reused the pid
+            spent = ticks - before[2] if before and before[2] <= ticks and before[1] == comm else ticks
+            if spent > 0:
+                busy.append((spent / tick, pid, comm))
+        busy.sort(reverse=True)
+        self.busy = busy   # every process outside the harness that used CPU: (s, pid, comm)
+        cpus = len(os.sched_getaffinity(0)) or 1
+        total = sum(s for s, _, _ in busy)
+        share = total / (interval * cpus) if interval > 0 else 0.0
+        block = {
+            "interval_s": interval,
+            "cpus": cpus,
+            "other_cpu_s": total,
+            "other_cpu_share": share,
+            "top_processes": [{"pid": pid, "comm": comm, "cpu_s": s} for s, pid, comm in busy[:TOP]],
+            "note": "CPU time of processes outside the harness during this point, from /proc "
+                    "(a lower bound: a process that ended unreaped is not seen); share is of "
+                    "all CPUs over the interval",
+        }
+        warnings = []
+        if share > WARN_SHARE:
+            top = ", ".join(f"{comm} (pid {pid}) {s:.1f} s" for s, pid, comm in busy[:3])
+            warnings.append(
+                f"other processes used {total:.1f} CPU-seconds ({share:.0%} of the {cpus} CPUs) "
+                f"during this point: {top}; on a small host every number is affected")
+        return block, warnings

@@ -1,0 +1,218 @@
+"""`run_bench.py report RECORDS... [--out DIR]`: one report from one results table.
+
+Writes into DIR (default report/):
+  report.html      self-contained page (figures embedded as data: URLs, no network)
+  report.md        Markdown, figures linked from figures/
+  report.txt       fixed-width tables, 80 columns, one per question (for mailing lists)
+  figures/NAME.png and NAME.svg, sized for a 16:9 slide
+  manifest.json    what was written: figures, tables, series, vCPU counts
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import html
+import json
+import os
+import sys
+
+from .. import table as tablemod
+from .data import ReportData
+from .tables import TEXT_WIDTH, all_tables, warnings_rows, warnings_text
+
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "report")
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
+       max-width: 1400px; margin: 1.5em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.7em; margin-bottom: 0.2em; }
+.meta { color: #444; margin: 0.2em 0; }
+.emulated { background: #fff3f0; border-left: 4px solid #d62728; padding: 0.4em 0.8em; }
+figure { margin: 1.5em 0; }
+figure img { width: 100%; height: auto; border: 1px solid #ddd; }
+figcaption { font-size: 0.9em; color: #444; }
+table { border-collapse: collapse; margin: 0.5em 0 0.2em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+ul.notes { font-size: 0.88em; color: #444; margin-top: 0.2em; }
+.warnings li { margin-bottom: 0.3em; }
+nav a { margin-right: 1em; }
+"""
+
+
+class ReportError(Exception):
+    """Bad input for a report: one line, exit 2."""
+
+
+def generate(paths: list[str], out_dir: str, reference: str | None = None,
+             cdf_vcpus: int | None = None, title: str | None = None) -> dict:
+    """Load RECORDS, write every output into out_dir; returns the manifest."""
+    df = tablemod.load_table(paths)
+    d = ReportData(df)
+    if d.runs.empty:
+        raise ReportError("the records hold no measured runs")
+    mechs = d.mechanisms() or d.series
+    if reference is None:
+        reference = next((s for s in mechs if d.mech_of[s] == "exits"), mechs[0])
+    if reference not in d.series:
+        raise ReportError(f"--relative-to {reference}: not among the series "
+                          f"({', '.join(d.series)})")
+    cdf_vcpus = cdf_vcpus or d.vcpus[-1]
+    if cdf_vcpus not in d.vcpus:
+        raise ReportError(f"--cdf-vcpus {cdf_vcpus}: no cell at that count "
+                          f"(have {', '.join(map(str, d.vcpus))})")
+    from .figures import all_figures
+    import matplotlib.pyplot as plt
+
+    title = title or "faultbench: fault delivery to userspace vs vCPUs"
+    fig_dir = os.path.join(out_dir, "figures")
+    os.makedirs(fig_dir, exist_ok=True)
+    figures = all_figures(d, cdf_vcpus)
+    written = []
+    for f in figures:
+        for ext in ("png", "svg"):
+            path = os.path.join(fig_dir, f"{f.name}.{ext}")
+            # fixed metadata: regenerating from the same records gives the same files
+            meta = {"Date": None} if ext == "svg" else {"Software": "faultbench"}
+            f.fig.savefig(path, dpi=120, metadata=meta)
+            written.append(path)
+        plt.close(f.fig)
+    tables = all_tables(d, reference)
+    ids = d.warning_ids()
+    sources = sorted({os.path.basename(p) for p in d.df["source"].unique()})
+    head = {"title": title, "machine": d.machine_text(), "config": d.config_text(),
+            "emulated": {s: r for s, r in d.emulated.items()}, "reference": reference,
+            "cdf_vcpus": cdf_vcpus, "records": len(sources)}
+
+    with open(os.path.join(out_dir, "report.txt"), "w") as fh:
+        fh.write(_text(head, tables, d, ids))
+    with open(os.path.join(out_dir, "report.md"), "w") as fh:
+        fh.write(_markdown(head, figures, tables, d, ids))
+    with open(os.path.join(out_dir, "report.html"), "w") as fh:
+        fh.write(_html(head, figures, tables, d, ids, fig_dir))
+    manifest = {
+        "kind": "faultbench-report", "title": title,
+        "outputs": ["report.html", "report.md", "report.txt"]
+                   + sorted(os.path.relpath(p, out_dir) for p in written),
+        "figures": [{"name": f.name, "title": f.title} for f in figures],
+        "tables": [{"title": t.title, "columns": len(t.header), "rows": len(t.rows)} for t in tables],
+        "series": d.series, "emulated": sorted(d.emulated), "vcpus": d.vcpus,
+        "reference": reference, "cdf_vcpus": cdf_vcpus,
+        "warnings": {wid: f"{d.legend(s)} at {v} vCPUs" for (s, v), wid in ids.items()},
+        "records": sources,
+    }
+    with open(os.path.join(out_dir, "manifest.json"), "w") as fh:
+        json.dump(manifest, fh, indent=1)
+        fh.write("\n")
+    return manifest
+
+
+def _text(head, tables, d, ids) -> str:
+    import textwrap
+    w = TEXT_WIDTH
+    out = [head["title"], "",
+           *textwrap.wrap(f"Machine: {head['machine']}", w),
+           *textwrap.wrap(f"Config: {head['config']}", w)]
+    for s, r in head["emulated"].items():
+        out += textwrap.wrap(f"EMULATED {s}: {r}", w)
+    out.append("")
+    for t in tables:
+        out.append(t.to_text(w))
+    out.append(warnings_text(d, ids, w))
+    return "\n".join(out)
+
+
+def _markdown(head, figures, tables, d, ids) -> str:
+    out = [f"# {head['title']}", "",
+           f"**Machine:** {head['machine']}  ", f"**Config:** {head['config']}", ""]
+    for s, r in head["emulated"].items():
+        out.append(f"> **EMULATED {s}** (dashed in every figure): {r}")
+        out.append("")
+    out.append("## Figures")
+    for f in figures:
+        out += ["", f"### {f.title}", "", f"![{f.title}](figures/{f.name}.png)", "",
+                f"*{f.caption}* ([SVG](figures/{f.name}.svg))"]
+    out += ["", "## Tables", ""]
+    out += [t.to_markdown() for t in tables]
+    out += ["## Warnings carried by the records", ""]
+    rows = warnings_rows(d, ids)
+    if not rows:
+        out.append("None.")
+    for wid, where, warns in rows:
+        out.append(f"- **{wid}** {where}:")
+        out += [f"  - {w}" for w in warns]
+    return "\n".join(out) + "\n"
+
+
+def _html(head, figures, tables, d, ids, fig_dir) -> str:
+    e = html.escape
+    parts = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
+             # nothing may be fetched: the page must work from a mail attachment
+             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+             "img-src data:; style-src 'unsafe-inline'\">",
+             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+             f"<title>{e(head['title'])}</title><style>{CSS}</style></head><body>",
+             f"<h1>{e(head['title'])}</h1>",
+             f"<p class=\"meta\"><b>Machine:</b> {e(head['machine'])}</p>",
+             f"<p class=\"meta\"><b>Config:</b> {e(head['config'])}</p>"]
+    for s, r in head["emulated"].items():
+        parts.append(f"<p class=\"emulated\"><b>EMULATED {e(s)}</b> (dashed in every figure): "
+                     f"{e(r)}</p>")
+    parts.append("<nav>" + "".join(f"<a href=\"#{f.name}\">{e(f.title)}</a>" for f in figures)
+                 + "<a href=\"#tables\">Tables</a><a href=\"#warnings\">Warnings</a></nav>")
+    parts.append("<h2>Figures</h2>")
+    for f in figures:
+        with open(os.path.join(fig_dir, f"{f.name}.png"), "rb") as fh:
+            data = base64.b64encode(fh.read()).decode()
+        parts.append(f"<figure id=\"{f.name}\"><img alt=\"{e(f.title)}\" "
+                     f"src=\"data:image/png;base64,{data}\">"
+                     f"<figcaption><b>{e(f.title)}.</b> {e(f.caption)}</figcaption></figure>")
+    parts.append("<h2 id=\"tables\">Tables</h2>")
+    parts += [t.to_html() for t in tables]
+    parts.append("<h2 id=\"warnings\">Warnings carried by the records</h2>")
+    rows = warnings_rows(d, ids)
+    if not rows:
+        parts.append("<p>None.</p>")
+    else:
+        parts.append("<ul class=\"warnings\">")
+        for wid, where, warns in rows:
+            parts.append(f"<li><b>{e(wid)}</b> {e(where)}:<ul>"
+                         + "".join(f"<li>{e(w)}</li>" for w in warns) + "</ul></li>")
+        parts.append("</ul>")
+    parts.append(f"<p class=\"meta\">Generated by faultbench from {head['records']} result "
+                 "records.</p></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="run_bench.py report",
+                                description="Figures (PNG, SVG), tables (HTML, Markdown, "
+                                            "80-column text) from result records.")
+    p.add_argument("records", nargs="+", help="result files or directories (searched for *.json)")
+    p.add_argument("--out", default=DEFAULT_OUT, help="output directory (default report/)")
+    p.add_argument("--relative-to", metavar="MECH",
+                   help="reference mechanism of the who-wins table (default exits)")
+    p.add_argument("--cdf-vcpus", type=int, metavar="N",
+                   help="vCPU count of the latency CDF (default: the largest)")
+    p.add_argument("--title", help="report title")
+    p.error = lambda message: p.exit(2, f"{p.prog}: error: {message} (see --help)\n")
+    a = p.parse_args(argv)
+    try:
+        manifest = generate(a.records, a.out, a.relative_to, a.cdf_vcpus, a.title)
+    except (tablemod.TableError, ReportError, ValueError) as exc:
+        print(f"run_bench.py report: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"run_bench.py report: error: {exc}", file=sys.stderr)
+        return 2
+    for name in manifest["outputs"][:3]:
+        print(os.path.join(a.out, name))
+    print(f"{len(manifest['figures'])} figures (PNG + SVG) in {os.path.join(a.out, 'figures')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

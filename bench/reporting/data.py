@@ -1,0 +1,264 @@
+"""The report's view of the tidy table: series, cells, statistics, captions.
+
+Everything a figure or a table shows comes from here, so every output names
+series, colours and emulation the same way.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pandas as pd
+
+# fixed colours: one mechanism looks the same in every figure of every report
+MECH_COLORS = {"uffd": "#1f77b4", "uffd-many": "#ff7f0e", "exits": "#2ca02c",
+               "async": "#d62728", "none": "#7f7f7f", "prefault": "#111111"}
+EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78"]
+MECH_ORDER = ["uffd", "uffd-many", "exits", "async"]
+BASELINES = ("none", "prefault")
+
+# breakdown segments in the order a fault passes through them (bench/runner.py names)
+SEGMENT_ORDER = ["exit_to_userspace", "fault_to_message_read", "list_lock_and_push", "list_to_pop",
+                 "address_lookup", "message_to_resolver", "pop_to_resolver",
+                 "wait_bitmap_or_other_fetch", "fetch", "install_ioctl",
+                 "bit_clear_to_vcpu_sees_it", "wake_to_vcpu_running", "reentry_to_guest_touch"]
+ROLE_ORDER = ["vcpu", "reader", "resolver", "worker"]
+
+
+def _mech_rank(mech: str) -> tuple:
+    if mech in MECH_ORDER:
+        return (0, MECH_ORDER.index(mech))
+    if mech in BASELINES:
+        return (2, BASELINES.index(mech))
+    return (1, mech)
+
+
+# keys that follow from others (memory_pages from vCPUs and memory per vCPU)
+DERIVED_CONFIG = {"memory_pages", "vcpus"}
+
+
+def _distinguishing(df: pd.DataFrame) -> dict:
+    """cell -> " key=value,..." for the config keys that tell apart records of one series
+    name at one vCPU count; "" where nothing does."""
+    cells = df.drop_duplicates("cell")[["series", "vcpus", "cell"]]
+    configs = {c: json.loads(c)["config"] for c in cells["cell"]}
+    varying: dict[str, set] = {}
+    for (series, _v), group in cells.groupby(["series", "vcpus"]):
+        cfgs = [configs[c] for c in group["cell"]]
+        keys = set().union(*cfgs) - DERIVED_CONFIG
+        varying.setdefault(series, set()).update(
+            k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in cfgs}) > 1)
+    out = {}
+    for series, cell in zip(cells["series"], cells["cell"]):
+        keys = sorted(varying.get(series, ()))
+        out[cell] = (" " + ",".join(f"{k}={_short(configs[cell].get(k))}" for k in keys)) if keys else ""
+    return out
+
+
+def _short(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+class ReportData:
+    """Measured rows grouped into series (one line per mechanism variant) and cells
+    (series x vCPU count)."""
+
+    def __init__(self, df: pd.DataFrame):
+        if df.empty:
+            raise ValueError("no rows to report")
+        df = df.copy()
+        df["series"] = df["label"]
+        # several hosts in one report: say which in the name
+        for col, fmt in (("machine.hostname", "@{}"), ("machine.boot_id", "boot {:.8}")):
+            if col in df.columns and df[col].nunique(dropna=False) > 1:
+                df["series"] = df["series"] + " " + df[col].map(lambda v: fmt.format(v))
+        # records of one mechanism whose configurations differ at the same vCPU count
+        # (another workload, memory size, placement...): the differing keys join the name
+        df["series"] = df["series"] + df["cell"].map(_distinguishing(df))
+        self.df = df
+        self.runs = df[df["kind"] == "run"]
+        self.traced = df[df["kind"] == "traced"]
+        first = df.drop_duplicates("series")
+        self.mech_of = dict(zip(first["series"], first["mech"]))
+        self.series = sorted(self.mech_of, key=lambda s: (_mech_rank(self.mech_of[s]), s))
+        self.emulated = {s: r for s, e, r in zip(first["series"], first["emulated"],
+                                                 first["emulation_reason"]) if e}
+        self.vcpus = sorted(int(v) for v in df["vcpus"].unique())
+        self.colors = {}
+        spare = iter(EXTRA_COLORS)
+        for s in self.series:
+            mech = self.mech_of[s]
+            if mech in MECH_COLORS and mech not in self.colors.values() \
+                    and MECH_COLORS[mech] not in self.colors.values():
+                self.colors[s] = MECH_COLORS[mech]
+            else:
+                self.colors[s] = next(spare, "#555555")
+        self.warnings = self._warnings()
+
+    # -- naming
+    def legend(self, series: str) -> str:
+        return f"{series} (EMULATED)" if series in self.emulated else series
+
+    def header(self, series: str) -> str:
+        """Two-line column header for fixed-width tables."""
+        return f"{series}\nEMULATED" if series in self.emulated else series
+
+    def is_baseline(self, series: str) -> bool:
+        return self.mech_of[series] in BASELINES
+
+    def mechanisms(self) -> list[str]:
+        return [s for s in self.series if not self.is_baseline(s)]
+
+    # -- statistics
+    def column(self, col: str, rows: pd.DataFrame | None = None) -> pd.DataFrame:
+        """median/min/max/mean/cv/n of `col` per (series, vcpus) over repetitions."""
+        rows = self.runs if rows is None else rows
+        if col not in rows.columns:
+            return pd.DataFrame(columns=["median", "min", "max", "mean", "cv", "n"])
+        sub = rows[["series", "vcpus", col]].dropna()
+        g = sub.groupby(["series", "vcpus"])[col]
+        out = pd.DataFrame({"median": g.median(), "min": g.min(), "max": g.max(),
+                            "mean": g.mean(), "std": g.std(ddof=1), "n": g.count()})
+        out["cv"] = out["std"] / out["mean"]
+        return out
+
+    def value(self, col: str, series: str, vcpus: int, stat: str = "median",
+              rows: pd.DataFrame | None = None):
+        rows = self.runs if rows is None else rows
+        if col not in rows.columns:
+            return None
+        sel = rows[(rows["series"] == series) & (rows["vcpus"] == vcpus)][col].dropna()
+        if sel.empty:
+            return None
+        return float(getattr(sel, stat)())
+
+    def has(self, col: str, rows: pd.DataFrame | None = None) -> bool:
+        rows = self.runs if rows is None else rows
+        return col in rows.columns and rows[col].notna().any()
+
+    def cell_rows(self, series: str, vcpus: int, rows: pd.DataFrame | None = None):
+        rows = self.runs if rows is None else rows
+        return rows[(rows["series"] == series) & (rows["vcpus"] == vcpus)]
+
+    def ratio_to(self, reference: str, series: str, vcpus: int, col: str = "pages_per_s"):
+        """Rate ratio to the reference at one vCPU count: median, min and max over every
+        pair of repetitions (a run of `series` over a run of `reference`)."""
+        a = self.cell_rows(series, vcpus)[col].dropna().tolist()
+        b = self.cell_rows(reference, vcpus)[col].dropna().tolist()
+        if not a or not b or min(b) <= 0:
+            return None
+        if series == reference:
+            pairs = [x / y for i, x in enumerate(a) for j, y in enumerate(b) if i != j] or [1.0]
+        else:
+            pairs = [x / y for x in a for y in b]
+        return {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs),
+                "ratio_of_medians": statistics.median(a) / statistics.median(b),
+                "n": (len(a), len(b))}
+
+    def merged_hist(self, series: str, vcpus: int) -> dict:
+        """The latency histograms of a cell's measured runs, summed."""
+        merged: dict[int, int] = {}
+        for text in self.cell_rows(series, vcpus)["fault_latency_hist"].dropna() \
+                if "fault_latency_hist" in self.runs.columns else []:
+            for k, c in json.loads(text).items():
+                merged[int(k)] = merged.get(int(k), 0) + int(c)
+        return dict(sorted(merged.items()))
+
+    def segments(self) -> list[str]:
+        cols = [c[len("fault_breakdown_ns.parts."):] for c in self.runs.columns
+                if c.startswith("fault_breakdown_ns.parts.") and self.runs[c].notna().any()]
+        return sorted(cols, key=lambda s: (SEGMENT_ORDER.index(s) if s in SEGMENT_ORDER
+                                           else len(SEGMENT_ORDER), s))
+
+    def roles(self) -> list[str]:
+        found = {c.split(".")[1] for c in self.runs.columns
+                 if c.startswith("cpu_by_role.") and c.endswith(".user_ns")}
+        return sorted(found, key=lambda r: (ROLE_ORDER.index(r) if r in ROLE_ORDER else 9, r))
+
+    def lock_sites(self) -> list[str]:
+        """Call sites seen in traced runs, most total wait first."""
+        cols = [c for c in self.traced.columns if c.startswith("lock_site.") and c.endswith(".wait_ns")]
+        totals = {c[len("lock_site."):-len(".wait_ns")]: float(self.traced[c].fillna(0).sum())
+                  for c in cols}
+        return [s for s, _ in sorted(totals.items(), key=lambda kv: -kv[1])]
+
+    # -- warnings: each cell's record warnings, numbered for tables and footnotes
+    def _warnings(self) -> dict:
+        out = {}
+        seen = self.df.drop_duplicates(["series", "vcpus", "source"])
+        for s, v, text in zip(seen["series"], seen["vcpus"], seen["warnings"]):
+            for w in json.loads(text):
+                lst = out.setdefault((s, int(v)), [])
+                if w not in lst:
+                    lst.append(w)
+        return out
+
+    def warning_ids(self) -> dict:
+        """(series, vcpus) -> "W<n>", in table order."""
+        ids = {}
+        for s in self.series:
+            for v in self.vcpus:
+                if (s, v) in self.warnings:
+                    ids[(s, v)] = f"W{len(ids) + 1}"
+        return ids
+
+    # -- captions
+    def machine_text(self) -> str:
+        machines = self.df.drop_duplicates(["machine.hostname", "machine.boot_id"])
+        parts = []
+        for _, m in machines.iterrows():
+            parts.append(f"{m['machine.cpu_model']}, {int(m['machine.online_cpus'])} online CPUs, "
+                         f"kernel {m['machine.kernel_release']}"
+                         + (f" (host {m['machine.hostname']})" if len(machines) > 1 else ""))
+        return "; ".join(parts)
+
+    def config_text(self) -> str:
+        d = self.runs if not self.runs.empty else self.df
+
+        def values(col, fmt="{}"):
+            if col not in d.columns:
+                return None
+            vals = sorted({v for v in d[col].dropna().tolist()}, key=str)
+            return ", ".join(fmt.format(v) for v in vals) if vals else None
+        parts = [f"workload {values('workload')}",
+                 f"{values('mem_per_vcpu_mib')} MiB per vCPU",
+                 f"fetch {values('fetch')}"]
+        delay = values("fetch_delay_us")
+        if delay and delay not in ("0.0", "0"):
+            parts.append(f"fetch delay {delay} us ({values('fetch_delay_mode')})")
+        reps = d.groupby(["series", "vcpus"]).size()
+        parts.append(f"{reps.min()}" + (f"-{reps.max()}" if reps.max() != reps.min() else "")
+                     + (" run per cell" if reps.max() == 1 else " runs per cell"))
+        parts.append(f"vCPUs {', '.join(str(v) for v in self.vcpus)}")
+        return "; ".join(parts)
+
+    def emulation_text(self) -> str:
+        return " ".join(f"{s} is EMULATED (dashed): {r}" for s, r in self.emulated.items())
+
+    def caption(self, what: str) -> str:
+        text = f"{what} Machine: {self.machine_text()}. Config: {self.config_text()}."
+        if self.emulated:
+            text += " " + self.emulation_text()
+        return text
+
+
+def fmt_si(value, digits: int = 3) -> str:
+    """27934 -> '27.9k': fixed-width friendly."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.{digits}g}{suffix}"
+    return f"{value:.{digits}g}"
+
+
+def fmt_num(value, decimals: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{decimals}f}"

@@ -1,0 +1,316 @@
+"""The report's tables: one per question, each rendered three ways (fixed-width
+text for mail to the kernel lists, Markdown, HTML) from one definition."""
+from __future__ import annotations
+
+import html
+import textwrap
+from dataclasses import dataclass, field
+
+from .data import ReportData, fmt_num, fmt_si
+
+TEXT_WIDTH = 80
+
+
+@dataclass
+class Table:
+    title: str                  # the question the table answers
+    header: list[str]           # "\n" splits a header over two lines in text
+    rows: list[list[str]]
+    key_columns: int = 1        # repeated when a wide table is split to fit the width
+    notes: list[str] = field(default_factory=list)
+
+    # -- plain text
+    def to_text(self, width: int = TEXT_WIDTH) -> str:
+        cols = len(self.header)
+        cells = [[str(c) for c in row] for row in self.rows]
+        heads = [h.split("\n") for h in self.header]
+        widths = []
+        for i in range(cols):
+            w = max([len(x) for x in heads[i]] + [len(r[i]) for r in cells])
+            widths.append(min(w, width - 2))
+        blocks, keys = [], list(range(self.key_columns))
+        key_w = sum(widths[i] + 2 for i in keys)
+        current, used = [], key_w
+        for i in range(self.key_columns, cols):
+            if current and used + widths[i] + 2 > width:
+                blocks.append(current)
+                current, used = [], key_w
+            current.append(i)
+            used += widths[i] + 2
+        blocks.append(current)
+        out = [self.title, "=" * min(width, len(self.title))]
+        for b, block in enumerate(blocks):
+            idx = keys + block
+            head_lines = max(len(heads[i]) for i in idx)
+            for line in range(head_lines):
+                parts = []
+                for i in idx:
+                    pad = head_lines - len(heads[i])   # bottom-align two-line headers
+                    text = heads[i][line - pad] if line >= pad else ""
+                    parts.append(text.ljust(widths[i]) if i < self.key_columns
+                                 else text.rjust(widths[i]))
+                out.append("  ".join(parts).rstrip())
+            out.append("  ".join("-" * widths[i] for i in idx))
+            for row in cells:
+                parts = [(row[i][:widths[i]].ljust(widths[i]) if i < self.key_columns
+                          else row[i][:widths[i]].rjust(widths[i])) for i in idx]
+                out.append("  ".join(parts).rstrip())
+            if b < len(blocks) - 1:
+                out.append("")
+        for note in self.notes:
+            out += textwrap.wrap(note, width, subsequent_indent="  ")
+        return "\n".join(out) + "\n"
+
+    # -- Markdown
+    def to_markdown(self) -> str:
+        def esc(s):
+            return str(s).replace("|", "\\|").replace("\n", " ")
+        out = [f"### {self.title}", "",
+               "| " + " | ".join(esc(h) for h in self.header) + " |",
+               "|" + "|".join("---" if i < self.key_columns else "---:"
+                              for i in range(len(self.header))) + "|"]
+        out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in self.rows]
+        if self.notes:
+            out.append("")
+            out += [f"- {esc(n)}" for n in self.notes]
+        return "\n".join(out) + "\n"
+
+    # -- HTML
+    def to_html(self) -> str:
+        e = html.escape
+        out = [f"<h3>{e(self.title)}</h3>", "<table>", "<thead><tr>"]
+        out += [f"<th>{e(h).replace(chr(10), '<br>')}</th>" for h in self.header]
+        out.append("</tr></thead><tbody>")
+        for row in self.rows:
+            tds = [f"<td class=\"{'key' if i < self.key_columns else 'num'}\">{e(str(c))}</td>"
+                   for i, c in enumerate(row)]
+            out.append("<tr>" + "".join(tds) + "</tr>")
+        out.append("</tbody></table>")
+        if self.notes:
+            out.append("<ul class=\"notes\">" + "".join(f"<li>{e(n)}</li>" for n in self.notes)
+                       + "</ul>")
+        return "\n".join(out) + "\n"
+
+
+def _emulation_notes(d: ReportData, series: list[str]) -> list[str]:
+    return [f"EMULATED {s}: {d.emulated[s]}" for s in series if s in d.emulated]
+
+
+def _warn_mark(d: ReportData, ids: dict, s: str, v: int) -> str:
+    return f" {ids[(s, v)]}" if (s, v) in ids else ""
+
+
+def rate_table(d: ReportData, ids: dict) -> Table:
+    rows = []
+    for v in d.vcpus:
+        row = [str(v)]
+        for s in d.series:
+            st = d.column("pages_per_s")
+            if (s, v) in st.index:
+                r = st.loc[(s, v)]
+                cv = f"{r['cv'] * 100:.0f}%" if r["n"] > 1 and r["cv"] == r["cv"] else "n=1"
+                row.append(f"{fmt_si(r['median'])} {cv}{_warn_mark(d, ids, s, v)}")
+            else:
+                row.append("-")
+        rows.append(row)
+    return Table("How fast does each mechanism page memory in? Paging rate, pages/s",
+                 ["vCPUs"] + [d.header(s) + "\npages/s cv" for s in d.series], rows,
+                 notes=["median over runs, then the coefficient of variation (stdev/mean); "
+                        "Wn: warnings for that cell, listed at the end"]
+                 + _emulation_notes(d, d.series))
+
+
+def who_wins_table(d: ReportData, reference: str, ids: dict) -> Table:
+    rows = []
+    for v in d.vcpus:
+        row = [str(v)]
+        for s in d.series:
+            r = d.ratio_to(reference, s, v)
+            if r is None:
+                row.append("-")
+            elif s == reference:
+                row.append("1 (ref)")
+            else:
+                row.append(f"{r['median']:.2f} {r['min']:.2f}-{r['max']:.2f}")
+        rows.append(row)
+    return Table(f"Who wins? Paging rate relative to {reference}",
+                 ["vCPUs"] + [d.header(s) + "\nratio min-max" for s in d.series], rows,
+                 notes=[f"median of the ratios over every pair of runs (a run of the mechanism "
+                        f"over a run of {reference} at the same vCPU count), then their "
+                        "min-max; above 1: faster than the reference"]
+                 + _emulation_notes(d, d.series))
+
+
+def latency_table(d: ReportData, ids: dict) -> Table:
+    keys = [("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99_9", "p99.9"), ("max", "max")]
+    rows = []
+    for s in d.series:
+        col = "fault_latency_ns" if not d.is_baseline(s) else "first_touch_latency_ns"
+        for v in d.vcpus:
+            vals = [d.value(f"{col}.{k}", s, v) for k, _ in keys]
+            if all(x is None for x in vals):
+                continue
+            name = d.legend(s) + (" (first touch)" if d.is_baseline(s) else "")
+            rows.append([name, str(v)] + [fmt_num(x / 1000 if x is not None else None) for x in vals]
+                        + [ids.get((s, v), "")])
+    return Table("How long does a vCPU wait for a page? Fault latency, us",
+                 ["mechanism", "vCPUs"] + [f"{lbl} us" for _, lbl in keys] + ["warn"], rows,
+                 key_columns=2,
+                 notes=["each percentile is the median over runs of the run's own percentile "
+                        "(from a histogram within 0.4%); baselines deliver no fault to userspace, "
+                        "so their row is the first touch of a page (the kernel's own fault path)"]
+                 + _emulation_notes(d, d.series))
+
+
+def breakdown_tables(d: ReportData) -> list[Table]:
+    out = []
+    segments = d.segments()
+    for s in d.mechanisms():
+        present = [g for g in segments if d.has(f"fault_breakdown_ns.parts.{g}",
+                                                 d.runs[d.runs["series"] == s])]
+        if not present:
+            continue
+        vs = [v for v in d.vcpus if d.value(f"fault_breakdown_ns.parts.{present[0]}", s, v) is not None]
+        rows = []
+        for g in present + ["mean_fault_latency"]:
+            col = (f"fault_breakdown_ns.parts.{g}" if g != "mean_fault_latency"
+                   else "fault_breakdown_ns.mean_fault_latency")
+            rows.append([g.replace("_", " ") if g != "mean_fault_latency" else "total (mean per fault)"]
+                        + [fmt_num((d.value(col, s, v, "mean") or 0) / 1000) for v in vs])
+        out.append(Table(f"{d.legend(s)}: where does a fault's time go? Mean us per fault",
+                         ["segment, us \\ vCPUs"] + [str(v) for v in vs], rows,
+                         notes=["mean over runs of each run's mean per fault (so the parts add "
+                                "up to the total)"]
+                         + _emulation_notes(d, [s])))
+    return out
+
+
+def lock_table(d: ReportData, ids: dict) -> Table | None:
+    if d.traced.empty or "kernel_locks.contentions" not in d.traced.columns:
+        return None
+    rows = []
+    sites = [c for c in d.traced.columns if c.startswith("lock_site.") and c.endswith(".wait_ns")]
+    for s in d.series:
+        for v in d.vcpus:
+            t = d.cell_rows(s, v, d.traced)
+            if t.empty or t["kernel_locks.contentions"].isna().all():
+                continue
+            row = t.iloc[0]
+            total = row["kernel_locks.wait_ns_total"]
+            best = max(((row[c], c) for c in sites if row[c] == row[c] and row[c] > 0), default=None)
+            site = best[1][len("lock_site."):-len(".wait_ns")] if best else "-"
+            share = f"{best[0] / total * 100:.0f}%" if best and total else ""
+            rows.append([d.legend(s), str(v), f"{int(row['kernel_locks.contentions']):,}",
+                         f"{total / 1e6:.2f}", site, share])
+    return Table("Which kernel locks are contended? One traced run per cell",
+                 ["mechanism", "vCPUs", "contentions", "wait ms", "top call site", "share %"], rows,
+                 key_columns=2,
+                 notes=["lock:contention_begin/end with the kernel call chain; traced runs are "
+                        "extra runs, the headline numbers come from untraced ones; share: the "
+                        "top call site's part of the cell's total wait"]
+                 + _emulation_notes(d, d.series))
+
+
+def blocktime_table(d: ReportData, ids: dict) -> Table | None:
+    if not d.has("blocktime_ns.all_vcpus"):
+        return None
+    rows = []
+    for s in d.series:
+        for v in d.vcpus:
+            a = d.value("blocktime_ns.all_vcpus", s, v)
+            if a is None:
+                continue
+            g = d.value("guest_seconds", s, v)
+            rows.append([d.legend(s), str(v), fmt_num(a / 1e6, 2),
+                         f"{a / 1e9 / g * 100:.0f}%" if g else "-",
+                         fmt_num(d.value("blocktime_ns.per_vcpu_mean", s, v) / 1e6, 2),
+                         fmt_num(d.value("blocktime_ns.per_vcpu_max", s, v) / 1e6, 2)])
+    return Table("How long are vCPUs blocked on faults? Blocktime, ms",
+                 ["mechanism", "vCPUs", "all blocked\nms", "of guest\n%", "per vCPU\nms",
+                  "per vCPU max\nms"],
+                 rows, key_columns=2,
+                 notes=["as QEMU's postcopy-blocktime: time all vCPUs were blocked at once, and "
+                        "each vCPU's blocked time (mean and max over vCPUs); medians over runs"]
+                 + _emulation_notes(d, d.series))
+
+
+def cpu_table(d: ReportData, ids: dict) -> Table | None:
+    roles = d.roles()
+    if not roles:
+        return None
+    rows = []
+    for s in d.series:
+        for v in d.vcpus:
+            per = per_fault_divisor(d, s, v)
+            if not per:
+                continue
+            row = [d.legend(s), str(v)]
+            for r in roles:
+                u = d.value(f"cpu_by_role.{r}.user_ns", s, v)
+                k = d.value(f"cpu_by_role.{r}.system_ns", s, v)
+                row.append("-" if u is None else f"{u / per / 1000:.1f}/{k / per / 1000:.1f}")
+            rows.append(row)
+    return Table("What CPU time does a fault cost, by thread role? us user/system per fault",
+                 ["mechanism", "vCPUs"] + [f"{r}\nus usr/sys" for r in roles], rows, key_columns=2,
+                 notes=["thread CPU time over the run divided by the faults delivered (baselines: "
+                        "by the pages faulted in by the kernel); medians over runs"]
+                 + _emulation_notes(d, d.series))
+
+
+def cost_and_wait_table(d: ReportData, ids: dict) -> Table:
+    """Mechanism cost (on-CPU time per fault) and CPU wait (run-queue time per fault)
+    apart: on 2 CPUs most of a fault's latency at scale is waiting for a CPU."""
+    roles = [r for r in ("vcpu", "reader", "resolver")
+             if d.has(f"sched.{r}.on_cpu_ns_per_fault")]
+    rows = []
+    for s in d.mechanisms():
+        for v in d.vcpus:
+            cost = [d.value(f"sched.{r}.on_cpu_ns_per_fault", s, v) for r in roles]
+            wait = [d.value(f"sched.{r}.run_queue_wait_ns_per_fault", s, v) for r in roles]
+            if all(c is None for c in cost):
+                continue
+            mean = d.value("fault_latency_ns.mean", s, v)
+            rows.append([d.legend(s), str(v),
+                         fmt_num(sum(c or 0 for c in cost) / 1000),
+                         fmt_num(sum(w or 0 for w in wait) / 1000),
+                         fmt_num(mean / 1000 if mean is not None else None),
+                         ids.get((s, v), "")])
+    return Table("What does a fault cost, and how long do its threads wait for a CPU? us per fault",
+                 ["mechanism", "vCPUs", "on-CPU us", "CPU wait us", "latency mean us", "warn"],
+                 rows, key_columns=2,
+                 notes=["on-CPU: thread CPU clock of the vCPU" + (", reader and resolver" if len(roles) > 1 else "")
+                        + " threads over the run per fault delivered (the mechanism's cost, the guest "
+                        "loop included); CPU wait: their run-queue time per fault (schedstat); medians "
+                        "over runs; the traced run splits each breakdown segment the same way"]
+                 + _emulation_notes(d, d.mechanisms()))
+
+
+def per_fault_divisor(d: ReportData, s: str, v: int):
+    faults = d.value("faults", s, v)
+    return faults if faults else d.value("pages", s, v)
+
+
+def warnings_text(d: ReportData, ids: dict, width: int = TEXT_WIDTH) -> str:
+    if not ids:
+        return "Warnings\n========\nnone: no record carries a warning\n"
+    out = ["Warnings carried by the records", "=" * 31]
+    for (s, v), wid in ids.items():
+        out.append(f"{wid}  {d.legend(s)} at {v} vCPUs:")
+        for w in d.warnings[(s, v)]:
+            out += textwrap.wrap(w, width, initial_indent="    - ", subsequent_indent="      ")
+    return "\n".join(out) + "\n"
+
+
+def warnings_rows(d: ReportData, ids: dict) -> list[tuple[str, str, list[str]]]:
+    return [(wid, f"{d.legend(s)} at {v} vCPUs", d.warnings[(s, v)]) for (s, v), wid in ids.items()]
+
+
+def all_tables(d: ReportData, reference: str) -> list[Table]:
+    ids = d.warning_ids()
+    tables = [rate_table(d, ids), who_wins_table(d, reference, ids), latency_table(d, ids),
+              cost_and_wait_table(d, ids)]
+    tables += breakdown_tables(d)
+    for t in (lock_table(d, ids), blocktime_table(d, ids), cpu_table(d, ids)):
+        if t is not None:
+            tables.append(t)
+    return [t for t in tables if t.rows]   # e.g. no latency table for --no-latency records

@@ -1,0 +1,301 @@
+"""One tidy table from any number of result records.
+
+    run_bench.py table RECORDS... --csv F | --parquet F [--units]
+
+A row per cell and repetition (measured runs, warm-ups and traced runs, told
+apart by `kind`), the cell's parameters and the machine's identity as columns,
+and every numeric metric of the run under its record path
+(`fault_latency_ns.p99`), its unit from the record's own naming rules
+(`bench.result.metric_unit`). Lock contention by kernel call site becomes
+`lock_site.<call site>.{count,wait_ns}` columns on traced rows; the latency
+histogram stays whole as JSON text (`fault_latency_hist`), so every figure of
+a report can be drawn from this table alone.
+
+Records of an older schema version are migrated (bench.result.MIGRATIONS);
+newer or malformed ones are refused with a one-line reason.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+from . import metrics
+from . import result as resultmod
+
+# marks the sweep index (bench/sweep.py) so that loading a sweep directory skips it
+INDEX_KIND = "faultbench-sweep-index"
+
+MACHINE_COLUMNS = ("hostname", "boot_id", "kernel_release", "cpu_model", "online_cpus", "arch",
+                   "mem_total_bytes")
+# config keys that describe how the harness measured, not what: kept, but left out of
+# the cell's identity (two sweeps differing only in these measure the same cells)
+VOLATILE_CONFIG = ("repeat", "warmup", "trace_locks", "lock_stacks", "trace_mmap_lock")
+KINDS = (("runs", "run"), ("warmups", "warmup"), ("traced_runs", "traced"))
+
+# The headline metrics, in the order reports and `--units` list them; what each
+# means comes from the metrics table (bench/metrics.py)
+HEADLINE = [(path, metrics.lookup(path).label) for path in (
+    "pages_per_s", "pages_per_s_per_vcpu", "guest_seconds", "faults",
+    "fault_latency_ns.p50", "fault_latency_ns.p99", "fault_latency_ns.p99_9",
+    "first_touch_latency_ns.p50", "blocktime_ns.all_vcpus", "blocktime_ns.per_vcpu_mean",
+    "fault_breakdown_ns.mean_fault_latency", "sched.vcpu.on_cpu_ns_per_fault",
+    "sched.vcpu.run_queue_wait_ns_per_fault", "kernel_locks.contentions",
+    "kernel_locks.wait_ns_total")]
+
+
+class TableError(Exception):
+    """A record that cannot join the table: printed as one line, exit 2."""
+
+
+def record_paths(paths: list[str]) -> list[str]:
+    """Files named, and every *.json below directories named (sorted)."""
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                out += [os.path.join(root, f) for f in sorted(files)
+                        if f.endswith(".json") and not f.startswith(".")]
+        elif os.path.exists(p):
+            out.append(p)
+        else:
+            raise TableError(f"{p}: no such file or directory")
+    return out
+
+
+def load_records(paths: list[str]) -> list[tuple[str, dict]]:
+    """(path, record) for every record found; one-line TableError otherwise.
+
+    A sweep's index file and incomplete records (a run stopped mid-cell) are
+    skipped when found inside a directory, refused when named directly."""
+    out = []
+    named = {os.path.abspath(p) for p in paths if not os.path.isdir(p)}
+    for path in record_paths(paths):
+        try:
+            with open(path, encoding="utf-8") as f:
+                rec = json.load(f)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TableError(f"{path}: cannot read: {exc}") from None
+        except (ValueError, RecursionError) as exc:
+            raise TableError(f"{path}: not JSON: {str(exc).splitlines()[0][:120]}") from None
+        direct = os.path.abspath(path) in named
+        if isinstance(rec, dict) and rec.get("kind") == INDEX_KIND:
+            if direct:
+                raise TableError(f"{path}: a sweep index, not a result record "
+                                 "(name the sweep directory instead)")
+            continue
+        if isinstance(rec, dict) and rec.get("incomplete"):
+            if direct:
+                raise TableError(f"{path}: an incomplete record (the run did not finish)")
+            continue
+        if not isinstance(rec, dict) or "schema_version" not in rec:
+            raise TableError(f"{path}: not a result record (no schema_version)")
+        try:
+            rec = resultmod.migrate(rec)
+        except (ValueError, KeyError) as exc:
+            raise TableError(f"{path}: {exc}") from None
+        problems = resultmod.validate(rec) or _cell_problems(rec)
+        if problems:
+            raise TableError(f"{path}: invalid record: {problems[0]}")
+        out.append((path, rec))
+    if not out:
+        raise TableError("no result records found in " + " ".join(paths))
+    return out
+
+
+def _cell_problems(rec: dict) -> list[str]:
+    """What the table needs beyond bench.result.validate: the cell's identity."""
+    c = rec["config"]
+    problems = [f"config.{k} should be a string" for k in ("mech", "workload")
+                if not isinstance(c.get(k), str)]
+    v = c.get("vcpus")
+    if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        problems.append("config.vcpus should be a positive integer")
+    for k in ("readers_per_uffd", "resolvers"):
+        if k in c and not isinstance(c[k], int):
+            problems.append(f"config.{k} should be an integer")
+    if not isinstance(rec.get("traced_runs", []), list):
+        problems.append("traced_runs should be a list")
+    return problems
+
+
+def mech_label(rec: dict) -> str:
+    """The series name of a record: mechanism plus the options that change it."""
+    c = rec["config"]
+    name = c["mech"]
+    if c.get("resolve") == "continue" and name not in ("none", "prefault"):
+        name += "/continue"
+    per = c.get("readers_per_uffd", c.get("resolvers", 1)) or 1
+    if per > 1:
+        name += f"/r{per}"
+    if c.get("fetch") == "worker":
+        name += "/worker"
+    return name
+
+
+def _scalar(value) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _config_columns(config: dict) -> dict:
+    cols = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if _scalar(v):
+                    cols[f"{key}.{sub}"] = v
+                else:
+                    cols[f"{key}.{sub}"] = json.dumps(v, sort_keys=True)
+        elif _scalar(value):
+            cols[key] = value
+        else:
+            cols[key] = json.dumps(value, sort_keys=True)
+    return cols
+
+
+def _numeric_leaves(metrics: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in metrics.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_numeric_leaves(value, path + "."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value):
+            out[path] = value
+    return out
+
+
+def _lock_site_columns(kernel_locks: dict) -> dict:
+    """Contention per kernel call site (top locks of the traced run)."""
+    cols = {}
+    for lock in kernel_locks.get("top_locks") or []:
+        site = lock.get("call_site") or f"lock {lock.get('lock')}"
+        cols[f"lock_site.{site}.count"] = cols.get(f"lock_site.{site}.count", 0) + lock["count"]
+        cols[f"lock_site.{site}.wait_ns"] = (cols.get(f"lock_site.{site}.wait_ns", 0)
+                                            + lock["wait_ns_total"])
+    return cols
+
+
+def cell_key(rec: dict) -> str:
+    """Identity of a cell: machine boot + the configuration, volatile keys left out."""
+    m = rec["machine"]
+    cfg = {k: v for k, v in rec["config"].items() if k not in VOLATILE_CONFIG}
+    return json.dumps({"host": m.get("hostname"), "boot": m.get("boot_id"), "config": cfg},
+                      sort_keys=True)
+
+
+def rows_of(path: str, rec: dict, metric_columns: set | None = None) -> list[dict]:
+    base = {"source": path, "created": rec["created"], "cell": cell_key(rec),
+            "label": mech_label(rec), "emulated": rec["emulated"],
+            "emulation_reason": rec["emulation_reason"] or "",
+            "warnings": json.dumps(rec["warnings"]),
+            "harness_version": rec["harness"].get("version"),
+            "git_commit": rec["harness"].get("git_commit"),
+            "git_dirty": rec["harness"].get("git_dirty")}
+    for key in MACHINE_COLUMNS:
+        base[f"machine.{key}"] = rec["machine"].get(key)
+    base.update(_config_columns(rec["config"]))
+    rows = []
+    for field, kind in KINDS:
+        for rep, run in enumerate(rec.get(field) or []):
+            metrics = run.get("metrics") or {}
+            raw = run.get("raw") or {}
+            row = dict(base, kind=kind, rep=rep)
+            leaves = _numeric_leaves(metrics)
+            row.update(leaves)
+            if metric_columns is not None:
+                metric_columns.update(leaves)
+            if isinstance(metrics.get("kernel_locks"), dict):
+                row.update(_lock_site_columns(metrics["kernel_locks"]))
+            hist = raw.get("fault_latency_hist")
+            row["fault_latency_hist"] = json.dumps(hist) if hist else None
+            rows.append(row)
+    return rows
+
+
+def build(records: list[tuple[str, dict]]):
+    """The tidy DataFrame; df.attrs["units"] maps each metric column to its unit."""
+    import pandas as pd
+    metric_columns: set = set()
+    rows = [row for path, rec in records for row in rows_of(path, rec, metric_columns)]
+    df = pd.DataFrame(rows)
+    units = {"vcpus": "count", "mem_per_vcpu_mib": "MiB", "fetch_delay_us": "us"}
+    for col in df.columns:
+        if col.startswith("lock_site."):
+            units[col] = "ns" if col.endswith(".wait_ns") else "count"
+        elif col in metric_columns:
+            unit = resultmod.metric_unit(col)
+            if unit:
+                units[col] = unit
+    df.attrs["units"] = {k: v for k, v in units.items() if k in df.columns}
+    return df
+
+
+def load_table(paths: list[str]):
+    return build(load_records(paths))
+
+
+def measured(df):
+    """The rows that give headline numbers: measured runs, not warm-ups or traced runs."""
+    return df[df["kind"] == "run"]
+
+
+def write(df, csv: str | None, parquet: str | None) -> list[str]:
+    written = []
+    if csv:
+        df.to_csv(csv, index=False)
+        written.append(csv)
+    if parquet:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        # units travel with the file, as field metadata
+        fields = [f.with_metadata({"unit": df.attrs["units"][f.name]})
+                  if f.name in df.attrs["units"] else f for f in table.schema]
+        table = table.cast(pa.schema(fields, metadata=table.schema.metadata))
+        pq.write_table(table, parquet)
+        written.append(parquet)
+    return written
+
+
+def units_text(df) -> str:
+    units = df.attrs["units"]
+    lines = [f"{'column':<44} {'unit':<8} meaning"]
+    for path, meaning in HEADLINE:
+        if path in df.columns:
+            lines.append(f"{path:<44} {units.get(path, '-'):<8} {meaning}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="run_bench.py table",
+                                description="Export result records as one tidy table "
+                                            "(a row per cell and repetition).")
+    p.add_argument("records", nargs="+", help="result files or directories (searched for *.json)")
+    p.add_argument("--csv", help="write the table as CSV")
+    p.add_argument("--parquet", help="write the table as Parquet (units as field metadata)")
+    p.add_argument("--units", action="store_true", help="print the headline columns and their units")
+    p.error = lambda message: p.exit(2, f"{p.prog}: error: {message} (see --help)\n")
+    a = p.parse_args(argv)
+    if not (a.csv or a.parquet or a.units):
+        p.error("say where: --csv F and/or --parquet F (or --units)")
+    try:
+        df = load_table(a.records)
+        for path in write(df, a.csv, a.parquet):
+            print(f"{path}: {len(df)} rows x {len(df.columns)} columns")
+    except TableError as exc:
+        print(f"run_bench.py table: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"run_bench.py table: error: writing: {exc}", file=sys.stderr)
+        return 2
+    if a.units:
+        print(units_text(df), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

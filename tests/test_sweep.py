@@ -1,0 +1,166 @@
+"""Sweeps: one directory with an index, progress on a terminal only, Ctrl-C then --resume."""
+import hashlib
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench import sweep as sweepmod
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# exits with a 1 ms modelled fetch: 512 faults take about 0.5 s a run, long enough
+# to interrupt a sweep between cells, short enough for the suite
+SLOW_CELLS = ["--mech", "exits", "--mem-per-vcpu", "2", "--fetch-delay-us", "1000",
+              "--repeat", "2", "--no-trace-locks", "--quiet"]
+
+
+def _index(d):
+    with open(os.path.join(d, "index.json")) as f:
+        return json.load(f)
+
+
+def _digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_ctrl_c_then_resume_runs_only_the_missing_cells(kvm, tmp_path):
+    out = str(tmp_path / "sweep")
+    cmd = [sys.executable, "run_bench.py", "--vcpus", "1,2,3,4", *SLOW_CELLS, "--out", out]
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    done = []
+    while time.monotonic() < deadline:
+        if os.path.exists(os.path.join(out, "index.json")):
+            done = [c for c in _index(out)["cells"] if c["status"] == "done"]
+            if done:
+                break
+        time.sleep(0.05)
+    assert done, "no cell finished within 60 s"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert f"--resume {out}" in err
+
+    index = _index(out)
+    assert index["status"] == "incomplete"
+    finished = {c["record"]: _digest(os.path.join(out, c["record"]))
+                for c in index["cells"] if c["status"] == "done"}
+    assert 1 <= len(finished) < 4
+    statuses = {c["status"] for c in index["cells"] if c["status"] != "done"}
+    assert statuses <= {"interrupted", "pending"} and statuses
+    # a finished cell's record is whole and usable
+    from bench import result as resultmod
+    for name in finished:
+        assert resultmod.validate(resultmod.load(os.path.join(out, name))) == []
+
+    r = subprocess.run([sys.executable, "run_bench.py", "--resume", out], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    index = _index(out)
+    assert index["status"] == "complete"
+    assert [c["vcpus"] for c in index["cells"]] == [1, 2, 3, 4]
+    for name, digest in finished.items():   # not rerun: byte for byte the same file
+        assert _digest(os.path.join(out, name)) == digest
+    rerun = [c for c in index["cells"] if c["record"] not in finished]
+    assert all(c["status"] == "done" and not c.get("reused") for c in rerun)
+    assert all(c.get("reused") for c in index["cells"] if c["record"] in finished)
+    # the quiet output names exactly the records this invocation wrote
+    written = {os.path.basename(line) for line in r.stdout.split()}
+    assert written == {c["record"] for c in rerun}
+    assert len(index["invocations"]) == 2
+
+
+def test_index_accounts_for_the_wall_time(kvm, tmp_path):
+    out = str(tmp_path / "s")
+    r = subprocess.run([sys.executable, "run_bench.py", "--vcpus", "1,2", "--mech", "exits,none",
+                        "--mem-per-vcpu", "2", "--repeat", "2", "--out", out],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    t = _index(out)["time"]
+    acc = t["accounts_s"]
+    assert set(acc) == set(sweepmod.ACCOUNTS)
+    assert acc["guest"] > 0 and acc["guest_traced"] > 0 and acc["tracing"] > 0
+    assert all(v >= -0.01 for v in acc.values()), acc
+    # every account but "startup" is measured; startup is what remains of the wall time
+    assert sum(acc.values()) == pytest.approx(t["wall_s"], rel=0.02)
+    assert 0 < t["outside_guest_share"] < 1
+    assert "outside the guest" in r.stdout
+    for c in _index(out)["cells"]:
+        assert c["status"] == "done" and c["wall_s"] >= sum(c["time_s"].values()) * 0.98
+
+
+def _run_on_tty(cmd):
+    """Run cmd with stderr on a pseudo-terminal; returns (rc, what the terminal showed)."""
+    master, slave = pty.openpty()
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=slave, stdin=slave)
+    os.close(slave)
+    shown = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+        elif p.poll() is not None:
+            break
+    p.wait(timeout=60)
+    os.close(master)
+    return p.returncode, shown.decode(errors="replace")
+
+
+def test_progress_on_a_terminal_and_quiet_otherwise(kvm, tmp_path):
+    cmd = [sys.executable, "run_bench.py", "--vcpus", "1,2", *SLOW_CELLS[:-1], "--repeat", "1",
+           "--quiet", "--out", str(tmp_path / "tty")]
+    rc, shown = _run_on_tty(cmd)
+    assert rc == 0, shown
+    assert "cell 1 of 2: exits at 1 vCPUs; elapsed 0:0" in shown
+    assert "cell 2 of 2: exits at 2 vCPUs" in shown and "left" in shown   # estimate after a cell
+    cmd[-1] = str(tmp_path / "pipe")
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "cell 1 of" not in r.stderr + r.stdout
+
+
+def test_resume_refuses_what_it_cannot_use(tmp_path):
+    r = subprocess.run([sys.executable, "run_bench.py", "--resume", str(tmp_path)], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no sweep index" in r.stderr and len(r.stderr.splitlines()) == 1
+    (tmp_path / "index.json").write_text('{"kind": "something else"}')
+    r = subprocess.run([sys.executable, "run_bench.py", "--resume", str(tmp_path)], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "not a faultbench sweep index" in r.stderr
+    r = subprocess.run([sys.executable, "run_bench.py", "--resume", str(tmp_path), "--vcpus", "2"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "give no other option" in r.stderr
+
+
+def test_incomplete_record_is_not_taken_as_done(tmp_path):
+    path = tmp_path / "exits-sequential-v1.json"
+    path.write_text('{"schema_version": 1, "runs": []')   # cut short
+    assert not sweepmod.record_complete(str(path), 1)
+    s = sweepmod.Sweep([("exits", 1)], "sequential", 1, str(tmp_path), ["--vcpus", "1"])
+    assert not s.is_done("exits", 1)
+
+
+def test_a_directory_of_another_sweep_is_refused(tmp_path):
+    d = tmp_path / "s"
+    s = sweepmod.Sweep([("exits", 1)], "sequential", 1, str(d), ["--vcpus", "1", "--out", str(d)])
+    s.finish()
+    r = subprocess.run([sys.executable, "run_bench.py", "--vcpus", "2", "--out", str(d)],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "holds the sweep of another command" in r.stderr
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "x.json").write_text("{}")
+    r = subprocess.run([sys.executable, "run_bench.py", "--vcpus", "2", "--out",
+                        str(tmp_path / "loose")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "no sweep index" in r.stderr

@@ -1,0 +1,186 @@
+"""Untrusted result files: the loader and the report CLIs never crash on
+malformed, truncated, foreign or hostile JSON; they say what is wrong in one
+line and exit 2. Property-based: hypothesis generates the files. No KVM needed."""
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from bench import report
+from bench import result as resultmod
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                       HealthCheck.too_slow])
+
+
+def _metrics(rate: float) -> dict:
+    return {"pages": 1024, "touches": 1024, "faults": 1024, "guest_seconds": 1024 / rate,
+            "pages_per_s": rate, "pages_per_s_per_vcpu": rate / 2, "content_errors": 0,
+            "fault_latency_ns": {"p50": 90_000.0, "p90": 150_000.0, "p99": 210_000.0,
+                                 "p99_9": 900_000.0, "max": 1_400_000.0, "mean": 100_000.0,
+                                 "count": 1024},
+            "blocktime_ns": {"all_vcpus": 1000, "per_vcpu_mean": 2.0e7}}
+
+
+def valid_record() -> dict:
+    """A record as run_bench.py writes it (the fields readers use), built without KVM."""
+    config = {"mech": "uffd", "uffds": 1, "readers": 1, "readers_per_uffd": 1, "wait": "poll",
+              "resolve": "copy", "workload": "sequential", "workload_params": {}, "vcpus": 2,
+              "mem_per_vcpu_mib": 2, "memory_pages": 1024, "fetch": "inline", "worker": None,
+              "record_latency": True, "seed": 1, "repeat": 3, "warmup": 0}
+    machine = {"kernel_release": "6.18", "cpu_model": "x", "online_cpus": 2, "arch": "x86_64"}
+    rec = resultmod.new_record(["run_bench.py", "--vcpus", "2"], config, machine,
+                               {"version": "0.1.0"}, False, None)
+    for rate in (17000.0, 17500.0, 18000.0):
+        resultmod.add_run(rec, _metrics(rate), raw={"threads": [{"role": "vcpu", "tid": 1}]})
+    return resultmod.finalize(rec)
+
+
+VALID = valid_record()
+VALID_TEXT = json.dumps(VALID)
+
+
+def test_the_valid_record_loads_and_compares(tmp_path, capsys):
+    path = tmp_path / "ok.json"
+    path.write_text(VALID_TEXT)
+    assert resultmod.load(str(path)) == VALID
+    assert report.main(["compare", str(path), str(path)]) == 0
+
+
+def check_file(tmp_path, data: bytes, capsys):
+    """The properties every file must satisfy, whatever it holds."""
+    bad, good = tmp_path / "bad.json", tmp_path / "good.json"
+    bad.write_bytes(data)
+    good.write_text(VALID_TEXT)
+    try:
+        rec = resultmod.load(str(bad))
+    except resultmod.RecordError as exc:
+        assert "\n" not in str(exc) and str(bad) in str(exc)
+        loaded = False
+    else:
+        assert resultmod.validate(rec) == []
+        loaded = True
+    capsys.readouterr()
+    status = report.main(["compare", str(good), str(bad)])
+    out, err = capsys.readouterr()
+    assert status in (0, 1, 2)
+    if not loaded:
+        assert status == 2
+    if status == 2:
+        assert len(err.splitlines()) == 1 and err.startswith("bench.report: error:"), err
+    return loaded
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20)
+
+
+def _paths(node, prefix=()):
+    out = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _paths(v, prefix + (i,))
+    return out
+
+
+PATHS = _paths(VALID)
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(path=st.sampled_from(PATHS), value=json_values, delete=st.booleans())
+def test_wrong_types_anywhere(tmp_path, capsys, path, value, delete):
+    rec = copy.deepcopy(VALID)
+    parent = rec
+    for key in path[:-1]:
+        parent = parent[key]
+    if delete and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    check_file(tmp_path, json.dumps(rec).encode(), capsys)
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(value=json_values)
+def test_foreign_json(tmp_path, capsys, value):
+    assert not check_file(tmp_path, json.dumps(value).encode(), capsys) or isinstance(value, dict)
+
+
+@settings(max_examples=80, **SETTINGS)
+@given(cut=st.integers(0, len(VALID_TEXT) - 1), junk=st.binary(max_size=8),
+       at=st.integers(0, len(VALID_TEXT)))
+def test_truncated_and_corrupted_bytes(tmp_path, capsys, cut, junk, at):
+    data = VALID_TEXT.encode()
+    assert not check_file(tmp_path, data[:cut], capsys)          # every prefix is refused
+    check_file(tmp_path, data[:at] + junk + data[at:], capsys)   # junk may still be valid JSON
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(depth=st.integers(33, 200_000), kind=st.sampled_from(["[", '{"a":']),
+       inside=st.booleans())
+def test_deep_nesting(tmp_path, capsys, depth, kind, inside):
+    close = "]" if kind == "[" else "}"
+    nest = kind * depth + "1" + close * depth
+    text = (VALID_TEXT.replace('"workload_params": {}', f'"workload_params": {nest}')
+            if inside else nest)
+    assert not check_file(tmp_path, text.encode(), capsys)
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(number=st.one_of(
+    st.integers(21, 100_000).map(lambda n: "9" * n),                  # beyond 64 bits, up to huge
+    st.sampled_from(["1e999", "-1e999", "NaN", "Infinity", "-Infinity", "1e-999999"]),
+    st.integers(-400, 400).map(lambda e: f"1.5e{e}")),
+    where=st.sampled_from(['"pages": 1024', '"vcpus": 2', '"median": 17500.0', '"seed": 1']))
+def test_huge_and_odd_numbers(tmp_path, capsys, number, where):
+    key = where.split(":")[0]
+    text = VALID_TEXT.replace(where, f"{key}: {number}", 1)
+    check_file(tmp_path, text.encode(), capsys)
+
+
+@pytest.mark.parametrize("name,data", [
+    ("not_utf8", b'{"schema_version": 1, "created": "\xff\xfe"}'),
+    ("truncated", VALID_TEXT.encode()[:len(VALID_TEXT) // 2]),
+    ("deep", b"[" * 100_000 + b"]" * 100_000),
+    ("huge_int", VALID_TEXT.replace('"pages": 1024', '"pages": ' + "9" * 5000, 1).encode()),
+    ("incomplete", json.dumps({**VALID, "incomplete": True}).encode()),
+    ("empty", b""),
+], ids=lambda v: v if isinstance(v, str) else "data")   # short ids: the node id goes into the environment
+def test_report_cli_exits_2_with_one_line(tmp_path, name, data):
+    bad, good = tmp_path / f"{name}.json", tmp_path / "good.json"
+    bad.write_bytes(data)
+    good.write_text(VALID_TEXT)
+    for argv in (["compare", str(good), str(bad)], ["scaling", str(bad), "--out", str(tmp_path / "r")]):
+        p = subprocess.run([sys.executable, "-m", "bench.report", *argv], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2, (argv, p.stdout, p.stderr)
+        assert len(p.stderr.splitlines()) == 1 and str(bad) in p.stderr, p.stderr
+    assert not (tmp_path / "r").exists()   # nothing written for a refused input
+
+
+@settings(max_examples=12, **SETTINGS)
+@given(path=st.sampled_from([p for p in PATHS if p[0] in ("summary", "config", "runs")]),
+       value=json_values)
+def test_scaling_never_crashes(tmp_path, capsys, path, value):
+    rec = copy.deepcopy(VALID)
+    parent = rec
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(rec))
+    status = report.main(["scaling", str(bad), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status in (0, 2)
+    if status == 2:
+        assert len(err.splitlines()) == 1, err
