@@ -25,7 +25,7 @@ def write(record: dict, path: str) -> str:
     return path
 
 
-def scaled(record: dict, path: str, factor: float) -> dict:
+def scaled(record: dict, factor: float) -> dict:
     """The record with one metric, the fault latency (every percentile of it, so
     the distribution shifts whole), multiplied in every run."""
     from bench import result as resultmod

@@ -66,18 +66,8 @@ def load_records(paths: list[str]) -> list[tuple[str, dict]]:
             files.append(path)
     out = []
     for path in files:
-        try:
-            record = resultmod.load(path)
-        except FileNotFoundError:
-            raise BadInput(f"{path}: no such file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BadInput(f"{path}: cannot read: {exc}") from None
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
-        except ValueError as exc:
-            raise BadInput(f"{path}: {exc}") from None
-        problems = resultmod.validate(record)
-        if problems:
-            raise BadInput(f"{path}: not a valid result record: {problems[0]}")
-        out.append((path, record))
+        try:   # read, checked and migrated by the record's own loader: one line on failure
+            out.append((path, resultmod.load(path)))
+        except resultmod.RecordError as exc:
+            raise BadInput(str(exc)) from None
     return out

@@ -6,7 +6,6 @@ cell on a side pool their runs. Exit 0: every judged metric SAME (or better);
 input. See bench/nightly/verdict.py for the statistics.
 """
 import argparse
-import json
 import sys
 
 from bench import result as resultmod

@@ -12,12 +12,12 @@ metric's minimum effect is not reported. Each change is then explained:
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import statistics
 import sys
 from dataclasses import dataclass
+
+from scipy.stats import mannwhitneyu
 
 from bench import result as resultmod
 
@@ -75,7 +75,8 @@ def _explain(rows: list[dict], at: int) -> tuple[str, str]:
               if (w := cpu_wait_share(run)) is not None] for side in (before, after)]
     if all(waits):
         wb, wa = statistics.median(waits[0]), statistics.median(waits[1])
-        if abs(wa - wb) > DISTURBED_MARGIN:   # the host's load during the runs moved
+        # the host's load during the runs moved: by over 10 points, and by rank
+        if abs(wa - wb) > DISTURBED_MARGIN and mannwhitneyu(waits[0], waits[1]).pvalue < 0.01:
             host.append(f"threads waited for a CPU {wb:.0%} -> {wa:.0%} of their runnable time")
     if host:
         return "host", "host changed: " + "; ".join(host)
