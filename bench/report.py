@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     if argv[:1] == ["compare"]:
         # the nightly verdict (rank test, effect size, host fingerprint): bench/nightly/
         from .nightly.compare import main as compare_main
-        return compare_main(argv[1:], prog="python -m bench.report compare")
+        return compare_main(argv[1:], prog="python -m bench.report compare", error_prefix="bench.report")
     if argv and argv[0] not in ("scaling", "compare", "-h", "--help"):
         from .reporting.build import main as full_report   # RECORDS... [--out DIR]
         return full_report(argv)

@@ -49,7 +49,9 @@ def test_the_valid_record_loads_and_compares(tmp_path, capsys):
     path = tmp_path / "ok.json"
     path.write_text(VALID_TEXT)
     assert resultmod.load(str(path)) == VALID
-    assert report.main(["compare", str(path), str(path)]) == 0
+    # compare gives the nightly verdict (bench/nightly/verdict.py): 3 runs a side are
+    # too few for any rank test, so UNKNOWN, exit 2, saying why in one line
+    assert report.main(["compare", str(path), str(path)]) == 2
 
 
 def check_file(tmp_path, data: bytes, capsys):

@@ -5,6 +5,8 @@ cell on a side pool their runs. Exit 0: every judged metric SAME (or better);
 1: a metric DIFFERENT and worse; 2: UNKNOWN somewhere, the host changed, or bad
 input. See bench/nightly/verdict.py for the statistics.
 """
+from __future__ import annotations
+
 import argparse
 import sys
 
@@ -33,21 +35,23 @@ def build_parser(prog: str = "run_bench.py compare") -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None, prog: str = "run_bench.py compare") -> int:
+def main(argv=None, prog: str = "run_bench.py compare", error_prefix: str | None = None) -> int:
+    """error_prefix: how error lines start (bench.report keeps its own)."""
+    error_prefix = error_prefix or prog
     a = build_parser(prog).parse_args(argv)
     if not 0 < a.alpha < 1:
-        print(f"{prog}: error: --alpha {a.alpha} is not in (0, 1)", file=sys.stderr)
+        print(f"{error_prefix}: error: --alpha {a.alpha} is not in (0, 1)", file=sys.stderr)
         return 2
     try:
         base = [r for _p, r in load_records([a.base])]
         new = [r for _p, r in load_records([a.new])]
     except BadInput as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{error_prefix}: error: {exc}", file=sys.stderr)
         return 2
     ignore = frozenset(k for k in a.ignore_config.split(",") if k)
     cmp = compare_records(base, new, ignore, alpha=a.alpha)
     if not cmp.judgements:
-        print(f"{prog}: error: no cell in common between {a.base} and {a.new} "
+        print(f"{error_prefix}: error: no cell in common between {a.base} and {a.new} "
               f"({'; '.join(cmp.unmatched)})", file=sys.stderr)
         return 2
     sys.stdout.write(render_text(cmp))
@@ -58,4 +62,10 @@ def main(argv=None, prog: str = "run_bench.py compare") -> int:
         os.replace(a.markdown + ".tmp", a.markdown)
     if a.json:
         resultmod.write_atomic(cmp.as_dict(), a.json)
-    return cmp.exit_status()
+    status = cmp.exit_status()
+    if status == 2:   # every exit 2 says why in one line on stderr, as bad input does
+        unknown = sum(j.verdict == "UNKNOWN" for j in cmp.judgements)
+        why = ("host changed: " + cmp.host_changes[0] if cmp.host_changes else
+               f"{unknown} of {len(cmp.judgements)} verdicts UNKNOWN")
+        print(f"{error_prefix}: error: no verdict ({why})", file=sys.stderr)
+    return status
