@@ -25,6 +25,7 @@ import os
 import re
 import threading
 import time
+from typing import NamedTuple
 import weakref
 
 TRACEFS = "/sys/kernel/tracing"
@@ -186,38 +187,66 @@ def _strip_len(frame: str) -> str:
     return frame.split("/", 1)[0]
 
 
-def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
-                resolve_symbol=None, top=5, events_lost=0) -> dict:
-    """Build the summary from the text ``trace`` lines (and optionally the same buffer
-    printed with the ``raw`` option, which carries nanosecond timestamps).
+class Entry(NamedTuple):
+    """One kept trace event (mmap_lock events are MmEntry)."""
+    idx: int           # position in the buffer: the raw read's line for the same event
+    pid: int
+    cpu: int
+    ts_text_ns: int    # the text read's microseconds, in ns
+    event: str
+    rest: str
+    irq: str           # the irq/preempt flags column
+    stack: list | None  # "<stack trace>" entries: the frames that follow
 
-    ``tids``: keep only events of these pids (None = all).  ``resolve_symbol``:
-    callable(addr_int) -> str|None for unhashed addresses.
-    """
-    tidset = None if tids is None else {int(t) for t in tids}
 
+class MmEntry(NamedTuple):
+    idx: int
+    pid: int
+    ts_text_ns: int
+    acquire: bool      # acquire_returned (else start_locking)
+    mm: str
+    write: str | None
+    success: str | None
+
+
+class _Read(NamedTuple):
+    entries: list
+    mm_entries: list
+    raw_ts: list | None   # ns timestamps by buffer position, when the raw read lines up
+    unparsed: int
+    lost_lines: int
+    header_lost: int
+
+
+def _read_raw(raw_lines) -> tuple[list, list, list]:
     raw_pid, raw_cpu, raw_ts = [], [], []
-    if raw_lines is not None:
-        match = _RAW_RE.match
-        for line in raw_lines:
-            m = match(line)
-            if m:
-                pid, cpu, ts_ns = m.groups()
-                raw_pid.append(int(pid))
-                raw_cpu.append(int(cpu))
-                raw_ts.append(int(ts_ns))
-    use_raw = raw_lines is not None and len(raw_ts) > 0
+    match = _RAW_RE.match
+    for line in raw_lines:
+        m = match(line)
+        if m:
+            pid, cpu, ts_ns = m.groups()
+            raw_pid.append(int(pid))
+            raw_cpu.append(int(cpu))
+            raw_ts.append(int(ts_ns))
+    return raw_pid, raw_cpu, raw_ts
 
-    # Pass 1: collect kept entries; each keeps its index into the raw list.
-    entries = []      # [idx, pid, cpu, ts_us_ns, event, rest, irq, stack(list)|None]
+
+def _read(text_lines, raw_lines, tidset) -> _Read:
+    """Parse the text read into kept entries; line the raw read up with it (same
+    order; the kernel rounds ns to the nearest us in text) for ns timestamps."""
+    raw_pid, raw_cpu, raw_ts = _read_raw(raw_lines) if raw_lines is not None else ([], [], [])
+    use_raw = bool(raw_ts)
+
+    def lines_up(idx, pid, cpu, ts_us):
+        return (idx < len(raw_ts) and raw_pid[idx] == pid and raw_cpu[idx] == cpu
+                and (raw_ts[idx] + 500) // 1000 == ts_us)
+
+    entries, mm_entries = [], []
     last_kept = None  # stack frames follow the "<stack trace>" entry they belong to
-    unparsed = 0
-    lost_lines = 0
+    unparsed = lost_lines = 0
     header_in = header_written = None
     idx = -1
-    match = _ENTRY_RE.match
-    mm_match = _MM_LINE_RE.match
-    mm_entries = []   # (idx, pid, ts_us_ns, acquire?, mm, write, success)
+    match, mm_match = _ENTRY_RE.match, _MM_LINE_RE.match
     for line in text_lines:
         if not line.strip():
             continue
@@ -227,23 +256,20 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
                 header_in, header_written = int(m.group(1)), int(m.group(2))
             continue
         if line.startswith(" => "):
-            if last_kept is not None and last_kept[4] == "<stack trace>":
-                last_kept[7].append(line[4:].strip())
+            if last_kept is not None and last_kept.event == "<stack trace>":
+                last_kept.stack.append(line[4:].strip())
             continue
         if "mmap_lock_start" in line or "mmap_lock_acq" in line:
-            f = mm_match(line)
+            f = mm_match(line)   # nearly every line at scale: one dedicated pattern
             if f:
                 idx += 1
                 pid, cpu, sec, usec, kind, mm_id, write, success = f.groups()
-                pid, cpu = int(pid), int(cpu)
-                ts_us = int(sec) * 1_000_000 + int(usec)
-                if use_raw and (idx >= len(raw_ts) or raw_pid[idx] != pid or raw_cpu[idx] != cpu
-                                or (raw_ts[idx] + 500) // 1000 != ts_us):
-                    use_raw = False
+                pid, cpu, ts_us = int(pid), int(cpu), int(sec) * 1_000_000 + int(usec)
+                use_raw = use_raw and lines_up(idx, pid, cpu, ts_us)
                 last_kept = None
                 if tidset is None or pid in tidset:
-                    mm_entries.append((idx, pid, ts_us * 1000, kind == "acquire_returned",
-                                       mm_id, write, success))
+                    mm_entries.append(MmEntry(idx, pid, ts_us * 1000, kind == "acquire_returned",
+                                              mm_id, write, success))
                 continue
         m = match(line)
         if not m:
@@ -258,46 +284,60 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
         # one call for every field: this loop runs for millions of lines at 256 vCPUs
         pid, cpu, sec, usec, ev, rest, irq = m.group("pid", "cpu", "sec", "usec", "event",
                                                      "rest", "irq")
-        pid, cpu = int(pid), int(cpu)
-        ts_us = int(sec) * 1_000_000 + int(usec)
-        if use_raw:
-            # Same order in both reads; the kernel rounds ns to the nearest us in text.
-            if (idx >= len(raw_ts) or raw_pid[idx] != pid or raw_cpu[idx] != cpu
-                    or (raw_ts[idx] + 500) // 1000 != ts_us):
-                use_raw = False
+        pid, cpu, ts_us = int(pid), int(cpu), int(sec) * 1_000_000 + int(usec)
+        use_raw = use_raw and lines_up(idx, pid, cpu, ts_us)
         if tidset is not None and pid not in tidset:
             last_kept = None
             continue
         ev = ev.strip()
-        last_kept = [idx, pid, cpu, ts_us * 1000, ev, rest or "", irq or "",
-                     [] if ev == "<stack trace>" else None]
+        if ev in ("mmap_lock_start_locking", "mmap_lock_acquire_returned"):
+            # an mmap_lock line the dedicated pattern did not take: the same entry
+            f = _MM_FIELDS_RE.search(rest or "")
+            mm_id, write, success = f.groups() if f else ("?", None, None)
+            mm_entries.append(MmEntry(idx, pid, ts_us * 1000, ev == "mmap_lock_acquire_returned",
+                                      mm_id, write, success))
+            last_kept = None
+            continue
+        last_kept = Entry(idx, pid, cpu, ts_us * 1000, ev, rest or "", irq or "",
+                          [] if ev == "<stack trace>" else None)
         entries.append(last_kept)
     if use_raw and idx + 1 != len(raw_ts):
         use_raw = False
+    header_lost = (header_written - header_in) if header_in is not None and header_written is not None else 0
+    return _Read(entries, mm_entries, raw_ts if use_raw else None, unparsed, lost_lines, header_lost)
 
+
+class _Paired(NamedTuple):
+    waits: list               # finished contentions (dicts: lock, flags, t0, t1, wait, stack...)
+    open_contentions: list    # begins that never ended
+    unmatched_ends: int
+    irq_contentions: int
+    unparsed: int
+    mm: dict
+    mm_waits: list            # (pid, start, end) of every mmap_lock acquisition timed
+    pids_seen: set
+
+
+def _pair(read: _Read) -> _Paired:
+    """Match each contention_begin with its end (and its stack), and each mmap_lock
+    start_locking with its acquire_returned."""
     def ts(e):
-        return raw_ts[e[0]] if use_raw else e[3]
+        return read.raw_ts[e.idx] if read.raw_ts is not None else e.ts_text_ns
 
-    # Pass 2: pairing.
     pending = collections.defaultdict(list)   # pid-key -> stack of open contentions
     # (pid, cpu) -> begins awaiting their "<stack trace>" entry.  LIFO: an interrupt that
     # contends while the task's stack is being unwound records begin+stack in between.
     awaiting_stack = collections.defaultdict(list)
-    mm_pending = {}                           # (pid, mm) -> (start ts, write)
-    waits = []                                # finished contentions
-    unmatched_ends = 0
-    irq_contentions = 0
-    mm = {"acquisitions": 0, "wait_ns_total": 0, "wait_ns_max": 0, "contended": 0, "write": 0}
-    mm_waits = []                             # (pid, start, end) for the contended check
+    waits = []
+    unmatched_ends = irq_contentions = 0
+    unparsed = read.unparsed
     pids_seen = set()
-
-    for e in entries:
-        _, pid, cpu, _, ev, rest, irq, stack = e
-        key = (pid, cpu) if pid == 0 else pid   # idle tasks are per CPU, all pid 0
-        pids_seen.add(pid)
+    for e in read.entries:
+        key = (e.pid, e.cpu) if e.pid == 0 else e.pid   # idle tasks are per CPU, all pid 0
+        pids_seen.add(e.pid)
         t = ts(e)
-        if ev == "contention_begin":
-            m = _BEGIN_RE.match(rest)
+        if e.event == "contention_begin":
+            m = _BEGIN_RE.match(e.rest)
             if not m:
                 unparsed += 1
                 continue
@@ -307,22 +347,22 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
                 # mutexes emit begin twice (spin, then sleep) before one end: keep the
                 # first timestamp, take the later flags.
                 st[-1]["flags"] = flags
-                awaiting_stack[(pid, cpu)].append({"stack": ()})  # soaks up its stack
+                awaiting_stack[(e.pid, e.cpu)].append({"stack": ()})  # soaks up its stack
             else:
                 rec = {"lock": addr, "flags": flags, "t0": t, "stack": None, "stack_t": None,
-                       "irq": len(irq) >= 3 and irq[2] in "hHszZ", "pid": pid}
+                       "irq": len(e.irq) >= 3 and e.irq[2] in "hHszZ", "pid": e.pid}
                 st.append(rec)
-                aw = awaiting_stack[(pid, cpu)]
+                aw = awaiting_stack[(e.pid, e.cpu)]
                 aw.append(rec)
                 del aw[:-8]   # a begin whose stack never came must not pile up
-        elif ev == "<stack trace>":
-            aw = awaiting_stack.get((pid, cpu))
+        elif e.event == "<stack trace>":
+            aw = awaiting_stack.get((e.pid, e.cpu))
             rec = aw.pop() if aw else None
             if rec is not None and rec["stack"] is None:
-                rec["stack"] = stack
+                rec["stack"] = e.stack
                 rec["stack_t"] = t
-        elif ev == "contention_end":
-            m = _END_RE.match(rest)
+        elif e.event == "contention_end":
+            m = _END_RE.match(e.rest)
             if not m:
                 unparsed += 1
                 continue
@@ -334,74 +374,60 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
                     rec["wait"] = max(0, t - rec["t0"])
                     rec["t1"] = t
                     waits.append(rec)
-                    if rec["irq"]:
-                        irq_contentions += 1
+                    irq_contentions += rec["irq"]
                     break
             else:
                 unmatched_ends += 1
-        elif ev == "mmap_lock_start_locking":
-            f = _MM_FIELDS_RE.search(rest)
-            mm_id, write = (f.group(1), f.group(2)) if f else ("?", None)
-            mm_pending[(pid, mm_id)] = (t, write == "true")
-        elif ev == "mmap_lock_acquire_returned":
-            f = _MM_FIELDS_RE.search(rest)
-            mm_id, write, success = f.groups() if f else ("?", None, None)
-            if success is not None and success != "true":
-                mm_pending.pop((pid, mm_id), None)
-                continue
-            mm["acquisitions"] += 1
-            if write == "true":
-                mm["write"] += 1
-            start = mm_pending.pop((pid, mm_id), None)
-            if start is not None:
-                w = max(0, t - start[0])
-                mm["wait_ns_total"] += w
-                mm["wait_ns_max"] = max(mm["wait_ns_max"], w)
-                mm_waits.append((pid, start[0], t))
-        elif ev == "mmap_lock_released":
-            pass
         # other events (none enabled by us) are ignored
 
-    # mmap_lock events parsed by the dedicated pattern: the same steps as above, in order
-    for idx_, pid, ts_text, acquire, mm_id, write, success in mm_entries:
-        pids_seen.add(pid)
-        t = raw_ts[idx_] if use_raw else ts_text
-        if not acquire:
-            mm_pending[(pid, mm_id)] = (t, write == "true")
+    mm = {"acquisitions": 0, "wait_ns_total": 0, "wait_ns_max": 0, "contended": 0, "write": 0}
+    mm_pending = {}   # (pid, mm) -> (start ts, write)
+    mm_waits = []
+    for e in read.mm_entries:
+        pids_seen.add(e.pid)
+        t = ts(e)
+        if not e.acquire:
+            mm_pending[(e.pid, e.mm)] = (t, e.write == "true")
             continue
-        if success is not None and success != "true":
-            mm_pending.pop((pid, mm_id), None)
+        if e.success is not None and e.success != "true":
+            mm_pending.pop((e.pid, e.mm), None)
             continue
         mm["acquisitions"] += 1
-        if write == "true":
-            mm["write"] += 1
-        start = mm_pending.pop((pid, mm_id), None)
+        mm["write"] += e.write == "true"
+        start = mm_pending.pop((e.pid, e.mm), None)
         if start is not None:
             w = max(0, t - start[0])
             mm["wait_ns_total"] += w
             mm["wait_ns_max"] = max(mm["wait_ns_max"], w)
-            mm_waits.append((pid, start[0], t))
+            mm_waits.append((e.pid, start[0], t))
+    open_contentions = [rec for v in pending.values() for rec in v]
+    return _Paired(waits, open_contentions, unmatched_ends, irq_contentions, unparsed, mm,
+                   mm_waits, pids_seen)
 
-    unmatched_begins = sum(len(v) for v in pending.values())
 
-    # An mmap_lock acquisition is "contended" when its thread entered the rwsem slowpath
-    # (a task-context READ/WRITE contention_begin) between start_locking and
-    # acquire_returned: exact at any timestamp resolution, unlike "wait > 0".
+def _mm_contended(p: _Paired) -> int:
+    """An mmap_lock acquisition is "contended" when its thread entered the rwsem slowpath
+    (a task-context READ/WRITE contention_begin) between start_locking and
+    acquire_returned: exact at any timestamp resolution, unlike "wait > 0"."""
     begins_by_pid = collections.defaultdict(list)
-    for rec in itertools.chain(waits, *pending.values()):
+    for rec in itertools.chain(p.waits, p.open_contentions):
         if not rec["irq"] and ("READ" in rec["flags"] or "WRITE" in rec["flags"]):
             begins_by_pid[rec["pid"]].append(rec["t0"])
     for v in begins_by_pid.values():
         v.sort()
-    for pid, t0, t1 in mm_waits:
+    contended = 0
+    for pid, t0, t1 in p.mm_waits:
         v = begins_by_pid.get(pid)
         if v:
             i = bisect.bisect_left(v, t0)
-            if i < len(v) and v[i] <= t1:
-                mm["contended"] += 1
+            contended += i < len(v) and v[i] <= t1
+    return contended
 
-    by_type = {}
-    per_lock = {}
+
+def _top_locks(waits: list, top: int, addresses_hashed: bool, resolve_symbol) -> tuple:
+    """(contentions by lock type, the `top` locks by total wait with their call
+    sites, the stacktrace trigger's own time)."""
+    by_type, per_lock = {}, {}
     stack_ns = 0
     for rec in waits:
         bt = by_type.setdefault(rec["flags"], {"count": 0, "wait_ns_total": 0})
@@ -426,7 +452,6 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
             if best is None or rec["wait"] > best[0]:
                 # keep the frames from the call site on, lock internals dropped
                 pl["site_stack"][site] = (rec["wait"], frames[frames.index(site):][:8])
-
     top_locks = []
     for addr, pl in sorted(per_lock.items(), key=lambda kv: -kv[1]["wait_ns_total"])[:top]:
         site = pl["sites"].most_common(1)[0][0] if pl["sites"] else None
@@ -442,26 +467,39 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
             "count": pl["count"], "wait_ns_total": pl["wait_ns_total"],
             "wait_ns_max": pl["wait_ns_max"], "type": pl["types"].most_common(1)[0][0],
         })
+    return by_type, top_locks, stack_ns
 
-    if header_in is not None and header_written is not None:
-        events_lost = max(events_lost, header_written - header_in)
-    events_lost = max(events_lost, lost_lines)
 
+def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
+                resolve_symbol=None, top=5, events_lost=0) -> dict:
+    """Build the summary from the text ``trace`` lines (and optionally the same buffer
+    printed with the ``raw`` option, which carries nanosecond timestamps): read,
+    pair, summarise.
+
+    ``tids``: keep only events of these pids (None = all).  ``resolve_symbol``:
+    callable(addr_int) -> str|None for unhashed addresses.
+    """
+    tidset = None if tids is None else {int(t) for t in tids}
+    read = _read(text_lines, raw_lines, tidset)
+    paired = _pair(read)
+    paired.mm["contended"] = _mm_contended(paired)
+    by_type, top_locks, stack_ns = _top_locks(paired.waits, top, addresses_hashed, resolve_symbol)
+    waits = paired.waits
     return {
         "contentions": len(waits),
         "wait_ns_total": sum(r["wait"] for r in waits),
         "wait_ns_max": max((r["wait"] for r in waits), default=0),
         "by_type": by_type,
         "top_locks": top_locks,
-        "unmatched_begins": unmatched_begins,
-        "unmatched_ends": unmatched_ends,
-        "mmap_lock": mm,
-        "events_lost": events_lost,
-        "threads_seen": len(pids_seen),
-        "unparsed_lines": unparsed,
-        "time_resolution_ns": 1 if use_raw else 1000,
+        "unmatched_begins": len(paired.open_contentions),
+        "unmatched_ends": paired.unmatched_ends,
+        "mmap_lock": paired.mm,
+        "events_lost": max(events_lost, read.header_lost, read.lost_lines),
+        "threads_seen": len(paired.pids_seen),
+        "unparsed_lines": paired.unparsed,
+        "time_resolution_ns": 1 if read.raw_ts is not None else 1000,
         "addresses_hashed": bool(addresses_hashed),
-        "irq_contentions": irq_contentions,
+        "irq_contentions": paired.irq_contentions,
         # Time from contention_begin to the end of the stacktrace trigger's unwind:
         # instrumentation cost included in wait_ns_total.
         "stacktrace_ns_total": stack_ns,

@@ -39,7 +39,7 @@ def test_every_range_is_enforced_with_its_bounds_in_the_message(flag, lo, hi):
     (["--mem-per-vcpu", "3"], "even number"),
     (["--readers", "2", "--mech", "exits"], "--readers applies to none"),
     (["--uffds", "4"], "--uffds applies to uffd-many only"),
-    (["--out", "x.json", "--vcpus", "1,2"], "--out names one file"),
+    (["--out", "x.json", "--vcpus", "1,2"], "--out FILE.json names one result"),
     (["--fetch", "worker", "--verify", "full"], "--verify full"),
 ])
 def test_bad_combinations_are_refused(argv, words):
