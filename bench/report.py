@@ -1,34 +1,14 @@
-"""Reports from result files: scaling plots for design reviews, a comparison
-for nightly CI.
+"""Reports from result files, the module form of `run_bench.py report|compare`.
 
     python -m bench.report RECORDS... [--out DIR]     (the full report: bench/reporting/)
     python -m bench.report scaling results/*.json [--out report/]
-    python -m bench.report compare BASELINE.json NEW.json [--threshold 5]
-
-`compare` exits 1 when NEW is slower than BASELINE on a main metric: the
-median moved by more than --threshold percent in the bad direction AND the
-two sets of runs do not overlap at all (every new run worse than every
-baseline run). With fewer than 3 runs on a side it says the comparison is
-unreliable. Results whose configuration or machine differ are refused
-(exit 2), as pyperf refuses to mix them.
+    python -m bench.report compare BASELINE NEW        (the nightly verdict: bench/nightly/)
 """
 import argparse
 import os
 import sys
 
 from . import result as resultmod
-
-# metric path, better direction, label, unit scale
-MAIN_METRICS = [
-    ("pages_per_s", "higher", "paging rate", "pages/s", 1.0),
-    ("fault_latency_ns.p50", "lower", "fault latency p50", "us", 1e-3),
-    ("fault_latency_ns.p99", "lower", "fault latency p99", "us", 1e-3),
-]
-# config keys that may differ between compared runs without changing the benchmark
-VOLATILE_CONFIG = {"repeat", "warmup", "trace_locks", "lock_stacks"}
-MACHINE_KEYS = ("kernel_release", "cpu_model", "online_cpus", "arch")
-MIN_RUNS = 3
-
 
 def load_all(paths: list[str]) -> list[dict]:
     return [resultmod.load(p) for p in paths]
@@ -128,55 +108,6 @@ def table(records: list[dict]) -> str:
     return "\n".join(rows) + "\n"
 
 
-class Incompatible(Exception):
-    pass
-
-
-def check_comparable(base: dict, new: dict) -> None:
-    bc = {k: v for k, v in base["config"].items() if k not in VOLATILE_CONFIG}
-    nc = {k: v for k, v in new["config"].items() if k not in VOLATILE_CONFIG}
-    diff = sorted(k for k in set(bc) | set(nc) if bc.get(k) != nc.get(k))
-    if diff:
-        raise Incompatible("different benchmark configuration: " +
-                           ", ".join(f"{k} {bc.get(k)!r} vs {nc.get(k)!r}" for k in diff))
-    mdiff = [k for k in MACHINE_KEYS if base["machine"].get(k) != new["machine"].get(k)]
-    if mdiff:
-        raise Incompatible("different machine: " + ", ".join(
-            f"{k} {base['machine'].get(k)!r} vs {new['machine'].get(k)!r}" for k in mdiff))
-
-
-def compare(base: dict, new: dict, threshold_pct: float) -> tuple[list[str], bool]:
-    """Lines to print and whether NEW is slower."""
-    check_comparable(base, new)
-    lines, slower = [], False
-    nb, nn = len(base["runs"]), len(new["runs"])
-    reliable = nb >= MIN_RUNS and nn >= MIN_RUNS
-    if not reliable:
-        lines.append(f"results unreliable: {nb} baseline and {nn} new runs (need {MIN_RUNS} each); "
-                     "no verdict")
-    for path, better, name, unit, scale in MAIN_METRICS:
-        bv = resultmod.metric_values(base, path)
-        nv = resultmod.metric_values(new, path)
-        if not bv or not nv:
-            continue
-        bm, nm = sorted(bv)[len(bv) // 2], sorted(nv)[len(nv) // 2]
-        change = (nm - bm) / bm * 100 if bm else 0.0
-        worse = change < -threshold_pct if better == "higher" else change > threshold_pct
-        separated = min(nv) > max(bv) if better == "lower" else max(nv) < min(bv)
-        verdict = "same"
-        if worse and separated and reliable:
-            verdict, slower = "SLOWER", True
-        elif worse:
-            verdict = "maybe slower (not significant)"
-        elif (change > threshold_pct if better == "higher" else change < -threshold_pct):
-            verdict = "faster" if separated else "maybe faster (not significant)"
-        lines.append(f"{name:<18} {bm * scale:>12.1f} -> {nm * scale:>12.1f} {unit:<8} "
-                     f"{change:+6.1f}%  {verdict}")
-    if base["emulated"] or new["emulated"]:
-        lines.append(f"EMULATED: {new['emulation_reason'] or base['emulation_reason']}")
-    return lines, slower
-
-
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
@@ -192,25 +123,14 @@ def main(argv=None) -> int:
     s.add_argument("results", nargs="+")
     s.add_argument("--out", default="report")
     s.add_argument("--name", default="scaling")
-    c = sub.add_parser("compare", help="is NEW slower than BASELINE? (exit 1 if so)")
-    c.add_argument("baseline")
-    c.add_argument("new")
-    c.add_argument("--threshold", type=float, default=5.0, help="minimum change in percent (default 5)")
+    sub.add_parser("compare", help="SAME / DIFFERENT / UNKNOWN per cell and metric (exit 1: slower)")
     a = p.parse_args(argv)
     try:
-        if a.cmd == "scaling":
-            for path in scaling(load_all(a.results), a.out, a.name):
-                print(path)
-            return 0
-        base, new = load_all([a.baseline, a.new])
-        lines, slower = compare(base, new, a.threshold)
-        print("\n".join(lines))
-        return 1 if slower else 0
+        for path in scaling(load_all(a.results), a.out, a.name):
+            print(path)
+        return 0
     except (OSError, ValueError, KeyError) as exc:
         print(f"bench.report: error: {exc}", file=sys.stderr)
-        return 2
-    except Incompatible as exc:
-        print(f"bench.report: error: refusing to compare: {exc}", file=sys.stderr)
         return 2
 
 
