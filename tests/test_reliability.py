@@ -511,3 +511,23 @@ def test_guest_exiting_unexpectedly_through_the_cli(kvm, lock_path, tmp_path):
     assert "guest shut down (triple fault)" in one_line(err)
     assert not (tmp_path / "r").exists()
     assert tracefs_state(p.pid) == before
+
+
+def test_kernel_threads_are_counted_apart_not_warned_on(monkeypatch):
+    """kworkers also work for the harness (VM teardown, freeing, tracing): a busy kworker
+    alone must not make the run look disturbed, a busy user process must."""
+    from bench import hostnoise
+    me = 10_000
+    tick = hostnoise._clock_tick()
+    before = {1: (0, "init", 0), 2: (0, "kthreadd", 0), 50: (2, "kworker/0:1", 0),
+              700: (1, "bystander", 0), me: (1, "python3", 0)}
+    after_kworker = {**before, 50: (2, "kworker/0:1", 10 * tick)}
+    after_user = {**before, 700: (1, "bystander", 10 * tick)}
+    for after, warned in ((after_kworker, False), (after_user, True)):
+        states = iter([before, after])
+        monkeypatch.setattr(hostnoise, "read_processes", lambda: next(states))
+        s = hostnoise.NoiseSampler(root_pid=me)
+        s.start()
+        block, warnings = s.stop()
+        assert bool(warnings) == warned, (block, warnings)
+        assert block["kernel_threads_cpu_s"] == (10.0 if not warned else 0.0)
