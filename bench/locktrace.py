@@ -170,9 +170,9 @@ _MM_FIELDS_RE = re.compile(r"mm=(\S+)(?:.*? write=(\w+))?(?:.*? success=(\w+))?"
 # a whole mmap_lock line in one match (they are nearly every line at scale): pid, cpu,
 # sec, usec, which event, mm, write, success; anything else takes the general pattern
 _MM_LINE_RE = re.compile(
-    r"^\s*.*?-(\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(\d+)\]\s+(?:[^\s\[]{4,6}\s+)?(\d+)\.(\d{6}):\s+"
+    r"-(\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(\d+)\]\s+(?:[^\s\[]{4,6}\s+)?(\d+)\.(\d{6}):\s+"
     r"mmap_lock_(start_locking|acquire_returned)\s*:\s?.*?mm=(\S+)(?:.*? write=(\w+))?"
-    r"(?:.*? success=(\w+))?")
+    r"(?:.*? success=(\w+))?")   # searched, not matched: no lazy scan over the comm
 _LOST_RE = re.compile(r"LOST (\d+) EVENTS")
 _HEADER_RE = re.compile(r"entries-in-buffer/entries-written:\s*(\d+)/(\d+)")
 
@@ -242,15 +242,34 @@ def _read(text_lines, raw_lines, tidset) -> _Read:
                 and (raw_ts[idx] + 500) // 1000 == ts_us)
 
     entries, mm_entries = [], []
+    mm_append = mm_entries.append
+    nraw = len(raw_ts)
     last_kept = None  # stack frames follow the "<stack trace>" entry they belong to
     unparsed = lost_lines = 0
     header_in = header_written = None
     idx = -1
-    match, mm_match = _ENTRY_RE.match, _MM_LINE_RE.match
+    match, mm_match = _ENTRY_RE.match, _MM_LINE_RE.search
     for line in text_lines:
+        # mmap_lock lines are nearly every line at scale: first, and inline (this loop
+        # runs for millions of lines at 256 vCPUs)
+        if "mmap_lock_start" in line or "mmap_lock_acq" in line:
+            f = mm_match(line)
+            if f:
+                idx += 1
+                pid, cpu, sec, usec, kind, mm_id, write, success = f.groups()
+                pid = int(pid)
+                ts_us = int(sec) * 1_000_000 + int(usec)
+                if use_raw and not (idx < nraw and raw_pid[idx] == pid and raw_cpu[idx] == int(cpu)
+                                    and (raw_ts[idx] + 500) // 1000 == ts_us):
+                    use_raw = False
+                last_kept = None
+                if tidset is None or pid in tidset:
+                    mm_append(MmEntry(idx, pid, ts_us * 1000, kind == "acquire_returned",
+                                      mm_id, write, success))
+                continue
         if not line.strip():
             continue
-        if line.startswith("#"):
+        if line[0] == "#":
             m = _HEADER_RE.search(line)
             if m:
                 header_in, header_written = int(m.group(1)), int(m.group(2))
@@ -259,18 +278,6 @@ def _read(text_lines, raw_lines, tidset) -> _Read:
             if last_kept is not None and last_kept.event == "<stack trace>":
                 last_kept.stack.append(line[4:].strip())
             continue
-        if "mmap_lock_start" in line or "mmap_lock_acq" in line:
-            f = mm_match(line)   # nearly every line at scale: one dedicated pattern
-            if f:
-                idx += 1
-                pid, cpu, sec, usec, kind, mm_id, write, success = f.groups()
-                pid, cpu, ts_us = int(pid), int(cpu), int(sec) * 1_000_000 + int(usec)
-                use_raw = use_raw and lines_up(idx, pid, cpu, ts_us)
-                last_kept = None
-                if tidset is None or pid in tidset:
-                    mm_entries.append(MmEntry(idx, pid, ts_us * 1000, kind == "acquire_returned",
-                                              mm_id, write, success))
-                continue
         m = match(line)
         if not m:
             lm = _LOST_RE.search(line)
