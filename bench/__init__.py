@@ -2,4 +2,4 @@
 
 __version__ = "0.1.0"
 # must equal FB_API_VERSION in csrc/fb_api.h; checked when the native core loads
-API_VERSION = 12
+API_VERSION = 13

@@ -84,6 +84,7 @@ METRICS: list[Metric] = [
     Metric("checks.*.fill", "ratio"), Metric("checks.*.ratio", "ratio"),
     Metric("checks.*.max_vcpu_ratio", "ratio"), Metric("checks.*.limits.*", "ratio"),
     Metric("checks.*.faults*", "count"), Metric("checks.*.resolutions_timed", "count"),
+    Metric("checks.*.vcpu_sleeps", "count"),
     Metric("checks.*.*.faults_disagreeing", "count"), Metric("checks.*.*.share_disagreeing", "ratio"),
     # precopy, worker, locks
     Metric("precopy.stale_pages", "count"), Metric("precopy.pages_declared_clean", "count"),

@@ -480,6 +480,7 @@ def _threads(run) -> list[dict]:
             "parts_count": {p: t.part_count[j] for j, p in enumerate(PARTS) if t.part_count[j]},
             "utime_ns": t.utime_ns, "stime_ns": t.stime_ns,
             "voluntary_ctxt_switches": t.nvcsw, "involuntary_ctxt_switches": t.nivcsw,
+            "sleeps_in_window": t.sleeps_in_window,
             "sched_ok": bool(t.sched_ok), "sched_run_ns": t.sched_run_ns,
             "sched_wait_ns": t.sched_wait_ns, "sched_timeslices": t.sched_timeslices,
             "migrations": None if t.migrations == 0xFFFFFFFFFFFFFFFF else t.migrations,
@@ -549,20 +550,22 @@ def _windows_overlapping(vres, vcpus: int) -> int:
     return overlapping
 
 
-def _cpu_time_check(plan: Plan, sched: dict, vres) -> dict:
+def _cpu_time_check(plan: Plan, sched: dict, vres, threads: list[dict]) -> dict:
     """The kernel's accounting of the vCPU threads against the guest-timed fault
     latency they lived through: latency cannot exceed on-CPU + run-queue + sleeping
     time, and where the vCPU thread never sleeps (faults handled on it, no sleeping
-    fetch delay) it is all on-CPU + wait."""
+    fetch delay, and no block in the kernel seen: no voluntary switch in the window)
+    it is all on-CPU + wait."""
     v = sched["vcpu"]
+    sleeps = sum(t["sleeps_in_window"] for t in threads if t["role"] == "vcpu")
     lat_total = float(sum(vres[i].blocked_ns for i in range(plan.vcpus)))   # exact, not binned
     awake = v["on_cpu_ns"] + v["run_queue_wait_ns"]
     applies = bool(plan.mechanism.handles_faults_on_vcpu
                    and not (plan.fetch_delay_us and plan.fetch_delay_mode == "sleep")
-                   and plan.fetch == "inline")
+                   and plan.fetch == "inline" and sleeps == 0)
     ratio = lat_total / awake if awake else None
     return {"fault_latency_total_ns": lat_total, "vcpu_on_cpu_plus_wait_ns": awake,
-            "ratio": ratio, "applies": applies,
+            "ratio": ratio, "applies": applies, "vcpu_sleeps": sleeps,
             "ok": (ratio is not None and ratio <= 1.0 + bd.CPU_TIME_SLACK) if applies else None}
 
 
@@ -613,7 +616,7 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dic
     breakdown, checks, inside_kvm_run = _breakdown(run, plan, clock, threads, vres, totals, sched_trace)
     sched = _sched(threads, faults)
     if sched and "vcpu" in sched and lat["fault_latency_ns"]:
-        checks["cpu_time_vs_latency"] = _cpu_time_check(plan, sched, vres)
+        checks["cpu_time_vs_latency"] = _cpu_time_check(plan, sched, vres, threads)
     exits_by_path = {name: int(sum(vres[i].exits_by_path[k] for i in range(vcpus)))
                      for k, name in EXIT_PATHS.items() if name}
     metrics = {

@@ -78,7 +78,8 @@ def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
     assert checks["guest_window_vs_host_clock"]["ok"], checks
     assert checks["segments_vs_monotonic"]["comparable"] and checks["segments_vs_monotonic"]["ok"], checks
     if mech == "exits":
-        assert checks["cpu_time_vs_latency"]["applies"] and checks["cpu_time_vs_latency"]["ok"], checks
+        ct = checks["cpu_time_vs_latency"]
+        assert (ct["applies"] and ct["ok"]) or (ct["vcpu_sleeps"] > 0 and ct["ok"] is None), checks
     sched = m["sched"]
     assert sched["vcpu"]["on_cpu_ns"] > 0 and sched["vcpu"]["run_queue_wait_ns"] > 0   # 64 on 2 CPUs
     if mech == "uffd":

@@ -88,7 +88,9 @@ def test_clean_run_passes_every_check(kvm):
     c = metrics["checks"]
     assert c["guest_window_vs_host_clock"]["ok"], c
     assert c["segments_vs_monotonic"]["comparable"] and c["segments_vs_monotonic"]["ok"], c
-    assert c["cpu_time_vs_latency"]["applies"] and c["cpu_time_vs_latency"]["ok"], c
+    ct = c["cpu_time_vs_latency"]
+    # it applies unless a vCPU thread blocked in the kernel (rare: mmap_lock, reclaim)
+    assert (ct["applies"] and ct["ok"]) or (ct["vcpu_sleeps"] > 0 and ct["ok"] is None), c
 
 
 @pytest.mark.parametrize("ppm", [-100_000, 200_000])
@@ -98,7 +100,8 @@ def test_wrong_tsc_frequency_fails_the_clock_checks(kvm, ppm):
     c = metrics["checks"]
     assert not c["guest_window_vs_host_clock"]["ok"], c
     if ppm < 0:   # latency inflated past the time the vCPU thread was awake
-        assert c["cpu_time_vs_latency"]["ok"] is False, c
+        ct = c["cpu_time_vs_latency"]
+        assert ct["ok"] is False or ct["vcpu_sleeps"] > 0, c   # stands aside only if it slept
     rec = {"config": {"vcpus": 1}, "runs": [{"metrics": metrics}]}
     assert any("check failed" in w for w in run_warnings(rec))
 
@@ -314,3 +317,14 @@ def test_report_shows_mechanism_cost_and_cpu_wait_apart(kvm, tmp_path):
     assert "how long do its threads wait for a CPU" in text
     assert "on-CPU us" in text and "CPU wait us" in text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_cpu_time_check_stands_aside_when_vcpu_threads_slept(kvm):
+    # a sleeping fetch delay blocks the vCPU thread in every fault: the scheduler then
+    # owes the latency nothing, and the check says it does not apply instead of failing
+    m, raw = execute(make_plan("exits", 1, fetch_delay_us=20.0, fetch_delay_mode="sleep"))
+    c = m["checks"]["cpu_time_vs_latency"]
+    assert c["vcpu_sleeps"] >= m["faults"] and c["applies"] is False and c["ok"] is None
+    quiet, _ = execute(make_plan("exits", 1))
+    q = quiet["checks"]["cpu_time_vs_latency"]
+    assert q["vcpu_sleeps"] < quiet["faults"] // 10   # blocking in the kernel is rare, not per fault

@@ -190,6 +190,9 @@ static int read_sched(uint64_t *run_ns, uint64_t *wait_ns, uint64_t *slices, uin
 
 void fb_thread_mark(struct fb_thread_stats *ts)
 {
+    struct rusage ru;
+    /* baseline, made a delta at the end: the start gate's own sleep is not counted */
+    ts->sleeps_in_window = getrusage(RUSAGE_THREAD, &ru) == 0 ? (uint64_t)ru.ru_nvcsw : 0;
     /* baselines held in the fields; fb_thread_end turns them into deltas */
     ts->sched_ok = read_sched(&ts->sched_run_ns, &ts->sched_wait_ns, &ts->sched_timeslices,
                               &ts->migrations);
@@ -224,6 +227,7 @@ void fb_thread_end(struct fb_thread_stats *ts)
         ts->stime_ns = ru.ru_stime.tv_sec * 1000000000ULL + ru.ru_stime.tv_usec * 1000ULL;
         ts->nvcsw = ru.ru_nvcsw;
         ts->nivcsw = ru.ru_nivcsw;
+        ts->sleeps_in_window = (uint64_t)ru.ru_nvcsw - ts->sleeps_in_window;
     }
     uint64_t r = 0, w = 0, sl = 0, m = UINT64_MAX;
     int ok = read_sched(&r, &w, &sl, &m);

@@ -5,7 +5,7 @@
  * Bump FB_API_VERSION whenever a struct below changes: bench/native.py
  * compares it with bench.API_VERSION so a stale build is refused at import.
  */
-#define FB_API_VERSION 12
+#define FB_API_VERSION 13
 
 /* mechanisms: bench/csrc/mech_*.c, listed once in FB_MECH_REGISTRY (fb_core.h);
  * Python finds one by its C name (fb_mech_id) and puts the id in fb_config.mech */
@@ -161,6 +161,7 @@ struct fb_thread_stats {
     uint64_t stime_ns;
     uint64_t nvcsw;
     uint64_t nivcsw;
+    uint64_t sleeps_in_window;  /* voluntary switches (the thread blocked) in the measured window */
     /* the scheduler's view over the thread's measured window (vCPUs: from the
      * start gate), /proc/thread-self/schedstat and .../sched before and after */
     uint64_t sched_run_ns;      /* on a CPU */
