@@ -77,6 +77,7 @@ def segments(cols: dict) -> dict:
     use = complete & ordered
     return {
         "cycles": diffs[use],                       # columns: SEGMENT_ENDING_AT order
+        "stamps": filled[use],                      # the filled, cut stamps they come from
         "names": [SEGMENT_ENDING_AT[s] for s in STAMPS[1:]],
         "used": use,
         "skipped": int((complete & ~ordered).sum()),
@@ -163,7 +164,17 @@ def check_guest_window(vres, vcpus: int, to_ns) -> dict | None:
             "limits": {"fill_min": HOST_WINDOW_MIN_FILL, "vcpu_ratio_max": HOST_WINDOW_MAX_OVER}}
 
 
-def inside_kvm_run_max(cols: dict, seg: dict, vres, vcpus: int, handles_on_vcpu: bool) -> int | None:
+def max_at_once(times, deltas) -> int:
+    """Most things present at once, from +1 (enter) / -1 (leave) events at `times`;
+    at the same instant leaving comes first."""
+    t, d = np.asarray(times, dtype=np.int64), np.asarray(deltas, dtype=np.int64)
+    if not t.size:
+        return 0
+    order = np.lexsort((d, t))
+    return int(np.cumsum(d[order]).max())
+
+
+def inside_kvm_run_max(cols: dict, vres, vcpus: int, handles_on_vcpu: bool) -> int | None:
     """Most vCPU threads inside KVM_RUN at once: each is inside from its start to its
     end except, for mechanisms that handle faults on the vCPU thread, from its exit
     (notify) to its install returning (done) or, for async, to seeing its bit (resumed)."""
@@ -183,7 +194,4 @@ def inside_kvm_run_max(cols: dict, seg: dict, vres, vcpus: int, handles_on_vcpu:
         back = np.maximum(st[complete, STAMPS.index("done")], st[complete, STAMPS.index("resumed")])
         events.append((left, -np.ones(left.size, dtype=np.int64)))
         events.append((back, np.ones(back.size, dtype=np.int64)))
-    t = np.concatenate([e[0] for e in events])
-    d = np.concatenate([e[1] for e in events])
-    order = np.lexsort((d, t))   # leaving before entering at the same instant
-    return int(np.cumsum(d[order]).max())
+    return max_at_once(np.concatenate([e[0] for e in events]), np.concatenate([e[1] for e in events]))

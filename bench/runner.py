@@ -438,7 +438,7 @@ def _breakdown(run, plan: Plan, clock: dict | None, threads: list[dict], vres, t
     checks = {"guest_window_vs_host_clock": bd.check_guest_window(vres, plan.vcpus, to_ns)}
     cols = _fault_rows(run, totals["fault_rows"])
     seg = bd.segments(cols)
-    inside = bd.inside_kvm_run_max(cols, seg, vres, plan.vcpus,
+    inside = bd.inside_kvm_run_max(cols, vres, plan.vcpus,
                                    plan.mechanism.handles_faults_on_vcpu)
     if not names:
         return None, checks, inside
@@ -541,13 +541,8 @@ def _latencies(plan: Plan, run) -> tuple[dict, dict]:
 def _windows_overlapping(vres, vcpus: int) -> int:
     """Most vCPU start-to-end windows that overlap (schema 1's "running at once";
     the real concurrency is vcpus_inside_kvm_run_max and the traced run's on-CPU count)."""
-    events = sorted([(vres[i].start_ns, 1) for i in range(vcpus)] +
-                    [(vres[i].end_ns, -1) for i in range(vcpus)], key=lambda e: (e[0], e[1]))
-    running = overlapping = 0
-    for _, d in events:
-        running += d
-        overlapping = max(overlapping, running)
-    return overlapping
+    return bd.max_at_once([vres[i].start_ns for i in range(vcpus)] + [vres[i].end_ns for i in range(vcpus)],
+                          [1] * vcpus + [-1] * vcpus)
 
 
 def _cpu_time_check(plan: Plan, sched: dict, vres, threads: list[dict]) -> dict:

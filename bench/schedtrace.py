@@ -118,31 +118,20 @@ def cumulative(iv, t: np.ndarray) -> np.ndarray:
 
 
 def max_running_at_once(running: dict, tids: list[int]) -> int:
-    t, d = [], []
+    from .breakdown import max_at_once
+    t, d = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     for tid in tids:
         s, e = running.get(tid, (np.empty(0, np.int64), np.empty(0, np.int64)))
         t += [s, e]
         d += [np.ones(s.size, np.int64), -np.ones(e.size, np.int64)]
-    if not t:
-        return 0
-    tt, dd = np.concatenate(t), np.concatenate(d)
-    if not tt.size:
-        return 0
-    order = np.lexsort((dd, tt))
-    return int(np.cumsum(dd[order]).max())
+    return max_at_once(np.concatenate(t), np.concatenate(d))
 
 
 def segment_split(cols: dict, seg: dict, names: dict, waiting: dict, running: dict,
                   handles_on_vcpu: bool, to_ns) -> dict:
     """Per named segment: mean total, CPU wait and on-CPU time of its owner thread."""
     use = seg["used"]
-    stamps = cols["stamps"][use].astype(np.int64)
-    from .breakdown import OPTIONAL_STAMPS, STAMPS
-    for k, name in enumerate(STAMPS):   # the same filling and cut as the breakdown
-        if name in OPTIONAL_STAMPS:
-            absent = stamps[:, k] == 0
-            stamps[absent, k] = stamps[absent, k - 1]
-    stamps[:, 1:-1] = np.minimum(stamps[:, 1:-1], stamps[:, -1:])
+    stamps = seg["stamps"]   # the breakdown's own filled and cut stamps: the same segments
     vtid, rtid = cols["vcpu_tid"][use], cols["resolver_tid"][use]
     out = {}
     for j, s in enumerate(seg["names"]):
