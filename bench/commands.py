@@ -4,6 +4,8 @@
 is a benchmark run. One line per subcommand: name -> (module, one-line summary).
 """
 import importlib
+import subprocess
+import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "table": ("bench.table", "export result records as one tidy table (CSV, Parquet)"),
@@ -23,3 +25,12 @@ def dispatch(argv: list[str]) -> int | None:
         return None
     module, _summary = SUBCOMMANDS[argv[0]]
     return importlib.import_module(module).main(argv[1:])
+
+
+def run_benchmark(argv: list[str]) -> tuple[int, str]:
+    """Run the benchmark as its own invocation (its own host lock, fingerprint and
+    clean-up, as from a shell): (exit status, what it printed on stdout). Its
+    stderr goes to ours, so its one-line errors reach the user."""
+    done = subprocess.run([sys.executable, "-m", "bench", *argv], stdout=subprocess.PIPE, text=True)
+    return done.returncode, done.stdout
+

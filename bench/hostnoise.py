@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 
+WARNING_START = "other processes"   # bench.validity.subject tells host warnings by it
 # other processes' CPU time, as a share of all CPUs over the point, that earns a warning
 WARN_SHARE = 0.05
 TOP = 5
@@ -113,6 +114,6 @@ class NoiseSampler:
         if share > WARN_SHARE:
             top = ", ".join(f"{comm} (pid {pid}) {s:.1f} s" for s, pid, comm in busy[:3])
             warnings.append(
-                f"other processes used {total:.1f} CPU-seconds ({share:.0%} of the {cpus} CPUs) "
+                f"{WARNING_START} used {total:.1f} CPU-seconds ({share:.0%} of the {cpus} CPUs) "
                 f"during this point: {top}; on a small host every number is affected")
         return block, warnings

@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 
+from . import __version__
+
 # Local outputs of the harness itself: writing them must not make a tree "dirty".
 HARNESS_OUTPUT_DIRS = ("results/", "report/")
 
@@ -44,6 +46,14 @@ def _meminfo() -> dict[str, int]:
 def mem_available_bytes() -> int | None:
     """MemAvailable: what can be allocated without swapping, or None."""
     return _meminfo().get("MemAvailable")
+
+
+def load_avg() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages now, or None."""
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
 
 
 def _bracketed(path: str) -> str | None:
@@ -96,10 +106,6 @@ def collect_machine(extra: dict | None = None) -> dict:
     except ValueError:
         online_cpus = os.cpu_count()
     meminfo = _meminfo()
-    try:
-        load_avg = list(os.getloadavg())
-    except OSError:
-        load_avg = None
     machine = {
         "hostname": socket.gethostname(),
         "kernel_release": uname.release,
@@ -117,7 +123,7 @@ def collect_machine(extra: dict | None = None) -> dict:
         "thp_shmem_enabled": _bracketed(f"{THP_DIR}/shmem_enabled"),
         "python_version": platform.python_version(),
         "python_implementation": platform.python_implementation(),
-        "load_avg": load_avg,
+        "load_avg": load_avg(),
         "boot_id": _read("/proc/sys/kernel/random/boot_id"),
     }
     _pyperf_metadata(machine)
@@ -152,14 +158,6 @@ def _dirty(porcelain: str) -> bool:
     return False
 
 
-def _bench_version() -> str | None:
-    try:
-        from bench import __version__
-    except ImportError:
-        return None
-    return str(__version__)
-
-
 def collect_harness(repo_dir: str, version: str | None = None) -> dict:
     """Which harness produced a result: version, git commit, uncommitted changes.
 
@@ -170,7 +168,7 @@ def collect_harness(repo_dir: str, version: str | None = None) -> dict:
     commit = _git(repo_dir, "rev-parse", "--verify", "--quiet", "HEAD")
     status = _git(repo_dir, "status", "--porcelain", "-z", "--untracked-files=normal")
     return {
-        "version": version if version is not None else _bench_version(),
+        "version": version if version is not None else __version__,
         "git_commit": commit.strip() if commit else None,
         "git_dirty": _dirty(status) if status is not None else None,
         "python_executable": sys.executable,

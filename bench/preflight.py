@@ -12,6 +12,7 @@ import os
 import resource
 import tempfile
 
+from . import locktrace
 from .probes import UFFD_FEATURES
 
 
@@ -94,7 +95,6 @@ def check_kvm_vcpus(vcpus: int, probes: dict) -> None:
 def tracefs_problem() -> str | None:
     """Why lock tracing cannot work here, or None. Mounts tracefs only for the
     look (and unmounts it) when it is not mounted."""
-    from . import locktrace
     try:
         with locktrace._TracefsView() as root:
             for ev in locktrace.LOCK_EVENTS:

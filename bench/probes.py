@@ -40,6 +40,7 @@ def require_devices() -> None:
 
 
 def probe() -> dict:
+    # deferred: the C core loads only where a run needs it; records are read without it
     from .native import lib
     caps = {name: lib.fb_kvm_check_extension(num) for name, num in KVM_CAPS.items()}
     feats = lib.fb_uffd_features()

@@ -4,11 +4,13 @@
     python -m bench.report scaling results/*.json [--out report/]
     python -m bench.report compare BASELINE NEW        (the nightly verdict: bench/nightly/)
 """
-import argparse
 import os
 import sys
 
 from . import result as resultmod
+from .cmdline import OneLineParser
+from .nightly.compare import main as compare_main
+from .reporting.build import main as full_report   # RECORDS... [--out DIR]
 
 def load_all(paths: list[str]) -> list[dict]:
     return [resultmod.load(p) for p in paths]
@@ -112,12 +114,10 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
         # the nightly verdict (rank test, effect size, host fingerprint): bench/nightly/
-        from .nightly.compare import main as compare_main
         return compare_main(argv[1:], prog="python -m bench.report compare", error_prefix="bench.report")
     if argv and argv[0] not in ("scaling", "compare", "-h", "--help"):
-        from .reporting.build import main as full_report   # RECORDS... [--out DIR]
         return full_report(argv)
-    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("scaling", help="plot and table of result files against vCPU count")
     s.add_argument("results", nargs="+")

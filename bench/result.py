@@ -26,6 +26,7 @@ import tempfile
 from typing import Callable
 
 from . import metrics, stats
+from .mechanisms import REGISTRY
 
 SCHEMA_VERSION = 2
 
@@ -256,7 +257,6 @@ def validate(record) -> list[str]:
 
     config = present.get("config", {})
     # baselines deliver no faults: their latency lives in first_touch_latency_ns
-    from .mechanisms import REGISTRY
     name = config.get("mech")
     mech = REGISTRY.get(name) if isinstance(name, str) else None
     latency_optional = (not config.get("record_latency", True)

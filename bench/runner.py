@@ -6,14 +6,19 @@ and per-vCPU histograms into metrics. No timing happens in Python.
 """
 import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import breakdown as bd
-from . import placement, stats
+from . import placement, schedtrace, stats
 from .guest import touch_loop
+from .locktrace import LockTracer, TraceUnavailable
 from .native import ffi, lib
+from .plan import Plan, RunError
+from .schedtrace import SchedTracer
+from .watchdog import Watchdog
+from .worker import WorkerError, WorkerProcess
+
 
 def _c_names(prefix: str, skip: tuple = ()) -> list[str]:
     """The lower-case names of a C enum of #defines (FB_PART_FETCH -> "fetch"), in value order."""
@@ -29,65 +34,6 @@ SEGMENTS = _c_names("FB_BD_", skip=("FB_BD_SEGMENTS",))
 EXIT_PATHS = {lib.FB_EXITINFO_NONE: None, lib.FB_EXITINFO_KVM: "kvm_memory_fault",
               lib.FB_EXITINFO_GUEST_REG: "sigbus_guest_register"}
 ERRLEN = 256
-
-
-class RunError(RuntimeError):
-    """The run failed; the message is one line."""
-
-
-@dataclass
-class Plan:
-    vcpus: int
-    mechanism: object          # bench.mechanisms.base.Mechanism
-    workload: object           # bench.workloads.base.Workload
-    mem_per_vcpu_mib: int
-    fetch_delay_us: float = 0.0
-    fetch_delay_mode: str = "sleep"
-    record_latency: bool = True
-    seed: int = 1
-    timeout_s: float = 300.0
-    corrupt_every: int = 0
-    fail_spawn_at: int = 0     # test knob: the Nth thread creation fails
-    stall_timeout_s: float = 60.0   # no progress this long: the watchdog stops the run
-    stall_after: int = 0       # test knob: the resolver of the Nth page stops answering
-    fault_around: int = 1
-    fetch: str = "inline"              # inline | worker
-    worker: dict = field(default_factory=dict)   # threads, batch, service
-    trace_locks: bool = False
-    lock_stacks: bool = True
-    trace_mmap_lock: bool = True
-    trace_buffer_kb: int = 16384
-    trace_sched: bool = False  # traced runs: sched_switch/wakeup split each segment's CPU wait
-    placement: str = "free"    # bench.placement.POLICIES
-    verify: str = "header"     # header | full
-    corrupt_tail_every: int = 0        # test knob: torn copies
-    misstamp_fetched_ns: int = 0   # test knob: a late `fetched` stamp
-    tsc_khz_error_ppm: int = 0         # test knob: a wrong TSC frequency
-    keep: list = field(default_factory=list)   # cffi buffers that must outlive the run
-
-    @property
-    def pages_per_vcpu(self) -> int:
-        return self.mem_per_vcpu_mib * 256
-
-    @property
-    def memory_pages(self) -> int:
-        return self.workload.memory_pages(self.vcpus, self.pages_per_vcpu)
-
-    def cpu_map(self) -> tuple[list[int], list[int]]:
-        """(CPU per vCPU, CPU per resolver thread) for this plan's placement."""
-        mech = self.mechanism
-        resolvers = mech.readers_total()
-        per = max(1, resolvers // max(1, mech.uffds())) if mech.uses_uffd else resolvers
-        first = []
-        # the core's split: each userfaultfd spans ceil(pages / uffds) pages
-        span = -(-self.memory_pages // max(1, mech.uffds()))
-        for r in range(resolvers):
-            if mech.uses_uffd and mech.uffds() > 1:
-                # resolver r serves userfaultfd r // per; its range starts in this vCPU's partition
-                first.append(min(self.vcpus - 1, (r // per) * span // self.pages_per_vcpu))
-            else:
-                first.append(r)
-        return placement.plan_cpus(self.placement, self.vcpus, resolvers, first)
 
 
 def _cfg(plan: Plan):
@@ -155,7 +101,6 @@ def execute(plan: Plan, phases: dict | None = None) -> tuple[dict, dict]:
     _lap(phases, "setup", t0)
     tracer = None
     if plan.trace_locks:
-        from .locktrace import LockTracer, TraceUnavailable
         # recording is limited in the kernel to this process and the threads it
         # clones from now on; the summary keeps only the harness's own threads
         tracer = LockTracer(stacks=plan.lock_stacks, pids=[os.getpid()], top=TOP_LOCKS * 2,
@@ -168,8 +113,6 @@ def execute(plan: Plan, phases: dict | None = None) -> tuple[dict, dict]:
         _lap(phases, "trace", t0)
     stracer = None
     if plan.trace_sched:
-        from .locktrace import TraceUnavailable
-        from .schedtrace import SchedTracer
         ncpu = max(1, len(os.sched_getaffinity(0)))
         # about 4 events a fault at most (uffd: vCPU sleeps and wakes, reader too), 64 B each
         kb = max(8192, plan.memory_pages * 4 * 64 * 2 // ncpu // 1024)
@@ -194,7 +137,6 @@ def execute(plan: Plan, phases: dict | None = None) -> tuple[dict, dict]:
 
 def _start_worker(plan: Plan, run, err):
     """--fetch worker: the separate process that serves CopyFromRemote."""
-    from .worker import WorkerError, WorkerProcess
     worker = WorkerProcess(lib.fb_run_memfd(run), int(lib.fb_run_npages(run)) * 4096,
                            int(lib.fb_run_demand_gpa(run)), plan.seed & 0xFFFFFFFFFFFFFFFF,
                            plan.worker["threads"], plan.worker["batch"], plan.worker["service"],
@@ -223,7 +165,6 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None, phases=None) -
     try:
         if plan.fetch == "worker":
             worker, pidfd = _start_worker(plan, run, err)
-        from .watchdog import Watchdog
         watchdog = Watchdog(plan, run)   # before the start: it arms the stall test knob
         t0 = _lap(phases, "setup", t0)
         if lib.fb_run_start(run, err, ERRLEN):   # opens the vCPUs' start gate
@@ -408,7 +349,6 @@ def _fault_rows(run, n: int) -> dict:
 def _sched_split(plan: Plan, cols: dict, seg: dict, names: dict, threads: list[dict],
                  sched_trace, to_ns) -> dict:
     """The traced run's per-segment split: CPU wait, on CPU, and vCPUs on a CPU at once."""
-    from . import schedtrace
     lines, lost = sched_trace
     events = schedtrace.parse(lines)
     tids = {t["tid"] for t in threads if t["tid"]}

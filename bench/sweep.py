@@ -164,6 +164,16 @@ class Progress:
             self._ticker = None
 
 
+def accounts(phases: dict) -> dict:
+    """Runner phases (bench.runner.execute) in the sweep index's accounts."""
+    out = {k: phases.get(k, 0.0) for k in ("guest", "setup", "vcpu_start_stop", "collect",
+                                           "teardown", "record")}
+    out["guest_traced"] = phases.get("traced.guest", 0.0)
+    out["tracing"] = sum(v for k, v in phases.items() if k.startswith("traced.")
+                         and k != "traced.guest") + phases.get("trace", 0.0)
+    return out
+
+
 class Sweep:
     """The cells of one invocation, their progress, and (with a directory) the index."""
 
@@ -224,9 +234,10 @@ class Sweep:
         return {}
 
     def end(self, mech: str, vcpus: int, status: str, phases: dict, error: str | None = None) -> None:
+        """`phases`: the runner's wall-time phases (bench.runner.execute) of this cell."""
         cell = self._find(mech, vcpus)
         wall = time.monotonic() - cell.pop("_t0", time.monotonic())
-        accounted = {k: phases.get(k, 0.0) for k in ACCOUNTS if k != "startup"}
+        accounted = accounts(phases)
         cell.update(status=status, wall_s=round(wall, 3), error=error,
                     time_s={k: round(v, 3) for k, v in accounted.items()})
         for k, v in accounted.items():

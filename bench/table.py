@@ -16,13 +16,13 @@ newer or malformed ones are refused with a one-line reason.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 
 from . import metrics
+from .cmdline import OneLineParser
 from . import result as resultmod
 
 # marks the sweep index (bench/sweep.py) so that loading a sweep directory skips it
@@ -271,14 +271,13 @@ def units_text(df) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="run_bench.py table",
+    p = OneLineParser(prog="run_bench.py table",
                                 description="Export result records as one tidy table "
                                             "(a row per cell and repetition).")
     p.add_argument("records", nargs="+", help="result files or directories (searched for *.json)")
     p.add_argument("--csv", help="write the table as CSV")
     p.add_argument("--parquet", help="write the table as Parquet (units as field metadata)")
     p.add_argument("--units", action="store_true", help="print the headline columns and their units")
-    p.error = lambda message: p.exit(2, f"{p.prog}: error: {message} (see --help)\n")
     a = p.parse_args(argv)
     if not (a.csv or a.parquet or a.units):
         p.error("say where: --csv F and/or --parquet F (or --units)")

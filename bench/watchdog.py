@@ -15,7 +15,7 @@ import os
 import time
 
 from .native import ffi, lib
-from .runner import Plan, RunError
+from .plan import Plan, RunError
 
 DEFAULT_STALL_TIMEOUT_S = Plan.stall_timeout_s
 

@@ -13,8 +13,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench.runner import Plan, execute  # noqa: E402
-from bench.cli import make_plan  # noqa: E402
+from bench.plan import Plan  # noqa: E402
+from bench.runner import execute  # noqa: E402
+from bench.point import make_plan  # noqa: E402
 from bench.mechanisms import REGISTRY as MECHANISMS  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """Building runs for tests without going through the whole command line."""
-from bench.cli import make_plan as _make_plan
+from bench.point import make_plan as _make_plan
 
 
 def make_plan(mech: str, vcpus: int, mib: int = 2, workload: str = "sequential",

@@ -1,19 +1,16 @@
 """Real records for the nightly tests: made once per session by real runs."""
-import contextlib
 import copy
-import io
 import json
 import os
 
-from bench.cli import main as bench_main
+from bench.commands import run_benchmark
 
 QUICK = ["--vcpus", "1", "--mech", "exits", "--mem-per-vcpu", "2", "--no-trace-locks", "--quiet"]
 
 
 def run_record(path: str, repeat: int, extra: list[str] | None = None) -> dict:
     """One real invocation of the benchmark; returns its record."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        status = bench_main(QUICK + ["--repeat", str(repeat), "--out", path] + (extra or []))
+    status, _printed = run_benchmark(QUICK + ["--repeat", str(repeat), "--out", path] + (extra or []))
     assert status == 0, f"benchmark run failed (exit {status})"
     with open(path) as f:
         return json.load(f)

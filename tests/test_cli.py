@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from bench import cli
+from bench import options as cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -62,7 +62,7 @@ def test_guest_ports_and_pattern(kvm):
 
 def test_limits_and_touch_flags_match(kvm):
     lib = kvm
-    from bench import cli
+    from bench import options as cli
     from bench.workloads import base as workload_base
     assert workload_base.TOUCH_READ == lib.FB_TOUCH_READ
     assert workload_base.TOUCH_FIRST == lib.FB_TOUCH_FIRST

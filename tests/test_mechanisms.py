@@ -92,7 +92,7 @@ def test_fetch_delay_shows_in_latency(kvm):
                                           ("async", 2), ("async", 5)])
 def test_thread_creation_failure_is_an_error_not_a_hang(kvm, mech, fail_at):
     """A failed pthread_create half-way through start: one-line error, nothing left."""
-    from bench.runner import RunError
+    from bench.plan import RunError
     before = process_resources()
     extra = ["--readers", "2"] if mech != "exits" else []
     with pytest.raises(RunError, match="injected failure"):

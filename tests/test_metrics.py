@@ -2,7 +2,8 @@
 import pytest
 
 from bench import metrics, result
-from bench.runner import RunError, execute
+from bench.plan import RunError
+from bench.runner import execute
 from helpers import make_plan, mech_names
 
 

@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from bench import hostlock, preflight
+from bench.plan import RunError
 from bench import result as resultmod
 from conftest import process_resources
 from helpers import make_plan
@@ -269,7 +270,8 @@ def test_write_probe_leaves_nothing(tmp_path):
 
 
 def _points(argv):
-    from bench.cli import build_parser, prepare, validate_args
+    from bench.options import build_parser, validate_args
+    from bench.point import prepare
     args = build_parser().parse_args(argv)
     validate_args(args)
     _, points = prepare(args)
@@ -385,8 +387,8 @@ def test_stall_through_the_cli(kvm, lock_path, tmp_path):
 
 
 def test_healthy_runs_never_hit_the_default_stall_timeout():
-    from bench.cli import STALL_TIMEOUT_S, build_parser
-    from bench.runner import Plan
+    from bench.options import STALL_TIMEOUT_S, build_parser
+    from bench.plan import Plan
     assert build_parser().parse_args([]).stall_timeout == STALL_TIMEOUT_S == Plan.stall_timeout_s
     # every other test in the suite runs with this default and none stalls
 
@@ -489,7 +491,7 @@ def test_guest_exiting_unexpectedly(kvm, monkeypatch, mech):
     original = runner.touch_loop
     monkeypatch.setattr(runner, "touch_loop", lambda rl, **kw: _guest_with_bad_instruction(rl, original, **kw))
     before = process_resources()
-    with pytest.raises(runner.RunError) as info:
+    with pytest.raises(RunError) as info:
         # vCPU 0's 512 pages end first: it dies while vCPU 1 still faults
         runner.execute(make_plan(mech, 2, mib=2, workload="sequential"))
     assert "guest shut down (triple fault)" in str(info.value) and "\n" not in str(info.value)
@@ -500,7 +502,7 @@ def test_guest_exiting_unexpectedly(kvm, monkeypatch, mech):
 def test_guest_exiting_unexpectedly_through_the_cli(kvm, lock_path, tmp_path):
     code = ("import sys; from bench import runner; orig = runner.touch_loop; "
             "runner.touch_loop = lambda rl, **kw: orig(rl, **kw).replace(bytes([0xe6, 0x10]), bytes([0x0f, 0x0b])); "
-            "from bench.cli import main; sys.exit(main(sys.argv[1:]))")
+            "from bench.entry import entry; sys.argv[0] = 'run_bench.py'; entry()")
     before = tracefs_state()
     p = subprocess.Popen([sys.executable, "-c", code, "--vcpus", "2", "--mech", "uffd",
                           "--mem-per-vcpu", "2", "--repeat", "1", "--results-dir", str(tmp_path / "r")],

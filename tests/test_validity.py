@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from bench import placement
-from bench.cli import run_warnings
+from bench.validity import run_warnings
 from bench.mechanisms import REGISTRY
 from bench.runner import execute
 from helpers import make_plan, mech_names

@@ -68,6 +68,7 @@ class Mechanism:
     @classmethod
     def c_mech(cls) -> int:
         """The C core's id of this mechanism, looked up by name (never restated)."""
+        # deferred: the C core loads only where a run needs it; records are read without it
         from ..native import lib
         mech = lib.fb_mech_id(cls.c_name.encode())
         if mech < 0:

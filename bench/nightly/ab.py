@@ -9,43 +9,39 @@ UNKNOWN another pair of blocks is run, up to --max-repeat repetitions a side.
 Exit as `compare`: 0 SAME, 1 B DIFFERENT and worse, 2 UNKNOWN at the cap,
 host changed, or bad input; 3 a run failed.
 """
-import contextlib
-import io
 import os
 import shlex
 import sys
 import tempfile
 
+from bench.cmdline import OneLineParser, UsageError
+from bench.commands import run_benchmark
+from bench.options import parse_point
+
 from .cells import load_records
-from .ingest import OneLineParser
 from .verdict import MIN_REPETITIONS, compare_records, render_markdown, render_text
 
 FORBIDDEN = ("--out", "--results-dir", "--repeat", "--quiet")
 
 
 def _point_argv(text: str, what: str) -> list[str]:
-    from bench.cli import UsageError, build_parser, validate_args
     argv = shlex.split(text)
     for word in argv:
         if word.split("=")[0] in FORBIDDEN:
             raise UsageError(f"{what}: {word.split('=')[0]} is set by ab itself")
     # parse here so a bad configuration is refused before anything runs
-    stderr = io.StringIO()
     try:
-        with contextlib.redirect_stderr(stderr):
-            args = build_parser().parse_args(argv)
-    except SystemExit:
-        raise UsageError(f"{what}: {stderr.getvalue().strip().splitlines()[-1]}") from None
-    validate_args(args)
+        args = parse_point(argv)
+    except (UsageError, ValueError) as exc:
+        raise UsageError(f"{what}: {exc}") from None
     if len(args.vcpus) * len(args.mech) != 1:
         raise UsageError(f"{what}: one point only (one --mech, one --vcpus)")
     return argv
 
 
 def _run_block(argv: list[str], repeat: int, out: str) -> int:
-    from bench.cli import main as bench_main
-    with contextlib.redirect_stdout(io.StringIO()):
-        return bench_main(argv + ["--repeat", str(repeat), "--quiet", "--out", out])
+    status, _printed = run_benchmark(argv + ["--repeat", str(repeat), "--quiet", "--out", out])
+    return status
 
 
 def main(argv=None) -> int:
@@ -58,7 +54,6 @@ def main(argv=None) -> int:
                    help="cap on repetitions a side while the verdict is UNKNOWN (default 30)")
     p.add_argument("--out-dir", help="keep the records and summary here (default: a temporary directory)")
     a = p.parse_args(argv)
-    from bench.cli import UsageError
     try:
         if not 1 <= a.block <= a.max_repeat <= 1000:
             raise UsageError("need 1 <= --block <= --max-repeat <= 1000")

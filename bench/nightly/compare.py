@@ -8,17 +8,14 @@ input. See bench/nightly/verdict.py for the statistics.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from bench import result as resultmod
+from bench.cmdline import OneLineParser
 
 from .cells import BadInput, load_records
 from .verdict import ALPHA, compare_records, render_markdown, render_text
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser(prog: str = "run_bench.py compare") -> argparse.ArgumentParser:
@@ -58,7 +55,6 @@ def main(argv=None, prog: str = "run_bench.py compare", error_prefix: str | None
     if a.markdown:
         with open(a.markdown + ".tmp", "w") as f:
             f.write(render_markdown(cmp))
-        import os
         os.replace(a.markdown + ".tmp", a.markdown)
     if a.json:
         resultmod.write_atomic(cmp.as_dict(), a.json)

@@ -9,14 +9,13 @@ burst of load on the host touches every component alike; a component's spread
 is the range of its samples. The KVM and userfaultfd parts go through the C
 core's own run API (one vCPU, 2 MiB: 512 faults a sample), so they time exactly
 the paths the benchmark times; the futex and memcpy parts are C kernels in
-bench/csrc/calib.c.
+bench/csrc/calib.c. This module says what a fingerprint is and how two compare
+(no C core needed); bench/nightly/fingerprint_run.py measures one.
 """
 from __future__ import annotations
 
 import math
-import os
 import statistics
-import time
 from dataclasses import dataclass
 
 FINGERPRINT_VERSION = 1
@@ -55,102 +54,6 @@ COMPONENTS: dict[str, tuple[str, str, str, float]] = {
         "ratio", "higher", "thread CPU time / wall time over that loop: the share of its CPU the "
         "calibration got (1.0 on an idle CPU; a CPU hog or a busy neighbour lowers it)", 0.25),
 }
-
-
-class CalibrationError(RuntimeError):
-    """The calibration itself failed; the message is one line."""
-
-
-def _run_p50(mech: str) -> float:
-    from bench.cli import make_plan
-    from bench.runner import RunError, execute
-    plan = make_plan(["--mech", mech, "--vcpus", "1", "--mem-per-vcpu", "2"])
-    try:
-        metrics, _raw = execute(plan)
-    except RunError as exc:
-        raise CalibrationError(f"fingerprint ({mech} run): {exc}") from None
-    latency = metrics["fault_latency_ns"] or metrics["first_touch_latency_ns"]
-    if not latency:
-        raise CalibrationError(f"fingerprint ({mech} run): no latency recorded")
-    return float(latency["p50"])
-
-
-def _futex_wake_ns() -> float:
-    from bench.native import ffi, lib
-    out = ffi.new("uint64_t[]", 1)
-    err = ffi.new("char[]", 256)
-    if lib.fb_calib_futex(FUTEX_ROUND_TRIPS, 1, out, err, 256):
-        raise CalibrationError(ffi.string(err).decode())
-    return out[0] / (2 * FUTEX_ROUND_TRIPS)
-
-
-def _memcpy_bytes_per_s() -> float:
-    from bench.native import ffi, lib
-    out = ffi.new("uint64_t[]", 1)
-    err = ffi.new("char[]", 256)
-    if lib.fb_calib_memcpy(MEMCPY_BYTES, 1, out, err, 256):
-        raise CalibrationError(ffi.string(err).decode())
-    return MEMCPY_BYTES / (out[0] / 1e9)
-
-
-def _spin() -> tuple[float, float]:
-    from bench.native import ffi, lib
-    wall = ffi.new("uint64_t[]", 1)
-    cpu = ffi.new("uint64_t[]", 1)
-    err = ffi.new("char[]", 256)
-    if lib.fb_calib_spin(SPIN_ITERATIONS, 1, wall, cpu, err, 256):
-        raise CalibrationError(ffi.string(err).decode())
-    return float(cpu[0]), cpu[0] / wall[0]
-
-
-MEASURE = {
-    "kvm_exit_fault_ns": lambda: _run_p50("exits"),
-    "kvm_zero_fill_fault_ns": lambda: _run_p50("none"),
-    "uffd_round_trip_ns": lambda: _run_p50("uffd"),
-    "futex_wake_ns": _futex_wake_ns,
-    "memcpy_bytes_per_s": _memcpy_bytes_per_s,
-    ("cpu_loop_ns", "cpu_share"): _spin,
-}
-assert {n for key in MEASURE for n in (key if isinstance(key, tuple) else (key,))} == set(COMPONENTS)
-
-
-def measure(samples: int = SAMPLES) -> dict:
-    """Calibrate this host now: about 0.5 s here. Raises CalibrationError."""
-    from bench.native import lib
-    if lib.FB_CALIB_VERSION != FINGERPRINT_VERSION:
-        raise CalibrationError(f"stale C core: calibration API {lib.FB_CALIB_VERSION}, "
-                               f"expected {FINGERPRINT_VERSION}; rebuild")
-    started = time.monotonic()
-    values: dict[str, list[float]] = {name: [] for name in COMPONENTS}
-    # Thread placement decides these figures on 2 CPUs (uffd: 63 or 92 us a fault
-    # depending on whether vCPU and reader share a CPU). Every thread the
-    # calibration starts inherits this thread's affinity, so pinning it to one
-    # CPU makes the placement the same in every fingerprint.
-    allowed = os.sched_getaffinity(0)
-    cpu = min(allowed)
-    os.sched_setaffinity(0, {cpu})
-    try:
-        for _ in range(samples):
-            for name, fn in MEASURE.items():
-                if isinstance(name, tuple):   # one measurement, several components
-                    for part, value in zip(name, fn()):
-                        values[part].append(value)
-                else:
-                    values[name].append(fn())
-    finally:
-        os.sched_setaffinity(0, allowed)
-    components = {}
-    for name, vals in values.items():
-        unit, better, what, tolerance = COMPONENTS[name]
-        components[name] = {"values": vals, "median": statistics.median(vals),
-                            "min": min(vals), "max": max(vals), "unit": unit,
-                            "better": better, "what": what}
-    return {"version": FINGERPRINT_VERSION, "samples": samples,
-            "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "seconds": round(time.monotonic() - started, 3),
-            "spread": "min..max of the samples, measured interleaved across components",
-            "pinned_cpu": cpu,
-            "components": components}
 
 
 @dataclass

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from scipy.stats import mannwhitneyu
 
 from bench import result as resultmod
+from bench.cmdline import OneLineParser
 
 from . import changepoint
 from . import fingerprint as fpmod
 from .cells import HOST_KEYS
-from .ingest import OneLineParser, add_db_argument
+from .ingest import add_db_argument
 from .store import Store, StoreError
 from .verdict import DISTURBED_MARGIN, METRICS, cpu_wait_share, metrics_of
 

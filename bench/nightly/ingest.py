@@ -7,13 +7,10 @@ present (same content hash) are skipped, so ingesting twice changes nothing.
 import argparse
 import sys
 
+from bench.cmdline import OneLineParser
+
 from .cells import BadInput, load_records
 from .store import Store, StoreError
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def add_db_argument(p: argparse.ArgumentParser) -> None:

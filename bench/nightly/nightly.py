@@ -15,19 +15,20 @@
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
-import io
 import json
 import os
 import shlex
 import sys
 
 from bench import result as resultmod
+from bench.cmdline import OneLineParser, UsageError
+from bench.commands import run_benchmark
+from bench.options import parse_point
 
 from . import history as historymod
 from .cells import BadInput, cell_key, content_hash, load_records
-from .ingest import OneLineParser, add_db_argument
+from .ingest import add_db_argument
 from .store import Store, StoreError
 from .verdict import compare_records, render_markdown
 
@@ -63,33 +64,23 @@ def load_sweep(path: str | None) -> dict:
 
 def check_points(sweep: dict) -> None:
     """Refuse a bad point before anything runs (the benchmark's own checks)."""
-    from bench.cli import UsageError, build_parser, validate_args
     for i, point in enumerate(sweep["points"]):
-        stderr = io.StringIO()
         try:
-            with contextlib.redirect_stderr(stderr):
-                args = build_parser().parse_args(shlex.split(point))
-            validate_args(args)
-        except SystemExit:
-            raise HarnessError(f"sweep point {i + 1} ({point}): "
-                               f"{stderr.getvalue().strip().splitlines()[-1]}") from None
+            parse_point(shlex.split(point))
         except (UsageError, ValueError) as exc:
             raise HarnessError(f"sweep point {i + 1} ({point}): {exc}") from None
 
 
 def run_sweep(sweep: dict, records_dir: str) -> list[str]:
-    from bench.cli import main as bench_main
     check_points(sweep)
     paths = []
     for i, point in enumerate(sweep["points"]):
         argv = shlex.split(point) + ["--repeat", str(sweep.get("repeat", 10)), "--quiet",
                                      "--results-dir", os.path.join(records_dir, f"point{i}")]
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            status = bench_main(argv)
+        status, printed = run_benchmark(argv)
         if status != 0:
             raise HarnessError(f"sweep point {i + 1} ({point}) exited {status}")
-        paths += [line for line in out.getvalue().splitlines() if line.endswith(".json")]
+        paths += [line for line in printed.splitlines() if line.endswith(".json")]
     return paths
 
 

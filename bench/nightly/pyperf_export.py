@@ -10,11 +10,11 @@ import sys
 
 import pyperf
 
-from .cells import BadInput, cell_key, cell_name, load_records
-from .ingest import OneLineParser
-from .verdict import METRIC_BY_PATH, metrics_of
-
 from bench import result as resultmod
+from bench.cmdline import OneLineParser
+
+from .cells import BadInput, cell_key, cell_name, load_records
+from .verdict import METRIC_BY_PATH, metrics_of
 
 
 def to_seconds(path: str, value: float) -> float:

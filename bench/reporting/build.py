@@ -9,15 +9,14 @@ Writes into DIR (default report/):
 """
 from __future__ import annotations
 
-import argparse
 import base64
-import datetime
 import html
 import json
 import os
 import sys
 
 from .. import table as tablemod
+from ..cmdline import OneLineParser
 from .data import ReportData
 from .tables import TEXT_WIDTH, all_tables, warnings_rows, warnings_text
 
@@ -64,8 +63,10 @@ def generate(paths: list[str], out_dir: str, reference: str | None = None,
     if cdf_vcpus not in d.vcpus:
         raise ReportError(f"--cdf-vcpus {cdf_vcpus}: no cell at that count "
                           f"(have {', '.join(map(str, d.vcpus))})")
-    from .figures import all_figures
+    # deferred: matplotlib loads only when figures are drawn, not for the CLI's other paths
     import matplotlib.pyplot as plt
+
+    from .figures import all_figures
 
     title = title or "faultbench: fault delivery to userspace vs vCPUs"
     fig_dir = os.path.join(out_dir, "figures")
@@ -188,7 +189,7 @@ def _html(head, figures, tables, d, ids, fig_dir) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="run_bench.py report",
+    p = OneLineParser(prog="run_bench.py report",
                                 description="Figures (PNG, SVG), tables (HTML, Markdown, "
                                             "80-column text) from result records.")
     p.add_argument("records", nargs="+", help="result files or directories (searched for *.json)")
@@ -198,7 +199,6 @@ def main(argv=None) -> int:
     p.add_argument("--cdf-vcpus", type=int, metavar="N",
                    help="vCPU count of the latency CDF (default: the largest)")
     p.add_argument("--title", help="report title")
-    p.error = lambda message: p.exit(2, f"{p.prog}: error: {message} (see --help)\n")
     a = p.parse_args(argv)
     try:
         manifest = generate(a.records, a.out, a.relative_to, a.cdf_vcpus, a.title)

@@ -13,6 +13,7 @@ from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from .. import stats  # noqa: E402
 from .data import ReportData  # noqa: E402
+from .tables import per_fault_divisor  # noqa: E402
 
 SLIDE_INCHES = (13.33, 7.5)      # 16:9, a full slide at 100% zoom
 PNG_DPI = 120
@@ -328,7 +329,6 @@ def cpu_by_role(d: ReportData) -> Figure | None:
     roles = d.roles()
     if not roles:
         return None
-    from .tables import per_fault_divisor
     role_colors = {r: SEGMENT_COLORS[i] for i, r in enumerate(roles)}
     fig, axes = _panel_grid(len(d.series))
     for ax, s in zip(axes, d.series):

@@ -1,0 +1,88 @@
+"""What a measured point prints on the terminal: the selftest's lines first,
+then the harness's own (latency, mechanism cost and CPU wait, locks, warnings)."""
+from .validity import subject
+
+def _print_cost_and_wait(rec: dict, med) -> None:
+    """Mechanism cost (CPU time per fault) and CPU wait (run-queue time per fault)
+    apart, from the scheduler's accounting of every harness thread (schedstat)."""
+    s = rec["summary"]
+    roles = sorted({k.split(".")[1] for k in s if k.startswith("sched.") and k.endswith(".on_cpu_ns_per_fault")})
+    if not roles:
+        return
+    cost = sum(med(f"sched.{r}.on_cpu_ns_per_fault") or 0 for r in roles)
+    wait = {r: med(f"sched.{r}.run_queue_wait_ns_per_fault") or 0 for r in roles}
+    by_role = ", ".join(f"{r} {med(f'sched.{r}.on_cpu_ns_per_fault') / 1000:.1f}" for r in roles)
+    waits = ", ".join(f"{r} {wait[r] / 1000:.1f}" for r in roles)
+    print(f"Mechanism cost per fault (on-CPU time of the harness threads per fault, guest loop "
+          f"included; us; thread CPU clock): {cost / 1000:.1f} ({by_role})")
+    print(f"CPU wait per fault (runnable, waiting for a CPU, us; schedstat run delay): "
+          f"{sum(wait.values()) / 1000:.1f} ({waits})")
+    mean = med("fault_latency_ns.mean")
+    if mean:
+        print(f"   fault latency mean {mean / 1000:.1f} us, p50 {med('fault_latency_ns.p50') / 1000:.1f} us; "
+              f"breakdown medians: " + ", ".join(
+                  f"{k.rsplit('.', 1)[1]} {med(k) / 1000:.1f}" for k in sorted(s)
+                  if k.startswith("fault_breakdown_ns.parts_median.") and med(k)))
+    for r in rec.get("traced_runs", [])[:1]:
+        split = (r["metrics"].get("fault_breakdown_ns") or {}).get("sched_split")
+        if not split:
+            continue
+        parts = split["parts"]
+        total = sum(p["total_ns"] for p in parts.values())
+        wait = sum(p["cpu_wait_ns"] for p in parts.values())
+        on = sum(p["on_cpu_ns"] for p in parts.values())
+        print(f"Traced run, per fault (us): latency {total / 1000:.1f} = on CPU {on / 1000:.1f} + CPU wait "
+              f"{wait / 1000:.1f} + asleep/blocked {(total - on - wait) / 1000:.1f}; "
+              f"vCPUs on a CPU at once: at most {split['vcpus_on_cpu_at_once_max']}")
+        print("   by segment (total/wait): " + ", ".join(
+            f"{name} {p['total_ns'] / 1000:.1f}/{p['cpu_wait_ns'] / 1000:.1f}" for name, p in parts.items()
+            if p["total_ns"] >= 50))
+    pl = rec["runs"][0]["raw"].get("placement") if rec["runs"] else None
+    if pl:
+        seen = "; ".join(f"{role}: CPUs {','.join(map(str, d['cpus_seen']))}, "
+                         f"{d['migrations'] if d['migrations'] is not None else '?'} migrations"
+                         for role, d in pl["by_role"].items())
+        print(f"Placement {pl['policy']} (run 1): {seen}")
+
+def print_point(rec: dict, path: str) -> None:
+    cfg, s = rec["config"], rec["summary"]
+    m = rec["machine"]
+    def med(key):
+        return s.get(key, {}).get("median")
+    runs = [r["metrics"] for r in rec["runs"]]
+    print(f"== {cfg['mech']} / {cfg['workload']}: {cfg['vcpus']} vCPUs x {cfg['mem_per_vcpu_mib']} MiB, "
+          f"{len(runs)} run(s), on {m.get('online_cpus')} CPUs ({m.get('cpu_model')}, {m.get('kernel_release')})")
+    if rec["emulated"]:
+        print(f"   EMULATED: {rec['emulation_reason']}")
+    # the selftest's lines, under its names and with its definitions
+    print(f"Total guest execution time: {med('guest_seconds'):.6f}s")
+    print(f"Per-vcpu demand paging rate: {med('pages_per_s_per_vcpu'):f} pgs/sec/vcpu")
+    print(f"Overall demand paging rate: {med('pages_per_s'):f} pgs/sec"
+          + (f"  (min {s['pages_per_s']['min']:.0f}, max {s['pages_per_s']['max']:.0f})" if len(runs) > 1 else ""))
+    print(f"Per-vCPU rate over each vCPU's own window (harness measure, mean): "
+          f"{med('pages_per_s_per_vcpu_own_window'):.0f} pages/s")
+    print(f"Pages: {runs[0]['pages']}  faults delivered: {runs[0]['faults']}  "
+          f"installed: {runs[0]['pages_installed']}  content errors: {sum(r['content_errors'] for r in runs)} "
+          f"(verify {cfg.get('verify', 'header')})  fault records dropped: "
+          f"{sum(r.get('fault_records_dropped', 0) for r in runs)}  unattributed: "
+          f"{sum(r.get('faults_unattributed', 0) for r in runs)}")
+    keys = ["p50", "p90", "p99", "p99_9", "max"]
+    if runs[0].get("fault_latency_ns"):
+        parts = "  ".join(f"{k.replace('_', '.')} {med('fault_latency_ns.' + k) / 1000:.1f}" for k in keys)
+        print(f"Fault latency (us, each fault as its vCPU saw it): {parts}")
+    elif runs[0].get("first_touch_latency_ns"):
+        parts = "  ".join(f"{k.replace('_', '.')} {med('first_touch_latency_ns.' + k) / 1000:.2f}"
+                          for k in keys)
+        print(f"First-touch latency (us; no fault reaches userspace here): {parts}")
+    _print_cost_and_wait(rec, med)
+    for r in rec.get("traced_runs", [])[:1]:
+        kl = r["metrics"]["kernel_locks"]
+        top = ", ".join(f"{t['call_site'] or t['lock']} x{t['count']}" for t in kl["top_locks"][:3])
+        print(f"Kernel lock contention (traced run): {kl['contentions']} contentions, "
+              f"{kl['wait_ns_total'] / 1e6:.2f} ms waited; top: {top or '-'}")
+    if rec.get("tracing"):
+        print(f"Tracing cost: traced/untraced paging rate = {rec['tracing']['overhead_ratio']:.3f} "
+              f"(headline numbers come from untraced runs)")
+    for w in rec["warnings"]:
+        print(f"   warning ({subject(w)}): {w}")
+    print(f"Result: {path}")

@@ -1,0 +1,105 @@
+"""Measure the host fingerprint (bench/nightly/fingerprint.py says what it is):
+SAMPLES rounds of every component, interleaved, through the C core."""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+from bench.native import ffi, lib
+from bench.plan import RunError
+from bench.point import make_plan
+from bench.runner import execute
+
+from .fingerprint import (COMPONENTS, FINGERPRINT_VERSION, FUTEX_ROUND_TRIPS, MEMCPY_BYTES, SAMPLES,
+                          SPIN_ITERATIONS)
+
+
+class CalibrationError(RuntimeError):
+    """The calibration itself failed; the message is one line."""
+
+
+def _run_p50(mech: str) -> float:
+    plan = make_plan(["--mech", mech, "--vcpus", "1", "--mem-per-vcpu", "2"])
+    try:
+        metrics, _raw = execute(plan)
+    except RunError as exc:
+        raise CalibrationError(f"fingerprint ({mech} run): {exc}") from None
+    latency = metrics["fault_latency_ns"] or metrics["first_touch_latency_ns"]
+    if not latency:
+        raise CalibrationError(f"fingerprint ({mech} run): no latency recorded")
+    return float(latency["p50"])
+
+
+def _futex_wake_ns() -> float:
+    out = ffi.new("uint64_t[]", 1)
+    err = ffi.new("char[]", 256)
+    if lib.fb_calib_futex(FUTEX_ROUND_TRIPS, 1, out, err, 256):
+        raise CalibrationError(ffi.string(err).decode())
+    return out[0] / (2 * FUTEX_ROUND_TRIPS)
+
+
+def _memcpy_bytes_per_s() -> float:
+    out = ffi.new("uint64_t[]", 1)
+    err = ffi.new("char[]", 256)
+    if lib.fb_calib_memcpy(MEMCPY_BYTES, 1, out, err, 256):
+        raise CalibrationError(ffi.string(err).decode())
+    return MEMCPY_BYTES / (out[0] / 1e9)
+
+
+def _spin() -> tuple[float, float]:
+    wall = ffi.new("uint64_t[]", 1)
+    cpu = ffi.new("uint64_t[]", 1)
+    err = ffi.new("char[]", 256)
+    if lib.fb_calib_spin(SPIN_ITERATIONS, 1, wall, cpu, err, 256):
+        raise CalibrationError(ffi.string(err).decode())
+    return float(cpu[0]), cpu[0] / wall[0]
+
+
+MEASURE = {
+    "kvm_exit_fault_ns": lambda: _run_p50("exits"),
+    "kvm_zero_fill_fault_ns": lambda: _run_p50("none"),
+    "uffd_round_trip_ns": lambda: _run_p50("uffd"),
+    "futex_wake_ns": _futex_wake_ns,
+    "memcpy_bytes_per_s": _memcpy_bytes_per_s,
+    ("cpu_loop_ns", "cpu_share"): _spin,
+}
+assert {n for key in MEASURE for n in (key if isinstance(key, tuple) else (key,))} == set(COMPONENTS)
+
+
+def measure(samples: int = SAMPLES) -> dict:
+    """Calibrate this host now: about 0.5 s here. Raises CalibrationError."""
+    if lib.FB_CALIB_VERSION != FINGERPRINT_VERSION:
+        raise CalibrationError(f"stale C core: calibration API {lib.FB_CALIB_VERSION}, "
+                               f"expected {FINGERPRINT_VERSION}; rebuild")
+    started = time.monotonic()
+    values: dict[str, list[float]] = {name: [] for name in COMPONENTS}
+    # Thread placement decides these figures on 2 CPUs (uffd: 63 or 92 us a fault
+    # depending on whether vCPU and reader share a CPU). Every thread the
+    # calibration starts inherits this thread's affinity, so pinning it to one
+    # CPU makes the placement the same in every fingerprint.
+    allowed = os.sched_getaffinity(0)
+    cpu = min(allowed)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        for _ in range(samples):
+            for name, fn in MEASURE.items():
+                if isinstance(name, tuple):   # one measurement, several components
+                    for part, value in zip(name, fn()):
+                        values[part].append(value)
+                else:
+                    values[name].append(fn())
+    finally:
+        os.sched_setaffinity(0, allowed)
+    components = {}
+    for name, vals in values.items():
+        unit, better, what, tolerance = COMPONENTS[name]
+        components[name] = {"values": vals, "median": statistics.median(vals),
+                            "min": min(vals), "max": max(vals), "unit": unit,
+                            "better": better, "what": what}
+    return {"version": FINGERPRINT_VERSION, "samples": samples,
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.monotonic() - started, 3),
+            "spread": "min..max of the samples, measured interleaved across components",
+            "pinned_cpu": cpu,
+            "components": components}

@@ -1,0 +1,224 @@
+"""Measure one point: plan -> warm-ups, measured runs, traced runs -> one record.
+
+The library under every command that measures (the benchmark's cell loop, the
+host fingerprint, ab, nightly, the tests): `prepare` turns validated flags into
+a workload and its (mechanism, vCPUs) cells, `plan_for` makes one cell's Plan,
+and `measure` runs it and returns the record with its checks and warnings.
+"""
+import argparse
+import dataclasses
+import math
+import os
+import statistics
+
+from . import result as resultmod
+from .cmdline import UsageError
+from .hostnoise import NoiseSampler
+from .machine import load_avg, mem_available_bytes
+from .mechanisms import REGISTRY as MECHANISMS
+from .options import build_parser, rerun_argv, service_of, validate_args
+from .placement import plan_cpus
+from .plan import Plan, RunError
+from .runner import execute
+from .validity import run_warnings
+from .worker import service_params
+from .workloads import REGISTRY as WORKLOADS
+
+def memory_needed(vcpus: int, args, workload) -> int:
+    ppv = args.mem_per_vcpu * 256
+    pages = workload.memory_pages(vcpus, ppv)
+    touches = workload.touches_per_vcpu(ppv)
+    # guest memory, and the network worker's second full copy (the "remote" memory)
+    need = pages * 4096 * (2 if args.fetch == "worker" else 1)
+    # per touch: table 8 B, guest timing 16 B, fault log 88 B (struct fb_fault), fault
+    # index 8 B, and after the run its exported row (104 B) and numpy's columns of it
+    # (about 300 B while the breakdown and the scheduler split are computed)
+    need += vcpus * touches * 524
+    # per page: stamps 56 B, state 1 B, install count 4 B
+    need += pages * 61
+    return need
+
+def check_memory(vcpus: int, args, workload) -> None:
+    need = memory_needed(vcpus, args, workload)
+    avail = mem_available_bytes()
+    if avail is not None and need > 0.8 * avail:
+        raise UsageError(
+            f"{vcpus} vCPUs x {args.mem_per_vcpu} MiB needs {need / 2**30:.1f} GiB; "
+            f"this machine has {avail / 2**30:.1f} GiB available (limit: 80%)")
+
+def prepare(args, probes: dict | None = None):
+    """Validated args -> (workload, [(mechanism, vcpus)]); raises UsageError/ValueError."""
+    workload = WORKLOADS[args.workload](args)
+    workload.validate()
+    args.needs_shared_memory = workload.needs_shared_memory or args.fetch == "worker"
+    args.shared_memory_reason = (f"workload {workload.name}" if workload.needs_shared_memory
+                                 else "--fetch worker")
+    if args.fetch == "worker":
+        service_params(service_of(args))   # ValueError for bad parameters
+        for m in args.mech:
+            if not MECHANISMS[m].uses_uffd:
+                raise UsageError(f"--fetch worker does not apply to mechanism {m} (no faults to fetch for)")
+    points = []
+    for mech_name in args.mech:
+        for v in args.vcpus:
+            args.memory_pages = workload.memory_pages(v, args.mem_per_vcpu * 256)
+            mech = MECHANISMS[mech_name](args, v, probes or {})
+            mech.validate()
+            resolvers = mech.readers_total()
+            plan_cpus(args.placement, v, resolvers, [0] * resolvers)   # ValueError if impossible
+            points.append((mech, v))
+    return workload, points
+
+def plan_for(args, mech, workload, vcpus: int, **overrides):
+    kw = dict(vcpus=vcpus, mechanism=mech, workload=workload,
+              mem_per_vcpu_mib=args.mem_per_vcpu, fetch_delay_us=args.fetch_delay_us,
+              fetch_delay_mode=args.fetch_delay_mode, record_latency=not args.no_latency,
+              seed=args.seed, timeout_s=args.timeout, corrupt_every=args.corrupt_every,
+              lock_stacks=args.lock_stacks, trace_mmap_lock=args.trace_mmap_lock,
+              fault_around=args.fault_around, fetch=args.fetch,
+              placement=args.placement, verify=args.verify,
+              corrupt_tail_every=args.corrupt_tail_every,
+              misstamp_fetched_ns=args.misstamp_fetched_ns,
+              tsc_khz_error_ppm=args.tsc_khz_error_ppm,
+              stall_timeout_s=args.stall_timeout, stall_after=args.stall_after,
+              worker={"threads": args.worker_threads, "batch": args.worker_batch,
+                      "service": service_of(args)})
+    kw.update(overrides)
+    return Plan(**kw)
+
+def make_plan(argv: list[str], **overrides):
+    """One runnable point from command-line words: for scripts and tests."""
+    args = build_parser().parse_args(argv)
+    validate_args(args)
+    workload, points = prepare(args)
+    if len(points) != 1:
+        raise UsageError("make_plan needs exactly one mechanism and one vCPU count")
+    mech, vcpus = points[0]
+    return plan_for(args, mech, workload, vcpus, **overrides)
+
+def size_memory(args, mech, workload, vcpus: int) -> dict:
+    """--min-guest-ms: one sizing run at the asked size; if its guest time falls
+    short, grow --mem-per-vcpu in proportion (10% headroom, even MiB)."""
+    metrics, _ = execute(plan_for(args, mech, workload, vcpus))
+    ms = metrics["guest_seconds"] * 1000
+    asked = args.mem_per_vcpu
+    sized = asked
+    if ms < args.min_guest_ms:
+        sized = min(65536, 2 * math.ceil(asked * args.min_guest_ms / max(ms, 1e-3) * 1.1 / 2))
+    return {"asked_mib": asked, "min_guest_ms": args.min_guest_ms,
+            "sizing_run_guest_ms": ms, "sized_mib": sized}
+
+def trace_runs(plan, rec: dict, runs: int, buffer_mb: int, phases: dict | None = None) -> None:
+    """Extra runs with lock tracing on: lock data, and what tracing costs. The
+    measured runs stay untraced, so tracing never touches the headline numbers.
+    `phases`: their wall time is added under traced.<phase>."""
+    traced = dataclasses.replace(plan, trace_locks=True, trace_sched=True,
+                                 trace_buffer_kb=buffer_mb * 1024)
+    rec["traced_runs"] = []
+    for _ in range(runs):
+        traced_phases: dict = {}
+        metrics, raw = execute(traced, traced_phases)
+        if phases is not None:
+            for k, v in traced_phases.items():
+                phases[f"traced.{k}"] = phases.get(f"traced.{k}", 0.0) + v
+        rec["traced_runs"].append({"metrics": metrics, "raw": raw})
+    rates = [r["metrics"]["pages_per_s"] for r in rec["traced_runs"]]
+    untraced = statistics.median(r["metrics"]["pages_per_s"] for r in rec["runs"])
+    lost = sum(r["metrics"]["kernel_locks"]["events_lost"] for r in rec["traced_runs"])
+    rec["tracing"] = {
+        "lock_tracing": True, "stacks": plan.lock_stacks, "mmap_lock": plan.trace_mmap_lock,
+        "buffer_kb_per_cpu": traced.trace_buffer_kb,
+        "traced_pages_per_s": rates, "untraced_pages_per_s_median": untraced,
+        "overhead_ratio": statistics.median(rates) / untraced,
+        "events_lost": lost,
+        "note": "overhead_ratio = traced / untraced median paging rate (below 1: tracing slowed "
+                "the run); lock data comes from traced_runs, every other number from runs",
+    }
+    if lost:
+        rec["warnings"].append(
+            f"lock tracing lost {lost} events (buffer {traced.trace_buffer_kb // 1024} MiB per CPU): "
+            "the lock counts cover only part of the traced run; raise --trace-buffer-mb or "
+            "use --no-trace-mmap-lock")
+
+def trace_buffer_mb(args, plan) -> int:
+    """Enough per-CPU buffer for the traced run's events. Measured here at 64
+    vCPUs: 262,338 mmap_lock acquisitions for 65,536 faults, i.e. 4 a fault and
+    3 events each (start, acquired, released), about 48 B apiece in the buffer. The
+    released event is no longer recorded (bench/locktrace.py), so this now leaves a
+    third more headroom than it says."""
+    if args.trace_buffer_mb:
+        return args.trace_buffer_mb
+    per_fault = 12 * 48 if args.trace_mmap_lock else 64
+    ncpu = max(1, len(os.sched_getaffinity(0)))
+    mb = plan.memory_pages * per_fault * 2 // ncpu // 2**20   # headroom x2
+    avail = (mem_available_bytes() or 2**34) // 2**20
+    return int(min(max(16, mb), max(16, avail // (8 * ncpu))))
+
+
+def cell_config(args, mech, workload, vcpus: int, plan: Plan, sizing: dict | None) -> dict:
+    """The record's config: every input that decides this cell's numbers."""
+    vcpu_cpu, resolver_cpu = plan.cpu_map()
+    return {**mech.config(), "workload": workload.name, "workload_params": workload.params(),
+            "vcpus": vcpus, "mem_per_vcpu_mib": args.mem_per_vcpu,
+            "memory_pages": plan.memory_pages,
+            "fault_around": args.fault_around,
+            "fetch": args.fetch,
+            "worker": plan.worker if args.fetch == "worker" else None,
+            "fetch_delay_us": args.fetch_delay_us, "fetch_delay_mode": args.fetch_delay_mode,
+            "record_latency": not args.no_latency, "seed": args.seed,
+            "repeat": args.repeat, "warmup": args.warmup,
+            "fault_address_register": "rbx",
+            "trace_locks": args.trace_locks, "lock_stacks": args.lock_stacks,
+            "trace_mmap_lock": args.trace_mmap_lock,
+            "placement": args.placement,
+            "cpu_map": {"vcpus": vcpu_cpu, "resolvers": resolver_cpu,
+                        "note": "planned CPU per thread, -1: unpinned"},
+            "verify": args.verify,
+            "min_guest_ms": args.min_guest_ms, "memory_sizing": sizing}
+
+
+def measure(args, argv: list[str], mech, workload, vcpus: int, machine: dict, harness: dict,
+            phases: dict | None = None) -> dict:
+    """One cell, whole: sizing (--min-guest-ms), warm-ups, measured runs, traced
+    runs, host noise, warnings, validation. Returns the record, not yet written.
+    Raises RunError (a run or the record failed) or UsageError (sized memory does
+    not fit). `phases` accumulates where the wall time went (bench.runner.execute)."""
+    args = argparse.Namespace(**vars(args))   # a cell may size its own memory: the caller's flags stay
+    phases = {} if phases is None else phases
+    sizing = None
+    if args.min_guest_ms:
+        try:
+            sizing = size_memory(args, mech, workload, vcpus)
+        except RunError as exc:
+            raise RunError(f"sizing run: {exc}") from None
+        args.mem_per_vcpu = sizing["sized_mib"]
+        try:
+            check_memory(vcpus, args, workload)
+        except UsageError as exc:
+            raise UsageError(f"--min-guest-ms {args.min_guest_ms:g}: {exc}") from None
+    args.memory_pages = workload.memory_pages(vcpus, args.mem_per_vcpu * 256)
+    plan = plan_for(args, mech, workload, vcpus)
+    config = cell_config(args, mech, workload, vcpus, plan, sizing)
+    emulated, reason = mech.emulation()
+    rerun = rerun_argv(argv, mech.name, vcpus, sizing["sized_mib"] if sizing else None)
+    # the load average belongs to this point, not to the invocation (a sweep lasts minutes)
+    machine = {**machine, "load_avg": load_avg()}
+    rec = resultmod.new_record(["run_bench.py", *rerun], config, machine, harness, emulated, reason)
+    noise = NoiseSampler()
+    noise.start()
+    try:
+        for i in range(args.warmup + args.repeat):
+            metrics, raw = execute(plan, phases)
+            resultmod.add_run(rec, metrics, warmup=i < args.warmup, raw=raw)
+        resultmod.finalize(rec)
+        if args.trace_locks:
+            trace_runs(plan, rec, args.trace_runs, trace_buffer_mb(args, plan), phases)
+    finally:
+        rec["host_noise"], noisy = noise.stop()
+    rec["warnings"] += noisy
+    rec["warnings"] += [w for w in run_warnings(rec) if w not in rec["warnings"]]
+    problems = resultmod.validate(rec)
+    if problems:
+        raise RunError(f"invalid result: {problems[0]}")
+    return rec
+

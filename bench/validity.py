@@ -1,0 +1,104 @@
+"""Plain-words warnings about what a record's own numbers say of its validity.
+
+The checks themselves are computed with the data they check (bench/breakdown.py,
+bench/runner.py); this module words their outcome, and says what each warning
+is about (`subject`): the host (other processes' load, bench/hostnoise.py), the
+configuration (the flags chose a run the tool warns about) or the measurement
+(the run is not what was asked: vCPUs not overlapping, a failed self-check,
+spread between repetitions).
+"""
+from .hostnoise import WARNING_START as HOST_WARNING_START
+from .placement import bimodal_groups
+
+# a run shorter than this in guest time is dominated by start-up and timer effects
+MIN_GUEST_MS_WARN = 200.0
+SHORT_RUN_START = "runs last"   # the configuration's warning: its memory size makes short runs
+
+
+def _check_warnings(where: str, checks: dict) -> list[str]:
+    out = []
+    gw = checks.get("guest_window_vs_host_clock")
+    if gw and not gw["ok"]:
+        out.append(f"{where}: check failed: the guest's clock covers {gw['fill']:.3f} of the host's "
+                   f"monotonic window over its touch loop (worst vCPU {gw['max_vcpu_ratio']:.4f}; "
+                   f"limits >= {gw['limits']['fill_min']}, <= {gw['limits']['vcpu_ratio_max']}): "
+                   "guest timings or the TSC frequency are wrong")
+    sm = checks.get("segments_vs_monotonic")
+    if sm and sm.get("comparable") and not sm["ok"]:
+        bad = [f"{p}: {sm[p]['faults_disagreeing']} of {sm['faults_timed']} faults (mean "
+               f"{sm[p]['segment_ns_mean'] / 1000:.1f} us stamped vs {sm[p]['monotonic_ns_mean'] / 1000:.1f} us "
+               "monotonic)" for p in ("fetch", "install") if not sm[p]["ok"]]
+        out.append(f"{where}: check failed: breakdown segments disagree with an independent clock: "
+                   + "; ".join(bad))
+    elif sm and not sm.get("comparable"):
+        out.append(f"{where}: the segment clock check could not run: {sm['reason']}")
+    ct = checks.get("cpu_time_vs_latency")
+    if ct and ct.get("applies") and ct["ok"] is False:
+        out.append(f"{where}: check failed: the vCPU threads' guest-timed fault latency is "
+                   f"{ct['ratio']:.3f} x their on-CPU plus run-queue time (the scheduler's "
+                   "accounting): latency cannot exceed the time the threads were awake")
+    return out
+
+def run_warnings(rec: dict) -> list[str]:
+    """Plain-words warnings about what a run's own numbers say of its validity."""
+    out = []
+    vcpus = rec["config"]["vcpus"]
+    for kind in ("runs", "warmups", "traced_runs"):
+        for i, r in enumerate(rec.get(kind, [])):
+            m = r["metrics"]
+            where = f"{kind[:-1]} {i + 1}"
+            if m["content_errors"]:
+                out.append(f"{where}: {m['content_errors']} pages had wrong content")
+            overlap = m.get("vcpu_windows_overlapping_max")
+            if overlap is not None and overlap < vcpus:
+                out.append(f"{where}: only {overlap} of {vcpus} vCPUs' start-to-end windows overlapped "
+                           f"(starts spread over {m['vcpu_start_spread_s']:.3f} s): not a "
+                           f"{vcpus}-vCPU measurement")
+            inside = m.get("vcpus_inside_kvm_run_max")
+            if inside is not None and inside < vcpus / 2:
+                out.append(f"{where}: at most {inside} of {vcpus} vCPUs were inside KVM_RUN at once: "
+                           "most were handling faults in userspace or not yet started")
+            if m.get("fault_records_dropped"):
+                out.append(f"{where}: {m['fault_records_dropped']} fault records did not fit the "
+                           "per-vCPU log and are missing from latency and breakdown")
+            if m.get("faults_unattributed"):
+                out.append(f"{where}: {m['faults_unattributed']} userfaultfd messages came from no "
+                           "vCPU thread and are not in the per-vCPU figures")
+            pinned = {c for d in ((r.get("raw") or {}).get("placement") or {}).get("by_role", {}).values()
+                      for c in d["pinned"]}
+            if -2 in pinned:
+                out.append(f"{where}: a thread's CPU affinity was refused: it ran unpinned, not as "
+                           f"--placement {rec['config'].get('placement')} planned")
+            bd = m.get("fault_breakdown_ns") or {}
+            if bd.get("faults_total") and bd["faults_used"] < 0.9 * bd["faults_total"]:
+                out.append(f"{where}: the cost breakdown covers {bd['faults_used']} of "
+                           f"{bd['faults_total']} faults")
+            out += _check_warnings(where, m.get("checks") or {})
+    runs = [r["metrics"] for r in rec["runs"]]
+    ms = sorted(r["guest_seconds"] * 1000 for r in runs)
+    if ms and ms[len(ms) // 2] < MIN_GUEST_MS_WARN:
+        out.append(f"{SHORT_RUN_START} {ms[len(ms) // 2]:.0f} ms of guest time (median), under "
+                   f"{MIN_GUEST_MS_WARN:g} ms: start-up and timer effects weigh in; raise "
+                   f"--mem-per-vcpu or use --min-guest-ms {MIN_GUEST_MS_WARN:g}")
+    rates = [r["pages_per_s"] for r in runs]
+    groups = bimodal_groups(rates)
+    if groups:
+        desc = " vs ".join(
+            "runs " + ",".join(str(i + 1) for i in g) + f" at about {sorted(rates[i] for i in g)[len(g) // 2]:,.0f} pages/s"
+            for g in groups)
+        policy = rec["config"].get("placement", "free")
+        why = ("thread placement may decide which; compare --placement packed and spread"
+               if policy == "free" else
+               f"placement is fixed (--placement {policy}): something else decides, such as other "
+               "processes on the host")
+        out.append(f"bimodal: the repetitions fall into two groups ({desc}); {why}")
+    return out
+
+
+def subject(warning: str) -> str:
+    """What a warning is about: "host", "configuration" or "measurement"."""
+    if warning.startswith(HOST_WARNING_START):
+        return "host"
+    if warning.startswith(SHORT_RUN_START):
+        return "configuration"
+    return "measurement"
