@@ -1,9 +1,10 @@
 """Kernel lock-contention measurement from tracepoints, in a private tracefs instance.
 
 Uses lock:contention_begin/contention_end (with a stacktrace trigger on begin) and
-the mmap_lock:* events, recorded into ``instances/<prefix>-<pid>-<n>`` so the global
-trace buffer and other tracers are not disturbed.  Everything changed is undone by
-``cleanup()`` (events, trigger, options, instance, and the tracefs mount if we made it).
+the mmap_lock:* events, recorded into ``instances/<prefix>-<pid>-<n>`` (a
+``tracefs.TracefsInstance``) so the global trace buffer and other tracers are not
+disturbed.  Everything changed is undone by ``cleanup()`` (events, trigger, options,
+instance, and the tracefs mount if we made it).
 
 Timestamps: the text ``trace`` output prints microseconds only; the ``raw`` output
 option prints exact nanoseconds but no event fields.  The buffer is read both ways
@@ -14,21 +15,19 @@ if the two do not line up, microsecond timestamps are used and the summary says
 
 from __future__ import annotations
 
-import atexit
 import bisect
 import collections
-import ctypes
-import ctypes.util
-import errno
 import itertools
-import os
 import re
 import threading
-import time
 from typing import NamedTuple
-import weakref
 
-TRACEFS = "/sys/kernel/tracing"
+from . import tracefs as _tracefs
+# The generic tracefs machinery lives in tracefs.py; these names stay importable from
+# here for preflight.py and the tests that check tracing left nothing behind.
+from .tracefs import (TRACEFS, TraceUnavailable, TracefsInstance, _TracefsView,  # noqa: F401
+                      enabled_events_in, has_event, leftover_instances, tracefs_mount_count)
+
 LOCK_EVENTS = ("contention_begin", "contention_end")
 # mmap_lock_released is left out: the summary never uses it, and it was a third of
 # every event recorded (and of the time spent reading and parsing the trace)
@@ -42,117 +41,13 @@ _INTERNAL_FRAME_PARTS = (
     "__traceiter", "read_lock", "write_lock", "mutex_spin", "mutex_optimistic",
 )
 
-_counter = itertools.count()
-_live = weakref.WeakSet()          # tracers to clean up at interpreter exit
-_mount_lock = threading.RLock()   # re-entrant: cleanup may run from a signal handler
-_mount_users = 0                   # tracers in this process relying on a mount we made
-_we_mounted = False
 
-_libc = None
-
-
-class TraceUnavailable(Exception):
-    """Tracing cannot be set up; the message names what is missing."""
-
-
-# ----------------------------------------------------------------------------- mounts
-
-def _libc_handle():
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    return _libc
-
-
-def _unescape_mount(s: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
-
-
-def tracefs_mount_count(path: str = TRACEFS) -> int:
-    """Number of tracefs mounts stacked on ``path`` (0 = not mounted)."""
-    n = 0
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                parts = left.split()
-                if len(parts) >= 5 and _unescape_mount(parts[4]) == path and right.split()[:1] == ["tracefs"]:
-                    n += 1
-    except OSError:
-        pass
-    return n
-
-
-def _mount_tracefs(path: str = TRACEFS) -> None:
-    libc = _libc_handle()
-    if libc.mount(b"nodev", path.encode(), b"tracefs", 0, None) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
-
-def _umount_tracefs(path: str = TRACEFS) -> None:
-    libc = _libc_handle()
-    for _ in range(20):
-        if libc.umount2(path.encode(), 0) == 0:
-            return
-        e = ctypes.get_errno()
-        if e != errno.EBUSY:
-            raise OSError(e, os.strerror(e))
-        time.sleep(0.05)
-    # Someone holds a file open: detach so the mount table is as we found it.
-    if libc.umount2(path.encode(), 2) != 0:  # MNT_DETACH
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
-
-class _TracefsView:
-    """Temporarily make tracefs visible (mount if needed, unmount afterwards)."""
-
-    def __enter__(self):
-        self.mounted = False
-        if tracefs_mount_count() == 0:
-            _mount_tracefs()
-            self.mounted = True
-        return TRACEFS
-
-    def __exit__(self, *exc):
-        if self.mounted:
-            _umount_tracefs()
-        return False
-
-
-def leftover_instances(prefix: str = "faultbench") -> list[str]:
-    """Names of tracefs instances starting with ``prefix-`` (instances outlive umount,
-    so tracefs is mounted temporarily to look)."""
-    try:
-        with _TracefsView() as root:
-            d = os.path.join(root, "instances")
-            return sorted(n for n in os.listdir(d) if n.startswith(prefix + "-"))
-    except OSError:
-        return []
-
-
-def enabled_events_in(instance_path: str) -> list[str]:
-    """``system:event`` names enabled in an instance (or the top level tracefs dir)."""
-    try:
-        with open(os.path.join(instance_path, "set_event")) as f:
-            return sorted(l.strip() for l in f if l.strip() and not l.startswith("#"))
-    except OSError:
-        pass
-    out = []
-    ev = os.path.join(instance_path, "events")
-    for system in sorted(os.listdir(ev)) if os.path.isdir(ev) else ():
-        sdir = os.path.join(ev, system)
-        if not os.path.isdir(sdir):
-            continue
-        for name in sorted(os.listdir(sdir)):
-            try:
-                with open(os.path.join(sdir, name, "enable")) as f:
-                    if f.read().strip().startswith("1"):
-                        out.append(f"{system}:{name}")
-            except OSError:
-                continue
-    return out
+def __getattr__(name):
+    # tracefs.py rebinds its mount counters as instances come and go; a copy made at
+    # import would go stale, so locktrace._mount_users and _we_mounted read them live
+    if name in ("_mount_users", "_we_mounted"):
+        return getattr(_tracefs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -579,167 +474,72 @@ class LockTracer:
         self.name_prefix = name_prefix
         self.top = top
         self.buffer_kb = buffer_kb
-        self.instance = None
-        self.path = None
-        self._undo = []            # teardown actions, run LIFO, each at most once
+        # the instance owns every change to tracefs and its undoing (also at exit and
+        # on garbage collection); it can be created again after a cleanup
+        self._tf = TracefsInstance(name_prefix)
         self._lock = threading.RLock()
         self._hashed = True
-        self._holds_mount = False
         self.mmap_events = []
-        self.cleanup_errors = []
 
-    # -- helpers
-    def _w(self, rel, value):
-        with open(os.path.join(self.path, rel), "w") as f:
-            f.write(value)
+    @property
+    def instance(self):
+        """The instance's name (kept after cleanup), or None before start()."""
+        return self._tf.name
 
-    def _r(self, rel):
-        with open(os.path.join(self.path, rel)) as f:
-            return f.read()
+    @property
+    def path(self):
+        """The instance's directory while it exists."""
+        return self._tf.path
 
-    def _set_option(self, name, value):
-        """Set an instance option; return True if it exists. Restored at teardown."""
-        rel = os.path.join("options", name)
-        try:
-            old = self._r(rel).strip()
-        except OSError:
-            return False
-        if old != value:
-            self._w(rel, value)
-            self._undo.append(lambda: self._w(rel, old))
-        return True
+    @property
+    def cleanup_errors(self):
+        return self._tf.cleanup_errors
 
     # -- API
     def start(self) -> None:
         with self._lock:
             if self.path is not None:
                 raise RuntimeError("LockTracer already started")
-            try:
-                self._start()
-            except TraceUnavailable:
-                self.cleanup()
-                raise
-            except OSError as e:
-                self.cleanup()
-                raise TraceUnavailable(f"tracefs setup failed: {e.filename}: {e.strerror}") from None
-            except BaseException:
-                self.cleanup()
-                raise
+            with self._tf.setting_up():
+                self._start(self._tf)
 
-    def _start(self):
-        global _mount_users, _we_mounted
-        with _mount_lock:
-            if tracefs_mount_count() == 0:
-                try:
-                    _mount_tracefs()
-                except OSError as e:
-                    raise TraceUnavailable(f"tracefs: cannot mount at {TRACEFS}: {e.strerror}") from None
-                _we_mounted = True
-            if _we_mounted:
-                _mount_users += 1
-                self._holds_mount = True
-                self._undo.append(self._release_mount)
-        top = TRACEFS
-        self._check_events(top)
-        self.instance = f"{self.name_prefix}-{os.getpid()}-{next(_counter)}"
-        path = os.path.join(top, "instances", self.instance)
-        try:
-            os.mkdir(path)
-        except OSError as e:
-            raise TraceUnavailable(f"tracefs instance: cannot create {path}: {e.strerror}") from None
-        self.path = path
-        self._undo.append(self._rmdir)
-        _live.add(self)
-
-        self._w("tracing_on", "0")
-        self._undo.append(lambda: self._w("tracing_on", "0"))
-        self._w("buffer_size_kb", str(int(self.buffer_kb)))
-        try:
-            self._w("trace_clock", self.CLOCK)
-        except OSError:
-            if self.CLOCK != "mono":   # stamps in another clock would be misread
-                raise TraceUnavailable(f"tracefs: trace clock {self.CLOCK} not available") from None
-        # Raw addresses (so static locks resolve) and "func+off/len" frames.
-        self._hashed = not self._set_option("hash-ptr", "0")
-        self._set_option("sym-offset", "1")
-        self._set_option("raw", "0")
-
-        if self.pids:
-            self._set_option("event-fork", "1")
-            self._w("set_event_pid", " ".join(str(p) for p in self.pids))
-            self._undo.append(lambda: self._w("set_event_pid", ""))
-        self._enable_events(path)
-        self._w("tracing_on", "1")
-
-    def _check_events(self, top):
+    def _start(self, tf):
+        tf.mount()
         for ev in LOCK_EVENTS:
-            if not os.path.isdir(os.path.join(top, "events", "lock", ev)):
+            if not has_event("lock", ev):
                 raise TraceUnavailable(f"tracefs lock:{ev} event not available: "
-                                       f"no {top}/events/lock/{ev}")
-
-    def _enable_events(self, path):
-        for ev in LOCK_EVENTS:
-            self._enable(f"events/lock/{ev}")
+                                       f"no {TRACEFS}/events/lock/{ev}")
+        tf.create()
+        tf.set_buffer_kb(self.buffer_kb)
+        # without mono the instance's default clock is kept; any other clock's stamps
+        # would be misread if it were missing
+        tf.set_clock(self.CLOCK, required=self.CLOCK != "mono")
+        # Raw addresses (so static locks resolve) and "func+off/len" frames.
+        self._hashed = not tf.set_option("hash-ptr", "0")
+        tf.set_option("sym-offset", "1")
+        tf.set_option("raw", "0")
+        if self.pids:
+            tf.follow_pids(self.pids)
+        tf.enable_events("lock", LOCK_EVENTS)
         if self.stacks:
-            trig = "events/lock/contention_begin/trigger"
-            self._w(trig, "stacktrace")
-            self._undo.append(lambda: self._w(trig, "!stacktrace"))
-
+            tf.add_trigger("lock", "contention_begin", "stacktrace")
         self.mmap_events = []
         for ev in MMAP_EVENTS if self.mmap_lock else ():
-            if os.path.isdir(os.path.join(path, "events", "mmap_lock", ev)):
-                self._enable(f"events/mmap_lock/{ev}")
+            if tf.has_event("mmap_lock", ev):
+                tf.enable_event("mmap_lock", ev)
                 self.mmap_events.append(ev)
-
-    def _enable(self, rel):
-        self._w(os.path.join(rel, "enable"), "1")
-        self._undo.append(lambda: self._w(os.path.join(rel, "enable"), "0"))
-
-    def _rmdir(self):
-        path, self.path = self.path, None
-        for _ in range(40):
-            try:
-                os.rmdir(path)
-                return
-            except FileNotFoundError:
-                return
-            except OSError as e:
-                if e.errno != errno.EBUSY:
-                    raise
-                time.sleep(0.05)   # a reader still has a file open
-        os.rmdir(path)
-
-    def _stats_lost(self):
-        lost = 0
-        pc = os.path.join(self.path, "per_cpu")
-        for cpu in os.listdir(pc):
-            try:
-                with open(os.path.join(pc, cpu, "stats")) as f:
-                    for line in f:
-                        k, _, v = line.partition(":")
-                        if k.strip() in ("overrun", "dropped events"):
-                            lost += int(v.split()[0])
-            except (OSError, ValueError, IndexError):
-                continue
-        return lost
+        tf.tracing(True)
 
     def stop(self, tids) -> dict:
         with self._lock:
             if self.path is None:
                 raise RuntimeError("LockTracer not started")
+            tf = self._tf
             try:
-                self._w("tracing_on", "0")
-                lost = self._stats_lost()
-                text = self._r("trace").splitlines()
-                raw = None
-                try:
-                    self._w("options/raw", "1")
-                    try:
-                        raw = self._r("trace").splitlines()
-                    finally:
-                        self._w("options/raw", "0")
-                except OSError:
-                    raw = None
+                tf.tracing(False)
+                lost = tf.lost_events()
+                text = tf.trace_lines()
+                raw = tf.raw_trace_lines()
                 hashed = self._hashed
             finally:
                 self.cleanup()
@@ -759,26 +559,9 @@ class LockTracer:
             return summary
 
     def cleanup(self) -> None:
-        """Undo everything start() did. Idempotent and re-entrant: each action is popped
-        before it runs, so a signal arriving mid-cleanup cannot run one twice."""
-        errors = []
-        interrupted = None
-        while self._undo:
-            action = self._undo.pop()
-            for _attempt in range(2):      # actions are idempotent: retry one cut by ^C
-                try:
-                    action()
-                    break
-                except OSError as e:
-                    errors.append(e)
-                    break
-                except KeyboardInterrupt as e:
-                    interrupted = e        # finish the teardown first
-        _live.discard(self)
-        # Best effort: teardown must not mask the caller's exception; keep for diagnosis.
-        self.cleanup_errors = errors
-        if interrupted is not None:
-            raise interrupted
+        """Undo everything start() did (see TracefsInstance.cleanup: idempotent,
+        re-entrant, finishes its teardown before re-raising a ^C)."""
+        self._tf.cleanup()
 
     def __enter__(self):
         self.start()
@@ -787,31 +570,3 @@ class LockTracer:
     def __exit__(self, *exc):
         self.cleanup()
         return False
-
-    def __del__(self):
-        try:
-            self.cleanup()
-        except Exception:
-            pass
-
-    def _release_mount(self):
-        global _mount_users, _we_mounted
-        with _mount_lock:
-            if not self._holds_mount:
-                return
-            self._holds_mount = False
-            _mount_users -= 1
-            if _mount_users == 0 and _we_mounted:
-                _we_mounted = False
-                if tracefs_mount_count() > 0:
-                    _umount_tracefs()
-
-
-@atexit.register
-def _cleanup_all():
-    # Safety net for tracers the caller forgot to stop.
-    for t in list(_live):
-        try:
-            t.cleanup()
-        except Exception:
-            pass

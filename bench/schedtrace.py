@@ -1,21 +1,21 @@
 """The scheduler's view of a traced run: when each harness thread waited for a CPU.
 
-A private tracefs instance (the lock tracer's machinery, its own instance) records
-sched_switch and sched_wakeup for the harness's threads with the `x86-tsc` trace
-clock, so event times are the same TSC the per-fault stamps use. From them, per
-thread: intervals runnable-but-not-running (woken or preempted, until switched in)
-and intervals on a CPU. Each fault segment is charged to the thread that must run
-for it to end (its owner), and split into CPU wait, on-CPU time and the rest
+A private tracefs instance (a ``tracefs.TracefsInstance``, apart from the lock
+tracer's) records sched_switch and sched_wakeup for the harness's threads with the
+`x86-tsc` trace clock, so event times are the same TSC the per-fault stamps use. From
+them, per thread: intervals runnable-but-not-running (woken or preempted, until
+switched in) and intervals on a CPU. Each fault segment is charged to the thread that
+must run for it to end (its owner), and split into CPU wait, on-CPU time and the rest
 (sleeping or blocked).
 """
 from __future__ import annotations
 
-import os
 import re
+import threading
 
 import numpy as np
 
-from .locktrace import LockTracer, TraceUnavailable
+from .tracefs import TraceUnavailable, TracefsInstance, has_event
 
 SCHED_EVENTS = ("sched_switch", "sched_wakeup", "sched_wakeup_new")
 _LINE = re.compile(r"\[(\d+)\]\s+\S+\s+(\d+): (sched_switch|sched_wakeup|sched_wakeup_new): (.*)$")
@@ -25,32 +25,85 @@ _WAKE = re.compile(r"\bpid=(\d+)")
 RESOLVER_SEGMENTS = {"queue", "dispatch", "wait", "fetch", "install"}
 
 
-class SchedTracer(LockTracer):
+class SchedTracer:
+    """sched_switch/sched_wakeup(_new) of ``pids`` and their later threads, stamped
+    with the TSC; start(), then stop() for the trace lines."""
+    #: the TSC the per-fault stamps use, so both sets of times compare directly
     CLOCK = "x86-tsc"
 
     def __init__(self, pids, buffer_kb):
-        super().__init__(name_prefix="faultbench-sched", stacks=False, pids=pids,
-                         buffer_kb=buffer_kb, mmap_lock=False)
+        self.pids = list(pids) if pids else []
+        self.buffer_kb = buffer_kb
+        self.name_prefix = "faultbench-sched"
+        # owns every change to tracefs and its undoing (also at exit and on garbage
+        # collection); it can be created again after a cleanup
+        self._tf = TracefsInstance(self.name_prefix)
+        self._lock = threading.RLock()
 
-    def _check_events(self, top):
+    @property
+    def instance(self):
+        """The instance's name (kept after cleanup), or None before start()."""
+        return self._tf.name
+
+    @property
+    def path(self):
+        """The instance's directory while it exists."""
+        return self._tf.path
+
+    @property
+    def cleanup_errors(self):
+        return self._tf.cleanup_errors
+
+    def start(self) -> None:
+        with self._lock:
+            if self.path is not None:
+                raise RuntimeError("SchedTracer already started")
+            with self._tf.setting_up():
+                self._start(self._tf)
+
+    def _start(self, tf):
+        tf.mount()
         for ev in SCHED_EVENTS:
-            if not os.path.isdir(os.path.join(top, "events", "sched", ev)):
+            if not has_event("sched", ev):
                 raise TraceUnavailable(f"tracefs sched:{ev} event not available")
-
-    def _enable_events(self, path):
-        for ev in SCHED_EVENTS:
-            self._enable(f"events/sched/{ev}")
+        tf.create()
+        tf.set_buffer_kb(self.buffer_kb)
+        tf.set_clock(self.CLOCK)   # required: stamps in another clock would be misread
+        # The lock tracer's options, kept from when this class borrowed its set-up:
+        # raw=0 gives the text lines parse() reads; no sched field is a pointer or a
+        # symbol, so hash-ptr and sym-offset change nothing here.
+        tf.set_option("hash-ptr", "0")
+        tf.set_option("sym-offset", "1")
+        tf.set_option("raw", "0")
+        if self.pids:
+            tf.follow_pids(self.pids)
+        tf.enable_events("sched", SCHED_EVENTS)
+        tf.tracing(True)
 
     def stop(self, tids=None) -> tuple[list[str], int]:
-        """(trace lines, events lost); everything undone."""
+        """(trace lines, events lost); everything undone. ``tids`` is not used: the
+        kernel already kept only ``pids`` and their threads."""
         with self._lock:
+            tf = self._tf
             try:
-                self._w("tracing_on", "0")
-                lost = self._stats_lost()
-                lines = self._r("trace").splitlines()
+                tf.tracing(False)
+                lost = tf.lost_events()
+                lines = tf.trace_lines()
             finally:
                 self.cleanup()
         return lines, lost
+
+    def cleanup(self) -> None:
+        """Undo everything start() did; idempotent (see TracefsInstance.cleanup)."""
+        self._tf.cleanup()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
+        return False
 
 
 def parse(lines: list[str]) -> list[tuple[int, str, tuple]]:

@@ -1,4 +1,5 @@
-"""Tests for bench.locktrace against the real tracefs (root only; skipped otherwise)."""
+"""Tests for bench.locktrace against the real tracefs (root only; skipped otherwise).
+The tracefs instance it records into has its own tests: tests/test_tracefs.py."""
 
 import ctypes
 import ctypes.util
@@ -17,8 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bench import locktrace  # noqa: E402
-from bench.locktrace import LockTracer, TraceUnavailable, enabled_events_in, leftover_instances  # noqa: E402
+from bench import locktrace, tracefs  # noqa: E402
+from bench.locktrace import LockTracer  # noqa: E402
+from bench.tracefs import TraceUnavailable, enabled_events_in, leftover_instances  # noqa: E402
 
 PREFIX = "fbtest"
 
@@ -42,13 +44,13 @@ def tracing():
 def _top_level_state():
     """Things a tracer must leave as found: mount count, our instances, global events
     and the global lock triggers."""
-    with locktrace._TracefsView() as root:
+    with tracefs._TracefsView() as root:
         events = enabled_events_in(root)
         trig = []
         for ev in locktrace.LOCK_EVENTS:
             with open(os.path.join(root, "events", "lock", ev, "trigger")) as f:
                 trig += [l.strip() for l in f if l.strip() and not l.startswith("#")]
-    return {"mounts": locktrace.tracefs_mount_count(), "instances": leftover_instances(PREFIX),
+    return {"mounts": tracefs.tracefs_mount_count(), "instances": leftover_instances(PREFIX),
             "events": events, "triggers": trig}
 
 
@@ -316,7 +318,7 @@ def test_cleanup_survives_interrupt(tracing):
         if len(hits) == 1:
             raise KeyboardInterrupt
 
-    tracer._undo.append(interrupted_once)  # runs first, as a ^C during teardown would
+    tracer._tf.add_undo(interrupted_once)  # runs first, as a ^C during teardown would
     with pytest.raises(KeyboardInterrupt):
         tracer.cleanup()
     assert len(hits) == 2
