@@ -22,11 +22,7 @@ import re
 import threading
 from typing import NamedTuple
 
-from . import tracefs as _tracefs
-# The generic tracefs machinery lives in tracefs.py; these names stay importable from
-# here for preflight.py and the tests that check tracing left nothing behind.
-from .tracefs import (TRACEFS, TraceUnavailable, TracefsInstance, _TracefsView,  # noqa: F401
-                      enabled_events_in, has_event, leftover_instances, tracefs_mount_count)
+from .tracefs import TRACEFS, TraceUnavailable, TracefsInstance, has_event
 
 LOCK_EVENTS = ("contention_begin", "contention_end")
 # mmap_lock_released is left out: the summary never uses it, and it was a third of
@@ -40,14 +36,6 @@ _INTERNAL_FRAME_PARTS = (
     "contention", "__pv_", "osq_", "rt_mutex", "rwbase", "percpu_down", "trace_event",
     "__traceiter", "read_lock", "write_lock", "mutex_spin", "mutex_optimistic",
 )
-
-
-def __getattr__(name):
-    # tracefs.py rebinds its mount counters as instances come and go; a copy made at
-    # import would go stale, so locktrace._mount_users and _we_mounted read them live
-    if name in ("_mount_users", "_we_mounted"):
-        return getattr(_tracefs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- parsing

@@ -12,7 +12,7 @@ import os
 import resource
 import tempfile
 
-from . import locktrace
+from . import locktrace, tracefs
 from .probes import UFFD_FEATURES
 
 
@@ -96,7 +96,7 @@ def tracefs_problem() -> str | None:
     """Why lock tracing cannot work here, or None. Mounts tracefs only for the
     look (and unmounts it) when it is not mounted."""
     try:
-        with locktrace._TracefsView() as root:
+        with tracefs._TracefsView() as root:
             for ev in locktrace.LOCK_EVENTS:
                 if not os.path.isdir(os.path.join(root, "events", "lock", ev)):
                     return f"this kernel has no lock:{ev} tracepoint"
@@ -104,7 +104,7 @@ def tracefs_problem() -> str | None:
             if not os.access(instances, os.W_OK):
                 return f"{instances} is not writable (lock tracing needs root)"
     except OSError as exc:
-        return f"tracefs cannot be mounted at {locktrace.TRACEFS} ({exc.strerror}; needs root)"
+        return f"tracefs cannot be mounted at {tracefs.TRACEFS} ({exc.strerror}; needs root)"
     return None
 
 

@@ -12,10 +12,11 @@ import numpy as np
 from . import breakdown as bd
 from . import placement, schedtrace, stats
 from .guest import touch_loop
-from .locktrace import LockTracer, TraceUnavailable
+from .locktrace import LockTracer
 from .native import ffi, lib
 from .plan import Plan, RunError
 from .schedtrace import SchedTracer
+from .tracefs import TraceUnavailable
 from .watchdog import Watchdog
 from .worker import WorkerError, WorkerProcess
 

@@ -15,6 +15,7 @@ import threading
 
 import numpy as np
 
+from .breakdown import max_at_once
 from .tracefs import TraceUnavailable, TracefsInstance, has_event
 
 SCHED_EVENTS = ("sched_switch", "sched_wakeup", "sched_wakeup_new")
@@ -171,7 +172,6 @@ def cumulative(iv, t: np.ndarray) -> np.ndarray:
 
 
 def max_running_at_once(running: dict, tids: list[int]) -> int:
-    from .breakdown import max_at_once
     t, d = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     for tid in tids:
         s, e = running.get(tid, (np.empty(0, np.int64), np.empty(0, np.int64)))

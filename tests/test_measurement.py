@@ -16,7 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def tracefs():
-    from bench.locktrace import TraceUnavailable, LockTracer
+    from bench.locktrace import LockTracer
+    from bench.tracefs import TraceUnavailable
     t = LockTracer(name_prefix="fbprobe")
     try:
         t.start()
@@ -27,7 +28,7 @@ def tracefs():
 
 
 def tracefs_state():
-    from bench.locktrace import enabled_events_in, leftover_instances, tracefs_mount_count
+    from bench.tracefs import enabled_events_in, leftover_instances, tracefs_mount_count
     top = "/sys/kernel/tracing"
     enabled = enabled_events_in(top) if tracefs_mount_count() else []
     return tracefs_mount_count(), leftover_instances("faultbench"), enabled
@@ -127,7 +128,7 @@ def test_sigint_mid_traced_run_leaves_tracefs_as_found(kvm, tracefs, tmp_path):
          "--mem-per-vcpu", "16", "--repeat", "1", "--results-dir", str(tmp_path)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        from bench.locktrace import leftover_instances
+        from bench.tracefs import leftover_instances
         deadline = time.monotonic() + 180
         while not leftover_instances("faultbench") and time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()

@@ -96,8 +96,8 @@ def tracefs_state(pid=None):
     """tracefs as a harness leaves it: its own instances (named after its pid) and
     the events enabled at the top level. The mount count is left out: other
     harnesses and test suites on this shared host mount and unmount tracefs at
-    any moment; a process's own mount is checked in-process (locktrace's counters)."""
-    from bench.locktrace import _TracefsView, enabled_events_in, leftover_instances
+    any moment; a process's own mount is checked in-process (bench.tracefs's counters)."""
+    from bench.tracefs import _TracefsView, enabled_events_in, leftover_instances
     mine = [i for i in leftover_instances("faultbench") if pid and i.startswith(f"faultbench-{pid}-")]
     try:
         with _TracefsView() as root:
@@ -341,9 +341,9 @@ def test_stalled_resolver_is_named_and_nothing_leaks(kvm, mech, extra, blamed):
         assert any(d.startswith("  network worker (pid") for d in details)
     assert process_resources() == before, "threads or fds left behind"
     assert _children() == []
-    from bench import locktrace
+    from bench import tracefs
     assert tracefs_state(os.getpid())[0] == []
-    assert locktrace._mount_users == 0 and not locktrace._we_mounted, "tracefs left mounted"
+    assert tracefs._mount_users == 0 and not tracefs._we_mounted, "tracefs left mounted"
 
 
 def test_hung_network_worker_is_named_by_the_watchdog(kvm):
@@ -442,7 +442,7 @@ def test_signal_mid_run(kvm, lock_path, tmp_path, sig):
 
 def test_sigterm_mid_traced_run_leaves_tracefs_as_found(kvm, lock_path, tmp_path):
     """SIGINT mid traced run: tests/test_measurement.py; here SIGTERM, in a smaller run."""
-    from bench.locktrace import leftover_instances
+    from bench.tracefs import leftover_instances
     h = Harness(["--vcpus", "2", "--mech", "uffd", "--mem-per-vcpu", "32", "--repeat", "1"],
                 tmp_path / "r")
     deadline = time.monotonic() + 60

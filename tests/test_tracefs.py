@@ -46,15 +46,10 @@ def _state():
             "events": events, "users": tracefs._mount_users, "we_mounted": tracefs._we_mounted}
 
 
-def test_locktrace_names_are_the_tracefs_ones():
-    # preflight.py and other tests still import these from locktrace
-    for name in ("TRACEFS", "TraceUnavailable", "_TracefsView", "enabled_events_in",
-                 "leftover_instances", "tracefs_mount_count"):
-        assert getattr(locktrace, name) is getattr(tracefs, name)
-    assert schedtrace.TraceUnavailable is locktrace.TraceUnavailable
+def test_the_tracers_own_an_instance_rather_than_extend_one():
     assert not issubclass(schedtrace.SchedTracer, locktrace.LockTracer)
-    with pytest.raises(AttributeError):
-        locktrace.no_such_name  # noqa: B018
+    for tracer in (locktrace.LockTracer(), schedtrace.SchedTracer(pids=[os.getpid()], buffer_kb=64)):
+        assert isinstance(tracer._tf, tracefs.TracefsInstance)
 
 
 def test_instance_settings_filter_trigger_undone(tracing):
@@ -64,8 +59,6 @@ def test_instance_settings_filter_trigger_undone(tracing):
     with tf:
         assert tf.name in leftover_instances(PREFIX) and tf.path.endswith(tf.name)
         assert tf.read("tracing_on").strip() == "0"   # off until set up
-        # the counters locktrace re-exports read live, not as imported
-        assert (locktrace._mount_users, locktrace._we_mounted) == (tracefs._mount_users, tracefs._we_mounted)
         if before["mounts"] == 0:
             assert tracefs._mount_users == before["users"] + 1 and tracefs._we_mounted
         tf.set_buffer_kb(64)

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import stats as sps
 
 from bench import result as resultmod
+from bench.metrics import JUDGED, Metric
 
 from . import fingerprint as fpmod
 from .cells import HOST_KEYS, cell_key, cell_name
@@ -33,27 +34,8 @@ BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
 
 
-@dataclass(frozen=True)
-class Metric:
-    path: str
-    better: str            # "lower" | "higher"
-    label: str
-    unit: str
-    scale: float           # value * scale is shown in `unit`
-    min_effect: float      # relative change below which a difference does not matter
-
-
-# The metrics judged, with their minimum effects. Measured here: the p50 of one
-# configuration moved under 1% between invocations while a neighbour's load moved
-# the paging rate (which counts every preemption of the vCPU) by 9% and p99 by
-# 11%; each needs a change beyond its own noise to count.
-METRICS = (
-    Metric("pages_per_s", "higher", "paging rate", "pages/s", 1.0, 0.15),
-    Metric("fault_latency_ns.p50", "lower", "fault latency p50", "us", 1e-3, 0.10),
-    Metric("fault_latency_ns.p99", "lower", "fault latency p99", "us", 1e-3, 0.25),
-    # baselines (none, prefault) deliver no fault: their first touch is the latency
-    Metric("first_touch_latency_ns.p50", "lower", "first-touch latency p50", "us", 1e-3, 0.10),
-)
+# what is judged, its better direction, minimum effect and label: bench/metrics.py
+METRICS = JUDGED
 METRIC_BY_PATH = {m.path: m for m in METRICS}
 
 
@@ -371,7 +353,7 @@ def render_text(cmp: Comparison) -> str:
         m = j.metric
         bmed = np.median(j.base) * m.scale if j.base else float("nan")
         nmed = np.median(j.new) * m.scale if j.new else float("nan")
-        lines.append(f"{j.cell:<32} {m.label:<24} {bmed:>11.1f} -> {nmed:>11.1f} {m.unit:<7} "
+        lines.append(f"{j.cell:<32} {m.label:<26} {bmed:>11.1f} -> {nmed:>11.1f} {m.shown_unit:<7} "
                      f"n={len(j.base)}/{len(j.new)}  {j.verdict:<9} {j.reason}")
     for c in cmp.host_changes:
         lines.append(f"HOST CHANGED: {c}")
@@ -392,8 +374,8 @@ def render_markdown(cmp: Comparison, title: str = "faultbench comparison") -> st
             "|---|---|---|---|---|---|---|"]
     for j in cmp.judgements:
         m = j.metric
-        base = f"{np.median(j.base) * m.scale:.1f} {m.unit} (n={len(j.base)})" if j.base else "-"
-        new = f"{np.median(j.new) * m.scale:.1f} {m.unit} (n={len(j.new)})" if j.new else "-"
+        base = f"{np.median(j.base) * m.scale:.1f} {m.shown_unit} (n={len(j.base)})" if j.base else "-"
+        new = f"{np.median(j.new) * m.scale:.1f} {m.shown_unit} (n={len(j.new)})" if j.new else "-"
         ratio = (f"x{j.ratio:.3f} [{j.interval[0]:.3f}..{j.interval[1]:.3f}]" if j.interval else "-")
         q = f"{j.q:.2g}" if j.q is not None else "-"
         verdict = j.verdict + (f" ({'worse' if j.worse else 'better'})" if j.verdict == "DIFFERENT" else "")

@@ -63,9 +63,8 @@ def generate(paths: list[str], out_dir: str, reference: str | None = None,
     if cdf_vcpus not in d.vcpus:
         raise ReportError(f"--cdf-vcpus {cdf_vcpus}: no cell at that count "
                           f"(have {', '.join(map(str, d.vcpus))})")
-    # deferred: matplotlib loads only when figures are drawn, not for the CLI's other paths
-    import matplotlib.pyplot as plt
-
+    import matplotlib.pyplot as plt   # here: matplotlib loads only when figures are drawn
+    # deferred: the figures module imports matplotlib, which only drawing needs
     from .figures import all_figures
 
     title = title or "faultbench: fault delivery to userspace vs vCPUs"
