@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from bench import placement
-from bench.validity import run_warnings
+from bench.validity import MIN_GUEST_MS_WARN, run_warnings, subject
 from bench.mechanisms import REGISTRY
 from bench.runner import execute
 from helpers import make_plan, mech_names
@@ -162,8 +162,9 @@ def test_short_run_is_warned():
     def rec(ms):
         return {"config": {"vcpus": 1}, "runs": [
             {"metrics": {"guest_seconds": ms / 1000, "pages_per_s": 1.0, "content_errors": 0}}]}
-    assert any("--min-guest-ms" in w for w in run_warnings(rec(150)))
-    assert not any("--min-guest-ms" in w for w in run_warnings(rec(250)))
+    assert any("--min-guest-ms" in w for w in run_warnings(rec(MIN_GUEST_MS_WARN * 0.9)))
+    assert not any("--min-guest-ms" in w for w in run_warnings(rec(MIN_GUEST_MS_WARN * 1.1)))
+    assert [subject(w) for w in run_warnings(rec(MIN_GUEST_MS_WARN * 0.9))] == ["configuration"]
 
 
 def test_min_guest_ms_sizes_up(kvm, tmp_path):
