@@ -22,7 +22,7 @@ import re
 import threading
 from typing import NamedTuple
 
-from .tracefs import TRACEFS, TraceUnavailable, TracefsInstance, has_event
+from .tracefs import InstanceTracer, TracefsInstance, require_events
 
 LOCK_EVENTS = ("contention_begin", "contention_end")
 # mmap_lock_released is left out: the summary never uses it, and it was a third of
@@ -447,7 +447,7 @@ def _kallsyms():
 
 # ----------------------------------------------------------------------------- tracer
 
-class LockTracer:
+class LockTracer(InstanceTracer):
     #: the instance's trace clock: ns since boot, the same on all CPUs
     CLOCK = "mono"
 
@@ -469,34 +469,9 @@ class LockTracer:
         self._hashed = True
         self.mmap_events = []
 
-    @property
-    def instance(self):
-        """The instance's name (kept after cleanup), or None before start()."""
-        return self._tf.name
-
-    @property
-    def path(self):
-        """The instance's directory while it exists."""
-        return self._tf.path
-
-    @property
-    def cleanup_errors(self):
-        return self._tf.cleanup_errors
-
-    # -- API
-    def start(self) -> None:
-        with self._lock:
-            if self.path is not None:
-                raise RuntimeError("LockTracer already started")
-            with self._tf.setting_up():
-                self._start(self._tf)
-
     def _start(self, tf):
         tf.mount()
-        for ev in LOCK_EVENTS:
-            if not has_event("lock", ev):
-                raise TraceUnavailable(f"tracefs lock:{ev} event not available: "
-                                       f"no {TRACEFS}/events/lock/{ev}")
+        require_events("lock", LOCK_EVENTS)
         tf.create()
         tf.set_buffer_kb(self.buffer_kb)
         # without mono the instance's default clock is kept; any other clock's stamps
@@ -546,15 +521,3 @@ class LockTracer:
             summary["lock_symbols_resolvable"] = resolver is not None
             return summary
 
-    def cleanup(self) -> None:
-        """Undo everything start() did (see TracefsInstance.cleanup: idempotent,
-        re-entrant, finishes its teardown before re-raising a ^C)."""
-        self._tf.cleanup()
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.cleanup()
-        return False

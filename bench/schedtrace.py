@@ -16,7 +16,7 @@ import threading
 import numpy as np
 
 from .breakdown import max_at_once
-from .tracefs import TraceUnavailable, TracefsInstance, has_event
+from .tracefs import InstanceTracer, TracefsInstance, require_events
 
 SCHED_EVENTS = ("sched_switch", "sched_wakeup", "sched_wakeup_new")
 _LINE = re.compile(r"\[(\d+)\]\s+\S+\s+(\d+): (sched_switch|sched_wakeup|sched_wakeup_new): (.*)$")
@@ -26,7 +26,7 @@ _WAKE = re.compile(r"\bpid=(\d+)")
 RESOLVER_SEGMENTS = {"queue", "dispatch", "wait", "fetch", "install"}
 
 
-class SchedTracer:
+class SchedTracer(InstanceTracer):
     """sched_switch/sched_wakeup(_new) of ``pids`` and their later threads, stamped
     with the TSC; start(), then stop() for the trace lines."""
     #: the TSC the per-fault stamps use, so both sets of times compare directly
@@ -41,32 +41,9 @@ class SchedTracer:
         self._tf = TracefsInstance(self.name_prefix)
         self._lock = threading.RLock()
 
-    @property
-    def instance(self):
-        """The instance's name (kept after cleanup), or None before start()."""
-        return self._tf.name
-
-    @property
-    def path(self):
-        """The instance's directory while it exists."""
-        return self._tf.path
-
-    @property
-    def cleanup_errors(self):
-        return self._tf.cleanup_errors
-
-    def start(self) -> None:
-        with self._lock:
-            if self.path is not None:
-                raise RuntimeError("SchedTracer already started")
-            with self._tf.setting_up():
-                self._start(self._tf)
-
     def _start(self, tf):
         tf.mount()
-        for ev in SCHED_EVENTS:
-            if not has_event("sched", ev):
-                raise TraceUnavailable(f"tracefs sched:{ev} event not available")
+        require_events("sched", SCHED_EVENTS)
         tf.create()
         tf.set_buffer_kb(self.buffer_kb)
         tf.set_clock(self.CLOCK)   # required: stamps in another clock would be misread
@@ -94,17 +71,6 @@ class SchedTracer:
                 self.cleanup()
         return lines, lost
 
-    def cleanup(self) -> None:
-        """Undo everything start() did; idempotent (see TracefsInstance.cleanup)."""
-        self._tf.cleanup()
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.cleanup()
-        return False
 
 
 def parse(lines: list[str]) -> list[tuple[int, str, tuple]]:

@@ -399,6 +399,59 @@ class TracefsInstance:
             pass
 
 
+class InstanceTracer:
+    """What a tracer that owns one private instance (has-a TracefsInstance) shares
+    with the others: start under a lock with everything undone on failure, the
+    instance's name and path, clean-up. A subclass sets `_tf` and `_lock` and
+    writes `_start(tf)`."""
+    _tf: TracefsInstance
+
+    @property
+    def instance(self):
+        """The instance's name (kept after cleanup), or None before start()."""
+        return self._tf.name
+
+    @property
+    def path(self):
+        """The instance's directory while it exists."""
+        return self._tf.path
+
+    @property
+    def cleanup_errors(self):
+        return self._tf.cleanup_errors
+
+    def start(self) -> None:
+        with self._lock:
+            if self.path is not None:
+                raise RuntimeError(f"{type(self).__name__} already started")
+            with self._tf.setting_up():
+                self._start(self._tf)
+
+    def _start(self, tf: TracefsInstance) -> None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        """Undo everything start() did (see TracefsInstance.cleanup: idempotent,
+        re-entrant, finishes its teardown before re-raising a ^C)."""
+        self._tf.cleanup()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
+        return False
+
+
+def require_events(system: str, events, root: str = TRACEFS) -> None:
+    """TraceUnavailable naming the first of `events` this kernel lacks."""
+    for ev in events:
+        if not has_event(system, ev, root):
+            raise TraceUnavailable(f"tracefs {system}:{ev} event not available: "
+                                   f"no {root}/events/{system}/{ev}")
+
+
 @atexit.register
 def _cleanup_all():
     # Safety net for instances their owner forgot to clean up.
