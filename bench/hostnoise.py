@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import time
 
-WARNING_START = "other processes"   # bench.validity.subject tells host warnings by it
+# bench.validity.subject tells host warnings by how they start
+WARNING_STARTS = ("other processes", "the hypervisor")
 # other processes' CPU time, as a share of all CPUs over the point, that earns a warning
 WARN_SHARE = 0.05
 TOP = 5
@@ -21,6 +22,17 @@ TOP = 5
 
 def _clock_tick() -> int:
     return os.sysconf("SC_CLK_TCK")
+
+
+def steal_ticks() -> int | None:
+    """CPU time the hypervisor gave to others (all CPUs, /proc/stat's 8th field), in
+    clock ticks; None where the kernel does not count it."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) if fields[0] == "cpu" and len(fields) > 8 else None
+    except (OSError, ValueError):
+        return None
 
 
 def read_processes() -> dict[int, tuple[int, str, int]]:
@@ -72,11 +84,13 @@ class NoiseSampler:
 
     def start(self) -> None:
         self._before = read_processes()
+        self._steal0 = steal_ticks()
         self._t0 = time.monotonic()
 
     def stop(self) -> tuple[dict, list[str]]:
         interval = time.monotonic() - self._t0
         after = read_processes()
+        steal1 = steal_ticks()
         ours = harness_pids(after, self.root) | harness_pids(self._before, self.root)
         # kernel threads (kthreadd's children: kworkers, RCU, ksoftirqd) also work for the
         # harness itself (VM teardown, page freeing, tracing): counted apart, not warned on
@@ -98,6 +112,9 @@ class NoiseSampler:
         cpus = len(os.sched_getaffinity(0)) or 1
         total = sum(s for s, _, _ in busy)
         share = total / (interval * cpus) if interval > 0 else 0.0
+        # /proc/stat counts steal over every online CPU, not only the ones we may use
+        steal = (None if self._steal0 is None or steal1 is None or interval <= 0 else
+                 (steal1 - self._steal0) / tick / (interval * (os.cpu_count() or 1)))
         block = {
             "interval_s": interval,
             "cpus": cpus,
@@ -105,15 +122,21 @@ class NoiseSampler:
             "other_cpu_share": share,
             "top_processes": [{"pid": pid, "comm": comm, "cpu_s": s} for s, pid, comm in busy[:TOP]],
             "kernel_threads_cpu_s": kernel_s,
+            # a virtual machine's CPUs taken by the hypervisor for others: outside load too
+            "steal_share": steal,
             "note": "CPU time of processes outside the harness during this point, from /proc "
                     "(a lower bound: a process that ended unreaped is not seen); share is of "
                     "all CPUs over the interval; kernel threads are counted apart "
-                    "(kernel_threads_cpu_s): they also work for the harness",
+                    "(kernel_threads_cpu_s): they also work for the harness; steal_share: "
+                    "CPU time the hypervisor gave to others, as a share of all CPUs",
         }
         warnings = []
         if share > WARN_SHARE:
             top = ", ".join(f"{comm} (pid {pid}) {s:.1f} s" for s, pid, comm in busy[:3])
             warnings.append(
-                f"{WARNING_START} used {total:.1f} CPU-seconds ({share:.0%} of the {cpus} CPUs) "
+                f"{WARNING_STARTS[0]} used {total:.1f} CPU-seconds ({share:.0%} of the {cpus} CPUs) "
                 f"during this point: {top}; on a small host every number is affected")
+        if steal is not None and steal > WARN_SHARE:
+            warnings.append(f"{WARNING_STARTS[1]} gave {steal:.0%} of this machine's CPU time to "
+                            "others during this point (steal time): every number is affected")
         return block, warnings

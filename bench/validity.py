@@ -7,7 +7,7 @@ configuration (the flags chose a run the tool warns about) or the measurement
 (the run is not what was asked: vCPUs not overlapping, a failed self-check,
 spread between repetitions).
 """
-from .hostnoise import WARNING_START as HOST_WARNING_START
+from .hostnoise import WARNING_STARTS as HOST_WARNING_STARTS
 from .placement import bimodal_groups
 
 # a run shorter than this in guest time is dominated by start-up and timer effects
@@ -102,7 +102,7 @@ def run_warnings(rec: dict) -> list[str]:
 
 def subject(warning: str) -> str:
     """What a warning is about: "host", "configuration" or "measurement"."""
-    if warning.startswith(HOST_WARNING_START):
+    if warning.startswith(HOST_WARNING_STARTS):
         return "host"
     if warning.startswith(SHORT_RUN_START):
         return "configuration"

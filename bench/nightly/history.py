@@ -17,7 +17,6 @@ import statistics
 import sys
 from dataclasses import dataclass
 
-from scipy.stats import mannwhitneyu
 
 from bench import result as resultmod
 from bench.cmdline import OneLineParser
@@ -27,7 +26,7 @@ from . import fingerprint as fpmod
 from .cells import HOST_KEYS
 from .ingest import add_db_argument
 from .store import Store, StoreError
-from .verdict import DISTURBED_MARGIN, METRICS, cpu_wait_share, metrics_of
+from .verdict import BUSY_SHARE, METRICS, busy_words, metrics_of, outside_share
 
 FINGERPRINT_WINDOW = 5   # nights each side of a change whose fingerprints are pooled
 
@@ -70,17 +69,17 @@ def _explain(rows: list[dict], at: int) -> tuple[str, str]:
             host.append(f"{key} {', '.join(sorted(b))} -> {', '.join(sorted(a))}")
     moved = fpmod.changes(fpmod.pooled([r["record"]["machine"].get("fingerprint") for r in before]),
                           fpmod.pooled([r["record"]["machine"].get("fingerprint") for r in after]))
-    if moved:
-        host += [c.describe() for c in moved]
-    waits = [[w for r in side for run in r["record"]["runs"]
-              if (w := cpu_wait_share(run)) is not None] for side in (before, after)]
-    if all(waits):
-        wb, wa = statistics.median(waits[0]), statistics.median(waits[1])
-        # the host's load during the runs moved: by over 10 points, and by rank
-        if abs(wa - wb) > DISTURBED_MARGIN and mannwhitneyu(waits[0], waits[1]).pvalue < 0.01:
-            host.append(f"threads waited for a CPU {wb:.0%} -> {wa:.0%} of their runnable time")
+    # as in verdict.py: only the hardware parts and outside load blame the host; the
+    # kernel-path parts move with a kernel or harness regression and are said beside it
+    host += [c.describe() for c in moved or [] if not c.kernel_path]
+    kernel = [c.describe() for c in moved or [] if c.kernel_path]
+    busy = [r["night"] for r in after[:1] if (outside_share(r["record"]) or 0.0) > BUSY_SHARE]
+    if busy:
+        host.append(f"the host was busy outside the harness on {busy[0]}: "
+                    f"{busy_words(after[0]['record'])}")
+    also = (f"; the kernel's own fault path moved too ({'; '.join(kernel)})" if kernel else "")
     if host:
-        return "host", "host changed: " + "; ".join(host)
+        return "host", "host changed: " + "; ".join(host) + also
     prev, this = rows[at - 1], rows[at]
     code = []
     if prev["harness_commit"] != this["harness_commit"]:
@@ -89,9 +88,9 @@ def _explain(rows: list[dict], at: int) -> tuple[str, str]:
         code.append(f"kernel {prev['kernel_release']} -> {this['kernel_release']}")
     if code:
         return "code", "; ".join(code) + (" (no host fingerprint to rule out the host)"
-                                          if moved is None else " (host fingerprint unchanged)")
-    return "unexplained", ("same commit, kernel and host fingerprint" if moved is not None else
-                           "same commit and kernel; no host fingerprint recorded")
+                                          if moved is None else " (host hardware unchanged)") + also
+    return "unexplained", ("same commit, kernel and host hardware" if moved is not None else
+                           "same commit and kernel; no host fingerprint recorded") + also
 
 
 def analyse(rows: list[dict], *, alpha: float = changepoint.ALPHA,

@@ -9,9 +9,16 @@
    0  no regression
    1  confirmed regression: a cell DIFFERENT and worse than the last night, on an
       unchanged host
-   2  inconclusive (UNKNOWN somewhere, or no earlier night to compare with) or
-      the host changed (fingerprint beyond its noise)
-   3  harness error (a run failed, bad sweep file, database unusable)
+   2  inconclusive (UNKNOWN somewhere, or no earlier night to compare with), the
+      host changed (a hardware part of the fingerprint, beyond its noise) or the
+      host was busy outside the harness
+   3  harness error (a run failed, bad sweep file, database unusable, a stored
+      record the verdict cannot read)
+
+The history's change points are informational: a change point needs
+changepoint.MIN_SEGMENT nights on each side, so a step that begins tonight is
+confirmed only nights later; tonight's exit comes from tonight against the last
+comparable night, which sees the same step at once.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from bench.cmdline import OneLineParser, UsageError
 from bench.commands import run_benchmark
 from bench.options import parse_point
 
+from . import changepoint
 from . import history as historymod
 from .cells import BadInput, cell_key, content_hash, load_records
 from .ingest import add_db_argument
@@ -130,6 +138,18 @@ def main(argv=None) -> int:
         print(f"run_bench.py nightly: error: {exc}", file=sys.stderr)
         return EXIT_HARNESS
 
+    try:
+        return _judge(a, rows, tonight, paths, ingested, verdict, summary_path, verdict_path)
+    except Exception as exc:   # anything past loading is the harness's fault: never exit 1
+        verdict.update(exit_status=EXIT_HARNESS, status="harness error",
+                       error=f"{type(exc).__name__}: {exc}")
+        resultmod.write_atomic(verdict, verdict_path)
+        print(f"run_bench.py nightly: error: harness error while judging: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return EXIT_HARNESS
+
+
+def _judge(a, rows, tonight, paths, ingested, verdict, summary_path, verdict_path) -> int:
     previous = previous_night(rows, tonight)
     changes, notes = historymod.analyse(rows)
     tonight_created = {row["created"] for row in rows if row["content_hash"] in
@@ -149,7 +169,10 @@ def main(argv=None) -> int:
         status, state = EXIT_INCONCLUSIVE, "inconclusive"
         md.append("No earlier night of these cells in the history: tonight is stored as the first "
                   "point; no verdict.\n")
-    md += ["### History (E-divisive means)", "", historymod.render_markdown(changes, notes)]
+    md += ["### History (E-divisive means; informational)", "",
+           f"A change point needs {changepoint.MIN_SEGMENT} nights on each side, so a step that "
+           "begins tonight shows here only nights later; tonight's exit status comes from the "
+           "comparison above.", "", historymod.render_markdown(changes, notes)]
     verdict.update(exit_status=status, status=state,
                    records=[os.path.abspath(p) for p in paths],
                    ingested=len(ingested.added), already_present=len(ingested.present),

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import stats as sps
 
 from bench import result as resultmod
+from bench.hostnoise import WARN_SHARE
 from bench.metrics import JUDGED, Metric
 
 from . import fingerprint as fpmod
@@ -53,6 +54,7 @@ class Judgement:
     interval: tuple[float, float] | None = None
     worse: bool = False
     repetitions_needed: int | None = None
+    busy: str | None = None    # the host was busy outside the harness: not judged
 
     def as_dict(self) -> dict:
         return {"cell": self.cell, "metric": self.metric.path, "verdict": self.verdict,
@@ -85,11 +87,13 @@ def bootstrap_ratio_interval(base, new, seed: int = 0,
 
 def judge(judgements: list[Judgement], alpha: float = ALPHA) -> list[Judgement]:
     """Fill every judgement's verdict; the p-values are corrected together (BH)."""
-    testable = [j for j in judgements
-                if len(j.base) >= MIN_REPETITIONS and len(j.new) >= MIN_REPETITIONS]
+    testable = [j for j in judgements if not j.busy
+                and len(j.base) >= MIN_REPETITIONS and len(j.new) >= MIN_REPETITIONS]
     testable_ids = {id(j) for j in testable}
     for j in judgements:
-        if id(j) not in testable_ids:
+        if j.busy:
+            j.verdict, j.reason = "UNKNOWN", j.busy
+        elif id(j) not in testable_ids:
             j.verdict = "UNKNOWN"
             j.repetitions_needed = MIN_REPETITIONS
             j.reason = (f"too few repetitions: {len(j.base)} base and {len(j.new)} new; "
@@ -148,6 +152,7 @@ class Comparison:
     host_changes: list[str] = field(default_factory=list)   # plain words, empty: same host
     notes: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
+    host_busy: list[str] = field(default_factory=list)      # cells judged on a busy host
 
     @property
     def regression(self) -> bool:
@@ -158,7 +163,8 @@ class Comparison:
         return any(j.verdict == "UNKNOWN" for j in self.judgements) or not self.judgements
 
     def exit_status(self) -> int:
-        """0 SAME everywhere (or better), 1 slower, 2 unknown or host changed."""
+        """0 SAME everywhere (or better), 1 slower, 2 unknown, host busy or host changed.
+        A busy cell is UNKNOWN: a regression measured on quiet records still says 1."""
         if self.host_changes:
             return 2
         if self.regression:
@@ -167,7 +173,8 @@ class Comparison:
 
     def as_dict(self) -> dict:
         return {"status": {0: "same", 1: "regression", 2: "host changed" if self.host_changes
-                           else "inconclusive"}[self.exit_status()],
+                           else "host busy" if self.host_busy else "inconclusive"}[self.exit_status()],
+                "host_busy": self.host_busy,
                 "exit_status": self.exit_status(),
                 "host_changes": self.host_changes, "notes": self.notes,
                 "unmatched_cells": self.unmatched,
@@ -175,7 +182,9 @@ class Comparison:
 
 
 def host_differences(base: list[dict], new: list[dict]) -> tuple[list[str], list[str]]:
-    """(host changes, notes) between two sides' machines and fingerprints."""
+    """(host changes, notes) between two sides' machines and fingerprints. Only the
+    hardware parts of the fingerprint can say "host changed"; the kernel-path parts
+    are noted beside the verdicts (bench/nightly/fingerprint.py, KERNEL_PATH)."""
     changes, notes = [], []
     for key in HOST_KEYS:
         bv = sorted({str(r["machine"].get(key)) for r in base})
@@ -194,105 +203,60 @@ def host_differences(base: list[dict], new: list[dict]) -> tuple[list[str], list
         notes.append("no host fingerprint on " + ("either side" if not bfp and not nfp else
                                                    "the base side" if not bfp else "the new side")
                      + ": a host change cannot be told from a code change")
-    else:
-        changes += [f"host fingerprint: {c.describe()}" for c in moved]
+        return changes, notes
+    changes += [f"host fingerprint: {c.describe()}" for c in moved if not c.kernel_path]
+    kernel = [c.describe() for c in moved if c.kernel_path]
+    if kernel:
+        notes.append("the kernel's own fault path moved too (host fingerprint: " + "; ".join(kernel)
+                     + "): consistent with a kernel or platform change, not the harness; the "
+                     "cells' verdicts stand")
     return changes, notes
 
 
-# Host load during the runs themselves (the fingerprint is taken before them).
-# Each run's schedstat split (metrics.sched: on-CPU time and run-queue wait per
-# thread role) gives its CPU-wait share: the part of its threads' runnable time
-# spent waiting for a CPU. Measured here, exits at 1 vCPU: 1-5% on a quiet host,
-# 50-90% while a neighbour's 256-vCPU sweep ran (paging rate down 2-10x, p50 not
-# moved). A run waiting DISTURBED_MARGIN more than the cell's own waiting is left
-# out of the verdicts, and said so. The cell's own waiting is 0 where it has no
-# more threads than CPUs; an oversubscribed cell waits by design, and its quiet
-# runs (the lower quartile, both sides pooled) say how much.
-DISTURBED_MARGIN = 0.10
-QUIET_QUANTILE = 25
-# Records without the schedstat split: involuntary context switches per guest
-# second instead (150/s quiet, 5,000/s under a neighbour's load here).
-PREEMPTION_RATIO = 3.0
-PREEMPTION_FLOOR_PER_S = 1000.0
+# Host load from outside the harness: each record's `host_noise` (bench/hostnoise.py)
+# holds the CPU time other processes used during its point and the hypervisor's steal
+# time, as shares of all CPUs. Neither is an outcome of the code under test (the
+# cell's own run-queue wait is: it never vetoes). A record whose outside share is over
+# BUSY_SHARE is left out of its cell's verdicts while MIN_REPETITIONS runs a side
+# remain; otherwise the cell is "host busy" (UNKNOWN, exit 2), naming the processes.
+# The same share earns the record's own host warning.
+BUSY_SHARE = WARN_SHARE
 
 
-def cpu_wait_share(run: dict) -> float | None:
-    sched = run["metrics"].get("sched")
-    if not sched:
+def outside_share(record: dict) -> float | None:
+    """Other processes' CPU plus steal during the record's point, as a share of all
+    CPUs; None where the record does not say."""
+    noise = record.get("host_noise")
+    if not noise or noise.get("other_cpu_share") is None:
         return None
-    wait = sum(r["run_queue_wait_ns"] for r in sched.values())
-    total = wait + sum(r["on_cpu_ns"] for r in sched.values())
-    return wait / total if total > 0 else None
+    return noise["other_cpu_share"] + (noise.get("steal_share") or 0.0)
 
 
-def preemptions_per_s(run: dict) -> float | None:
-    m = run["metrics"]
-    roles = m.get("cpu_by_role") or {}
-    if not roles or not m.get("guest_seconds"):
-        return None
-    return sum(r.get("involuntary_ctxt_switches", 0) for r in roles.values()) / m["guest_seconds"]
+def busy_words(record: dict) -> str:
+    noise = record["host_noise"]
+    top = ", ".join(f"{p['comm']} (pid {p['pid']}) {p['cpu_s']:.1f} s" for p in noise.get("top_processes", [])[:3])
+    steal = noise.get("steal_share") or 0.0
+    return (f"{noise['other_cpu_share']:.0%} of the CPUs to other processes"
+            + (f" ({top})" if top else "") + (f", {steal:.0%} stolen by the hypervisor" if steal else ""))
 
 
-def _runs(records: list[dict]) -> list[dict]:
-    return [run for r in records for run in r["runs"]]
-
-
-def quiet_runs(cell: str, base: list[dict], new: list[dict]) -> tuple[list[dict], list[dict], str | None]:
-    """(base runs, new runs, note): the runs kept for the verdicts."""
-    bruns, nruns = _runs(base), _runs(new)
-    shares = [cpu_wait_share(r) for r in bruns + nruns]
-    if any(s is None for s in shares):
-        return bruns, nruns, None
-    threads = sum(r.get("threads", 0) for r in (bruns[0]["metrics"].get("cpu_by_role") or {}).values())
-    cpus = base[0]["machine"].get("affinity_cpus") or base[0]["machine"].get("online_cpus") or 1
-    quiet = 0.0 if 0 < threads <= cpus else float(np.percentile(shares, QUIET_QUANTILE))
-    limit = quiet + DISTURBED_MARGIN
-    kept_b = [r for r in bruns if cpu_wait_share(r) <= limit]
-    kept_n = [r for r in nruns if cpu_wait_share(r) <= limit]
-    if len(kept_b) == len(bruns) and len(kept_n) == len(nruns):
-        return bruns, nruns, None
-    if len(kept_b) < MIN_REPETITIONS or len(kept_n) < MIN_REPETITIONS:
-        # too few quiet runs to judge on: judge on all, and say the host was busy
-        # (the load check compares the two sides' waiting, so an uneven load
-        # still reads as a host change, never as slower code)
-        return bruns, nruns, (
-            f"{cell}: only {len(kept_b)} of {len(bruns)} base and {len(kept_n)} of {len(nruns)} new runs "
-            f"waited for a CPU under {limit:.0%} of their runnable time: verdicts drawn from all runs, "
-            "on a busy host")
-    return kept_b, kept_n, (
-        f"{cell}: {len(bruns) - len(kept_b)} of {len(bruns)} base and {len(nruns) - len(kept_n)} of "
-        f"{len(nruns)} new runs left out: their threads waited for a CPU over {limit:.0%} of their "
-        f"runnable time ({'the cell has no more threads than CPUs' if quiet == 0 else f'its quiet runs wait {quiet:.0%}'}); "
-        "another task competed for the CPUs")
-
-
-def load_difference(cell: str, base: list[dict], new: list[dict]) -> str | None:
-    """Plain words when one side's runs waited for a CPU far more than the other's."""
-    bruns, nruns = _runs(base), _runs(new)
-    if len(bruns) < MIN_REPETITIONS or len(nruns) < MIN_REPETITIONS:
-        return None
-    b = [cpu_wait_share(r) for r in bruns]
-    n = [cpu_wait_share(r) for r in nruns]
-    if None not in b and None not in n:
-        bm, nm = float(np.median(b)), float(np.median(n))
-        if abs(nm - bm) <= DISTURBED_MARGIN or sps.mannwhitneyu(b, n).pvalue >= 0.01:
-            return None
-        return (f"host load during the runs of {cell}: harness threads waited for a CPU {bm:.0%} "
-                f"(base) vs {nm:.0%} (new) of their runnable time, medians over runs; another task "
-                "competed for the CPUs")
-    b = [preemptions_per_s(r) for r in bruns]
-    n = [preemptions_per_s(r) for r in nruns]
-    if None in b or None in n:
-        return None
-    bm, nm = float(np.median(b)), float(np.median(n))
-    hi, lo = max(bm, nm), min(bm, nm)
-    if hi - lo < PREEMPTION_FLOOR_PER_S or hi < PREEMPTION_RATIO * max(lo, 1.0):
-        return None
-    if sps.mannwhitneyu(b, n).pvalue >= 0.01:
-        return None
-    return (f"host load during the runs of {cell}: harness threads preempted {bm:,.0f}/s (base) vs "
-            f"{nm:,.0f}/s (new), medians over runs (no run-queue data in these records); another "
-            "task competed for the CPUs")
+def quiet_records(cell: str, base: list[dict], new: list[dict]) -> tuple[list[dict], list[dict], str | None, str | None]:
+    """(base records, new records, note, busy): the records kept for the verdicts. `busy`
+    (plain words naming the outside load) when too few quiet runs remain to judge."""
+    def split(recs):
+        quiet = [r for r in recs if (outside_share(r) or 0.0) <= BUSY_SHARE]
+        return quiet, [r for r in recs if r not in quiet]
+    (qb, lb), (qn, ln) = split(base), split(new)
+    if not lb and not ln:
+        return base, new, None, None
+    loud = "; ".join(f"{side} record {r.get('created', '?')}: {busy_words(r)}"
+                     for side, recs in (("base", lb), ("new", ln)) for r in recs[:2])
+    runs = sum(len(r["runs"]) for r in qb), sum(len(r["runs"]) for r in qn)
+    if min(runs) < MIN_REPETITIONS:
+        return base, new, None, (f"host busy during {cell}: {loud} (over {BUSY_SHARE:.0%} of the CPUs "
+                                 "outside the harness; too few quiet runs remain to judge)")
+    return qb, qn, (f"{cell}: {len(lb)} base and {len(ln)} new record(s) left out, the host was busy "
+                    f"outside the harness: {loud}"), None
 
 
 def compare_records(base: list[dict], new: list[dict], ignore_config: frozenset = frozenset(),
@@ -317,23 +281,21 @@ def compare_records(base: list[dict], new: list[dict], ignore_config: frozenset 
             pairs.append((cell_name(bcells[key][0]["config"]), bcells[key], ncells[key]))
         unmatched = ([f"base only: {cell_name(bcells[k][0]['config'])}" for k in sorted(set(bcells) - set(ncells))]
                      + [f"new only: {cell_name(ncells[k][0]['config'])}" for k in sorted(set(ncells) - set(bcells))])
-    judgements, left_out = [], []
+    judgements, left_out, busy_cells = [], [], []
     for name, brecs, nrecs in pairs:
         common = [m for m in metrics_of(brecs[0]) if m in metrics_of(nrecs[0])]
-        bruns, nruns, note = quiet_runs(name, brecs, nrecs)
+        brecs, nrecs, note, busy = quiet_records(name, brecs, nrecs)
         if note:
             left_out.append(note)
+        if busy:
+            busy_cells.append(busy)
         for m in common:
-            bv = resultmod.metric_values({"runs": bruns}, m.path)
-            nv = resultmod.metric_values({"runs": nruns}, m.path)
-            judgements.append(Judgement(name, m, bv, nv))
+            bv = [v for r in brecs for v in resultmod.metric_values(r, m.path)]
+            nv = [v for r in nrecs for v in resultmod.metric_values(r, m.path)]
+            judgements.append(Judgement(name, m, bv, nv, busy=busy))
     judge(judgements, alpha)
     changes, notes = host_differences(base, new)
     notes += left_out
-    for name, brecs, nrecs in pairs:
-        busy = load_difference(name, brecs, nrecs)
-        if busy:
-            changes.append(busy)
     for side, recs in (("base", base), ("new", new)):
         # the records' own spread warnings (pyperf's checks): the likeliest reason
         # for an UNKNOWN is a busy host, and they say which metric spread
@@ -344,7 +306,7 @@ def compare_records(base: list[dict], new: list[dict], ignore_config: frozenset 
     if any(r["emulated"] for r in base + new):
         notes.append("EMULATED mechanism in the comparison: " + "; ".join(
             sorted({r["emulation_reason"] for r in base + new if r["emulated"]})))
-    return Comparison(judgements, changes, notes, unmatched)
+    return Comparison(judgements, changes, notes, unmatched, busy_cells)
 
 
 def render_text(cmp: Comparison) -> str:
@@ -357,6 +319,8 @@ def render_text(cmp: Comparison) -> str:
                      f"n={len(j.base)}/{len(j.new)}  {j.verdict:<9} {j.reason}")
     for c in cmp.host_changes:
         lines.append(f"HOST CHANGED: {c}")
+    for c in cmp.host_busy:
+        lines.append(f"HOST BUSY: {c}")
     for n in cmp.notes + cmp.unmatched:
         lines.append(f"note: {n}")
     lines.append(f"verdict: {cmp.as_dict()['status']} (exit {cmp.exit_status()})")
@@ -370,6 +334,10 @@ def render_markdown(cmp: Comparison, title: str = "faultbench comparison") -> st
         out += ["**Host changed** (fingerprint or machine differs beyond its noise; no slower/faster "
                 "verdict is drawn from these numbers):", ""]
         out += [f"- {c}" for c in cmp.host_changes] + [""]
+    if cmp.host_busy:
+        out += ["**Host busy** (other processes or the hypervisor took the CPUs during the runs; "
+                "those cells are not judged):", ""]
+        out += [f"- {c}" for c in cmp.host_busy] + [""]
     out += ["| cell | metric | base | new | ratio [95% interval] | q | verdict |",
             "|---|---|---|---|---|---|---|"]
     for j in cmp.judgements:
