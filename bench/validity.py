@@ -8,9 +8,8 @@ configuration (the flags chose a run the tool warns about) or the measurement
 spread between repetitions).
 """
 from .hostnoise import WARNING_STARTS as HOST_WARNING_STARTS
-from .placement import bimodal_groups
+from .placement import BIMODAL_MIN_GROUP_RUNS, bimodal_groups
 
-# a run shorter than this in guest time is dominated by start-up and timer effects
 # Runs shorter than this in guest time are warned about. Measured here (2 CPUs, PVM;
 # 5 runs x 2 interleaved rounds per cell, uffd and exits at 1 and 8 vCPUs): runs of
 # 41-200 ms (4 MiB) had the median paging rate and the spread (cv 2-26%) of runs 8x
@@ -88,15 +87,26 @@ def run_warnings(rec: dict) -> list[str]:
     rates = [r["pages_per_s"] for r in runs]
     groups = bimodal_groups(rates)
     if groups:
-        desc = " vs ".join(
-            "runs " + ",".join(str(i + 1) for i in g) + f" at about {sorted(rates[i] for i in g)[len(g) // 2]:,.0f} pages/s"
-            for g in groups)
+        def about(g):
+            return f"{sorted(rates[i] for i in g)[len(g) // 2]:,.0f} pages/s"
         policy = rec["config"].get("placement", "free")
-        why = ("thread placement may decide which; compare --placement packed and spread"
-               if policy == "free" else
-               f"placement is fixed (--placement {policy}): something else decides, such as other "
-               "processes on the host")
-        out.append(f"bimodal: the repetitions fall into two groups ({desc}); {why}")
+        fixed = (f"placement is fixed (--placement {policy}): something else {{}}, such as other "
+                 "processes on the host")
+        lone = [g for g in groups if len(g) == 1]
+        if lone:   # one run apart is an outlier, not a second group
+            i, rest = lone[0][0], max(groups, key=len)
+            why = ("thread placement may have set it apart; compare --placement packed and spread"
+                   if policy == "free" else fixed.format("set it apart"))
+            few = (f"; under {BIMODAL_MIN_GROUP_RUNS} runs only a lone run is looked for, not two groups"
+                   if len(rates) < BIMODAL_MIN_GROUP_RUNS else "")
+            out.append(f"run {i + 1} is an outlier at {rates[i]:,.0f} pages/s (the other {len(rest)} runs "
+                       f"at about {about(rest)}); {why}{few}")
+        else:
+            desc = " vs ".join("runs " + ",".join(str(i + 1) for i in g) + f" at about {about(g)}"
+                               for g in groups)
+            why = ("thread placement may decide which; compare --placement packed and spread"
+                   if policy == "free" else fixed.format("decides"))
+            out.append(f"bimodal: the repetitions fall into two groups ({desc}); {why}")
     return out
 
 
