@@ -92,13 +92,14 @@ def run_sweep(sweep: dict, records_dir: str) -> list[str]:
     return paths
 
 
-def previous_night(store_rows: list[dict], tonight: list[dict]) -> list[dict]:
-    """Per cell of tonight, the latest earlier stored record of that cell."""
+def previous_night(store_rows: list[dict], tonight: list[dict], ignore: frozenset = frozenset()) -> list[dict]:
+    """Per cell of tonight, the latest earlier stored record of that cell (its
+    configuration without the `ignore` keys)."""
     tonight_hashes = {content_hash(r) for r in tonight}
     first_created = min(r["created"] for r in tonight)
     out = []
-    for key in sorted({cell_key(r["config"]) for r in tonight}):
-        earlier = [row for row in store_rows if row["cell_key"] == key
+    for key in sorted({cell_key(r["config"], ignore) for r in tonight}):
+        earlier = [row for row in store_rows if cell_key(row["record"]["config"], ignore) == key
                    and row["content_hash"] not in tonight_hashes and row["created"] <= first_created]
         if earlier:
             out.append(earlier[-1]["record"])   # rows are oldest first
@@ -112,6 +113,9 @@ def main(argv=None) -> int:
                                    "(default: exits and uffd at 1 vCPU, 10 repetitions)")
     p.add_argument("--records", nargs="+", metavar="FILE",
                    help="use these result files as tonight's instead of running the sweep")
+    p.add_argument("--ignore-config", default="", metavar="KEY,...",
+                   help="config keys left out when finding last night's cell (as compare's): e.g. "
+                        "fetch_delay_us,fetch_delay_mode to judge a modelled slowdown against the plain cell")
     p.add_argument("--out-dir", default="nightly-out",
                    help="records, summary.md and verdict.json go here (default nightly-out)")
     a = p.parse_args(argv)
@@ -129,7 +133,9 @@ def main(argv=None) -> int:
         store = Store(a.db)
         try:
             ingested = store.ingest(tonight)
-            rows = store.rows(sorted({cell_key(r["config"]) for r in tonight}))
+            ignore = frozenset(k for k in a.ignore_config.split(",") if k)
+            # with keys ignored, last night's cell may have another full key: read them all
+            rows = store.rows(None if ignore else sorted({cell_key(r["config"]) for r in tonight}))
         finally:
             store.close()
     except (HarnessError, BadInput, StoreError) as exc:
@@ -150,14 +156,16 @@ def main(argv=None) -> int:
 
 
 def _judge(a, rows, tonight, paths, ingested, verdict, summary_path, verdict_path) -> int:
-    previous = previous_night(rows, tonight)
-    changes, notes = historymod.analyse(rows)
+    ignore = frozenset(k for k in a.ignore_config.split(",") if k)
+    previous = previous_night(rows, tonight, ignore)
+    changes, notes = historymod.analyse([r for r in rows if r["cell_key"] in
+                                         {cell_key(t["config"]) for t in tonight}])
     tonight_created = {row["created"] for row in rows if row["content_hash"] in
                        {content_hash(r) for r in tonight}}
     changes_tonight = [c for c in changes if c.created in tonight_created]
     md = [f"## faultbench nightly {verdict['started'][:10]}", ""]
     if previous:
-        cmp = compare_records(previous, tonight)
+        cmp = compare_records(previous, tonight, ignore)
         status = cmp.exit_status()
         state = cmp.as_dict()["status"]
         md.append(render_markdown(cmp, "Tonight against the last comparable night"))
