@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from bench import options as cli
+from bench import options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse(*argv):
-    args = cli.build_parser().parse_args(list(argv))
-    cli.validate_args(args)
+    args = options.build_parser().parse_args(list(argv))
+    options.validate_args(args)
     return args
 
 
@@ -22,11 +22,11 @@ def test_defaults_validate():
     assert args.vcpus == [1] and args.mech == ["uffd"] and args.placement == "free"
 
 
-@pytest.mark.parametrize("flag,lo,hi", cli.RANGES)
+@pytest.mark.parametrize("flag,lo,hi", options.RANGES)
 def test_every_range_is_enforced_with_its_bounds_in_the_message(flag, lo, hi):
     extra = ["--mech", "uffd-many"] if flag == "--uffds" else []
     for bad in (lo - 1, hi + 1):
-        with pytest.raises(cli.UsageError) as e:
+        with pytest.raises(options.UsageError) as e:
             parse(*extra, flag, str(bad))
         assert f"{lo}..{hi}" in str(e.value) and "\n" not in str(e.value)
     parse(*extra, flag, str(lo))
@@ -43,7 +43,7 @@ def test_every_range_is_enforced_with_its_bounds_in_the_message(flag, lo, hi):
     (["--fetch", "worker", "--verify", "full"], "--verify full"),
 ])
 def test_bad_combinations_are_refused(argv, words):
-    with pytest.raises(cli.UsageError, match=words.replace(".", r"\.").replace("-", r"\-")):
+    with pytest.raises(options.UsageError, match=words.replace(".", r"\.").replace("-", r"\-")):
         parse(*argv)
 
 
@@ -60,13 +60,13 @@ def test_bad_input_is_one_line_and_exit_2(argv):
 def test_rerun_line_names_exactly_one_point():
     argv = ["--vcpus", "1,8", "--mech=uffd,exits", "--readers", "2", "--out", "x",
             "--results-dir", "/tmp/r", "--mem-per-vcpu", "4"]
-    assert cli.rerun_argv(argv, "exits", 8) == ["--readers", "2", "--mem-per-vcpu", "4",
+    assert options.rerun_argv(argv, "exits", 8) == ["--readers", "2", "--mem-per-vcpu", "4",
                                                 "--vcpus", "8", "--mech", "exits"]
     # a size chosen by --min-guest-ms replaces the asked one, and the rerun does not size again
-    sized = cli.rerun_argv(argv + ["--min-guest-ms", "200"], "uffd", 1, mem_per_vcpu=24)
+    sized = options.rerun_argv(argv + ["--min-guest-ms", "200"], "uffd", 1, mem_per_vcpu=24)
     assert sized == ["--readers", "2", "--mem-per-vcpu", "24", "--vcpus", "1", "--mech", "uffd"]
 
 
 def test_help_lists_shown_mechanisms_only():
-    text = cli.build_parser().format_help()
+    text = options.build_parser().format_help()
     assert "exits:" in text and "exits-pair" not in text

@@ -62,12 +62,12 @@ def test_guest_ports_and_pattern(kvm):
 
 def test_limits_and_touch_flags_match(kvm):
     lib = kvm
-    from bench import options as cli
+    from bench import options
     from bench.workloads import base as workload_base
     assert workload_base.TOUCH_READ == lib.FB_TOUCH_READ
     assert workload_base.TOUCH_FIRST == lib.FB_TOUCH_FIRST
-    ranges = {flag: (lo, hi) for flag, lo, hi in cli.RANGES}
+    ranges = {flag: (lo, hi) for flag, lo, hi in options.RANGES}
     assert ranges["--uffds"] == (0, lib.FB_MAX_UFFDS)
-    args = cli.build_parser().parse_args(["--fault-around", str(lib.FB_MAX_FAULT_AROUND + 1)])
-    with pytest.raises(cli.UsageError, match=f"1..{lib.FB_MAX_FAULT_AROUND}"):
-        cli.validate_args(args)
+    args = options.build_parser().parse_args(["--fault-around", str(lib.FB_MAX_FAULT_AROUND + 1)])
+    with pytest.raises(options.UsageError, match=f"1..{lib.FB_MAX_FAULT_AROUND}"):
+        options.validate_args(args)

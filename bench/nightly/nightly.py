@@ -42,11 +42,15 @@ from .verdict import compare_records, render_markdown
 
 EXIT_OK, EXIT_REGRESSION, EXIT_INCONCLUSIVE, EXIT_HARNESS = 0, 1, 2, 3
 
-# small enough for a few seconds a night on 2 CPUs; exits and uffd are the two
-# designs the benchmark exists to compare
+# exits and uffd, the two designs the benchmark exists to compare, at 1 vCPU: a
+# few seconds a night on 2 CPUs. Packed placement puts uffd's reader on its vCPU's
+# CPU (free placement makes uffd at 1 vCPU bimodal: 63 or 92 us a fault by where
+# the scheduler puts the reader); 8 MiB makes each run 80-200 ms, above the tool's
+# own minimum; 15 repetitions a side let the verdict's interval fit the minimum
+# effects (docs/nightly.md gives the measured nights).
 DEFAULT_SWEEP = {
-    "repeat": 10,
-    "points": ["--mech exits,uffd --vcpus 1 --mem-per-vcpu 4 --no-trace-locks"],
+    "repeat": 15,
+    "points": ["--mech exits,uffd --vcpus 1 --mem-per-vcpu 8 --placement packed --no-trace-locks"],
 }
 
 
@@ -110,7 +114,7 @@ def main(argv=None) -> int:
     p = OneLineParser(prog="run_bench.py nightly", description=__doc__.splitlines()[0])
     add_db_argument(p)
     p.add_argument("--sweep", help='JSON file {"points": ["--mech exits --vcpus 1", ...], "repeat": 10} '
-                                   "(default: exits and uffd at 1 vCPU, 10 repetitions)")
+                                   "(default: exits and uffd at 1 vCPU, 8 MiB, packed, 15 repetitions)")
     p.add_argument("--records", nargs="+", metavar="FILE",
                    help="use these result files as tonight's instead of running the sweep")
     p.add_argument("--ignore-config", default="", metavar="KEY,...",
