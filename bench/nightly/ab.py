@@ -2,26 +2,41 @@
 
 Each CONFIG is the benchmark's own arguments for one point, quoted (for
 example "--mech exits --vcpus 1"). The two run in alternating blocks of
---block repetitions, in the order A B B A A B ... (two pairs at least), so a
-drift of the host during the comparison falls on both alike; every block is a normal invocation
-(with its own host fingerprint and result record). While the verdict is
-UNKNOWN another pair of blocks is run, up to --max-repeat repetitions a side.
+--block repetitions, in the order A B B A A B ..., so a drift of the host
+during the comparison falls on both alike; every block is a normal invocation
+(with its own host fingerprint and result record).
+
+The looks are fixed before anything runs: after block pair 2, 3, ..., K, where
+K is the number of whole block pairs within --max-repeat repetitions a side
+(one look after pair 1 when only one pair fits). Each look that has at least
+MIN_REPETITIONS a side tests at ALPHA / (number of such looks), the metrics of
+a look corrected together by Benjamini-Hochberg at that level (verdict.py; when
+no metric changed, it holds the chance of any DIFFERENT in the look to that
+level for independent or positively dependent metrics), so over all looks the
+chance of a false DIFFERENT is at most ALPHA (the union bound). ab stops at the first look that finds B DIFFERENT and worse, or has no
+UNKNOWN verdict, on an unchanged host; otherwise at the last look.
 Exit as `compare`: 0 SAME, 1 B DIFFERENT and worse, 2 UNKNOWN at the cap,
 host changed, or bad input; 3 a run failed.
 """
+from __future__ import annotations
+
 import os
 import shlex
 import sys
 import tempfile
+from dataclasses import dataclass
+from typing import Callable
 
 from bench.cmdline import OneLineParser, UsageError
 from bench.commands import run_benchmark
 from bench.options import parse_point
 
 from .cells import load_records
-from .verdict import MIN_REPETITIONS, compare_records, render_markdown, render_text
+from .verdict import ALPHA, MIN_REPETITIONS, Comparison, compare_records, render_markdown, render_text
 
 FORBIDDEN = ("--out", "--results-dir", "--repeat", "--quiet")
+DEFAULT_BLOCK = MIN_REPETITIONS
+DEFAULT_MAX_REPEAT = 30
 
 
 def _point_argv(text: str, what: str) -> list[str]:
@@ -39,19 +54,90 @@ def _point_argv(text: str, what: str) -> list[str]:
     return argv
 
 
-def _run_block(argv: list[str], repeat: int, out: str) -> int:
-    status, _printed = run_benchmark(argv + ["--repeat", str(repeat), "--quiet", "--out", out])
-    return status
+def look_alphas(block: int, max_repeat: int, alpha: float = ALPHA) -> dict[int, float]:
+    """{block pairs done: level tested at} for every look, fixed before any run.
+
+    The looks' levels sum to alpha, so the chance that any look finds a false
+    DIFFERENT is at most alpha whatever the data do between them. A look with
+    fewer than MIN_REPETITIONS a side cannot find DIFFERENT (verdict.judge makes
+    every metric UNKNOWN), so it is given no share of alpha.
+    """
+    pairs = max(1, max_repeat // block)        # the last pair that stays within the cap
+    # two pairs at least (A B B A) before a verdict, so that a burst of load on
+    # one block alone cannot make it; only when one pair is all the cap allows
+    # is it looked at alone
+    looks = range(min(2, pairs), pairs + 1)
+    testing = [k for k in looks if k * block >= MIN_REPETITIONS]
+    return {k: (alpha / len(testing) if k in testing else 0.0) for k in looks}
+
+
+@dataclass
+class Look:
+    pairs: int              # block pairs done when looked
+    repetitions: int        # a side
+    alpha: float            # the level this look tested at
+    comparison: Comparison
+
+    @property
+    def stops(self) -> bool:
+        """Whether ab can stop here, before its last look."""
+        cmp = self.comparison
+        if cmp.host_changes:
+            # a burst of load on one side's blocks: more interleaved blocks
+            # spread it over both sides
+            return False
+        # B DIFFERENT and worse: exit 1 whatever more blocks would make of the
+        # other metrics; no UNKNOWN: every metric decided
+        return cmp.regression or not cmp.inconclusive
+
+
+def decide(run_block: Callable[[str, int], dict], block: int = DEFAULT_BLOCK,
+           max_repeat: int = DEFAULT_MAX_REPEAT, alpha: float = ALPHA) -> list[Look]:
+    """Run block pairs and look as look_alphas says; the looks made, the last one decides.
+
+    run_block(side, pair) runs one block of `block` repetitions of side "a" or
+    "b" (pair: 0, 1, ...) and returns its record; it raises to stop everything.
+    """
+    schedule = look_alphas(block, max_repeat, alpha)
+    records = {"a": [], "b": []}
+    looks: list[Look] = []
+    for pair in range(max(schedule)):
+        for side in ("ab" if pair % 2 == 0 else "ba"):   # A B, B A, A B, ...: counterbalanced
+            records[side].append(run_block(side, pair))
+        done = pair + 1
+        if done not in schedule:
+            continue
+        cmp = compare_records(records["a"], records["b"], pair_single=True, alpha=schedule[done])
+        looks.append(Look(done, done * block, schedule[done], cmp))
+        if looks[-1].stops:
+            break
+    return looks
+
+
+class BlockFailed(Exception):
+    def __init__(self, side: str, pair: int, status: int):
+        super().__init__(f"block {pair} of CONFIG_{side.upper()} failed (exit {status})")
 
 
 def main(argv=None) -> int:
-    p = OneLineParser(prog="run_bench.py ab", description=__doc__.splitlines()[0])
+    default = look_alphas(DEFAULT_BLOCK, DEFAULT_MAX_REPEAT)
+    p = OneLineParser(
+        prog="run_bench.py ab", description=__doc__.splitlines()[0],
+        epilog=("The looks are fixed in advance: after block pair 2, 3, ... up to the last pair "
+                "within --max-repeat (by default at "
+                f"{', '.join(str(k * DEFAULT_BLOCK) for k in default)} repetitions a side). Each "
+                f"look with at least {MIN_REPETITIONS} a side tests at {ALPHA:g} divided by the "
+                f"number of such looks ({max(default.values()):.3g} by default), so the chance of "
+                f"a false DIFFERENT over all looks is at most {ALPHA:.0%}. ab stops at the first "
+                "look with B DIFFERENT and worse, or with no UNKNOWN, on an unchanged host. "
+                "Exit 0 SAME, 1 B DIFFERENT and worse, 2 UNKNOWN at the cap, host changed or bad "
+                "input, 3 a run failed."))
     p.add_argument("config_a", help='baseline point, e.g. "--mech exits --vcpus 1"')
     p.add_argument("config_b", help="the point compared with it")
-    p.add_argument("--block", type=int, default=MIN_REPETITIONS,
-                   help=f"repetitions per block (default {MIN_REPETITIONS})")
-    p.add_argument("--max-repeat", type=int, default=30,
-                   help="cap on repetitions a side while the verdict is UNKNOWN (default 30)")
+    p.add_argument("--block", type=int, default=DEFAULT_BLOCK,
+                   help=f"repetitions per block (default {DEFAULT_BLOCK})")
+    p.add_argument("--max-repeat", type=int, default=DEFAULT_MAX_REPEAT,
+                   help=f"cap on repetitions a side; it fixes the looks (default {DEFAULT_MAX_REPEAT})")
     p.add_argument("--out-dir", help="keep the records and summary here (default: a temporary directory)")
     a = p.parse_args(argv)
     try:
@@ -64,42 +150,35 @@ def main(argv=None) -> int:
     keep = a.out_dir is not None
     out_dir = a.out_dir or tempfile.mkdtemp(prefix="faultbench-ab-")
     os.makedirs(out_dir, exist_ok=True)
-    files = {"a": [], "b": []}
-    done = {"a": 0, "b": 0}
-    block = 0
+    written: list[str] = []
+
+    def run_block(side: str, pair: int) -> dict:
+        path = os.path.join(out_dir, f"{side}-{pair:03d}.json")
+        written.append(path)   # before the run: a failed run may leave its file behind
+        status, _printed = run_benchmark(sides[side] + ["--repeat", str(a.block), "--quiet", "--out", path])
+        if status != 0:
+            raise BlockFailed(side, pair, status)
+        (_path, record), = load_records([path])
+        return record
+
     try:
-        while True:
-            order = "ab" if block % 2 == 0 else "ba"   # A B, B A, A B, ...: counterbalanced
-            for side in order:
-                path = os.path.join(out_dir, f"{side}-{block:03d}.json")
-                status = _run_block(sides[side], a.block, path)
-                if status != 0:
-                    print(f"run_bench.py ab: error: block {block} of CONFIG_{side.upper()} failed "
-                          f"(exit {status})", file=sys.stderr)
-                    return 3
-                files[side].append(path)
-                done[side] += a.block
-            block += 1
-            base = [r for _p, r in load_records(files["a"])]
-            new = [r for _p, r in load_records(files["b"])]
-            cmp = compare_records(base, new, pair_single=True)
-            # a burst of load on one side's blocks (host changed) is also undecided:
-            # more interleaved blocks spread it over both sides
-            undecided = any(j.verdict == "UNKNOWN" for j in cmp.judgements) or cmp.host_changes
-            # two block pairs at least (A B B A): a burst of load on one block alone
-            # cannot make the verdict
-            if (block >= 2 and not undecided) or done["a"] + a.block > a.max_repeat:
-                break
-        sys.stdout.write(render_text(cmp))
-        print(f"{done['a']} repetitions a side in {block} block pair(s)"
-              + (f"; records in {out_dir}" if keep else ""))
+        try:
+            looks = decide(run_block, a.block, a.max_repeat)
+        except BlockFailed as exc:
+            print(f"run_bench.py ab: error: {exc}", file=sys.stderr)
+            return 3
+        last = looks[-1]
+        sys.stdout.write(render_text(last.comparison))
+        print(f"{last.repetitions} repetitions a side in {last.pairs} block pair(s); look "
+              f"{len(looks)} of {len(look_alphas(a.block, a.max_repeat))}, tested at alpha "
+              f"{last.alpha:.3g}" + (f"; records in {out_dir}" if keep else ""))
         if keep:
             with open(os.path.join(out_dir, "summary.md"), "w") as f:
-                f.write(render_markdown(cmp, "faultbench A/B"))
-        return cmp.exit_status()
+                f.write(render_markdown(last.comparison, "faultbench A/B"))
+        return last.comparison.exit_status()
     finally:
         if not keep:
-            for side in files.values():
-                for path in side:
+            for path in written:
+                if os.path.exists(path):
                     os.unlink(path)
             os.rmdir(out_dir)
