@@ -31,7 +31,7 @@ from bench.cmdline import OneLineParser, UsageError
 from bench.commands import run_benchmark
 from bench.options import parse_point
 
-from .cells import load_records
+from .cells import BadInput, load_records
 from .verdict import ALPHA, MIN_REPETITIONS, Comparison, compare_records, render_markdown, render_text
 
 FORBIDDEN = ("--out", "--results-dir", "--repeat", "--quiet")
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     try:
         try:
             looks = decide(run_block, a.block, a.max_repeat)
-        except BlockFailed as exc:
+        except (BlockFailed, BadInput) as exc:   # a run failed, or wrote what is not a record
             print(f"run_bench.py ab: error: {exc}", file=sys.stderr)
             return 3
         last = looks[-1]
