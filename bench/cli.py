@@ -11,7 +11,6 @@ from . import __version__
 from . import result as resultmod
 from . import sweep as sweepmod
 from .cmdline import UsageError
-from .commands import dispatch
 from .console import print_point
 from .hostlock import HostLock, LockBusy
 from .machine import collect_harness, collect_machine
@@ -77,9 +76,6 @@ def _checked(argv: list[str], host_lock):
 
 
 def _main(argv: list[str], host_lock) -> int:
-    status = dispatch(argv)
-    if status is not None:
-        return status
     try:
         args, argv, probes, workload, points = _checked(argv, host_lock)
     except (UsageError, ValueError, PreflightError, DeviceMissing, sweepmod.SweepError) as exc:

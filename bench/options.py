@@ -8,7 +8,7 @@ import math
 import os
 
 from .cmdline import OneLineParser, UsageError, int_list, name_list
-from .commands import SUBCOMMANDS
+from .subcommands import SUBCOMMANDS
 from .mechanisms import REGISTRY as MECHANISMS
 from .placement import POLICIES as PLACEMENTS
 from .validity import MIN_GUEST_MS_WARN

@@ -3,7 +3,7 @@ import copy
 import json
 import os
 
-from bench.commands import run_benchmark
+from bench.invoke import run_benchmark
 
 QUICK = ["--vcpus", "1", "--mech", "exits", "--mem-per-vcpu", "2", "--no-trace-locks", "--quiet"]
 

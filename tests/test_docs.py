@@ -12,7 +12,8 @@ import pytest
 
 from bench import options
 from bench.cmdline import OneLineParser, UsageError
-from bench.commands import SUBCOMMANDS, dispatch
+from bench.commands import dispatch
+from bench.subcommands import SUBCOMMANDS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = [os.path.join(REPO, "README.md")] + sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bench.cmdline import OneLineParser, UsageError
-from bench.commands import run_benchmark
+from bench.invoke import run_benchmark
 from bench.options import parse_point
 
 from .cells import BadInput, load_records

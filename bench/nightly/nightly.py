@@ -30,7 +30,7 @@ import sys
 
 from bench import result as resultmod
 from bench.cmdline import OneLineParser, UsageError
-from bench.commands import run_benchmark
+from bench.invoke import run_benchmark
 from bench.options import parse_point
 
 from . import changepoint
