@@ -10,11 +10,12 @@ spread between repetitions).
 from .hostnoise import WARNING_STARTS as HOST_WARNING_STARTS
 from .placement import BIMODAL_MIN_GROUP_RUNS, bimodal_groups
 
-# Runs shorter than this in guest time are warned about. Measured here (2 CPUs, PVM;
-# 5 runs x 2 interleaved rounds per cell, uffd and exits at 1 and 8 vCPUs): runs of
-# 41-200 ms (4 MiB) had the median paging rate and the spread (cv 2-26%) of runs 8x
-# longer (32 MiB); 22 ms runs (exits, 1 vCPU, 2 MiB) once fell below every 32 MiB run.
-# What decides the spread here is placement, not length (docs/workloads.md).
+# Runs shorter than this in guest time are warned about. Measured here
+# (benchmarks/run_length.py: uffd and exits at 1 and 8 vCPUs, 2/4/8/32 MiB, 5 runs x 2
+# interleaved rounds; the table is in docs/workloads.md): from 41 ms on, no size paged
+# differently from 8-32x longer runs beyond the spread between two rounds of one size
+# (up to 10-20%, from placement and the host's state); the one round outside the long
+# runs' range was a 22 ms one (exits, 1 vCPU, 2 MiB). The threshold sits between.
 MIN_GUEST_MS_WARN = 40.0
 SHORT_RUN_START = "runs last"   # the configuration's warning: its memory size makes short runs
 
