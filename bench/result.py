@@ -1,12 +1,13 @@
 """The result record: one JSON file per invocation, versioned and self-describing.
 
-Layout (SCHEMA_VERSION 1):
+Layout (SCHEMA_VERSION 2; bench/schema.py is its JSON Schema, checked on every load):
   schema_version, created (ISO 8601 UTC),
   command {argv, cwd, rerun}, config, machine, harness,
   emulated, emulation_reason,
   runs [{metrics, raw}], warmups [{metrics, raw}],
   summary {metric path: {median, min, max, mean, stdev, cv, n, unit}},
-  warnings [plain-words strings].
+  warnings [plain-words strings];
+  when measured: traced_runs [{metrics, raw}], tracing, host_noise.
 
 `metrics` holds the numbers that are summarized across runs; `raw` holds what
 they were computed from (histograms, per-thread counters), kept so every
@@ -25,7 +26,7 @@ import shlex
 import tempfile
 from typing import Callable
 
-from . import metrics, stats
+from . import metrics, schema, stats
 from .mechanisms import REGISTRY
 
 SCHEMA_VERSION = 2
@@ -34,8 +35,8 @@ SCHEMA_VERSION = 2
 MAIN_METRICS = metrics.HEADLINE
 
 REQUIRED_RUN_METRICS = metrics.REQUIRED
-LATENCY_KEYS = ("p50", "p90", "p99", "p99_9", "max")
-SUMMARY_KEYS = ("median", "min", "max", "mean", "stdev", "cv", "n", "unit")
+LATENCY_KEYS = schema.LATENCY_KEYS
+SUMMARY_KEYS = schema.SUMMARY_KEYS
 
 
 
@@ -145,133 +146,48 @@ def finalize(record: dict) -> dict:
     return record
 
 
-def _check_type(problems: list[str], where: str, value, types, what: str) -> bool:
-    allowed = types if isinstance(types, tuple) else (types,)
-    # bool is an int subclass; True is not a schema version.
-    if isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed):
-        return True
-    problems.append(f"{where} should be {what}, got {type(value).__name__}")
-    return False
-
-
-def _check_number(problems: list[str], where: str, value) -> bool:
-    if not _is_number(value):
-        problems.append(f"{where} should be a number, got {type(value).__name__}")
-        return False
-    if not math.isfinite(value):
-        problems.append(f"{where} is {value}")
-        return False
-    if value < 0:
-        problems.append(f"{where} is negative ({value})")
-        return False
-    return True
-
-
-def _validate_run(problems: list[str], where: str, run, latency_optional: bool) -> None:
-    if not _check_type(problems, where, run, dict, "an object"):
-        return
-    metrics = run.get("metrics")
-    if not _check_type(problems, f"{where}.metrics", metrics, dict, "an object"):
-        return
-    for name in REQUIRED_RUN_METRICS:
-        if name not in metrics:
-            problems.append(f"{where}.metrics.{name} is missing")
-        else:
-            _check_number(problems, f"{where}.metrics.{name}", metrics[name])
-    for name in ("pages", "content_errors"):
-        if _is_number(metrics.get(name)) and not isinstance(metrics[name], int):
-            problems.append(f"{where}.metrics.{name} should be an integer")
-    if "fault_latency_ns" not in metrics:
-        problems.append(f"{where}.metrics.fault_latency_ns is missing")
-        return
-    latency = metrics["fault_latency_ns"]
-    if latency is None:
-        if not latency_optional:
-            problems.append(f"{where}.metrics.fault_latency_ns is null but "
-                            "config.record_latency is on")
-        return
-    if not _check_type(problems, f"{where}.metrics.fault_latency_ns", latency,
-                       dict, "an object or null"):
-        return
-    ok = True
-    for key in LATENCY_KEYS:
-        if key not in latency:
-            problems.append(f"{where}.metrics.fault_latency_ns.{key} is missing")
-            ok = False
-        else:
-            ok &= _check_number(problems, f"{where}.metrics.fault_latency_ns.{key}",
-                                latency[key])
-    if ok:
-        ordered = [latency[key] for key in LATENCY_KEYS]
-        if ordered != sorted(ordered):
-            problems.append(f"{where}.metrics.fault_latency_ns percentiles are not "
-                            f"in increasing order: {ordered}")
+def _relation_problems(record: dict) -> list[str]:
+    """What the schema cannot say, each needing more than one field: run on a
+    record that already matches the schema (bench/schema.py)."""
+    problems = []
+    if record["schema_version"] != SCHEMA_VERSION:
+        problems.append(f"schema_version is {record['schema_version']}, expected {SCHEMA_VERSION}")
+    if record["emulated"] and not record["emulation_reason"]:
+        problems.append("emulated is true but emulation_reason is empty")
+    config = record["config"]
+    # baselines deliver no faults: their latency lives in first_touch_latency_ns
+    mech = REGISTRY.get(config.get("mech"))
+    latency_optional = (not config.get("record_latency", True)
+                        or (mech is not None and not mech.delivers_faults()))
+    for kind in ("runs", "warmups"):
+        for index, run in enumerate(record[kind]):
+            latency = run["metrics"]["fault_latency_ns"]
+            where = f"{kind}[{index}].metrics.fault_latency_ns"
+            if latency is None and not latency_optional:
+                problems.append(f"{where} is null but config.record_latency is on")
+            elif latency is not None:
+                ordered = [latency[key] for key in LATENCY_KEYS]
+                if ordered != sorted(ordered):
+                    problems.append(f"{where}: percentiles are not in increasing order: {ordered}")
+    for path, entry in record["summary"].items():
+        if not entry["min"] <= entry["median"] <= entry["max"]:
+            problems.append(f"summary.{path}: min <= median <= max does not hold")
+    return problems
 
 
 def validate(record) -> list[str]:
-    """Problems found in `record`, in plain words; an empty list means valid."""
-    problems: list[str] = []
-    if not _check_type(problems, "record", record, dict, "an object"):
-        return problems
-    required = {
-        "schema_version": (int, "an integer"),
-        "created": (str, "a string"),
-        "command": (dict, "an object"),
-        "config": (dict, "an object"),
-        "machine": (dict, "an object"),
-        "harness": (dict, "an object"),
-        "emulated": (bool, "a boolean"),
-        "emulation_reason": ((str, type(None)), "a string or null"),
-        "runs": (list, "a list"),
-        "warmups": (list, "a list"),
-        "summary": (dict, "an object"),
-        "warnings": (list, "a list"),
-    }
-    present = {}
-    for key, (types, what) in required.items():
-        if key not in record:
-            problems.append(f"{key} is missing")
-        elif _check_type(problems, key, record[key], types, what):
-            present[key] = record[key]
+    """Problems found in `record`, in plain words, each naming its place; an
+    empty list means valid. The shape is checked against bench/schema.py first;
+    the relations between fields only once the shape is right."""
+    return schema.problems(record) or _relation_problems(record)
 
-    if "schema_version" in present and present["schema_version"] != SCHEMA_VERSION:
-        problems.append(f"schema_version is {present['schema_version']}, "
-                        f"expected {SCHEMA_VERSION}")
-    if "created" in present:
-        try:
-            datetime.datetime.fromisoformat(present["created"])
-        except ValueError:
-            problems.append(f"created is not an ISO 8601 time: {present['created']!r}")
-    if "command" in present:
-        command = present["command"]
-        argv = command.get("argv")
-        if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
-            problems.append("command.argv should be a list of strings")
-        for key in ("cwd", "rerun"):
-            if not isinstance(command.get(key), str):
-                problems.append(f"command.{key} should be a string")
-    if present.get("emulated") and not record.get("emulation_reason"):
-        problems.append("emulated is true but emulation_reason is empty")
-    if "warnings" in present and not all(isinstance(w, str) for w in present["warnings"]):
-        problems.append("warnings should all be strings")
 
-    config = present.get("config", {})
-    # baselines deliver no faults: their latency lives in first_touch_latency_ns
-    name = config.get("mech")
-    mech = REGISTRY.get(name) if isinstance(name, str) else None
-    latency_optional = (not config.get("record_latency", True)
-                        or (mech is not None and not mech.delivers_faults()))
-    for key in ("runs", "warmups"):
-        for index, run in enumerate(present.get(key, [])):
-            _validate_run(problems, f"{key}[{index}]", run, latency_optional)
-
-    for path, entry in present.get("summary", {}).items():
-        if not isinstance(entry, dict):
-            problems.append(f"summary.{path} should be an object")
-            continue
-        missing = [k for k in SUMMARY_KEYS if k not in entry]
-        if missing:
-            problems.append(f"summary.{path} lacks {', '.join(missing)}")
+def usable_problems(record) -> list[str]:
+    """validate(), then what readers need beyond a valid record (schema.READABLE):
+    the cell's identity, a measured run; and a record whose run finished."""
+    problems = validate(record) or schema.reader_problems(record)
+    if not problems and record.get("incomplete"):
+        problems.append("it is marked incomplete (the run that wrote it did not finish)")
     return problems
 
 
@@ -344,14 +260,17 @@ def update_to_2(record: dict) -> dict:
     breakdown self-checks (`sum_vs_mean`, `host_clock_check`) are dropped, and
     `vcpus_running_at_once_max`, which only counted overlapping start-end windows,
     is renamed to what it measured."""
+    # an old file is not checked before it is migrated: every step tolerates any shape
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
     for kind in ("runs", "warmups", "traced_runs"):
-        for run in record.get(kind) or []:
+        runs = record.get(kind)
+        for run in runs if isinstance(runs, list) else []:
             m = run.get("metrics") if isinstance(run, dict) else None
             if not isinstance(m, dict):
                 continue
             if "pages_per_s_per_vcpu" in m:
                 m["pages_per_s_per_vcpu_own_window"] = m.pop("pages_per_s_per_vcpu")
-                vcpus = (record.get("config") or {}).get("vcpus")
+                vcpus = config.get("vcpus")
                 secs, pages = m.get("guest_seconds"), m.get("pages")
                 if _is_number(vcpus) and _is_number(secs) and _is_number(pages) and vcpus and secs:
                     m["pages_per_s_per_vcpu"] = pages / vcpus / secs
@@ -364,7 +283,9 @@ def update_to_2(record: dict) -> dict:
     if isinstance(record.get("warnings"), list):   # warnings from the dropped checks
         record["warnings"] = [w for w in record["warnings"] if not (
             isinstance(w, str) and ("breakdown parts sum to" in w or "host clocks account for" in w))]
-    if isinstance(record.get("runs"), list) and isinstance(record.get("warnings"), list):
+    runs = record.get("runs")
+    if (isinstance(runs, list) and isinstance(record.get("warnings"), list)
+            and all(isinstance(r, dict) and isinstance(r.get("metrics"), dict) for r in runs)):
         finalize(record)
     return record
 
@@ -374,6 +295,8 @@ MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: update_to_1, 2: update_to_2}
 
 def migrate(record: dict) -> dict:
     """Bring a record of any known older version up to SCHEMA_VERSION."""
+    if "schema_version" not in record:
+        raise ValueError("not a result record (no schema_version)")
     version = record.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(f"not a result record: schema_version is {version!r}")
@@ -409,110 +332,93 @@ def _reject_constant(name: str):
 def _check_tree(value) -> str | None:
     """Depth, numbers and keys of a parsed JSON tree, without recursion (a
     hostile file must not exhaust the stack of whatever reads it next)."""
-    stack = [(value, 1, "record")]
+    stack = [(value, 1, "")]
     while stack:
         node, depth, where = stack.pop()
         if depth > MAX_DEPTH:
             return f"nested more than {MAX_DEPTH} levels deep (at {where})"
         if isinstance(node, dict):
-            stack.extend((v, depth + 1, f"{where}.{k}"[:200]) for k, v in node.items())
+            stack.extend((v, depth + 1, f"{where}.{k}"[:200] if where else str(k)[:200])
+                         for k, v in node.items())
         elif isinstance(node, list):
             stack.extend((v, depth + 1, f"{where}[{i}]"[:200]) for i, v in enumerate(node))
         elif isinstance(node, float) and not math.isfinite(node):
-            return f"{where} is {node} (out of range)"
+            return f"{where or 'the top level'} is {node} (out of range)"
         elif isinstance(node, int) and not isinstance(node, bool) and abs(node) > MAX_ABS_INT:
-            return f"{where} is an integer too large for any counter"
+            return f"{where or 'the top level'} is an integer too large for any counter"
     return None
 
 
-def _is_count(value, least: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
-def readable_problems(record: dict) -> list[str]:
-    """What readers of records (reports, compare, ingest) rely on beyond
-    validate(): names and counts in config, and summaries that are numbers."""
-    problems = []
-    config = record.get("config") or {}
-    for key in ("mech", "workload"):
-        if not isinstance(config.get(key), str):
-            problems.append(f"config.{key} should be a string")
-    if not _is_count(config.get("vcpus"), 1):
-        problems.append("config.vcpus should be an integer >= 1")
-    for key in ("mem_per_vcpu_mib", "readers_per_uffd", "resolvers"):
-        if key in config and not (_is_number(config[key]) and config[key] >= 0):
-            problems.append(f"config.{key} should be a number >= 0")
-    for key in ("resolve", "fetch"):
-        if config.get(key) is not None and not isinstance(config[key], str):
-            problems.append(f"config.{key} should be a string or null")
-    odd = [k for k in config if not k.isprintable()]
-    if odd:   # config keys are printed when two records are compared
-        problems.append(f"config has a key with control characters: {odd[0]!r}")
-    if not record.get("runs"):
-        problems.append("runs is empty: no measured run")
-    summary = record.get("summary") or {}
-    if record.get("runs") and "pages_per_s" not in summary:
-        problems.append("summary.pages_per_s is missing")
-    for path, entry in summary.items():
-        if not isinstance(entry, dict):
-            continue   # validate() says so
-        for key in ("median", "min", "max", "mean"):
-            if not _is_number(entry.get(key)):
-                problems.append(f"summary.{path}.{key} should be a number")
-        if all(_is_number(entry.get(k)) for k in ("min", "median", "max")) and \
-                not entry["min"] <= entry["median"] <= entry["max"]:
-            problems.append(f"summary.{path}: min <= median <= max does not hold")
-        if not _is_count(entry.get("n"), 1):
-            problems.append(f"summary.{path}.n should be an integer >= 1")
-    if record.get("incomplete"):
-        problems.append("it is marked incomplete (the run that wrote it did not finish)")
-    return problems
-
-
-def loads(data: bytes, source: str = "<data>") -> dict:
-    """Parse, check and migrate one record from bytes; RecordError otherwise."""
+def parse(data: bytes, source: str = "<data>"):
+    """The JSON value in `data`, checked for what would hurt any reader (bytes
+    that are not UTF-8, NaN, huge numbers, deep nesting); RecordError otherwise.
+    Not yet known to be a record: see check()."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RecordError(f"{source}: not UTF-8 text (byte {exc.start})") from None
     try:
-        record = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant)
     except RecordError as exc:
         raise RecordError(f"{source}: {exc}") from None
     except json.JSONDecodeError as exc:
-        what = "empty" if not text.strip() else "truncated" if exc.pos >= len(text.rstrip()) else "not valid JSON"
-        raise RecordError(f"{source}: {what} ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        what = ("empty" if not text.strip() else
+                "truncated" if exc.pos >= len(text.rstrip()) else "malformed")
+        raise RecordError(f"{source}: {what} (not JSON: {exc.msg} at line {exc.lineno} "
+                          f"column {exc.colno})") from None
     except RecursionError:
-        raise RecordError(f"{source}: nested too deeply to be a result record") from None
+        raise RecordError(f"{source}: not a result record: nested too deeply to parse") from None
     except ValueError as exc:   # e.g. an integer with thousands of digits
         raise RecordError(f"{source}: {str(exc).splitlines()[0][:200]}") from None
-    if not isinstance(record, dict):
-        raise RecordError(f"{source}: not a result record (top level is {type(record).__name__})")
-    problem = _check_tree(record)
+    problem = _check_tree(value)
     if problem:
-        raise RecordError(f"{source}: {problem}")
+        raise RecordError(f"{source}: not a result record: {problem}")
+    return value
+
+
+def check(value, source: str = "<data>") -> dict:
+    """A parsed JSON value migrated to the current schema version and validated;
+    RecordError naming `source` and the first problem's place otherwise."""
+    if not isinstance(value, dict):
+        raise RecordError(f"{source}: not a result record (top level is {type(value).__name__})")
+    migrated = value.get("schema_version") != SCHEMA_VERSION
     try:
-        record = migrate(record)
+        record = migrate(value)
     except (ValueError, KeyError, TypeError) as exc:
         raise RecordError(f"{source}: {exc}") from None
-    problems = validate(record) or readable_problems(record)
+    if migrated:   # a migration computed new numbers: they must be as sane
+        problem = _check_tree(record)
+        if problem:
+            raise RecordError(f"{source}: not a result record after migration: {problem}")
+    problems = usable_problems(record)
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise RecordError(f"{source}: not a usable result record: {problems[0][:300]}{more}")
     return record
 
 
-def load(path: str) -> dict:
-    """Read a result file, check it and migrate it to the current schema
-    version. Any unusable file (missing, unreadable, not UTF-8, truncated,
-    hostile, or not a complete record) raises RecordError with one line."""
+def loads(data: bytes, source: str = "<data>") -> dict:
+    """Parse, migrate and validate one record from bytes; RecordError otherwise."""
+    return check(parse(data, source), source)
+
+
+def read_bytes(path: str) -> bytes:
+    """A file's bytes, refused (RecordError, one line) when unreadable or larger
+    than any result file."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size > MAX_FILE_BYTES:
                 raise RecordError(f"{path}: {size} bytes, larger than any result file "
                                   f"({MAX_FILE_BYTES >> 20} MiB)")
-            data = f.read(MAX_FILE_BYTES + 1)
+            return f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise RecordError(f"{path}: {exc.strerror or exc}") from None
-    return loads(data, path)
+
+
+def load(path: str) -> dict:
+    """Read a result file, migrate it to the current schema version and check it
+    against the schema. Any unusable file (missing, unreadable, not UTF-8,
+    truncated, hostile, or not a complete record) raises RecordError with one
+    line naming the file and the first problem."""
+    return loads(read_bytes(path), path)

@@ -11,22 +11,23 @@ and every numeric metric of the run under its record path
 histogram stays whole as JSON text (`fault_latency_hist`), so every figure of
 a report can be drawn from this table alone.
 
-Records of an older schema version are migrated (bench.result.MIGRATIONS);
-newer or malformed ones are refused with a one-line reason.
+Records are read by the one loader of files and directories
+(bench.nightly.cells.load_records): older schema versions are migrated
+(bench.result.MIGRATIONS), every record is checked against bench/schema.py, and
+a newer or malformed one is refused with a one-line reason.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 
 from . import metrics
 from .cmdline import OneLineParser
 from . import result as resultmod
-
-# marks the sweep index (bench/sweep.py) so that loading a sweep directory skips it
-INDEX_KIND = "faultbench-sweep-index"
+from .nightly import cells
+# bench/sweep.py takes the sweep index's marker from here
+from .nightly.cells import INDEX_KIND  # noqa: F401
 
 MACHINE_COLUMNS = ("hostname", "boot_id", "kernel_release", "cpu_model", "online_cpus", "arch",
                    "mem_total_bytes")
@@ -50,76 +51,14 @@ class TableError(Exception):
     """A record that cannot join the table: printed as one line, exit 2."""
 
 
-def record_paths(paths: list[str]) -> list[str]:
-    """Files named, and every *.json below directories named (sorted)."""
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                out += [os.path.join(root, f) for f in sorted(files)
-                        if f.endswith(".json") and not f.startswith(".")]
-        elif os.path.exists(p):
-            out.append(p)
-        else:
-            raise TableError(f"{p}: no such file or directory")
-    return out
-
-
 def load_records(paths: list[str]) -> list[tuple[str, dict]]:
-    """(path, record) for every record found; one-line TableError otherwise.
-
-    A sweep's index file and incomplete records (a run stopped mid-cell) are
-    skipped when found inside a directory, refused when named directly."""
-    out = []
-    named = {os.path.abspath(p) for p in paths if not os.path.isdir(p)}
-    for path in record_paths(paths):
-        try:
-            with open(path, encoding="utf-8") as f:
-                rec = json.load(f)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TableError(f"{path}: cannot read: {exc}") from None
-        except (ValueError, RecursionError) as exc:
-            raise TableError(f"{path}: not JSON: {str(exc).splitlines()[0][:120]}") from None
-        direct = os.path.abspath(path) in named
-        if isinstance(rec, dict) and rec.get("kind") == INDEX_KIND:
-            if direct:
-                raise TableError(f"{path}: a sweep index, not a result record "
-                                 "(name the sweep directory instead)")
-            continue
-        if isinstance(rec, dict) and rec.get("incomplete"):
-            if direct:
-                raise TableError(f"{path}: an incomplete record (the run did not finish)")
-            continue
-        if not isinstance(rec, dict) or "schema_version" not in rec:
-            raise TableError(f"{path}: not a result record (no schema_version)")
-        try:
-            rec = resultmod.migrate(rec)
-        except (ValueError, KeyError) as exc:
-            raise TableError(f"{path}: {exc}") from None
-        problems = resultmod.validate(rec) or _cell_problems(rec)
-        if problems:
-            raise TableError(f"{path}: invalid record: {problems[0]}")
-        out.append((path, rec))
-    if not out:
-        raise TableError("no result records found in " + " ".join(paths))
-    return out
-
-
-def _cell_problems(rec: dict) -> list[str]:
-    """What the table needs beyond bench.result.validate: the cell's identity."""
-    c = rec["config"]
-    problems = [f"config.{k} should be a string" for k in ("mech", "workload")
-                if not isinstance(c.get(k), str)]
-    v = c.get("vcpus")
-    if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-        problems.append("config.vcpus should be a positive integer")
-    for k in ("readers_per_uffd", "resolvers"):
-        if k in c and not isinstance(c[k], int):
-            problems.append(f"config.{k} should be an integer")
-    if not isinstance(rec.get("traced_runs", []), list):
-        problems.append("traced_runs should be a list")
-    return problems
+    """(path, record) for every record in the files and directories named; a
+    one-line TableError otherwise (bench.nightly.cells.load_records says what is
+    skipped and what is refused)."""
+    try:
+        return cells.load_records(paths)
+    except cells.BadInput as exc:
+        raise TableError(str(exc)) from None
 
 
 def mech_label(rec: dict) -> str:

@@ -25,7 +25,7 @@ def metrics(pages_per_s=1000.0, p50=2000, content_errors=0):
 
 def make_record(run_metrics=(), warmups=()):
     record = result.new_record(["run_bench.py", "--vcpus", "4", "--note", "a b"],
-                               CONFIG, {"hostname": "h"}, {"version": "0"},
+                               CONFIG, {"hostname": "h", "online_cpus": 4}, {"version": "0"},
                                emulated=False, emulation_reason=None)
     for m in warmups:
         result.add_run(record, m, warmup=True)
@@ -93,29 +93,54 @@ def test_validate_catches_missing_metric():
     del broken["fault_latency_ns"]["p99_9"]
     record = make_record([broken])
     problems = result.validate(record)
-    assert "runs[0].metrics.pages_per_s is missing" in problems
-    assert "runs[0].metrics.fault_latency_ns.p99_9 is missing" in problems
+    # each problem names its place in the record (a JSON path), as jsonschema says it
+    assert "runs[0].metrics: 'pages_per_s' is a required property" in problems
+    assert "runs[0].metrics.fault_latency_ns: 'p99_9' is a required property" in problems
 
 
 def test_validate_latency_null_only_when_off():
     run = metrics()
     run["fault_latency_ns"] = None
-    record = make_record([run])
+    record = result.finalize(make_record([run, metrics()]))
     assert any("record_latency is on" in p for p in result.validate(record))
     record["config"]["record_latency"] = False
     assert result.validate(record) == []
 
 
-def test_validate_types_and_emulation():
-    record = make_record([metrics()])
-    record["schema_version"] = True
-    record["emulated"] = True
+def test_validate_types():
+    record = result.finalize(make_record([metrics()]))
+    record["schema_version"] = True   # bool is not an integer, whatever Python says
     del record["summary"]
     problems = result.validate(record)
-    assert any(p.startswith("schema_version should be") for p in problems)
-    assert "summary is missing" in problems
-    assert "emulated is true but emulation_reason is empty" in problems
-    assert result.validate([]) == ["record should be an object, got list"]
+    assert "schema_version: True is not of type 'integer'" in problems
+    assert "'summary' is a required property" in problems
+    assert result.validate([]) == ["[] is not of type 'object'"]
+
+
+def test_validate_relations_once_the_shape_is_right():
+    record = result.finalize(make_record([metrics()]))
+    record["emulated"] = True
+    assert result.validate(record) == ["emulated is true but emulation_reason is empty"]
+    record["emulation_reason"] = "modelled"
+    record["runs"][0]["metrics"]["fault_latency_ns"]["p99"] = 1   # below p90
+    assert "percentiles are not in increasing order" in result.validate(record)[0]
+    record["runs"][0]["metrics"]["fault_latency_ns"]["p99"] = 5000
+    record["summary"]["pages_per_s"]["min"] = 1e9
+    assert result.validate(record) == ["summary.pages_per_s: min <= median <= max does not hold"]
+
+
+def test_readers_need_more_than_a_valid_record():
+    record = result.finalize(make_record([metrics()]))
+    assert result.usable_problems(record) == []
+    del record["machine"]["online_cpus"]
+    del record["config"]["workload"]
+    assert result.validate(record) == []
+    assert result.usable_problems(record) == ["config: 'workload' is a required property",
+                                              "machine: 'online_cpus' is a required property"]
+    record = result.finalize(make_record([metrics()]))
+    record["incomplete"] = True
+    assert result.usable_problems(record) == [
+        "it is marked incomplete (the run that wrote it did not finish)"]
 
 
 def test_write_atomic_and_load(tmp_path):

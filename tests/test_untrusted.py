@@ -1,6 +1,9 @@
 """Untrusted result files: the loader and the report CLIs never crash on
 malformed, truncated, foreign or hostile JSON; they say what is wrong in one
-line and exit 2. Property-based: hypothesis generates the files. No KVM needed."""
+line and exit 2. Property-based: hypothesis generates the files, from a record
+built here and from a real one (host fingerprint, schedstat split, CPU time by
+role, a traced run), and compare, table and report run in-process through their
+main(). No KVM needed."""
 import copy
 import json
 import os
@@ -12,6 +15,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from bench import report
 from bench import result as resultmod
+from bench import table
+from bench.nightly import compare
+from bench.reporting import build
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -186,3 +192,157 @@ def test_scaling_never_crashes(tmp_path, capsys, path, value):
     assert status in (0, 2)
     if status == 2:
         assert len(err.splitlines()) == 1, err
+
+
+# --- a real record, mutated where compare, table and report look -------------------
+
+REAL_PATH = os.path.join(REPO, "report", "example", "records", "uffd-sequential-v1.json")
+DATA = os.path.join(REPO, "tests", "data")
+
+
+def real_record() -> dict:
+    """The example sweep's uffd cell at 1 vCPU, a real record that holds every
+    optional part readers look into: the host fingerprint, the schedstat split, CPU
+    time by role, a traced run with lock contention. Its 3 measured runs are kept
+    twice, so compare has the 5 a side its rank test needs and reaches verdicts."""
+    rec = resultmod.load(REAL_PATH)
+    rec["runs"] = rec["runs"] + copy.deepcopy(rec["runs"])
+    return resultmod.finalize(rec)
+
+
+REAL = real_record()
+REAL_TEXT = json.dumps(REAL)
+REAL_PATHS = _paths(REAL)
+# where the mutations are aimed: the parts the verdicts, the table and the report
+# read beyond the headline numbers (every one is in the real record: checked below)
+FOCUS_PREFIXES = [("machine", "fingerprint"), ("machine", "load_avg"), ("machine", "online_cpus"),
+                  ("runs", 0, "metrics", "sched"), ("runs", 1, "metrics", "cpu_by_role"),
+                  ("runs", 2, "metrics", "fault_latency_ns"), ("runs", 0, "raw", "fault_latency_hist"),
+                  ("traced_runs", 0, "metrics", "kernel_locks"), ("traced_runs", 0, "metrics", "sched"),
+                  ("config",), ("host_noise",), ("tracing",), ("summary", "pages_per_s"),
+                  ("warnings",), ("emulated",), ("emulation_reason",), ("harness",)]
+FOCUS = [p for p in REAL_PATHS if any(p[:len(f)] == f for f in FOCUS_PREFIXES)]
+
+
+def test_the_real_base_record_has_what_the_fuzz_aims_at():
+    m = REAL["runs"][0]["metrics"]
+    assert REAL["machine"]["fingerprint"]["components"] and m["sched"] and m["cpu_by_role"]
+    assert REAL["traced_runs"] and REAL["traced_runs"][0]["metrics"]["kernel_locks"]["top_locks"]
+    for prefix in FOCUS_PREFIXES:
+        assert any(p[:len(prefix)] == prefix for p in FOCUS), prefix
+    assert len(REAL["runs"]) >= 5
+
+
+def mutated(base: dict, path: tuple, value, delete: bool) -> dict:
+    rec = copy.deepcopy(base)
+    parent = rec
+    for key in path[:-1]:
+        parent = parent[key]
+    if delete and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return rec
+
+
+def loads_or_one_line(path) -> bool:
+    try:
+        rec = resultmod.load(str(path))
+    except resultmod.RecordError as exc:
+        assert "\n" not in str(exc) and str(path) in str(exc)
+        return False
+    assert resultmod.validate(rec) == []
+    return True
+
+
+def run_main(capsys, main, argv: list[str], loaded: bool, prog: str, bad) -> tuple[int, str]:
+    """Exit 0..2; on 2 one stderr line (naming the file where it was refused);
+    otherwise nothing on stderr. An exception fails the test: no traceback allowed."""
+    capsys.readouterr()
+    status = main(argv)
+    out, err = capsys.readouterr()
+    assert status in (0, 1, 2), (status, out, err)
+    if not loaded:
+        assert status == 2 and str(bad) in err, err
+    if status == 2:
+        assert len(err.splitlines()) == 1 and err.startswith(f"{prog}: error:"), err
+    else:
+        assert err == "", err
+    return status, out
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(path=st.sampled_from(FOCUS) | st.sampled_from(REAL_PATHS), value=json_values,
+       delete=st.booleans())
+def test_real_record_mutated_compare_and_table(tmp_path, capsys, path, value, delete):
+    bad, good = tmp_path / "bad.json", tmp_path / "good.json"
+    bad.write_text(json.dumps(mutated(REAL, path, value, delete)))
+    good.write_text(REAL_TEXT)
+    loaded = loads_or_one_line(bad)
+    status, out = run_main(capsys, compare.main, [str(good), str(bad)], loaded,
+                           "run_bench.py compare", bad)
+    if out:   # the verdicts, the last line saying the exit status
+        assert loaded and out.splitlines()[-1].startswith("verdict: "), out
+        assert out.endswith(f"(exit {status})\n"), out
+    else:     # refused, or no cell in common
+        assert status == 2
+    csv = tmp_path / "t.csv"
+    csv.unlink(missing_ok=True)
+    status, out = run_main(capsys, table.main, [str(bad), "--csv", str(csv)], loaded,
+                           "run_bench.py table", bad)
+    assert (status == 0) == csv.exists()
+
+
+@settings(max_examples=12, **SETTINGS)
+@given(path=st.sampled_from(FOCUS), value=json_values, delete=st.booleans())
+def test_real_record_mutated_report(tmp_path, capsys, monkeypatch, path, value, delete):
+    import matplotlib.figure
+    # every figure is still drawn and laid out; only encoding PNG and SVG files is
+    # skipped (two thirds of a report's time, and it reads the figures, not the
+    # records): each file is written empty, for the HTML page to embed
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda self, path, **kw: open(path, "wb").close())
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(mutated(REAL, path, value, delete)))
+    loaded = loads_or_one_line(bad)
+    status, out = run_main(capsys, build.main, [str(bad), "--out", str(tmp_path / "r")], loaded,
+                           "run_bench.py report", bad)
+    if status == 0:
+        assert os.path.exists(tmp_path / "r" / "report.html")
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(data=st.data(), value=json_values, delete=st.booleans())
+def test_schema_1_record_mutated_before_migration(tmp_path, capsys, data, value, delete):
+    """An old record is migrated before it is checked: the migration must take any shape."""
+    old = json.load(open(os.path.join(DATA, "schema1-uffd-v1.json")))
+    path = data.draw(st.sampled_from(_paths(old)))
+    bad = tmp_path / "old.json"
+    bad.write_text(json.dumps(mutated(old, path, value, delete)))
+    loaded = loads_or_one_line(bad)
+    run_main(capsys, table.main, [str(bad), "--csv", str(tmp_path / "t.csv")], loaded,
+             "run_bench.py table", bad)
+
+
+# the issue's known bad inputs, each refused at the door in one line naming its place
+KNOWN_BAD = [
+    (("machine", "fingerprint"), "hello", "machine.fingerprint: 'hello' is not of type 'object'"),
+    (("machine", "fingerprint", "components", "futex_wake_ns", "values"), "1, 2, 3",
+     "machine.fingerprint.components.futex_wake_ns.values: '1, 2, 3' is not of type 'array'"),
+    (("runs", 0, "metrics", "sched"), {"vcpu": 5},
+     "runs[0].metrics.sched.vcpu: 5 is not of type 'object'"),
+]
+
+
+@pytest.mark.parametrize("path,value,problem", KNOWN_BAD, ids=["fingerprint", "values", "sched"])
+def test_known_bad_inputs_are_refused_at_the_door(tmp_path, path, value, problem):
+    bad, good = tmp_path / "bad.json", tmp_path / "good.json"
+    bad.write_text(json.dumps(mutated(REAL, path, value, False)))
+    good.write_text(REAL_TEXT)
+    with pytest.raises(resultmod.RecordError) as caught:
+        resultmod.load(str(bad))
+    assert str(caught.value) == f"{bad}: not a usable result record: {problem}"
+    p = subprocess.run([sys.executable, "run_bench.py", "compare", str(good), str(bad)], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stdout == "", (p.stdout, p.stderr)
+    assert p.stderr == f"run_bench.py compare: error: {bad}: not a usable result record: {problem}\n"

@@ -3,10 +3,12 @@
 A cell is a configuration with the keys that do not change what is measured
 left out (how many repetitions, whether locks were traced). Two records of the
 same cell compare; a record's identity in the store is the hash of its content.
+
+load_records is the one way files and directories of records are read, by
+compare, ab, nightly --records, ingest, export-pyperf, table and report.
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -17,6 +19,11 @@ from bench import result as resultmod
 VOLATILE_CONFIG = frozenset({"repeat", "warmup", "trace_locks", "lock_stacks", "trace_mmap_lock"})
 # machine keys that, when they differ, make two records come from different hosts
 HOST_KEYS = ("cpu_model", "online_cpus", "arch")
+# A sweep directory's index (bench/sweep.py writes it beside the records): its
+# file name and the marker inside it. sweep.py cannot be imported from here
+# (it imports bench.table, which loads through this module).
+INDEX_NAME = "index.json"
+INDEX_KIND = "faultbench-sweep-index"
 
 
 class BadInput(Exception):
@@ -53,21 +60,51 @@ def cell_name(config: dict) -> str:
     return name
 
 
-def load_records(paths: list[str]) -> list[tuple[str, dict]]:
-    """(path, record) for each file, or each *.json in a directory; BadInput if unusable."""
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = sorted(glob.glob(os.path.join(path, "*.json")))
-            if not found:
-                raise BadInput(f"{path}: directory holds no *.json result")
-            files += found
-        else:
-            files.append(path)
+def _json_files(directory: str) -> list[str]:
+    """Every *.json below `directory`, sorted; hidden files and directories left
+    out (write_atomic's temporary files are hidden)."""
     out = []
-    for path in files:
-        try:   # read, checked and migrated by the record's own loader: one line on failure
-            out.append((path, resultmod.load(path)))
-        except resultmod.RecordError as exc:
-            raise BadInput(str(exc)) from None
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [os.path.join(root, f) for f in sorted(files)
+                if f.endswith(".json") and not f.startswith(".")]
+    return out
+
+
+def _is_sweep_index(value) -> bool:
+    return isinstance(value, dict) and value.get("kind") == INDEX_KIND
+
+
+def load_records(paths: list[str]) -> list[tuple[str, dict]]:
+    """(path, record) for every record in `paths`, each read, migrated and checked
+    against the schema (bench.result); BadInput, one line naming the file and the
+    first problem, for anything else. Every file is read before this returns.
+
+    A path is a record file or a directory. In a directory every *.json below
+    it must be a record, except a sweep's index (index.json marked as one) and a
+    record marked incomplete (its run did not finish): both are skipped there,
+    and refused when named directly. A directory without any record is refused.
+    """
+    out = []
+    for path in paths:
+        if not os.path.exists(path):
+            raise BadInput(f"{path}: no such file or directory")
+        in_directory = os.path.isdir(path)
+        found = 0
+        for file in _json_files(path) if in_directory else [path]:
+            try:
+                value = resultmod.parse(resultmod.read_bytes(file), file)
+                if _is_sweep_index(value):
+                    if in_directory and os.path.basename(file) == INDEX_NAME:
+                        continue
+                    raise BadInput(f"{file}: a sweep index, not a result record "
+                                   "(name the sweep directory instead)")
+                if in_directory and isinstance(value, dict) and value.get("incomplete") is True:
+                    continue
+                out.append((file, resultmod.check(value, file)))
+                found += 1
+            except resultmod.RecordError as exc:
+                raise BadInput(str(exc)) from None
+        if in_directory and not found:
+            raise BadInput(f"{path}: no result record in this directory")
     return out

@@ -1,9 +1,10 @@
 """`run_bench.py compare BASE NEW`: SAME / DIFFERENT / UNKNOWN per cell and metric.
 
-BASE and NEW are result files or directories of them; several records of one
-cell on a side pool their runs. Exit 0: every judged metric SAME (or better);
-1: a metric DIFFERENT and worse; 2: UNKNOWN somewhere, the host changed, or bad
-input. See bench/nightly/verdict.py for the statistics.
+BASE and NEW are result files or directories of them (a sweep directory as it is:
+bench.nightly.cells.load_records); several records of one cell on a side pool their
+runs. Exit 0: every judged metric SAME (or better); 1: a metric DIFFERENT and worse;
+2: UNKNOWN somewhere, the host changed, or bad input. See bench/nightly/verdict.py
+for the statistics.
 """
 from __future__ import annotations
 

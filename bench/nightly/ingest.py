@@ -1,8 +1,10 @@
 """`run_bench.py ingest RECORDS... [--db URL]`: load result records into the history.
 
-Every file is read and validated before anything is written, and all go in one
-transaction: a bad file leaves the database as it was (exit 2). Records already
-present (same content hash) are skipped, so ingesting twice changes nothing.
+RECORDS are files or directories (a sweep directory as it is:
+bench.nightly.cells.load_records). Every file is read and validated before anything
+is written, and all go in one transaction: a bad file leaves the database as it was
+(exit 2). Records already present (same content hash) are skipped, so ingesting
+twice changes nothing.
 """
 import argparse
 import sys
@@ -20,7 +22,8 @@ def add_db_argument(p: argparse.ArgumentParser) -> None:
 
 def main(argv=None) -> int:
     p = OneLineParser(prog="run_bench.py ingest", description=__doc__.splitlines()[0])
-    p.add_argument("records", nargs="+", help="result files or directories of them")
+    p.add_argument("records", nargs="+",
+                   help="result files or directories (a sweep directory as it is)")
     add_db_argument(p)
     a = p.parse_args(argv)
     try:

@@ -22,6 +22,8 @@ def to_seconds(path: str, value: float) -> float:
     if unit == "ns":
         return value / 1e9
     if unit == "pages/s":
+        if value <= 0:   # a valid record may hold it; pyperf takes only times above 0
+            raise ValueError(f"metric {path} is {value}: no time per page to export")
         return 1.0 / value
     raise ValueError(f"metric {path} (unit {unit}) has no time to export")
 
@@ -54,7 +56,8 @@ def export(records: list[dict], metric: str | None, name: str | None) -> pyperf.
 
 def main(argv=None) -> int:
     p = OneLineParser(prog="run_bench.py export-pyperf", description=__doc__.splitlines()[0])
-    p.add_argument("records", nargs="+", help="result files or directories")
+    p.add_argument("records", nargs="+",
+                   help="result files or directories (a sweep directory as it is)")
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", help="pyperf JSON file to write (the records hold one cell)")
     out.add_argument("--out-dir", help="one pyperf JSON file per cell, named after the cell")
