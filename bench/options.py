@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="turn per-fault timing off (the guest executes no rdtsc)")
     r.add_argument("--trace-locks", action=argparse.BooleanOptionalAction, default=True,
                    help="record kernel lock contention (lock:contention_*, mmap_lock:*) in a private "
-                        "tracefs instance during measured runs (default on)")
+                        "tracefs instance, in the --trace-runs extra runs, never the measured ones (default on)")
     r.add_argument("--lock-stacks", action=argparse.BooleanOptionalAction, default=True,
                    help="name contended locks by kernel call chain (stacktrace trigger; costs about "
                         "3 us per contention, which inflates short spin waits) (default on)")

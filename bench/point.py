@@ -13,6 +13,7 @@ import statistics
 
 from . import result as resultmod
 from .cmdline import UsageError
+from .guest import FAULT_ADDRESS_REGISTER
 from .hostnoise import NoiseSampler
 from .machine import load_avg, mem_available_bytes
 from .mechanisms import REGISTRY as MECHANISMS
@@ -167,7 +168,7 @@ def cell_config(args, mech, workload, vcpus: int, plan: Plan, sizing: dict | Non
             "fetch_delay_us": args.fetch_delay_us, "fetch_delay_mode": args.fetch_delay_mode,
             "record_latency": not args.no_latency, "seed": args.seed,
             "repeat": args.repeat, "warmup": args.warmup,
-            "fault_address_register": "rbx",
+            "fault_address_register": FAULT_ADDRESS_REGISTER,
             "trace_locks": args.trace_locks, "lock_stacks": args.lock_stacks,
             "trace_mmap_lock": args.trace_mmap_lock,
             "placement": args.placement,

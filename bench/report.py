@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     s.add_argument("results", nargs="+")
     s.add_argument("--out", default="report")
     s.add_argument("--name", default="scaling")
-    sub.add_parser("compare", help="SAME / DIFFERENT / UNKNOWN per cell and metric (exit 1: slower)")
+    sub.add_parser("compare", help="SAME / DIFFERENT / UNKNOWN per cell and metric (exit 1: DIFFERENT and worse)")
     a = p.parse_args(argv)
     try:
         for path in scaling(load_all(a.results), a.out, a.name):

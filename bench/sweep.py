@@ -37,7 +37,7 @@ ACCOUNT_MEANING = {
     "collect": "reading counters and histograms out of the core into metrics",
     "teardown": "joining threads, closing the VM, unmapping memory",
     "tracing": "traced runs outside the guest: tracefs set-up, reading and parsing the trace",
-    "record": "summary, warnings, validation and writing the record",
+    "record": "writing the record",
     "startup": "probing the machine before the first cell, and anything not listed above",
 }
 

@@ -16,8 +16,8 @@ from bench.nightly.verdict import BUSY_SHARE, compare_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "tests", "data")
-BASE = os.path.join(DATA, "exits-v1.json")
-NIGHTS = os.path.join(DATA, "nightly-exits-v1.json")   # 48 runs of one invocation
+NIGHTS = os.path.join(DATA, "nightly-exits-v1.json")   # 48 runs of one invocation, quiet host
+BASE = NIGHTS
 
 
 def load(path=BASE) -> dict:
@@ -73,8 +73,9 @@ def test_regression_stays_a_regression_when_the_kernel_path_moves_too(tmp_path, 
     the cells: the verdict is monotone in the size of the regression (exit 1), and
     says the kernel's own path moved too."""
     rc, out = compare_cli(tmp_path, load(), regressed(load(), factor))
-    assert rc == 1, out
-    assert "DIFFERENT worse" in out and "kernel's own fault path moved too" in out, out
+    assert rc == 1 and "DIFFERENT worse" in out, out
+    # beyond the kernel-path parts' 30% tolerance, the output says they moved too
+    assert ("kernel's own fault path moved too" in out) == (factor > 1.3), out
 
 
 def test_hardware_change_is_host_changed(tmp_path):
@@ -160,7 +161,7 @@ def test_history_finds_the_night_of_an_injected_step(nights, tmp_path):
     records = [copy.deepcopy(r) for r in nights]
     for i, r in enumerate(records):
         r["harness"]["git_commit"] = "a" * 40 if i < step_at else "b" * 40
-    records = records[:step_at] + [regressed(r, 1.3) for r in records[step_at:]]
+    records = records[:step_at] + [regressed(r, 1.5) for r in records[step_at:]]
     for r, night in zip(records[step_at:], nights[step_at:]):
         r["created"] = night["created"]
     p50, out = _history(tmp_path, records)
@@ -169,7 +170,7 @@ def test_history_finds_the_night_of_an_injected_step(nights, tmp_path):
     # the kernel-path parts moved with the step: a code change still, said beside it
     assert p50[0]["cause"] == "code" and "bbbbbbbbbbbb" in p50[0]["explanation"], out
     assert "kernel's own fault path moved too" in p50[0]["explanation"], out
-    assert p50[0]["worse"] and 1.2 < p50[0]["ratio"] < 1.4, out
+    assert p50[0]["worse"] and 1.3 < p50[0]["ratio"] < 1.7, out
 
 
 def test_flat_history_finds_nothing(nights, tmp_path):

@@ -63,6 +63,7 @@ def main(argv=None, prog: str = "run_bench.py compare", error_prefix: str | None
     if status == 2:   # every exit 2 says why in one line on stderr, as bad input does
         unknown = sum(j.verdict == "UNKNOWN" for j in cmp.judgements)
         why = ("host changed: " + cmp.host_changes[0] if cmp.host_changes else
+               cmp.host_busy[0] if cmp.host_busy else
                f"{unknown} of {len(cmp.judgements)} verdicts UNKNOWN")
         print(f"{error_prefix}: error: no verdict ({why})", file=sys.stderr)
     return status
