@@ -107,15 +107,7 @@ PATHS = _paths(VALID)
 @settings(max_examples=150, **SETTINGS)
 @given(path=st.sampled_from(PATHS), value=json_values, delete=st.booleans())
 def test_wrong_types_anywhere(tmp_path, capsys, path, value, delete):
-    rec = copy.deepcopy(VALID)
-    parent = rec
-    for key in path[:-1]:
-        parent = parent[key]
-    if delete and isinstance(parent, dict):
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
-    check_file(tmp_path, json.dumps(rec).encode(), capsys)
+    check_file(tmp_path, json.dumps(mutated(VALID, path, value, delete)).encode(), capsys)
 
 
 @settings(max_examples=60, **SETTINGS)
