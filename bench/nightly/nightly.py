@@ -102,10 +102,11 @@ def previous_night(store_rows: list[dict], tonight: list[dict], ignore: frozense
     configuration without the `ignore` keys)."""
     tonight_hashes = {content_hash(r) for r in tonight}
     first_created = min(r["created"] for r in tonight)
+    candidates = [(cell_key(row["record"]["config"], ignore), row) for row in store_rows
+                  if row["content_hash"] not in tonight_hashes and row["created"] <= first_created]
     out = []
     for key in sorted({cell_key(r["config"], ignore) for r in tonight}):
-        earlier = [row for row in store_rows if cell_key(row["record"]["config"], ignore) == key
-                   and row["content_hash"] not in tonight_hashes and row["created"] <= first_created]
+        earlier = [row for k, row in candidates if k == key]
         if earlier:
             out.append(earlier[-1]["record"])   # rows are oldest first
     return out
@@ -129,6 +130,7 @@ def main(argv=None) -> int:
     verdict_path = os.path.join(a.out_dir, "verdict.json")
     verdict = {"exit_status": None, "status": None,
                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    ignore = frozenset(k for k in a.ignore_config.split(",") if k)
     try:
         if a.records:
             paths = a.records
@@ -138,7 +140,6 @@ def main(argv=None) -> int:
         store = Store(a.db)
         try:
             ingested = store.ingest(tonight)
-            ignore = frozenset(k for k in a.ignore_config.split(",") if k)
             # with keys ignored, last night's cell may have another full key: read them all
             rows = store.rows(None if ignore else sorted({cell_key(r["config"]) for r in tonight}))
         finally:
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
         return EXIT_HARNESS
 
     try:
-        return _judge(a, rows, tonight, paths, ingested, verdict, summary_path, verdict_path)
+        return _judge(ignore, rows, tonight, paths, ingested, verdict, summary_path, verdict_path)
     except Exception as exc:   # anything past loading is the harness's fault: never exit 1
         verdict.update(exit_status=EXIT_HARNESS, status="harness error",
                        error=f"{type(exc).__name__}: {exc}")
@@ -160,13 +161,12 @@ def main(argv=None) -> int:
         return EXIT_HARNESS
 
 
-def _judge(a, rows, tonight, paths, ingested, verdict, summary_path, verdict_path) -> int:
-    ignore = frozenset(k for k in a.ignore_config.split(",") if k)
+def _judge(ignore, rows, tonight, paths, ingested, verdict, summary_path, verdict_path) -> int:
     previous = previous_night(rows, tonight, ignore)
-    changes, notes = historymod.analyse([r for r in rows if r["cell_key"] in
-                                         {cell_key(t["config"]) for t in tonight}])
-    tonight_created = {row["created"] for row in rows if row["content_hash"] in
-                       {content_hash(r) for r in tonight}}
+    tonight_cells = {cell_key(t["config"]) for t in tonight}
+    changes, notes = historymod.analyse([r for r in rows if r["cell_key"] in tonight_cells])
+    tonight_hashes = {content_hash(r) for r in tonight}
+    tonight_created = {row["created"] for row in rows if row["content_hash"] in tonight_hashes}
     changes_tonight = [c for c in changes if c.created in tonight_created]
     md = [f"## faultbench nightly {verdict['started'][:10]}", ""]
     if previous:

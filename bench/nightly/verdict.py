@@ -255,8 +255,10 @@ def quiet_records(cell: str, base: list[dict], new: list[dict]) -> tuple[list[di
     """(base records, new records, note, busy): the records kept for the verdicts. `busy`
     (plain words naming the outside load) when too few quiet runs remain to judge."""
     def split(recs):
-        quiet = [r for r in recs if (outside_share(r) or 0.0) <= BUSY_SHARE]
-        return quiet, [r for r in recs if r not in quiet]
+        quiet, loud = [], []
+        for r in recs:
+            (quiet if (outside_share(r) or 0.0) <= BUSY_SHARE else loud).append(r)
+        return quiet, loud
     (qb, lb), (qn, ln) = split(base), split(new)
     if not lb and not ln:
         return base, new, None, None
