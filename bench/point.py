@@ -11,6 +11,7 @@ import math
 import os
 import statistics
 
+from . import cpustate
 from . import result as resultmod
 from .cmdline import UsageError
 from .guest import FAULT_ADDRESS_REGISTER
@@ -208,8 +209,15 @@ def measure(args, argv: list[str], mech, workload, vcpus: int, machine: dict, ha
     noise = NoiseSampler()
     noise.start()
     try:
+        # the run's CPUs are probed just before and after each measured run: the
+        # verdicts leave out runs taken while the CPU itself was slowed (bench/cpustate.py)
+        probed = cpustate.cpus_to_probe(*plan.cpu_map())
         for i in range(args.warmup + args.repeat):
-            metrics, raw = execute(plan, phases)
+            if i < args.warmup:
+                metrics, raw = execute(plan, phases)
+            else:
+                (metrics, raw), raw_probe = cpustate.around(probed, lambda: execute(plan, phases))
+                raw = {**raw, "cpu_probe": raw_probe}
             resultmod.add_run(rec, metrics, warmup=i < args.warmup, raw=raw)
         resultmod.finalize(rec)
         if args.trace_locks:

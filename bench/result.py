@@ -102,10 +102,15 @@ def metric_unit(path: str) -> str | None:
     return metrics.unit(path)
 
 
-def metric_values(record: dict, path: str, warmups: bool = False) -> list[float]:
-    """The value of metric `path` in each run that has it as a number."""
+def metric_values(record: dict, path: str, warmups: bool = False,
+                  keep: list[bool] | None = None) -> list[float]:
+    """The value of metric `path` in each run that has it as a number; `keep`, one
+    flag per run, leaves out the runs flagged False."""
     values = []
-    for run in record["warmups" if warmups else "runs"]:
+    runs = record["warmups" if warmups else "runs"]
+    for i, run in enumerate(runs):
+        if keep is not None and not keep[i]:
+            continue
         leaves = _numeric_leaves(run.get("metrics") or {})
         if path in leaves:
             values.append(leaves[path])
@@ -169,6 +174,11 @@ def _relation_problems(record: dict) -> list[str]:
                 ordered = [latency[key] for key in LATENCY_KEYS]
                 if ordered != sorted(ordered):
                     problems.append(f"{where}: percentiles are not in increasing order: {ordered}")
+    for index, run in enumerate(record["runs"]):
+        probe = (run.get("raw") or {}).get("cpu_probe")
+        if probe and not len(probe["cpus"]) == len(probe["before_ns_per_call"]) == len(probe["after_ns_per_call"]):
+            problems.append(f"runs[{index}].raw.cpu_probe: cpus, before_ns_per_call and "
+                            "after_ns_per_call differ in length")
     for path, entry in record["summary"].items():
         if not entry["min"] <= entry["median"] <= entry["max"]:
             problems.append(f"summary.{path}: min <= median <= max does not hold")

@@ -85,8 +85,14 @@ METRICS = _object(
 HISTOGRAM = {"type": ["object", "null"], "propertyNames": {"pattern": "^[0-9]+$"},
              "additionalProperties": COUNT}
 
+# raw.cpu_probe (bench/cpustate.py): the verdicts leave out runs it says were slowed
+CPU_PROBE = _object({"cpus": {"type": "array", "items": COUNT, "minItems": 1},
+                     "before_ns_per_call": {**NUMBERS, "items": {"type": "number", "exclusiveMinimum": 0}},
+                     "after_ns_per_call": {**NUMBERS, "items": {"type": "number", "exclusiveMinimum": 0}}},
+                    ("cpus", "before_ns_per_call", "after_ns_per_call"))
+
 RUN = _object({"metrics": METRICS,
-               "raw": _object({"fault_latency_hist": HISTOGRAM})},
+               "raw": _object({"fault_latency_hist": HISTOGRAM, "cpu_probe": CPU_PROBE})},
               ("metrics",))
 
 # machine.fingerprint (bench/nightly/fingerprint.py): each component's samples

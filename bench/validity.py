@@ -7,6 +7,7 @@ configuration (the flags chose a run the tool warns about) or the measurement
 (the run is not what was asked: vCPUs not overlapping, a failed self-check,
 spread between repetitions).
 """
+from . import cpustate
 from .hostnoise import WARNING_STARTS as HOST_WARNING_STARTS
 from .placement import BIMODAL_MIN_GROUP_RUNS, bimodal_groups
 
@@ -18,6 +19,7 @@ from .placement import BIMODAL_MIN_GROUP_RUNS, bimodal_groups
 # runs' range was a 22 ms one (exits, 1 vCPU, 2 MiB). The threshold sits between.
 MIN_GUEST_MS_WARN = 40.0
 SHORT_RUN_START = "runs last"   # the configuration's warning: its memory size makes short runs
+CPU_STATE_START = "the CPU was slowed"   # a host warning (bench/cpustate.py)
 
 
 def _check_warnings(where: str, checks: dict) -> list[str]:
@@ -85,6 +87,14 @@ def run_warnings(rec: dict) -> list[str]:
         out.append(f"{SHORT_RUN_START} {ms[len(ms) // 2]:.0f} ms of guest time (median), under "
                    f"{MIN_GUEST_MS_WARN:g} ms: start-up and timer effects weigh in; raise "
                    f"--mem-per-vcpu or use --min-guest-ms {MIN_GUEST_MS_WARN:g}")
+    ratios = cpustate.contended(cpustate.run_probes(rec))
+    slowed = [i for i, x in enumerate(ratios) if x is not None and x > cpustate.CONTENDED_RATIO]
+    if slowed:
+        out.append(f"{CPU_STATE_START} around {len(slowed)} of {len(ratios)} runs (runs "
+                   + ",".join(str(i + 1) for i in slowed)
+                   + f": the CPU-state probe up to x{max(ratios[i] for i in slowed):.2f} its floor, "
+                   f"over x{cpustate.CONTENDED_RATIO}): the host's own CPU, not this cell; the "
+                   "verdicts leave those runs out, this record keeps them")
     rates = [r["pages_per_s"] for r in runs]
     groups = bimodal_groups(rates)
     if groups:
@@ -113,7 +123,7 @@ def run_warnings(rec: dict) -> list[str]:
 
 def subject(warning: str) -> str:
     """What a warning is about: "host", "configuration" or "measurement"."""
-    if warning.startswith(HOST_WARNING_STARTS):
+    if warning.startswith((*HOST_WARNING_STARTS, CPU_STATE_START)):
         return "host"
     if warning.startswith(SHORT_RUN_START):
         return "configuration"

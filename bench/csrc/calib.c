@@ -159,3 +159,19 @@ int fb_calib_spin(uint64_t iterations, uint32_t batches, uint64_t *wall_ns,
     (void)sink;
     return 0;
 }
+
+int fb_probe_syscalls(uint32_t calls, uint32_t batches, uint64_t *batch_ns,
+                      char *err, int errlen)
+{
+    if (calls == 0 || batches == 0) {
+        snprintf(err, errlen, "syscall probe needs calls and at least one batch");
+        return -1;
+    }
+    for (uint32_t b = 0; b < batches; b++) {
+        uint64_t start = now_ns();
+        for (uint32_t i = 0; i < calls; i++)
+            syscall(SYS_getppid);   /* raw syscall: glibc may not cache it, but be sure */
+        batch_ns[b] = now_ns() - start;
+    }
+    return 0;
+}

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats as sps
 
+from bench import cpustate
 from bench import result as resultmod
 from bench.metrics import JUDGED, Metric
 
@@ -272,6 +273,55 @@ def quiet_records(cell: str, base: list[dict], new: list[dict]) -> tuple[list[di
                     f"outside the harness: {loud}"), None
 
 
+# The CPU's own state (bench/cpustate.py): a probe just before and after each run,
+# on the run's CPUs, reads ~1.3x its floor while the host's core behind that CPU is
+# contended (exits' p50 32 us in one state and 43 us in the other, here). Runs
+# above cpustate.CONTENDED_RATIO x their side's floor are left out while
+# MIN_REPETITIONS a side remain; otherwise the cell is "host busy" (UNKNOWN, exit 2).
+# Each side has its own floor: a kernel whose system calls got slower moves its
+# whole side's floor and leaves nothing out, so the probe cannot veto a kernel
+# regression; a floor that moved between the sides is noted, never used to veto.
+def uncontended_runs(cell: str, base: list[dict], new: list[dict]) -> tuple[list[list[bool]], list[list[bool]], list[str], str | None]:
+    """(keep flags per base record, per new record, notes, busy)."""
+    notes, left = [], []
+    keeps, floors = [], []
+    for side, recs in (("base", base), ("new", new)):
+        probes = [p for r in recs for p in cpustate.run_probes(r)]
+        ratios = cpustate.contended(probes)
+        flags = [x is None or x <= cpustate.CONTENDED_RATIO for x in ratios]
+        out, at = [], 0
+        for r in recs:
+            out.append(flags[at:at + len(r["runs"])])
+            at += len(r["runs"])
+        keeps.append(out)
+        floors.append(cpustate.floors(probes))
+        dropped = flags.count(False)
+        if dropped:
+            left.append(f"{dropped} of {len(flags)} {side} runs (CPU-state probe up to "
+                        f"x{max(x for x in ratios if x is not None):.2f} its floor)")
+        if any(x is None for x in ratios):
+            notes.append(f"{cell}: {ratios.count(None)} {side} run(s) have no CPU-state probe "
+                         "(an older harness): they are kept")
+    moved = [f"CPU {cpu} x{floors[1][cpu] / floors[0][cpu]:.2f}" for cpu in sorted(set(floors[0]) & set(floors[1]))
+             if not 1 / cpustate.CONTENDED_RATIO <= floors[1][cpu] / floors[0][cpu] <= cpustate.CONTENDED_RATIO]
+    if moved:
+        notes.append(f"{cell}: the CPU-state probe's floor moved between the sides ({', '.join(moved)}): "
+                     "one side ran slowed throughout, or the kernel's system-call path changed; "
+                     "not used to veto")
+    if not left:
+        return keeps[0], keeps[1], notes, None
+    kept = [sum(f.count(True) for f in k) for k in keeps]
+    words = "; ".join(left)
+    if min(kept) < MIN_REPETITIONS:
+        return keeps[0], keeps[1], notes, (
+            f"host busy during {cell}: the CPU itself was slowed around {words} (over "
+            f"x{cpustate.CONTENDED_RATIO} the floor; bench/cpustate.py); {kept[0]} base and {kept[1]} "
+            f"new runs remain, fewer than {MIN_REPETITIONS}")
+    notes.append(f"{cell}: left out {words}: the CPU itself was slowed (over "
+                 f"x{cpustate.CONTENDED_RATIO} the floor; bench/cpustate.py)")
+    return keeps[0], keeps[1], notes, None
+
+
 def compare_records(base: list[dict], new: list[dict], ignore_config: frozenset = frozenset(),
                     pair_single: bool = False, alpha: float = ALPHA) -> Comparison:
     """Judge NEW against BASE cell by cell. pair_single: one cell a side, compared
@@ -300,11 +350,16 @@ def compare_records(base: list[dict], new: list[dict], ignore_config: frozenset 
         brecs, nrecs, note, busy = quiet_records(name, brecs, nrecs)
         if note:
             left_out.append(note)
+        if not busy:
+            bkeep, nkeep, cpu_notes, busy = uncontended_runs(name, brecs, nrecs)
+            left_out += cpu_notes
+        else:
+            bkeep, nkeep = [None] * len(brecs), [None] * len(nrecs)
         if busy:
             busy_cells.append(busy)
         for m in common:
-            bv = [v for r in brecs for v in resultmod.metric_values(r, m.path)]
-            nv = [v for r in nrecs for v in resultmod.metric_values(r, m.path)]
+            bv = [v for r, k in zip(brecs, bkeep) for v in resultmod.metric_values(r, m.path, keep=k)]
+            nv = [v for r, k in zip(nrecs, nkeep) for v in resultmod.metric_values(r, m.path, keep=k)]
             judgements.append(Judgement(name, m, bv, nv, busy=busy))
     judge(judgements, alpha)
     changes, notes = host_differences(base, new)
