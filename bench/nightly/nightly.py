@@ -50,7 +50,7 @@ EXIT_OK, EXIT_REGRESSION, EXIT_INCONCLUSIVE, EXIT_HARNESS = 0, 1, 2, 3
 # effects where the metric has one mode (exits' p50 has two on this host: see the
 # nights measured in the closing note of issue 15).
 DEFAULT_SWEEP = {
-    "repeat": 15,
+    "repeat": 20,
     "points": ["--mech exits,uffd --vcpus 1 --mem-per-vcpu 8 --placement packed --no-trace-locks"],
 }
 
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     p = OneLineParser(prog="run_bench.py nightly", description=__doc__.splitlines()[0])
     add_db_argument(p)
     p.add_argument("--sweep", help='JSON file {"points": ["--mech exits --vcpus 1", ...], "repeat": 10} '
-                                   "(default: exits and uffd at 1 vCPU, 8 MiB, packed, 15 repetitions)")
+                                   "(default: exits and uffd at 1 vCPU, 8 MiB, packed, 20 repetitions)")
     p.add_argument("--records", nargs="+", metavar="PATH",
                    help="use these result files or directories as tonight's instead of running the sweep")
     p.add_argument("--ignore-config", default="", metavar="KEY,...",

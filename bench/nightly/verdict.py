@@ -14,7 +14,10 @@ DIFFERENT: the corrected p is below ALPHA, the interval excludes 1, and the rati
 is beyond the metric's minimum effect. SAME: the interval lies inside the
 minimum effect on both sides (no change that large is plausible). Anything else
 is UNKNOWN: the data admit a change of the minimum effect but do not show one;
-more repetitions decide it.
+more repetitions decide it. An UNKNOWN whose interval's worse end is inside the
+minimum effect (a large improvement is possible, a regression that large is
+not) does not make the comparison inconclusive: the exit status asks whether
+there is a regression.
 """
 from __future__ import annotations
 
@@ -58,6 +61,16 @@ class Judgement:
     repetitions_needed: int | None = None
     busy: str | None = None    # the host was busy outside the harness: not judged
 
+    @property
+    def rules_out_regression(self) -> bool:
+        """An UNKNOWN whose interval's worse end lies inside the minimum effect: the
+        data may show a large improvement, never a regression that large (a
+        one-sided equivalence, i.e. non-inferiority). It does not hold a night back."""
+        if self.verdict != "UNKNOWN" or self.busy or not self.interval or self.interval[0] <= 0:
+            return False
+        worse_end = self.interval[1] if self.metric.better == "lower" else 1 / self.interval[0]
+        return math.log(worse_end) < math.log1p(self.metric.min_effect)
+
     def as_dict(self) -> dict:
         return {"cell": self.cell, "metric": self.metric.path, "verdict": self.verdict,
                 "direction": (None if self.verdict != "DIFFERENT" else
@@ -69,7 +82,8 @@ class Judgement:
                 "base_median": float(np.median(self.base)) if self.base else None,
                 "new_median": float(np.median(self.new)) if self.new else None,
                 "unit": resultmod.metric_unit(self.metric.path),
-                "repetitions_needed": self.repetitions_needed}
+                "repetitions_needed": self.repetitions_needed,
+                "rules_out_regression": self.rules_out_regression}
 
 
 def hodges_lehmann_ratio(base, new) -> float:
@@ -138,6 +152,9 @@ def judge(judgements: list[Judgement], alpha: float = ALPHA) -> list[Judgement]:
             widest = max(abs(math.log(lo)) if lo > 0 else 10.0, abs(math.log(hi)))
             n = min(len(j.base), len(j.new))
             j.repetitions_needed = int(math.ceil(n * (widest / margin) ** 2)) + 1
+            if j.rules_out_regression:
+                j.reason += ("; no regression as large as the minimum effect is plausible, so it "
+                             "does not make the comparison inconclusive")
             j.reason = (f"inconclusive: x{j.ratio:.3f}, 95% interval {lo:.3f}..{hi:.3f} admits a "
                         f"change of {j.metric.min_effect:.0%} (q={j.q:.2g}); about "
                         f"{j.repetitions_needed} repetitions a side would decide")
@@ -169,7 +186,8 @@ class Comparison:
 
     @property
     def inconclusive(self) -> bool:
-        return any(j.verdict == "UNKNOWN" for j in self.judgements) or not self.judgements
+        return (any(j.verdict == "UNKNOWN" and not j.rules_out_regression for j in self.judgements)
+                or not self.judgements)
 
     def exit_status(self) -> int:
         """0 SAME everywhere (or better), 1 slower, 2 unknown, host busy or host changed.
