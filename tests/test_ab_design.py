@@ -118,13 +118,20 @@ def test_blocks_run_counterbalanced_and_each_look_tests_at_its_level(real, monke
         calls.append((side, pair))
         return make(side, pair, 5)
     looks = ab.decide(run_block, 5, 30)
-    # A/A at sigma 0.25: never SAME within 30 (p99's interval is wider than +-25%)
-    # and, with this seed, no false DIFFERENT: every look is made
-    assert [look.pairs for look in looks] == [2, 3, 4, 5, 6]
-    assert "".join(side for side, _pair in calls) == "abbaabbaabba"
-    assert [pair for _side, pair in calls] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
-    assert levels == [(pairs, ALPHA / 5) for pairs in (2, 3, 4, 5, 6)]
-    assert looks[-1].repetitions == 30 and looks[-1].comparison.exit_status() == 2
+    # A/A at sigma 0.25: never SAME on every metric (p99's interval is wider than
+    # +-25%), and with this seed no false DIFFERENT; it stops at the first look
+    # where no UNKNOWN admits a regression of its minimum effect
+    last = looks[-1]
+    assert [look.pairs for look in looks] == list(range(2, last.pairs + 1))
+    pairs = last.pairs
+    assert "".join(side for side, _pair in calls) == "abba" * (pairs // 2) + "ab" * (pairs % 2)
+    assert [pair for _side, pair in calls] == [p for p in range(pairs) for _ in (0, 1)]
+    assert levels == [(p, ALPHA / 5) for p in range(2, pairs + 1)]
+    assert last.comparison.exit_status() == 0
+    assert all(j.verdict == "SAME" or j.rules_out_regression for j in last.comparison.judgements)
+    assert any(j.verdict == "UNKNOWN" for j in last.comparison.judgements)
+    for look in looks[:-1]:
+        assert look.comparison.exit_status() == 2
 
 
 def test_stops_at_the_first_look_that_decides(real):

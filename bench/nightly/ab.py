@@ -14,7 +14,9 @@ a look corrected together by Benjamini-Hochberg at that level (verdict.py; when
 no metric changed, it holds the chance of any DIFFERENT in the look to that
 level for independent or positively dependent metrics), so over all looks the
 chance of a false DIFFERENT is at most ALPHA (the union bound). ab stops at the first look that finds B DIFFERENT and worse, or has no
-UNKNOWN verdict, on an unchanged host; otherwise at the last look.
+UNKNOWN verdict that admits a regression (verdict.py: an UNKNOWN whose worse end
+is inside the minimum effect does not), on an unchanged host; otherwise at the
+last look. Stopping earlier only removes looks, so the bound above holds.
 Exit as `compare`: 0 SAME, 1 B DIFFERENT and worse, 2 UNKNOWN at the cap,
 host changed, or bad input; 3 a run failed.
 """
@@ -87,7 +89,7 @@ class Look:
             # spread it over both sides
             return False
         # B DIFFERENT and worse: exit 1 whatever more blocks would make of the
-        # other metrics; no UNKNOWN: every metric decided
+        # other metrics; not inconclusive: no metric admits a regression
         return cmp.regression or not cmp.inconclusive
 
 

@@ -46,9 +46,9 @@ EXIT_OK, EXIT_REGRESSION, EXIT_INCONCLUSIVE, EXIT_HARNESS = 0, 1, 2, 3
 # few seconds a night on 2 CPUs. Packed placement puts uffd's reader on its vCPU's
 # CPU (free placement makes uffd at 1 vCPU bimodal: 63 or 92 us a fault by where
 # the scheduler puts the reader); 8 MiB makes each run 80-200 ms, above the tool's
-# own minimum; 15 repetitions a side let the verdict's interval fit the minimum
-# effects where the metric has one mode (exits' p50 has two on this host: see the
-# nights measured in the closing note of issue 15).
+# own minimum; 20 repetitions a side leave enough after the runs the CPU-state
+# probe leaves out (about a third here, bench/cpustate.py) for the verdict's
+# interval to fit the minimum effects.
 DEFAULT_SWEEP = {
     "repeat": 20,
     "points": ["--mech exits,uffd --vcpus 1 --mem-per-vcpu 8 --placement packed --no-trace-locks"],
