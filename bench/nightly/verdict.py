@@ -303,6 +303,10 @@ def uncontended_runs(cell: str, base: list[dict], new: list[dict]) -> tuple[list
     """(keep flags per base record, per new record, notes, busy)."""
     notes, left = [], []
     keeps, floors = [], []
+    everything = [[True] * len(r["runs"]) for r in base], [[True] * len(r["runs"]) for r in new]
+    if min(sum(len(r["runs"]) for r in recs) for recs in (base, new)) < MIN_REPETITIONS:
+        # too few runs to judge anyway, and too few for a floor
+        return *everything, notes, None
     for side, recs in (("base", base), ("new", new)):
         probes = [p for r in recs for p in cpustate.run_probes(r)]
         ratios = cpustate.contended(probes)
@@ -330,8 +334,8 @@ def uncontended_runs(cell: str, base: list[dict], new: list[dict]) -> tuple[list
         return keeps[0], keeps[1], notes, None
     kept = [sum(f.count(True) for f in k) for k in keeps]
     words = "; ".join(left)
-    if min(kept) < MIN_REPETITIONS:
-        return keeps[0], keeps[1], notes, (
+    if min(kept) < MIN_REPETITIONS:   # not judged: every run stays in the figures shown
+        return *everything, notes, (
             f"host busy during {cell}: the CPU itself was slowed around {words} (over "
             f"x{cpustate.CONTENDED_RATIO} the floor; bench/cpustate.py); {kept[0]} base and {kept[1]} "
             f"new runs remain, fewer than {MIN_REPETITIONS}")
