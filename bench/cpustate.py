@@ -96,13 +96,14 @@ def floors(probes: list[dict | None]) -> dict[int, float]:
     return {cpu: _percentile(v, FLOOR_PERCENTILE) for cpu, v in seen.items()}
 
 
-def contended(probes: list[dict | None], ratio: float = CONTENDED_RATIO) -> list[float | None]:
-    """For each run: its worst probe as a multiple of its CPU's floor, or None where
-    the run has no probe. Above `ratio`: the run was taken on a contended CPU."""
-    fl = floors(probes)
+def contended(probes: list[dict | None], floor: dict[int, float] | None = None) -> list[float | None]:
+    """For each run: its worst probe as a multiple of its CPU's floor (`floor`, or
+    the floors of these probes), None where the run has no probe or its CPU no
+    floor. Above CONTENDED_RATIO: the run was taken on a contended CPU."""
+    fl = floors(probes) if floor is None else floor
     out: list[float | None] = []
     for p in probes:
-        if not p:
+        if not p or any(cpu not in fl for cpu in p["cpus"]):
             out.append(None)
             continue
         out.append(max(max(b, a) / fl[cpu] for cpu, b, a in

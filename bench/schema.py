@@ -104,6 +104,7 @@ FINGERPRINT_COMPONENT = _object(
 FINGERPRINT = _object(
     {"version": COUNT, "samples": COUNT, "measured": STRING, "seconds": NON_NEGATIVE,
      "spread": STRING, "pinned_cpu": {"type": ["integer", "null"]},
+     "cpu_probe": {"type": "array", "items": CPU_PROBE},
      "components": {"type": "object", "additionalProperties": FINGERPRINT_COMPONENT}},
     ("components",))
 

@@ -133,3 +133,48 @@ def test_too_few_quick_runs_is_host_busy():
     cmp = compare_records([base], [new])
     assert cmp.exit_status() == 2 and cmp.host_busy
     assert "CPU itself was slowed" in cmp.host_busy[0]
+
+
+# --- the host fingerprint: rounds on a slowed CPU say nothing about the hardware ---
+
+from bench.nightly import fingerprint as fpmod   # noqa: E402
+
+
+def fingerprint(memcpy: list[float], slow: list[bool] | None, measured: str) -> dict:
+    comps = {}
+    for name, (unit, better, what, _tol) in fpmod.COMPONENTS.items():
+        vals = memcpy if name == "memcpy_bytes_per_s" else [1000.0 + i for i in range(len(memcpy))]
+        comps[name] = {"values": vals, "median": sorted(vals)[len(vals) // 2], "min": min(vals),
+                       "max": max(vals), "unit": unit, "better": better, "what": what}
+    fp = {"version": 1, "samples": len(memcpy), "measured": measured, "pinned_cpu": 0,
+          "components": comps}
+    if slow is not None:
+        fp["cpu_probe"] = [probe(SLOW if s else QUICK, QUICK) for s in slow]
+    return fp
+
+
+def memcpy_change(base, new):
+    return [c for c in fpmod.changes(fpmod.pooled([base]), fpmod.pooled([new]))
+            if c.name == "memcpy_bytes_per_s"]
+
+
+def test_fingerprint_rounds_on_a_slowed_cpu_are_left_out():
+    quick = [13e9, 13.2e9, 12.9e9, 13.1e9, 13e9, 12.8e9, 13.3e9, 13e9]
+    base = fingerprint(quick, [False] * 8, "a")
+    # three rounds of tonight's fingerprint in a slow spell: memcpy x0.6 in them
+    tonight = [8e9, 8.1e9, 7.9e9, 13e9, 13.1e9, 12.9e9, 13.2e9, 13e9]
+    assert memcpy_change(base, fingerprint(tonight, [True] * 3 + [False] * 5, "b")) == []
+    # the same values without probes: memcpy reads as changed hardware only if most
+    # rounds are slow; with every round slow and no probe, it is a host change
+    slow_all = [v * 0.6 for v in quick]
+    assert memcpy_change(base, fingerprint(slow_all, None, "c"))
+    # every round slow, and the probe saw it against the runs' quick floor: not compared
+    pooled = fpmod.pooled([fingerprint(slow_all, [True] * 8, "d")], {0: QUICK})
+    assert pooled["rounds_left_out"] == 8 and "memcpy_bytes_per_s" not in pooled["components"]
+
+
+def test_real_hardware_change_still_seen_with_quick_rounds():
+    quick = [13e9, 13.2e9, 12.9e9, 13.1e9, 13e9, 12.8e9, 13.3e9, 13e9]
+    base = fingerprint(quick, [False] * 8, "a")
+    slower_machine = fingerprint([v * 0.55 for v in quick], [False] * 8, "b")
+    assert memcpy_change(base, slower_machine)

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import math
 import statistics
+
+from bench import cpustate
 from dataclasses import dataclass
 
 FINGERPRINT_VERSION = 1
-SAMPLES = 5
+SAMPLES = 8   # rounds; those the CPU-state probe calls slowed are left out, 4 a side must remain
+MIN_ROUNDS = 4   # with 4 a side, Mann-Whitney's smallest two-sided p is 0.029, under CHANGE_P
 FUTEX_ROUND_TRIPS = 500
 MEMCPY_BYTES = 16 << 20
 SPIN_ITERATIONS = 5_000_000   # about 7 ms of one core here
@@ -96,17 +99,43 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.0f} {unit}"
 
 
-def pooled(fingerprints: list[dict]) -> dict | None:
-    """One fingerprint from several (one side of a comparison): samples pooled."""
+def round_probes(fingerprints: list[dict | None]) -> list[dict]:
+    """The CPU-state probes around each fingerprint round (bench/cpustate.py)."""
+    return [p for fp in fingerprints if fp for p in fp.get("cpu_probe") or []]
+
+
+def pooled(fingerprints: list[dict], floor: dict[int, float] | None = None) -> dict | None:
+    """One fingerprint from several (one side of a comparison): samples pooled.
+
+    A round the CPU-state probe says ran on a slowed CPU (over CONTENDED_RATIO x
+    `floor`, or the floor of these fingerprints' own probes) is left out of every
+    component: on this host a slow spell moves memcpy by up to 1.7x, which is no
+    change of hardware. Fingerprints without probes (older ones) keep every round."""
     fps = [fp for fp in fingerprints if fp]
     if not fps:
         return None
     # the same invocation's fingerprint appears in each of its records once
     unique = {(fp.get("measured"), repr(fp["components"].get("futex_wake_ns", {}).get("values"))): fp
               for fp in fps}
-    out = {"version": FINGERPRINT_VERSION, "components": {}}
+    if floor is None:
+        floor = cpustate.floors(round_probes(list(unique.values())))
+    keep: dict[int, list[bool]] = {}
+    left_out = 0
+    for key, fp in unique.items():
+        probes = fp.get("cpu_probe")
+        if probes:
+            ratios = cpustate.contended(probes, floor)
+            keep[id(fp)] = [r is None or r <= cpustate.CONTENDED_RATIO for r in ratios]
+            left_out += keep[id(fp)].count(False)
+    out = {"version": FINGERPRINT_VERSION, "components": {}, "rounds_left_out": left_out}
     for name in COMPONENTS:
-        vals = [v for fp in unique.values() for v in fp["components"].get(name, {}).get("values", [])]
+        vals = []
+        for fp in unique.values():
+            values = fp["components"].get(name, {}).get("values", [])
+            flags = keep.get(id(fp))
+            if flags is not None and len(flags) != len(values):
+                flags = None   # not one value per round: nothing to leave out by
+            vals += [v for i, v in enumerate(values) if flags is None or flags[i]]
         if vals:
             out["components"][name] = {"values": vals, "median": statistics.median(vals),
                                        "min": min(vals), "max": max(vals),
@@ -130,6 +159,9 @@ def changes(base: dict | None, new: dict | None) -> list[ComponentChange] | None
         b, n = base["components"].get(name), new["components"].get(name)
         if not b or not n or b["median"] <= 0:
             continue
+        if min(len(b["values"]), len(n["values"])) < MIN_ROUNDS and (
+                base.get("rounds_left_out") or new.get("rounds_left_out")):
+            continue   # too few unslowed rounds to tell: host_differences notes it
         ratio = n["median"] / b["median"]
         separated = mannwhitneyu(b["values"], n["values"]).pvalue < CHANGE_P
         # symmetric in log: x1.3 slower and x1/1.3 faster are the same size

@@ -6,6 +6,7 @@ import os
 import statistics
 import time
 
+from bench import cpustate
 from bench.native import ffi, lib
 from bench.plan import RunError
 from bench.point import make_plan
@@ -68,7 +69,7 @@ assert {n for key in MEASURE for n in (key if isinstance(key, tuple) else (key,)
 
 
 def measure(samples: int = SAMPLES) -> dict:
-    """Calibrate this host now: about 0.5 s here. Raises CalibrationError."""
+    """Calibrate this host now: about 1 s here. Raises CalibrationError."""
     if lib.FB_CALIB_VERSION != FINGERPRINT_VERSION:
         raise CalibrationError(f"stale C core: calibration API {lib.FB_CALIB_VERSION}, "
                                f"expected {FINGERPRINT_VERSION}; rebuild")
@@ -81,14 +82,21 @@ def measure(samples: int = SAMPLES) -> dict:
     allowed = os.sched_getaffinity(0)
     cpu = min(allowed)
     os.sched_setaffinity(0, {cpu})
+    probes = []
+
+    def one_round():
+        for name, fn in MEASURE.items():
+            if isinstance(name, tuple):   # one measurement, several components
+                for part, value in zip(name, fn()):
+                    values[part].append(value)
+            else:
+                values[name].append(fn())
     try:
         for _ in range(samples):
-            for name, fn in MEASURE.items():
-                if isinstance(name, tuple):   # one measurement, several components
-                    for part, value in zip(name, fn()):
-                        values[part].append(value)
-                else:
-                    values[name].append(fn())
+            # the CPU's own state around each round: comparisons leave out rounds
+            # taken on a slowed CPU (bench/cpustate.py)
+            _, probe = cpustate.around([cpu], one_round)
+            probes.append(probe)
     finally:
         os.sched_setaffinity(0, allowed)
     components = {}
@@ -102,4 +110,5 @@ def measure(samples: int = SAMPLES) -> dict:
             "seconds": round(time.monotonic() - started, 3),
             "spread": "min..max of the samples, measured interleaved across components",
             "pinned_cpu": cpu,
+            "cpu_probe": probes,
             "components": components}

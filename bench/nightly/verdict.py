@@ -223,8 +223,25 @@ def host_differences(base: list[dict], new: list[dict]) -> tuple[list[str], list
     if bk != nk:
         notes.append(f"kernel changed: {', '.join(bk)} -> {', '.join(nk)} (compared: a kernel under "
                      "test is what a nightly job measures)")
-    bfp = fpmod.pooled([r["machine"].get("fingerprint") for r in base])
-    nfp = fpmod.pooled([r["machine"].get("fingerprint") for r in new])
+    sides = []
+    for recs in (base, new):
+        fps = [r["machine"].get("fingerprint") for r in recs]
+        # the floor of the CPU-state probe over the side's fingerprint rounds and runs
+        floor = cpustate.floors(fpmod.round_probes(fps) + [p for r in recs for p in cpustate.run_probes(r)])
+        sides.append(fpmod.pooled(fps, floor))
+    bfp, nfp = sides
+    few = [f"{side} {fp['rounds_left_out']}" for side, fp in (("base", bfp), ("new", nfp))
+           if fp and fp.get("rounds_left_out")]
+    if few:
+        notes.append("host fingerprint rounds left out, the CPU itself was slowed during them ("
+                     + ", ".join(few) + "; bench/cpustate.py)")
+        short = [name for name in fpmod.COMPONENTS if bfp and nfp
+                 and min(len(fp["components"].get(name, {}).get("values", []))
+                         for fp in (bfp, nfp)) < fpmod.MIN_ROUNDS]
+        if short:
+            notes.append(f"fewer than {fpmod.MIN_ROUNDS} unslowed fingerprint rounds on a side: "
+                         f"{', '.join(short)} not compared (a hardware change without a new CPU "
+                         "model or count goes unseen tonight)")
     moved = fpmod.changes(bfp, nfp)
     if moved is None:
         notes.append("no host fingerprint on " + ("either side" if not bfp and not nfp else
@@ -309,14 +326,16 @@ def uncontended_runs(cell: str, base: list[dict], new: list[dict]) -> tuple[list
         return *everything, notes, None
     for side, recs in (("base", base), ("new", new)):
         probes = [p for r in recs for p in cpustate.run_probes(r)]
-        ratios = cpustate.contended(probes)
+        # the floor: every probe on the side, its fingerprints' rounds included
+        floor = cpustate.floors(probes + fpmod.round_probes([r["machine"].get("fingerprint") for r in recs]))
+        ratios = cpustate.contended(probes, floor)
         flags = [x is None or x <= cpustate.CONTENDED_RATIO for x in ratios]
         out, at = [], 0
         for r in recs:
             out.append(flags[at:at + len(r["runs"])])
             at += len(r["runs"])
         keeps.append(out)
-        floors.append(cpustate.floors(probes))
+        floors.append(floor)
         dropped = flags.count(False)
         if dropped:
             left.append(f"{dropped} of {len(flags)} {side} runs (CPU-state probe up to "
