@@ -178,3 +178,19 @@ def test_real_hardware_change_still_seen_with_quick_rounds():
     base = fingerprint(quick, [False] * 8, "a")
     slower_machine = fingerprint([v * 0.55 for v in quick], [False] * 8, "b")
     assert memcpy_change(base, slower_machine)
+
+
+def test_a_fingerprint_taken_in_a_slow_spell_is_not_a_host_change():
+    rec = resultmod.load(NIGHTS)
+    quick, _ = split_by_mode(rec)
+    base = night(rec, quick[:10], [False] * 10, 1)
+    new = night(rec, quick[10:20], [False] * 10, 2)
+    q = [13e9, 13.2e9, 12.9e9, 13.1e9, 13e9, 12.8e9, 13.3e9, 13e9]
+    base["machine"]["fingerprint"] = fingerprint(q, [False] * 8, "a")
+    new["machine"]["fingerprint"] = fingerprint([v * 0.6 for v in q], [True] * 8, "b")
+    cmp = compare_records([base], [new])
+    assert not cmp.host_changes, cmp.host_changes
+    assert any("not compared" in n for n in cmp.notes), cmp.notes
+    # without the probes, the same fingerprint is a host change
+    del new["machine"]["fingerprint"]["cpu_probe"]
+    assert compare_records([base], [new]).host_changes
