@@ -16,6 +16,11 @@ from .fingerprint import (COMPONENTS, FINGERPRINT_VERSION, FUTEX_ROUND_TRIPS, ME
                           SPIN_ITERATIONS, kind)
 
 
+# a slow spell here lasts from a fraction of a second to tens of seconds: three
+# times the rounds (about 3 s) outlasts most, and a fingerprint never takes longer
+MAX_ROUNDS_FACTOR = 3
+
+
 class CalibrationError(RuntimeError):
     """The calibration itself failed; the message is one line."""
 
@@ -69,7 +74,8 @@ assert {n for key in MEASURE for n in (key if isinstance(key, tuple) else (key,)
 
 
 def measure(samples: int = SAMPLES) -> dict:
-    """Calibrate this host now: about 1 s here. Raises CalibrationError."""
+    """Calibrate this host now: about 1 s here, up to 3 s in a slow spell. Raises
+    CalibrationError."""
     if lib.FB_CALIB_VERSION != FINGERPRINT_VERSION:
         raise CalibrationError(f"stale C core: calibration API {lib.FB_CALIB_VERSION}, "
                                f"expected {FINGERPRINT_VERSION}; rebuild")
@@ -91,10 +97,14 @@ def measure(samples: int = SAMPLES) -> dict:
                     values[part].append(value)
             else:
                 values[name].append(fn())
+    def unslowed() -> int:
+        return sum(r is not None and r <= cpustate.CONTENDED_RATIO for r in cpustate.contended(probes))
     try:
-        for _ in range(samples):
-            # the CPU's own state around each round: comparisons leave out rounds
-            # taken on a slowed CPU (bench/cpustate.py)
+        # the CPU's own state around each round: comparisons leave out rounds taken
+        # on a slowed CPU (bench/cpustate.py), so rounds go on until `samples` of
+        # them sit within the ratio of the floor so far, up to MAX_ROUNDS_FACTOR x
+        while len(probes) < samples or (unslowed() < samples
+                                        and len(probes) < MAX_ROUNDS_FACTOR * samples):
             _, probe = cpustate.around([cpu], one_round)
             probes.append(probe)
     finally:
@@ -105,7 +115,7 @@ def measure(samples: int = SAMPLES) -> dict:
         components[name] = {"values": vals, "median": statistics.median(vals),
                             "min": min(vals), "max": max(vals), "unit": unit,
                             "better": better, "what": what, "kind": kind(name)}
-    return {"version": FINGERPRINT_VERSION, "samples": samples,
+    return {"version": FINGERPRINT_VERSION, "samples": len(probes),
             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.monotonic() - started, 3),
             "spread": "min..max of the samples, measured interleaved across components",
