@@ -114,3 +114,23 @@ def contended(probes: list[dict | None], floor: dict[int, float] | None = None) 
 def run_probes(record: dict) -> list[dict | None]:
     """Each measured run's raw.cpu_probe (None where the run has none)."""
     return [(run.get("raw") or {}).get("cpu_probe") for run in record["runs"]]
+
+
+def after_bias(probes: list[dict | None]) -> float | None:
+    """The median over runs of after/before (each run's worst CPU): near 1 when
+    the state is the host's. Well above CONTENDED_RATIO, the after-probe reads the
+    run's own aftermath (work the code under test leaves on the CPU), which is
+    not the host's state."""
+    ratios = sorted(max(a / b for b, a in zip(p["before_ns_per_call"], p["after_ns_per_call"]))
+                    for p in probes if p)
+    return ratios[len(ratios) // 2] if ratios else None
+
+
+def host_probes(probes: list[dict | None]) -> tuple[list[dict | None], float | None]:
+    """The probes to judge the host's state by, and the after/before bias where it
+    made the after-probes unusable (then each run is judged by its before-probe)."""
+    bias = after_bias(probes)
+    if bias is None or bias <= CONTENDED_RATIO:
+        return probes, None
+    return [None if not p else {**p, "after_ns_per_call": list(p["before_ns_per_call"])}
+            for p in probes], bias

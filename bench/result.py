@@ -174,11 +174,13 @@ def _relation_problems(record: dict) -> list[str]:
                 ordered = [latency[key] for key in LATENCY_KEYS]
                 if ordered != sorted(ordered):
                     problems.append(f"{where}: percentiles are not in increasing order: {ordered}")
-    for index, run in enumerate(record["runs"]):
-        probe = (run.get("raw") or {}).get("cpu_probe")
+    fingerprint = (record.get("machine") or {}).get("fingerprint") or {}
+    probes = [(f"runs[{i}].raw.cpu_probe", (run.get("raw") or {}).get("cpu_probe"))
+              for i, run in enumerate(record["runs"])]
+    probes += [(f"machine.fingerprint.cpu_probe[{i}]", p) for i, p in enumerate(fingerprint.get("cpu_probe") or [])]
+    for where, probe in probes:
         if probe and not len(probe["cpus"]) == len(probe["before_ns_per_call"]) == len(probe["after_ns_per_call"]):
-            problems.append(f"runs[{index}].raw.cpu_probe: cpus, before_ns_per_call and "
-                            "after_ns_per_call differ in length")
+            problems.append(f"{where}: cpus, before_ns_per_call and after_ns_per_call differ in length")
     for path, entry in record["summary"].items():
         if not entry["min"] <= entry["median"] <= entry["max"]:
             problems.append(f"summary.{path}: min <= median <= max does not hold")

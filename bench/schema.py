@@ -87,8 +87,10 @@ HISTOGRAM = {"type": ["object", "null"], "propertyNames": {"pattern": "^[0-9]+$"
 
 # raw.cpu_probe (bench/cpustate.py): the verdicts leave out runs it says were slowed
 CPU_PROBE = _object({"cpus": {"type": "array", "items": COUNT, "minItems": 1},
-                     "before_ns_per_call": {**NUMBERS, "items": {"type": "number", "exclusiveMinimum": 0}},
-                     "after_ns_per_call": {**NUMBERS, "items": {"type": "number", "exclusiveMinimum": 0}}},
+                     "before_ns_per_call": {**NUMBERS, "minItems": 1,
+                                            "items": {"type": "number", "exclusiveMinimum": 0}},
+                     "after_ns_per_call": {**NUMBERS, "minItems": 1,
+                                           "items": {"type": "number", "exclusiveMinimum": 0}}},
                     ("cpus", "before_ns_per_call", "after_ns_per_call"))
 
 RUN = _object({"metrics": METRICS,

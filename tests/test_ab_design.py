@@ -23,9 +23,8 @@ JUDGED = ("pages_per_s", "fault_latency_ns.p50", "fault_latency_ns.p99")
 # a true 20% change: B pages 0.8 times as fast, its latencies 1.25 times as long
 SLOWER = {"pages_per_s": 0.8, "fault_latency_ns.p50": 1.25, "fault_latency_ns.p99": 1.25}
 
-# Simulated ab runs per scenario. Measured here: an A/A run goes to the cap
-# (5 looks, about 55 ms), a run with the 20% change stops after 2.7 looks on
-# average (about 22 ms; more with the Hodges-Lehmann interval); 2 x 200 + 150 runs.
+# Simulated ab runs per scenario: 2 x 200 A/A runs (each stops at the first look
+# where no UNKNOWN admits a regression, or at the cap) and 150 with a 20% change.
 AA_RUNS = 200
 POWER_RUNS = 150
 

@@ -48,10 +48,18 @@ def test_floors_are_per_cpu():
 def test_cpus_to_probe():
     allowed = sorted(os.sched_getaffinity(0))
     assert cpustate.cpus_to_probe([allowed[0]], [allowed[0]]) == [allowed[0]]
-    assert cpustate.cpus_to_probe([-1, -1], []) == allowed[:cpustate.MAX_PROBED_CPUS]
+    unpinned = cpustate.cpus_to_probe([-1, -1], [])
+    assert set(unpinned) <= set(allowed) and unpinned[0] == allowed[0]
+    assert len(unpinned) == min(len(allowed), cpustate.MAX_PROBED_CPUS)
 
 
-def test_probe_runs_on_the_asked_cpu_and_restores_affinity():
+def test_many_cpus_are_probed_evenly_spread(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert cpustate.cpus_to_probe([-1], []) == list(range(0, 64, 4))
+    assert cpustate.cpus_to_probe(list(range(32)), []) == list(range(0, 32, 2))
+
+
+def test_probe_restores_affinity_and_reads_a_plausible_time():
     pytest.importorskip("bench._native", reason="the C core (bench/_native) is not built")
     before = os.sched_getaffinity(0)
     cpu = min(before)
@@ -161,13 +169,13 @@ def memcpy_change(base, new):
 def test_fingerprint_rounds_on_a_slowed_cpu_are_left_out():
     quick = [13e9, 13.2e9, 12.9e9, 13.1e9, 13e9, 12.8e9, 13.3e9, 13e9]
     base = fingerprint(quick, [False] * 8, "a")
-    # three rounds of tonight's fingerprint in a slow spell: memcpy x0.6 in them
-    tonight = [8e9, 8.1e9, 7.9e9, 13e9, 13.1e9, 12.9e9, 13.2e9, 13e9]
-    assert memcpy_change(base, fingerprint(tonight, [True] * 3 + [False] * 5, "b")) == []
-    # the same values without probes: memcpy reads as changed hardware only if most
-    # rounds are slow; with every round slow and no probe, it is a host change
+    # tonight's fingerprint went on to 12 rounds, the first 7 in a slow spell
+    # (memcpy x0.6 in them), the last 5 quick
+    tonight = [v * 0.6 for v in quick[:7]] + quick[:5]
+    assert memcpy_change(base, fingerprint(tonight, [True] * 7 + [False] * 5, "b")) == []
+    # the same rounds without probes read as changed hardware
+    assert memcpy_change(base, fingerprint(tonight, None, "c"))
     slow_all = [v * 0.6 for v in quick]
-    assert memcpy_change(base, fingerprint(slow_all, None, "c"))
     # every round slow, and the probe saw it against the runs' quick floor: not compared
     pooled = fpmod.pooled([fingerprint(slow_all, [True] * 8, "d")], {0: QUICK})
     assert pooled["rounds_left_out"] == 8 and "memcpy_bytes_per_s" not in pooled["components"]
@@ -194,3 +202,110 @@ def test_a_fingerprint_taken_in_a_slow_spell_is_not_a_host_change():
     # without the probes, the same fingerprint is a host change
     del new["machine"]["fingerprint"]["cpu_probe"]
     assert compare_records([base], [new]).host_changes
+
+
+
+# --- the edges of the filter ---
+
+def with_probes(record: dict, before: float, after: float) -> dict:
+    for run in record["runs"]:
+        run.setdefault("raw", {})["cpu_probe"] = probe(before, after)
+    return record
+
+
+def slower(record: dict, factor: float) -> dict:
+    for run in record["runs"]:
+        m = run["metrics"]
+        for k in m["fault_latency_ns"]:
+            if k != "count":
+                m["fault_latency_ns"][k] *= factor
+        m["pages_per_s"] /= factor
+    record["summary"] = {}
+    return resultmod.finalize(record)
+
+
+def test_after_probes_slowed_by_the_run_itself_do_not_veto():
+    """New code that leaves work on the CPU right after each run: its after-probes
+    all read high, its before-probes do not. They are the run's aftermath, not the
+    host's state: the side is judged by its before-probes, the regression stands."""
+    rec = resultmod.load(NIGHTS)
+    quick, _ = split_by_mode(rec)
+    base = night(rec, quick[:12], [False] * 12, 1)
+    new = with_probes(slower(night(rec, quick[12:24], [False] * 12, 2), 1.2), QUICK, SLOW)
+    cmp = compare_records([base], [new])
+    assert cmp.exit_status() == 1, [j.reason for j in cmp.judgements]
+    assert any("aftermath" in n for n in cmp.notes), cmp.notes
+
+
+def test_one_side_without_probes_filters_neither():
+    rec = resultmod.load(NIGHTS)
+    quick, slow = split_by_mode(rec)
+    base = night(rec, quick[:12], [False] * 12, 1)
+    new = night(rec, quick[12:18] + slow[:6], [False] * 6 + [True] * 6, 2)
+    for run in base["runs"]:
+        del run["raw"]["cpu_probe"]
+    cmp = compare_records([base], [new])
+    assert any("no run is left out" in n for n in cmp.notes), cmp.notes
+    assert all(len(j.new) == 12 and len(j.base) == 12 for j in cmp.judgements)
+
+
+def test_a_side_slowed_throughout_is_noted_beside_the_verdict():
+    """Every probe of the new side slow: its floor is slow, nothing is left out
+    (a kernel whose system calls got slower looks the same), and the output says
+    the floor moved."""
+    rec = resultmod.load(NIGHTS)
+    quick, slow = split_by_mode(rec)
+    base = night(rec, quick[:12], [False] * 12, 1)
+    new = with_probes(night(rec, slow[:12], [True] * 12, 2), SLOW, SLOW)
+    cmp = compare_records([base], [new])
+    assert any("floor moved" in n for n in cmp.notes), cmp.notes
+    assert all(len(j.new) == 12 for j in cmp.judgements)
+
+
+def test_the_record_warns_about_slowed_runs_as_a_host_warning():
+    from bench import validity
+    rec = resultmod.load(NIGHTS)
+    quick, slow = split_by_mode(rec)
+    r = night(rec, quick[:8] + slow[:2], [False] * 8 + [True] * 2, 1)
+    words = [w for w in validity.run_warnings(r) if w.startswith(validity.CPU_STATE_START)]
+    assert len(words) == 1 and "2 of 10 runs (runs 9,10" in words[0], words
+    assert validity.subject(words[0]) == "host"
+    assert not [w for w in validity.run_warnings(night(rec, quick[:10], [False] * 10, 1))
+                if w.startswith(validity.CPU_STATE_START)]
+
+
+def test_probe_lists_of_different_length_are_refused():
+    rec = resultmod.load(NIGHTS)
+    r = night(rec, list(range(6)), [False] * 6, 1)
+    assert not resultmod.validate(r)
+    r["runs"][0]["raw"]["cpu_probe"]["cpus"] = [0, 1]
+    assert any("differ in length" in p for p in resultmod.validate(r))
+    r = night(rec, list(range(6)), [False] * 6, 1)
+    r["machine"]["fingerprint"]["cpu_probe"] = [{"cpus": [0], "before_ns_per_call": [QUICK],
+                                                 "after_ns_per_call": []}]
+    assert resultmod.validate(r)
+
+
+# --- an UNKNOWN that rules out a regression ---
+
+def judgement(better: str, interval, verdict="UNKNOWN", busy=None):
+    from bench.metrics import Metric
+    from bench.nightly.verdict import Judgement
+    m = Metric(path="x", unit="ns", better=better, min_effect=0.25, label="x")
+    return Judgement("cell", m, [1.0] * 5, [1.0] * 5, verdict=verdict, interval=interval, busy=busy)
+
+
+@pytest.mark.parametrize("better,interval,rules_out", [
+    ("lower", (0.777, 0.916), True),    # much faster possible, 25% slower not
+    ("lower", (0.9, 1.26), False),      # 26% slower possible
+    ("higher", (1.1, 1.4), True),       # a rate: 25% lower not plausible
+    ("higher", (0.79, 1.1), False),     # a rate 21% lower (1/0.79 = 1.27) possible
+])
+def test_rules_out_regression_by_direction(better, interval, rules_out):
+    assert judgement(better, interval).rules_out_regression is rules_out
+
+
+def test_busy_or_decided_judgements_never_rule_out():
+    assert not judgement("lower", (0.8, 0.9), busy="host busy").rules_out_regression
+    assert not judgement("lower", (0.8, 0.9), verdict="DIFFERENT").rules_out_regression
+    assert not judgement("lower", None).rules_out_regression

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 import nightly_helpers as nh
+from bench.nightly import fingerprint as fpmod
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -148,9 +149,10 @@ def test_fingerprint_has_every_component_with_spread(recs):
     from bench.nightly.fingerprint import COMPONENTS
     assert set(fp["components"]) == set(COMPONENTS)
     for name, c in fp["components"].items():
-        assert len(c["values"]) == fp["samples"] >= 5, name
+        assert len(c["values"]) == fp["samples"] == len(fp["cpu_probe"]), name
+        assert fpmod.SAMPLES <= fp["samples"] <= 3 * fpmod.SAMPLES, name
         assert 0 < c["min"] <= c["median"] <= c["max"], name
-    assert fp["seconds"] < 5
+    assert fp["seconds"] < 15   # 24 rounds at most, each well under 0.5 s here
 
 
 def test_fingerprint_same_host_unchanged_slower_hardware_changed(fingerprints):
@@ -402,3 +404,14 @@ def test_nightly_runs_its_sweep_and_bad_sweep_is_harness_error(kvm, tmp_path):
     rc, text = run_bench("nightly", "--db", db, "--out-dir", str(tmp_path / "o"), "--sweep", str(sweep))
     assert rc == 3, text
     assert json.load(open(tmp_path / "o" / "verdict.json"))["status"] == "harness error"
+
+
+def test_measured_runs_carry_the_cpu_probe_and_warmups_do_not(kvm, tmp_path):
+    rec = nh.run_record(str(tmp_path / "w.json"), 2, ["--warmup", "1", "--placement", "packed"])
+    pinned = {c for c in rec["config"]["cpu_map"]["vcpus"] + rec["config"]["cpu_map"]["resolvers"] if c >= 0}
+    assert pinned
+    for run in rec["runs"]:
+        probe = run["raw"]["cpu_probe"]
+        assert set(probe["cpus"]) == pinned
+        assert len(probe["before_ns_per_call"]) == len(probe["after_ns_per_call"]) == len(probe["cpus"])
+    assert len(rec["warmups"]) == 1 and "cpu_probe" not in (rec["warmups"][0].get("raw") or {})

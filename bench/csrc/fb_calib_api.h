@@ -30,7 +30,7 @@ int fb_calib_spin(uint64_t iterations, uint32_t batches, uint64_t *wall_ns,
  * machine kind a CPU whose hypervisor-side core is contended runs kernel-heavy
  * code about 1.3x slower while a register-only loop barely moves, so this probe
  * (kernel entry and exit, no fault path) sees the state and the spin loop does not.
- * FB_PROBE_VERSION changes when this declaration does. */
+ * FB_PROBE_VERSION changes when this declaration does; bench/native.py checks it. */
 #define FB_PROBE_VERSION 1
 int fb_probe_syscalls(uint32_t calls, uint32_t batches, uint64_t *batch_ns,
                       char *err, int errlen);

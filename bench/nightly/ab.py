@@ -17,7 +17,8 @@ chance of a false DIFFERENT is at most ALPHA (the union bound). ab stops at the 
 UNKNOWN verdict that admits a regression (verdict.py: an UNKNOWN whose worse end
 is inside the minimum effect does not), on an unchanged host; otherwise at the
 last look. Stopping earlier only removes looks, so the bound above holds.
-Exit as `compare`: 0 SAME, 1 B DIFFERENT and worse, 2 UNKNOWN at the cap,
+Exit as `compare`: 0 SAME (or no regression plausible), 1 B DIFFERENT and worse,
+2 an UNKNOWN that admits a regression at the cap,
 host changed, or bad input; 3 a run failed.
 """
 from __future__ import annotations
@@ -131,9 +132,11 @@ def main(argv=None) -> int:
                 f"look with at least {MIN_REPETITIONS} a side tests at {ALPHA:g} divided by the "
                 f"number of such looks ({max(default.values()):.3g} by default), so the chance of "
                 f"a false DIFFERENT over all looks is at most {ALPHA:.0%}. ab stops at the first "
-                "look with B DIFFERENT and worse, or with no UNKNOWN, on an unchanged host. "
-                "Exit 0 SAME, 1 B DIFFERENT and worse, 2 UNKNOWN at the cap, host changed or bad "
-                "input, 3 a run failed."))
+                "look with B DIFFERENT and worse, or with no UNKNOWN that admits a regression of "
+                "its minimum effect, on an unchanged host (that early stop is not error-bounded: "
+                "the power figures in docs/nightly.md are its measure). Exit 0 SAME or no "
+                "regression plausible, 1 B DIFFERENT and worse, 2 an UNKNOWN that admits a "
+                "regression at the cap, host changed or busy, or bad input, 3 a run failed."))
     p.add_argument("config_a", help='baseline point, e.g. "--mech exits --vcpus 1"')
     p.add_argument("config_b", help="the point compared with it")
     p.add_argument("--block", type=int, default=DEFAULT_BLOCK,

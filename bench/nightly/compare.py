@@ -2,8 +2,9 @@
 
 BASE and NEW are result files or directories of them (a sweep directory as it is:
 bench.nightly.cells.load_records); several records of one cell on a side pool their
-runs. Exit 0: every judged metric SAME (or better); 1: a metric DIFFERENT and worse;
-2: UNKNOWN somewhere, the host changed, or bad input. See bench/nightly/verdict.py
+runs. Exit 0: every judged metric SAME, better, or UNKNOWN with no regression of its
+minimum effect plausible; 1: a metric DIFFERENT and worse; 2: an UNKNOWN that admits a
+regression, the host changed or was busy, or bad input. See bench/nightly/verdict.py
 for the statistics.
 """
 from __future__ import annotations
@@ -61,9 +62,9 @@ def main(argv=None, prog: str = "run_bench.py compare", error_prefix: str | None
         resultmod.write_atomic(cmp.as_dict(), a.json)
     status = cmp.exit_status()
     if status == 2:   # every exit 2 says why in one line on stderr, as bad input does
-        unknown = sum(j.verdict == "UNKNOWN" for j in cmp.judgements)
+        unknown = sum(j.verdict == "UNKNOWN" and not j.rules_out_regression for j in cmp.judgements)
         why = ("host changed: " + cmp.host_changes[0] if cmp.host_changes else
                cmp.host_busy[0] if cmp.host_busy else
-               f"{unknown} of {len(cmp.judgements)} verdicts UNKNOWN")
+               f"{unknown} of {len(cmp.judgements)} verdicts UNKNOWN and admitting a regression")
         print(f"{error_prefix}: error: no verdict ({why})", file=sys.stderr)
     return status

@@ -143,6 +143,22 @@ def pooled(fingerprints: list[dict], floor: dict[int, float] | None = None) -> d
     return out
 
 
+def pooled_records(records: list[dict]) -> dict | None:
+    """One side's pooled fingerprint, its rounds judged against the floor of every
+    CPU-state probe on that side: its fingerprints' rounds and its runs."""
+    fps = [r["machine"].get("fingerprint") for r in records]
+    runs = [p for r in records for p in cpustate.run_probes(r)]
+    return pooled(fps, cpustate.floors(round_probes(fps) + runs))
+
+
+def uncompared(base: dict | None, new: dict | None) -> list[str]:
+    """Components that pooled() left with too few rounds on a side to compare."""
+    if not base or not new:
+        return []
+    return [name for name in COMPONENTS
+            if min(len(fp["components"].get(name, {}).get("values", [])) for fp in (base, new)) < MIN_ROUNDS]
+
+
 def changes(base: dict | None, new: dict | None) -> list[ComponentChange] | None:
     """Components that differ beyond their noise; None when a side has no fingerprint.
 
@@ -159,9 +175,8 @@ def changes(base: dict | None, new: dict | None) -> list[ComponentChange] | None
         b, n = base["components"].get(name), new["components"].get(name)
         if not b or not n or b["median"] <= 0:
             continue
-        if min(len(b["values"]), len(n["values"])) < MIN_ROUNDS and (
-                base.get("rounds_left_out") or new.get("rounds_left_out")):
-            continue   # too few unslowed rounds to tell: host_differences notes it
+        if min(len(b["values"]), len(n["values"])) < MIN_ROUNDS:
+            continue   # too few (unslowed) rounds to tell: host_differences notes it
         ratio = n["median"] / b["median"]
         separated = mannwhitneyu(b["values"], n["values"]).pvalue < CHANGE_P
         # symmetric in log: x1.3 slower and x1/1.3 faster are the same size

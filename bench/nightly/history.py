@@ -67,8 +67,10 @@ def _explain(rows: list[dict], at: int) -> tuple[str, str]:
         a = {str(r["record"]["machine"].get(key)) for r in after}
         if b != a:
             host.append(f"{key} {', '.join(sorted(b))} -> {', '.join(sorted(a))}")
-    moved = fpmod.changes(fpmod.pooled([r["record"]["machine"].get("fingerprint") for r in before]),
-                          fpmod.pooled([r["record"]["machine"].get("fingerprint") for r in after]))
+    bfp = fpmod.pooled_records([r["record"] for r in before])
+    nfp = fpmod.pooled_records([r["record"] for r in after])
+    moved = fpmod.changes(bfp, nfp)
+    short = fpmod.uncompared(bfp, nfp)
     # as in verdict.py: only the hardware parts and outside load blame the host; the
     # kernel-path parts move with a kernel or harness regression and are said beside it
     host += [c.describe() for c in moved or [] if not c.kernel_path]
@@ -87,10 +89,14 @@ def _explain(rows: list[dict], at: int) -> tuple[str, str]:
     if prev["kernel_release"] != this["kernel_release"]:
         code.append(f"kernel {prev['kernel_release']} -> {this['kernel_release']}")
     if code:
-        return "code", "; ".join(code) + (" (no host fingerprint to rule out the host)"
-                                          if moved is None else " (host hardware unchanged)") + also
-    return "unexplained", ("same commit, kernel and host hardware" if moved is not None else
-                           "same commit and kernel; no host fingerprint recorded") + also
+        return "code", "; ".join(code) + (" (no host fingerprint to rule out the host)" if moved is None
+                                          else f" (host fingerprint: {', '.join(short)} not compared, too few "
+                                          "rounds on an unslowed CPU)" if short
+                                          else " (host hardware unchanged)") + also
+    return "unexplained", ("same commit and kernel; no host fingerprint recorded" if moved is None else
+                           f"same commit and kernel; host fingerprint: {', '.join(short)} not compared, "
+                           "too few rounds on an unslowed CPU" if short else
+                           "same commit, kernel and host hardware") + also
 
 
 def analyse(rows: list[dict], *, alpha: float = changepoint.ALPHA,

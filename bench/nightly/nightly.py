@@ -9,7 +9,8 @@
    0  no regression
    1  confirmed regression: a cell DIFFERENT and worse than the last night, on an
       unchanged host
-   2  inconclusive (UNKNOWN somewhere, or no earlier night to compare with), the
+   2  inconclusive (an UNKNOWN that admits a regression of its minimum effect, or
+      no earlier night to compare with), the
       host changed (a hardware part of the fingerprint, beyond its noise) or the
       host was busy outside the harness
    3  harness error (a run failed, bad sweep file, database unusable, a stored

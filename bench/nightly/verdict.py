@@ -152,12 +152,13 @@ def judge(judgements: list[Judgement], alpha: float = ALPHA) -> list[Judgement]:
             widest = max(abs(math.log(lo)) if lo > 0 else 10.0, abs(math.log(hi)))
             n = min(len(j.base), len(j.new))
             j.repetitions_needed = int(math.ceil(n * (widest / margin) ** 2)) + 1
-            if j.rules_out_regression:
-                j.reason += ("; no regression as large as the minimum effect is plausible, so it "
-                             "does not make the comparison inconclusive")
             j.reason = (f"inconclusive: x{j.ratio:.3f}, 95% interval {lo:.3f}..{hi:.3f} admits a "
                         f"change of {j.metric.min_effect:.0%} (q={j.q:.2g}); about "
                         f"{j.repetitions_needed} repetitions a side would decide")
+            if j.rules_out_regression:
+                j.reason = (f"no regression of {j.metric.min_effect:.0%} plausible (x{j.ratio:.3f}, "
+                            f"95% interval {lo:.3f}..{hi:.3f}; a larger improvement is): does not "
+                            "hold the comparison back")
     return judgements
 
 
@@ -223,21 +224,13 @@ def host_differences(base: list[dict], new: list[dict]) -> tuple[list[str], list
     if bk != nk:
         notes.append(f"kernel changed: {', '.join(bk)} -> {', '.join(nk)} (compared: a kernel under "
                      "test is what a nightly job measures)")
-    sides = []
-    for recs in (base, new):
-        fps = [r["machine"].get("fingerprint") for r in recs]
-        # the floor of the CPU-state probe over the side's fingerprint rounds and runs
-        floor = cpustate.floors(fpmod.round_probes(fps) + [p for r in recs for p in cpustate.run_probes(r)])
-        sides.append(fpmod.pooled(fps, floor))
-    bfp, nfp = sides
+    bfp, nfp = fpmod.pooled_records(base), fpmod.pooled_records(new)
     few = [f"{side} {fp['rounds_left_out']}" for side, fp in (("base", bfp), ("new", nfp))
            if fp and fp.get("rounds_left_out")]
     if few:
         notes.append("host fingerprint rounds left out, the CPU itself was slowed during them ("
                      + ", ".join(few) + "; bench/cpustate.py)")
-        short = [name for name in fpmod.COMPONENTS if bfp and nfp
-                 and min(len(fp["components"].get(name, {}).get("values", []))
-                         for fp in (bfp, nfp)) < fpmod.MIN_ROUNDS]
+        short = fpmod.uncompared(bfp, nfp)
         if short:
             notes.append(f"fewer than {fpmod.MIN_ROUNDS} unslowed fingerprint rounds on a side: "
                          f"{', '.join(short)} not compared (a hardware change without a new CPU "
@@ -324,8 +317,19 @@ def uncontended_runs(cell: str, base: list[dict], new: list[dict]) -> tuple[list
     if min(sum(len(r["runs"]) for r in recs) for recs in (base, new)) < MIN_REPETITIONS:
         # too few runs to judge anyway, and too few for a floor
         return *everything, notes, None
+    missing = {side: sum(p is None for r in recs for p in cpustate.run_probes(r))
+               for side, recs in (("base", base), ("new", new))}
+    if any(missing.values()):
+        # filtering one side only would keep its slowed runs against the other's quick ones
+        notes.append(f"{cell}: " + ", ".join(f"{n} {side}" for side, n in missing.items() if n)
+                     + " run(s) have no CPU-state probe (an older harness): no run is left out "
+                     "for the CPU's state on either side")
+        return *everything, notes, None
     for side, recs in (("base", base), ("new", new)):
-        probes = [p for r in recs for p in cpustate.run_probes(r)]
+        probes, bias = cpustate.host_probes([p for r in recs for p in cpustate.run_probes(r)])
+        if bias:
+            notes.append(f"{cell}: the {side} runs' after-probes read x{bias:.2f} their before-probes "
+                         "(the run's own aftermath, not the host's state): judged by the before-probes")
         # the floor: every probe on the side, its fingerprints' rounds included
         floor = cpustate.floors(probes + fpmod.round_probes([r["machine"].get("fingerprint") for r in recs]))
         ratios = cpustate.contended(probes, floor)
@@ -340,15 +344,12 @@ def uncontended_runs(cell: str, base: list[dict], new: list[dict]) -> tuple[list
         if dropped:
             left.append(f"{dropped} of {len(flags)} {side} runs (CPU-state probe up to "
                         f"x{max(x for x in ratios if x is not None):.2f} its floor)")
-        if any(x is None for x in ratios):
-            notes.append(f"{cell}: {ratios.count(None)} {side} run(s) have no CPU-state probe "
-                         "(an older harness): they are kept")
     moved = [f"CPU {cpu} x{floors[1][cpu] / floors[0][cpu]:.2f}" for cpu in sorted(set(floors[0]) & set(floors[1]))
              if not 1 / cpustate.CONTENDED_RATIO <= floors[1][cpu] / floors[0][cpu] <= cpustate.CONTENDED_RATIO]
     if moved:
         notes.append(f"{cell}: the CPU-state probe's floor moved between the sides ({', '.join(moved)}): "
-                     "one side ran slowed throughout, or the kernel's system-call path changed; "
-                     "not used to veto")
+                     "one side ran slowed throughout (its verdicts are then suspect) or the kernel's "
+                     "system-call path changed; not used to veto")
     if not left:
         return keeps[0], keeps[1], notes, None
     kept = [sum(f.count(True) for f in k) for k in keeps]
