@@ -5,7 +5,7 @@ On this machine kind (a VM on a shared host) a CPU goes through spells of
 seconds in which kernel-heavy code runs about 1.3x slower while a register-only
 loop barely moves (measured: exits' p50 32 us in one state and 43 us in the
 other, every segment of the fault scaled alike; the fingerprint's spin loop 2-3%
-apart; see docs/checks.md, "CPU state"). Nothing in the harness or the mechanism
+apart; see docs/nightly.md, "The CPU's own state"). Nothing in the harness or the mechanism
 chooses the state, and a night of runs taken mostly in one state looks like a
 regression against a night in the other. This probe times a fixed number of
 `getppid` calls (kernel entry and exit, no fault path, no memory traffic) on the
@@ -68,11 +68,11 @@ def around(cpus: list[int], run):
 # on that CPU among the runs judged together (one side of a comparison, or one
 # record). Measured here over 200 runs of exits and uffd at 1 vCPU, packed: the
 # probe reads 163-168 ns a call in the quick state (x1.03 at most) and 200-243 ns
-# in the slow one (x1.3-1.5); readings between are spells that began or ended
-# during the probe's neighbour run. Of the 36 runs in the slow state (p50 above
+# in the slow one (x1.19-1.49); readings between are likely spells that began or
+# ended near the probe. Of the 36 runs in the slow state (p50 above
 # 35.5 us for exits, 40 us for uffd), x1.08 let 7 through and left out 63 runs
-# in all; x1.15 let 9 through and left out 54. A slow spell wholly inside one run
-# is not seen.
+# in all (more quick runs than slow ones); x1.15 let 9 through and left out 54.
+# A slow spell wholly inside one run is not seen (the likely reason for the 7).
 CONTENDED_RATIO = 1.08
 FLOOR_PERCENTILE = 10
 

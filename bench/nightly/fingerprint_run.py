@@ -17,7 +17,7 @@ from .fingerprint import (COMPONENTS, FINGERPRINT_VERSION, FUTEX_ROUND_TRIPS, ME
 
 
 # a slow spell here lasts from a fraction of a second to tens of seconds: three
-# times the rounds (about 3 s) outlasts most, and a fingerprint never takes longer
+# times the rounds (about 3.5 s) outlasts most, and a fingerprint never takes longer
 MAX_ROUNDS_FACTOR = 3
 
 
@@ -74,7 +74,7 @@ assert {n for key in MEASURE for n in (key if isinstance(key, tuple) else (key,)
 
 
 def measure(samples: int = SAMPLES) -> dict:
-    """Calibrate this host now: about 1 s here, up to 3 s in a slow spell. Raises
+    """Calibrate this host now: about 1 s here, up to about 3.5 s in a slow spell. Raises
     CalibrationError."""
     if lib.FB_CALIB_VERSION != FINGERPRINT_VERSION:
         raise CalibrationError(f"stale C core: calibration API {lib.FB_CALIB_VERSION}, "
