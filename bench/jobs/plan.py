@@ -190,7 +190,8 @@ def slurm_script(args, jobs: list[dict], argv: list[str]) -> str:
         'mkdir -p "$out/logs"',
         'echo "array task $SLURM_ARRAY_TASK_ID: job $id on $(hostname); output in $out/logs/$id.out"',
         "# run-job exits 0 done, 1 a cell failed, 2 bad plan or id, 75 host busy (retry later)",
-        f'exec python3 {q(os.path.join(REPO_DIR, "run_bench.py"))} run-job "$plan" "$id" '
+        # the interpreter that planned (a virtual environment's, on a shared file system)
+        f'exec {q(sys.executable)} {q(os.path.join(REPO_DIR, "run_bench.py"))} run-job "$plan" "$id" '
         '--out-dir "$out" >"$out/logs/$id.out" 2>&1',
     ]
     return "\n".join(lines) + "\n"
