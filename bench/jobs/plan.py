@@ -25,6 +25,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 
 from bench.cmdline import UsageError
 from bench.nightly.cells import canonical
@@ -42,7 +43,7 @@ JOB_VERSION = 1
 SLURM_MARK = "#FAULTBENCH-JOB "
 GITHUB_MATRIX_MAX = 256          # GitHub refuses a matrix of more jobs
 DEFAULT_OUT_DIR = os.path.join(REPO_DIR, "results", "jobs")
-OWN_FLAGS = ("--format", "--group-by", "--out-dir")
+OWN_FLAGS = ("--format", "--group-by", "--out-dir", "--plan-out")
 ENTRY = ["python3", "run_bench.py"]   # how a job's command starts (run-job also takes python -m bench)
 
 
@@ -69,6 +70,8 @@ def build_plan_parser() -> argparse.ArgumentParser:
     g.add_argument("--out-dir", default=DEFAULT_OUT_DIR, metavar="DIR",
                    help="slurm: where the tasks' run-job writes (one directory per job under it, "
                         "and logs/ID.out, the task's output named by its job id) (default results/jobs)")
+    g.add_argument("--plan-out", metavar="FILE",
+                   help="write the plan to FILE, whole or not at all, instead of stdout")
     return p
 
 
@@ -85,14 +88,14 @@ def sweep_words(argv: list[str]) -> list[str]:
     return out
 
 
-def refuse_output_flags(args, where: str) -> None:
+def refuse_output_flags(args, where: str | None = None) -> None:
     """A job's records go where run-job puts them: a job's own output flag is refused."""
     given = [flag for flag, value in (("--out", args.out), ("--resume", args.resume),
                                       ("--report", args.report)) if value]
     if args.results_dir != build_parser().get_default("results_dir"):
         given.append("--results-dir")
     if given:
-        raise UsageError(f"{where}: {', '.join(given)} cannot be given: run-job decides where a "
+        raise UsageError(f"{where + ': ' if where else ''}{', '.join(given)} cannot be given: run-job decides where a "
                          "job's records go (run-job --out-dir DIR)")
 
 
@@ -123,11 +126,10 @@ def _job_id(group: str, mechs: list[str], vcpus: list[int], workload: str) -> st
     return f"{workload}-sweep"
 
 
-def expand(argv: list[str]) -> tuple[argparse.Namespace, list[dict]]:
-    """(plan options, jobs) from plan's command line; UsageError on bad input."""
-    args = build_plan_parser().parse_or_raise(argv)
+def expand(args: argparse.Namespace, argv: list[str]) -> list[dict]:
+    """The jobs of plan's command line `argv` (parsed: `args`); UsageError on bad input."""
     validate_args(args)
-    refuse_output_flags(args, "plan")
+    refuse_output_flags(args)
     words = sweep_words(argv)
     _deep_check(words)
     plan_id = hashlib.sha256(canonical([words, args.group_by]).encode()).hexdigest()[:12]
@@ -148,7 +150,7 @@ def expand(argv: list[str]) -> tuple[argparse.Namespace, list[dict]]:
                      "command": shlex.join(ENTRY + job_argv),
                      "cells": [f"{m}/{args.workload}/v{v}" for m, v in group],
                      "records": [cell_file(m, args.workload, v) for m, v in group]})
-    return args, jobs
+    return jobs
 
 
 def render(args, jobs: list[dict], argv: list[str]) -> str:
@@ -268,13 +270,41 @@ def job_argv(job: dict) -> list[str]:
     return argv
 
 
+def write_text_atomic(text: str, path: str) -> None:
+    """As bench.result.write_atomic, for text: a hidden temporary file beside `path`,
+    renamed over it, so a reader never sees half a plan."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o644)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_plan_parser().parse_args(argv)
     try:
-        args, jobs = expand(argv)
+        jobs = expand(args, argv)
         text = render(args, jobs, argv)
+        if args.plan_out:
+            write_text_atomic(text, args.plan_out)
     except (UsageError, ValueError) as exc:
         print(f"run_bench.py plan: error: {exc}", file=sys.stderr)
         return 2
-    sys.stdout.write(text)
+    except OSError as exc:
+        print(f"run_bench.py plan: error: --plan-out {args.plan_out}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
+    if not args.plan_out:
+        sys.stdout.write(text)
     return 0
