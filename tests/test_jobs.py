@@ -108,9 +108,17 @@ def test_slurm_script_is_an_exclusive_job_array_that_calls_run_job(tmp_path):
     (["--vcpus", "1", "--mech", "uffd", "--workload", "precopy-stale", "--resolve", "copy"],
      "needs --resolve continue"),
 ])
-def test_plan_refuses_bad_flags_in_one_line(argv, words):
-    r = bench("plan", *argv)
+def test_plan_refuses_bad_flags_in_one_line(argv, words, tmp_path):
+    r = bench("plan", *argv, "--plan-out", str(tmp_path / "plan.jsonl"))
     assert words in one_error_line(r, 2) and r.stdout == ""
+    assert os.listdir(tmp_path) == []   # no plan, not even an empty one
+
+
+def test_plan_out_writes_the_plan_whole(tmp_path):
+    r = bench("plan", *SWEEP, "--plan-out", str(tmp_path / "plan.jsonl"))
+    assert r.returncode == 0 and r.stdout == "", r.stderr
+    assert (tmp_path / "plan.jsonl").read_text() == plan(*SWEEP)
+    assert os.listdir(tmp_path) == ["plan.jsonl"]   # its temporary file is gone
 
 
 def test_help_states_the_exit_codes():
@@ -131,6 +139,7 @@ def test_run_job_refuses_bad_plans_and_ids_without_writing(tmp_path):
     twice.write_text(good.read_text().splitlines()[0] + "\n" + good.read_text().splitlines()[0] + "\n")
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     (tmp_path / "bogus.jsonl").write_text(json.dumps({**job, "command": job["command"] + " --bogus 1"}))
+    (tmp_path / "path.jsonl").write_text(json.dumps({**job, "id": "../escape"}))
     out = tmp_path / "out"
     cases = [
         (good, "no-such-cell", "no job 'no-such-cell'"),
@@ -139,6 +148,7 @@ def test_run_job_refuses_bad_plans_and_ids_without_writing(tmp_path):
         (edited, CELL_IDS[0], "--out cannot be given"),
         (twice, CELL_IDS[0], "appears twice"),
         (tmp_path / "bogus.jsonl", CELL_IDS[0], "unrecognized arguments: --bogus"),
+        (tmp_path / "path.jsonl", "../escape", "not a plain name"),
     ]
     for path, job_id, words in cases:
         r = bench("run-job", str(path), job_id, "--out-dir", str(out))

@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -42,6 +43,8 @@ JOB_KIND = "faultbench-job"
 JOB_VERSION = 1
 SLURM_MARK = "#FAULTBENCH-JOB "
 GITHUB_MATRIX_MAX = 256          # GitHub refuses a matrix of more jobs
+# a job id names a directory under run-job's --out-dir: no path of its own
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 DEFAULT_OUT_DIR = os.path.join(REPO_DIR, "results", "jobs")
 OWN_FLAGS = ("--format", "--group-by", "--out-dir", "--plan-out")
 ENTRY = ["python3", "run_bench.py"]   # how a job's command starts (run-job also takes python -m bench)
@@ -235,6 +238,9 @@ def read_plan(path: str) -> list[dict]:
         if not (isinstance(job, dict) and isinstance(job.get("id"), str) and job["id"]
                 and isinstance(job.get("command"), str)):
             raise BadPlan(f"{path}: {where}: not a job (needs an 'id' and a 'command')")
+        if not JOB_ID.fullmatch(job["id"]):
+            raise BadPlan(f"{path}: {where}: job id {job['id']!r} is not a plain name (letters, digits, "
+                          "._+=-)")
         if job["id"] in seen:
             raise BadPlan(f"{path}: {where}: job id {job['id']!r} appears twice")
         seen.add(job["id"])
