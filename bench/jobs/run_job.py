@@ -31,8 +31,10 @@ EXIT_TEXT = (f"exit status: {EXIT_OK} every cell of the job has its record; {EXI
 
 
 def build_parser() -> OneLineParser:
-    p = OneLineParser(prog="run_bench.py run-job", description=__doc__.splitlines()[0],
-                      epilog=EXIT_TEXT)
+    p = OneLineParser(prog="run_bench.py run-job", epilog=EXIT_TEXT,
+                      description="Run one job of a plan from `run_bench.py plan`, as a scheduler's "
+                                  "task does (a Slurm array task, a CI matrix job), into DIR/ID; "
+                                  "it never waits for a busy host (exit 75)")
     p.add_argument("plan", help="a plan file from `run_bench.py plan` (jsonl, github-matrix or slurm)")
     p.add_argument("id", help="the job's id in the plan")
     p.add_argument("--out-dir", default=DEFAULT_OUT_DIR, metavar="DIR",
