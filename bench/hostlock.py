@@ -31,8 +31,13 @@ ENV_PATH = "FAULTBENCH_LOCK_PATH"
 POLL_S = 0.2
 
 
+# How a refusal begins (the benchmark prints it after "run_bench.py: error: ", exit
+# 2); run-job (bench/jobs/run_job.py) tells "host busy" from other exits 2 by it
+BUSY_WORDS = "another faultbench run holds"
+
+
 class LockBusy(Exception):
-    """Another live process holds the lock (one-line message)."""
+    """Another live process holds the lock (one-line message, BUSY_WORDS first)."""
 
 
 class UnsafeLockFile(OSError):
@@ -191,7 +196,7 @@ class HostLock:
                 pid, command = _holder(fd)
                 holder = describe(pid, command)
                 if not wait:
-                    raise LockBusy(f"another faultbench run holds {self.path}: {holder}; "
+                    raise LockBusy(f"{BUSY_WORDS} {self.path}: {holder}; "
                                    "wait for it or drop --no-wait")
                 if not told and on_wait:
                     on_wait(f"waiting for {holder} to finish (it holds {self.path}; "

@@ -97,6 +97,16 @@ def _pyperf_metadata(machine: dict) -> None:
         machine["pyperf_metadata_error"] = f"{type(exc).__name__}: {exc}"
 
 
+def _machine_id() -> str | None:
+    """The OS installation's id (machine-id(5)): tells apart hosts that share a
+    hostname (CI runners, cloned nodes); None where the system has none."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        value = _read(path)
+        if value:
+            return value
+    return None
+
+
 def collect_machine(extra: dict | None = None) -> dict:
     """Machine and kernel metadata; `extra` (KVM/uffd probes) is merged last."""
     uname = os.uname()
@@ -108,6 +118,7 @@ def collect_machine(extra: dict | None = None) -> dict:
     meminfo = _meminfo()
     machine = {
         "hostname": socket.gethostname(),
+        "machine_id": _machine_id(),
         "kernel_release": uname.release,
         "kernel_version": uname.version,
         "arch": uname.machine,

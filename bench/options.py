@@ -244,9 +244,10 @@ def check_output(args) -> None:
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{target} cannot be written ({existing} is not a writable directory)")
 
-def rerun_argv(argv: list[str], mech: str, vcpus: int, mem_per_vcpu: int | None = None) -> list[str]:
+def rerun_argv(argv: list[str], mech: str, vcpus: int | str, mem_per_vcpu: int | None = None) -> list[str]:
     """The command that reruns exactly this point of a sweep (with the memory size
-    --min-guest-ms chose, if it chose one: the rerun does not size again)."""
+    --min-guest-ms chose, if it chose one: the rerun does not size again). `mech`
+    and `vcpus` may be comma lists: the command of several cells (run-job's jobs)."""
     dropped = ["--vcpus", "--mech", "--out", "--results-dir"]
     if mem_per_vcpu is not None:
         dropped += ["--mem-per-vcpu", "--min-guest-ms"]

@@ -111,7 +111,7 @@ FINGERPRINT = _object(
     ("components",))
 
 MACHINE = _object(
-    {**{k: STRING_OR_NULL for k in ("hostname", "boot_id", "kernel_release", "kernel_version",
+    {**{k: STRING_OR_NULL for k in ("hostname", "machine_id", "boot_id", "kernel_release", "kernel_version",
                                     "arch", "cpu_model", "online_cpu_list")},
      **{k: {"type": ["integer", "null"], "minimum": 0}
         for k in ("online_cpus", "affinity_cpus", "mem_total_bytes", "mem_available_bytes")},

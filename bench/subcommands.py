@@ -11,4 +11,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ab": ("bench.nightly.ab", "two configurations interleaved until SAME/DIFFERENT (or a cap)"),
     "nightly": ("bench.nightly.nightly", "sweep, ingest, compare with last night and history; exit 0/1/2/3"),
     "compare": ("bench.nightly.compare", "SAME/DIFFERENT/UNKNOWN per cell and metric, host fingerprint checked"),
+    "plan": ("bench.jobs.plan", "a sweep as scheduler jobs (jsonl, GitHub matrix, Slurm array script)"),
+    "run-job": ("bench.jobs.run_job", "run one job of a plan (a scheduler task); exit 0/1/2/75"),
 }

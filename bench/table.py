@@ -29,8 +29,8 @@ from .nightly import cells
 # bench/sweep.py takes the sweep index's marker from here
 from .nightly.cells import INDEX_KIND  # noqa: F401
 
-MACHINE_COLUMNS = ("hostname", "boot_id", "kernel_release", "cpu_model", "online_cpus", "arch",
-                   "mem_total_bytes")
+MACHINE_COLUMNS = ("hostname", "machine_id", "boot_id", "kernel_release", "cpu_model", "online_cpus",
+                   "arch", "mem_total_bytes")
 # config keys that describe how the harness measured, not what: kept, but left out of
 # the cell's identity (two sweeps differing only in these measure the same cells)
 VOLATILE_CONFIG = ("repeat", "warmup", "trace_locks", "lock_stacks", "trace_mmap_lock")
@@ -118,16 +118,28 @@ def _lock_site_columns(kernel_locks: dict) -> dict:
     return cols
 
 
-def cell_key(rec: dict) -> str:
-    """Identity of a cell: machine boot + the configuration, volatile keys left out."""
+def cell_key(rec: dict, host: str | None = None) -> str:
+    """Identity of a cell: the host (its label among the records read together:
+    bench.nightly.cells.host_labels), its boot, and the configuration, volatile keys
+    left out. Cells of two hosts are never one cell."""
     m = rec["machine"]
     cfg = {k: v for k, v in rec["config"].items() if k not in VOLATILE_CONFIG}
-    return json.dumps({"host": m.get("hostname"), "boot": m.get("boot_id"), "config": cfg},
+    return json.dumps({"host": host or m.get("hostname"), "boot": m.get("boot_id"), "config": cfg},
                       sort_keys=True)
 
 
-def rows_of(path: str, rec: dict, metric_columns: set | None = None) -> list[dict]:
-    base = {"source": path, "created": rec["created"], "cell": cell_key(rec),
+def _fingerprint_columns(machine: dict) -> dict:
+    """The host fingerprint's medians, one column per component: how fast each host's
+    own loops ran, beside its identity."""
+    fp = machine.get("fingerprint") or {}
+    return {f"fingerprint.{name}": c.get("median")
+            for name, c in sorted((fp.get("components") or {}).items())}
+
+
+def rows_of(path: str, rec: dict, metric_columns: set | None = None,
+            host: str | None = None) -> list[dict]:
+    host = host or cells.host_labels([rec["machine"]])[0]
+    base = {"source": path, "created": rec["created"], "cell": cell_key(rec, host), "host": host,
             "label": mech_label(rec), "emulated": rec["emulated"],
             "emulation_reason": rec["emulation_reason"] or "",
             "warnings": json.dumps(rec["warnings"]),
@@ -136,6 +148,7 @@ def rows_of(path: str, rec: dict, metric_columns: set | None = None) -> list[dic
             "git_dirty": rec["harness"].get("git_dirty")}
     for key in MACHINE_COLUMNS:
         base[f"machine.{key}"] = rec["machine"].get(key)
+    base.update(_fingerprint_columns(rec["machine"]))
     base.update(_config_columns(rec["config"]))
     rows = []
     for field, kind in KINDS:
@@ -159,9 +172,14 @@ def build(records: list[tuple[str, dict]]):
     """The tidy DataFrame; df.attrs["units"] maps each metric column to its unit."""
     import pandas as pd
     metric_columns: set = set()
-    rows = [row for path, rec in records for row in rows_of(path, rec, metric_columns)]
+    hosts = cells.record_hosts([rec for _path, rec in records])
+    rows = [row for (path, rec), host in zip(records, hosts)
+            for row in rows_of(path, rec, metric_columns, host)]
     df = pd.DataFrame(rows)
     units = {"vcpus": "count", "mem_per_vcpu_mib": "MiB", "fetch_delay_us": "us"}
+    fp_units = {f"fingerprint.{name}": c.get("unit") for _path, rec in records
+                for name, c in ((rec["machine"].get("fingerprint") or {}).get("components") or {}).items()}
+    units.update({k: v for k, v in fp_units.items() if v})
     for col in df.columns:
         if col.startswith("lock_site."):
             units[col] = "ns" if col.endswith(".wait_ns") else "count"

@@ -85,6 +85,8 @@ def check_command(line: str, monkeypatch) -> None:
         if argv[0] == "ab":   # its two configurations are benchmark words themselves
             for config in (parsed.value.args[0].config_a, parsed.value.args[0].config_b):
                 options.parse_point(shlex.split(config))
+        if argv[0] == "plan":   # its sweep flags are the benchmark's, checked as it checks them
+            options.validate_args(parsed.value.args[0])
     else:
         options.parse_point(argv)
 
@@ -130,6 +132,8 @@ def test_readme_is_a_newcomers_page():
     "python3 run_bench.py compare BASE NEW --threshold 0.1",            # a subcommand's flag
     "python3 run_bench.py report",                                      # a missing argument
     'python3 run_bench.py ab "--mech exits" "--mech exits --bogus 1"',   # inside ab's configs
+    "python3 run_bench.py plan --vcpus 0 --mech exits --format slurm",  # plan's sweep flags
+    "python3 run_bench.py plan --vcpus 1 --format yaml",
 ])
 def test_a_stale_command_fails(bad, monkeypatch):
     page = f"text\n```\n{bad}\n```\n"

@@ -22,7 +22,7 @@ READ = [
     "config.mech", "config.workload", "config.vcpus", "config.mem_per_vcpu_mib",
     "config.readers_per_uffd", "config.resolvers", "config.resolve", "config.fetch",
     "config.fetch_delay_us", "config.fetch_delay_mode", "config.record_latency",
-    "machine.hostname", "machine.boot_id", "machine.kernel_release", "machine.cpu_model",
+    "machine.hostname", "machine.machine_id", "machine.boot_id", "machine.kernel_release", "machine.cpu_model",
     "machine.online_cpus", "machine.affinity_cpus", "machine.arch", "machine.mem_total_bytes",
     "machine.load_avg",
     "machine.fingerprint.measured", "machine.fingerprint.components.*.values",

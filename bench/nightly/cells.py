@@ -19,6 +19,11 @@ from bench import result as resultmod
 VOLATILE_CONFIG = frozenset({"repeat", "warmup", "trace_locks", "lock_stacks", "trace_mmap_lock"})
 # machine keys that, when they differ, make two records come from different hosts
 HOST_KEYS = ("cpu_model", "online_cpus", "arch")
+# Which host a record came from: its hostname and the OS installation's machine id
+# (machine-id(5)), so two CI runners that share a name stay apart, and a host keeps
+# its identity across reboots (boot_id changes every boot). Records made before
+# machine_id was recorded have the hostname alone.
+IDENTITY_KEYS = ("hostname", "machine_id")
 # A sweep directory's index (bench/sweep.py writes it beside the records): its
 # file name and the marker inside it. sweep.py cannot be imported from here
 # (it imports bench.table, which loads through this module).
@@ -58,6 +63,34 @@ def cell_name(config: dict) -> str:
     if config.get("fetch_delay_us"):
         name += f"/delay{config['fetch_delay_us']:g}us"
     return name
+
+
+def host_labels(machines: list[dict]) -> list[str]:
+    """One label per machine, the same for every machine of one host: its hostname,
+    with the first 8 digits of the machine id where hosts share a hostname. A
+    machine without an id belongs to the one host of its hostname that has one;
+    where there are several, it is a host of its own ("name#no-id"): unknown which."""
+    names = [m.get("hostname") or "unknown-host" for m in machines]
+    ids_of: dict[str, set] = {}
+    for name, m in zip(names, machines):
+        if m.get("machine_id"):
+            ids_of.setdefault(name, set()).add(m["machine_id"])
+    keys = []
+    for name, m in zip(names, machines):
+        mid = m.get("machine_id")
+        if not mid and len(ids_of.get(name, ())) == 1:
+            (mid,) = ids_of[name]
+        keys.append((name, mid))
+    hosts_named: dict[str, set] = {}
+    for name, mid in keys:
+        hosts_named.setdefault(name, set()).add(mid)
+    return [name if len(hosts_named[name]) == 1 else f"{name}#{(mid or 'no-id')[:8]}"
+            for name, mid in keys]
+
+
+def record_hosts(records: list[dict]) -> list[str]:
+    """host_labels of the records' machines, in their order."""
+    return host_labels([r["machine"] for r in records])
 
 
 def _json_files(directory: str) -> list[str]:

@@ -4,8 +4,8 @@ BASE and NEW are result files or directories of them (a sweep directory as it is
 bench.nightly.cells.load_records); several records of one cell on a side pool their
 runs. Exit 0: every judged metric SAME, better, or UNKNOWN with no regression of its
 minimum effect plausible; 1: a metric DIFFERENT and worse; 2: an UNKNOWN that admits a
-regression, the host changed or was busy, or bad input. See bench/nightly/verdict.py
-for the statistics.
+regression, the host changed or was busy, records of different hosts (refused unless
+--allow-cross-host), or bad input. See bench/nightly/verdict.py for the statistics.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from bench import result as resultmod
 from bench.cmdline import OneLineParser
 
 from .cells import BadInput, load_records
-from .verdict import ALPHA, compare_records, render_markdown, render_text
+from .verdict import ALPHA, compare_records, hosts_of_sides, render_markdown, render_text
 
 
 def build_parser(prog: str = "run_bench.py compare") -> argparse.ArgumentParser:
@@ -29,6 +29,9 @@ def build_parser(prog: str = "run_bench.py compare") -> argparse.ArgumentParser:
                         "compare a run with a modelled slowdown against its baseline)")
     p.add_argument("--alpha", type=float, default=ALPHA,
                    help=f"false-discovery rate across all cells and metrics (default {ALPHA})")
+    p.add_argument("--allow-cross-host", action="store_true",
+                   help="compare records of different hosts (refused otherwise, exit 2): each cell "
+                        "then pools its records of every host")
     p.add_argument("--markdown", metavar="FILE", help="also write a Markdown summary")
     p.add_argument("--json", metavar="FILE", help="also write the verdicts as JSON")
     return p
@@ -48,7 +51,14 @@ def main(argv=None, prog: str = "run_bench.py compare", error_prefix: str | None
         print(f"{error_prefix}: error: {exc}", file=sys.stderr)
         return 2
     ignore = frozenset(k for k in a.ignore_config.split(",") if k)
-    cmp = compare_records(base, new, ignore, alpha=a.alpha)
+    bhosts, nhosts = (set(h) for h in hosts_of_sides(base, new))
+    if bhosts != nhosts and not a.allow_cross_host:
+        # a verdict between two hosts measures the hosts: never drawn unasked
+        print(f"{error_prefix}: error: {a.base} and {a.new} come from different hosts (base: "
+              f"{', '.join(sorted(bhosts))}; new: {', '.join(sorted(nhosts))}); give records of the "
+              "same host(s), or --allow-cross-host to compare them anyway", file=sys.stderr)
+        return 2
+    cmp = compare_records(base, new, ignore, alpha=a.alpha, cross_host=a.allow_cross_host)
     if not cmp.judgements:
         print(f"{error_prefix}: error: no cell in common between {a.base} and {a.new} "
               f"({'; '.join(cmp.unmatched)})", file=sys.stderr)

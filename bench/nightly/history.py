@@ -23,7 +23,7 @@ from bench.cmdline import OneLineParser
 
 from . import changepoint
 from . import fingerprint as fpmod
-from .cells import HOST_KEYS
+from .cells import HOST_KEYS, record_hosts
 from .ingest import add_db_argument
 from .store import Store, StoreError
 from .verdict import BUSY_SHARE, METRICS, busy_words, metrics_of, outside_share
@@ -101,13 +101,17 @@ def _explain(rows: list[dict], at: int) -> tuple[str, str]:
 
 def analyse(rows: list[dict], *, alpha: float = changepoint.ALPHA,
             permutations: int = changepoint.PERMUTATIONS) -> tuple[list[Change], list[str]]:
-    """(changes, notes) over every cell in `rows` (store rows, oldest first)."""
-    cells: dict[str, list[dict]] = {}
-    for r in rows:
-        cells.setdefault(r["cell_key"], []).append(r)
+    """(changes, notes) over every cell in `rows` (store rows, oldest first). A
+    series is one cell on one host (named @host when the rows hold several): two
+    hosts' nights in one series would make every switch between them a change."""
+    hosts = record_hosts([r["record"] for r in rows])
+    cells: dict[tuple, list[dict]] = {}
+    for r, host in zip(rows, hosts):
+        cells.setdefault((host, r["cell_key"]), []).append(r)
+    several = len(set(hosts)) > 1
     changes, notes = [], []
-    for key, crow in cells.items():
-        name = crow[0]["cell_name"]
+    for (host, _key), crow in cells.items():
+        name = crow[0]["cell_name"] + (f" @{host}" if several else "")
         if len(crow) < 2 * changepoint.MIN_SEGMENT:
             notes.append(f"{name}: {len(crow)} nights; change points need at least "
                          f"{2 * changepoint.MIN_SEGMENT}")

@@ -36,7 +36,7 @@ from bench.options import parse_point
 
 from . import changepoint
 from . import history as historymod
-from .cells import BadInput, cell_key, content_hash, load_records
+from .cells import BadInput, cell_key, content_hash, load_records, record_hosts
 from .ingest import add_db_argument
 from .store import Store, StoreError
 from .verdict import compare_records, render_markdown
@@ -100,13 +100,18 @@ def run_sweep(sweep: dict, records_dir: str) -> list[str]:
 
 def previous_night(store_rows: list[dict], tonight: list[dict], ignore: frozenset = frozenset()) -> list[dict]:
     """Per cell of tonight, the latest earlier stored record of that cell (its
-    configuration without the `ignore` keys)."""
+    configuration without the `ignore` keys) from the same host: a team's store
+    holds many hosts' nights, and a night of another host is no baseline."""
     tonight_hashes = {content_hash(r) for r in tonight}
     first_created = min(r["created"] for r in tonight)
-    candidates = [(cell_key(row["record"]["config"], ignore), row) for row in store_rows
-                  if row["content_hash"] not in tonight_hashes and row["created"] <= first_created]
+    earlier = [row for row in store_rows
+               if row["content_hash"] not in tonight_hashes and row["created"] <= first_created]
+    hosts = record_hosts([row["record"] for row in earlier] + tonight)
+    candidates = [((host, cell_key(row["record"]["config"], ignore)), row)
+                  for row, host in zip(earlier, hosts)]
     out = []
-    for key in sorted({cell_key(r["config"], ignore) for r in tonight}):
+    for key in sorted({(host, cell_key(r["config"], ignore))
+                       for r, host in zip(tonight, hosts[len(earlier):])}):
         earlier = [row for k, row in candidates if k == key]
         if earlier:
             out.append(earlier[-1]["record"])   # rows are oldest first

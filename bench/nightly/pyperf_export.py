@@ -13,7 +13,7 @@ import pyperf
 from bench import result as resultmod
 from bench.cmdline import OneLineParser
 
-from .cells import BadInput, cell_key, cell_name, load_records
+from .cells import BadInput, cell_key, cell_name, load_records, record_hosts
 from .verdict import METRIC_BY_PATH, metrics_of
 
 
@@ -32,6 +32,10 @@ def export(records: list[dict], metric: str | None, name: str | None) -> pyperf.
     keys = {cell_key(r["config"]) for r in records}
     if len(keys) != 1:
         raise BadInput(f"the records hold {len(keys)} cells; export one cell at a time")
+    hosts = sorted(set(record_hosts(records)))
+    if len(hosts) > 1:   # one pyperf benchmark pools its runs: never two hosts' unasked
+        raise BadInput(f"the records come from {len(hosts)} hosts ({', '.join(hosts)}); "
+                       "export one host's at a time")
     if metric is None:   # the latency the cell has: fault p50, or first-touch p50 for a baseline
         latencies = [m.path for m in metrics_of(records[0]) if m.path != "pages_per_s"]
         if not latencies:
@@ -67,14 +71,17 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         records = [r for _p, r in load_records(a.records)]
-        cells: dict[str, list[dict]] = {}
-        for r in records:
-            cells.setdefault(cell_key(r["config"]), []).append(r)
+        hosts = record_hosts(records)
+        several = len(set(hosts)) > 1
+        cells: dict[tuple, list[dict]] = {}
+        for r, host in zip(records, hosts):
+            cells.setdefault((host, cell_key(r["config"])), []).append(r)
         if a.out:
             targets = [(a.out, records)]
-        else:
+        else:   # a file per cell and host
             targets = [(os.path.join(a.out_dir, cell_name(recs[0]["config"]).replace("/", "_")
-                                     + f"-{key}.json"), recs) for key, recs in cells.items()]
+                                     + (f"@{host}" if several else "") + f"-{key}.json"), recs)
+                       for (host, key), recs in cells.items()]
         benches = [(path, export(recs, a.metric, a.name)) for path, recs in targets]
     except (BadInput, ValueError) as exc:
         print(f"run_bench.py export-pyperf: error: {exc}", file=sys.stderr)

@@ -32,7 +32,7 @@ from bench import result as resultmod
 from bench.metrics import JUDGED, Metric
 
 from . import fingerprint as fpmod
-from .cells import HOST_KEYS, cell_key, cell_name
+from .cells import HOST_KEYS, cell_key, cell_name, record_hosts
 
 ALPHA = 0.05
 MIN_REPETITIONS = 5     # with 5 a side, Mann-Whitney's smallest two-sided p is 0.008
@@ -364,28 +364,47 @@ def uncontended_runs(cell: str, base: list[dict], new: list[dict]) -> tuple[list
     return keeps[0], keeps[1], notes, None
 
 
+def hosts_of_sides(base: list[dict], new: list[dict]) -> tuple[list[str], list[str]]:
+    """Each record's host label (bench.nightly.cells.host_labels), both sides read
+    together so that one host has one label on both."""
+    labels = record_hosts(base + new)
+    return labels[:len(base)], labels[len(base):]
+
+
 def compare_records(base: list[dict], new: list[dict], ignore_config: frozenset = frozenset(),
-                    pair_single: bool = False, alpha: float = ALPHA) -> Comparison:
+                    pair_single: bool = False, alpha: float = ALPHA,
+                    cross_host: bool = False) -> Comparison:
     """Judge NEW against BASE cell by cell. pair_single: one cell a side, compared
-    even though their configurations differ (an A/B of two configurations)."""
-    def group(records):
-        cells: dict[str, list[dict]] = {}
-        for r in records:
-            cells.setdefault(cell_key(r["config"], ignore_config), []).append(r)
+    even though their configurations differ (an A/B of two configurations).
+    A cell is a configuration on one host: a base cell meets only the new cell of
+    its own host (cells of records from several hosts are named @host), unless
+    cross_host, when a cell pools every host's records and meets across hosts."""
+    bhosts, nhosts = hosts_of_sides(base, new)
+    hosts = sorted(set(bhosts) | set(nhosts))
+    by_host = not cross_host and len(hosts) > 1
+
+    def group(records, labels):
+        cells: dict[tuple, list[dict]] = {}
+        for r, host in zip(records, labels):
+            key = (host if by_host else "", cell_key(r["config"], ignore_config))
+            cells.setdefault(key, []).append(r)
         return cells
 
-    bcells, ncells = group(base), group(new)
+    def name(key, recs) -> str:
+        return cell_name(recs[0]["config"]) + (f" @{key[0]}" if by_host else "")
+
+    bcells, ncells = group(base, bhosts), group(new, nhosts)
     pairs = []
     if pair_single and len(bcells) == 1 and len(ncells) == 1:
         (bk, br), = bcells.items()
         (nk, nr), = ncells.items()
-        pairs.append((f"{cell_name(br[0]['config'])} vs {cell_name(nr[0]['config'])}", br, nr))
+        pairs.append((f"{name(bk, br)} vs {name(nk, nr)}", br, nr))
         unmatched = []
     else:
         for key in sorted(set(bcells) & set(ncells)):
-            pairs.append((cell_name(bcells[key][0]["config"]), bcells[key], ncells[key]))
-        unmatched = ([f"base only: {cell_name(bcells[k][0]['config'])}" for k in sorted(set(bcells) - set(ncells))]
-                     + [f"new only: {cell_name(ncells[k][0]['config'])}" for k in sorted(set(ncells) - set(bcells))])
+            pairs.append((name(key, bcells[key]), bcells[key], ncells[key]))
+        unmatched = ([f"base only: {name(k, bcells[k])}" for k in sorted(set(bcells) - set(ncells))]
+                     + [f"new only: {name(k, ncells[k])}" for k in sorted(set(ncells) - set(bcells))])
     judgements, left_out, busy_cells = [], [], []
     for name, brecs, nrecs in pairs:
         common = [m for m in metrics_of(brecs[0]) if m in metrics_of(nrecs[0])]
@@ -404,7 +423,20 @@ def compare_records(base: list[dict], new: list[dict], ignore_config: frozenset 
             nv = [v for r, k in zip(nrecs, nkeep) for v in resultmod.metric_values(r, m.path, keep=k)]
             judgements.append(Judgement(name, m, bv, nv, busy=busy))
     judge(judgements, alpha)
-    changes, notes = host_differences(base, new)
+    if by_host:   # each host against itself
+        changes, notes = [], []
+        for host in hosts:
+            hb = [r for r, h in zip(base, bhosts) if h == host]
+            hn = [r for r, h in zip(new, nhosts) if h == host]
+            if hb and hn:
+                c, n = host_differences(hb, hn)
+                changes += [f"@{host}: {x}" for x in c]
+                notes += [f"@{host}: {x}" for x in n]
+    else:
+        changes, notes = host_differences(base, new)
+    if cross_host and set(bhosts) != set(nhosts):
+        notes.append(f"across hosts (asked for): base from {', '.join(sorted(set(bhosts)))}, new from "
+                     f"{', '.join(sorted(set(nhosts)))}; a difference may be the hosts', not the code's")
     notes += left_out
     for side, recs in (("base", base), ("new", new)):
         # the records' own spread warnings (pyperf's checks): the likeliest reason

@@ -56,7 +56,9 @@ def generate(paths: list[str], out_dir: str, reference: str | None = None,
     mechs = d.mechanisms() or d.series
     if reference is None:
         reference = next((s for s in mechs if d.mech_of[s] == "exits"), mechs[0])
-    if reference not in d.series:
+        # several hosts: the reference is named as on every host; ratios stay within a host
+        reference = d.base_of[reference] if d.multi_host() else reference
+    if not d.knows_reference(reference):
         raise ReportError(f"--relative-to {reference}: not among the series "
                           f"({', '.join(d.series)})")
     cdf_vcpus = cdf_vcpus or d.vcpus[-1]
@@ -83,7 +85,8 @@ def generate(paths: list[str], out_dir: str, reference: str | None = None,
     tables = all_tables(d, reference)
     ids = d.warning_ids()
     sources = sorted({os.path.basename(p) for p in d.df["source"].unique()})
-    head = {"title": title, "machine": d.machine_text(), "config": d.config_text(),
+    head = {"title": title, "machine": d.machine_text(), "hosts": d.hosts_text(),
+            "config": d.config_text(),
             "emulated": {s: r for s, r in d.emulated.items()}, "reference": reference,
             "cdf_vcpus": cdf_vcpus, "records": len(sources)}
 
@@ -103,6 +106,7 @@ def generate(paths: list[str], out_dir: str, reference: str | None = None,
         "reference": reference, "cdf_vcpus": cdf_vcpus,
         "warnings": {wid: f"{d.legend(s)} at {v} vCPUs" for (s, v), wid in ids.items()},
         "records": sources,
+        "hosts": d.hosts,
     }
     with open(os.path.join(out_dir, "manifest.json"), "w") as fh:
         json.dump(manifest, fh, indent=1)
@@ -115,6 +119,7 @@ def _text(head, tables, d, ids) -> str:
     w = TEXT_WIDTH
     out = [head["title"], "",
            *textwrap.wrap(f"Machine: {head['machine']}", w),
+           *(textwrap.wrap(head["hosts"], w) if head["hosts"] else []),
            *textwrap.wrap(f"Config: {head['config']}", w)]
     for s, r in head["emulated"].items():
         out += textwrap.wrap(f"EMULATED {s}: {r}", w)
@@ -127,7 +132,9 @@ def _text(head, tables, d, ids) -> str:
 
 def _markdown(head, figures, tables, d, ids) -> str:
     out = [f"# {head['title']}", "",
-           f"**Machine:** {head['machine']}  ", f"**Config:** {head['config']}", ""]
+           f"**Machine:** {head['machine']}  ",
+           *([f"**{head['hosts']}**  "] if head["hosts"] else []),
+           f"**Config:** {head['config']}", ""]
     for s, r in head["emulated"].items():
         out.append(f"> **EMULATED {s}** (dashed in every figure): {r}")
         out.append("")
@@ -157,6 +164,7 @@ def _html(head, figures, tables, d, ids, fig_dir) -> str:
              f"<title>{e(head['title'])}</title><style>{CSS}</style></head><body>",
              f"<h1>{e(head['title'])}</h1>",
              f"<p class=\"meta\"><b>Machine:</b> {e(head['machine'])}</p>",
+             *([f"<p class=\"meta\"><b>{e(head['hosts'])}</b></p>"] if head["hosts"] else []),
              f"<p class=\"meta\"><b>Config:</b> {e(head['config'])}</p>"]
     for s, r in head["emulated"].items():
         parts.append(f"<p class=\"emulated\"><b>EMULATED {e(s)}</b> (dashed in every figure): "

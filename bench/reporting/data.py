@@ -69,19 +69,29 @@ class ReportData:
         if df.empty:
             raise ValueError("no rows to report")
         df = df.copy()
-        df["series"] = df["label"]
-        # several hosts in one report: say which in the name
-        for col, fmt in (("machine.hostname", "@{}"), ("machine.boot_id", "boot {:.8}")):
-            if col in df.columns and df[col].nunique(dropna=False) > 1:
-                df["series"] = df["series"] + " " + df[col].map(lambda v: fmt.format(v))
+        if "host" not in df.columns:   # a table built before hosts had labels
+            df["host"] = df["machine.hostname"].fillna("unknown-host")
+        # Several hosts in one report: every series is one host's, named @host, so
+        # no cell, line or ratio ever pools runs of two hosts
+        self.hosts = sorted(df["host"].unique())
+        host_part = df["host"].map(lambda h: f" @{h}") if len(self.hosts) > 1 else ""
+        boot_part = ""
+        if "machine.boot_id" in df.columns and df["machine.boot_id"].nunique(dropna=False) > 1:
+            boot_part = " " + df["machine.boot_id"].map(lambda v: f"boot {v:.8}" if v else "boot None")
+        df["series"] = df["label"] + host_part + boot_part
         # records of one mechanism whose configurations differ at the same vCPU count
         # (another workload, memory size, placement...): the differing keys join the name
-        df["series"] = df["series"] + df["cell"].map(_distinguishing(df))
+        distinguishing = df["cell"].map(_distinguishing(df))
+        df["series"] = df["series"] + distinguishing
+        # the series' name on its own host: what --relative-to names on every host
+        df["base_series"] = df["label"] + boot_part + distinguishing
         self.df = df
         self.runs = df[df["kind"] == "run"]
         self.traced = df[df["kind"] == "traced"]
         first = df.drop_duplicates("series")
         self.mech_of = dict(zip(first["series"], first["mech"]))
+        self.host_of = dict(zip(first["series"], first["host"]))
+        self.base_of = dict(zip(first["series"], first["base_series"]))
         self.series = sorted(self.mech_of, key=lambda s: (_mech_rank(self.mech_of[s]), s))
         self.emulated = {s: r for s, e, r in zip(first["series"], first["emulated"],
                                                  first["emulation_reason"]) if e}
@@ -110,6 +120,22 @@ class ReportData:
 
     def mechanisms(self) -> list[str]:
         return [s for s in self.series if not self.is_baseline(s)]
+
+    def multi_host(self) -> bool:
+        return len(self.hosts) > 1
+
+    def reference_for(self, reference: str, series: str) -> str | None:
+        """The reference series on `series`' own host: `reference` names a series, or
+        (with several hosts) a series' name on every host; None where that host has none."""
+        base = self.base_of.get(reference, reference)
+        return next((r for r in self.series if self.base_of[r] == base
+                     and self.host_of[r] == self.host_of[series]), None)
+
+    def knows_reference(self, reference: str) -> bool:
+        return reference in self.series or reference in self.base_of.values()
+
+    def hosts_of(self, series: list[str] | None = None) -> list[str]:
+        return sorted({self.host_of[s] for s in (self.series if series is None else series)})
 
     # -- statistics
     def column(self, col: str, rows: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -206,13 +232,23 @@ class ReportData:
 
     # -- captions
     def machine_text(self) -> str:
-        machines = self.df.drop_duplicates(["machine.hostname", "machine.boot_id"])
+        machines = self.df.drop_duplicates(["host", "machine.boot_id"])
         parts = []
         for _, m in machines.iterrows():
             parts.append(f"{m['machine.cpu_model']}, {int(m['machine.online_cpus'])} online CPUs, "
                          f"kernel {m['machine.kernel_release']}"
-                         + (f" (host {m['machine.hostname']})" if len(machines) > 1 else ""))
+                         + (f" (host {m['host']})" if len(machines) > 1 else ""))
         return "; ".join(parts)
+
+    def hosts_text(self, series: list[str] | None = None) -> str:
+        """Which hosts a figure or table mixes; "" for one host."""
+        if not self.multi_host():
+            return ""
+        hosts = self.hosts_of(series)
+        if len(hosts) == 1:
+            return f"Host: {hosts[0]} only (of {len(self.hosts)} in this report)."
+        return (f"Hosts: mixes {len(hosts)} hosts ({', '.join(hosts)}); each series is one host's "
+                "(@host), never pooled across hosts.")
 
     def config_text(self) -> str:
         d = self.runs if not self.runs.empty else self.df
@@ -237,8 +273,11 @@ class ReportData:
     def emulation_text(self) -> str:
         return " ".join(f"{s} is EMULATED (dashed): {r}" for s, r in self.emulated.items())
 
-    def caption(self, what: str) -> str:
+    def caption(self, what: str, series: list[str] | None = None) -> str:
+        """`series`: those the figure draws, when not all (it names their hosts)."""
         text = f"{what} Machine: {self.machine_text()}. Config: {self.config_text()}."
+        if self.multi_host():
+            text += " " + self.hosts_text(series)
         if self.emulated:
             text += " " + self.emulation_text()
         return text

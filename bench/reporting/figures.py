@@ -152,14 +152,14 @@ def latency_vs_vcpus(d: ReportData) -> Figure | None:
     title = "Fault latency percentiles vs vCPUs"
     cap = d.caption("Each fault's latency as its vCPU saw it (guest rdtsc around the touch); "
                     "median over runs of each run's percentile, bars min..max. Baselines deliver "
-                    "no fault to userspace and are left out.")
+                    "no fault to userspace and are left out.", [s for s in mechs if s in drawn])
     _finish(fig, title, cap, legend)
     return Figure("latency", title, cap, fig)
 
 
 def latency_cdf(d: ReportData, at_vcpus: int) -> Figure | None:
     fig, (ax, tail) = plt.subplots(1, 2, figsize=SLIDE_INCHES, gridspec_kw={"width_ratios": [3, 2]})
-    drawn = False
+    drawn = []
     for s in d.mechanisms():
         hist = d.merged_hist(s, at_vcpus)
         if not hist:
@@ -180,7 +180,7 @@ def latency_cdf(d: ReportData, at_vcpus: int) -> Figure | None:
         if above:
             st.pop("label")
             tail.step([a for a, _ in above], [b for _, b in above], where="post", **st)
-        drawn = True
+        drawn.append(s)
     if not drawn:
         plt.close(fig)
         return None
@@ -201,7 +201,7 @@ def latency_cdf(d: ReportData, at_vcpus: int) -> Figure | None:
     title = f"Fault latency distribution at {at_vcpus} vCPUs"
     cap = d.caption(f"Every delivered fault's latency at {at_vcpus} vCPUs, all measured runs of a "
                     "cell pooled (log-linear histogram, buckets within 0.8%); right: the same as the "
-                    "fraction of faults slower than x (dotted: p99 and p99.9).")
+                    "fraction of faults slower than x (dotted: p99 and p99.9).", drawn)
     _finish(fig, title, cap)
     return Figure(f"latency_cdf_{at_vcpus}", title, cap, fig)
 
@@ -300,7 +300,7 @@ def lock_contention(d: ReportData, top_sites: int = 6) -> Figure | None:
     cap = d.caption(f"lock:contention_begin/end in a private tracefs instance with the kernel call "
                     f"chain; the {len(sites)} call sites with the most wait over the whole report; "
                     "one traced run per cell (extra runs: headline numbers come from untraced runs). "
-                    "Dashed: emulated.")
+                    "Dashed: emulated.", series)
     _finish(fig, title, cap, legend)
     return Figure("locks", title, cap, fig)
 

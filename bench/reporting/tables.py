@@ -125,20 +125,52 @@ def who_wins_table(d: ReportData, reference: str, ids: dict) -> Table:
     for v in d.vcpus:
         row = [str(v)]
         for s in d.series:
-            r = d.ratio_to(reference, s, v)
+            ref = d.reference_for(reference, s)   # on s's own host: never a ratio across hosts
+            r = d.ratio_to(ref, s, v) if ref else None
             if r is None:
                 row.append("-")
-            elif s == reference:
+            elif s == ref:
                 row.append("1 (ref)")
             else:
                 row.append(f"{r['median']:.2f} {r['min']:.2f}-{r['max']:.2f}")
         rows.append(row)
-    return Table(f"Who wins? Paging rate relative to {reference}",
+    where = " on the same host" if d.multi_host() else ""
+    return Table(f"Who wins? Paging rate relative to {reference}" + (" on each host" if where else ""),
                  ["vCPUs"] + [d.header(s) + "\nratio min-max" for s in d.series], rows,
                  notes=[f"median of the ratios over every pair of runs (a run of the mechanism "
-                        f"over a run of {reference} at the same vCPU count), then their "
+                        f"over a run of {reference} at the same vCPU count{where}), then their "
                         "min-max; above 1: faster than the reference"]
+                 + ([d.hosts_text()] if where else [])
                  + _emulation_notes(d, d.series))
+
+
+def hosts_table(d: ReportData) -> Table | None:
+    """With records of several hosts: who each host is, and its fingerprint (the
+    speed of its own loops), so a reader sees what the @host series stand for."""
+    if not d.multi_host():
+        return None
+    fp = {"cpu_loop_ns": ("CPU loop\nms", 1e-6), "memcpy_bytes_per_s": ("memcpy\nGB/s", 1e-9),
+          "kvm_exit_fault_ns": ("KVM exit\nus", 1e-3), "uffd_round_trip_ns": ("uffd trip\nus", 1e-3)}
+    rows = []
+    for host in d.hosts:
+        h = d.df[d.df["host"] == host]
+        first = h.iloc[0]
+        mid = first.get("machine.machine_id")
+        row = [host, str(first["machine.hostname"]), str(mid)[:8] if isinstance(mid, str) else "-",
+               str(first["machine.cpu_model"]), str(int(first["machine.online_cpus"])),
+               ", ".join(sorted(h["machine.kernel_release"].dropna().astype(str).unique())),
+               str(h["source"].nunique())]
+        for name, (_head, scale) in fp.items():
+            col = f"fingerprint.{name}"
+            vals = h.drop_duplicates("source")[col].dropna() if col in h.columns else []
+            row.append(fmt_num(float(vals.median()) * scale, 2) if len(vals) else "-")
+        rows.append(row)
+    return Table("Which hosts do these records come from? Identity and host fingerprint",
+                 ["host", "hostname", "machine id", "CPU model", "CPUs", "kernel", "records"]
+                 + [head for head, _scale in fp.values()], rows,
+                 notes=["a host is its hostname and machine id (machine-id(5)); every series is one "
+                        "host's (@host), and no cell pools runs of two hosts; fingerprint: medians of "
+                        "the calibration each invocation runs first (docs/reliability.md)"])
 
 
 def latency_table(d: ReportData, ids: dict) -> Table:
@@ -307,8 +339,9 @@ def warnings_rows(d: ReportData, ids: dict) -> list[tuple[str, str, list[str]]]:
 
 def all_tables(d: ReportData, reference: str) -> list[Table]:
     ids = d.warning_ids()
-    tables = [rate_table(d, ids), who_wins_table(d, reference, ids), latency_table(d, ids),
-              cost_and_wait_table(d, ids)]
+    tables = [t for t in (hosts_table(d),) if t is not None]
+    tables += [rate_table(d, ids), who_wins_table(d, reference, ids), latency_table(d, ids),
+               cost_and_wait_table(d, ids)]
     tables += breakdown_tables(d)
     for t in (lock_table(d, ids), blocktime_table(d, ids), cpu_table(d, ids)):
         if t is not None:

@@ -1,0 +1,1 @@
+"""Sweeps spread over hosts by an existing scheduler: `plan` and `run-job`."""
