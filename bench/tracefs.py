@@ -35,6 +35,7 @@ _mount_users = 0                   # instances in this process relying on a moun
 _we_mounted = False
 
 _libc = None
+RMDIR_WAIT_S = 15.0   # how long an instance's removal may stay EBUSY (TracefsInstance._rmdir)
 
 
 class TraceUnavailable(Exception):
@@ -359,17 +360,19 @@ class TracefsInstance:
 
     def _rmdir(self):
         path, self.path = self.path, None
-        for _ in range(40):
+        # EBUSY while the kernel still holds a reference (a reader's file, an event
+        # being unregistered): under a CPU hog it outlasted 2 s here, so wait up to 15 s
+        deadline = time.monotonic() + RMDIR_WAIT_S
+        while True:
             try:
                 os.rmdir(path)
                 return
             except FileNotFoundError:
                 return
             except OSError as e:
-                if e.errno != errno.EBUSY:
+                if e.errno != errno.EBUSY or time.monotonic() > deadline:
                     raise
-                time.sleep(0.05)   # a reader still has a file open
-        os.rmdir(path)
+                time.sleep(0.05)
 
     def _release_mount(self):
         global _mount_users, _we_mounted

@@ -125,15 +125,19 @@ def test_sigint_mid_traced_run_leaves_tracefs_as_found(kvm, tracefs, tmp_path):
     # one untraced run, then the traced run that gets interrupted
     proc = subprocess.Popen(
         [sys.executable, "run_bench.py", "--vcpus", "64", "--mech", "uffd",
-         "--mem-per-vcpu", "16", "--repeat", "1", "--results-dir", str(tmp_path)],
+         "--mem-per-vcpu", "16", "--repeat", "1", "--trace-runs", "4", "--results-dir", str(tmp_path)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         from bench.tracefs import leftover_instances
+
+        def ours():   # this run's instance, not one another process left
+            return [i for i in leftover_instances("faultbench") if i.startswith(f"faultbench-{proc.pid}-")]
         deadline = time.monotonic() + 180
-        while not leftover_instances("faultbench") and time.monotonic() < deadline:
+        while not ours() and time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.05)
-        assert leftover_instances("faultbench"), "the traced run never started"
+        # 4 traced runs: the interrupt lands inside them even when a CPU hog slows this loop
+        assert ours(), "the traced run never started"
         time.sleep(1.0)   # inside the run
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)

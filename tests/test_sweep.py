@@ -32,7 +32,9 @@ def _digest(path):
 
 def test_ctrl_c_then_resume_runs_only_the_missing_cells(kvm, tmp_path):
     out = str(tmp_path / "sweep")
-    cmd = [sys.executable, "run_bench.py", "--vcpus", "1,2,3,4", *SLOW_CELLS, "--out", out]
+    # 4 repetitions: the cells after the first take seconds, so the interrupt lands
+    # before the sweep ends even when a CPU hog slows this polling loop
+    cmd = [sys.executable, "run_bench.py", "--vcpus", "1,2,3,4", *SLOW_CELLS, "--repeat", "4", "--out", out]
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     done = []

@@ -114,13 +114,14 @@ def judge(judgements: list[Judgement], alpha: float = ALPHA) -> list[Judgement]:
                 and len(j.base) >= MIN_REPETITIONS and len(j.new) >= MIN_REPETITIONS]
     testable_ids = {id(j) for j in testable}
     for j in judgements:
-        if j.busy:
-            j.verdict, j.reason = "UNKNOWN", j.busy
-        elif id(j) not in testable_ids:
+        if min(len(j.base), len(j.new)) < MIN_REPETITIONS:
+            # more repetitions are needed whatever the host did: say that first
             j.verdict = "UNKNOWN"
             j.repetitions_needed = MIN_REPETITIONS
             j.reason = (f"too few repetitions: {len(j.base)} base and {len(j.new)} new; "
-                        f"need at least {MIN_REPETITIONS} a side")
+                        f"need at least {MIN_REPETITIONS} a side" + (f"; and {j.busy}" if j.busy else ""))
+        elif j.busy:
+            j.verdict, j.reason = "UNKNOWN", j.busy
     for j in testable:
         if min(j.base) <= 0 or min(j.new) <= 0:
             j.verdict, j.reason = "UNKNOWN", "a value is 0 or below: no ratio"
