@@ -71,14 +71,14 @@ def test_ab_fetch_delay_is_different_and_rerun_is_same(recs):
         # ab stops at the first look where a metric is DIFFERENT and worse (docs/nightly.md)
         assert any("DIFFERENT worse" in l for l in out.splitlines() if l.startswith("exits/")), out
     rc, out = run_bench("ab", point, point)
-    # A/A: never DIFFERENT. SAME where the cap's runs bound every change inside the
-    # minimum effects; on this host exits' two p50 modes can leave that UNKNOWN at
-    # the cap (exit 2, the issue-15 note's item 10), which is not a wrong verdict
+    # A/A: never DIFFERENT. Exit 0 where every metric is SAME or rules out a
+    # regression of its minimum effect; exit 2 (UNKNOWN at the cap, or host busy when
+    # the CPU-state probe left too few runs) is not a wrong verdict
     verdict_lines = [l for l in out.splitlines() if l.startswith("exits/")]
     assert rc in (0, 2) and len(verdict_lines) == 3, out
     assert not any(" DIFFERENT " in l for l in verdict_lines), out
     if rc == 0:
-        assert all(" SAME " in l for l in verdict_lines), out
+        assert all(" SAME " in l or "no regression of" in l for l in verdict_lines), out
 
 
 def test_too_few_repetitions_is_unknown_and_says_how_many(recs):
