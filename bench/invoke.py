@@ -31,9 +31,12 @@ def run_benchmark_teed(argv: list[str], cwd: str | None = None) -> tuple[int, st
 
     def pump():
         for line in proc.stderr:
-            sys.stderr.write(line)
-            sys.stderr.flush()
             tail.append(line)
+            try:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass   # our stderr is gone: keep draining, or the child blocks on a full pipe
     pump_thread = threading.Thread(target=pump, name="child-stderr", daemon=True)
     pump_thread.start()
     try:

@@ -8,6 +8,8 @@ elsewhere and come in through `extra`.
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 import os
 import platform
 import socket
@@ -98,12 +100,15 @@ def _pyperf_metadata(machine: dict) -> None:
 
 
 def _machine_id() -> str | None:
-    """The OS installation's id (machine-id(5)): tells apart hosts that share a
-    hostname (CI runners, cloned nodes); None where the system has none."""
+    """An id of this OS installation for faultbench's records: tells apart hosts
+    that share a hostname (CI runners, cloned nodes); None where the system has
+    none. machine-id(5) asks that the id itself not be exposed, so the record holds
+    an application-specific HMAC-SHA256 of it (as sd_id128_get_machine_app_specific
+    does), not the id."""
     for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
         value = _read(path)
-        if value:
-            return value
+        if value and value != "uninitialized":
+            return hmac.new(value.encode(), b"faultbench host identity v1", hashlib.sha256).hexdigest()[:32]
     return None
 
 

@@ -17,7 +17,8 @@ from bench.nightly.verdict import compare_records
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "tests", "data")
 COMMITTED = ("exits-v2.json", "uffd-v2.json")   # one host (hostname vm), no machine id
-OTHER = {"hostname": "runner-b", "machine_id": "b" * 32}
+# another host has its own machine id and, being another machine, its own boot
+OTHER = {"hostname": "runner-b", "machine_id": "b" * 32, "boot_id": "bbbbbbbb-0000-4000-8000-000000000000"}
 
 
 def bench(*argv):
@@ -78,6 +79,10 @@ def test_a_report_over_two_hosts_keeps_them_apart_and_says_so(two_hosts, tmp_pat
     assert who["rows"] == 1
     block = text[text.index("Who wins"):].split("\n\n")[0]
     assert block.count("1 (ref)") == 2
+    assert "boot" not in " ".join(m["series"])   # one boot a host: no boot tag
+    # --relative-to names the series as it is on every host
+    r = bench("report", *two_hosts, "--out", str(tmp_path / "rel"), "--relative-to", "exits")
+    assert r.returncode == 0, r.stderr
     # every figure's caption says which hosts it mixes (report.md: "*caption* ([SVG](...))")
     md = (out / "report.md").read_text().splitlines()
     for f in m["figures"]:

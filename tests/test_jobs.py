@@ -99,6 +99,18 @@ def test_slurm_script_is_an_exclusive_job_array_that_calls_run_job(tmp_path):
     assert done.returncode == 0, done.stderr
 
 
+def test_a_newline_in_a_path_cannot_end_the_scripts_header(tmp_path):
+    """sbatch reads #SBATCH lines only until the first line that is not a comment:
+    the planning command in the header is JSON-escaped, so a newline in a flag stays
+    inside its comment line and every #SBATCH line is still read."""
+    script = plan(*SWEEP, *SMALL, "--format", "slurm", "--out-dir", str(tmp_path / "a\nrm -rf x"))
+    lines = script.splitlines()
+    last_sbatch = max(i for i, line in enumerate(lines) if line.startswith("#SBATCH"))
+    assert all(line.startswith("#") for line in lines[:last_sbatch + 1]), lines[:last_sbatch + 1]
+    assert "#SBATCH --array=0-3" in lines and "#SBATCH --exclusive" in lines
+    assert "rm -rf x" not in [line.strip() for line in lines]
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--vcpus", "0", "--mech", "exits"], "out of range"),
     (["--vcpus", "1", "--out", "x"], "--out cannot be given"),
@@ -237,3 +249,19 @@ def test_github_matrix_entries_run_one_by_one_as_a_ci_runner_would(kvm, tmp_path
     assert len(manifest["records"]) == 4
     r = bench("ingest", str(out), "--db", str(tmp_path / "h.sqlite"))
     assert r.returncode == 0 and "ingested 4 new record(s)" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_job_the_mechanisms_refuse_on_this_host_is_a_bad_job_not_a_failed_cell(kvm, tmp_path):
+    """Planned where it is valid (2 CPUs), run where its placement cannot be met (1
+    CPU): run-job says so in one line, exit 2, before anything runs."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("planning --placement spread needs 2 CPUs here")
+    path = tmp_path / "plan.jsonl"
+    plan("--vcpus", "1", "--mech", "uffd", "--placement", "spread", *SMALL, path=path)
+    [job] = [json.loads(line) for line in path.read_text().splitlines()]
+    cpu = min(os.sched_getaffinity(0))
+    r = subprocess.run(["taskset", "-c", str(cpu), sys.executable, os.path.join(REPO, "run_bench.py"),
+                        "run-job", str(path), job["id"], "--out-dir", str(tmp_path / "out")],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    one_error_line(r, 2)
+    assert not (tmp_path / "out").exists()

@@ -175,7 +175,9 @@ def slurm_script(args, jobs: list[dict], argv: list[str]) -> str:
     lines = [
         "#!/bin/bash",
         f"# faultbench plan {jobs[0]['plan']}: {len(jobs)} job(s), one per array task, from",
-        f"#   run_bench.py plan {shlex.join(argv)}",
+        # JSON-escaped: a newline in a flag must not end this comment line, nor come
+        # before the #SBATCH lines (sbatch stops reading them at the first other line)
+        f"#   run_bench.py plan {json.dumps(argv)}",
         "# Submit with: sbatch --chdir=DIR THIS-FILE (Slurm's own output goes to DIR).",
         "# Each task runs one job through run_bench.py run-job, which reads the jobs from",
         "# the #FAULTBENCH-JOB lines of this very file; --exclusive gives it the whole node,",

@@ -11,6 +11,7 @@ of sitting on an allocation.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from bench.cmdline import OneLineParser, UsageError
@@ -19,7 +20,7 @@ from bench.invoke import run_benchmark_teed
 from bench.options import REPO_DIR, check_output, parse_point
 from bench.sweep import SweepError, cell_file, check_directory, record_complete
 
-from .plan import DEFAULT_OUT_DIR, BadPlan, job_argv, read_plan
+from .plan import DEFAULT_OUT_DIR, BadPlan, _deep_check, job_argv, read_plan
 
 EXIT_OK, EXIT_CELL_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_HOST_BUSY = 75   # EX_TEMPFAIL (sysexits.h): try again later, the job itself is fine
@@ -60,6 +61,7 @@ def _prepare(a) -> tuple[list[str], list[str], str]:
     # anywhere): every path it gets is absolute
     argv = words + ["--out", job_dir, "--quiet", "--no-wait"]
     args = parse_point(argv)
+    _deep_check(words)   # a job the mechanisms refuse here is a bad job (2), not a failed cell
     check_output(args)
     check_directory(job_dir, argv)   # another command's sweep there is refused, not mixed
     records = [os.path.join(job_dir, cell_file(m, args.workload, v))
@@ -74,9 +76,10 @@ def main(argv=None) -> int:
     except (BadPlan, UsageError, ValueError, SweepError) as exc:
         return _error(str(exc), EXIT_BAD_INPUT)
     status, _printed, errors = run_benchmark_teed(bench_argv, cwd=REPO_DIR)
-    if status == EXIT_INTERRUPTED:
+    if status == EXIT_INTERRUPTED or status in (-signal.SIGINT, -signal.SIGTERM):
         return _error(f"job {a.id} interrupted; finished cells are in {job_dir}", EXIT_INTERRUPTED)
-    if status == 2 and BUSY_WORDS in errors:
+    last = (errors.strip().splitlines() or [""])[-1]
+    if status == 2 and last.startswith(f"run_bench.py: error: {BUSY_WORDS}"):
         return _error(f"host busy: job {a.id} not run ({BUSY_WORDS} this host); retry later",
                       EXIT_HOST_BUSY)
     if status != 0:

@@ -76,7 +76,10 @@ class ReportData:
         self.hosts = sorted(df["host"].unique())
         host_part = df["host"].map(lambda h: f" @{h}") if len(self.hosts) > 1 else ""
         boot_part = ""
-        if "machine.boot_id" in df.columns and df["machine.boot_id"].nunique(dropna=False) > 1:
+        # a boot tag only where one host has records of several boots (two hosts
+        # always differ in boot id: their series are told apart by @host already)
+        if "machine.boot_id" in df.columns and (
+                df.groupby("host")["machine.boot_id"].nunique(dropna=False) > 1).any():
             boot_part = " " + df["machine.boot_id"].map(lambda v: f"boot {v:.8}" if v else "boot None")
         df["series"] = df["label"] + host_part + boot_part
         # records of one mechanism whose configurations differ at the same vCPU count
