@@ -1,6 +1,13 @@
 import os
+import signal
 
 import pytest
+
+# A suite started where SIGINT is ignored (a background job of a script, some CI
+# runners) hands that on to every process it starts, and the tests that interrupt a
+# benchmark with SIGINT would find it deaf: the tests' own processes get the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _kvm_problem() -> str | None:
