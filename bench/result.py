@@ -203,6 +203,28 @@ def usable_problems(record) -> list[str]:
     return problems
 
 
+def write_text_atomic(text: str, path: str) -> None:
+    """`text` into `path` through a hidden temporary file beside it (same file
+    system, so os.replace is atomic), fsynced, then renamed over it; on any failure
+    the temporary file is removed and `path` is left as it was."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(
+        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
+            os.fchmod(tmp.fileno(), 0o644)  # mkstemp's 0600 would hide results
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_path)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 def write_atomic(record: dict, path: str) -> str:
     """Write `record` as JSON to `path` so readers never see a partial file.
 
@@ -213,22 +235,7 @@ def write_atomic(record: dict, path: str) -> str:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(
-        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-            os.fchmod(tmp.fileno(), 0o644)  # mkstemp's 0600 would hide results
-            json.dump(record, tmp, indent=1, sort_keys=False, allow_nan=False)
-            tmp.write("\n")
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_path)
-        except FileNotFoundError:
-            pass
-        raise
+    write_text_atomic(json.dumps(record, indent=1, sort_keys=False, allow_nan=False) + "\n", path)
     # Make the rename itself durable.
     dir_fd = os.open(directory, os.O_RDONLY)
     try:

@@ -26,11 +26,11 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 
 from bench.cmdline import UsageError
 from bench.nightly.cells import canonical
 from bench.options import REPO_DIR, build_parser, parse_point, rerun_argv, validate_args
+from bench.result import write_text_atomic
 from bench.sweep import cell_file
 
 FORMATS = ("jsonl", "github-matrix", "slurm")
@@ -276,26 +276,6 @@ def job_argv(job: dict) -> list[str]:
     except (UsageError, ValueError) as exc:
         raise BadPlan(f"job {job['id']}: {exc}") from None
     return argv
-
-
-def write_text_atomic(text: str, path: str) -> None:
-    """As bench.result.write_atomic, for text: a hidden temporary file beside `path`,
-    renamed over it, so a reader never sees half a plan."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def main(argv=None) -> int:
