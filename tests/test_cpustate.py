@@ -282,7 +282,10 @@ def test_probe_lists_of_different_length_are_refused():
     assert any("differ in length" in p for p in resultmod.validate(r))
     r = night(rec, list(range(6)), [False] * 6, 1)
     r["machine"]["fingerprint"]["cpu_probe"] = [{"cpus": [0], "before_ns_per_call": [QUICK],
-                                                 "after_ns_per_call": []}]
+                                                 "after_ns_per_call": [QUICK, QUICK]}]
+    assert any("machine.fingerprint.cpu_probe[0]" in p and "differ in length" in p
+               for p in resultmod.validate(r)), resultmod.validate(r)
+    r["machine"]["fingerprint"]["cpu_probe"][0]["after_ns_per_call"] = []   # the schema: not empty
     assert resultmod.validate(r)
 
 
