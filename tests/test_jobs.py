@@ -265,3 +265,15 @@ def test_a_job_the_mechanisms_refuse_on_this_host_is_a_bad_job_not_a_failed_cell
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     one_error_line(r, 2)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cell_that_fails_is_exit_1_not_a_bad_job(kvm, tmp_path):
+    """The run stalls (its reader stops after 100 pages) and the watchdog ends it
+    after 1 s: the benchmark fails the cell, run-job says so with exit 1."""
+    path = tmp_path / "plan.jsonl"
+    plan("--vcpus", "1", "--mech", "uffd", "--stall-after", "100", "--stall-timeout", "1", *SMALL, path=path)
+    [job] = [json.loads(line) for line in path.read_text().splitlines()]
+    r = bench("run-job", str(path), job["id"], "--out-dir", str(tmp_path / "out"), timeout=120)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert f"run_bench.py run-job: error: job {job['id']} failed" in r.stderr.strip().splitlines()[-1], r.stderr
+    assert not list((tmp_path / "out").rglob("*-v1.json"))   # no record of the failed cell

@@ -170,7 +170,11 @@ def main(argv=None) -> int:
 def _judge(ignore, rows, tonight, paths, ingested, verdict, summary_path, verdict_path) -> int:
     previous = previous_night(rows, tonight, ignore)
     tonight_cells = {cell_key(t["config"]) for t in tonight}
-    changes, notes = historymod.analyse([r for r in rows if r["cell_key"] in tonight_cells])
+    # tonight's cells on tonight's hosts: another host's change points are not this night's
+    labels = record_hosts([r["record"] for r in rows] + tonight)
+    tonight_hosts = set(labels[len(rows):])
+    changes, notes = historymod.analyse([r for r, host in zip(rows, labels)
+                                         if r["cell_key"] in tonight_cells and host in tonight_hosts])
     tonight_hashes = {content_hash(r) for r in tonight}
     tonight_created = {row["created"] for row in rows if row["content_hash"] in tonight_hashes}
     changes_tonight = [c for c in changes if c.created in tonight_created]
