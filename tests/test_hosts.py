@@ -136,3 +136,16 @@ def test_nightly_takes_last_night_from_the_same_host(two_hosts):
             for r in (mine, later)]
     assert previous_night(rows, [tonight]) == [mine]
     assert previous_night(rows[1:], [tonight]) == []
+
+
+def test_nightlys_history_covers_tonights_host_only(two_hosts, tmp_path):
+    """The store also holds another host's nights of the same cells: tonight's
+    history section (and its notes) speaks of tonight's host alone."""
+    a, b = two_hosts
+    db = str(tmp_path / "h.sqlite")
+    assert bench("ingest", b, "--db", db).returncode == 0
+    out = tmp_path / "night"
+    r = bench("nightly", "--db", db, "--out-dir", str(out), "--records", a)
+    assert r.returncode in (0, 1, 2), r.stderr
+    history = (out / "summary.md").read_text().split("### History")[1]
+    assert "runner-b" not in history and "exits" in history, history
