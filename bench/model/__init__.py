@@ -1,0 +1,1 @@
+"""A discrete-event scaling model of the fault-delivery mechanisms (see docs/MODEL.md)."""
