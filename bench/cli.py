@@ -17,7 +17,7 @@ from .machine import collect_harness, collect_machine
 from .nightly.fingerprint_run import CalibrationError, measure as measure_fingerprint
 from .options import REPO_DIR, build_parser, check_output, validate_args
 from .plan import RunError
-from .point import check_memory, measure, prepare
+from .point import Cell, check_memory, measure, prepare
 from .preflight import PreflightError, check_all, check_tracefs
 from .probes import DeviceMissing, probe, require_devices
 from .report import table
@@ -92,11 +92,14 @@ def _main(argv: list[str], host_lock) -> int:
     done: list[dict] = []
     sweep_dir = args.out if args.out and not args.out.endswith(".json") else None
     runs_per_cell = args.repeat + args.warmup + args.trace_runs * args.trace_locks
+    interleaved = args.order == "interleaved" and len(points) > 1
     sweep = sweepmod.Sweep([(m.name, v) for m, v in points], workload.name, args.repeat, sweep_dir,
                            argv, cost={(m.name, v): workload.memory_pages(v, args.mem_per_vcpu * 256)
-                                       * runs_per_cell for m, v in points})
+                                       * runs_per_cell for m, v in points},
+                           order="interleaved" if interleaved else "blocked")
     try:
-        status = _run_cells(args, argv, points, workload, machine, harness, sweep, done)
+        run = _run_interleaved if interleaved else _run_cells
+        status = run(args, argv, points, workload, machine, harness, sweep, done)
     except KeyboardInterrupt:
         sweep.interrupt()
         where = f"; finished cells are in {sweep_dir}, go on with --resume {sweep_dir}" if sweep_dir else ""
@@ -112,6 +115,87 @@ def _main(argv: list[str], host_lock) -> int:
     return status
 
 
+def _write(args, rec, mech, vcpus, sweep, phases, done) -> int:
+    """Write a finished cell's record and print it: 0, or 1 (a write failed or the
+    run found content errors)."""
+    t0 = time.monotonic()
+    path = (sweep.record_path(mech.name, vcpus) if sweep.directory
+            else args.out or resultmod.default_path(args.results_dir, rec["config"]))
+    try:
+        resultmod.write_atomic(rec, path)
+    except (OSError, ValueError) as exc:
+        sweep.end(mech.name, vcpus, "failed", phases, str(exc))
+        print(f"run_bench.py: error: writing {path}: {exc}", file=sys.stderr)
+        return 1
+    phases["record"] = time.monotonic() - t0
+    sweep.end(mech.name, vcpus, "done", phases)
+    done.append(rec)
+    if args.quiet:
+        print(path)
+        if rec["emulated"]:
+            print(f"note: {mech.name} is EMULATED: {rec['emulation_reason']}", file=sys.stderr)
+    else:
+        print_point(rec, path)
+    if any(r["metrics"]["content_errors"]
+           for kind in ("runs", "warmups", "traced_runs") for r in rec.get(kind, [])):
+        print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: content errors", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _failed(exc, mech, vcpus, sweep, phases) -> int:
+    for line in getattr(exc, "details", ()):   # the watchdog's state of every thread
+        print(line, file=sys.stderr)
+    sweep.end(mech.name, vcpus, "failed", phases, str(exc))
+    print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: {exc}", file=sys.stderr)
+    return 2 if isinstance(exc, UsageError) else 1
+
+
+def _run_interleaved(args, argv, points, workload, machine, harness, sweep, done) -> int:
+    """Round-robin over the cells: run 1 of every cell, then run 2 of every cell, ...
+    (warm-ups first, as each cell's own first rounds); traced runs and records come
+    after the last round. A failed run stops the sweep; no cell's record is written
+    then (none is complete), and --resume starts the unfinished cells again."""
+    todo = [(m, v) for m, v in points if not sweep.is_done(m.name, v)]
+    cells, phases = {}, {}
+    for position, (mech, vcpus) in enumerate(todo):
+        phases[(mech.name, vcpus)] = {}
+        sweep.begin(mech.name, vcpus)
+        try:
+            with sweep.timing(mech.name, vcpus):
+                cells[(mech.name, vcpus)] = Cell(
+                    args, argv, mech, workload, vcpus, machine, harness, phases[(mech.name, vcpus)],
+                    sweep={"order": "interleaved", "cells": len(todo), "position": position})
+        except (RunError, UsageError) as exc:
+            return _failed(exc, mech, vcpus, sweep, phases[(mech.name, vcpus)])
+    rounds = max(c.runs_left() for c in cells.values()) if cells else 0
+    for r in range(rounds):
+        for mech, vcpus in todo:
+            cell = cells[(mech.name, vcpus)]
+            if not cell.runs_left():
+                continue
+            sweep.show_round(mech.name, vcpus, r + 1, rounds)
+            try:
+                with sweep.timing(mech.name, vcpus):
+                    cell.run_one()
+            except (RunError, UsageError) as exc:
+                return _failed(exc, mech, vcpus, sweep, phases[(mech.name, vcpus)])
+            sweep.runs_done(mech.name, vcpus, cell.done, cell.total)
+    status = 0
+    for mech, vcpus in todo:
+        key = (mech.name, vcpus)
+        try:
+            with sweep.timing(*key):
+                rec = cells[key].finish()
+        except (RunError, UsageError) as exc:
+            return _failed(exc, mech, vcpus, sweep, phases[key])
+        with sweep.timing(*key):
+            status = max(status, _write(args, rec, mech, vcpus, sweep, phases[key], done))
+            if status and not sweep.is_done(*key):
+                return status
+    return status
+
+
 def _run_cells(args, argv, points, workload, machine, harness, sweep, done) -> int:
     status = 0
     for mech, vcpus in points:
@@ -122,32 +206,10 @@ def _run_cells(args, argv, points, workload, machine, harness, sweep, done) -> i
         try:
             rec = measure(args, argv, mech, workload, vcpus, machine, harness, phases)
         except (RunError, UsageError) as exc:
-            for line in getattr(exc, "details", ()):   # the watchdog's state of every thread
-                print(line, file=sys.stderr)
-            sweep.end(mech.name, vcpus, "failed", phases, str(exc))
-            print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: {exc}", file=sys.stderr)
-            return 2 if isinstance(exc, UsageError) else 1
-        t0 = time.monotonic()
-        path = (sweep.record_path(mech.name, vcpus) if sweep.directory
-                else args.out or resultmod.default_path(args.results_dir, rec["config"]))
-        try:
-            resultmod.write_atomic(rec, path)
-        except (OSError, ValueError) as exc:
-            sweep.end(mech.name, vcpus, "failed", phases, str(exc))
-            print(f"run_bench.py: error: writing {path}: {exc}", file=sys.stderr)
-            return 1
-        phases["record"] = time.monotonic() - t0
-        sweep.end(mech.name, vcpus, "done", phases)
-        done.append(rec)
-        if args.quiet:
-            print(path)
-            if rec["emulated"]:
-                print(f"note: {mech.name} is EMULATED: {rec['emulation_reason']}", file=sys.stderr)
-        else:
-            print_point(rec, path)
-        if any(r["metrics"]["content_errors"]
-               for kind in ("runs", "warmups", "traced_runs") for r in rec.get(kind, [])):
-            print(f"run_bench.py: error: {mech.name} at {vcpus} vCPUs: content errors", file=sys.stderr)
-            status = 1
+            return _failed(exc, mech, vcpus, sweep, phases)
+        written = _write(args, rec, mech, vcpus, sweep, phases, done)
+        if written and not sweep.is_done(mech.name, vcpus):
+            return written   # the record could not be written
+        status = max(status, written)
     return status
 

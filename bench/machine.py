@@ -112,6 +112,29 @@ def _machine_id() -> str | None:
     return None
 
 
+# KVM's vendor modules and what each means for the MMU a guest fault goes through
+KVM_VENDORS = {"kvm_pvm": "PVM (pagetable-based virtualization)", "kvm_intel": "VMX",
+               "kvm_amd": "SVM"}
+
+
+def kvm_kind() -> dict:
+    """Which KVM runs here and which MMU its faults take: on a shadow MMU (PVM, or
+    VMX/SVM with EPT/NPT off) an install takes mmu_lock for write; on the TDP MMU for
+    read. Decides how installs contend, so every record and report names it."""
+    module = next((m for m in KVM_VENDORS if os.path.isdir(f"/sys/module/{m}")), None)
+    tdp_mmu = _read("/sys/module/kvm/parameters/tdp_mmu")
+    tdp_mmu = None if tdp_mmu is None else tdp_mmu in ("Y", "1")
+    if module == "kvm_intel":
+        hw = _read("/sys/module/kvm_intel/parameters/ept") in ("Y", "1")
+    elif module == "kvm_amd":
+        hw = _read("/sys/module/kvm_amd/parameters/npt") in ("Y", "1")
+    else:   # PVM runs guests on shadow page tables only
+        hw = False
+    mmu = None if module is None else ("shadow" if not hw else "tdp" if tdp_mmu else "tdp-legacy")
+    return {"kvm_module": module, "virtualization": KVM_VENDORS.get(module),
+            "kvm_mmu": mmu, "kvm_tdp_mmu_param": tdp_mmu}
+
+
 def collect_machine(extra: dict | None = None) -> dict:
     """Machine and kernel metadata; `extra` (KVM/uffd probes) is merged last."""
     uname = os.uname()
@@ -141,6 +164,7 @@ def collect_machine(extra: dict | None = None) -> dict:
         "python_implementation": platform.python_implementation(),
         "load_avg": load_avg(),
         "boot_id": _read("/proc/sys/kernel/random/boot_id"),
+        **kvm_kind(),
     }
     _pyperf_metadata(machine)
     if extra:

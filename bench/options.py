@@ -84,7 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     for cls in WORKLOADS.values():
         cls.add_arguments(w)
     r = p.add_argument_group("measurement")
-    r.add_argument("--repeat", type=int, default=3, help="measured runs per point (default 3)")
+    # 5: the fewest with which the verdicts (bench/nightly/verdict.py) can decide a cell
+    r.add_argument("--repeat", type=int, default=5, help="measured runs per point (default 5)")
+    r.add_argument("--order", choices=["interleaved", "blocked"], default="interleaved",
+                   help="interleaved: a sweep makes run 1 of every cell, then run 2 of every cell, "
+                        "..., so host drift is spread over every cell rather than confounded with "
+                        "one mechanism; records are written when the last round ends. blocked: "
+                        "every run of a cell, then the next cell, each record written as its cell "
+                        "ends (default interleaved)")
     r.add_argument("--warmup", type=int, default=0, help="warm-up runs, recorded but kept out of statistics")
     r.add_argument("--no-latency", action="store_true",
                    help="turn per-fault timing off (the guest executes no rdtsc)")

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import statistics
+import time
 
 from . import cpustate
 from . import result as resultmod
@@ -179,55 +180,93 @@ def cell_config(args, mech, workload, vcpus: int, plan: Plan, sizing: dict | Non
             "min_guest_ms": args.min_guest_ms, "memory_sizing": sizing}
 
 
+class Cell:
+    """One cell measured a run at a time, so that a sweep can interleave its cells
+    run by run (round-robin) and host drift is not confounded with mechanism:
+    Cell(...) sizes memory and builds the plan, run_one() makes the next warm-up or
+    measured run, finish() adds traced runs, host noise and warnings and validates.
+    `phases` accumulates where the wall time went (bench.runner.execute)."""
+
+    def __init__(self, args, argv: list[str], mech, workload, vcpus: int, machine: dict,
+                 harness: dict, phases: dict | None = None, sweep: dict | None = None):
+        args = argparse.Namespace(**vars(args))   # a cell may size its own memory: the caller's flags stay
+        self.args, self.mech, self.vcpus = args, mech, vcpus
+        self.phases = {} if phases is None else phases
+        sizing = None
+        if args.min_guest_ms:
+            try:
+                sizing = size_memory(args, mech, workload, vcpus)
+            except RunError as exc:
+                raise RunError(f"sizing run: {exc}") from None
+            args.mem_per_vcpu = sizing["sized_mib"]
+            try:
+                check_memory(vcpus, args, workload)
+            except UsageError as exc:
+                raise UsageError(f"--min-guest-ms {args.min_guest_ms:g}: {exc}") from None
+        args.memory_pages = workload.memory_pages(vcpus, args.mem_per_vcpu * 256)
+        self.plan = plan_for(args, mech, workload, vcpus)
+        config = cell_config(args, mech, workload, vcpus, self.plan, sizing)
+        emulated, reason = mech.emulation()
+        rerun = rerun_argv(argv, mech.name, vcpus, sizing["sized_mib"] if sizing else None)
+        # the load average belongs to this point, not to the invocation (a sweep lasts minutes)
+        machine = {**machine, "load_avg": load_avg()}
+        self.rec = resultmod.new_record(["run_bench.py", *rerun], config, machine, harness,
+                                        emulated, reason)
+        if sweep:   # how this cell's runs were ordered among the sweep's (not its identity)
+            self.rec["sweep"] = dict(sweep)
+        # the run's CPUs are probed just before and after each measured run: the
+        # verdicts leave out runs taken while the CPU itself was slowed (bench/cpustate.py)
+        self.probed = cpustate.cpus_to_probe(*self.plan.cpu_map())
+        self.total = args.warmup + args.repeat
+        self.done = 0
+        self.noise = NoiseSampler()
+        self.noise.start()
+
+    def runs_left(self) -> int:
+        return self.total - self.done
+
+    def run_one(self) -> None:
+        warmup = self.done < self.args.warmup
+        # when each run began: a reader can see the sweep's order and plot drift over it
+        started = time.time()
+        try:
+            if warmup:
+                metrics, raw = execute(self.plan, self.phases)
+            else:
+                (metrics, raw), raw_probe = cpustate.around(
+                    self.probed, lambda: execute(self.plan, self.phases))
+                raw = {**raw, "cpu_probe": raw_probe}
+        except BaseException:
+            self.noise.stop()
+            raise
+        resultmod.add_run(self.rec, metrics, warmup=warmup, raw={**raw, "started_unix_s": started})
+        self.done += 1
+
+    def finish(self) -> dict:
+        """The record, not yet written. Raises RunError (a traced run or the record failed)."""
+        rec, args = self.rec, self.args
+        try:
+            resultmod.finalize(rec)
+            if args.trace_locks:
+                trace_runs(self.plan, rec, args.trace_runs, trace_buffer_mb(args, self.plan),
+                           self.phases)
+        finally:
+            rec["host_noise"], noisy = self.noise.stop()
+        rec["warnings"] += noisy
+        rec["warnings"] += [w for w in run_warnings(rec) if w not in rec["warnings"]]
+        problems = resultmod.validate(rec)
+        if problems:
+            raise RunError(f"invalid result: {problems[0]}")
+        return rec
+
+
 def measure(args, argv: list[str], mech, workload, vcpus: int, machine: dict, harness: dict,
             phases: dict | None = None) -> dict:
     """One cell, whole: sizing (--min-guest-ms), warm-ups, measured runs, traced
     runs, host noise, warnings, validation. Returns the record, not yet written.
     Raises RunError (a run or the record failed) or UsageError (sized memory does
     not fit). `phases` accumulates where the wall time went (bench.runner.execute)."""
-    args = argparse.Namespace(**vars(args))   # a cell may size its own memory: the caller's flags stay
-    phases = {} if phases is None else phases
-    sizing = None
-    if args.min_guest_ms:
-        try:
-            sizing = size_memory(args, mech, workload, vcpus)
-        except RunError as exc:
-            raise RunError(f"sizing run: {exc}") from None
-        args.mem_per_vcpu = sizing["sized_mib"]
-        try:
-            check_memory(vcpus, args, workload)
-        except UsageError as exc:
-            raise UsageError(f"--min-guest-ms {args.min_guest_ms:g}: {exc}") from None
-    args.memory_pages = workload.memory_pages(vcpus, args.mem_per_vcpu * 256)
-    plan = plan_for(args, mech, workload, vcpus)
-    config = cell_config(args, mech, workload, vcpus, plan, sizing)
-    emulated, reason = mech.emulation()
-    rerun = rerun_argv(argv, mech.name, vcpus, sizing["sized_mib"] if sizing else None)
-    # the load average belongs to this point, not to the invocation (a sweep lasts minutes)
-    machine = {**machine, "load_avg": load_avg()}
-    rec = resultmod.new_record(["run_bench.py", *rerun], config, machine, harness, emulated, reason)
-    noise = NoiseSampler()
-    noise.start()
-    try:
-        # the run's CPUs are probed just before and after each measured run: the
-        # verdicts leave out runs taken while the CPU itself was slowed (bench/cpustate.py)
-        probed = cpustate.cpus_to_probe(*plan.cpu_map())
-        for i in range(args.warmup + args.repeat):
-            if i < args.warmup:
-                metrics, raw = execute(plan, phases)
-            else:
-                (metrics, raw), raw_probe = cpustate.around(probed, lambda: execute(plan, phases))
-                raw = {**raw, "cpu_probe": raw_probe}
-            resultmod.add_run(rec, metrics, warmup=i < args.warmup, raw=raw)
-        resultmod.finalize(rec)
-        if args.trace_locks:
-            trace_runs(plan, rec, args.trace_runs, trace_buffer_mb(args, plan), phases)
-    finally:
-        rec["host_noise"], noisy = noise.stop()
-    rec["warnings"] += noisy
-    rec["warnings"] += [w for w in run_warnings(rec) if w not in rec["warnings"]]
-    problems = resultmod.validate(rec)
-    if problems:
-        raise RunError(f"invalid result: {problems[0]}")
-    return rec
-
+    cell = Cell(args, argv, mech, workload, vcpus, machine, harness, phases)
+    while cell.runs_left():
+        cell.run_one()
+    return cell.finish()

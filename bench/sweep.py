@@ -14,6 +14,7 @@ nothing is printed there when stderr is not a terminal.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -39,6 +40,13 @@ ACCOUNT_MEANING = {
     "tracing": "traced runs outside the guest: tracefs set-up, reading and parsing the trace",
     "record": "writing the record",
     "startup": "probing the machine before the first cell, and anything not listed above",
+}
+
+
+ORDER_MEANING = {
+    "blocked": "every run of a cell back to back, then the next cell",
+    "interleaved": "round-robin: run 1 of every cell, then run 2 of every cell, ...; host "
+                   "drift is spread over the cells instead of confounded with one of them",
 }
 
 
@@ -179,8 +187,10 @@ class Sweep:
 
     def __init__(self, cells: list[tuple[str, int]], workload: str, repeat: int,
                  directory: str | None = None, argv: list[str] | None = None,
-                 cost: dict | None = None, stream=None):
+                 cost: dict | None = None, stream=None, order: str = "blocked"):
         self.started = time.monotonic()
+        # blocked: a cell's runs back to back; interleaved: round-robin, run by run
+        self.order = order
         self.directory = directory
         self.argv = list(argv or [])
         self.repeat = repeat
@@ -233,10 +243,38 @@ class Sweep:
             self.write_index()
         return {}
 
+    @contextlib.contextmanager
+    def timing(self, mech: str, vcpus: int):
+        """Wall time spent on one cell, summed over the stretches of an interleaved
+        sweep (its cells' runs alternate, so begin-to-end would count the others')."""
+        cell = self._find(mech, vcpus)
+        cell["_in"] = time.monotonic()
+        try:
+            yield
+        finally:
+            cell["_spent"] = cell.get("_spent", 0.0) + time.monotonic() - cell.pop("_in")
+
+    def show_round(self, mech: str, vcpus: int, round_no: int, rounds: int) -> None:
+        cell = self._find(mech, vcpus)
+        cell["_round"] = (round_no, rounds)
+        self._show(cell)
+
+    def runs_done(self, mech: str, vcpus: int, runs: int, total: int) -> None:
+        """An interleaved cell's progress: `runs` of its `total` (warm-ups included) made."""
+        self._find(mech, vcpus).update(runs_done=runs, runs_total=total)
+        if self.directory:
+            self.write_index()
+
+    def _wall(self, cell: dict) -> float:
+        if self.order == "interleaved":
+            return cell.get("_spent", 0.0) + (time.monotonic() - cell["_in"] if "_in" in cell else 0.0)
+        return time.monotonic() - cell.get("_t0", time.monotonic())
+
     def end(self, mech: str, vcpus: int, status: str, phases: dict, error: str | None = None) -> None:
         """`phases`: the runner's wall-time phases (bench.runner.execute) of this cell."""
         cell = self._find(mech, vcpus)
-        wall = time.monotonic() - cell.pop("_t0", time.monotonic())
+        wall = self._wall(cell)
+        cell.pop("_t0", None)
         accounted = accounts(phases)
         cell.update(status=status, wall_s=round(wall, 3), error=error,
                     time_s={k: round(v, 3) for k, v in accounted.items()})
@@ -256,6 +294,9 @@ class Sweep:
             self.write_index()
 
     def finish(self) -> None:
+        for c in self.cells:   # an interleaved sweep stopped by another cell's failure
+            if c["status"] == "running":
+                c.update(status="interrupted", error="the sweep stopped at another cell's failure")
         self.progress.close()
         if self.directory:
             self.write_index()
@@ -264,7 +305,25 @@ class Sweep:
     def _show(self, cell: dict) -> None:
         self.progress.follow(lambda: self._line(cell))
 
+    def _round_line(self, cell: dict) -> str:
+        round_no, rounds = cell["_round"]
+        elapsed = time.monotonic() - self.started
+        running = [c for c in self.cells if c["status"] == "running"]
+        made = sum(c.get("runs_done", 0) for c in running)
+        # runs cost unequally (a 256-vCPU run is long): weigh them by the cells' cost
+        def cost(c):
+            return self.cost.get((c["mech"], c["vcpus"]), 1)
+        spent = sum(c.get("runs_done", 0) * cost(c) for c in running)
+        left = sum((c.get("runs_total", self.repeat) - c.get("runs_done", 0)) * cost(c) for c in running)
+        eta = ""
+        if made and spent:
+            eta = f", about {_fmt_duration(elapsed / spent * left)} left"
+        return (f"round {round_no} of {rounds}: {cell['mech']} at {cell['vcpus']} vCPUs; "
+                f"elapsed {_fmt_duration(elapsed)}{eta}")
+
     def _line(self, cell: dict) -> str:
+        if "_round" in cell:
+            return self._round_line(cell)
         n = len(self.cells)
         i = self.cells.index(cell) + 1
         elapsed = time.monotonic() - self.started
@@ -304,6 +363,8 @@ class Sweep:
         self._started_at = this["started_at"]
         index = {
             "kind": INDEX_KIND, "version": 1, "argv": self.argv,
+            "order": self.order,
+            "order_meaning": ORDER_MEANING[self.order],
             "rerun": "python run_bench.py " + " ".join(self.argv),
             "resume": f"python run_bench.py --resume {self.directory}",
             "status": "complete" if counts.get("done", 0) == len(self.cells) else "incomplete",

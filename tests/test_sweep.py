@@ -34,7 +34,8 @@ def test_ctrl_c_then_resume_runs_only_the_missing_cells(kvm, tmp_path):
     out = str(tmp_path / "sweep")
     # 4 repetitions: the cells after the first take seconds, so the interrupt lands
     # before the sweep ends even when a CPU hog slows this polling loop
-    cmd = [sys.executable, "run_bench.py", "--vcpus", "1,2,3,4", *SLOW_CELLS, "--repeat", "4", "--out", out]
+    cmd = [sys.executable, "run_bench.py", "--vcpus", "1,2,3,4", *SLOW_CELLS, "--repeat", "4",
+           "--order", "blocked", "--out", out]
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     done = []
@@ -123,11 +124,16 @@ def _run_on_tty(cmd):
 
 def test_progress_on_a_terminal_and_quiet_otherwise(kvm, tmp_path):
     cmd = [sys.executable, "run_bench.py", "--vcpus", "1,2", *SLOW_CELLS[:-1], "--repeat", "1",
-           "--quiet", "--out", str(tmp_path / "tty")]
+           "--order", "blocked", "--quiet", "--out", str(tmp_path / "tty")]
     rc, shown = _run_on_tty(cmd)
     assert rc == 0, shown
     assert "cell 1 of 2: exits at 1 vCPUs; elapsed 0:0" in shown
     assert "cell 2 of 2: exits at 2 vCPUs" in shown and "left" in shown   # estimate after a cell
+    il = [sys.executable, "run_bench.py", "--vcpus", "1,2", *SLOW_CELLS[:-1], "--repeat", "1",
+          "--quiet", "--out", str(tmp_path / "tty-il")]
+    rc, shown = _run_on_tty(il)
+    assert rc == 0, shown
+    assert "round 1 of 1: exits at 1 vCPUs" in shown and "round 1 of 1: exits at 2 vCPUs" in shown
     cmd[-1] = str(tmp_path / "pipe")
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "cell 1 of" not in r.stderr + r.stdout
@@ -166,3 +172,53 @@ def test_a_directory_of_another_sweep_is_refused(tmp_path):
     r = subprocess.run([sys.executable, "run_bench.py", "--vcpus", "2", "--out",
                         str(tmp_path / "loose")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "no sweep index" in r.stderr
+
+
+def test_interleaved_sweep_alternates_cells_run_by_run(kvm, tmp_path):
+    """The default order: run 1 of every cell, then run 2 of every cell; the index and
+    every record say so, and each run carries its start time."""
+    out = str(tmp_path / "il")
+    r = subprocess.run([sys.executable, "run_bench.py", "--vcpus", "1,2", "--mech", "exits,none",
+                        "--mem-per-vcpu", "2", "--repeat", "3", "--no-trace-locks", "--quiet",
+                        "--out", out], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    index = _index(out)
+    assert index["order"] == "interleaved" and "round-robin" in index["order_meaning"]
+    from bench import result as resultmod
+    starts = []
+    for c in index["cells"]:
+        rec = resultmod.load(os.path.join(out, c["record"]))
+        assert rec["sweep"]["order"] == "interleaved" and rec["sweep"]["cells"] == 4
+        assert c["runs_done"] == 3 and c["wall_s"] > 0
+        starts += [(run["raw"]["started_unix_s"], c["record"]) for run in rec["runs"]]
+    order = [name for _t, name in sorted(starts)]
+    cells = [c["record"] for c in index["cells"]]
+    assert order == cells * 3, order   # blocked would be each name three times in a row
+    # per-cell wall time counts only that cell's own stretches: they add up to less
+    # than the sweep's wall time
+    assert sum(c["wall_s"] for c in index["cells"]) <= index["time"]["wall_s"]
+
+
+def test_interleaved_ctrl_c_writes_no_partial_record_and_resume_finishes(kvm, tmp_path):
+    out = str(tmp_path / "ilc")
+    cmd = [sys.executable, "run_bench.py", "--vcpus", "1,2", *SLOW_CELLS, "--repeat", "6", "--out", out]
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if os.path.exists(os.path.join(out, "index.json")) and any(
+                c.get("runs_done", 0) >= 1 for c in _index(out)["cells"]):
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    index = _index(out)
+    assert index["status"] == "incomplete"
+    assert {c["status"] for c in index["cells"]} == {"interrupted"}
+    # no cell had all its runs: none has a record, so none can be taken for complete
+    assert not [n for n in os.listdir(out) if n != "index.json"]
+    r = subprocess.run([sys.executable, "run_bench.py", "--resume", out], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert _index(out)["status"] == "complete"
+    assert len(r.stdout.split()) == 2
