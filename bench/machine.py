@@ -135,6 +135,22 @@ def kvm_kind() -> dict:
             "kvm_mmu": mmu, "kvm_tdp_mmu_param": tdp_mmu}
 
 
+def sched_tick_hz() -> int | None:
+    """CONFIG_HZ: an oversubscribed vCPU waits whole ticks for its CPU, so latency
+    tails sit on multiples of 1/HZ; the report names them."""
+    import gzip
+    for path in ("/proc/config.gz", f"/boot/config-{os.uname().release}"):
+        try:
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rt") as f:
+                for line in f:
+                    if line.startswith("CONFIG_HZ="):
+                        return int(line.split("=", 1)[1])
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def collect_machine(extra: dict | None = None) -> dict:
     """Machine and kernel metadata; `extra` (KVM/uffd probes) is merged last."""
     uname = os.uname()
@@ -165,6 +181,7 @@ def collect_machine(extra: dict | None = None) -> dict:
         "load_avg": load_avg(),
         "boot_id": _read("/proc/sys/kernel/random/boot_id"),
         **kvm_kind(),
+        "sched_tick_hz": sched_tick_hz(),
     }
     _pyperf_metadata(machine)
     if extra:

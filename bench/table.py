@@ -30,7 +30,8 @@ from .nightly import cells
 from .nightly.cells import INDEX_KIND  # noqa: F401
 
 MACHINE_COLUMNS = ("hostname", "machine_id", "boot_id", "kernel_release", "cpu_model", "online_cpus",
-                   "arch", "mem_total_bytes")
+                   "arch", "mem_total_bytes", "kvm_module", "virtualization", "kvm_mmu",
+                   "sched_tick_hz")
 # config keys that describe how the harness measured, not what: kept, but left out of
 # the cell's identity (two sweeps differing only in these measure the same cells)
 VOLATILE_CONFIG = ("repeat", "warmup", "trace_locks", "lock_stacks", "trace_mmap_lock")
