@@ -18,7 +18,8 @@ import sys
 from .. import table as tablemod
 from ..cmdline import OneLineParser
 from .data import ReportData
-from .tables import TEXT_WIDTH, all_tables, warnings_rows, warnings_text
+from .summary import mail_block, summary
+from .tables import TEXT_WIDTH, all_tables, warnings_rows, warnings_text, who_wins
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "report")
@@ -29,6 +30,11 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans
 h1 { font-size: 1.7em; margin-bottom: 0.2em; }
 .meta { color: #444; margin: 0.2em 0; }
 .emulated { background: #fff3f0; border-left: 4px solid #d62728; padding: 0.4em 0.8em; }
+.summary { background: #f4f7fb; border: 1px solid #b8c7dc; border-radius: 4px; padding: 0.6em 1.2em;
+           margin: 1em 0; }
+.summary h2 { margin-top: 0.2em; font-size: 1.25em; }
+.summary li { margin-bottom: 0.3em; }
+pre.mail { background: #fafafa; border: 1px solid #ddd; padding: 0.6em; font-size: 0.9em; overflow-x: auto; }
 figure { margin: 1.5em 0; }
 figure img { width: 100%; height: auto; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #444; }
@@ -47,7 +53,8 @@ class ReportError(Exception):
 
 
 def generate(paths: list[str], out_dir: str, reference: str | None = None,
-             cdf_vcpus: int | None = None, title: str | None = None) -> dict:
+             cdf_vcpus: list[int] | int | None = None, title: str | None = None,
+             model: dict | None = None) -> dict:
     """Load RECORDS, write every output into out_dir; returns the manifest."""
     df = tablemod.load_table(paths)
     d = ReportData(df)
@@ -61,33 +68,36 @@ def generate(paths: list[str], out_dir: str, reference: str | None = None,
     if not d.knows_reference(reference):
         raise ReportError(f"--relative-to {reference}: not among the series "
                           f"({', '.join(d.series)})")
-    cdf_vcpus = cdf_vcpus or d.vcpus[-1]
-    if cdf_vcpus not in d.vcpus:
-        raise ReportError(f"--cdf-vcpus {cdf_vcpus}: no cell at that count "
-                          f"(have {', '.join(map(str, d.vcpus))})")
+    if isinstance(cdf_vcpus, int):
+        cdf_vcpus = [cdf_vcpus]
+    for v in cdf_vcpus or []:
+        if v not in d.vcpus:
+            raise ReportError(f"--cdf-vcpus {v}: no cell at that count "
+                              f"(have {', '.join(map(str, d.vcpus))})")
     import matplotlib.pyplot as plt   # here: matplotlib loads only when figures are drawn
     # deferred: the figures module imports matplotlib, which only drawing needs
-    from .figures import all_figures
+    from .figures import all_figures, cdf_counts
+    cdf_vcpus = cdf_counts(d, cdf_vcpus)
 
     title = title or "faultbench: fault delivery to userspace vs vCPUs"
     fig_dir = os.path.join(out_dir, "figures")
     os.makedirs(fig_dir, exist_ok=True)
-    figures = all_figures(d, cdf_vcpus)
+    figures = all_figures(d, cdf_vcpus, model)
     written = []
     for f in figures:
         for ext in ("png", "svg"):
             path = os.path.join(fig_dir, f"{f.name}.{ext}")
             # fixed metadata: regenerating from the same records gives the same files
             meta = {"Date": None} if ext == "svg" else {"Software": "faultbench"}
-            f.fig.savefig(path, dpi=120, metadata=meta)
+            f.fig.savefig(path, dpi=120, metadata=meta, bbox_inches=None)
             written.append(path)
         plt.close(f.fig)
     tables = all_tables(d, reference)
     ids = d.warning_ids()
     sources = sorted({os.path.basename(p) for p in d.df["source"].unique()})
-    head = {"title": title, "machine": d.machine_text(), "hosts": d.hosts_text(),
-            "config": d.config_text(),
-            "emulated": {s: r for s, r in d.emulated.items()}, "reference": reference,
+    head = {"title": title, "hosts": d.hosts_text(),
+            "summary": summary(d, who_wins(d, reference), (model or {}).get("summary")),
+            "mail": mail_block(d), "reference": reference,
             "cdf_vcpus": cdf_vcpus, "records": len(sources)}
 
     with open(os.path.join(out_dir, "report.txt"), "w") as fh:
@@ -103,6 +113,8 @@ def generate(paths: list[str], out_dir: str, reference: str | None = None,
         "figures": [{"name": f.name, "title": f.title} for f in figures],
         "tables": [{"title": t.title, "columns": len(t.header), "rows": len(t.rows)} for t in tables],
         "series": d.series, "emulated": sorted(d.emulated), "vcpus": d.vcpus,
+        "cpus": d.cpus(), "oversubscribed_vcpus": d.oversubscribed(),
+        "summary": head["summary"],
         "reference": reference, "cdf_vcpus": cdf_vcpus,
         "warnings": {wid: f"{d.legend(s)} at {v} vCPUs" for (s, v), wid in ids.items()},
         "records": sources,
@@ -115,14 +127,15 @@ def generate(paths: list[str], out_dir: str, reference: str | None = None,
 
 
 def _text(head, tables, d, ids) -> str:
+    """Mail first (at most 72 columns, the selftest's terms), then the summary, then
+    every table; 80 columns throughout."""
     import textwrap
     w = TEXT_WIDTH
-    out = [head["title"], "",
-           *textwrap.wrap(f"Machine: {head['machine']}", w),
-           *(textwrap.wrap(head["hosts"], w) if head["hosts"] else []),
-           *textwrap.wrap(f"Config: {head['config']}", w)]
-    for s, r in head["emulated"].items():
-        out += textwrap.wrap(f"EMULATED {s}: {r}", w)
+    out = [head["title"], "", head["mail"].rstrip(), "", "Summary", "=" * 7]
+    for para in head["summary"]:
+        out += textwrap.wrap(para, w, initial_indent="- ", subsequent_indent="  ")
+    if head["hosts"]:
+        out += textwrap.wrap(head["hosts"], w)
     out.append("")
     for t in tables:
         out.append(t.to_text(w))
@@ -131,13 +144,11 @@ def _text(head, tables, d, ids) -> str:
 
 
 def _markdown(head, figures, tables, d, ids) -> str:
-    out = [f"# {head['title']}", "",
-           f"**Machine:** {head['machine']}  ",
-           *([f"**{head['hosts']}**  "] if head["hosts"] else []),
-           f"**Config:** {head['config']}", ""]
-    for s, r in head["emulated"].items():
-        out.append(f"> **EMULATED {s}** (dashed in every figure): {r}")
-        out.append("")
+    out = [f"# {head['title']}", "", "## Summary", ""]
+    out += [f"> - {para}" for para in head["summary"]]
+    if head["hosts"]:
+        out += [">", f"> {head['hosts']}"]
+    out += ["", "## For the mailing list", "", "```", head["mail"].rstrip(), "```", ""]
     out.append("## Figures")
     for f in figures:
         out += ["", f"### {f.title}", "", f"![{f.title}](figures/{f.name}.png)", "",
@@ -163,14 +174,15 @@ def _html(head, figures, tables, d, ids, fig_dir) -> str:
              "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
              f"<title>{e(head['title'])}</title><style>{CSS}</style></head><body>",
              f"<h1>{e(head['title'])}</h1>",
-             f"<p class=\"meta\"><b>Machine:</b> {e(head['machine'])}</p>",
-             *([f"<p class=\"meta\"><b>{e(head['hosts'])}</b></p>"] if head["hosts"] else []),
-             f"<p class=\"meta\"><b>Config:</b> {e(head['config'])}</p>"]
-    for s, r in head["emulated"].items():
-        parts.append(f"<p class=\"emulated\"><b>EMULATED {e(s)}</b> (dashed in every figure): "
-                     f"{e(r)}</p>")
+             "<section class=\"summary\" id=\"summary\"><h2>Summary</h2><ul>"]
+    for para in head["summary"]:
+        cls = " class=\"emulated\"" if para.startswith("EMULATED") else ""
+        parts.append(f"<li{cls}>{e(para)}</li>")
+    parts.append("</ul>" + (f"<p class=\"meta\"><b>{e(head['hosts'])}</b></p>" if head["hosts"] else "")
+                 + "</section>")
     parts.append("<nav>" + "".join(f"<a href=\"#{f.name}\">{e(f.title)}</a>" for f in figures)
-                 + "<a href=\"#tables\">Tables</a><a href=\"#warnings\">Warnings</a></nav>")
+                 + "<a href=\"#tables\">Tables</a><a href=\"#mail\">For the mailing list</a>"
+                 "<a href=\"#warnings\">Warnings</a></nav>")
     parts.append("<h2>Figures</h2>")
     for f in figures:
         with open(os.path.join(fig_dir, f"{f.name}.png"), "rb") as fh:
@@ -180,6 +192,8 @@ def _html(head, figures, tables, d, ids, fig_dir) -> str:
                      f"<figcaption><b>{e(f.title)}.</b> {e(f.caption)}</figcaption></figure>")
     parts.append("<h2 id=\"tables\">Tables</h2>")
     parts += [t.to_html() for t in tables]
+    parts.append("<h2 id=\"mail\">For the mailing list</h2>")
+    parts.append(f"<pre class=\"mail\">{e(head['mail'])}</pre>")
     parts.append("<h2 id=\"warnings\">Warnings carried by the records</h2>")
     rows = warnings_rows(d, ids)
     if not rows:
@@ -203,8 +217,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=DEFAULT_OUT, help="output directory (default report/)")
     p.add_argument("--relative-to", metavar="MECH",
                    help="reference mechanism of the who-wins table (default exits)")
-    p.add_argument("--cdf-vcpus", type=int, metavar="N",
-                   help="vCPU count of the latency CDF (default: the largest)")
+    p.add_argument("--cdf-vcpus", metavar="N[,N...]",
+                   type=lambda t: [int(x) for x in t.split(",") if x],
+                   help="vCPU counts of the latency CDFs (default: the largest count that fits the "
+                        "CPUs, and the largest)")
     p.add_argument("--title", help="report title")
     a = p.parse_args(argv)
     try:

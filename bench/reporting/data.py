@@ -110,6 +110,41 @@ class ReportData:
                 self.colors[s] = next(spare, "#555555")
         self.warnings = self._warnings()
 
+    # -- the host's shape: what decides how the numbers read
+    @property
+    def view(self) -> "RecordView":
+        if not hasattr(self, "_view"):
+            self._view = RecordView(self)
+        return self._view
+
+    def cpus(self) -> int | None:
+        """The fewest online CPUs among the report's hosts (vCPUs past it wait for a CPU)."""
+        vals = self.df["machine.online_cpus"].dropna()
+        return int(vals.min()) if len(vals) else None
+
+    def oversubscribed(self) -> list[int]:
+        """vCPU counts above the CPU count: every vCPU there waits for a CPU."""
+        cpus = self.cpus()
+        return [v for v in self.vcpus if cpus and v > cpus]
+
+    def tick_hz(self) -> int | None:
+        col = "machine.sched_tick_hz"
+        vals = self.df[col].dropna().unique() if col in self.df.columns else []
+        return int(vals[0]) if len(vals) == 1 else None
+
+    def kvm_text(self) -> str:
+        """'PVM (pagetable-based virtualization), shadow MMU' or what is known of it."""
+        def one(col):
+            vals = sorted({str(v) for v in self.df[col].dropna()}) if col in self.df.columns else []
+            return ", ".join(vals) if vals else None
+        virt, mmu = one("machine.virtualization"), one("machine.kvm_mmu")
+        if virt is None and mmu is None:
+            return "KVM kind and MMU not recorded (records older than the harness that names them)"
+        what = {"shadow": "shadow MMU (an install takes mmu_lock for write)",
+                "tdp": "TDP MMU (installs share mmu_lock for read)",
+                "tdp-legacy": "legacy TDP MMU (mmu_lock for write)"}
+        return f"{virt or 'KVM'}, {what.get(mmu, mmu or 'MMU unknown')}"
+
     # -- naming
     def legend(self, series: str) -> str:
         return f"{series} (EMULATED)" if series in self.emulated else series
@@ -277,12 +312,18 @@ class ReportData:
         return " ".join(f"{s} is EMULATED (dashed): {r}" for s, r in self.emulated.items())
 
     def caption(self, what: str, series: list[str] | None = None) -> str:
-        """`series`: those the figure draws, when not all (it names their hosts)."""
-        text = f"{what} Machine: {self.machine_text()}. Config: {self.config_text()}."
+        """A figure's caption (HTML and Markdown, never in the image). The machine
+        and the config are in the report's summary box, said once; here only what
+        this figure adds. `series`: those the figure draws (it names their hosts)."""
+        text = what
+        over = self.oversubscribed()
+        if over and "vCPUs" in what:
+            text += (f" Shaded: more vCPUs than the host's {self.cpus()} CPUs "
+                     f"({', '.join(map(str, over))} vCPUs), where every vCPU also waits for a CPU.")
         if self.multi_host():
             text += " " + self.hosts_text(series)
         if self.emulated:
-            text += " " + self.emulation_text()
+            text += " Dashed: EMULATED (see the summary)."
         return text
 
 
@@ -304,3 +345,128 @@ def fmt_num(value, decimals: int = 1) -> str:
     if abs(value) >= 100:
         return f"{value:.0f}"
     return f"{value:.{decimals}f}"
+
+
+# -- what the records hold beyond the tidy table: per-vCPU fairness, self-checks,
+# outlier runs, the scheduler tick
+
+OUTLIER_MADS = 4.0        # a run this many scaled MADs from its cell's median...
+OUTLIER_MIN_SHIFT = 0.10  # ...and at least 10% from it is marked as a single-run outlier
+TICK_TOLERANCE = 0.05     # a tail within 5% of a whole number of ticks "sits on the tick"
+CONCENTRATED_WAIT = 0.5   # a call site with half a traced run's lock wait...
+CONCENTRATED_COUNT = 0.05  # ...from at most 5% of its contentions: a few long waits
+
+
+def outlier_runs(values: list[float]) -> list[int]:
+    """Indices of runs far from their cell's median: beyond OUTLIER_MADS scaled
+    median absolute deviations and OUTLIER_MIN_SHIFT of the median. Needs 4 runs;
+    with all but one run equal, any run off by the minimum shift is an outlier."""
+    vals = [v for v in values if v == v]
+    if len(vals) < 4:
+        return []
+    med = statistics.median(vals)
+    mad = 1.4826 * statistics.median(abs(v - med) for v in vals)
+    out = []
+    for i, v in enumerate(values):
+        if v != v or med == 0:
+            continue
+        shift = abs(v - med)
+        if shift >= OUTLIER_MIN_SHIFT * abs(med) and (mad == 0 or shift > OUTLIER_MADS * mad):
+            out.append(i)
+    return out
+
+
+def tick_multiple(ns: float, hz: int | None) -> int | None:
+    """k where ns is within TICK_TOLERANCE of k scheduler ticks (k >= 1), else None."""
+    if not hz or not ns or ns != ns:
+        return None
+    tick = 1e9 / hz
+    k = round(ns / tick)
+    return k if k >= 1 and abs(ns - k * tick) <= TICK_TOLERANCE * tick else None
+
+
+def _per_vcpu(run: dict) -> list[dict]:
+    """Each vCPU's own rate (pages over its own window) and finish time (from the
+    first vCPU's start), from the run's raw per-vCPU counters."""
+    vcpus = (run.get("raw") or {}).get("vcpus") or []
+    if not vcpus or not all("start_ns" in v and "end_ns" in v for v in vcpus):
+        return []
+    t0 = min(v["start_ns"] for v in vcpus)
+    out = []
+    for v in vcpus:
+        window = (v["end_ns"] - v["start_ns"]) / 1e9
+        if window > 0:
+            out.append({"rate": v.get("touches", 0) / window, "finish_s": (v["end_ns"] - t0) / 1e9})
+    return out
+
+
+class RecordView:
+    """The records behind a ReportData, read once: what the tidy table leaves out."""
+
+    def __init__(self, d: "ReportData"):
+        from .. import result as resultmod
+        self.d = d
+        self.by_source = {}
+        for src in d.df["source"].unique():
+            try:
+                self.by_source[src] = resultmod.load(src)
+            except (OSError, ValueError):
+                continue
+        # (series, vcpus) -> the record(s) of that cell
+        self.cells: dict = {}
+        seen = d.df.drop_duplicates(["series", "vcpus", "source"])
+        for s, v, src in zip(seen["series"], seen["vcpus"], seen["source"]):
+            if src in self.by_source:
+                self.cells.setdefault((s, int(v)), []).append(self.by_source[src])
+
+    def runs(self, s: str, v: int) -> list[dict]:
+        return [run for rec in self.cells.get((s, v), []) for run in rec.get("runs") or []]
+
+    def fairness(self, s: str, v: int) -> dict | None:
+        """min/median/max over a cell's vCPUs of the per-vCPU rate and finish time,
+        each the median over the cell's runs; None without per-vCPU data."""
+        per_run = [p for p in (_per_vcpu(run) for run in self.runs(s, v)) if p]
+        if not per_run:
+            return None
+        out = {"runs": len(per_run)}
+        for key in ("rate", "finish_s"):
+            for stat, fn in (("min", min), ("median", statistics.median), ("max", max)):
+                out[f"{key}_{stat}"] = statistics.median(fn(x[key] for x in p) for p in per_run)
+        out["rate_spread"] = out["rate_max"] / out["rate_min"] if out["rate_min"] > 0 else None
+        return out
+
+    def failed_checks(self, s: str, v: int) -> list[str]:
+        """Names of self-checks that failed in any measured run of the cell."""
+        names = []
+        for run in self.runs(s, v):
+            for name, c in ((run.get("metrics") or {}).get("checks") or {}).items():
+                if isinstance(c, dict) and c.get("ok") is False and name not in names:
+                    names.append(name)
+        return names
+
+    def outliers(self, s: str, v: int, col: str) -> list[float]:
+        """The values of a cell's single-run outliers of `col` (a tidy-table column)."""
+        rows = self.d.cell_rows(s, v)
+        if col not in rows.columns:
+            return []
+        vals = rows[col].tolist()
+        return [vals[i] for i in outlier_runs(vals)]
+
+    def concentrated_locks(self, s: str, v: int) -> list[str]:
+        """Call sites of a cell's traced run(s) where a few contentions make most of
+        the wait: one event, not a steady cost, so the report marks it."""
+        out = []
+        for rec in self.cells.get((s, v), []):
+            for run in rec.get("traced_runs") or []:
+                kl = (run.get("metrics") or {}).get("kernel_locks") or {}
+                total_wait, total_count = kl.get("wait_ns_total") or 0, kl.get("contentions") or 0
+                if not total_wait or not total_count:
+                    continue
+                for lock in kl.get("top_locks") or []:
+                    share = lock.get("wait_ns_total", 0) / total_wait
+                    if share >= CONCENTRATED_WAIT and lock.get("count", 0) <= CONCENTRATED_COUNT * total_count:
+                        out.append(f"{lock.get('count')} contentions at "
+                                   f"{lock.get('call_site') or 'lock ' + str(lock.get('lock'))} make "
+                                   f"{share:.0%} of the traced run's lock wait "
+                                   f"({lock.get('wait_ns_total', 0) / 1e6:.1f} ms)")
+        return out

@@ -6,7 +6,9 @@ import html
 import textwrap
 from dataclasses import dataclass, field
 
-from .data import ReportData, fmt_num, fmt_si
+import statistics
+
+from .data import ReportData, fmt_num, fmt_si, tick_multiple
 
 TEXT_WIDTH = 80
 
@@ -93,55 +95,148 @@ class Table:
 
 
 def _emulation_notes(d: ReportData, series: list[str]) -> list[str]:
-    return [f"EMULATED {s}: {d.emulated[s]}" for s in series if s in d.emulated]
+    # the EMULATED explanation is in the summary box, once; every table names the
+    # series "... (EMULATED)"
+    return []
 
 
 def _warn_mark(d: ReportData, ids: dict, s: str, v: int) -> str:
     return f" {ids[(s, v)]}" if (s, v) in ids else ""
 
 
+def _flags(d: ReportData, ids: dict, s: str, v: int, col: str | None = None) -> str:
+    """A cell's marks, apart from its numbers: Wn (its warnings), X (a failed
+    self-check), O (a single-run outlier in `col`)."""
+    marks = [ids[(s, v)]] if (s, v) in ids else []
+    if d.view.failed_checks(s, v):
+        marks.append("X")
+    if col and d.view.outliers(s, v, col):
+        marks.append("O")
+    return " ".join(marks)
+
+
+FLAG_NOTE = ("flags: Wn the cell's warnings (listed at the end), X a self-check failed in a run, "
+             "O a single-run outlier (over 4 scaled MADs and 10% from the cell's median)")
+
+
 def rate_table(d: ReportData, ids: dict) -> Table:
+    st = d.column("pages_per_s")
     rows = []
-    for v in d.vcpus:
-        row = [str(v)]
-        for s in d.series:
-            st = d.column("pages_per_s")
-            if (s, v) in st.index:
-                r = st.loc[(s, v)]
-                cv = f"{r['cv'] * 100:.0f}%" if r["n"] > 1 and r["cv"] == r["cv"] else "n=1"
-                row.append(f"{fmt_si(r['median'])} {cv}{_warn_mark(d, ids, s, v)}")
-            else:
-                row.append("-")
-        rows.append(row)
+    for s in d.series:
+        for v in d.vcpus:
+            if (s, v) not in st.index:
+                continue
+            r = st.loc[(s, v)]
+            cv = f"{r['cv'] * 100:.0f}" if r["n"] > 1 and r["cv"] == r["cv"] else "-"
+            rows.append([d.legend(s), str(v), fmt_si(r["median"]), fmt_si(r["min"]),
+                         fmt_si(r["max"]), cv, str(int(r["n"])), _flags(d, ids, s, v, "pages_per_s")])
+    few = [n for n in st["n"].tolist() if n < MIN_RUNS]
     return Table("How fast does each mechanism page memory in? Paging rate, pages/s",
-                 ["vCPUs"] + [d.header(s) + "\npages/s cv" for s in d.series], rows,
-                 notes=["median over runs, then the coefficient of variation (stdev/mean); "
-                        "Wn: warnings for that cell, listed at the end"]
-                 + _emulation_notes(d, d.series))
+                 ["mechanism", "vCPUs", "median", "min", "max", "cv %", "runs", "flags"], rows,
+                 key_columns=2,
+                 notes=["over the cell's measured runs; cv: stdev/mean", FLAG_NOTE]
+                 + ([f"{len(few)} cells have fewer than {MIN_RUNS} runs: too few for a verdict"]
+                    if few else []))
+
+
+MIN_RUNS = 5   # verdict.MIN_REPETITIONS: below it no verdict is given
+
+
+def ratio_of_medians_interval(base: list[float], new: list[float], seed: int = 0,
+                              resamples: int = 2000) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of median(new) / median(base), each side
+    resampled on its own (the runs of two cells are independent)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    b, n = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
+    mb = np.median(b[rng.integers(0, b.size, (resamples, b.size))], axis=1)
+    mn = np.median(n[rng.integers(0, n.size, (resamples, n.size))], axis=1)
+    lo, hi = np.percentile(mn / mb, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def who_wins(d: ReportData, reference: str) -> list[dict]:
+    """Per series and vCPU count against the reference on the same host: the ratio
+    of medians with its bootstrap 95% interval, and the nightly's verdict (Mann-
+    Whitney, Benjamini-Hochberg over every ratio here, Hodges-Lehmann interval
+    against the paging rate's minimum effect: bench/nightly/verdict.py)."""
+    from ..nightly import verdict as verdictmod
+    metric = verdictmod.METRIC_BY_PATH["pages_per_s"]
+    out, judgements = [], []
+    for s in d.series:
+        ref = d.reference_for(reference, s)
+        if not ref or ref == s:
+            continue
+        for v in d.vcpus:
+            a = d.cell_rows(s, v)["pages_per_s"].dropna().tolist()
+            b = d.cell_rows(ref, v)["pages_per_s"].dropna().tolist()
+            if not a or not b or min(b) <= 0:
+                continue
+            j = verdictmod.Judgement(cell=f"{s} at {v}", metric=metric, base=b, new=a)
+            judgements.append(j)
+            out.append({"series": s, "reference": ref, "vcpus": v, "judgement": j,
+                        "ratio": statistics.median(a) / statistics.median(b),
+                        "interval": ratio_of_medians_interval(b, a) if len(a) > 1 and len(b) > 1
+                        else None})
+    verdictmod.judge(judgements)
+    return out
+
+
+def verdict_words(j) -> str:
+    if j.verdict == "DIFFERENT":
+        return "faster" if not j.worse else "slower"
+    if j.verdict == "SAME":
+        return "same (within 10%)" if abs(j.metric.min_effect - 0.10) < 1e-9 else "same"
+    if j.repetitions_needed == MIN_RUNS and min(len(j.base), len(j.new)) < MIN_RUNS:
+        return "too few runs"
+    return "not significant"
 
 
 def who_wins_table(d: ReportData, reference: str, ids: dict) -> Table:
     rows = []
-    for v in d.vcpus:
-        row = [str(v)]
-        for s in d.series:
-            ref = d.reference_for(reference, s)   # on s's own host: never a ratio across hosts
-            r = d.ratio_to(ref, s, v) if ref else None
-            if r is None:
-                row.append("-")
-            elif s == ref:
-                row.append("1 (ref)")
-            else:
-                row.append(f"{r['median']:.2f} {r['min']:.2f}-{r['max']:.2f}")
-        rows.append(row)
+    for w in who_wins(d, reference):
+        lo_hi = f"{w['interval'][0]:.2f}-{w['interval'][1]:.2f}" if w["interval"] else "-"
+        j = w["judgement"]
+        rows.append([d.legend(w["series"]), str(w["vcpus"]), f"{w['ratio']:.2f}", lo_hi,
+                     j.verdict, verdict_words(j)])
+    from ..nightly.verdict import METRIC_BY_PATH
+    eff = METRIC_BY_PATH["pages_per_s"].min_effect
     where = " on the same host" if d.multi_host() else ""
     return Table(f"Who wins? Paging rate relative to {reference}" + (" on each host" if where else ""),
-                 ["vCPUs"] + [d.header(s) + "\nratio min-max" for s in d.series], rows,
-                 notes=[f"median of the ratios over every pair of runs (a run of the mechanism "
-                        f"over a run of {reference} at the same vCPU count{where}), then their "
-                        "min-max; above 1: faster than the reference"]
-                 + ([d.hosts_text()] if where else [])
-                 + _emulation_notes(d, d.series))
+                 ["mechanism", "vCPUs", "ratio", "95% interval", "verdict", "reading"], rows,
+                 key_columns=2,
+                 notes=[f"ratio: median pages/s of the mechanism over the median of {reference} at "
+                        f"the same vCPU count{where}; interval: percentile bootstrap of that ratio "
+                        "(each side resampled); above 1: faster",
+                        "verdict: the nightly's (bench/nightly/verdict.py): Mann-Whitney U, "
+                        "Benjamini-Hochberg over every ratio of this table, Hodges-Lehmann ratio "
+                        f"and its interval against a {eff:.0%} minimum effect; UNKNOWN is "
+                        f"'not significant', or 'too few runs' below {MIN_RUNS} a side",
+                        "on an oversubscribed host a ratio compares CPU cost per fault and its "
+                        "queueing, not scalability"]
+                 + ([d.hosts_text()] if where else []))
+
+
+def fairness_table(d: ReportData, ids: dict) -> Table | None:
+    rows = []
+    for s in d.series:
+        for v in d.vcpus:
+            f = d.view.fairness(s, v)
+            if not f or v == 1:
+                continue
+            rows.append([d.legend(s), str(v), fmt_si(f["rate_min"]), fmt_si(f["rate_median"]),
+                         fmt_si(f["rate_max"]),
+                         f"{f['rate_spread']:.1f}" if f["rate_spread"] else "-",
+                         fmt_num(f["finish_s_min"], 2), fmt_num(f["finish_s_median"], 2),
+                         fmt_num(f["finish_s_max"], 2)])
+    if not rows:
+        return None
+    return Table("Are vCPUs served fairly? Per-vCPU rate (pages/s) and finish time (s)",
+                 ["mechanism", "vCPUs", "rate\nmin", "rate\nmedian", "rate\nmax", "max/\nmin",
+                  "finish\nfirst s", "finish\nmedian s", "finish\nlast s"], rows, key_columns=2,
+                 notes=["over a cell's vCPUs, each the median over its runs; a vCPU's rate is its "
+                        "pages over its own window in the guest; finish: seconds from the first "
+                        "vCPU's start; cells of 1 vCPU left out"])
 
 
 def hosts_table(d: ReportData) -> Table | None:
@@ -175,7 +270,8 @@ def hosts_table(d: ReportData) -> Table | None:
 
 def latency_table(d: ReportData, ids: dict) -> Table:
     keys = [("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99_9", "p99.9"), ("max", "max")]
-    rows = []
+    hz = d.tick_hz()
+    rows, on_tick = [], 0
     for s in d.series:
         col = "fault_latency_ns" if not d.is_baseline(s) else "first_touch_latency_ns"
         for v in d.vcpus:
@@ -183,15 +279,23 @@ def latency_table(d: ReportData, ids: dict) -> Table:
             if all(x is None for x in vals):
                 continue
             name = d.legend(s) + (" (first touch)" if d.is_baseline(s) else "")
+            # the tail percentiles that sit on whole scheduler ticks
+            ticks = [f"{lbl}={k}" for (key, lbl), x in zip(keys[2:], vals[2:])
+                     if x and x >= 0.9e9 / (hz or 1e18) and (k := tick_multiple(x, hz))]
+            on_tick += bool(ticks)
             rows.append([name, str(v)] + [fmt_num(x / 1000 if x is not None else None) for x in vals]
-                        + [ids.get((s, v), "")])
+                        + [" ".join(ticks) or "-", _flags(d, ids, s, v, f"{col}.p50")])
     return Table("How long does a vCPU wait for a page? Fault latency, us",
-                 ["mechanism", "vCPUs"] + [f"{lbl} us" for _, lbl in keys] + ["warn"], rows,
-                 key_columns=2,
+                 ["mechanism", "vCPUs"] + [f"{lbl} us" for _, lbl in keys] + ["on tick", "flags"],
+                 rows, key_columns=2,
                  notes=["each percentile is the median over runs of the run's own percentile "
                         "(from a histogram within 0.4%); baselines deliver no fault to userspace, "
-                        "so their row is the first touch of a page (the kernel's own fault path)"]
-                 + _emulation_notes(d, d.series))
+                        "so their row is the first touch of a page (the kernel's own fault path)",
+                        (f"on tick: p99, p99.9 or max within 5% of k scheduler ticks ({1e3 / hz:g} ms, "
+                         f"HZ={hz}; {on_tick} rows): a vCPU that waited whole ticks for its CPU, the "
+                         "scheduler's tail, not the mechanism's" if hz else
+                         "on tick: the records do not say the scheduler tick (CONFIG_HZ)"),
+                        "flags: as in the paging-rate table (O: of the p50)"])
 
 
 def breakdown_tables(d: ReportData) -> list[Table]:
@@ -220,7 +324,7 @@ def breakdown_tables(d: ReportData) -> list[Table]:
 def lock_table(d: ReportData, ids: dict) -> Table | None:
     if d.traced.empty or "kernel_locks.contentions" not in d.traced.columns:
         return None
-    rows = []
+    rows, concentrated = [], []
     sites = [c for c in d.traced.columns if c.startswith("lock_site.") and c.endswith(".wait_ns")]
     for s in d.series:
         for v in d.vcpus:
@@ -232,15 +336,18 @@ def lock_table(d: ReportData, ids: dict) -> Table | None:
             best = max(((row[c], c) for c in sites if row[c] == row[c] and row[c] > 0), default=None)
             site = best[1][len("lock_site."):-len(".wait_ns")] if best else "-"
             share = f"{best[0] / total * 100:.0f}%" if best and total else ""
+            few = d.view.concentrated_locks(s, v)
             rows.append([d.legend(s), str(v), f"{int(row['kernel_locks.contentions']):,}",
-                         f"{total / 1e6:.2f}", site, share])
+                         f"{total / 1e6:.2f}", site, share, "O" if few else ""])
+            concentrated += [f"{d.legend(s)} at {v} vCPUs: {x}" for x in few]
     return Table("Which kernel locks are contended? One traced run per cell",
-                 ["mechanism", "vCPUs", "contentions", "wait ms", "top call site", "share %"], rows,
-                 key_columns=2,
+                 ["mechanism", "vCPUs", "contentions", "wait ms", "top call site", "share %", "flags"],
+                 rows, key_columns=2,
                  notes=["lock:contention_begin/end with the kernel call chain; traced runs are "
                         "extra runs, the headline numbers come from untraced ones; share: the "
-                        "top call site's part of the cell's total wait"]
-                 + _emulation_notes(d, d.series))
+                        "top call site's part of the cell's total wait",
+                        "O: one event, not a steady cost: a call site with at least half the "
+                        "traced run's wait from at most 5% of its contentions"] + concentrated)
 
 
 def blocktime_table(d: ReportData, ids: dict) -> Table | None:
@@ -340,8 +447,9 @@ def warnings_rows(d: ReportData, ids: dict) -> list[tuple[str, str, list[str]]]:
 def all_tables(d: ReportData, reference: str) -> list[Table]:
     ids = d.warning_ids()
     tables = [t for t in (hosts_table(d),) if t is not None]
-    tables += [rate_table(d, ids), who_wins_table(d, reference, ids), latency_table(d, ids),
-               cost_and_wait_table(d, ids)]
+    tables += [rate_table(d, ids), who_wins_table(d, reference, ids)]
+    tables += [t for t in (fairness_table(d, ids),) if t is not None]
+    tables += [latency_table(d, ids), cost_and_wait_table(d, ids)]
     tables += breakdown_tables(d)
     for t in (lock_table(d, ids), blocktime_table(d, ids), cpu_table(d, ids)):
         if t is not None:
