@@ -350,7 +350,9 @@ def fmt_num(value, decimals: int = 1) -> str:
 # -- what the records hold beyond the tidy table: per-vCPU fairness, self-checks,
 # outlier runs, the scheduler tick
 
-OUTLIER_MADS = 4.0        # a run this many scaled MADs from its cell's median...
+# Iglewicz and Hoaglin's modified z-score: a run over 3.5 scaled median absolute
+# deviations from its cell's median...
+OUTLIER_MADS = 3.5
 OUTLIER_MIN_SHIFT = 0.10  # ...and at least 10% from it is marked as a single-run outlier
 TICK_TOLERANCE = 0.05     # a tail within 5% of a whole number of ticks "sits on the tick"
 CONCENTRATED_WAIT = 0.5   # a call site with half a traced run's lock wait...
@@ -358,8 +360,8 @@ CONCENTRATED_COUNT = 0.05  # ...from at most 5% of its contentions: a few long w
 
 
 def outlier_runs(values: list[float]) -> list[int]:
-    """Indices of runs far from their cell's median: beyond OUTLIER_MADS scaled
-    median absolute deviations and OUTLIER_MIN_SHIFT of the median. Needs 4 runs;
+    """Indices of runs far from their cell's median: a modified z-score over
+    OUTLIER_MADS (Iglewicz and Hoaglin) and OUTLIER_MIN_SHIFT of the median. Needs 4 runs;
     with all but one run equal, any run off by the minimum shift is an outlier."""
     vals = [v for v in values if v == v]
     if len(vals) < 4:

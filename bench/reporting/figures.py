@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator  # noqa: E402
 
 from .. import stats  # noqa: E402
 from .data import ReportData, tick_multiple  # noqa: E402
@@ -34,8 +34,8 @@ SEGMENT_COLORS = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#5254a
                   "#ce6dbd", "#9c9ede"]
 SITE_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d",
                "#666666"]
-ROLE_COLORS = {"vcpu": "#4c72b0", "reader": "#dd8452", "resolver": "#55a868", "worker": "#c44e52"}
-OVERSUB_SHADE = "#e8e8e8"
+ROLE_COLORS = {"vcpu": "#542788", "reader": "#a6611a", "resolver": "#018571", "worker": "#dfc27d"}
+OVERSUB_SHADE = "#f6efd9"   # light sand: not a grey any series uses
 FAILED_RING = "#d00000"
 
 
@@ -47,11 +47,19 @@ class Figure:
     fig: object        # matplotlib Figure
 
 
-def _finish(fig, title: str, legend: tuple | None = None) -> None:
-    """Title on top, the shared legend (handles, labels, ncol) below the panels,
-    outside every axis, so it never covers data."""
+def _finish(fig, title: str, legend: tuple | None = None, side: str = "bottom") -> None:
+    """Title on top, the shared legend (handles, labels, ncol) below the panels (or
+    at their right), outside every axis, so it never covers data."""
     fig.suptitle(title, fontsize=18, fontweight="bold")
     bottom = 0.01
+    if legend and legend[1] and side == "right":
+        handles, labels, _ncol = legend
+        leg = fig.legend(handles, labels, loc="center right", ncol=1, frameon=False,
+                         bbox_to_anchor=(1.0, 0.5), handlelength=2.2)
+        fig.canvas.draw()
+        width = leg.get_window_extent().width / fig.bbox.width
+        fig.tight_layout(rect=(0, 0.01, 1 - width - 0.01, 0.94))
+        return
     if legend and legend[1]:
         handles, labels, ncol = legend
         rows = (len(labels) + ncol - 1) // ncol
@@ -71,12 +79,42 @@ def _shade_oversubscribed(ax, d: ReportData, positions: list[float] | None = Non
     if not over:
         return
     if positions is None:
-        lo = max(v for v in vcpus if v not in over) * 1.19 if len(over) < len(vcpus) else vcpus[0] / 1.4
+        # halfway (geometrically) between the last count that fits and the first that does not
+        lo = ((max(v for v in vcpus if v not in over) * over[0]) ** 0.5 if len(over) < len(vcpus)
+              else vcpus[0] / 1.4)
         hi = vcpus[-1] * 1.4
     else:
         first = vcpus.index(over[0])
         lo, hi = positions[first] - 0.5, positions[-1] + 0.5
     ax.axvspan(lo, hi, color=OVERSUB_SHADE, zorder=0, linewidth=0)
+
+
+def _plain(value, _pos=None) -> str:
+    """Tick labels as numbers people read (300, 2k, 1.5M), not 3x10^2."""
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:g}{suffix}"
+    return f"{value:g}"
+
+
+def log_y(ax) -> None:
+    """A log y axis labelled in plain numbers: 1-2-5 steps over up to 3 decades,
+    decades beyond (more labels would not fit at 14 pt)."""
+    import math
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 1
+    subs = (1.0, 2.0, 5.0) if decades <= 3.2 else (1.0,) if decades <= 8 else (1.0,)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
+    ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, p: ""))
+
+
+def log_x(ax) -> None:
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(_plain))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, p: ""))
 
 
 def _vcpu_axis(ax, d: ReportData) -> None:
@@ -182,7 +220,7 @@ def rate_vs_vcpus(d: ReportData) -> Figure | None:
         plt.close(fig)
         return None
     _vcpu_axis(ax, d)
-    ax.set_yscale("log")   # baselines and mechanisms differ by orders of magnitude
+    log_y(ax)   # baselines and mechanisms differ by orders of magnitude
     ax.set_ylabel("pages/s, all vCPUs (log)")
     title = "Demand-paging rate vs vCPUs"
     meaning = {"none": "none: no userfaultfd, the kernel zero-fills",
@@ -220,7 +258,7 @@ def fairness(d: ReportData) -> Figure | None:
         return None
     for ax in (ax_rate, ax_fin):
         _vcpu_axis(ax, d)
-        ax.set_yscale("log")
+        log_y(ax)
     ax_rate.set_title("each vCPU's own paging rate")
     ax_rate.set_ylabel("pages/s per vCPU (log)")
     ax_fin.set_title("when each vCPU finished")
@@ -250,7 +288,7 @@ def latency_vs_vcpus(d: ReportData) -> Figure | None:
         drawn += _series_lines(ax, d, "", 1e-3, d.series, marks,
                                col_of=lambda s, key=key: f"{col_of(s)}.{key}")
         _vcpu_axis(ax, d)
-        ax.set_yscale("log")
+        log_y(ax)
         ax.set_title(f"{name}")
     if not drawn:
         plt.close(fig)
@@ -313,14 +351,14 @@ def latency_cdf(d: ReportData, at_vcpus: int) -> Figure | None:
         plt.close(fig)
         return None
     for a in (ax, tail):
-        a.set_xscale("log")
+        log_x(a)
         a.set_xlabel("fault latency, us (log)")
         a.grid(True, which="major", alpha=0.3)
     ax.set_ylabel("fraction of faults at or below")
     ax.set_ylim(0, 1.02)
     ax.axhline(0.5, color="#999999", linewidth=0.8, linestyle=":")
     ax.set_title("distribution")
-    tail.set_yscale("log")
+    log_y(tail)
     tail.set_ylabel("fraction slower (log)")
     tail.set_title("tail")
     for q in (1e-2, 1e-3):
@@ -387,7 +425,7 @@ def breakdown_lines(d: ReportData) -> Figure | None:
             if g not in used:
                 used.append(g)
         _vcpu_axis(ax, d)
-        ax.set_yscale("log")
+        log_y(ax)
         ax.set_title(d.legend(s), color=d.colors[s])
         ax.set_ylabel("us per fault (log)")
     handles = [Line2D([], [], color="#000000", linewidth=2.6, marker="o")]
@@ -398,7 +436,7 @@ def breakdown_lines(d: ReportData) -> Figure | None:
     cap = d.caption("Mean time per fault in each segment, from per-fault timestamps, means over runs "
                     "(the parts add up to the total, drawn black); one log scale shared by every "
                     "panel. Segments a mechanism does not have are not drawn.")
-    _finish(fig, title, (handles, labels, 3))
+    _finish(fig, title, (handles, labels, 1), side="right")
     return Figure("breakdown", title, cap, fig)
 
 
@@ -431,7 +469,7 @@ def lock_contention(d: ReportData, top_sites: int = 6) -> Figure | None:
                         ax.axvline(v, color=FAILED_RING, linewidth=1.6, linestyle="-.")
                         concentrated = True
             _vcpu_axis(ax, d)
-            ax.set_yscale("log")
+            log_y(ax)
             ax.tick_params(axis="x", labelrotation=90)
             if j == 0:
                 ax.set_ylabel(ylabel)
@@ -461,7 +499,7 @@ def blocktime(d: ReportData) -> Figure | None:
     drawn |= set(_series_lines(axes[1], d, "blocktime_ns.per_vcpu_mean", 1e-6, d.series, marks))
     for ax, t in zip(axes, ("all vCPUs blocked at once", "each vCPU blocked (mean over vCPUs)")):
         _vcpu_axis(ax, d)
-        ax.set_yscale("log")
+        log_y(ax)
         ax.set_title(t)
     axes[0].set_ylabel("ms (log)")
     legend = _series_legend(d, [s for s in d.series if s in drawn], marks)
@@ -540,7 +578,7 @@ def model_vs_measured(d: ReportData, model: dict | None) -> Figure | None:
     ax.set_xlabel("vCPUs")
     ax.grid(True, which="major", alpha=0.3)
     _shade_oversubscribed(ax, d)
-    ax.set_yscale("log")
+    log_y(ax)
     ax.set_ylabel("pages/s, all vCPUs (log)")
     title = "Measured and MODEL-predicted paging rate"
     cap = d.caption("Solid: measured (median, bars min..max). Dotted and dash-dotted with diamonds: "

@@ -116,7 +116,7 @@ def _flags(d: ReportData, ids: dict, s: str, v: int, col: str | None = None) -> 
 
 
 FLAG_NOTE = ("flags: Wn the cell's warnings (listed at the end), X a self-check failed in a run, "
-             "O a single-run outlier (over 4 scaled MADs and 10% from the cell's median)")
+             "O a single-run outlier (a modified z-score over 3.5, and 10% from the cell's median)")
 
 
 def rate_table(d: ReportData, ids: dict) -> Table:
