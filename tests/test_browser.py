@@ -1,6 +1,7 @@
 """The HTML report in a real browser: Debian's Chromium, headless, driven over the
-DevTools protocol. It must render, every image must load, the console must stay
-clean; a screenshot is saved for a reviewer (report/browser-check.png)."""
+DevTools protocol, at a desktop width and a laptop's half-screen width. It must
+render, every image must load, the console must stay clean, nothing may overflow
+the width; the screenshots go to the test's temporary directory."""
 import json
 import os
 import shutil
@@ -13,10 +14,10 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE_RECORDS = os.path.join(REPO, "report", "example", "records")
-SCREENSHOT = os.path.join(REPO, "report", "browser-check.png")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1400,1000"]
+         "--disable-dev-shm-usage", "--hide-scrollbars"]
+WIDTHS = (1600, 900)   # a slide-sized desktop window; half a laptop screen
 
 
 def _chromium() -> str:
@@ -86,12 +87,14 @@ def report_html():
         return os.path.join(example, "report.html"), json.load(f)
 
 
-def test_html_report_renders_in_chromium(report_html, tmp_path):
+@pytest.mark.parametrize("width", WIDTHS)
+def test_html_report_renders_in_chromium(report_html, tmp_path, width):
     pytest.importorskip("websocket", reason="websocket-client (test extra) is not installed")
     browser = _chromium()
     html_path, manifest = report_html
     port = _free_port()
-    proc = subprocess.Popen([browser, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+    proc = subprocess.Popen([browser, *FLAGS, f"--window-size={width},1000",
+                             f"--user-data-dir={tmp_path / 'profile'}",
                              f"--remote-debugging-port={port}", "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -117,11 +120,13 @@ def test_html_report_renders_in_chromium(report_html, tmp_path):
                                                            w: i.naturalWidth, alt: i.alt})),
             tables: document.querySelectorAll('table').length,
             emulated: document.body.innerText.includes('EMULATED'),
+            summary: (document.getElementById('summary') || {innerText: ''}).innerText,
+            scrollWidth: document.documentElement.scrollWidth,
+            innerWidth: window.innerWidth,
             height: document.body.scrollHeight})""")["result"]["value"]
         shot = dt.call("Page.captureScreenshot", format="png")
-        os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
         import base64
-        with open(SCREENSHOT, "wb") as f:
+        with open(tmp_path / f"report-{width}.png", "wb") as f:
             f.write(base64.b64decode(shot["data"]))
         errors = [e for e in dt.events
                   if e.get("method") == "Runtime.exceptionThrown"
@@ -144,4 +149,10 @@ def test_html_report_renders_in_chromium(report_html, tmp_path):
     assert all(i["w"] >= 1000 for i in state["images"])   # slide-sized, not a thumbnail
     assert state["tables"] == len(manifest["tables"])
     assert state["emulated"] and state["height"] > 2000
-    assert os.path.getsize(SCREENSHOT) > 20_000
+    # the summary box is there and says what the host is and which cells are oversubscribed
+    assert f"{manifest['cpus']} CPUs" in state["summary"]
+    if manifest["oversubscribed_vcpus"]:
+        assert "oversubscribed" in state["summary"]
+    # wide tables scroll inside the page at most: the page itself never gets wider
+    assert state["scrollWidth"] <= state["innerWidth"], state
+    assert os.path.getsize(tmp_path / f"report-{width}.png") > 20_000

@@ -38,6 +38,7 @@ pre.mail { background: #fafafa; border: 1px solid #ddd; padding: 0.6em; font-siz
 figure { margin: 1.5em 0; }
 figure img { width: 100%; height: auto; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #444; }
+div.wide { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; margin: 0.5em 0 0.2em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; }
 th { background: #f3f3f3; }

@@ -80,14 +80,15 @@ class Table:
     # -- HTML
     def to_html(self) -> str:
         e = html.escape
-        out = [f"<h3>{e(self.title)}</h3>", "<table>", "<thead><tr>"]
+        # a wide table scrolls in its own box: the page never gets wider than the window
+        out = [f"<h3>{e(self.title)}</h3>", "<div class=\"wide\"><table>", "<thead><tr>"]
         out += [f"<th>{e(h).replace(chr(10), '<br>')}</th>" for h in self.header]
         out.append("</tr></thead><tbody>")
         for row in self.rows:
             tds = [f"<td class=\"{'key' if i < self.key_columns else 'num'}\">{e(str(c))}</td>"
                    for i, c in enumerate(row)]
             out.append("<tr>" + "".join(tds) + "</tr>")
-        out.append("</tbody></table>")
+        out.append("</tbody></table></div>")
         if self.notes:
             out.append("<ul class=\"notes\">" + "".join(f"<li>{e(n)}</li>" for n in self.notes)
                        + "</ul>")
