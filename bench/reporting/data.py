@@ -354,7 +354,8 @@ def fmt_num(value, decimals: int = 1) -> str:
 # deviations from its cell's median...
 OUTLIER_MADS = 3.5
 OUTLIER_MIN_SHIFT = 0.10  # ...and at least 10% from it is marked as a single-run outlier
-TICK_TOLERANCE = 0.05     # a tail within 5% of a whole number of ticks "sits on the tick"
+TICK_TOLERANCE = 0.05     # a tail within 5% of a tick of a whole number of ticks "sits on the tick"
+MAX_TICKS = 10            # past 10 ticks a fifth of all values would pass: not a sign
 CONCENTRATED_WAIT = 0.5   # a call site with half a traced run's lock wait...
 CONCENTRATED_COUNT = 0.05  # ...from at most 5% of its contentions: a few long waits
 
@@ -384,7 +385,7 @@ def tick_multiple(ns: float, hz: int | None) -> int | None:
         return None
     tick = 1e9 / hz
     k = round(ns / tick)
-    return k if k >= 1 and abs(ns - k * tick) <= TICK_TOLERANCE * tick else None
+    return k if 1 <= k <= MAX_TICKS and abs(ns - k * tick) <= TICK_TOLERANCE * tick else None
 
 
 def _per_vcpu(run: dict) -> list[dict]:

@@ -142,16 +142,18 @@ def _style(d: ReportData, s: str) -> dict:
             "markersize": 7, "label": d.legend(s)}
 
 
-def _marks(ax, d: ReportData, col: str, scale: float, s: str, xs: list, ys: list) -> set:
-    """Ring cells with a failed self-check; a cross at each single-run outlier.
-    Returns which kinds were drawn ("failed", "outlier")."""
+def _marks(ax, d: ReportData, col: str, scale: float, s: str, xs: list, ys: list,
+           outliers: bool = True) -> set:
+    """Ring cells with a failed self-check; a cross at each single-run outlier
+    (not for tail percentiles: one run's p99.9 is a handful of faults, and the
+    crosses would hide the lines). Returns which kinds were drawn."""
     kinds = set()
     for x, y in zip(xs, ys):
         if d.view.failed_checks(s, x):
             ax.plot([x], [y], marker="o", markersize=17, markerfacecolor="none",
                     markeredgecolor=FAILED_RING, markeredgewidth=2.2, linestyle="none", zorder=5)
             kinds.add("failed")
-        for value in d.view.outliers(s, x, col):
+        for value in (d.view.outliers(s, x, col) if outliers else []):
             if value and value > 0:
                 ax.plot([x], [value * scale], marker="x", markersize=11, color=d.colors[s],
                         markeredgewidth=2.5, linestyle="none", zorder=5)
@@ -173,7 +175,7 @@ def _mark_handles(kinds: set) -> tuple[list, list]:
 
 
 def _series_lines(ax, d: ReportData, col: str, scale: float, series: list[str],
-                  marks: set | None = None, col_of=None) -> list[str]:
+                  marks: set | None = None, col_of=None, outliers: bool = True) -> list[str]:
     """One line per series (median, bars min..max); returns the series drawn. All-zero
     series (a baseline's blocktime) are left out: a log axis cannot show them.
     `col_of(series)`: the column per series where it differs (baselines' first touch)."""
@@ -192,7 +194,7 @@ def _series_lines(ax, d: ReportData, col: str, scale: float, series: list[str],
         hi = ((sub["max"] - sub["median"]) * scale).tolist()
         ax.errorbar(x, y, yerr=[lo, hi], capsize=4, **_style(d, s))
         if marks is not None:
-            marks |= _marks(ax, d, c, scale, s, x, y)
+            marks |= _marks(ax, d, c, scale, s, x, y, outliers)
         drawn.append(s)
     return drawn
 
@@ -286,7 +288,8 @@ def latency_vs_vcpus(d: ReportData) -> Figure | None:
     hz = d.tick_hz()
     for ax, (key, name) in zip(axes, panels):
         drawn += _series_lines(ax, d, "", 1e-3, d.series, marks,
-                               col_of=lambda s, key=key: f"{col_of(s)}.{key}")
+                               col_of=lambda s, key=key: f"{col_of(s)}.{key}",
+                               outliers=key == "p50")
         _vcpu_axis(ax, d)
         log_y(ax)
         ax.set_title(f"{name}")
@@ -302,10 +305,6 @@ def latency_vs_vcpus(d: ReportData) -> Figure | None:
                 for ax in axes:
                     ax.axhline(k * tick_us, color="#555555", linestyle=(0, (1, 3)), linewidth=1.4)
                 ticks_drawn = True
-        if ticks_drawn:
-            axes[-1].annotate(f"{1e3 / hz:g} ms scheduler tick", xy=(1.0, tick_us),
-                              xycoords=("axes fraction", "data"), ha="right", va="bottom",
-                              fontsize=MIN_PT, color="#333333")
     axes[0].set_ylabel("fault latency, us (log)")
     drawn_u = list(dict.fromkeys(drawn))
     handles, labels, ncol = _series_legend(d, drawn_u, marks)
@@ -317,7 +316,7 @@ def latency_vs_vcpus(d: ReportData) -> Figure | None:
                     "median over runs of each run's percentile, bars min..max. Baselines (squares) "
                     "deliver no fault to userspace: theirs is the first touch of a page, the "
                     "kernel's own fault path, so a tail the baselines share is the host's, not a "
-                    "mechanism's."
+                    "mechanism's. Crosses (single-run outliers) on p50 only."
                     + (f" Dotted: whole scheduler ticks ({1e3 / hz:g} ms at HZ={hz}); tails on them "
                        "are vCPUs waiting a tick for a CPU." if ticks_drawn else ""), drawn_u)
     _finish(fig, title, (handles, labels, ncol))

@@ -292,7 +292,7 @@ def latency_table(d: ReportData, ids: dict) -> Table:
                  notes=["each percentile is the median over runs of the run's own percentile "
                         "(from a histogram within 0.4%); baselines deliver no fault to userspace, "
                         "so their row is the first touch of a page (the kernel's own fault path)",
-                        (f"on tick: p99, p99.9 or max within 5% of k scheduler ticks ({1e3 / hz:g} ms, "
+                        (f"on tick: p99, p99.9 or max within 5% of a tick of k scheduler ticks, k up to 10 ({1e3 / hz:g} ms, "
                          f"HZ={hz}; {on_tick} rows): a vCPU that waited whole ticks for its CPU, the "
                          "scheduler's tail, not the mechanism's" if hz else
                          "on tick: the records do not say the scheduler tick (CONFIG_HZ)"),
