@@ -176,7 +176,8 @@ def selftest_columns(d: ReportData, s: str) -> tuple[str, str]:
     """The columns holding the selftest's own two rates for a series (an imported
     demand_paging_test record keeps them under its own names)."""
     rows = d.runs[d.runs["series"] == s]
-    for per, overall in (("selftest.per_vcpu_pages_per_s", "selftest.overall_pages_per_s"),):
+    for per, overall in (("selftest.per_vcpu_demand_paging_rate",
+                          "selftest.overall_demand_paging_rate"),):
         if per in rows.columns and rows[per].notna().any():
             return per, overall
     return "pages_per_s_per_vcpu", "pages_per_s"
