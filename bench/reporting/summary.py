@@ -56,7 +56,8 @@ def config_lines(d: ReportData) -> list[str]:
         f"Readers or resolvers per userfaultfd or queue: {reader_text}.",
         f"Placement: {_list(_values(d, 'placement'))}; memory per vCPU: {_list([f'{v:g} MiB' for v in mem])}; "
         f"workload: {_list(_values(d, 'workload'))}.",
-        f"Runs: {runs} a cell, {order_text(d)}.",
+        f"Runs: {runs} a cell, {order_text(d)}"
+        + (" (cells with fewer than 5 runs get no verdict)." if reps is not None and reps.min() < 5 else "."),
     ]
 
 
