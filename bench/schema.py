@@ -187,6 +187,49 @@ READABLE = {
 }
 
 
+# Records imported from the kernel selftest's output (bench/selftest_import.py): the
+# same shape where they have a field, but their runs hold only what the selftest
+# prints (no content check, no latency), and their machine is as stated by whoever
+# ran it, so its CPU count may be unknown (null). Told apart by `source.kind`.
+SELFTEST_KIND = "demand_paging_test"
+
+SELFTEST_NUMBERS = _object({k: NON_NEGATIVE for k in (
+    "total_guest_execution_time_s", "per_vcpu_demand_paging_rate", "overall_demand_paging_rate",
+    "pages_per_vcpu")}, ("total_guest_execution_time_s", "per_vcpu_demand_paging_rate",
+                         "overall_demand_paging_rate"))
+IMPORTED_METRICS = {**METRICS,
+                    "properties": {**METRICS["properties"], "selftest": SELFTEST_NUMBERS},
+                    "required": ["pages_per_s", "pages_per_s_per_vcpu", "guest_seconds", "pages",
+                                 "selftest"]}
+IMPORTED_RUN = _object({"metrics": IMPORTED_METRICS, "raw": {"type": "object"}}, ("metrics",))
+SOURCE = _object({"kind": {"const": SELFTEST_KIND}, "args": STRING,
+                  "argv": {"type": "array", "items": STRING}, "label": STRING_OR_NULL,
+                  "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                  "files": {"type": "array", "minItems": 1,
+                            "items": _object({"path": STRING, "sha256": STRING, "bytes": COUNT},
+                                             ("path", "sha256"))}},
+                 ("kind", "args", "files", "sha256"))
+IMPORTED = {
+    **RECORD, "title": "faultbench result record imported from demand_paging_test output",
+    "properties": {**RECORD["properties"], "source": SOURCE,
+                   "runs": {"type": "array", "items": IMPORTED_RUN},
+                   "machine": {**MACHINE, "properties": {**MACHINE["properties"],
+                                                         "as_stated": {"type": "boolean"}}}},
+    "required": [*RECORD["required"], "source"],
+}
+IMPORTED_READABLE = {
+    **READABLE, "title": "imported faultbench result record, as its readers need it",
+    "properties": {**READABLE["properties"],
+                   "machine": {"properties": {"online_cpus": {"type": ["integer", "null"], "minimum": 1}}}},
+}
+
+
+def is_imported(record) -> bool:
+    """True for a record imported from the selftest's output (its `source.kind`)."""
+    return (isinstance(record, dict) and isinstance(record.get("source"), dict)
+            and record["source"].get("kind") == SELFTEST_KIND)
+
+
 def _isoformat(value) -> bool:
     if not isinstance(value, str):
         return True   # format applies to strings only; "type" says the rest
@@ -201,10 +244,12 @@ FORMATS = jsonschema.FormatChecker(formats=())
 FORMATS.checks("isoformat")(_isoformat)
 FORMATS.checks("printable")(lambda value: not isinstance(value, str) or value.isprintable())
 
-for _schema in (RECORD, READABLE):
+for _schema in (RECORD, READABLE, IMPORTED, IMPORTED_READABLE):
     jsonschema.Draft202012Validator.check_schema(_schema)
 VALIDATOR = jsonschema.Draft202012Validator(RECORD, format_checker=FORMATS)
 READABLE_VALIDATOR = jsonschema.Draft202012Validator(READABLE, format_checker=FORMATS)
+IMPORTED_VALIDATOR = jsonschema.Draft202012Validator(IMPORTED, format_checker=FORMATS)
+IMPORTED_READABLE_VALIDATOR = jsonschema.Draft202012Validator(IMPORTED_READABLE, format_checker=FORMATS)
 
 
 def json_path(parts) -> str:
@@ -224,9 +269,12 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{where}: {message}" if where else message
 
 
-def problems(record, validator=VALIDATOR) -> list[str]:
-    """Every place where `record` breaks the schema, the shallowest first (a missing
-    or wrong-typed object before what is wrong inside another one); [] when none."""
+def problems(record, validator=None) -> list[str]:
+    """Every place where `record` breaks the schema (the imported records' own where
+    `source` says it is one), the shallowest first (a missing or wrong-typed object
+    before what is wrong inside another one); [] when none."""
+    if validator is None:
+        validator = IMPORTED_VALIDATOR if is_imported(record) else VALIDATOR
     errors = list(validator.iter_errors(record))
     # stable sort: among equally deep problems, the schema's own order
     errors.sort(key=lambda e: len(e.absolute_path))
@@ -235,4 +283,4 @@ def problems(record, validator=VALIDATOR) -> list[str]:
 
 def reader_problems(record) -> list[str]:
     """What a record that matches RECORD lacks for its readers (READABLE)."""
-    return problems(record, READABLE_VALIDATOR)
+    return problems(record, IMPORTED_READABLE_VALIDATOR if is_imported(record) else READABLE_VALIDATOR)

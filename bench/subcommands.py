@@ -13,4 +13,5 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("bench.nightly.compare", "SAME/DIFFERENT/UNKNOWN per cell and metric, host fingerprint checked"),
     "plan": ("bench.jobs.plan", "a sweep as scheduler jobs (jsonl, GitHub matrix, Slurm array script)"),
     "run-job": ("bench.jobs.run_job", "run one job of a plan (a scheduler task); exit 0/1/2/75"),
+    "import-selftest": ("bench.selftest_import", "demand_paging_test output as a result record (machine as stated)"),
 }

@@ -25,6 +25,7 @@ import sys
 from . import metrics
 from .cmdline import OneLineParser
 from . import result as resultmod
+from . import schema
 from .nightly import cells
 # bench/sweep.py takes the sweep index's marker from here
 from .nightly.cells import INDEX_KIND  # noqa: F401
@@ -63,8 +64,19 @@ def load_records(paths: list[str]) -> list[tuple[str, dict]]:
 
 
 def mech_label(rec: dict) -> str:
-    """The series name of a record: mechanism plus the options that change it."""
+    """The series name of a record: mechanism plus the options that change it. A
+    record imported from the kernel selftest's output is named "demand_paging_test"
+    first, then its mechanism, then its --label, so no legend or table mistakes it
+    for the harness's own."""
     c = rec["config"]
+    if schema.is_imported(rec):
+        name = f"{schema.SELFTEST_KIND} {c.get('mechanism', '?')}"
+        if c.get("resolve") == "continue":
+            name += "/continue"
+        if (c.get("readers_per_uffd") or 1) > 1:
+            name += f"/r{c['readers_per_uffd']}"
+        label = rec["source"].get("label")
+        return f"{name} {label}" if label else name
     name = c["mech"]
     if c.get("resolve") == "continue" and name not in ("none", "prefault"):
         name += "/continue"
@@ -141,7 +153,10 @@ def rows_of(path: str, rec: dict, metric_columns: set | None = None,
             host: str | None = None) -> list[dict]:
     host = host or cells.host_labels([rec["machine"]])[0]
     base = {"source": path, "created": rec["created"], "cell": cell_key(rec, host), "host": host,
-            "label": mech_label(rec), "emulated": rec["emulated"],
+            "label": mech_label(rec),
+            # who measured it: the harness, or demand_paging_test (imported, machine as stated)
+            "origin": schema.SELFTEST_KIND if schema.is_imported(rec) else "faultbench",
+            "emulated": rec["emulated"],
             "emulation_reason": rec["emulation_reason"] or "",
             "warnings": json.dumps(rec["warnings"]),
             "harness_version": rec["harness"].get("version"),

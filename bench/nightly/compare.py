@@ -14,6 +14,7 @@ import os
 import sys
 
 from bench import result as resultmod
+from bench import schema
 from bench.cmdline import OneLineParser
 
 from .cells import BadInput, load_records
@@ -49,6 +50,16 @@ def main(argv=None, prog: str = "run_bench.py compare", error_prefix: str | None
         new = [r for _p, r in load_records([a.new])]
     except BadInput as exc:
         print(f"{error_prefix}: error: {exc}", file=sys.stderr)
+        return 2
+    imported = [any(schema.is_imported(r) for r in side) for side in (base, new)]
+    if any(imported) and not all(schema.is_imported(r) for r in base + new):
+        # a selftest import has no host fingerprint and another guest: it compares with
+        # imported records of its own cell only, never with the harness's
+        which = " and ".join(f"{side} ({path})" for side, path, imp in
+                             (("base", a.base, imported[0]), ("new", a.new, imported[1])) if imp)
+        print(f"{error_prefix}: error: {which} hold records imported from {schema.SELFTEST_KIND} "
+              "output: they compare only with imported records of the same cell, not with the "
+              "harness's own (give imported records on both sides)", file=sys.stderr)
         return 2
     ignore = frozenset(k for k in a.ignore_config.split(",") if k)
     bhosts, nhosts = (set(h) for h in hosts_of_sides(base, new))

@@ -37,7 +37,7 @@ def export(records: list[dict], metric: str | None, name: str | None) -> pyperf.
         raise BadInput(f"the records come from {len(hosts)} hosts ({', '.join(hosts)}); "
                        "export one host's at a time")
     if metric is None:   # the latency the cell has: fault p50, or first-touch p50 for a baseline
-        latencies = [m.path for m in metrics_of(records[0]) if m.path != "pages_per_s"]
+        latencies = [m.path for m in metrics_of(records[0]) if m.unit == "ns"]
         if not latencies:
             raise BadInput("the records hold no latency metric; choose one with --metric")
         metric = latencies[0]

@@ -29,6 +29,7 @@ from scipy import stats as sps
 
 from bench import cpustate
 from bench import result as resultmod
+from bench import schema
 from bench.metrics import JUDGED, Metric
 
 from . import fingerprint as fpmod
@@ -168,6 +169,10 @@ def metrics_of(record: dict) -> list[Metric]:
     out = []
     for m in METRICS:
         if m.path == "first_touch_latency_ns.p50" and resultmod.metric_values(record, "fault_latency_ns.p50"):
+            continue
+        # an imported record's rate is judged as the selftest printed it, under its name
+        # (the same ratio as its distinct-page rate within one cell: judged once)
+        if m.path == "pages_per_s" and schema.is_imported(record):
             continue
         if resultmod.metric_values(record, m.path):
             out.append(m)
@@ -322,8 +327,10 @@ def uncontended_runs(cell: str, base: list[dict], new: list[dict]) -> tuple[list
                for side, recs in (("base", base), ("new", new))}
     if any(missing.values()):
         # filtering one side only would keep its slowed runs against the other's quick ones
+        why = ("imported from demand_paging_test output"
+               if all(schema.is_imported(r) for r in base + new) else "an older harness, or imported")
         notes.append(f"{cell}: " + ", ".join(f"{n} {side}" for side, n in missing.items() if n)
-                     + " run(s) have no CPU-state probe (an older harness): no run is left out "
+                     + f" run(s) have no CPU-state probe ({why}): no run is left out "
                      "for the CPU's state on either side")
         return *everything, notes, None
     for side, recs in (("base", base), ("new", new)):
@@ -446,6 +453,15 @@ def compare_records(base: list[dict], new: list[dict], ignore_config: frozenset 
                            if w.partition(":")[0] in METRIC_BY_PATH and "run" not in w.partition(":")[2][:6]})
         if unstable:
             notes.append(f"{side} runs unstable ({len(unstable)} warning(s)): " + "; ".join(unstable[:3]))
+    imported = [r for r in base + new if schema.is_imported(r)]
+    if imported:
+        # the selftest's output carries its numbers only: say what no check could see
+        stated = sorted({str(r["machine"].get("hostname")) for r in imported})
+        notes.append(f"{len(imported)} record(s) imported from {schema.SELFTEST_KIND} output, machine as "
+                     f"stated by whoever ran it (host: {', '.join(stated)}): NOT checked for them: "
+                     "host fingerprint (none was measured), host identity beyond what was stated, "
+                     "load from other processes, the CPU's state around each run, content; "
+                     "judged: their own paging rates only")
     if any(r["emulated"] for r in base + new):
         notes.append("EMULATED mechanism in the comparison: " + "; ".join(
             sorted({r["emulation_reason"] for r in base + new if r["emulated"]})))
