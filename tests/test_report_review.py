@@ -159,3 +159,30 @@ def test_report_text_fits_and_every_figure_is_slide_text(tmp_path):
         sizes += [float(x) for x in re.findall(r"font: [a-z ]*?([0-9.]+)px", body)]
         assert sizes and min(sizes) >= 14, (svg.name, min(sizes or [0]))
         assert "online CPUs" not in body and "Config:" not in body   # captions stay in the page
+
+
+def test_a_report_over_harness_and_imported_selftest_records_shows_both(tmp_path):
+    st = os.path.join(DATA, "selftest")
+    out = tmp_path / "st.json"
+    with open(os.path.join(st, "v1-missing-r1.cmd")) as f:
+        args = f.readline().strip()
+    r = subprocess.run([sys.executable, "run_bench.py", "import-selftest",
+                        *[os.path.join(st, f"v1-missing-r{i}.out") for i in range(1, 6)],
+                        "--args", args, "--out", str(out), "--cpus", "2"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    d = ReportData(load_table([*RECORDS, str(out)]))
+    imported = [s for s in d.series if s.startswith("demand_paging_test")]
+    # its machine is only what was stated (2 CPUs, no hostname): another host's series
+    assert len(imported) == 1 and {s.split()[0] for s in d.series} >= {"exits", "uffd"}
+    from bench.reporting.summary import mail_block, summary
+    from bench.reporting.tables import who_wins
+    wins = who_wins(d, "exits")
+    # the selftest's numbers are never paired with the harness's (not measured side by side)
+    assert all(not w["series"].startswith("demand_paging_test") for w in wins)
+    block = mail_block(d)
+    assert imported[0] in block and max(len(line) for line in block.splitlines()) <= 72
+    rec = resultmod.load(str(out))
+    overall = [run["metrics"]["selftest"]["overall_demand_paging_rate"] for run in rec["runs"]]
+    assert datamod.fmt_si(statistics.median(overall)) in block.split(imported[0])[1]
+    assert any(line.startswith("Imported, not measured by faultbench") for line in summary(d, wins))

@@ -91,7 +91,11 @@ class ReportData:
         self.df = df
         self.runs = df[df["kind"] == "run"]
         self.traced = df[df["kind"] == "traced"]
+        if "origin" not in df.columns:   # who measured a row: the harness or an imported tool
+            df["origin"] = "faultbench"
+        df["origin"] = df["origin"].fillna("faultbench")
         first = df.drop_duplicates("series")
+        self.origin_of = dict(zip(first["series"], first["origin"]))
         self.mech_of = dict(zip(first["series"], first["mech"]))
         self.host_of = dict(zip(first["series"], first["host"]))
         self.base_of = dict(zip(first["series"], first["base_series"]))
@@ -166,8 +170,11 @@ class ReportData:
         """The reference series on `series`' own host: `reference` names a series, or
         (with several hosts) a series' name on every host; None where that host has none."""
         base = self.base_of.get(reference, reference)
+        # never a ratio across hosts, nor between the harness and an imported tool's
+        # numbers (not measured side by side)
         return next((r for r in self.series if self.base_of[r] == base
-                     and self.host_of[r] == self.host_of[series]), None)
+                     and self.host_of[r] == self.host_of[series]
+                     and self.origin_of[r] == self.origin_of[series]), None)
 
     def knows_reference(self, reference: str) -> bool:
         return reference in self.series or reference in self.base_of.values()

@@ -117,10 +117,28 @@ def host_line(d: ReportData) -> str:
     return "Host: " + "; ".join(parts) + f"; {d.kvm_text()}."
 
 
+def imported_lines(d: ReportData) -> list[str]:
+    """What each imported demand_paging_test record is: its command, and that its
+    machine is as stated by whoever ran it."""
+    from .. import schema
+    out = []
+    for src, rec in d.view.by_source.items():
+        if not schema.is_imported(rec):
+            continue
+        m = rec.get("machine") or {}
+        out.append(f"Imported, not measured by faultbench: {rec['source'].get('args')} "
+                   f"({len(rec['source'].get('files') or [])} output file(s), sha256 "
+                   f"{str(rec['source'].get('sha256'))[:12]}); its machine as stated by "
+                   f"{m.get('stated_by', 'whoever ran it')}. No ratio or verdict pairs it with "
+                   "the harness's own series.")
+    return out
+
+
 def summary(d: ReportData, wins: list[dict], model_note: str | None = None) -> list[str]:
     """The summary box's paragraphs, each said once in the whole report."""
     lines = [host_line(d), *config_lines(d), scope_line(d, model_note)]
     lines += mechanism_sentences(d, wins)
+    lines += imported_lines(d)
     for s, reason in d.emulated.items():
         lines.append(f"EMULATED {s} (dashed in every figure): {reason}")
     return lines
@@ -141,9 +159,10 @@ def sweep_command(d: ReportData) -> str:
                     return rerun
             except (OSError, ValueError):
                 continue
-    recs = list(d.view.by_source.values())
+    from .. import schema
+    recs = [r for r in d.view.by_source.values() if not schema.is_imported(r)]
     if not recs:
-        return "not recorded"
+        return "none of the harness (imported records only)"
     words = list(recs[0].get("command") or [])
     out, skip = [], False
     for w in words:
@@ -207,6 +226,7 @@ def mail_block(d: ReportData, width: int = MAIL_WIDTH) -> str:
                 continue
             out.append(f"  {v:>5}  {a:<28} {b}".rstrip())
         if per != "pages_per_s_per_vcpu":
-            out += textwrap.wrap("  (the selftest's own definitions; distinct pages/s under "
-                                 "pages_per_s in the tables)", width)
+            out += textwrap.wrap("(the selftest's own definitions; distinct pages/s under "
+                                 "pages_per_s in the tables)", width, initial_indent="  ",
+                                 subsequent_indent="  ")
     return "\n".join(line[:width] for line in out) + "\n"
