@@ -280,7 +280,7 @@ class ReportData:
         machines = self.df.drop_duplicates(["host", "machine.boot_id"])
         parts = []
         for _, m in machines.iterrows():
-            parts.append(f"{m['machine.cpu_model']}, {int(m['machine.online_cpus'])} online CPUs, "
+            parts.append(f"{m['machine.cpu_model']}, {cpu_count(m['machine.online_cpus'])} online CPUs, "
                          f"kernel {m['machine.kernel_release']}"
                          + (f" (host {m['host']})" if len(machines) > 1 else ""))
         return "; ".join(parts)
@@ -332,6 +332,14 @@ class ReportData:
         if self.emulated:
             text += " Dashed: EMULATED (see the summary)."
         return text
+
+
+def cpu_count(value) -> str:
+    """A record's CPU count as text; an imported record may not state it."""
+    try:
+        return str(int(value))
+    except (TypeError, ValueError):
+        return "(not stated)"
 
 
 def fmt_si(value, digits: int = 3) -> str:

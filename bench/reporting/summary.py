@@ -10,7 +10,7 @@ import shlex
 import statistics
 import textwrap
 
-from .data import ReportData, fmt_num, fmt_si
+from .data import ReportData, cpu_count, fmt_num, fmt_si
 
 MAIL_WIDTH = 72
 
@@ -112,7 +112,7 @@ def host_line(d: ReportData) -> str:
     m = d.df.drop_duplicates("host")
     parts = []
     for _, r in m.iterrows():
-        parts.append(f"{r['host']}: {int(r['machine.online_cpus'])} CPUs ({r['machine.cpu_model']}), "
+        parts.append(f"{r['host']}: {cpu_count(r['machine.online_cpus'])} CPUs ({r['machine.cpu_model']}), "
                      f"kernel {r['machine.kernel_release']}")
     return "Host: " + "; ".join(parts) + f"; {d.kvm_text()}."
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import statistics
 
-from .data import ReportData, fmt_num, fmt_si, tick_multiple
+from .data import ReportData, cpu_count, fmt_num, fmt_si, tick_multiple
 
 TEXT_WIDTH = 80
 
@@ -253,7 +253,7 @@ def hosts_table(d: ReportData) -> Table | None:
         first = h.iloc[0]
         mid = first.get("machine.machine_id")
         row = [host, str(first["machine.hostname"]), str(mid)[:8] if isinstance(mid, str) else "-",
-               str(first["machine.cpu_model"]), str(int(first["machine.online_cpus"])),
+               str(first["machine.cpu_model"]), cpu_count(first["machine.online_cpus"]),
                ", ".join(sorted(h["machine.kernel_release"].dropna().astype(str).unique())),
                str(h["source"].nunique())]
         for name, (_head, scale) in fp.items():
