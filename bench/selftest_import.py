@@ -36,6 +36,7 @@ from . import __version__
 from . import result as resultmod
 from . import schema
 from .cmdline import OneLineParser
+from .machine import collect_harness, collect_machine
 
 PROG = "run_bench.py import-selftest"
 KIND = schema.SELFTEST_KIND   # "demand_paging_test"
@@ -364,8 +365,6 @@ def stated_machine(args) -> dict:
 def this_host_machine() -> dict:
     """--machine-from-this-host: the importing host's identity, said to be where the
     selftest ran (the user's word); still no fingerprint (not measured during the runs)."""
-    # deferred: only this flag needs the host probes
-    from .machine import collect_machine
     machine = collect_machine()
     machine["as_stated"] = False
     machine["stated_by"] = ("this host at import time (--machine-from-this-host: the user said the "
@@ -441,8 +440,6 @@ def build_record(files: list[str], args) -> dict:
 
 
 def _importer() -> dict:
-    # deferred: git is asked only when a record is built
-    from .machine import collect_harness
     harness = collect_harness(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), __version__)
     harness["role"] = "imported this record; did not measure it"
     return harness
