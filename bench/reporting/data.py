@@ -11,6 +11,8 @@ import statistics
 
 import pandas as pd
 
+from .. import result as resultmod
+
 # fixed colours: one mechanism looks the same in every figure of every report
 MECH_COLORS = {"uffd": "#1f77b4", "uffd-many": "#ff7f0e", "exits": "#2ca02c",
                "async": "#d62728", "none": "#7f7f7f", "prefault": "#111111"}
@@ -422,7 +424,6 @@ class RecordView:
     """The records behind a ReportData, read once: what the tidy table leaves out."""
 
     def __init__(self, d: "ReportData"):
-        from .. import result as resultmod
         self.d = d
         self.by_source = {}
         for src in d.df["source"].unique():

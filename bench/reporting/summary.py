@@ -10,7 +10,9 @@ import shlex
 import statistics
 import textwrap
 
+from .. import schema
 from .data import ReportData, cpu_count, fmt_num, fmt_si
+from .tables import verdict_words
 
 MAIL_WIDTH = 72
 
@@ -100,7 +102,6 @@ def mechanism_sentences(d: ReportData, wins: list[dict]) -> list[str]:
         at = fits[-1] if fits else first
         w = by.get((s, at))
         if w:
-            from .tables import verdict_words
             iv = f" [{w['interval'][0]:.2f}-{w['interval'][1]:.2f}]" if w["interval"] else ""
             text += (f"; x{w['ratio']:.2f}{iv} the rate of {w['reference']} at {at} "
                      f"vCPU{'s' if at > 1 else ''} ({verdict_words(w['judgement'])})")
@@ -120,7 +121,6 @@ def host_line(d: ReportData) -> str:
 def imported_lines(d: ReportData) -> list[str]:
     """What each imported demand_paging_test record is: its command, and that its
     machine is as stated by whoever ran it."""
-    from .. import schema
     out = []
     for src, rec in d.view.by_source.items():
         if not schema.is_imported(rec):
@@ -159,7 +159,6 @@ def sweep_command(d: ReportData) -> str:
                     return rerun
             except (OSError, ValueError):
                 continue
-    from .. import schema
     recs = [r for r in d.view.by_source.values() if not schema.is_imported(r)]
     if not recs:
         return "none of the harness (imported records only)"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import statistics
 
+from ..nightly import verdict as verdictmod
 from .data import ReportData, cpu_count, fmt_num, fmt_si, tick_multiple
 
 TEXT_WIDTH = 80
@@ -161,7 +162,6 @@ def who_wins(d: ReportData, reference: str) -> list[dict]:
     of medians with its bootstrap 95% interval, and the nightly's verdict (Mann-
     Whitney, Benjamini-Hochberg over every ratio here, Hodges-Lehmann interval
     against the paging rate's minimum effect: bench/nightly/verdict.py)."""
-    from ..nightly import verdict as verdictmod
     metric = verdictmod.METRIC_BY_PATH["pages_per_s"]
     out, judgements = [], []
     for s in d.series:
@@ -200,8 +200,7 @@ def who_wins_table(d: ReportData, reference: str, ids: dict) -> Table:
         j = w["judgement"]
         rows.append([d.legend(w["series"]), str(w["vcpus"]), f"{w['ratio']:.2f}", lo_hi,
                      j.verdict, verdict_words(j)])
-    from ..nightly.verdict import METRIC_BY_PATH
-    eff = METRIC_BY_PATH["pages_per_s"].min_effect
+    eff = verdictmod.METRIC_BY_PATH["pages_per_s"].min_effect
     where = " on the same host" if d.multi_host() else ""
     return Table(f"Who wins? Paging rate relative to {reference}" + (" on each host" if where else ""),
                  ["mechanism", "vCPUs", "ratio", "95% interval", "verdict", "reading"], rows,
