@@ -117,8 +117,10 @@ def log_x(ax) -> None:
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, p: ""))
 
 
-def _vcpu_axis(ax, d: ReportData) -> None:
-    vcpus = d.vcpus
+def _vcpu_axis(ax, d: ReportData, vcpus: list[int] | None = None) -> None:
+    """A log2 vCPU axis over every count of the report (or `vcpus`), the
+    oversubscribed counts shaded."""
+    vcpus = vcpus or d.vcpus
     ax.set_xscale("log", base=2)
     ax.set_xlim(vcpus[0] / 1.4, vcpus[-1] * 1.4)   # every panel spans every vCPU count
     ax.xaxis.set_major_locator(FixedLocator(vcpus))
@@ -126,7 +128,7 @@ def _vcpu_axis(ax, d: ReportData) -> None:
     ax.set_xticklabels([str(v) for v in vcpus])
     ax.set_xlabel("vCPUs")
     ax.grid(True, which="major", alpha=0.3)
-    _shade_oversubscribed(ax, d)
+    _shade_oversubscribed(ax, d, vcpus=vcpus)
 
 
 def _oversub_handle(d: ReportData) -> tuple[list, list]:
@@ -568,15 +570,7 @@ def model_vs_measured(d: ReportData, model: dict | None) -> Figure | None:
                 linestyle=ls, linewidth=2.4, marker="D", markersize=6)
         handles.append(Line2D([], [], color=color, linestyle=ls, linewidth=2.4, marker="D"))
         labels.append(f"MODEL {mech}, P={pcpus}" + (f", {mmu}" if mmu else ""))
-    ax.set_xscale("log", base=2)
-    vs = sorted(set(d.vcpus) | {r["vcpus"] for r in model["rows"]})
-    ax.set_xlim(vs[0] / 1.4, vs[-1] * 1.4)
-    ax.xaxis.set_major_locator(FixedLocator(vs))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([str(v) for v in vs])
-    ax.set_xlabel("vCPUs")
-    ax.grid(True, which="major", alpha=0.3)
-    _shade_oversubscribed(ax, d)
+    _vcpu_axis(ax, d, sorted(set(d.vcpus) | {r["vcpus"] for r in model["rows"]}))
     log_y(ax)
     ax.set_ylabel("pages/s, all vCPUs (log)")
     title = "Measured and MODEL-predicted paging rate"
