@@ -13,4 +13,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("bench.nightly.compare", "SAME/DIFFERENT/UNKNOWN per cell and metric, host fingerprint checked"),
     "plan": ("bench.jobs.plan", "a sweep as scheduler jobs (jsonl, GitHub matrix, Slurm array script)"),
     "run-job": ("bench.jobs.run_job", "run one job of a plan (a scheduler task); exit 0/1/2/75"),
+    "calibrate": ("bench.model.calibrate", "calibrate the scaling model from one host's records (docs/MODEL.md)"),
+    "model": ("bench.model.predict", "predict paging rate, latency, lock waits on P CPUs from a calibration"),
 }
