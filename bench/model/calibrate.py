@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -459,6 +460,28 @@ def _list_hold(cells, P):
                   points=vals)
 
 
+def _sweep_commands(paths):
+    """The sweep command of every directory named that holds a sweep index."""
+    out = []
+    for path in paths:
+        index = os.path.join(path, cellsmod.INDEX_NAME)
+        if os.path.isdir(path) and os.path.exists(index):
+            with open(index) as f:
+                out.append({"directory": path, "rerun": json.load(f).get("rerun")})
+    return out
+
+
+def medians(cells: list[dict]) -> dict:
+    """The measured medians of every cell, with where they came from."""
+    return {"kind": "faultbench-model-check-medians", "version": 1,
+            "commands": sorted({c["rerun"] for c in cells if c["rerun"]}),
+            "seed": extract.median(c["seed"] for c in cells),
+            "host": cells[0]["host"] if cells else None,
+            "records": sorted(c["path"] for c in cells),
+            "cells": sorted((extract.measured_medians(c) for c in cells),
+                            key=lambda m: (m["mech"], m["vcpus"]))}
+
+
 def load_cells(paths: list[str]) -> list[dict]:
     try:
         records = cellsmod.load_records(paths)
@@ -485,12 +508,21 @@ def main(argv=None) -> int:
                                   "lock holds, fits with their residuals.")
     p.add_argument("records", nargs="+", help="result files or sweep directories")
     p.add_argument("--out", required=True, help="calibration JSON to write")
+    p.add_argument("--medians-out", help="also write the records' measured medians per cell "
+                   "(rate, p50, p99) with their command, seed and host: a compact check set")
     a = p.parse_args(argv)
     try:
-        cal = calibrate_cells(load_cells(a.records))
+        cells = load_cells(a.records)
+        cal = calibrate_cells(cells)
     except CalibrationInputError as exc:
         print(f"run_bench.py calibrate: error: {exc}", file=sys.stderr)
         return 2
+    sweeps = _sweep_commands(a.records)
+    cal["sweeps"] = sweeps
+    if a.medians_out:
+        with open(a.medians_out, "w") as f:
+            json.dump(dict(medians(cells), sweeps=sweeps), f, indent=1)
+            f.write("\n")
     with open(a.out, "w") as f:
         json.dump(cal, f, indent=1, sort_keys=False)
         f.write("\n")

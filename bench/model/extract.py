@@ -102,6 +102,8 @@ def cell(path: str, record: dict) -> dict:
         "online_cpus": machine.get("online_cpus"),
         "host": host_identity(machine),
         "emulated": record.get("emulated"),
+        # CPU time other processes took while the cell ran (bench/hostnoise.py)
+        "other_cpu_share": (record.get("host_noise") or {}).get("other_cpu_share"),
         "runs": runs, "traced": traced,
     }
 
@@ -121,4 +123,5 @@ def measured_medians(c: dict) -> dict:
     return {"mech": c["mech"], "vcpus": c["vcpus"], "runs": len(c["runs"]),
             "pages_per_s": median(r["pages_per_s"] for r in c["runs"]),
             "p50_ns": median(r["p50_ns"] for r in c["runs"]),
-            "p99_ns": median(r["p99_ns"] for r in c["runs"])}
+            "p99_ns": median(r["p99_ns"] for r in c["runs"]),
+            "other_cpu_share": c.get("other_cpu_share")}

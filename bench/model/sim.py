@@ -14,7 +14,8 @@ only). A thread woken while a CPU is idle pays the idle-wake cost (measured at
 """
 from __future__ import annotations
 
-import random
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import simpy
@@ -50,6 +51,7 @@ class Cpus:
         self.env = env
         self.res = simpy.Resource(env, capacity=pcpus)
         self.pcpus = pcpus
+        self.threads = 0            # threads of the cell (set by build)
         self.quantum_ns = quantum_ns
         self.stats = stats
 
@@ -277,8 +279,10 @@ def vcpu_async(env, t: Thread, alist: AsyncList, mmap_lock, mmu_lock, p, stats):
                 t.release()
                 yield from t.acquire()
             else:
+                # with a CPU for every thread nobody ever queues: wait for the bit
+                # itself; otherwise look again after one yield round
                 t0 = env.now
-                yield done | env.timeout(p.yield_ns)
+                yield done if cpus.threads <= cpus.pcpus else (done | env.timeout(p.yield_ns))
                 stats.add_busy("cpu:vcpu", env.now - t0)
         yield from mmu_lock.hold(t, p.mmu_hold_ns)
         yield from t.run(p.vcpu_post_ns)
@@ -296,8 +300,6 @@ def _count(stats, env, start):
 def with_pressure(p, mech, vcpus, pcpus):
     """Costs at this cell's threads per CPU: the fitted per-doubling slopes
     applied to log2(threads / P), zero when every thread has a CPU."""
-    import dataclasses
-    import math
     if mech == "exits":
         threads = vcpus
     elif mech == "uffd-many":
@@ -329,7 +331,6 @@ def build(env, mech, vcpus, pcpus, p, mmu, stats):
     cpus = Cpus(env, pcpus, p.quantum_ns, stats)
     mmap_lock = SharedLock(env, "mmap_lock", stats, p.handoff_ns)
     mmu_lock = _mmu_lock(env, p, stats, mmu)
-    rng = random.Random(1)
     threads = []
     if mech in ("uffd", "uffd-many"):
         n = 1 if mech == "uffd" else (p.uffds or vcpus)
@@ -348,7 +349,8 @@ def build(env, mech, vcpus, pcpus, p, mmu, stats):
             threads.append(env.process(vcpu_async(env, t, alist, mmap_lock, mmu_lock, p, stats)))
     else:
         raise ValueError(f"no model of mechanism {mech!r}")
-    del rng
+    cpus.threads = vcpus + (0 if mech == "exits" else
+                            p.readers * (min(p.uffds or vcpus, vcpus) if mech == "uffd-many" else 1))
     return threads
 
 
