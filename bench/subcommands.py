@@ -14,4 +14,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("bench.jobs.plan", "a sweep as scheduler jobs (jsonl, GitHub matrix, Slurm array script)"),
     "run-job": ("bench.jobs.run_job", "run one job of a plan (a scheduler task); exit 0/1/2/75"),
     "import-selftest": ("bench.selftest_import", "demand_paging_test output as a result record (machine as stated)"),
+    "calibrate": ("bench.model.calibrate", "calibrate the scaling model from one host's records (docs/MODEL.md)"),
+    "model": ("bench.model.predict", "predict paging rate, latency, lock waits on P CPUs from a calibration"),
 }

@@ -1,0 +1,195 @@
+"""Predictions from a calibration: one row per (mechanism, vCPU count).
+
+    run_bench.py model --calibration CAL.json --pcpus P --vcpus LIST --mech LIST
+                       [--mmu shadow|tdp] [--fetch-delay-us D] [--out FILE]
+                       [--line-transfer-ns N] [--faults N]
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+
+from ..cmdline import OneLineParser, int_list
+from . import params as paramsmod
+from . import sim
+
+MECHS = ("uffd", "uffd-many", "exits", "async")
+MMUS = ("shadow", "tdp")
+# a shared thing counts as the limit once it is busy this share of the time
+SATURATED = 0.85
+# the calibration host's MMU: PVM shadow paging takes mmu_lock for write in
+# paging64_page_fault (contention type SPIN|WRITE in its records)
+DEFAULT_MMU = "shadow"
+
+
+def default_faults(vcpus: int) -> int:
+    """Faults measured per cell after the warm-up: enough that every vCPU
+    completes several (checked against twice as many: tests/test_model.py)."""
+    return max(2000, 4 * vcpus)
+
+
+def _quantile(sorted_vals, q):
+    if not sorted_vals:
+        return None
+    i = min(len(sorted_vals) - 1, max(0, int(math.ceil(q * len(sorted_vals))) - 1))
+    return sorted_vals[i]
+
+
+def simulate_row(p: paramsmod.Params, mech: str, vcpus: int, pcpus: int, mmu: str,
+                 faults: int | None = None) -> dict:
+    stats, window = sim.simulate(mech, vcpus, pcpus, p, mmu=mmu,
+                                 faults=faults or default_faults(vcpus))
+    lat = sorted(stats.latencies)
+    n = stats.faults
+    rate = n / window * 1e9 if window > 0 else 0.0
+    busy = stats.busy
+    util = {"CPUs": sum(v for k, v in busy.items() if k.startswith("cpu:")) / (pcpus * window)}
+    n_res = 0
+    if mech == "uffd":
+        n_res = p.readers
+    elif mech == "uffd-many":
+        n_res = p.readers * min(p.uffds or vcpus, vcpus)
+    elif mech == "async":
+        n_res = p.readers
+    if n_res:
+        role = "resolver" if mech == "async" else "reader"
+        util[f"{role} thread" + ("s" if n_res > 1 else "")] = busy.get("cpu:" + role, 0.0) / (n_res * window)
+    n_fds = min(p.uffds or vcpus, vcpus) if mech == "uffd-many" else 1
+    for k, v in busy.items():
+        if k.startswith("lock:"):
+            name = k[5:]
+            util[name] = v / window / (n_fds if name == "uffd_wq" else 1)
+    # a saturated lock or thread names the limit before the CPUs do: spinning
+    # on a lock, and the async vCPUs' busy-wait, keep CPUs busy without being the cause
+    shared = [kv for kv in util.items() if kv[0] != "CPUs" and kv[1] >= SATURATED]
+    if shared:
+        limit = max(shared, key=lambda kv: kv[1])[0]
+    elif util["CPUs"] >= SATURATED:
+        limit = "CPUs"
+    else:
+        limit = "each vCPU's own fault path (nothing shared saturated)"
+    lock_wait = {k: v / n for k, v in stats.lock_wait.items()} if n else {}
+    return {
+        "mech": mech, "vcpus": vcpus, "pcpus": pcpus, "mmu": mmu,
+        "pages_per_s": rate,
+        "pages_per_s_per_vcpu": rate / vcpus,
+        "fault_latency_ns": {"p50": _quantile(lat, 0.50), "p99": _quantile(lat, 0.99),
+                             "mean": sum(lat) / n if n else None},
+        # blocktime as QEMU's postcopy-vcpu-blocktime, per second of run: the
+        # share of each vCPU's time spent inside a fault
+        "blocktime_ns_per_s_per_vcpu": (sum(lat) / (vcpus * window) * 1e9) if window else None,
+        "lock_wait_ns_per_fault": sum(lock_wait.values()),
+        "lock_wait_ns_per_fault_by_lock": lock_wait,
+        "limit": limit,
+        "utilisation": util,
+        "simulated_faults": n,
+        "simulated_window_ns": window,
+    }
+
+
+def predict(cal: dict, mechs, vcpus_list, pcpus: int, mmu: str | None = None,
+            fetch_delay_us: float | None = None, line_transfer_ns: float | None = None,
+            faults: int | None = None, sensitivity: bool = True) -> list[dict]:
+    """Rows for every (mechanism, vCPU count). Where the prediction depends on a
+    cited parameter (P above the calibration host's CPUs), each row also carries
+    the same prediction at 0.5x and 2x that parameter (`cited_sensitivity`)."""
+    mmu = mmu or cal.get("mmu") or DEFAULT_MMU
+    rows = []
+    far = paramsmod.far_fraction(pcpus, cal["host"]["pcpus"])
+    for mech in mechs:
+        for v in vcpus_list:
+            p = paramsmod.for_prediction(cal, mech, pcpus, fetch_delay_us=fetch_delay_us,
+                                         line_transfer_ns=line_transfer_ns)
+            row = simulate_row(p, mech, v, pcpus, mmu, faults)
+            row["calibration"] = {"host": cal["host"], "created": cal.get("created"),
+                                  "records": len(cal.get("records", [])),
+                                  "commands": cal.get("commands")}
+            line = (paramsmod.CITED["line_transfer_ns"]["value"] if line_transfer_ns is None
+                    else line_transfer_ns)
+            row["cited"] = {"line_transfer_ns": {
+                "value": line, "applied_ns": p.handoff_ns,
+                "from": "flag --line-transfer-ns" if line_transfer_ns is not None
+                else "CITED (docs/MODEL.md)"}} if far > 0 else {}
+            if sensitivity and far > 0:
+                row["cited_sensitivity"] = {}
+                for scale in paramsmod.SENSITIVITY:
+                    if scale == 1.0:
+                        continue
+                    q = paramsmod.for_prediction(cal, mech, pcpus, fetch_delay_us=fetch_delay_us,
+                                                 line_scale=scale, line_transfer_ns=line_transfer_ns)
+                    r2 = simulate_row(q, mech, v, pcpus, mmu, faults)
+                    row["cited_sensitivity"][f"line_transfer_ns_x{scale:g}"] = {
+                        "pages_per_s": r2["pages_per_s"], "fault_latency_ns": r2["fault_latency_ns"],
+                        "lock_wait_ns_per_fault": r2["lock_wait_ns_per_fault"], "limit": r2["limit"]}
+            rows.append(row)
+    return rows
+
+
+def text_table(rows) -> str:
+    out = [f"{'mech':9s} {'vcpus':>5s} {'P':>4s} {'mmu':6s} {'pages/s':>10s} {'p50 us':>9s} "
+           f"{'p99 us':>9s} {'lockwait ns':>11s}  limit"]
+    for r in rows:
+        lat = r["fault_latency_ns"]
+        extra = ""
+        sens = r.get("cited_sensitivity")
+        if sens:
+            extra = "  [x0.5: {:.0f}, x2: {:.0f} pages/s]".format(
+                sens["line_transfer_ns_x0.5"]["pages_per_s"], sens["line_transfer_ns_x2"]["pages_per_s"])
+        out.append(f"{r['mech']:9s} {r['vcpus']:5d} {r['pcpus']:4d} {r['mmu']:6s} "
+                   f"{r['pages_per_s']:10.0f} {lat['p50'] / 1e3:9.1f} {lat['p99'] / 1e3:9.1f} "
+                   f"{r['lock_wait_ns_per_fault']:11.0f}  {r['limit']}{extra}")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = OneLineParser(prog="run_bench.py model",
+                      description="Predict paging rate, latency and lock waits on P CPUs from a "
+                                  "calibration (run_bench.py calibrate); docs/MODEL.md says how "
+                                  "far to trust it.")
+    p.add_argument("--calibration", required=True, help="calibration JSON")
+    p.add_argument("--pcpus", type=int, required=True, help="physical CPUs of the modelled host")
+    p.add_argument("--vcpus", type=int_list, required=True, help="vCPU counts, e.g. 1,16,256")
+    p.add_argument("--mech", default=",".join(MECHS),
+                   help=f"mechanisms, comma-separated (default {','.join(MECHS)})")
+    p.add_argument("--mmu", choices=MMUS, default=None,
+                   help="shadow: installs take mmu_lock for write (the calibration host, PVM); "
+                        "tdp: they share its read side (default: the calibration host's)")
+    p.add_argument("--fetch-delay-us", type=float, default=None,
+                   help="fetch time per fault, slept by the resolving thread (default: the "
+                        "calibration records')")
+    p.add_argument("--line-transfer-ns", type=float, default=None,
+                   help="cost of moving a contended cache line between far CPUs (default: the "
+                        "cited value in docs/MODEL.md)")
+    p.add_argument("--faults", type=int, default=None, help="faults simulated per cell after the warm-up")
+    p.add_argument("--out", help="write the rows as JSON")
+    a = p.parse_args(argv)
+    mechs = [m for m in a.mech.split(",") if m]
+    for m in mechs:
+        if m not in MECHS:
+            p.error(f"no model of mechanism {m!r} (choose from {', '.join(MECHS)})")
+    if a.pcpus < 1 or any(v < 1 for v in a.vcpus):
+        p.error("--pcpus and --vcpus must be positive")
+    try:
+        with open(a.calibration) as f:
+            cal = json.load(f)
+    except (OSError, ValueError) as exc:
+        print(f"run_bench.py model: error: {a.calibration}: {exc}", file=sys.stderr)
+        return 2
+    t0 = time.monotonic()
+    try:
+        rows = predict(cal, mechs, a.vcpus, a.pcpus, a.mmu, a.fetch_delay_us, a.line_transfer_ns,
+                       a.faults)
+    except KeyError as exc:
+        print(f"run_bench.py model: error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text_table(rows))
+    print(f"({len(rows)} cells in {time.monotonic() - t0:.1f} s; MODEL, calibrated on "
+          f"{cal['host'].get('hostname')} with {cal['host']['pcpus']} CPUs)")
+    if a.out:
+        with open(a.out, "w") as f:
+            # a list of rows, as the issue asks; each row names its calibration
+            json.dump(rows, f, indent=1)
+            f.write("\n")
+    return 0

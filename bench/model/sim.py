@@ -1,0 +1,391 @@
+"""The structure of each mechanism as SimPy processes (docs/MODEL.md).
+
+Everything numeric comes in through a `Params` (bench/model/params.py): this file
+holds only structure: which thread does what, on which CPU pool, under which
+lock, and who wakes whom. Times are in nanoseconds.
+
+Scheduler approximation (stated in MODEL.md): P CPUs are one FIFO run queue
+(a SimPy Resource of capacity P). A thread keeps its CPU across its bursts until
+it blocks, or until it has run `quantum_ns` while others wait, when it goes to
+the back of the queue (round-robin with a tick-sized slice: CFS/EEVDF with every
+thread at equal weight, no wakeup preemption, preemption at burst boundaries
+only). A thread woken while a CPU is idle pays the idle-wake cost (measured at
+1 vCPU) before it runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import simpy
+
+
+@dataclass
+class Stats:
+    """What one simulated cell measures over its steady window."""
+    latencies: list = field(default_factory=list)
+    faults: int = 0
+    lock_wait: dict = field(default_factory=dict)
+    busy: dict = field(default_factory=dict)       # resource name -> busy ns in window
+    window_start: float = 0.0
+    measuring: bool = False
+    per_vcpu_limit: int | None = None   # finite run: faults each vCPU makes, then stops
+
+    def more(self, done):
+        return self.per_vcpu_limit is None or done < self.per_vcpu_limit
+
+    def add_wait(self, name, ns):
+        if self.measuring:
+            self.lock_wait[name] = self.lock_wait.get(name, 0.0) + ns
+
+    def add_busy(self, name, ns):
+        if self.measuring:
+            self.busy[name] = self.busy.get(name, 0.0) + ns
+
+
+class Cpus:
+    """P CPUs behind one FIFO run queue."""
+
+    def __init__(self, env, pcpus, quantum_ns, stats):
+        self.env = env
+        self.res = simpy.Resource(env, capacity=pcpus)
+        self.pcpus = pcpus
+        self.threads = 0            # threads of the cell (set by build)
+        self.quantum_ns = quantum_ns
+        self.stats = stats
+
+    def idle(self) -> bool:
+        return self.res.count < self.res.capacity and not self.res.queue
+
+
+class Thread:
+    """A schedulable thread: holds at most one CPU request at a time."""
+
+    def __init__(self, cpus: Cpus, role: str, idle_cpu_ns=0.0, idle_wake_ns=0.0):
+        self.cpus = cpus
+        self.env = cpus.env
+        self.role = role
+        self.req = None
+        self.slice_start = 0.0
+        self.idle_cpu_ns = idle_cpu_ns      # extra CPU when woken onto an idle CPU
+        self.idle_wake_ns = idle_wake_ns    # idle-exit delay before it runs
+
+    def acquire(self, woken=False):
+        was_idle = self.cpus.idle()
+        self.req = self.cpus.res.request()
+        yield self.req
+        self.slice_start = self.env.now
+        if woken and was_idle and (self.idle_cpu_ns or self.idle_wake_ns):
+            yield self.env.timeout(self.idle_wake_ns + self.idle_cpu_ns)
+            self.cpus.stats.add_busy("cpu:" + self.role, self.idle_cpu_ns)
+
+    def release(self):
+        if self.req is not None:
+            self.cpus.res.release(self.req)
+            self.req = None
+
+    def run(self, cost_ns):
+        """Burn `cost_ns` of CPU, taking a CPU first if the thread has none and
+        going to the back of the queue first if its slice is used up."""
+        if self.req is None:
+            yield from self.acquire()
+        elif (self.env.now - self.slice_start >= self.cpus.quantum_ns
+              and self.cpus.res.queue):
+            self.release()
+            yield from self.acquire()
+        if cost_ns > 0:
+            yield self.env.timeout(cost_ns)
+            self.cpus.stats.add_busy("cpu:" + self.role, cost_ns)
+
+    def sleep_on(self, event):
+        """Block (giving the CPU up) until `event`; then wait for a CPU."""
+        self.release()
+        value = yield event
+        yield from self.acquire(woken=True)
+        return value
+
+    def sleep_for(self, ns):
+        self.release()
+        yield self.env.timeout(ns)
+        yield from self.acquire(woken=True)
+
+
+class SpinLock:
+    """A lock whose waiters spin on their CPU (kernel spinlock, the emulation's
+    TTAS lock, an rwlock's write side). `handoff_ns` is added to a hold when the
+    previous holder was another thread: the lock word and the data it guards move
+    between CPUs (a cited parameter, zero at the calibration host's distance)."""
+
+    def __init__(self, env, name, stats, handoff_ns=0.0):
+        self.env = env
+        self.name = name
+        self.res = simpy.Resource(env, capacity=1)
+        self.stats = stats
+        self.handoff_ns = handoff_ns
+        self.last = None
+
+    def hold(self, thread: Thread, hold_ns):
+        t0 = self.env.now
+        with self.res.request() as req:
+            yield req
+            self.stats.add_wait(self.name, self.env.now - t0)
+            extra = self.handoff_ns if (self.last is not None and self.last is not thread) else 0.0
+            self.last = thread
+            total = hold_ns + extra
+            if total > 0:
+                yield self.env.timeout(total)
+            self.stats.add_busy("lock:" + self.name, total)
+            thread.cpus.stats.add_busy("cpu:" + thread.role, self.env.now - t0)
+
+
+class SharedLock:
+    """The read side of an rwlock or rwsem with no writer (mmap_lock here, a TDP
+    MMU's mmu_lock): readers never wait for each other, but each acquisition is an
+    atomic on one cache line, which serialises for `line_ns` per acquisition."""
+
+    def __init__(self, env, name, stats, line_ns=0.0):
+        self.line = SpinLock(env, name, stats, 0.0)
+        self.line_ns = line_ns
+
+    def hold(self, thread: Thread, hold_ns):
+        if self.line_ns > 0:
+            yield from self.line.hold(thread, self.line_ns)
+        if hold_ns > 0:
+            yield from thread.run(hold_ns)
+
+
+def _mmu_lock(env, p, stats, mmu):
+    if mmu == "shadow":
+        return SpinLock(env, "mmu_lock", stats, p.handoff_ns)
+    return SharedLock(env, "mmu_lock", stats, p.handoff_ns)
+
+
+class Uffd:
+    """One userfaultfd: its fault wait queue (a spinlock and the list of waiting
+    vCPUs), the readable messages, and its reader threads."""
+
+    def __init__(self, env, idx, p, stats, cpus):
+        self.env = env
+        self.p = p
+        self.lock = SpinLock(env, "uffd_wq", stats, p.handoff_ns)
+        self.waiters = 0                    # vCPUs asleep on the fault wait queue
+        self.messages = simpy.Store(env)    # readable UFFD_EVENT_PAGEFAULT messages
+        self.stats = stats
+        for r in range(p.readers):
+            t = Thread(cpus, "reader", p.reader_idle_cpu_ns, p.reader_idle_wake_ns)
+            env.process(self.reader(t))
+
+    def reader(self, t: Thread):
+        p = self.p
+        yield from t.acquire()
+        while True:
+            if not self.messages.items:
+                # poll/epoll/read blocks: the reader sleeps until a fault is queued
+                done = yield from t.sleep_on(self.messages.get())
+                yield from t.run(p.reader_wake_ns)
+            else:
+                done = yield self.messages.get()
+            yield from t.run(p.reader_msg_ns)         # read, copy, UFFDIO_COPY
+            if p.fetch_delay_ns > 0:
+                yield from t.sleep_for(p.fetch_delay_ns)
+            # the wake walks every waiter on the queue under its spinlock
+            yield from self.lock.hold(t, p.wake_base_ns + p.wake_per_waiter_ns * self.waiters)
+            self.waiters -= 1
+            done.succeed()
+
+
+def vcpu_uffd(env, t: Thread, uffd: Uffd, mmap_lock, mmu_lock, p, stats):
+    yield from t.acquire()
+    done_faults = 0
+    while stats.more(done_faults):
+        done_faults += 1
+        start = env.now
+        yield from t.run(p.vcpu_pre_ns)
+        yield from mmap_lock.hold(t, 0.0)
+        yield from uffd.lock.hold(t, p.enqueue_ns)     # handle_userfault queues itself
+        uffd.waiters += 1
+        done = env.event()
+        uffd.messages.put(done)
+        yield from t.sleep_on(done)
+        yield from mmu_lock.hold(t, p.mmu_hold_ns)      # the retried fault installs the spte
+        yield from t.run(p.vcpu_post_ns)
+        _count(stats, env, start)
+    t.release()                                         # a finished vCPU leaves its CPU
+
+
+def vcpu_exits(env, t: Thread, mmap_lock, mmu_lock, p, stats):
+    yield from t.acquire()
+    done_faults = 0
+    while stats.more(done_faults):
+        done_faults += 1
+        start = env.now
+        yield from t.run(p.vcpu_pre_ns)                 # exit, address lookup
+        if p.fetch_delay_ns > 0:
+            yield from t.sleep_for(p.fetch_delay_ns)
+        yield from mmap_lock.hold(t, 0.0)
+        yield from mmu_lock.hold(t, p.mmu_hold_ns)
+        yield from t.run(p.vcpu_post_ns)                # install, re-entry
+        _count(stats, env, start)
+    t.release()                                         # a finished vCPU leaves its CPU
+
+
+class AsyncList:
+    """The RFC's per-VM list of faulting gfns, its lock, the eventfd and the
+    resolver threads."""
+
+    def __init__(self, env, p, stats, cpus):
+        self.env = env
+        self.p = p
+        self.lock = SpinLock(env, "async_list", stats, p.handoff_ns)
+        self.items = simpy.Store(env)
+        for r in range(p.readers):
+            t = Thread(cpus, "resolver", p.reader_idle_cpu_ns, p.reader_idle_wake_ns)
+            env.process(self.resolver(t))
+
+    def resolver(self, t: Thread):
+        p = self.p
+        yield from t.acquire()
+        while True:
+            if not self.items.items:
+                done = yield from t.sleep_on(self.items.get())  # read(eventfd)
+                yield from t.run(p.reader_wake_ns)
+            else:
+                done = yield self.items.get()
+            yield from self.lock.hold(t, p.list_hold_ns)   # pop
+            yield from t.run(p.reader_msg_ns)              # install, clear the bit
+            if p.fetch_delay_ns > 0:
+                yield from t.sleep_for(p.fetch_delay_ns)
+            done.succeed()
+
+
+def vcpu_async(env, t: Thread, alist: AsyncList, mmap_lock, mmu_lock, p, stats):
+    yield from t.acquire()
+    cpus = t.cpus
+    done_faults = 0
+    while stats.more(done_faults):
+        done_faults += 1
+        start = env.now
+        yield from t.run(p.vcpu_pre_ns)
+        yield from mmap_lock.hold(t, 0.0)
+        yield from alist.lock.hold(t, p.list_hold_ns)  # push
+        done = env.event()
+        alist.items.put(done)                           # + eventfd write
+        # busy-wait on the gfn's bit: sched_yield while others want a CPU,
+        # spin in place otherwise (the CPU is burnt either way)
+        while not done.triggered:
+            if cpus.res.queue:
+                yield from t.run(p.yield_ns)
+                t.release()
+                yield from t.acquire()
+            else:
+                # with a CPU for every thread nobody ever queues: wait for the bit
+                # itself; otherwise look again after one yield round
+                t0 = env.now
+                yield done if cpus.threads <= cpus.pcpus else (done | env.timeout(p.yield_ns))
+                stats.add_busy("cpu:vcpu", env.now - t0)
+        yield from mmu_lock.hold(t, p.mmu_hold_ns)
+        yield from t.run(p.vcpu_post_ns)
+        _count(stats, env, start)
+    t.release()                                         # a finished vCPU leaves its CPU
+
+
+def _count(stats, env, start):
+    if stats.measuring:
+        stats.faults += 1
+        stats.latencies.append(env.now - start)
+
+
+
+def with_pressure(p, mech, vcpus, pcpus):
+    """Costs at this cell's threads per CPU: the fitted per-doubling slopes
+    applied to log2(threads / P), zero when every thread has a CPU."""
+    if mech == "exits":
+        threads = vcpus
+    elif mech == "uffd-many":
+        threads = vcpus + p.readers * min(p.uffds or vcpus, vcpus)
+    else:
+        threads = vcpus + p.readers
+    doublings = math.log2(max(1.0, threads / pcpus))
+    q = dataclasses.replace(p)
+    # the rest of a CPU's time goes to other work only where threads queue for CPUs
+    if 0 < q.cpu_share < 1 and threads > pcpus:
+        for name in ("vcpu_pre_ns", "vcpu_post_ns", "vcpu_idle_cpu_ns", "yield_ns", "reader_wake_ns",
+                     "reader_msg_ns", "reader_idle_cpu_ns", "enqueue_ns", "wake_base_ns",
+                     "wake_per_waiter_ns", "mmu_hold_ns", "list_hold_ns",
+                     "vcpu_pressure_ns_per_doubling", "reader_pressure_ns_per_doubling"):
+            setattr(q, name, getattr(q, name) / q.cpu_share)
+    if doublings > 0:
+        tot = q.vcpu_pre_ns + q.vcpu_post_ns
+        add = q.vcpu_pressure_ns_per_doubling * doublings
+        share = q.vcpu_pre_ns / tot if tot > 0 else 0.5
+        q.vcpu_pre_ns = max(0.0, q.vcpu_pre_ns + add * share)
+        q.vcpu_post_ns = max(0.0, q.vcpu_post_ns + add * (1 - share))
+        q.reader_msg_ns = max(0.0, q.reader_msg_ns + q.reader_pressure_ns_per_doubling * doublings)
+    return q
+
+
+def build(env, mech, vcpus, pcpus, p, mmu, stats):
+    """The cell's threads as SimPy processes; returns the vCPU processes."""
+    p = with_pressure(p, mech, vcpus, pcpus)
+    cpus = Cpus(env, pcpus, p.quantum_ns, stats)
+    mmap_lock = SharedLock(env, "mmap_lock", stats, p.handoff_ns)
+    mmu_lock = _mmu_lock(env, p, stats, mmu)
+    threads = []
+    if mech in ("uffd", "uffd-many"):
+        n = 1 if mech == "uffd" else (p.uffds or vcpus)
+        fds = [Uffd(env, i, p, stats, cpus) for i in range(min(n, vcpus))]
+        for v in range(vcpus):
+            t = Thread(cpus, "vcpu", p.vcpu_idle_cpu_ns, p.vcpu_idle_wake_ns)
+            threads.append(env.process(vcpu_uffd(env, t, fds[v % len(fds)], mmap_lock, mmu_lock, p, stats)))
+    elif mech == "exits":
+        for v in range(vcpus):
+            t = Thread(cpus, "vcpu")
+            threads.append(env.process(vcpu_exits(env, t, mmap_lock, mmu_lock, p, stats)))
+    elif mech == "async":
+        alist = AsyncList(env, p, stats, cpus)
+        for v in range(vcpus):
+            t = Thread(cpus, "vcpu", p.vcpu_idle_cpu_ns, p.vcpu_idle_wake_ns)
+            threads.append(env.process(vcpu_async(env, t, alist, mmap_lock, mmu_lock, p, stats)))
+    else:
+        raise ValueError(f"no model of mechanism {mech!r}")
+    cpus.threads = vcpus + (0 if mech == "exits" else
+                            p.readers * (min(p.uffds or vcpus, vcpus) if mech == "uffd-many" else 1))
+    return threads
+
+
+def simulate(mech, vcpus, pcpus, p, mmu="shadow", faults=4000, warmup_share=0.25,
+             max_sim_ns=None):
+    """Run one cell to a steady state: warm up until `warmup_share` of `faults`
+    have completed, then measure until `faults` more complete. Returns Stats and
+    the measured window in ns."""
+    env = simpy.Environment()
+    stats = Stats()
+    build(env, mech, vcpus, pcpus, p, mmu, stats)
+    warm = max(int(faults * warmup_share), vcpus)
+    # warm-up: count completions with a cheap probe on the stats object
+    stats.measuring = True
+    while stats.faults < warm:
+        env.step()
+    stats.latencies.clear()
+    stats.faults = 0
+    stats.lock_wait.clear()
+    stats.busy.clear()
+    stats.window_start = env.now
+    while stats.faults < faults:
+        env.step()
+        if max_sim_ns is not None and env.now - stats.window_start > max_sim_ns:
+            break
+    return stats, env.now - stats.window_start
+
+
+def simulate_run(mech, vcpus, pcpus, p, mmu="shadow", faults_per_vcpu=1024):
+    """A whole run as the harness makes one: every vCPU makes `faults_per_vcpu`
+    faults from a common start; the paging rate is all faults over the time to
+    the last vCPU's end (the records' pages_per_s), latency over every fault."""
+    env = simpy.Environment()
+    stats = Stats(per_vcpu_limit=faults_per_vcpu)
+    stats.measuring = True
+    procs = build(env, mech, vcpus, pcpus, p, mmu, stats)
+    env.run(until=simpy.AllOf(env, procs))
+    return stats, env.now
