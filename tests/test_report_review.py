@@ -186,3 +186,25 @@ def test_a_report_over_harness_and_imported_selftest_records_shows_both(tmp_path
     overall = [run["metrics"]["selftest"]["overall_demand_paging_rate"] for run in rec["runs"]]
     assert datamod.fmt_si(statistics.median(overall)) in block.split(imported[0])[1]
     assert any(line.startswith("Imported, not measured by faultbench") for line in summary(d, wins))
+
+
+def test_model_predictions_are_drawn_marked_model_with_their_provenance(tmp_path):
+    model_dir = os.path.join(REPO, "bench", "model", "data")
+    preds = [os.path.join(model_dir, f"predictions-p256-{m}.json") for m in ("shadow", "tdp")]
+    cal = os.path.join(model_dir, "calibration.json")
+    r = subprocess.run([sys.executable, "run_bench.py", "report", *RECORDS, "--out", str(tmp_path),
+                        "--model", *preds, "--calibration", cal],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert "model" in [f["name"] for f in m["figures"]]
+    svg = (tmp_path / "figures" / "model.svg").read_text()
+    assert "MODEL prediction" in svg and "P = 256 CPUs, shadow MMU" in svg and "tdp MMU" in svg
+    text = (tmp_path / "report.txt").read_text()
+    assert "What the scaling model predicts (MODEL, not measured)" in text
+    assert "MODEL calibrated" in text and len(m["model_answers"]) == 6
+    # without the calibration, no prediction is shown
+    r = subprocess.run([sys.executable, "run_bench.py", "report", *RECORDS, "--out",
+                        str(tmp_path / "x"), "--model", *preds], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "needs --calibration" in r.stderr

@@ -98,7 +98,7 @@ def generate(paths: list[str], out_dir: str, reference: str | None = None,
     sources = sorted({os.path.basename(p) for p in d.df["source"].unique()})
     head = {"title": title, "hosts": d.hosts_text(),
             "summary": summary(d, who_wins(d, reference), (model or {}).get("summary")),
-            "mail": mail_block(d), "reference": reference,
+            "mail": mail_block(d), "reference": reference, "model": model,
             "cdf_vcpus": cdf_vcpus, "records": len(sources)}
 
     with open(os.path.join(out_dir, "report.txt"), "w") as fh:
@@ -116,6 +116,7 @@ def generate(paths: list[str], out_dir: str, reference: str | None = None,
         "series": d.series, "emulated": sorted(d.emulated), "vcpus": d.vcpus,
         "cpus": d.cpus(), "oversubscribed_vcpus": d.oversubscribed(),
         "summary": head["summary"],
+        "model_answers": (model or {}).get("answers", []),
         "reference": reference, "cdf_vcpus": cdf_vcpus,
         "warnings": {wid: f"{d.legend(s)} at {v} vCPUs" for (s, v), wid in ids.items()},
         "records": sources,
@@ -138,6 +139,13 @@ def _text(head, tables, d, ids) -> str:
     if head["hosts"]:
         out += textwrap.wrap(head["hosts"], w)
     out.append("")
+    if head.get("model"):
+        out += ["What the scaling model predicts (MODEL, not measured)",
+                "=" * 53]
+        out += textwrap.wrap(head["model"]["provenance"], w)
+        for a in head["model"]["answers"]:
+            out += textwrap.wrap(a, w, initial_indent="- ", subsequent_indent="  ")
+        out.append("")
     for t in tables:
         out.append(t.to_text(w))
     out.append(warnings_text(d, ids, w))
@@ -150,6 +158,9 @@ def _markdown(head, figures, tables, d, ids) -> str:
     if head["hosts"]:
         out += [">", f"> {head['hosts']}"]
     out += ["", "## For the mailing list", "", "```", head["mail"].rstrip(), "```", ""]
+    if head.get("model"):
+        out += ["## What the scaling model predicts (MODEL, not measured)", "",
+                head["model"]["provenance"], ""] + [f"- {a}" for a in head["model"]["answers"]] + [""]
     out.append("## Figures")
     for f in figures:
         out += ["", f"### {f.title}", "", f"![{f.title}](figures/{f.name}.png)", "",
@@ -184,6 +195,10 @@ def _html(head, figures, tables, d, ids, fig_dir) -> str:
     parts.append("<nav>" + "".join(f"<a href=\"#{f.name}\">{e(f.title)}</a>" for f in figures)
                  + "<a href=\"#tables\">Tables</a><a href=\"#mail\">For the mailing list</a>"
                  "<a href=\"#warnings\">Warnings</a></nav>")
+    if head.get("model"):
+        parts.append("<h2 id=\"model\">What the scaling model predicts (MODEL, not measured)</h2>")
+        parts.append(f"<p class=\"meta\">{e(head['model']['provenance'])}</p><ul>"
+                     + "".join(f"<li>{e(a)}</li>" for a in head["model"]["answers"]) + "</ul>")
     parts.append("<h2>Figures</h2>")
     for f in figures:
         with open(os.path.join(fig_dir, f"{f.name}.png"), "rb") as fh:
@@ -210,6 +225,49 @@ def _html(head, figures, tables, d, ids, fig_dir) -> str:
     return "\n".join(parts) + "\n"
 
 
+def load_model(paths: list[str], calibration: str | None) -> dict:
+    """Predicted rows from `run_bench.py model --out` files, their provenance, and
+    the model's own answers to the seed thread's claims per (P, MMU)."""
+    # deferred: the model (SimPy) loads only when a report draws it
+    from ..model import report as modelreport
+    rows = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                got = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ReportError(f"--model {path}: {exc}") from None
+        got = got.get("rows", got) if isinstance(got, dict) else got
+        if not isinstance(got, list) or not all(isinstance(r, dict) and {"mech", "vcpus", "pcpus",
+                                                                           "pages_per_s"} <= set(r)
+                                                   for r in got):
+            raise ReportError(f"--model {path}: not the model's predictions (run_bench.py model --out)")
+        rows += got
+    if not calibration:
+        raise ReportError("--model needs --calibration CAL.json: a prediction without its "
+                          "calibration's provenance is not shown")
+    try:
+        provenance = modelreport.provenance(calibration)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ReportError(f"--calibration {calibration}: {exc}") from None
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["pcpus"], r.get("mmu")), []).append(r)
+    claims = [modelreport.claims(g) for _key, g in sorted(groups.items(), key=lambda kv: str(kv[0]))]
+    answers = []
+    for c in claims:
+        where = f"MODEL at P = {c['pcpus']}, {c['mmu']} MMU"
+        for key, what in (("one_uffd", "one userfaultfd"), ("many_uffds", "several userfaultfds"),
+                          ("async_vs_exits", "a KVM-side queue (async) against exits")):
+            if key in c:
+                decided = ", ".join(c[key].get("decided_by") or [])
+                answers.append(f"{where}, {what}: {c[key]['answer']} (decided by: {decided}).")
+    note = ("The MODEL section and figure give the scaling model's predictions for bigger hosts: "
+            "predictions, not measurements (docs/MODEL.md).")
+    return {"rows": rows, "provenance": provenance, "claims": claims, "answers": answers,
+            "summary": note}
+
+
 def main(argv=None) -> int:
     p = OneLineParser(prog="run_bench.py report",
                                 description="Figures (PNG, SVG), tables (HTML, Markdown, "
@@ -223,9 +281,15 @@ def main(argv=None) -> int:
                    help="vCPU counts of the latency CDFs (default: the largest count that fits the "
                         "CPUs, and the largest)")
     p.add_argument("--title", help="report title")
+    p.add_argument("--model", nargs="+", metavar="PREDICTIONS.json",
+                   help="the scaling model's predictions (`run_bench.py model --out`) to draw beside "
+                        "the measured rates, marked MODEL; with --calibration for their provenance")
+    p.add_argument("--calibration", metavar="CAL.json",
+                   help="the calibration the --model predictions came from (`run_bench.py calibrate`)")
     a = p.parse_args(argv)
     try:
-        manifest = generate(a.records, a.out, a.relative_to, a.cdf_vcpus, a.title)
+        model = load_model(a.model, a.calibration) if a.model else None
+        manifest = generate(a.records, a.out, a.relative_to, a.cdf_vcpus, a.title, model)
     except (tablemod.TableError, ReportError, ValueError) as exc:
         print(f"run_bench.py report: error: {exc}", file=sys.stderr)
         return 2

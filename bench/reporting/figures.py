@@ -552,30 +552,41 @@ def cpu_by_role(d: ReportData) -> Figure | None:
 
 
 def model_vs_measured(d: ReportData, model: dict | None) -> Figure | None:
-    """The scaling model's predicted paging rate (dotted, "MODEL") beside the measured
-    one; `model`: bench.model's report data, or None when no calibration was given."""
+    """The scaling model's predicted paging rate ("MODEL", dotted with diamonds)
+    beside the measured one (solid), one panel per predicted host shape (P CPUs,
+    MMU); `model`: build.load_model's, or None when no prediction was given."""
     if not model or not model.get("rows"):
         return None
-    fig, ax = plt.subplots(figsize=SLIDE_INCHES)
-    drawn = _series_lines(ax, d, "pages_per_s", 1.0, d.mechanisms())
-    handles, labels, _ = _series_legend(d, drawn)
-    by_mech: dict = {}
+    groups: dict = {}
     for row in model["rows"]:
-        by_mech.setdefault((row["mech"], row["pcpus"], row.get("mmu")), []).append(row)
-    for (mech, pcpus, mmu), rows in sorted(by_mech.items(), key=lambda kv: str(kv[0])):
-        rows.sort(key=lambda r: r["vcpus"])
-        color = next((d.colors[s] for s in d.series if d.mech_of[s] == mech), "#555555")
-        ls = (0, (1, 1.5)) if pcpus == d.cpus() else (0, (6, 2, 1, 2))
-        ax.plot([r["vcpus"] for r in rows], [r["pages_per_s"] for r in rows], color=color,
-                linestyle=ls, linewidth=2.4, marker="D", markersize=6)
-        handles.append(Line2D([], [], color=color, linestyle=ls, linewidth=2.4, marker="D"))
-        labels.append(f"MODEL {mech}, P={pcpus}" + (f", {mmu}" if mmu else ""))
-    _vcpu_axis(ax, d, sorted(set(d.vcpus) | {r["vcpus"] for r in model["rows"]}))
-    log_y(ax)
-    ax.set_ylabel("pages/s, all vCPUs (log)")
-    title = "Measured and MODEL-predicted paging rate"
-    cap = d.caption("Solid: measured (median, bars min..max). Dotted and dash-dotted with diamonds: "
-                    "the scaling model's prediction, never a measurement; " + model.get("provenance", ""))
+        groups.setdefault((row["pcpus"], row.get("mmu")), []).append(row)
+    keys = sorted(groups, key=lambda k: (k[0], str(k[1])))
+    fig, axes = plt.subplots(1, len(keys), figsize=SLIDE_INCHES, sharey=True, squeeze=False)
+    axes = axes[0].tolist()
+    vs = sorted(set(d.vcpus) | {r["vcpus"] for r in model["rows"]})
+    drawn_mechs = []
+    for ax, key in zip(axes, keys):
+        drawn = _series_lines(ax, d, "pages_per_s", 1.0, d.mechanisms())
+        drawn_mechs += [s for s in drawn if s not in drawn_mechs]
+        by_mech: dict = {}
+        for row in groups[key]:
+            by_mech.setdefault(row["mech"], []).append(row)
+        for mech, rows in by_mech.items():
+            rows.sort(key=lambda r: r["vcpus"])
+            color = next((d.colors[s] for s in d.series if d.mech_of[s] == mech), "#555555")
+            ax.plot([r["vcpus"] for r in rows], [r["pages_per_s"] for r in rows], color=color,
+                    linestyle=(0, (1, 1.5)), linewidth=2.6, marker="D", markersize=7)
+        _vcpu_axis(ax, d, vs)
+        log_y(ax)
+        ax.set_title(f"MODEL: P = {key[0]} CPUs" + (f", {key[1]} MMU" if key[1] else ""))
+    axes[0].set_ylabel("pages/s, all vCPUs (log)")
+    handles, labels, _ = _series_legend(d, drawn_mechs)
+    handles.append(Line2D([], [], color="#333333", linestyle=(0, (1, 1.5)), linewidth=2.6, marker="D"))
+    labels.append("MODEL prediction (same colour: same mechanism)")
+    title = "Measured paging rate and the MODEL's prediction for bigger hosts"
+    cap = d.caption("Solid: measured on this host (median, bars min..max). Dotted with diamonds: "
+                    "the scaling model's prediction for a host of P CPUs, never a measurement. "
+                    + model.get("provenance", ""))
     _finish(fig, title, (handles, labels, 3))
     return Figure("model", title, cap, fig)
 
