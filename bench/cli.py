@@ -102,7 +102,11 @@ def _main(argv: list[str], host_lock) -> int:
         status = run(args, argv, points, workload, machine, harness, sweep, done)
     except KeyboardInterrupt:
         sweep.interrupt()
-        where = f"; finished cells are in {sweep_dir}, go on with --resume {sweep_dir}" if sweep_dir else ""
+        where = ((f"; an interleaved sweep writes its records after the last round (any written "
+                  f"are in {sweep_dir}): go on with --resume {sweep_dir}, which starts the "
+                  "unfinished cells again") if interleaved
+                 else f"; finished cells are in {sweep_dir}, go on with --resume {sweep_dir}"
+                 ) if sweep_dir else ""
         print(f"run_bench.py: interrupted{where}", file=sys.stderr)
         return 130
     sweep.finish()

@@ -83,11 +83,21 @@ class NoiseSampler:
         self.busy: list[tuple[float, int, str]] = []
 
     def start(self) -> None:
+        self._acc = {"interval": 0.0, "busy": {}, "kernel_s": 0.0, "steal": 0.0, "steal_known": True}
+        self.resume()
+
+    def resume(self) -> None:
+        """Go on measuring after pause(): an interleaved sweep counts only the
+        stretches in which this cell's own runs ran."""
         self._before = read_processes()
         self._steal0 = steal_ticks()
         self._t0 = time.monotonic()
+        self._running = True
 
-    def stop(self) -> tuple[dict, list[str]]:
+    def pause(self) -> None:
+        if not getattr(self, "_running", False):
+            return
+        self._running = False
         interval = time.monotonic() - self._t0
         after = read_processes()
         steal1 = steal_ticks()
@@ -96,7 +106,8 @@ class NoiseSampler:
         # harness itself (VM teardown, page freeing, tracing): counted apart, not warned on
         kernel = harness_pids(after, 2) | harness_pids(self._before, 2)
         tick = _clock_tick()
-        busy, kernel_s = [], 0.0
+        acc = self._acc
+        acc["interval"] += interval
         for pid, (_, comm, ticks) in after.items():
             if pid in ours:
                 continue
@@ -104,17 +115,27 @@ class NoiseSampler:
             # same pid with less CPU than before: a new process that reused the pid
             spent = ticks - before[2] if before and before[2] <= ticks and before[1] == comm else ticks
             if spent > 0 and pid in kernel:
-                kernel_s += spent / tick
+                acc["kernel_s"] += spent / tick
             elif spent > 0:
-                busy.append((spent / tick, pid, comm))
+                acc["busy"][(pid, comm)] = acc["busy"].get((pid, comm), 0.0) + spent / tick
+        if self._steal0 is None or steal1 is None:
+            acc["steal_known"] = False
+        else:
+            acc["steal"] += (steal1 - self._steal0) / tick
+
+    def stop(self) -> tuple[dict, list[str]]:
+        self.pause()
+        acc = self._acc
+        interval, kernel_s = acc["interval"], acc["kernel_s"]
+        busy = [(s, pid, comm) for (pid, comm), s in acc["busy"].items()]
         busy.sort(reverse=True)
         self.busy = busy   # every process outside the harness that used CPU: (s, pid, comm)
         cpus = len(os.sched_getaffinity(0)) or 1
         total = sum(s for s, _, _ in busy)
         share = total / (interval * cpus) if interval > 0 else 0.0
         # /proc/stat counts steal over every online CPU, not only the ones we may use
-        steal = (None if self._steal0 is None or steal1 is None or interval <= 0 else
-                 (steal1 - self._steal0) / tick / (interval * (os.cpu_count() or 1)))
+        steal = (None if not acc["steal_known"] or interval <= 0 else
+                 acc["steal"] / (interval * (os.cpu_count() or 1)))
         block = {
             "interval_s": interval,
             "cpus": cpus,

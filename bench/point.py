@@ -219,8 +219,11 @@ class Cell:
         self.probed = cpustate.cpus_to_probe(*self.plan.cpu_map())
         self.total = args.warmup + args.repeat
         self.done = 0
+        # outside load is counted only while this cell's own runs run: in an interleaved
+        # sweep the other cells' runs come between them
         self.noise = NoiseSampler()
         self.noise.start()
+        self.noise.pause()
 
     def runs_left(self) -> int:
         return self.total - self.done
@@ -229,6 +232,9 @@ class Cell:
         warmup = self.done < self.args.warmup
         # when each run began: a reader can see the sweep's order and plot drift over it
         started = time.time()
+        if self.done == 0:   # the load average as the cell's first run starts
+            self.rec["machine"]["load_avg"] = load_avg()
+        self.noise.resume()
         try:
             if warmup:
                 metrics, raw = execute(self.plan, self.phases)
@@ -236,15 +242,15 @@ class Cell:
                 (metrics, raw), raw_probe = cpustate.around(
                     self.probed, lambda: execute(self.plan, self.phases))
                 raw = {**raw, "cpu_probe": raw_probe}
-        except BaseException:
-            self.noise.stop()
-            raise
+        finally:
+            self.noise.pause()
         resultmod.add_run(self.rec, metrics, warmup=warmup, raw={**raw, "started_unix_s": started})
         self.done += 1
 
     def finish(self) -> dict:
         """The record, not yet written. Raises RunError (a traced run or the record failed)."""
         rec, args = self.rec, self.args
+        self.noise.resume()   # the traced runs
         try:
             resultmod.finalize(rec)
             if args.trace_locks:

@@ -80,9 +80,13 @@ class ReportData:
         boot_part = ""
         # a boot tag only where one host has records of several boots (two hosts
         # always differ in boot id: their series are told apart by @host already)
+        # (an imported record states no boot: it never counts as another boot)
+        own = df[df["origin"] == "faultbench"] if "origin" in df.columns else df
         if "machine.boot_id" in df.columns and (
-                df.groupby("host")["machine.boot_id"].nunique(dropna=False) > 1).any():
-            boot_part = " " + df["machine.boot_id"].map(lambda v: f"boot {v:.8}" if v else "boot None")
+                own.groupby("host")["machine.boot_id"].nunique(dropna=False) > 1).any():
+            boot_part = " " + df["machine.boot_id"].map(
+                lambda v: f"boot {v:.8}" if isinstance(v, str) and v else "")
+            boot_part = boot_part.where(boot_part != " ", "")
         df["series"] = df["label"] + host_part + boot_part
         # records of one mechanism whose configurations differ at the same vCPU count
         # (another workload, memory size, placement...): the differing keys join the name
@@ -282,7 +286,8 @@ class ReportData:
         machines = self.df.drop_duplicates(["host", "machine.boot_id"])
         parts = []
         for _, m in machines.iterrows():
-            parts.append(f"{m['machine.cpu_model']}, {cpu_count(m['machine.online_cpus'])} online CPUs, "
+            parts.append(f"{m['machine.cpu_model'] if m['machine.cpu_model'] == m['machine.cpu_model'] else 'CPU not stated'}, "
+                         f"{cpu_count(m['machine.online_cpus'])} online CPUs, "
                          f"kernel {m['machine.kernel_release']}"
                          + (f" (host {m['host']})" if len(machines) > 1 else ""))
         return "; ".join(parts)
@@ -320,13 +325,13 @@ class ReportData:
     def emulation_text(self) -> str:
         return " ".join(f"{s} is EMULATED (dashed): {r}" for s, r in self.emulated.items())
 
-    def caption(self, what: str, series: list[str] | None = None) -> str:
+    def caption(self, what: str, series: list[str] | None = None, vcpu_axis: bool = True) -> str:
         """A figure's caption (HTML and Markdown, never in the image). The machine
         and the config are in the report's summary box, said once; here only what
         this figure adds. `series`: those the figure draws (it names their hosts)."""
         text = what
         over = self.oversubscribed()
-        if over and "vCPUs" in what:
+        if over and vcpu_axis:
             text += (f" Shaded: more vCPUs than the host's {self.cpus()} CPUs "
                      f"({', '.join(map(str, over))} vCPUs), where every vCPU also waits for a CPU.")
         if self.multi_host():

@@ -384,7 +384,7 @@ def latency_cdf(d: ReportData, at_vcpus: int) -> Figure | None:
                     + (f"; vertical: 1-3 scheduler ticks at HZ={hz}" if hz else "") + ")."
                     + (f" {at_vcpus} vCPUs share {cpus} CPUs here, so this is mostly waiting for a "
                        "CPU." if over else " No vCPU waits for another's CPU here: the mechanism's "
-                       "own distribution."), drawn)
+                       "own distribution."), drawn, vcpu_axis=False)
     _finish(fig, title, (handles, labels, min(3, len(labels))))
     return Figure(f"latency_cdf_{at_vcpus}", title, cap, fig)
 
@@ -433,6 +433,8 @@ def breakdown_lines(d: ReportData) -> Figure | None:
     labels = ["total (mean fault latency)"]
     handles += [Line2D([], [], color=colors[g], linewidth=1.8, marker=".", markersize=9) for g in used]
     labels += [g.replace("_", " ") for g in used]
+    oh, ol = _oversub_handle(d)
+    handles, labels = handles + oh, labels + ol
     title = "Where a fault's time goes: mean us per fault by segment"
     cap = d.caption("Mean time per fault in each segment, from per-fault timestamps, means over runs "
                     "(the parts add up to the total, drawn black); one log scale shared by every "
@@ -482,6 +484,8 @@ def lock_contention(d: ReportData, top_sites: int = 6) -> Figure | None:
     if concentrated:
         proxies.append(Line2D([], [], color=FAILED_RING, linewidth=1.6, linestyle="-."))
         labels.append("a few contentions make most of the wait (one event: see the lock table)")
+    oh, ol = _oversub_handle(d)
+    proxies, labels = proxies + oh, labels + ol
     title = "Kernel lock contention by call site vs vCPUs"
     cap = d.caption(f"lock:contention_begin/end in a private tracefs instance with the kernel call "
                     f"chain; the {len(sites)} call sites with the most wait over the whole report; "

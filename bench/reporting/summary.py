@@ -73,8 +73,8 @@ def scope_line(d: ReportData, model_note: str | None = None) -> str:
                 f"oversubscribed (shaded in every vCPU figure): there vCPUs and handler threads "
                 "wait for a CPU, and the numbers measure CPU cost per fault and its queueing, not "
                 "how a mechanism scales on a host with a CPU per vCPU.")
-    return text + " " + (model_note or "For bigger hosts, the scaling model (docs/MODEL.md) "
-                                       "predicts from a calibration; this report draws no prediction.")
+    return text + " " + (model_note or "This report draws no prediction for bigger hosts "
+                                       "(report --model: the scaling model's).")
 
 
 def mechanism_sentences(d: ReportData, wins: list[dict]) -> list[str]:
@@ -109,12 +109,17 @@ def mechanism_sentences(d: ReportData, wins: list[dict]) -> list[str]:
     return out
 
 
+def _stated(value) -> str:
+    """A machine field as text; "not stated" where an imported record leaves it out."""
+    return "not stated" if value is None or value != value else str(value)
+
+
 def host_line(d: ReportData) -> str:
     m = d.df.drop_duplicates("host")
     parts = []
     for _, r in m.iterrows():
-        parts.append(f"{r['host']}: {cpu_count(r['machine.online_cpus'])} CPUs ({r['machine.cpu_model']}), "
-                     f"kernel {r['machine.kernel_release']}")
+        parts.append(f"{r['host']}: {cpu_count(r['machine.online_cpus'])} CPUs "
+                     f"({_stated(r['machine.cpu_model'])}), kernel {_stated(r['machine.kernel_release'])}")
     return "Host: " + "; ".join(parts) + f"; {d.kvm_text()}."
 
 
@@ -162,7 +167,10 @@ def sweep_command(d: ReportData) -> str:
     recs = [r for r in d.view.by_source.values() if not schema.is_imported(r)]
     if not recs:
         return "none of the harness (imported records only)"
-    words = list(recs[0].get("command") or [])
+    command = recs[0].get("command") or {}
+    words = list(command.get("argv") or []) if isinstance(command, dict) else list(command)
+    if words and not words[0].endswith("run_bench.py"):
+        words = ["run_bench.py", *words]
     out, skip = [], False
     for w in words:
         if skip:
@@ -173,14 +181,19 @@ def sweep_command(d: ReportData) -> str:
             continue
         out.append(w)
     mechs = sorted({r["config"]["mech"] for r in recs})
-    return " ".join(shlex.quote(w) for w in out + ["--vcpus", ",".join(map(str, d.vcpus)),
-                                                    "--mech", ",".join(mechs)])
+    vcpus = sorted({int(r["config"]["vcpus"]) for r in recs})
+    return "python " + " ".join(shlex.quote(w) for w in out + [
+        "--vcpus", ",".join(map(str, vcpus)), "--mech", ",".join(mechs)])
 
 
 def commit_text(d: ReportData) -> str:
+    """The harness that measured the records (an importer's commit measured nothing)."""
+    own = d.df[d.df["origin"] == "faultbench"] if "origin" in d.df.columns else d.df
+    if own.empty:
+        return "none: imported records only"
     commits = sorted({(str(c)[:12] if c else "unknown") + (" (dirty)" if dirty is True else "")
-                      for c, dirty in zip(d.df["git_commit"], d.df["git_dirty"])})
-    versions = sorted({str(v) for v in d.df["harness_version"].dropna()})
+                      for c, dirty in zip(own["git_commit"], own["git_dirty"])})
+    versions = sorted({str(v) for v in own["harness_version"].dropna()})
     return f"faultbench {_list(versions)}, commit {_list(commits)}"
 
 
@@ -208,9 +221,11 @@ def mail_block(d: ReportData, width: int = MAIL_WIDTH) -> str:
     def wrap(label, text):
         return textwrap.wrap(text, width, initial_indent=f"{label:<9}", subsequent_indent=" " * 9,
                              break_on_hyphens=False, break_long_words=True)
-    m = d.df.iloc[0]
-    out = [*wrap("Host:", f"{m['machine.hostname']}, {d.cpus()} CPUs, {m['machine.cpu_model']}, "
-                           f"kernel {m['machine.kernel_release']}, {d.kvm_text()}"),
+    hosts = d.df.drop_duplicates("host")
+    host_text = "; ".join(f"{_stated(m['host'])}, {cpu_count(m['machine.online_cpus'])} CPUs, "
+                          f"{_stated(m['machine.cpu_model'])}, kernel "
+                          f"{_stated(m['machine.kernel_release'])}" for _, m in hosts.iterrows())
+    out = [*wrap("Host:", f"{host_text}; {d.kvm_text()}"),
            *wrap("Command:", sweep_command(d)),
            *wrap("Commit:", commit_text(d)),
            *wrap("Values:", "pages/s, median [min-max] over the runs of each cell; "

@@ -387,13 +387,13 @@ def cpu_table(d: ReportData, ids: dict) -> Table | None:
             for r in roles:
                 u = d.value(f"cpu_by_role.{r}.user_ns", s, v)
                 k = d.value(f"cpu_by_role.{r}.system_ns", s, v)
-                row.append("-" if u is None else f"{u / per / 1000:.1f}/{k / per / 1000:.1f}")
+                row += (["-", "-"] if u is None else [f"{u / per / 1000:.1f}", f"{k / per / 1000:.1f}"])
             rows.append(row)
-    return Table("What CPU time does a fault cost, by thread role? us user/system per fault",
-                 ["mechanism", "vCPUs"] + [f"{r}\nus usr/sys" for r in roles], rows, key_columns=2,
+    return Table("What CPU time does a fault cost, by thread role? us per fault",
+                 ["mechanism", "vCPUs"] + [h for r in roles for h in (f"{r}\nuser us", f"{r}\nsys us")],
+                 rows, key_columns=2,
                  notes=["thread CPU time over the run divided by the faults delivered (baselines: "
-                        "by the pages faulted in by the kernel); medians over runs"]
-                 + _emulation_notes(d, d.series))
+                        "by the pages faulted in by the kernel); medians over runs"])
 
 
 def cost_and_wait_table(d: ReportData, ids: dict) -> Table:
