@@ -89,37 +89,53 @@ def simulate_row(p: paramsmod.Params, mech: str, vcpus: int, pcpus: int, mmu: st
     }
 
 
+def _one(job):
+    cal, mech, v, pcpus, mmu, fetch_delay_us, line_transfer_ns, scale, faults = job
+    p = paramsmod.for_prediction(cal, mech, pcpus, fetch_delay_us=fetch_delay_us,
+                                 line_scale=scale, line_transfer_ns=line_transfer_ns)
+    return p.handoff_ns, simulate_row(p, mech, v, pcpus, mmu, faults)
+
+
 def predict(cal: dict, mechs, vcpus_list, pcpus: int, mmu: str | None = None,
             fetch_delay_us: float | None = None, line_transfer_ns: float | None = None,
-            faults: int | None = None, sensitivity: bool = True) -> list[dict]:
+            faults: int | None = None, sensitivity: bool = True, jobs: int = 1) -> list[dict]:
     """Rows for every (mechanism, vCPU count). Where the prediction depends on a
     cited parameter (P above the calibration host's CPUs), each row also carries
-    the same prediction at 0.5x and 2x that parameter (`cited_sensitivity`)."""
+    the same prediction at 0.5x and 2x that parameter (`cited_sensitivity`).
+    `jobs` > 1 simulates cells in that many processes (each cell is independent)."""
     mmu = mmu or cal.get("mmu") or DEFAULT_MMU
-    rows = []
     far = paramsmod.far_fraction(pcpus, cal["host"]["pcpus"])
+    scales = [s for s in paramsmod.SENSITIVITY] if (sensitivity and far > 0) else [1.0]
+    work = [(cal, mech, v, pcpus, mmu, fetch_delay_us, line_transfer_ns, scale, faults)
+            for mech in mechs for v in vcpus_list for scale in scales]
+    if jobs > 1:
+        # deferred: only a parallel table needs a process pool
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(_one, work))
+    else:
+        results = [_one(w) for w in work]
+    line = paramsmod.CITED["line_transfer_ns"]["value"] if line_transfer_ns is None else line_transfer_ns
+    rows = []
+    by_cell = {}
+    for w, (handoff, row) in zip(work, results):
+        by_cell.setdefault((w[1], w[2]), {})[w[7]] = (handoff, row)
     for mech in mechs:
         for v in vcpus_list:
-            p = paramsmod.for_prediction(cal, mech, pcpus, fetch_delay_us=fetch_delay_us,
-                                         line_transfer_ns=line_transfer_ns)
-            row = simulate_row(p, mech, v, pcpus, mmu, faults)
+            handoff, row = by_cell[(mech, v)][1.0]
             row["calibration"] = {"host": cal["host"], "created": cal.get("created"),
                                   "records": len(cal.get("records", [])),
                                   "commands": cal.get("commands")}
-            line = (paramsmod.CITED["line_transfer_ns"]["value"] if line_transfer_ns is None
-                    else line_transfer_ns)
             row["cited"] = {"line_transfer_ns": {
-                "value": line, "applied_ns": p.handoff_ns,
+                "value": line, "applied_ns": handoff,
                 "from": "flag --line-transfer-ns" if line_transfer_ns is not None
                 else "CITED (docs/MODEL.md)"}} if far > 0 else {}
-            if sensitivity and far > 0:
+            if len(scales) > 1:
                 row["cited_sensitivity"] = {}
-                for scale in paramsmod.SENSITIVITY:
+                for scale in scales:
                     if scale == 1.0:
                         continue
-                    q = paramsmod.for_prediction(cal, mech, pcpus, fetch_delay_us=fetch_delay_us,
-                                                 line_scale=scale, line_transfer_ns=line_transfer_ns)
-                    r2 = simulate_row(q, mech, v, pcpus, mmu, faults)
+                    r2 = by_cell[(mech, v)][scale][1]
                     row["cited_sensitivity"][f"line_transfer_ns_x{scale:g}"] = {
                         "pages_per_s": r2["pages_per_s"], "fault_latency_ns": r2["fault_latency_ns"],
                         "lock_wait_ns_per_fault": r2["lock_wait_ns_per_fault"], "limit": r2["limit"]}
@@ -163,6 +179,7 @@ def main(argv=None) -> int:
                    help="cost of moving a contended cache line between far CPUs (default: the "
                         "cited value in docs/MODEL.md)")
     p.add_argument("--faults", type=int, default=None, help="faults simulated per cell after the warm-up")
+    p.add_argument("--jobs", type=int, default=1, help="cells simulated in parallel processes (default 1)")
     p.add_argument("--out", help="write the rows as JSON")
     a = p.parse_args(argv)
     mechs = [m for m in a.mech.split(",") if m]
@@ -180,7 +197,7 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     try:
         rows = predict(cal, mechs, a.vcpus, a.pcpus, a.mmu, a.fetch_delay_us, a.line_transfer_ns,
-                       a.faults)
+                       a.faults, jobs=max(1, a.jobs))
     except KeyError as exc:
         print(f"run_bench.py model: error: {exc.args[0]}", file=sys.stderr)
         return 2

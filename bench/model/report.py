@@ -126,10 +126,15 @@ def claims(rows: list[dict]) -> dict:
             "decided_by": _limit_params(last["limit"]),
             "peak_at_cited_x0.5": _sens_peak(u, 0.5), "peak_at_cited_x2": _sens_peak(u, 2.0),
             "curve": _curve(u),
+            "reader_busy_share_at_max_vcpus": last["utilisation"].get("reader thread"),
+            "uffd_wq_busy_share_at_max_vcpus": last["utilisation"].get("uffd_wq"),
+            "lock_wait_ns_per_fault_at_max_vcpus": last["lock_wait_ns_per_fault"],
             "answer": (f"one userfaultfd peaks at {peak['pages_per_s']:.0f} pages/s at {peak['vcpus']} "
                        f"vCPUs (limit: {peak['limit']}) and falls to {last['pages_per_s']:.0f} at "
-                       f"{last['vcpus']} vCPUs, limited by {last['limit']}: the wake walks every "
-                       f"waiter under the wait-queue lock"),
+                       f"{last['vcpus']} vCPUs, limited by {last['limit']}; there the wait-queue "
+                       f"lock is busy {last['utilisation'].get('uffd_wq', 0):.0%} of the time (the "
+                       f"reader's wake walk over every waiter, and the vCPUs' enqueue) and each fault "
+                       f"waits {last['lock_wait_ns_per_fault'] / 1e3:.1f} us for locks"),
         }
     if "uffd-many" in by:
         m = by["uffd-many"]

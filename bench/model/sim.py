@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from dataclasses import dataclass, field
 
 import simpy
@@ -45,18 +46,37 @@ class Stats:
 
 
 class Cpus:
-    """P CPUs behind one FIFO run queue."""
+    """P CPUs behind one run queue: FIFO, or random order (`order="random"`: the
+    next thread to run is any waiting one, as EEVDF's pick by virtual deadline is
+    not arrival order)."""
 
-    def __init__(self, env, pcpus, quantum_ns, stats):
+    def __init__(self, env, pcpus, quantum_ns, stats, order="fifo", seed=1):
         self.env = env
-        self.res = simpy.Resource(env, capacity=pcpus)
+        self.order = order
+        self.rng = random.Random(seed)
+        self.res = (simpy.PriorityResource(env, capacity=pcpus) if order == "random"
+                    else simpy.Resource(env, capacity=pcpus))
         self.pcpus = pcpus
         self.threads = 0            # threads of the cell (set by build)
+        self.spinners = {}          # kick event -> None, of vCPUs spinning in place
         self.quantum_ns = quantum_ns
         self.stats = stats
 
     def idle(self) -> bool:
         return self.res.count < self.res.capacity and not self.res.queue
+
+    def request(self):
+        if self.order == "random":
+            req = self.res.request(priority=self.rng.random())
+        else:
+            req = self.res.request()
+        if not req.triggered and self.spinners:
+            # a thread now waits for a CPU: the spinner on the CPU it would be
+            # queued on (one, as run queues are per CPU) sees it and yields
+            kick = next(iter(self.spinners))
+            del self.spinners[kick]
+            kick.succeed()
+        return req
 
 
 class Thread:
@@ -73,7 +93,7 @@ class Thread:
 
     def acquire(self, woken=False):
         was_idle = self.cpus.idle()
-        self.req = self.cpus.res.request()
+        self.req = self.cpus.request()
         yield self.req
         self.slice_start = self.env.now
         if woken and was_idle and (self.idle_cpu_ns or self.idle_wake_ns):
@@ -279,10 +299,12 @@ def vcpu_async(env, t: Thread, alist: AsyncList, mmap_lock, mmu_lock, p, stats):
                 t.release()
                 yield from t.acquire()
             else:
-                # with a CPU for every thread nobody ever queues: wait for the bit
-                # itself; otherwise look again after one yield round
+                # spin in place until the bit clears or another thread wants a CPU
                 t0 = env.now
-                yield done if cpus.threads <= cpus.pcpus else (done | env.timeout(p.yield_ns))
+                kick = env.event()
+                cpus.spinners[kick] = None
+                yield done | kick
+                cpus.spinners.pop(kick, None)
                 stats.add_busy("cpu:vcpu", env.now - t0)
         yield from mmu_lock.hold(t, p.mmu_hold_ns)
         yield from t.run(p.vcpu_post_ns)
@@ -328,7 +350,7 @@ def with_pressure(p, mech, vcpus, pcpus):
 def build(env, mech, vcpus, pcpus, p, mmu, stats):
     """The cell's threads as SimPy processes; returns the vCPU processes."""
     p = with_pressure(p, mech, vcpus, pcpus)
-    cpus = Cpus(env, pcpus, p.quantum_ns, stats)
+    cpus = Cpus(env, pcpus, p.quantum_ns, stats, order=p.run_queue_order)
     mmap_lock = SharedLock(env, "mmap_lock", stats, p.handoff_ns)
     mmu_lock = _mmu_lock(env, p, stats, mmu)
     threads = []
