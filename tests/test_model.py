@@ -11,7 +11,7 @@ import simpy
 from bench.model import calibrate, params as paramsmod, predict, report, sim
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.path.join(HERE, "data", "model")
+DATA = os.path.join(HERE, "model_data")   # not result records: kept out of tests/data
 CHECK_FILE = os.path.join(DATA, "check-sweep-medians.json")
 CAL_FILE = report.CALIBRATION_FILE
 RATE_TOLERANCE = 0.25
