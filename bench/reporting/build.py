@@ -57,8 +57,8 @@ def generate(paths: list[str], out_dir: str, reference: str | None = None,
              cdf_vcpus: list[int] | int | None = None, title: str | None = None,
              model: dict | None = None) -> dict:
     """Load RECORDS, write every output into out_dir; returns the manifest."""
-    df = tablemod.load_table(paths)
-    d = ReportData(df)
+    records = tablemod.load_records(paths)   # read once: the table and the report's view share them
+    d = ReportData(tablemod.build(records), dict(records))
     if d.runs.empty:
         raise ReportError("the records hold no measured runs")
     mechs = d.mechanisms() or d.series

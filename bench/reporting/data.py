@@ -67,7 +67,10 @@ class ReportData:
     """Measured rows grouped into series (one line per mechanism variant) and cells
     (series x vCPU count)."""
 
-    def __init__(self, df: pd.DataFrame):
+    def __init__(self, df: pd.DataFrame, records: dict | None = None):
+        """`records`: source path -> record, as the table was built from (read
+        again from the sources when not given)."""
+        self._records = records
         if df.empty:
             raise ValueError("no rows to report")
         df = df.copy()
@@ -432,6 +435,9 @@ class RecordView:
         self.d = d
         self.by_source = {}
         for src in d.df["source"].unique():
+            if d._records is not None and src in d._records:
+                self.by_source[src] = d._records[src]
+                continue
             try:
                 self.by_source[src] = resultmod.load(src)
             except (OSError, ValueError):
