@@ -459,9 +459,12 @@ def test_sigterm_mid_traced_run_leaves_tracefs_as_found(kvm, lock_path, tmp_path
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_sweep_keeps_only_finished_points(kvm, lock_path, tmp_path, sig):
-    # point 1 (1 vCPU, 512 pages) finishes; point 2 (2 vCPUs) stops after 600 pages
+    # point 1 (1 vCPU, 512 pages) finishes; point 2 (2 vCPUs) stops after 600 pages; blocked
+    # order, so point 1's record is written before point 2 starts (an interleaved sweep
+    # writes none until its last round: tests/test_sweep.py)
     results = tmp_path / "r"
-    h = Harness(["--vcpus", "1,2", "--mech", "exits", "--stall-after", "600", *SMALL], results)
+    h = Harness(["--vcpus", "1,2", "--mech", "exits", "--stall-after", "600", "--order", "blocked",
+                 *SMALL], results)
     deadline = time.monotonic() + 60
     while not list(results.glob("*.json")) and time.monotonic() < deadline:
         assert h.proc.poll() is None, h.proc.communicate()
