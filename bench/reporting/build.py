@@ -129,11 +129,12 @@ def generate(paths: list[str], out_dir: str, reference: str | None = None,
 
 
 def _text(head, tables, d, ids) -> str:
-    """Mail first (at most 72 columns, the selftest's terms), then the summary, then
-    every table; 80 columns throughout."""
+    """Mail first (at most 72 columns, the selftest's terms), then the title, the
+    summary and every table; 80 columns throughout."""
     import textwrap
     w = TEXT_WIDTH
-    out = [head["title"], "", head["mail"].rstrip(), "", "Summary", "=" * 7]
+    # the block a mail reply pastes comes first, then the report's own title
+    out = [head["mail"].rstrip(), "", head["title"], "", "Summary", "=" * 7]
     for para in head["summary"]:
         out += textwrap.wrap(para, w, initial_indent="- ", subsequent_indent="  ")
     if head["hosts"]:
