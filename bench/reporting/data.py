@@ -285,16 +285,6 @@ class ReportData:
         return ids
 
     # -- captions
-    def machine_text(self) -> str:
-        machines = self.df.drop_duplicates(["host", "machine.boot_id"])
-        parts = []
-        for _, m in machines.iterrows():
-            parts.append(f"{m['machine.cpu_model'] if m['machine.cpu_model'] == m['machine.cpu_model'] else 'CPU not stated'}, "
-                         f"{cpu_count(m['machine.online_cpus'])} online CPUs, "
-                         f"kernel {m['machine.kernel_release']}"
-                         + (f" (host {m['host']})" if len(machines) > 1 else ""))
-        return "; ".join(parts)
-
     def hosts_text(self, series: list[str] | None = None) -> str:
         """Which hosts a figure or table mixes; "" for one host."""
         if not self.multi_host():
@@ -304,29 +294,6 @@ class ReportData:
             return f"Host: {hosts[0]} only (of {len(self.hosts)} in this report)."
         return (f"Hosts: mixes {len(hosts)} hosts ({', '.join(hosts)}); each series is one host's "
                 "(@host), never pooled across hosts.")
-
-    def config_text(self) -> str:
-        d = self.runs if not self.runs.empty else self.df
-
-        def values(col, fmt="{}"):
-            if col not in d.columns:
-                return None
-            vals = sorted({v for v in d[col].dropna().tolist()}, key=str)
-            return ", ".join(fmt.format(v) for v in vals) if vals else None
-        parts = [f"workload {values('workload')}",
-                 f"{values('mem_per_vcpu_mib')} MiB per vCPU",
-                 f"fetch {values('fetch')}"]
-        delay = values("fetch_delay_us")
-        if delay and delay not in ("0.0", "0"):
-            parts.append(f"fetch delay {delay} us ({values('fetch_delay_mode')})")
-        reps = d.groupby(["series", "vcpus"]).size()
-        parts.append(f"{reps.min()}" + (f"-{reps.max()}" if reps.max() != reps.min() else "")
-                     + (" run per cell" if reps.max() == 1 else " runs per cell"))
-        parts.append(f"vCPUs {', '.join(str(v) for v in self.vcpus)}")
-        return "; ".join(parts)
-
-    def emulation_text(self) -> str:
-        return " ".join(f"{s} is EMULATED (dashed): {r}" for s, r in self.emulated.items())
 
     def caption(self, what: str, series: list[str] | None = None, vcpu_axis: bool = True) -> str:
         """A figure's caption (HTML and Markdown, never in the image). The machine

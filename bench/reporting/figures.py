@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator  # noqa: E402
 
 from .. import stats  # noqa: E402
-from .data import ReportData, tick_multiple  # noqa: E402
+from .data import ReportData  # noqa: E402
 from .tables import per_fault_divisor  # noqa: E402
 
 SLIDE_INCHES = (13.33, 7.5)      # 16:9, a full slide at 100% zoom
@@ -612,11 +612,3 @@ def all_figures(d: ReportData, cdf_vcpus: list[int], model: dict | None = None) 
     makers += [lambda: breakdown_lines(d), lambda: lock_contention(d), lambda: blocktime(d),
                lambda: cpu_by_role(d)]
     return [f for f in (m() for m in makers) if f is not None]
-
-
-# a figure's legend must fit its labels' text at MIN_PT: used by tests
-def text_sizes(fig) -> list[float]:
-    return [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_text().strip()]
-
-
-__all__ = ["Figure", "all_figures", "cdf_counts", "tick_multiple", "text_sizes", "MIN_PT"]

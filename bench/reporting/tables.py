@@ -102,10 +102,6 @@ def _emulation_notes(d: ReportData, series: list[str]) -> list[str]:
     return []
 
 
-def _warn_mark(d: ReportData, ids: dict, s: str, v: int) -> str:
-    return f" {ids[(s, v)]}" if (s, v) in ids else ""
-
-
 def _flags(d: ReportData, ids: dict, s: str, v: int, col: str | None = None) -> str:
     """A cell's marks, apart from its numbers: Wn (its warnings), X (a failed
     self-check), O (a single-run outlier in `col`)."""
