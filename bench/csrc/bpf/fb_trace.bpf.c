@@ -1,0 +1,381 @@
+/* faultbench's in-kernel tracer (libbpf CO-RE; built by the install with clang).
+ *
+ * For the harness's own threads (tgid in `cfg`), aggregated in maps and read once a run:
+ *  - per thread, the scheduler's counters: cumulative on-CPU and runnable-but-waiting ns,
+ *    migrations, switches (`threads`, BPF_F_MMAPABLE: the harness maps it);
+ *  - a log of every state change of those threads with the cumulative counters at that
+ *    instant (`translog`, BPF_F_MMAPABLE), so a thread's exact on-CPU and waiting time
+ *    up to any instant is one lookup: counter at the last change + (t - change) if the
+ *    state since then was "on CPU" (or "waiting") -- counters, never a replayed stream;
+ *  - lock contention per (lock, kernel stack, flags): count, total and max wait
+ *    (lock:contention_begin/end, as `perf lock contention -b` keys it);
+ *  - mmap_lock acquisitions: count, total and max wait, by read/write, and how many
+ *    entered the rwsem slow path.
+ * Programs are tp_btf (BTF-typed raw tracepoints); nothing is pinned, so closing the
+ * harness's fds (or its exit) detaches everything.
+ *
+ * Only the fields used are declared; CO-RE relocates them against the running kernel.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <stdbool.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#include "fb_trace_shared.h"
+
+struct rw_semaphore { long count; } __attribute__((preserve_access_index));
+struct mm_struct { struct rw_semaphore mmap_lock; } __attribute__((preserve_access_index));
+struct task_struct {
+    int pid;
+    int tgid;
+    struct mm_struct *mm;
+} __attribute__((preserve_access_index));
+struct kmem_cache { const char *name; } __attribute__((preserve_access_index));
+
+extern struct kmem_cache *bpf_get_kmem_cache(__u64 addr) __ksym __weak;
+
+char LICENSE[] SEC("license") = "GPL";   /* bpf_get_stackid and tp_btf need GPL */
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct fb_bpf_cfg);
+} cfg SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __uint(max_entries, FB_BPF_MAX_THREADS);
+    __type(key, __u32);
+    __type(value, struct fb_bpf_thread);
+} threads SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __uint(max_entries, 1);   /* sized by the loader before load */
+    __type(key, __u32);
+    __type(value, struct fb_bpf_trans);
+} translog SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, FB_BPF_MAX_THREADS);
+    __type(key, __u32);     /* tid */
+    __type(value, __u32);   /* slot in `threads` */
+} slot_of SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct fb_bpf_totals);
+} totals SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_STACK_TRACE);
+    __uint(max_entries, FB_BPF_MAX_STACKS);
+    __uint(key_size, sizeof(__u32));
+    __uint(value_size, FB_BPF_STACK_DEPTH * sizeof(__u64));
+} stacks SEC(".maps");
+
+struct pending { __u64 t0; __u64 lock; __u32 flags; __s32 stackid; __u32 name_kind; __u32 pad; };
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, FB_BPF_MAX_THREADS);
+    __type(key, __u32);     /* tid: one contention at a time per task (nested begins are kept as one) */
+    __type(value, struct pending);
+} contending SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, FB_BPF_MAX_LOCKS);
+    __type(key, struct fb_bpf_lock_key);
+    __type(value, struct fb_bpf_lock_val);
+} locks SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, FB_BPF_MAX_LOCKS);
+    __type(key, __u64);     /* lock address */
+    __type(value, struct fb_bpf_lock_name);
+} lock_names SEC(".maps");
+
+struct mm_pending { __u64 t0; __u32 write; __u32 contended; };
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, FB_BPF_MAX_THREADS);
+    __type(key, __u32);
+    __type(value, struct mm_pending);
+} mm_waiting SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 2);   /* 0: read, 1: write */
+    __type(key, __u32);
+    __type(value, struct fb_bpf_mm);
+} mm_stats SEC(".maps");
+
+static __always_inline struct fb_bpf_cfg *config(void)
+{
+    __u32 k = 0;
+    return bpf_map_lookup_elem(&cfg, &k);
+}
+
+static __always_inline struct fb_bpf_totals *tot(void)
+{
+    __u32 k = 0;
+    return bpf_map_lookup_elem(&totals, &k);
+}
+
+static __always_inline int ours(struct fb_bpf_cfg *c, int tgid)
+{
+    return c && c->tgid && (tgid == c->tgid || (c->tgid2 && tgid == c->tgid2));
+}
+
+/* the slot of a harness thread, made on first sight */
+static __always_inline struct fb_bpf_thread *slot(__u32 tid, int create)
+{
+    __u32 *s = bpf_map_lookup_elem(&slot_of, &tid);
+    if (!s) {
+        if (!create)
+            return 0;
+        struct fb_bpf_totals *t = tot();
+        if (!t)
+            return 0;
+        __u32 n = __sync_fetch_and_add(&t->slots_used, 1);
+        if (n >= FB_BPF_MAX_THREADS) {
+            __sync_fetch_and_add(&t->threads_dropped, 1);
+            return 0;
+        }
+        if (bpf_map_update_elem(&slot_of, &tid, &n, BPF_NOEXIST))
+            ;   /* another CPU made it first: use that one (n is wasted) */
+        s = bpf_map_lookup_elem(&slot_of, &tid);
+        if (!s)
+            return 0;
+        struct fb_bpf_thread *th = bpf_map_lookup_elem(&threads, s);
+        if (th && th->tid == 0)
+            th->tid = tid;
+        return th;
+    }
+    return bpf_map_lookup_elem(&threads, s);
+}
+
+/* close the interval of the state the thread was in, then enter `state` at `now` */
+static __always_inline void transition(struct fb_bpf_thread *th, __u32 slotno, __u32 state, __u64 now)
+{
+    if (th->since && now > th->since) {
+        if (th->state == FB_BPF_ON_CPU)
+            th->on_ns += now - th->since;
+        else if (th->state == FB_BPF_WAITING)
+            th->wait_ns += now - th->since;
+    }
+    th->state = state;
+    th->since = now;
+    struct fb_bpf_totals *t = tot();
+    struct fb_bpf_cfg *c = config();
+    if (!t || !c)
+        return;
+    __u64 i = __sync_fetch_and_add(&t->log_used, 1);
+    if (i >= c->log_cap) {
+        __sync_fetch_and_add(&t->log_dropped, 1);
+        return;
+    }
+    __u32 k = (__u32)i;
+    struct fb_bpf_trans *e = bpf_map_lookup_elem(&translog, &k);
+    if (!e)
+        return;
+    e->t = now;
+    e->on_ns = th->on_ns;
+    e->wait_ns = th->wait_ns;
+    e->slot = slotno;
+    e->state = state;
+}
+
+static __always_inline __u32 slot_index(__u32 tid)
+{
+    __u32 *s = bpf_map_lookup_elem(&slot_of, &tid);
+    return s ? *s : 0xffffffff;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+             unsigned int prev_state)
+{
+    struct fb_bpf_cfg *c = config();
+    if (!c || !c->tgid)
+        return 0;
+    __u64 now = 0;
+    if (ours(c, BPF_CORE_READ(prev, tgid))) {
+        __u32 tid = BPF_CORE_READ(prev, pid);
+        struct fb_bpf_thread *th = slot(tid, 1);
+        if (th) {
+            now = bpf_ktime_get_ns();
+            /* TASK_RUNNING (0) when switched out: preempted, still runnable */
+            __u32 st = (prev_state == 0) ? FB_BPF_WAITING : FB_BPF_ASLEEP;
+            if (st == FB_BPF_WAITING)
+                th->preempted++;
+            transition(th, slot_index(tid), st, now);
+        }
+    }
+    if (ours(c, BPF_CORE_READ(next, tgid))) {
+        __u32 tid = BPF_CORE_READ(next, pid);
+        struct fb_bpf_thread *th = slot(tid, 1);
+        if (th) {
+            if (!now)
+                now = bpf_ktime_get_ns();
+            th->switches_in++;
+            transition(th, slot_index(tid), FB_BPF_ON_CPU, now);
+        }
+    }
+    return 0;
+}
+
+static __always_inline int woken(struct task_struct *p)
+{
+    struct fb_bpf_cfg *c = config();
+    if (!ours(c, BPF_CORE_READ(p, tgid)))
+        return 0;
+    __u32 tid = BPF_CORE_READ(p, pid);
+    struct fb_bpf_thread *th = slot(tid, 1);
+    /* a wakeup of a task that is on a CPU or already runnable changes nothing */
+    if (th && th->state != FB_BPF_ON_CPU && th->state != FB_BPF_WAITING) {
+        th->wakeups++;
+        transition(th, slot_index(tid), FB_BPF_WAITING, bpf_ktime_get_ns());
+    }
+    return 0;
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(fb_wakeup, struct task_struct *p) { return woken(p); }
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(fb_wakeup_new, struct task_struct *p) { return woken(p); }
+
+SEC("tp_btf/sched_migrate_task")
+int BPF_PROG(fb_migrate, struct task_struct *p, int dest_cpu)
+{
+    struct fb_bpf_cfg *c = config();
+    if (!ours(c, BPF_CORE_READ(p, tgid)))
+        return 0;
+    struct fb_bpf_thread *th = slot(BPF_CORE_READ(p, pid), 1);
+    if (th)
+        th->migrations++;
+    return 0;
+}
+
+SEC("tp_btf/contention_begin")
+int BPF_PROG(fb_contention_begin, void *lock, unsigned int flags)
+{
+    struct fb_bpf_cfg *c = config();
+    __u64 pt = bpf_get_current_pid_tgid();
+    if (!ours(c, (int)(pt >> 32)))
+        return 0;
+    __u32 tid = (__u32)pt;
+    struct mm_pending *mp = bpf_map_lookup_elem(&mm_waiting, &tid);
+    if (mp)
+        mp->contended = 1;   /* this mmap_lock acquisition took a slow path */
+    if (bpf_map_lookup_elem(&contending, &tid))
+        return 0;   /* nested (a mutex spinning, then sleeping): the first begin counts */
+    struct pending p = {};
+    p.lock = (__u64)lock;
+    p.flags = flags;
+    p.stackid = c->stacks ? bpf_get_stackid(ctx, &stacks, 0) : -1;
+    struct task_struct *cur = (struct task_struct *)bpf_get_current_task_btf();
+    struct mm_struct *mm = BPF_CORE_READ(cur, mm);
+    if (mm && p.lock == (__u64)mm + bpf_core_field_offset(struct mm_struct, mmap_lock))
+        p.name_kind = FB_BPF_NAME_MMAP_LOCK;
+    else if (bpf_get_kmem_cache && !bpf_map_lookup_elem(&lock_names, &p.lock)) {
+        struct kmem_cache *kc = bpf_get_kmem_cache(p.lock);
+        if (kc) {
+            struct fb_bpf_lock_name n = {};
+            bpf_probe_read_kernel_str(n.name, sizeof(n.name), BPF_CORE_READ(kc, name));
+            bpf_map_update_elem(&lock_names, &p.lock, &n, BPF_NOEXIST);
+        }
+    }
+    p.t0 = bpf_ktime_get_ns();   /* after the unwind: the wait is the lock's, not ours */
+    bpf_map_update_elem(&contending, &tid, &p, BPF_ANY);
+    return 0;
+}
+
+SEC("tp_btf/contention_end")
+int BPF_PROG(fb_contention_end, void *lock, int ret)
+{
+    __u64 pt = bpf_get_current_pid_tgid();
+    __u32 tid = (__u32)pt;
+    struct pending *p = bpf_map_lookup_elem(&contending, &tid);
+    if (!p)
+        return 0;
+    if (p->lock != (__u64)lock)
+        return 0;   /* the end of a nested contention: the outer one is still open */
+    __u64 now = bpf_ktime_get_ns();
+    __u64 w = now > p->t0 ? now - p->t0 : 0;
+    struct fb_bpf_lock_key k = {};
+    k.lock = p->lock;
+    k.stackid = p->stackid;
+    k.flags = p->flags;
+    k.name_kind = p->name_kind;
+    bpf_map_delete_elem(&contending, &tid);
+    struct fb_bpf_lock_val *v = bpf_map_lookup_elem(&locks, &k);
+    if (!v) {
+        struct fb_bpf_lock_val z = {};
+        if (bpf_map_update_elem(&locks, &k, &z, BPF_NOEXIST) && bpf_map_lookup_elem(&locks, &k) == 0) {
+            struct fb_bpf_totals *t = tot();
+            if (t)
+                __sync_fetch_and_add(&t->locks_dropped, 1);
+            return 0;
+        }
+        v = bpf_map_lookup_elem(&locks, &k);
+        if (!v)
+            return 0;
+    }
+    __sync_fetch_and_add(&v->count, 1);
+    __sync_fetch_and_add(&v->wait_ns, w);
+    if (w > v->max_ns)
+        v->max_ns = w;   /* racy max: a rare lost update under-reports the max only */
+    return 0;
+}
+
+SEC("tp_btf/mmap_lock_start_locking")
+int BPF_PROG(fb_mm_start, struct mm_struct *mm, bool write)
+{
+    struct fb_bpf_cfg *c = config();
+    __u64 pt = bpf_get_current_pid_tgid();
+    if (!ours(c, (int)(pt >> 32)))
+        return 0;
+    __u32 tid = (__u32)pt;
+    struct mm_pending m = { .t0 = bpf_ktime_get_ns(), .write = write ? 1 : 0 };
+    bpf_map_update_elem(&mm_waiting, &tid, &m, BPF_ANY);
+    return 0;
+}
+
+SEC("tp_btf/mmap_lock_acquire_returned")
+int BPF_PROG(fb_mm_acquired, struct mm_struct *mm, bool write, bool success)
+{
+    __u64 pt = bpf_get_current_pid_tgid();
+    __u32 tid = (__u32)pt;
+    struct mm_pending *m = bpf_map_lookup_elem(&mm_waiting, &tid);
+    if (!m)
+        return 0;
+    __u64 now = bpf_ktime_get_ns();
+    __u64 w = now > m->t0 ? now - m->t0 : 0;
+    __u32 k = m->write;
+    __u32 contended = m->contended;
+    bpf_map_delete_elem(&mm_waiting, &tid);
+    if (!success)
+        return 0;   /* a trylock or killable lock that gave up: no acquisition */
+    struct fb_bpf_mm *s = bpf_map_lookup_elem(&mm_stats, &k);
+    if (!s)
+        return 0;
+    __sync_fetch_and_add(&s->acquisitions, 1);
+    __sync_fetch_and_add(&s->wait_ns, w);
+    __sync_fetch_and_add(&s->contended, contended);
+    if (w > s->max_ns)
+        s->max_ns = w;
+    return 0;
+}

@@ -1,0 +1,82 @@
+/* Layouts shared by the BPF object (fb_trace.bpf.c), its loader (bpf_loader.c) and
+ * Python (bench/kerneltrace.py restates them as numpy dtypes; a test checks sizes). */
+#ifndef FB_TRACE_SHARED_H
+#define FB_TRACE_SHARED_H
+
+#define FB_BPF_MAX_THREADS 4096
+#define FB_BPF_MAX_STACKS 4096
+#define FB_BPF_STACK_DEPTH 24
+#define FB_BPF_MAX_LOCKS 16384
+
+/* thread states in the counters and the transition log */
+#define FB_BPF_UNKNOWN 0
+#define FB_BPF_ON_CPU 1
+#define FB_BPF_WAITING 2   /* runnable, not on a CPU (woken, or preempted) */
+#define FB_BPF_ASLEEP 3
+
+/* how a lock's name was found in the kernel */
+#define FB_BPF_NAME_NONE 0
+#define FB_BPF_NAME_MMAP_LOCK 1   /* &current->mm->mmap_lock */
+
+struct fb_bpf_cfg {
+    __s32 tgid;          /* the harness process; 0: record nothing */
+    __s32 tgid2;         /* a second process (the network worker), or 0 */
+    __u64 log_cap;       /* entries in `translog` */
+    __u32 stacks;        /* 1: a kernel stack per contention */
+    __u32 pad;
+};
+
+struct fb_bpf_thread {   /* 64 bytes */
+    __u32 tid;
+    __u32 state;
+    __u64 since;         /* CLOCK_MONOTONIC ns of the last change of state */
+    __u64 on_ns;         /* cumulative, up to `since` */
+    __u64 wait_ns;
+    __u64 migrations;
+    __u64 switches_in;
+    __u64 preempted;
+    __u64 wakeups;
+};
+
+struct fb_bpf_trans {    /* 32 bytes: the counters right after a change of state */
+    __u64 t;
+    __u64 on_ns;
+    __u64 wait_ns;
+    __u32 slot;
+    __u32 state;         /* the state entered at t */
+};
+
+struct fb_bpf_totals {
+    __u64 log_used;      /* may exceed log_cap: the rest were dropped */
+    __u64 log_dropped;
+    __u32 slots_used;
+    __u32 threads_dropped;
+    __u64 locks_dropped;
+};
+
+struct fb_bpf_lock_key {
+    __u64 lock;
+    __s32 stackid;       /* <0: no stack (off, or the stack map was full) */
+    __u32 flags;         /* LCB_F_* of contention_begin */
+    __u32 name_kind;
+    __u32 pad;
+};
+
+struct fb_bpf_lock_val {
+    __u64 count;
+    __u64 wait_ns;
+    __u64 max_ns;
+};
+
+struct fb_bpf_lock_name {
+    char name[32];       /* the slab cache the lock lives in (bpf_get_kmem_cache) */
+};
+
+struct fb_bpf_mm {
+    __u64 acquisitions;
+    __u64 wait_ns;
+    __u64 max_ns;
+    __u64 contended;     /* entered the rwsem slow path (a contention_begin inside) */
+};
+
+#endif
