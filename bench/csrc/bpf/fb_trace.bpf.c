@@ -27,10 +27,14 @@
 
 struct rw_semaphore { long count; } __attribute__((preserve_access_index));
 struct mm_struct { struct rw_semaphore mmap_lock; } __attribute__((preserve_access_index));
+struct sched_entity { __u64 sum_exec_runtime; } __attribute__((preserve_access_index));
+struct sched_info { unsigned long long run_delay; } __attribute__((preserve_access_index));
 struct task_struct {
     int pid;
     int tgid;
     struct mm_struct *mm;
+    struct sched_entity se;
+    struct sched_info sched_info;
 } __attribute__((preserve_access_index));
 struct kmem_cache { const char *name; } __attribute__((preserve_access_index));
 
@@ -167,8 +171,13 @@ static __always_inline struct fb_bpf_thread *slot(__u32 tid, int create)
 }
 
 /* close the interval of the state the thread was in, then enter `state` at `now` */
-static __always_inline void transition(struct fb_bpf_thread *th, __u32 slotno, __u32 state, __u64 now)
+/* `exec`: the scheduler's own sum_exec_runtime at this instant (current at a
+ * switch-out; unchanged while off a CPU). Wall time on a CPU minus it is time the
+ * hypervisor took (steal): on a guest like this host, ktime on a CPU is not CPU time. */
+static __always_inline void transition(struct fb_bpf_thread *th, __u32 slotno, __u32 state, __u64 now,
+                                       __u64 exec)
 {
+    th->exec_ns = exec;
     if (th->since && now > th->since) {
         if (th->state == FB_BPF_ON_CPU)
             th->on_ns += now - th->since;
@@ -193,6 +202,7 @@ static __always_inline void transition(struct fb_bpf_thread *th, __u32 slotno, _
     e->t = now;
     e->on_ns = th->on_ns;
     e->wait_ns = th->wait_ns;
+    e->exec_ns = exec;
     e->slot = slotno;
     e->state = state;
 }
@@ -220,7 +230,7 @@ int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_stru
             __u32 st = (prev_state == 0) ? FB_BPF_WAITING : FB_BPF_ASLEEP;
             if (st == FB_BPF_WAITING)
                 th->preempted++;
-            transition(th, slot_index(tid), st, now);
+            transition(th, slot_index(tid), st, now, BPF_CORE_READ(prev, se.sum_exec_runtime));
         }
     }
     if (ours(c, BPF_CORE_READ(next, tgid))) {
@@ -230,7 +240,7 @@ int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_stru
             if (!now)
                 now = bpf_ktime_get_ns();
             th->switches_in++;
-            transition(th, slot_index(tid), FB_BPF_ON_CPU, now);
+            transition(th, slot_index(tid), FB_BPF_ON_CPU, now, BPF_CORE_READ(next, se.sum_exec_runtime));
         }
     }
     return 0;
@@ -246,7 +256,8 @@ static __always_inline int woken(struct task_struct *p)
     /* a wakeup of a task that is on a CPU or already runnable changes nothing */
     if (th && th->state != FB_BPF_ON_CPU && th->state != FB_BPF_WAITING) {
         th->wakeups++;
-        transition(th, slot_index(tid), FB_BPF_WAITING, bpf_ktime_get_ns());
+        transition(th, slot_index(tid), FB_BPF_WAITING, bpf_ktime_get_ns(),
+                   BPF_CORE_READ(p, se.sum_exec_runtime));
     }
     return 0;
 }

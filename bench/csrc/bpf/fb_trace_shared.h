@@ -26,22 +26,25 @@ struct fb_bpf_cfg {
     __u32 pad;
 };
 
-struct fb_bpf_thread {   /* 64 bytes */
+struct fb_bpf_thread {   /* 80 bytes */
     __u32 tid;
     __u32 state;
     __u64 since;         /* CLOCK_MONOTONIC ns of the last change of state */
-    __u64 on_ns;         /* cumulative, up to `since` */
+    __u64 on_ns;         /* cumulative wall ns on a CPU, up to `since` */
     __u64 wait_ns;
-    __u64 migrations;
+    __u64 exec_ns;       /* the scheduler's sum_exec_runtime at `since` (excludes steal) */
+    __u32 migrations;
+    __u32 pad;
     __u64 switches_in;
     __u64 preempted;
     __u64 wakeups;
 };
 
-struct fb_bpf_trans {    /* 32 bytes: the counters right after a change of state */
+struct fb_bpf_trans {    /* 40 bytes: the counters right after a change of state */
     __u64 t;
     __u64 on_ns;
     __u64 wait_ns;
+    __u64 exec_ns;
     __u32 slot;
     __u32 state;         /* the state entered at t */
 };

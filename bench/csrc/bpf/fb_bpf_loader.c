@@ -1,0 +1,179 @@
+/* Loader of fb_trace.bpf.o (libbpf): open, size, load, configure, attach; map the
+ * counters and the transition log; read the lock maps once; close (which detaches
+ * everything: nothing is pinned, so a crash detaches too). Not yet part of the core's
+ * build (issue 16 in progress). */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <linux/types.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "fb_trace_shared.h"
+#include "fb_bpf_loader.h"
+
+struct fb_bpf {
+    struct bpf_object *obj;
+    struct bpf_link *links[16];
+    int nlinks;
+    struct fb_bpf_thread *threads;   /* mmapped */
+    size_t threads_len;
+    struct fb_bpf_trans *log;        /* mmapped */
+    size_t log_len;
+    uint64_t log_cap;
+};
+
+static void seterr(char *err, int errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static int quiet(enum libbpf_print_level lvl, const char *fmt, va_list ap)
+{
+    (void)lvl; (void)fmt; (void)ap;
+    return 0;
+}
+
+static void *map_mmap(struct bpf_object *obj, const char *name, size_t len, char *err, int errlen)
+{
+    struct bpf_map *m = bpf_object__find_map_by_name(obj, name);
+    void *p = m ? mmap(NULL, len, PROT_READ, MAP_SHARED, bpf_map__fd(m), 0) : MAP_FAILED;
+    if (p == MAP_FAILED) {
+        seterr(err, errlen, "mmap of BPF map %s: %s", name, strerror(errno));
+        return NULL;
+    }
+    return p;
+}
+
+static size_t page_round(size_t n)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    return (n + pg - 1) / pg * pg;
+}
+
+void fb_bpf_close(struct fb_bpf *b)
+{
+    if (!b)
+        return;
+    for (int i = 0; i < b->nlinks; i++)
+        bpf_link__destroy(b->links[i]);
+    if (b->threads)
+        munmap(b->threads, b->threads_len);
+    if (b->log)
+        munmap(b->log, b->log_len);
+    bpf_object__close(b->obj);
+    free(b);
+}
+
+struct fb_bpf *fb_bpf_open(const char *path, int tgid, int tgid2, uint64_t log_cap, int stacks,
+                           char *err, int errlen)
+{
+    libbpf_set_print(quiet);
+    struct fb_bpf *b = calloc(1, sizeof(*b));
+    if (!b) {
+        seterr(err, errlen, "out of memory");
+        return NULL;
+    }
+    b->obj = bpf_object__open_file(path, NULL);
+    if (!b->obj || libbpf_get_error(b->obj)) {
+        seterr(err, errlen, "cannot open BPF object %s: %s", path, strerror(errno));
+        b->obj = NULL;
+        free(b);
+        return NULL;
+    }
+    struct bpf_map *log = bpf_object__find_map_by_name(b->obj, "translog");
+    if (!log || bpf_map__set_max_entries(log, (uint32_t)log_cap)) {
+        seterr(err, errlen, "cannot size the transition log to %llu entries", (unsigned long long)log_cap);
+        goto fail;
+    }
+    b->log_cap = log_cap;
+    if (bpf_object__load(b->obj)) {
+        seterr(err, errlen, "BPF load refused (%s): the kernel cannot run the in-kernel tracer",
+               strerror(errno));
+        goto fail;
+    }
+    struct fb_bpf_cfg c = { .tgid = tgid, .tgid2 = tgid2, .log_cap = log_cap, .stacks = stacks ? 1 : 0 };
+    __u32 k = 0;
+    if (bpf_map_update_elem(bpf_map__fd(bpf_object__find_map_by_name(b->obj, "cfg")), &k, &c, BPF_ANY)) {
+        seterr(err, errlen, "cannot write the BPF tracer's configuration: %s", strerror(errno));
+        goto fail;
+    }
+    b->threads_len = page_round(sizeof(struct fb_bpf_thread) * FB_BPF_MAX_THREADS);
+    b->log_len = page_round(sizeof(struct fb_bpf_trans) * log_cap);
+    if (!(b->threads = map_mmap(b->obj, "threads", b->threads_len, err, errlen)) ||
+        !(b->log = map_mmap(b->obj, "translog", b->log_len, err, errlen)))
+        goto fail;
+    struct bpf_program *p;
+    bpf_object__for_each_program(p, b->obj) {
+        if (b->nlinks == 16)
+            break;
+        struct bpf_link *l = bpf_program__attach(p);
+        if (!l || libbpf_get_error(l)) {
+            seterr(err, errlen, "cannot attach %s: %s", bpf_program__name(p), strerror(errno));
+            goto fail;
+        }
+        b->links[b->nlinks++] = l;
+    }
+    return b;
+fail:
+    fb_bpf_close(b);
+    return NULL;
+}
+
+/* stop recording (tgid 0), so the maps are read still */
+int fb_bpf_stop(struct fb_bpf *b)
+{
+    struct fb_bpf_cfg c = { 0 };
+    __u32 k = 0;
+    return bpf_map_update_elem(bpf_map__fd(bpf_object__find_map_by_name(b->obj, "cfg")), &k, &c, BPF_ANY);
+}
+
+const struct fb_bpf_thread *fb_bpf_threads(struct fb_bpf *b) { return b->threads; }
+const struct fb_bpf_trans *fb_bpf_log(struct fb_bpf *b) { return b->log; }
+
+int fb_bpf_totals(struct fb_bpf *b, struct fb_bpf_totals *out)
+{
+    __u32 k = 0;
+    return bpf_map_lookup_elem(bpf_map__fd(bpf_object__find_map_by_name(b->obj, "totals")), &k, out);
+}
+
+/* up to n (key, value) pairs of the lock map; returns how many */
+int fb_bpf_locks(struct fb_bpf *b, struct fb_bpf_lock_key *keys, struct fb_bpf_lock_val *vals, int n)
+{
+    int fd = bpf_map__fd(bpf_object__find_map_by_name(b->obj, "locks"));
+    struct fb_bpf_lock_key cur, next;
+    int got = 0;
+    void *prev = NULL;
+    while (got < n && bpf_map_get_next_key(fd, prev, &next) == 0) {
+        if (bpf_map_lookup_elem(fd, &next, &vals[got]) == 0)
+            keys[got++] = next;
+        cur = next;
+        prev = &cur;
+    }
+    return got;
+}
+
+int fb_bpf_stack(struct fb_bpf *b, int32_t stackid, uint64_t *ips)
+{
+    int fd = bpf_map__fd(bpf_object__find_map_by_name(b->obj, "stacks"));
+    return bpf_map_lookup_elem(fd, &stackid, ips);
+}
+
+int fb_bpf_lock_name(struct fb_bpf *b, uint64_t lock, char *name)
+{
+    int fd = bpf_map__fd(bpf_object__find_map_by_name(b->obj, "lock_names"));
+    return bpf_map_lookup_elem(fd, &lock, name);
+}
+
+int fb_bpf_mm(struct fb_bpf *b, int write, struct fb_bpf_mm *out)
+{
+    __u32 k = write ? 1 : 0;
+    return bpf_map_lookup_elem(bpf_map__fd(bpf_object__find_map_by_name(b->obj, "mm_stats")), &k, out);
+}
