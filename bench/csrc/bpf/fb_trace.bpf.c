@@ -226,8 +226,9 @@ int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_stru
         struct fb_bpf_thread *th = slot(tid, 1);
         if (th) {
             now = bpf_ktime_get_ns();
-            /* TASK_RUNNING (0) when switched out: preempted, still runnable */
-            __u32 st = (prev_state == 0) ? FB_BPF_WAITING : FB_BPF_ASLEEP;
+            /* still runnable when preempted (whatever its state word says: a task
+             * preempted while going to sleep stays on the run queue) or TASK_RUNNING */
+            __u32 st = (preempt || prev_state == 0) ? FB_BPF_WAITING : FB_BPF_ASLEEP;
             if (st == FB_BPF_WAITING)
                 th->preempted++;
             transition(th, slot_index(tid), st, now, BPF_CORE_READ(prev, se.sum_exec_runtime));

@@ -1,0 +1,108 @@
+"""Reading the in-kernel tracer's counters (bench/csrc/bpf/fb_trace.bpf.c).
+
+The BPF object logs every change of state of each harness thread (on a CPU, runnable
+but waiting, asleep) with the thread's cumulative counters at that instant: wall ns on
+a CPU, wall ns waiting, and the scheduler's own sum_exec_runtime. A thread's counters
+at any instant t are then exact from the last entry at or before t:
+
+    on(t)   = on[k]   + (t - t[k])   if the state entered at t[k] is "on a CPU"
+    wait(t) = wait[k] + (t - t[k])   if it is "waiting"
+
+so a segment [a, b] of its owner splits into on-CPU, waiting and asleep (the rest)
+without replaying a stream of events: a lost entry cannot skew the entries after it.
+
+On a guest (as this host is) the hypervisor can take a CPU from under a running
+thread: wall time on a CPU then exceeds CPU time. sum_exec_runtime excludes that
+steal; it is exact at each switch, and inside one stretch on a CPU it is interpolated
+linearly (steal is taken as spread evenly over that stretch; say so where it is used).
+
+Not yet called by the runner: the loader is not in the core's build (issue 16).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# bench/csrc/bpf/fb_trace_shared.h; the states of FB_BPF_*
+UNKNOWN, ON_CPU, WAITING, ASLEEP = 0, 1, 2, 3
+TRANS_DTYPE = np.dtype([("t", "<u8"), ("on_ns", "<u8"), ("wait_ns", "<u8"), ("exec_ns", "<u8"),
+                        ("slot", "<u4"), ("state", "<u4")])          # struct fb_bpf_trans
+THREAD_DTYPE = np.dtype([("tid", "<u4"), ("state", "<u4"), ("since", "<u8"), ("on_ns", "<u8"),
+                         ("wait_ns", "<u8"), ("exec_ns", "<u8"), ("migrations", "<u4"),
+                         ("pad", "<u4"), ("switches_in", "<u8"), ("preempted", "<u8"),
+                         ("wakeups", "<u8")])                          # struct fb_bpf_thread
+
+
+class ThreadLog:
+    """One thread's entries, in time order."""
+
+    def __init__(self, entries: np.ndarray):
+        e = np.sort(entries, order=["t", "on_ns", "wait_ns"])
+        self.t = e["t"].astype(np.int64)
+        self.on = e["on_ns"].astype(np.int64)
+        self.wait = e["wait_ns"].astype(np.int64)
+        self.exec = e["exec_ns"].astype(np.int64)
+        self.state = e["state"].astype(np.int64)
+
+    def at(self, t) -> dict:
+        """Cumulative counters at each instant of `t` (ns, the log's clock). Before the
+        first entry nothing is known: NaN there."""
+        t = np.asarray(t, dtype=np.int64)
+        k = np.searchsorted(self.t, t, side="right") - 1
+        known = k >= 0
+        kk = np.maximum(k, 0)
+        dt = (t - self.t[kk]).astype(np.float64)
+        st = self.state[kk]
+        on = self.on[kk] + np.where(st == ON_CPU, dt, 0.0)
+        wait = self.wait[kk] + np.where(st == WAITING, dt, 0.0)
+        # sum_exec_runtime inside a stretch on a CPU: linear between its two switches
+        nxt = np.minimum(kk + 1, self.t.size - 1)
+        span = (self.t[nxt] - self.t[kk]).astype(np.float64)
+        gain = (self.exec[nxt] - self.exec[kk]).astype(np.float64)
+        inside = (st == ON_CPU) & (nxt > kk) & (span > 0)
+        frac = np.divide(dt, span, out=np.zeros_like(dt), where=span > 0)
+        exe = self.exec[kk] + np.where(inside, np.clip(frac, 0.0, 1.0) * gain,
+                                       np.where(st == ON_CPU, dt, 0.0))
+        nan = np.where(known, 1.0, np.nan)
+        return {"on_ns": on * nan, "wait_ns": wait * nan, "exec_ns": exe * nan}
+
+
+def thread_logs(log: np.ndarray, used: int) -> dict[int, ThreadLog]:
+    """Per slot, its entries of the first `used` (the rest of the array is unwritten)."""
+    e = log[:min(int(used), log.size)]
+    return {int(s): ThreadLog(e[e["slot"] == s]) for s in np.unique(e["slot"])}
+
+
+def split(tl: ThreadLog, a, b) -> dict:
+    """Per segment [a, b] (ns) of this owner: on-CPU (CPU time, steal apart), steal,
+    waiting and asleep ns. Asleep is the rest, so the four sum to b - a."""
+    x, y = tl.at(a), tl.at(b)
+    total = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    on_wall = y["on_ns"] - x["on_ns"]
+    cpu = np.minimum(y["exec_ns"] - x["exec_ns"], on_wall)
+    wait = y["wait_ns"] - x["wait_ns"]
+    return {"on_cpu_ns": cpu, "steal_ns": on_wall - cpu, "wait_ns": wait,
+            "asleep_ns": total - on_wall - wait}
+
+
+def cross_check(tl: ThreadLog, t0: int, t1: int, cputime_ns: float, run_delay_ns: float,
+                limit: float = 0.02, floor_ns: float = 5000.0) -> dict:
+    """The log's CPU time and waiting time of one thread over [t0, t1] against what
+    the thread read itself over the same window (CLOCK_THREAD_CPUTIME_ID, schedstat's
+    run delay). Each must agree within `limit` of the thread's own figure, or within
+    `floor_ns` where that figure is tiny (a thread that never waited), else the split
+    is withheld."""
+    s = split(tl, np.array([t0]), np.array([t1]))
+    cpu, wait = float(s["on_cpu_ns"][0]), float(s["wait_ns"][0])
+
+    def rel(got, want):
+        if want <= 0:
+            return 0.0 if got <= 0 else float("inf")
+        return abs(got - want) / want
+
+    def agrees(got, want):
+        return abs(got - want) <= max(limit * want, floor_ns)
+    err_cpu, err_wait = rel(cpu, cputime_ns), rel(wait, run_delay_ns)
+    return {"cpu_ns": cpu, "thread_cputime_ns": cputime_ns, "cpu_rel_error": err_cpu,
+            "wait_ns": wait, "schedstat_run_delay_ns": run_delay_ns, "wait_rel_error": err_wait,
+            "steal_ns": float(s["steal_ns"][0]), "limit": limit, "floor_ns": floor_ns,
+            "ok": bool(agrees(cpu, cputime_ns) and agrees(wait, run_delay_ns))}
