@@ -2,7 +2,9 @@
 
 The BPF object logs every change of state of each harness thread (on a CPU, runnable
 but waiting, asleep) with the thread's cumulative counters at that instant: wall ns on
-a CPU, wall ns waiting, and the scheduler's own sum_exec_runtime. A thread's counters
+a CPU, wall ns waiting, and the scheduler's own sum_exec_runtime and run_delay (the
+figures /proc/<pid>/task/<tid>/schedstat shows, so the cross-check compares like with
+like; inside one wait, run_delay is interpolated linearly). A thread's counters
 at any instant t are then exact from the last entry at or before t:
 
     on(t)   = on[k]   + (t - t[k])   if the state entered at t[k] is "on a CPU"
@@ -25,9 +27,10 @@ import numpy as np
 # bench/csrc/bpf/fb_trace_shared.h; the states of FB_BPF_*
 UNKNOWN, ON_CPU, WAITING, ASLEEP = 0, 1, 2, 3
 TRANS_DTYPE = np.dtype([("t", "<u8"), ("on_ns", "<u8"), ("wait_ns", "<u8"), ("exec_ns", "<u8"),
-                        ("slot", "<u4"), ("state", "<u4")])          # struct fb_bpf_trans
+                        ("kdelay_ns", "<u8"), ("slot", "<u4"), ("state", "<u4")])          # struct fb_bpf_trans
 THREAD_DTYPE = np.dtype([("tid", "<u4"), ("state", "<u4"), ("since", "<u8"), ("on_ns", "<u8"),
-                         ("wait_ns", "<u8"), ("exec_ns", "<u8"), ("migrations", "<u4"),
+                         ("wait_ns", "<u8"), ("exec_ns", "<u8"), ("kdelay_ns", "<u8"),
+                         ("migrations", "<u4"),
                          ("pad", "<u4"), ("switches_in", "<u8"), ("preempted", "<u8"),
                          ("wakeups", "<u8")])                          # struct fb_bpf_thread
 
@@ -42,6 +45,13 @@ class ThreadLog:
         self.wait = e["wait_ns"].astype(np.int64)
         self.exec = e["exec_ns"].astype(np.int64)
         self.state = e["state"].astype(np.int64)
+        # the scheduler's run_delay is stale at a switch-in (it is added just after the
+        # tracepoint) and nothing adds to it while the thread runs: take the next entry's
+        kd = e["kdelay_ns"].astype(np.int64)
+        later = np.append(kd[1:], kd[-1:]) if kd.size else kd
+        self.kdelay = np.where(self.state == ON_CPU, later, kd)
+        if kd.size and self.state[-1] == ON_CPU:
+            self.kdelay[-1] = -1   # still on a CPU at the end: its last wait is unknown
 
     def at(self, t) -> dict:
         """Cumulative counters at each instant of `t` (ns, the log's clock). Before the
@@ -62,8 +72,15 @@ class ThreadLog:
         frac = np.divide(dt, span, out=np.zeros_like(dt), where=span > 0)
         exe = self.exec[kk] + np.where(inside, np.clip(frac, 0.0, 1.0) * gain,
                                        np.where(st == ON_CPU, dt, 0.0))
+        # the scheduler's run delay inside a wait: linear between its two ends
+        kgain = (self.kdelay[nxt] - self.kdelay[kk]).astype(np.float64)
+        kdel = self.kdelay[kk] + np.where((st == WAITING) & (nxt > kk) & (span > 0),
+                                          np.clip(frac, 0.0, 1.0) * kgain,
+                                          np.where(st == WAITING, dt, 0.0))
+        kdel = np.where((self.kdelay[kk] < 0) | (self.kdelay[nxt] < 0), np.nan, kdel)
         nan = np.where(known, 1.0, np.nan)
-        return {"on_ns": on * nan, "wait_ns": wait * nan, "exec_ns": exe * nan}
+        return {"on_ns": on * nan, "wait_ns": wait * nan, "exec_ns": exe * nan,
+                "run_delay_ns": kdel * nan}
 
 
 def thread_logs(log: np.ndarray, used: int) -> dict[int, ThreadLog]:
@@ -74,12 +91,13 @@ def thread_logs(log: np.ndarray, used: int) -> dict[int, ThreadLog]:
 
 def split(tl: ThreadLog, a, b) -> dict:
     """Per segment [a, b] (ns) of this owner: on-CPU (CPU time, steal apart), steal,
-    waiting and asleep ns. Asleep is the rest, so the four sum to b - a."""
+    waiting (the scheduler's run delay) and asleep ns. Asleep is the rest, so the four
+    sum to b - a."""
     x, y = tl.at(a), tl.at(b)
     total = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
     on_wall = y["on_ns"] - x["on_ns"]
     cpu = np.minimum(y["exec_ns"] - x["exec_ns"], on_wall)
-    wait = y["wait_ns"] - x["wait_ns"]
+    wait = y["run_delay_ns"] - x["run_delay_ns"]
     return {"on_cpu_ns": cpu, "steal_ns": on_wall - cpu, "wait_ns": wait,
             "asleep_ns": total - on_wall - wait}
 

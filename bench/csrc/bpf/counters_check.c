@@ -34,10 +34,10 @@ int main(int argc,char**argv){
   printf("slots %u log_used %llu dropped %llu\n",tt.slots_used,(unsigned long long)tt.log_used,(unsigned long long)tt.log_dropped);
   const struct fb_bpf_thread *th=fb_bpf_threads(b);
   for(int i=0;i<N;i++) for(unsigned s=0;s<tt.slots_used;s++) if(th[s].tid==(unsigned)r[i].tid)
-    printf("tid %d kind %d: cpu %llu vs bpf on %llu (%.4f) | delay %llu vs bpf wait %llu (%.4f) | slices %llu vs switches_in %llu, migr %llu exec %.4f\n",
+    printf("tid %d kind %d: cpu %llu vs bpf on %llu (%.4f) | delay %llu vs bpf wait %llu (%.4f) | slices %llu vs switches_in %llu, migr %llu exec %.4f kdelay %.4f\n",
       r[i].tid,r[i].kind,(unsigned long long)r[i].cpu_ns,(unsigned long long)th[s].on_ns,(double)th[s].on_ns/r[i].cpu_ns,
       (unsigned long long)r[i].run_delay,(unsigned long long)th[s].wait_ns,(double)th[s].wait_ns/(r[i].run_delay?r[i].run_delay:1),
-      (unsigned long long)r[i].slices,(unsigned long long)th[s].switches_in,(unsigned long long)th[s].migrations,(double)th[s].exec_ns/r[i].cpu_ns);
+      (unsigned long long)r[i].slices,(unsigned long long)th[s].switches_in,(unsigned long long)th[s].migrations,(double)th[s].exec_ns/r[i].cpu_ns,(double)th[s].kdelay_ns/(r[i].run_delay?r[i].run_delay:1));
   struct fb_bpf_lock_key k[64]; struct fb_bpf_lock_val v[64]; int nl=fb_bpf_locks(b,k,v,64); printf("lock entries %d\n",nl);
   struct fb_bpf_mm mm; fb_bpf_mm(b,0,&mm); printf("mmap read acq %llu\n",(unsigned long long)mm.acquisitions);
   fb_bpf_close(b); return 0;}

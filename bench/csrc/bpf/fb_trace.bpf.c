@@ -171,13 +171,17 @@ static __always_inline struct fb_bpf_thread *slot(__u32 tid, int create)
 }
 
 /* close the interval of the state the thread was in, then enter `state` at `now` */
-/* `exec`: the scheduler's own sum_exec_runtime at this instant (current at a
- * switch-out; unchanged while off a CPU). Wall time on a CPU minus it is time the
- * hypervisor took (steal): on a guest like this host, ktime on a CPU is not CPU time. */
+/* Wall time on a CPU minus sum_exec_runtime is time the hypervisor took (steal): on
+ * a guest like this host, ktime on a CPU is not CPU time. */
 static __always_inline void transition(struct fb_bpf_thread *th, __u32 slotno, __u32 state, __u64 now,
-                                       __u64 exec)
+                                       struct task_struct *task)
 {
+    /* the scheduler's own counters: sum_exec_runtime is current here at a switch-out;
+     * run_delay is current except at a switch-in (sched_info_arrive runs after the
+     * tracepoint), which the reader takes from the thread's next entry */
+    __u64 exec = BPF_CORE_READ(task, se.sum_exec_runtime);
     th->exec_ns = exec;
+    th->kdelay_ns = BPF_CORE_READ(task, sched_info.run_delay);
     if (th->since && now > th->since) {
         if (th->state == FB_BPF_ON_CPU)
             th->on_ns += now - th->since;
@@ -203,6 +207,7 @@ static __always_inline void transition(struct fb_bpf_thread *th, __u32 slotno, _
     e->on_ns = th->on_ns;
     e->wait_ns = th->wait_ns;
     e->exec_ns = exec;
+    e->kdelay_ns = th->kdelay_ns;
     e->slot = slotno;
     e->state = state;
 }
@@ -231,7 +236,7 @@ int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_stru
             __u32 st = (preempt || prev_state == 0) ? FB_BPF_WAITING : FB_BPF_ASLEEP;
             if (st == FB_BPF_WAITING)
                 th->preempted++;
-            transition(th, slot_index(tid), st, now, BPF_CORE_READ(prev, se.sum_exec_runtime));
+            transition(th, slot_index(tid), st, now, prev);
         }
     }
     if (ours(c, BPF_CORE_READ(next, tgid))) {
@@ -241,7 +246,7 @@ int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_stru
             if (!now)
                 now = bpf_ktime_get_ns();
             th->switches_in++;
-            transition(th, slot_index(tid), FB_BPF_ON_CPU, now, BPF_CORE_READ(next, se.sum_exec_runtime));
+            transition(th, slot_index(tid), FB_BPF_ON_CPU, now, next);
         }
     }
     return 0;
@@ -257,8 +262,7 @@ static __always_inline int woken(struct task_struct *p)
     /* a wakeup of a task that is on a CPU or already runnable changes nothing */
     if (th && th->state != FB_BPF_ON_CPU && th->state != FB_BPF_WAITING) {
         th->wakeups++;
-        transition(th, slot_index(tid), FB_BPF_WAITING, bpf_ktime_get_ns(),
-                   BPF_CORE_READ(p, se.sum_exec_runtime));
+        transition(th, slot_index(tid), FB_BPF_WAITING, bpf_ktime_get_ns(), p);
     }
     return 0;
 }

@@ -26,13 +26,14 @@ struct fb_bpf_cfg {
     __u32 pad;
 };
 
-struct fb_bpf_thread {   /* 80 bytes */
+struct fb_bpf_thread {   /* 88 bytes */
     __u32 tid;
     __u32 state;
     __u64 since;         /* CLOCK_MONOTONIC ns of the last change of state */
     __u64 on_ns;         /* cumulative wall ns on a CPU, up to `since` */
     __u64 wait_ns;
     __u64 exec_ns;       /* the scheduler's sum_exec_runtime at `since` (excludes steal) */
+    __u64 kdelay_ns;     /* the scheduler's sched_info.run_delay at `since` */
     __u32 migrations;
     __u32 pad;
     __u64 switches_in;
@@ -40,11 +41,12 @@ struct fb_bpf_thread {   /* 80 bytes */
     __u64 wakeups;
 };
 
-struct fb_bpf_trans {    /* 40 bytes: the counters right after a change of state */
+struct fb_bpf_trans {    /* 48 bytes: the counters right after a change of state */
     __u64 t;
     __u64 on_ns;
     __u64 wait_ns;
-    __u64 exec_ns;
+    __u64 exec_ns;       /* sum_exec_runtime */
+    __u64 kdelay_ns;     /* sched_info.run_delay; stale at a switch-in (see the reader) */
     __u32 slot;
     __u32 state;         /* the state entered at t */
 };
