@@ -1,7 +1,7 @@
 /* Standalone: attach fb_trace.bpf.o to a running process (its tgid), and on SIGINT print
  * every lock-contention entry (lock, flags, name kind, count, wait, max, slab name, stack
  * IPs) and the totals. Used to compare the BPF path with `perf lock record -p PID` on the
- * same process over the same time (the closing note of issue 16 has the method):
+ * same process over the same time (issue 16's progress note has the method):
  *   gcc -O2 -I. attach_check.c fb_bpf_loader.c -lbpf -o /tmp/fb_attach */
 #include <signal.h>
 #include <stdio.h>

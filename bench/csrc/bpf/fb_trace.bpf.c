@@ -235,7 +235,7 @@ int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_stru
              * preempted while going to sleep stays on the run queue) or TASK_RUNNING */
             __u32 st = (preempt || prev_state == 0) ? FB_BPF_WAITING : FB_BPF_ASLEEP;
             if (st == FB_BPF_WAITING)
-                th->preempted++;
+                th->preempted++;   /* switched out still runnable: preempted or yielded */
             transition(th, slot_index(tid), st, now, prev);
         }
     }

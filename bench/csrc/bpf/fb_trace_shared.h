@@ -1,4 +1,4 @@
-/* Layouts shared by the BPF object (fb_trace.bpf.c), its loader (bpf_loader.c) and
+/* Layouts shared by the BPF object (fb_trace.bpf.c), its loader (fb_bpf_loader.c) and
  * Python (bench/kerneltrace.py restates them as numpy dtypes; a test checks sizes). */
 #ifndef FB_TRACE_SHARED_H
 #define FB_TRACE_SHARED_H
