@@ -313,5 +313,11 @@ int fb_run_totals(struct fb_run *run, struct fb_run_totals *out)
     out->blocktime_all_ns = blocktime_all(run);
     out->fault_rows = fault_count(run);
     out->exit_path = (uint64_t)run->exit_path;
+    out->pair_start_tsc = run->pair_tsc[0];
+    out->pair_start_mono_ns = run->pair_mono[0];
+    out->pair_start_width = run->pair_width[0];
+    out->pair_end_tsc = run->pair_tsc[1];
+    out->pair_end_mono_ns = run->pair_mono[1];
+    out->pair_end_width = run->pair_width[1];
     return 0;
 }

@@ -44,6 +44,21 @@ uint64_t fb_tsc(void)
     return __builtin_ia32_rdtsc();
 }
 
+/* the tightest of 8 (rdtsc, CLOCK_MONOTONIC, rdtsc) reads: a preemption or an
+ * interrupt between them only widens that try */
+static void clock_pair(uint64_t *tsc, uint64_t *mono, uint64_t *width)
+{
+    *width = UINT64_MAX;
+    for (int i = 0; i < 8; i++) {
+        uint64_t a = fb_tsc(), m = fb_now_ns(), b = fb_tsc();
+        if (b - a < *width) {
+            *width = b - a;
+            *tsc = a + (b - a) / 2;
+            *mono = m;
+        }
+    }
+}
+
 uint64_t fb_tsc_to_ns(struct fb_run *run, uint64_t cycles)
 {
     if (!run->tsc_khz)
@@ -157,7 +172,8 @@ int fb_spawn(struct fb_run *run, pthread_t *t, void *(*fn)(void *), void *arg,
  * schedstat's first field lags by up to a tick), run-queue wait ns and
  * timeslices (schedstat: wait is accounted at each switch-in, so it is current
  * while the thread runs), and se.nr_migrations (sched) */
-static int read_sched(uint64_t *run_ns, uint64_t *wait_ns, uint64_t *slices, uint64_t *migrations)
+static int read_sched(uint64_t *run_ns, uint64_t *wait_ns, uint64_t *slices, uint64_t *migrations,
+                      uint64_t *mono_ns)
 {
     char buf[4096];
     int ok = 0;
@@ -165,7 +181,10 @@ static int read_sched(uint64_t *run_ns, uint64_t *wait_ns, uint64_t *slices, uin
     FILE *f = fopen("/proc/thread-self/schedstat", "r");
     if (f) {
         unsigned long long a, b, c;
+        /* mono_ns beside the CPU clock: the window both figures cover, on the
+         * clock of the in-kernel tracer's stamps */
         if (fscanf(f, "%llu %llu %llu", &a, &b, &c) == 3 &&
+            (*mono_ns = fb_now_ns()) &&
             clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) {
             *run_ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
             *wait_ns = b; *slices = c;
@@ -195,7 +214,7 @@ void fb_thread_mark(struct fb_thread_stats *ts)
     ts->sleeps_in_window = getrusage(RUSAGE_THREAD, &ru) == 0 ? (uint64_t)ru.ru_nvcsw : 0;
     /* baselines held in the fields; fb_thread_end turns them into deltas */
     ts->sched_ok = read_sched(&ts->sched_run_ns, &ts->sched_wait_ns, &ts->sched_timeslices,
-                              &ts->migrations);
+                              &ts->migrations, &ts->mono_mark_ns);
     ts->cpus_seen = 0;
     fb_note_cpu(ts);
 }
@@ -230,7 +249,7 @@ void fb_thread_end(struct fb_thread_stats *ts)
         ts->sleeps_in_window = (uint64_t)ru.ru_nvcsw - ts->sleeps_in_window;
     }
     uint64_t r = 0, w = 0, sl = 0, m = UINT64_MAX;
-    int ok = read_sched(&r, &w, &sl, &m);
+    int ok = read_sched(&r, &w, &sl, &m, &ts->mono_end_ns);
     ts->sched_ok = ts->sched_ok && ok;
     ts->sched_run_ns = r - ts->sched_run_ns;
     ts->sched_wait_ns = w - ts->sched_wait_ns;
@@ -387,6 +406,7 @@ int fb_run_start(struct fb_run *run, char *err, int errlen)
     for (uint32_t i = 0; i < n; i++)
         run->tid_map[i] = ((int64_t)run->vcpus[i].ts->tid << 32) | i;
     qsort(run->tid_map, n, sizeof(int64_t), tid_cmp);
+    clock_pair(&run->pair_tsc[0], &run->pair_mono[0], &run->pair_width[0]);
     open_gate(run);
     return 0;
 }
@@ -436,6 +456,8 @@ static void join_all(struct joinee *j, int n)
 void fb_run_stop(struct fb_run *run)
 {
     uint64_t one = 1;
+    if (!run->pair_tsc[1])   /* after the last vCPU finished (or at the stop) */
+        clock_pair(&run->pair_tsc[1], &run->pair_mono[1], &run->pair_width[1]);
     atomic_store(&run->stop, 1);
     if (write(run->stop_efd, &one, sizeof(one)) < 0) { }
     open_gate(run);   /* threads still at the gate see stop and leave */

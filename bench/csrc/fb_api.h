@@ -176,6 +176,11 @@ struct fb_thread_stats {
     uint64_t mono_fetch_ns;
     uint64_t mono_install_ns;
     uint64_t mono_count;
+    /* CLOCK_MONOTONIC read right beside the schedstat/thread-CPU-clock reads of
+     * fb_thread_mark and fb_thread_end: the window sched_run_ns/sched_wait_ns cover,
+     * on the clock the in-kernel tracer stamps with (its cross-check needs it) */
+    uint64_t mono_mark_ns;
+    uint64_t mono_end_ns;
     /* live state for the watchdog, written by the thread with relaxed atomic
      * stores and read by fb_run_thread_states while the run goes on */
     int32_t doing;              /* FB_DOING_* */
@@ -226,6 +231,13 @@ struct fb_run_totals {
     uint64_t blocktime_all_ns;      /* every vCPU blocked in a fault at once */
     uint64_t fault_rows;            /* faulted touches: what fb_run_fault_rows gives */
     uint64_t exit_path;             /* FB_EXITINFO_* of the last fault exit that said */
+    /* (TSC, CLOCK_MONOTONIC) pairs at the start gate and after the last vCPU: the
+     * TSC's rate measured against the kernel's clock, independent of tsc_khz (which
+     * the conversion uses), and the map from stamps to the kernel tracer's clock.
+     * Each pair is the tightest of a few tries: tsc is the midpoint of two rdtsc
+     * around one clock_gettime, width their distance (the pair's uncertainty). */
+    uint64_t pair_start_tsc, pair_start_mono_ns, pair_start_width;
+    uint64_t pair_end_tsc, pair_end_mono_ns, pair_end_width;
 };
 int fb_run_totals(struct fb_run *run, struct fb_run_totals *out);
 int fb_run_vcpu_results(struct fb_run *run, struct fb_vcpu_result *out);

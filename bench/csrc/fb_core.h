@@ -113,6 +113,7 @@ struct fb_run {
     int kvm_fd, vm_fd;
     int run_size;
     uint64_t tsc_khz;
+    uint64_t pair_tsc[2], pair_mono[2], pair_width[2];   /* fb_clock_pair: start, end */
 
     uint8_t *sys_mem;    uint64_t sys_size;
     uint8_t *demand;     uint64_t demand_size;   uint64_t demand_gpa;

@@ -1,7 +1,7 @@
 /* Loader of fb_trace.bpf.o (libbpf): open, size, load, configure, attach; map the
  * counters and the transition log; read the lock maps once; close (which detaches
- * everything: nothing is pinned, so a crash detaches too). Not yet part of the core's
- * build (issue 16 in progress). */
+ * everything: nothing is pinned, so a crash detaches too). Built into the core
+ * (bench/_build.py) where libbpf-dev and clang are present; fb_bpf_absent.c otherwise. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -25,6 +25,7 @@ struct fb_bpf {
     struct fb_bpf_trans *log;        /* mmapped */
     size_t log_len;
     uint64_t log_cap;
+    int stacks;
 };
 
 static void seterr(char *err, int errlen, const char *fmt, ...)
@@ -94,6 +95,7 @@ struct fb_bpf *fb_bpf_open(const char *path, int tgid, int tgid2, uint64_t log_c
         goto fail;
     }
     b->log_cap = log_cap;
+    b->stacks = stacks ? 1 : 0;
     if (bpf_object__load(b->obj)) {
         seterr(err, errlen, "BPF load refused (%s): the kernel cannot run the in-kernel tracer",
                strerror(errno));
@@ -127,26 +129,40 @@ fail:
     return NULL;
 }
 
-/* stop recording (tgid 0), so the maps are read still */
-int fb_bpf_stop(struct fb_bpf *b)
+int fb_bpf_built(char *why, int whylen)
 {
-    struct fb_bpf_cfg c = { 0 };
+    (void)why; (void)whylen;
+    return 1;
+}
+
+/* which processes to record (a later second one: the network worker starts after
+ * the tracer); both 0 stops recording, so the maps are read still */
+int fb_bpf_configure(struct fb_bpf *b, int tgid, int tgid2)
+{
+    struct fb_bpf_cfg c = { .tgid = tgid, .tgid2 = tgid2, .log_cap = b->log_cap, .stacks = b->stacks };
     __u32 k = 0;
     return bpf_map_update_elem(bpf_map__fd(bpf_object__find_map_by_name(b->obj, "cfg")), &k, &c, BPF_ANY);
 }
 
-const struct fb_bpf_thread *fb_bpf_threads(struct fb_bpf *b) { return b->threads; }
-const struct fb_bpf_trans *fb_bpf_log(struct fb_bpf *b) { return b->log; }
+int fb_bpf_stop(struct fb_bpf *b)
+{
+    return fb_bpf_configure(b, 0, 0);
+}
 
-int fb_bpf_totals(struct fb_bpf *b, struct fb_bpf_totals *out)
+const void *fb_bpf_threads(struct fb_bpf *b) { return b->threads; }
+const void *fb_bpf_log(struct fb_bpf *b) { return b->log; }
+
+int fb_bpf_totals(struct fb_bpf *b, void *out)
 {
     __u32 k = 0;
     return bpf_map_lookup_elem(bpf_map__fd(bpf_object__find_map_by_name(b->obj, "totals")), &k, out);
 }
 
 /* up to n (key, value) pairs of the lock map; returns how many */
-int fb_bpf_locks(struct fb_bpf *b, struct fb_bpf_lock_key *keys, struct fb_bpf_lock_val *vals, int n)
+int fb_bpf_locks(struct fb_bpf *b, void *keybuf, void *valbuf, int n)
 {
+    struct fb_bpf_lock_key *keys = keybuf;
+    struct fb_bpf_lock_val *vals = valbuf;
     int fd = bpf_map__fd(bpf_object__find_map_by_name(b->obj, "locks"));
     struct fb_bpf_lock_key cur, next;
     int got = 0;
@@ -172,7 +188,7 @@ int fb_bpf_lock_name(struct fb_bpf *b, uint64_t lock, char *name)
     return bpf_map_lookup_elem(fd, &lock, name);
 }
 
-int fb_bpf_mm(struct fb_bpf *b, int write, struct fb_bpf_mm *out)
+int fb_bpf_mm(struct fb_bpf *b, int write, void *out)
 {
     __u32 k = write ? 1 : 0;
     return bpf_map_lookup_elem(bpf_map__fd(bpf_object__find_map_by_name(b->obj, "mm_stats")), &k, out);
