@@ -174,7 +174,7 @@ static __always_inline struct fb_bpf_thread *slot(__u32 tid, int create)
 /* Wall time on a CPU minus sum_exec_runtime is time the hypervisor took (steal): on
  * a guest like this host, ktime on a CPU is not CPU time. */
 static __always_inline void transition(struct fb_bpf_thread *th, __u32 slotno, __u32 state, __u64 now,
-                                       struct task_struct *task)
+                                       struct task_struct *task, __u32 flag)
 {
     /* the scheduler's own counters: sum_exec_runtime is current here at a switch-out;
      * run_delay is current except at a switch-in (sched_info_arrive runs after the
@@ -209,7 +209,7 @@ static __always_inline void transition(struct fb_bpf_thread *th, __u32 slotno, _
     e->exec_ns = exec;
     e->kdelay_ns = th->kdelay_ns;
     e->slot = slotno;
-    e->state = state;
+    e->state = state | flag;
 }
 
 static __always_inline __u32 slot_index(__u32 tid)
@@ -236,7 +236,8 @@ int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_stru
             __u32 st = (preempt || prev_state == 0) ? FB_BPF_WAITING : FB_BPF_ASLEEP;
             if (st == FB_BPF_WAITING)
                 th->preempted++;   /* switched out still runnable: preempted or yielded */
-            transition(th, slot_index(tid), st, now, prev);
+            transition(th, slot_index(tid), st, now, prev,
+                       preempt && prev_state ? FB_BPF_SLEEPING_PREEMPTED : 0);
         }
     }
     if (ours(c, BPF_CORE_READ(next, tgid))) {
@@ -246,7 +247,7 @@ int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_stru
             if (!now)
                 now = bpf_ktime_get_ns();
             th->switches_in++;
-            transition(th, slot_index(tid), FB_BPF_ON_CPU, now, next);
+            transition(th, slot_index(tid), FB_BPF_ON_CPU, now, next, 0);
         }
     }
     return 0;
@@ -262,7 +263,7 @@ static __always_inline int woken(struct task_struct *p)
     /* a wakeup of a task that is on a CPU or already runnable changes nothing */
     if (th && th->state != FB_BPF_ON_CPU && th->state != FB_BPF_WAITING) {
         th->wakeups++;
-        transition(th, slot_index(tid), FB_BPF_WAITING, bpf_ktime_get_ns(), p);
+        transition(th, slot_index(tid), FB_BPF_WAITING, bpf_ktime_get_ns(), p, 0);
     }
     return 0;
 }

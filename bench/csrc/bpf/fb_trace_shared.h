@@ -13,6 +13,10 @@
 #define FB_BPF_ON_CPU 1
 #define FB_BPF_WAITING 2   /* runnable, not on a CPU (woken, or preempted) */
 #define FB_BPF_ASLEEP 3
+/* or-ed into a log entry's state (never the thread's): switched out preempted while
+ * going to sleep (a non-zero state word). It waits on a run queue, yet the kernel's
+ * run_delay does not count that wait (sched_info_depart requeues only TASK_RUNNING). */
+#define FB_BPF_SLEEPING_PREEMPTED 0x100
 
 /* how a lock's name was found in the kernel */
 #define FB_BPF_NAME_NONE 0
