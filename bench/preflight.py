@@ -108,6 +108,24 @@ def tracefs_problem() -> str | None:
     return None
 
 
+def choose_tracer(args) -> None:
+    """Resolve --tracer into args.tracer_used ("bpf", "tracefs" or None) and
+    args.tracer_why (why not bpf, when auto fell back). An explicit bpf that cannot
+    run is an error, never a silent fallback."""
+    args.tracer_used, args.tracer_why = None, None
+    if not args.trace_locks:
+        return
+    from .kerneltrace import unavailable
+    why = unavailable() if args.tracer in ("auto", "bpf") else "--tracer tracefs"
+    if why is None:
+        args.tracer_used = "bpf"
+        return
+    if args.tracer == "bpf":
+        raise PreflightError(f"--tracer bpf: {why}; use --tracer tracefs or --no-trace-locks")
+    args.tracer_used, args.tracer_why = "tracefs", why
+    check_tracefs(True)
+
+
 def check_tracefs(trace_locks: bool) -> None:
     if not trace_locks:
         return
