@@ -285,6 +285,7 @@ class BpfTracer:
         self.stacks = stacks
         self._b = None
         self._tgid = 0
+        self.prog_stats = None
 
     def start(self) -> None:
         """Load and attach, not yet recording (begin() starts it)."""
@@ -311,6 +312,16 @@ class BpfTracer:
         b = self._b
         try:
             lib.fb_bpf_stop(b)
+            ns, cnt = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+            # the programs' own run time: counted only while someone holds stats on
+            self.prog_stats = ({"run_ns": int(ns[0]), "run_count": int(cnt[0]), "by_program": {}}
+                               if lib.fb_bpf_prog_stats(b, ns, cnt) == 0 else None)
+            for i in range(64 if self.prog_stats else 0):
+                name = lib.fb_bpf_prog_stat(b, i, ns, cnt)
+                if name == ffi.NULL:
+                    break
+                self.prog_stats["by_program"][ffi.string(name).decode()] = {
+                    "run_ns": int(ns[0]), "run_count": int(cnt[0])}
             tot = np.zeros(1, dtype=TOTALS_DTYPE)
             lib.fb_bpf_totals(b, ffi.from_buffer(tot))
             totals = {k: int(tot[0][k]) for k in TOTALS_DTYPE.names}

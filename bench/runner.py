@@ -224,6 +224,8 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None, phases=None,
         bpf_data = bpf.stop() if bpf else None   # after the join: each thread's last switch is in
         t0 = _lap(phases, "trace", t0)
         metrics, raw = _collect(plan, run, table, stale, sched_trace, bpf_data)
+        if bpf and bpf.prog_stats and bpf.prog_stats["run_count"]:
+            raw["bpf_programs"] = bpf.prog_stats   # only while BPF run-time stats are on
         if kernel_locks is not None:
             metrics["kernel_locks"] = kernel_locks
         if worker:

@@ -9,8 +9,8 @@
  *    state since then was "on CPU" (or "waiting") -- counters, never a replayed stream;
  *  - lock contention per (lock, kernel stack, flags): count, total and max wait
  *    (lock:contention_begin/end, as `perf lock contention -b` keys it);
- *  - mmap_lock acquisitions: count, total and max wait, by read/write, and how many
- *    entered the rwsem slow path.
+ *  - mmap_lock acquisitions by read/write, and of them those that waited: how many,
+ *    total and max wait (from the lock's contention events).
  * Programs are tp_btf (BTF-typed raw tracepoints); nothing is pinned, so closing the
  * harness's fds (or its exit) detaches everything.
  *
@@ -39,6 +39,8 @@ struct task_struct {
 struct kmem_cache { const char *name; } __attribute__((preserve_access_index));
 
 extern struct kmem_cache *bpf_get_kmem_cache(__u64 addr) __ksym __weak;
+
+#define LCB_F_WRITE (1U << 3)   /* include/trace/events/lock.h; a kernel ABI since 5.19 */
 
 char LICENSE[] SEC("license") = "GPL";   /* bpf_get_stackid and tp_btf need GPL */
 
@@ -108,15 +110,6 @@ struct {
     __type(key, __u64);     /* lock address */
     __type(value, struct fb_bpf_lock_name);
 } lock_names SEC(".maps");
-
-struct mm_pending { __u64 t0; __u32 write; __u32 contended; };
-
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, FB_BPF_MAX_THREADS);
-    __type(key, __u32);
-    __type(value, struct mm_pending);
-} mm_waiting SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -294,9 +287,6 @@ int BPF_PROG(fb_contention_begin, void *lock, unsigned int flags)
     if (!ours(c, (int)(pt >> 32)))
         return 0;
     __u32 tid = (__u32)pt;
-    struct mm_pending *mp = bpf_map_lookup_elem(&mm_waiting, &tid);
-    if (mp)
-        mp->contended = 1;   /* this mmap_lock acquisition took a slow path */
     if (bpf_map_lookup_elem(&contending, &tid))
         return 0;   /* nested (a mutex spinning, then sleeping): the first begin counts */
     struct pending p = {};
@@ -355,44 +345,32 @@ int BPF_PROG(fb_contention_end, void *lock, int ret)
     __sync_fetch_and_add(&v->wait_ns, w);
     if (w > v->max_ns)
         v->max_ns = w;   /* racy max: a rare lost update under-reports the max only */
+    if (k.name_kind == FB_BPF_NAME_MMAP_LOCK) {   /* an mmap_lock acquisition that waited */
+        __u32 mk = (k.flags & LCB_F_WRITE) ? 1 : 0;
+        struct fb_bpf_mm *s = bpf_map_lookup_elem(&mm_stats, &mk);
+        if (s) {
+            __sync_fetch_and_add(&s->contended, 1);
+            __sync_fetch_and_add(&s->wait_ns, w);
+            if (w > s->max_ns)
+                s->max_ns = w;
+        }
+    }
     return 0;
 }
 
-SEC("tp_btf/mmap_lock_start_locking")
-int BPF_PROG(fb_mm_start, struct mm_struct *mm, bool write)
-{
-    struct fb_bpf_cfg *c = config();
-    __u64 pt = bpf_get_current_pid_tgid();
-    if (!ours(c, (int)(pt >> 32)))
-        return 0;
-    __u32 tid = (__u32)pt;
-    struct mm_pending m = { .t0 = bpf_ktime_get_ns(), .write = write ? 1 : 0 };
-    bpf_map_update_elem(&mm_waiting, &tid, &m, BPF_ANY);
-    return 0;
-}
-
+/* mmap_lock: every acquisition counted here (one array add: the start_locking/acquired
+ * pair timed with a per-task hash entry cost about 2 us a fault, more than the rest of
+ * the tracer); the waits are the contended ones, taken in fb_contention_end from the
+ * lock's own contention events (an uncontended acquisition does not wait). */
 SEC("tp_btf/mmap_lock_acquire_returned")
 int BPF_PROG(fb_mm_acquired, struct mm_struct *mm, bool write, bool success)
 {
-    __u64 pt = bpf_get_current_pid_tgid();
-    __u32 tid = (__u32)pt;
-    struct mm_pending *m = bpf_map_lookup_elem(&mm_waiting, &tid);
-    if (!m)
+    struct fb_bpf_cfg *c = config();
+    if (!success || !ours(c, (int)(bpf_get_current_pid_tgid() >> 32)))
         return 0;
-    __u64 now = bpf_ktime_get_ns();
-    __u64 w = now > m->t0 ? now - m->t0 : 0;
-    __u32 k = m->write;
-    __u32 contended = m->contended;
-    bpf_map_delete_elem(&mm_waiting, &tid);
-    if (!success)
-        return 0;   /* a trylock or killable lock that gave up: no acquisition */
+    __u32 k = write ? 1 : 0;
     struct fb_bpf_mm *s = bpf_map_lookup_elem(&mm_stats, &k);
-    if (!s)
-        return 0;
-    __sync_fetch_and_add(&s->acquisitions, 1);
-    __sync_fetch_and_add(&s->wait_ns, w);
-    __sync_fetch_and_add(&s->contended, contended);
-    if (w > s->max_ns)
-        s->max_ns = w;
+    if (s)
+        __sync_fetch_and_add(&s->acquisitions, 1);
     return 0;
 }
