@@ -428,6 +428,9 @@ def main() -> int:
     if "--no-trace-locks" not in argv:
         argv = argv + ["--no-trace-locks"]
     plan = make_plan(argv)
+    # ^C and SIGTERM end the run through the clean-up below (also where SIGINT came in
+    # ignored, as in a shell's background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_term)
     mounted_here = False
     runs = []

@@ -5,11 +5,15 @@ run (root, clang, libbpf-dev, BTF and /dev/kvm; skips naming what is missing).""
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from bench import bpflocks, kerneltrace as kt, locktrace
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TRACING = ["bpf_prog_6deef7357e7b4530_fb_contention_begin", "bpf_trace_run2",
            "__traceiter_contention_begin"]
@@ -230,12 +234,10 @@ def _why_not_real() -> str | None:
         return "libbpf headers are missing (Debian package libbpf-dev)"
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
         return "the kernel has no BTF (/sys/kernel/btf/vmlinux): CO-RE cannot load"
-    if not os.path.exists("/dev/kvm"):
-        return "/dev/kvm is missing"
     return kt.unavailable()
 
 
-def test_real_run_gives_contentions_with_resolved_call_sites():
+def test_real_run_gives_contentions_with_resolved_call_sites(kvm):
     """The object (as the build made it) around one 8-vCPU uffd run on this host: its
     maps read through kernel_locks give contentions whose call sites resolve in
     /proc/kallsyms and whose locks are named the ways the module says."""
@@ -270,3 +272,25 @@ def test_real_run_gives_contentions_with_resolved_call_sites():
         assert t["type"] and re.fullmatch(r"(SPIN|READ|WRITE|RT|PERCPU|MUTEX|NONE|0x[0-9a-f]+)(\|\S+)*",
                                           t["type"]), t
     assert sum(c["count"] for c in kl["call_sites"]) <= kl["contentions"]
+
+
+def test_lock_paths_script_compares_and_leaves_nothing_behind(kvm):
+    """benchmarks/lock_paths.py on a small run with every path this host has: a table,
+    and afterwards no tracefs instance of its, the tracefs mount as it was, no perf."""
+    why = _why_not_real()
+    if why:
+        pytest.skip(why)
+    from bench import tracefs
+    paths = "bpf,tracefs" + (",perf" if shutil.which("perf") else "")
+    mounts = tracefs.tracefs_mount_count()
+    p = subprocess.Popen([sys.executable, os.path.join("benchmarks", "lock_paths.py"), "--paths", paths,
+                          "--", "--vcpus", "4", "--mech", "uffd", "--mem-per-vcpu", "2"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert re.search(r"^contentions\s+[\d,]+\s+[\d,]+", out, re.M), out
+    assert "top call sites by count" in out
+    assert not [n for n in tracefs.leftover_instances() if n.startswith(f"faultbench-{p.pid}-")]
+    assert tracefs.tracefs_mount_count() == mounts
+    ours = subprocess.run(["pgrep", "-f", "perf lock record .*lock_paths-"], capture_output=True, text=True)
+    assert ours.stdout.strip() == "", ours.stdout
