@@ -248,6 +248,25 @@ def stop_tracefs(tracer: locktrace.LockTracer, top: int) -> dict:
         s["count"] += 1
         s["wait_ns_total"] += rec["wait"]
     summary["sites"] = sites
+    # contentions that began while the same task's contention on another lock was open
+    # (an interrupt's, or the tracer's own inside its handler): BPF keeps one open
+    # contention a task and does not count these
+    nested = 0
+    by_pid = collections.defaultdict(list)
+    for rec in waits:
+        by_pid[rec["pid"]].append(rec)
+    for recs in by_pid.values():
+        recs.sort(key=lambda r: r["t0"])
+        open_until, open_lock = -1, None
+        for r in recs:
+            if r["t0"] < open_until and r["lock"] != open_lock:
+                nested += 1
+                continue
+            if r["t1"] > open_until:
+                open_until, open_lock = r["t1"], r["lock"]
+    summary["nested"] = nested
+    # this script's own thread: the one whose recording window differs between paths
+    summary["main_thread"] = sum(1 for rec in waits if rec["pid"] == os.getpid())
     return summary
 
 
@@ -389,7 +408,9 @@ def report(got: dict, paths, nsites: int) -> None:
                   f"{t['count']} at {t['call_site']}, {t['wait_ns_total'] / 1e6:.2f} ms")
     if "tracefs" in got:
         t = got["tracefs"]
-        print(f"tracefs: {t['events_lost']} events lost, {t['unmatched_begins']} unmatched begins, "
+        print(f"tracefs: {t['main_thread']} contentions of this script's own thread, "
+              f"{t['nested']} inside another of the same task, "
+              f"{t['events_lost']} events lost, {t['unmatched_begins']} unmatched begins, "
               f"{t['unmatched_ends']} unmatched ends, stacktrace time {t['stacktrace_ns_total'] / 1e6:.2f} ms; by type: "
               + ", ".join(f"{k} {v['count']}" for k, v in t["by_type"].items()))
     if "bpf" in got and "tracefs" in got:
