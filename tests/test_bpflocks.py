@@ -294,3 +294,11 @@ def test_lock_paths_script_compares_and_leaves_nothing_behind(kvm):
     assert tracefs.tracefs_mount_count() == mounts
     ours = subprocess.run(["pgrep", "-f", "perf lock record .*lock_paths-"], capture_output=True, text=True)
     assert ours.stdout.strip() == "", ours.stdout
+
+
+def test_summary_fits_the_records_kernel_locks_schema():
+    import jsonschema
+    from bench.schema import KERNEL_LOCKS
+    d, syms = _data(ROWS, NAMES)
+    kl = bpflocks.kernel_locks(d, resolve_symbol=lambda a: None, resolve_ip=syms)
+    jsonschema.Draft202012Validator(KERNEL_LOCKS).validate(kl)
