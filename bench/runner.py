@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from . import breakdown as bd
-from . import kerneltrace, placement, schedtrace, stats
+from . import bpflocks, kerneltrace, placement, schedtrace, stats
 from .guest import touch_loop
 from .locktrace import LockTracer
 from .native import ffi, lib
@@ -222,6 +222,8 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None, phases=None,
         kernel_locks = _without_tracer(tracer.stop(tids)) if tracer else None
         sched_trace = stracer.stop() if stracer else None
         bpf_data = bpf.stop() if bpf else None   # after the join: each thread's last switch is in
+        if bpf_data is not None:
+            kernel_locks = _without_tracer(bpflocks.kernel_locks(bpf_data, top=TOP_LOCKS * 2))
         t0 = _lap(phases, "trace", t0)
         metrics, raw = _collect(plan, run, table, stale, sched_trace, bpf_data)
         if bpf and bpf.prog_stats and bpf.prog_stats["run_count"]:

@@ -37,6 +37,14 @@ struct task_struct {
     struct sched_info sched_info;
 } __attribute__((preserve_access_index));
 struct kmem_cache { const char *name; } __attribute__((preserve_access_index));
+struct raw_spinlock { int pad; } __attribute__((preserve_access_index));
+struct rq;
+struct cfs_rq { struct rq *rq; } __attribute__((preserve_access_index));
+struct rq {
+    struct raw_spinlock __lock;
+    struct cfs_rq cfs;
+    int cpu;
+} __attribute__((preserve_access_index));
 
 extern struct kmem_cache *bpf_get_kmem_cache(__u64 addr) __ksym __weak;
 
@@ -110,6 +118,13 @@ struct {
     __type(key, __u64);     /* lock address */
     __type(value, struct fb_bpf_lock_name);
 } lock_names SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, FB_BPF_MAX_LOCKS);
+    __type(key, __u64);     /* lock address no name was found for: not looked up again */
+    __type(value, __u8);
+} lock_unnamed SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -279,6 +294,74 @@ int BPF_PROG(fb_migrate, struct task_struct *p, int dest_cpu)
     return 0;
 }
 
+/* The CPU whose run-queue lock is at `lock`, or -1. The per-CPU `runqueues` cannot be
+ * named from BPF on a kernel without CONFIG_KALLSYMS_ALL (the verifier resolves a
+ * typed __ksym through kallsyms, which then lists no data), so the lock is recognised
+ * by its struct rq instead: with CONFIG_FAIR_GROUP_SCHED every rq's own cfs_rq points
+ * back at it (rq->cfs.rq == rq), which memory around any other lock does not do.
+ * Reads that fault return 0 (bpf_probe_read_kernel), so any address is safe to try.
+ * Without the back pointer (no FAIR_GROUP_SCHED) nothing is named this way. */
+static __always_inline int rq_lock_cpu(__u64 lock)
+{
+    if (!bpf_core_field_exists(struct cfs_rq, rq))
+        return -1;
+    struct rq *rq = (struct rq *)(lock - bpf_core_field_offset(struct rq, __lock));
+    if ((__u64)BPF_CORE_READ(rq, cfs.rq) != (__u64)rq)
+        return -1;
+    int cpu = BPF_CORE_READ(rq, cpu);
+    return cpu >= 0 && cpu < FB_BPF_RQ_CPUS ? cpu : -1;
+}
+
+/* "rq_lock[cpu N]" (N < 10000) */
+static __always_inline void rq_lock_name(struct fb_bpf_lock_name *n, int cpu)
+{
+    __builtin_memcpy(n->name, "rq_lock[cpu ", 12);
+    if (cpu >= 1000) {
+        n->name[12] = '0' + cpu / 1000;
+        n->name[13] = '0' + cpu / 100 % 10;
+        n->name[14] = '0' + cpu / 10 % 10;
+        n->name[15] = '0' + cpu % 10;
+        n->name[16] = ']';
+    } else if (cpu >= 100) {
+        n->name[12] = '0' + cpu / 100;
+        n->name[13] = '0' + cpu / 10 % 10;
+        n->name[14] = '0' + cpu % 10;
+        n->name[15] = ']';
+    } else if (cpu >= 10) {
+        n->name[12] = '0' + cpu / 10;
+        n->name[13] = '0' + cpu % 10;
+        n->name[14] = ']';
+    } else {
+        n->name[12] = '0' + cpu;
+        n->name[13] = ']';
+    }
+}
+
+/* a name for a lock seen for the first time: a CPU's run-queue lock, else the slab
+ * cache it lives in; a lock with neither is remembered as unnamed */
+static __always_inline void name_lock(__u64 lock)
+{
+    if (bpf_map_lookup_elem(&lock_names, &lock) || bpf_map_lookup_elem(&lock_unnamed, &lock))
+        return;
+    struct fb_bpf_lock_name n = {};
+    int cpu = rq_lock_cpu(lock);
+    if (cpu >= 0) {
+        rq_lock_name(&n, cpu);
+        bpf_map_update_elem(&lock_names, &lock, &n, BPF_NOEXIST);
+        return;
+    }
+    if (bpf_get_kmem_cache) {
+        struct kmem_cache *kc = bpf_get_kmem_cache(lock);
+        if (kc) {
+            bpf_probe_read_kernel_str(n.name, sizeof(n.name), BPF_CORE_READ(kc, name));
+            bpf_map_update_elem(&lock_names, &lock, &n, BPF_NOEXIST);
+            return;
+        }
+    }
+    __u8 one = 1;
+    bpf_map_update_elem(&lock_unnamed, &lock, &one, BPF_NOEXIST);
+}
+
 SEC("tp_btf/contention_begin")
 int BPF_PROG(fb_contention_begin, void *lock, unsigned int flags)
 {
@@ -287,8 +370,16 @@ int BPF_PROG(fb_contention_begin, void *lock, unsigned int flags)
     if (!ours(c, (int)(pt >> 32)))
         return 0;
     __u32 tid = (__u32)pt;
-    if (bpf_map_lookup_elem(&contending, &tid))
-        return 0;   /* nested (a mutex spinning, then sleeping): the first begin counts */
+    struct pending *open = bpf_map_lookup_elem(&contending, &tid);
+    if (open) {
+        /* nested: a mutex spinning, then sleeping, begins twice before its one end.
+         * The first begin's time counts and the later flags are kept (MUTEX, not
+         * MUTEX|SPIN), as the tracefs path does; a begin on another lock inside an
+         * open contention (an interrupt's) is not counted. */
+        if (open->lock == (__u64)lock)
+            open->flags = flags;
+        return 0;
+    }
     struct pending p = {};
     p.lock = (__u64)lock;
     p.flags = flags;
@@ -297,14 +388,8 @@ int BPF_PROG(fb_contention_begin, void *lock, unsigned int flags)
     struct mm_struct *mm = BPF_CORE_READ(cur, mm);
     if (mm && p.lock == (__u64)mm + bpf_core_field_offset(struct mm_struct, mmap_lock))
         p.name_kind = FB_BPF_NAME_MMAP_LOCK;
-    else if (bpf_get_kmem_cache && !bpf_map_lookup_elem(&lock_names, &p.lock)) {
-        struct kmem_cache *kc = bpf_get_kmem_cache(p.lock);
-        if (kc) {
-            struct fb_bpf_lock_name n = {};
-            bpf_probe_read_kernel_str(n.name, sizeof(n.name), BPF_CORE_READ(kc, name));
-            bpf_map_update_elem(&lock_names, &p.lock, &n, BPF_NOEXIST);
-        }
-    }
+    else
+        name_lock(p.lock);
     p.t0 = bpf_ktime_get_ns();   /* after the unwind: the wait is the lock's, not ours */
     bpf_map_update_elem(&contending, &tid, &p, BPF_ANY);
     return 0;

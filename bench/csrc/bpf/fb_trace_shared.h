@@ -7,6 +7,7 @@
 #define FB_BPF_MAX_STACKS 4096
 #define FB_BPF_STACK_DEPTH 24
 #define FB_BPF_MAX_LOCKS 16384
+#define FB_BPF_RQ_CPUS 10000    /* run-queue locks are named by CPU below this */
 
 /* thread states in the counters and the transition log */
 #define FB_BPF_UNKNOWN 0
@@ -78,7 +79,8 @@ struct fb_bpf_lock_val {
 };
 
 struct fb_bpf_lock_name {
-    char name[32];       /* the slab cache the lock lives in (bpf_get_kmem_cache) */
+    char name[32];       /* "rq_lock[cpu N]" for CPU N's run-queue lock, else the slab
+                          * cache the lock lives in (bpf_get_kmem_cache) */
 };
 
 struct fb_bpf_mm {
