@@ -28,6 +28,10 @@ import os
 
 import numpy as np
 
+from .breakdown import max_at_once
+from .native import ffi, lib
+from .schedtrace import RESOLVER_SEGMENTS
+
 # bench/csrc/bpf/fb_trace_shared.h; the states of FB_BPF_*
 UNKNOWN, ON_CPU, WAITING, ASLEEP = 0, 1, 2, 3
 SLEEPING_PREEMPTED = 0x100   # FB_BPF_SLEEPING_PREEMPTED: a wait run_delay does not count
@@ -233,7 +237,6 @@ class BpfUnavailable(Exception):
 
 def unavailable() -> str | None:
     """Why the in-kernel tracer cannot run on this host and build, or None."""
-    from .native import ffi, lib
     why = ffi.new("char[]", 256)
     if not lib.fb_bpf_built(why, 256):
         return ffi.string(why).decode()
@@ -289,7 +292,6 @@ class BpfTracer:
 
     def start(self) -> None:
         """Load and attach, not yet recording (begin() starts it)."""
-        from .native import ffi, lib
         why = unavailable()
         if why:
             raise BpfUnavailable(why)
@@ -306,7 +308,6 @@ class BpfTracer:
             self._lib.fb_bpf_configure(self._b, self._tgid, int(tgid2))
 
     def stop(self) -> BpfData:
-        from .native import ffi, lib
         if self._b is None:
             raise RuntimeError("BpfTracer not started")
         b = self._b
@@ -388,7 +389,6 @@ def segment_split(cols: dict, seg: dict, names: dict, logs: dict, handles_on_vcp
     waiting (run delay) and asleep ns, from the state log's counters. The owner is the
     thread that must run for the segment to end (schedtrace.RESOLVER_SEGMENTS). A fault
     whose owner has no log is left out and counted."""
-    from .schedtrace import RESOLVER_SEGMENTS
     use = seg["used"]
     stamps = seg["stamps"]
     vtid, rtid = cols["vcpu_tid"][use], cols["resolver_tid"][use]
@@ -426,7 +426,6 @@ def segment_split(cols: dict, seg: dict, names: dict, logs: dict, handles_on_vcp
 
 def on_cpu_at_once_max(data: BpfData, tids) -> int:
     """Most of these threads on a CPU at once, from their logged switches."""
-    from .breakdown import max_at_once
     slots = {int(s) for s, t in enumerate(data.threads["tid"]) if int(t) in set(tids)}
     e = data.log[np.isin(data.log["slot"], list(slots))]
     e = e[np.lexsort((e["t"], e["slot"]))]

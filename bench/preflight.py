@@ -12,7 +12,7 @@ import os
 import resource
 import tempfile
 
-from . import locktrace, tracefs
+from . import kerneltrace, locktrace, tracefs
 from .probes import UFFD_FEATURES
 
 
@@ -115,8 +115,7 @@ def choose_tracer(args) -> None:
     args.tracer_used, args.tracer_why = None, None
     if not args.trace_locks:
         return
-    from .kerneltrace import unavailable
-    why = unavailable() if args.tracer in ("auto", "bpf") else "--tracer tracefs"
+    why = kerneltrace.unavailable() if args.tracer in ("auto", "bpf") else "--tracer tracefs"
     if why is None:
         args.tracer_used = "bpf"
         return
