@@ -90,6 +90,12 @@ def _repair(e: np.ndarray) -> tuple[np.ndarray, int]:
         add.append(x)
     out = np.concatenate([e, np.array(add, dtype=e.dtype)])
     out = out[np.lexsort((out["exec_ns"], out["t"]))]
+    # the wall-clock counters again from the repaired states (the BPF object's own
+    # counted the unseen stretch as the state it believed)
+    span = np.diff(out["t"].astype(np.int64))
+    st = out["state"][:-1]
+    for field, state in (("on_ns", ON_CPU), ("wait_ns", WAITING)):
+        out[field] = out[field][0] + np.concatenate([[0], np.cumsum(np.where(st == state, span, 0))])
     return out, len(add)
 
 
