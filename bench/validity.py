@@ -38,8 +38,11 @@ def _check_warnings(where: str, checks: dict) -> list[str]:
         low = lim.get("vcpu_ratio_min", lim.get("fill_min"))   # fill_min: records before the two-sided check
         out.append(f"{where}: check failed: guest_window_vs_host_clock: the best vCPU's guest TSC "
                    f"window is {gw['max_vcpu_ratio']:.4f} of its host CLOCK_MONOTONIC window over the "
-                   f"touch loop (fill {gw['fill']:.3f} over all vCPUs; limits {low} to "
-                   f"{lim['vcpu_ratio_max']}): guest timings or the TSC frequency are wrong")
+                   f"touch loop (fill {gw['fill']:.3f} over all vCPUs; "
+                   + (f"limits {low} to {lim['vcpu_ratio_max']}" if gw.get("lower_applies", True)
+                      else f"limit {lim['vcpu_ratio_max']}: the lower one stands aside in windows "
+                           f"under {lim['window_min_ns'] / 1e6:g} ms")
+                   + "): guest timings or the TSC frequency are wrong")
     tr = checks.get("tsc_rate_vs_monotonic")
     if tr and tr.get("ok") is False:
         out.append(f"{where}: check failed: tsc_rate_vs_monotonic: the TSC frequency used to convert "
