@@ -5,17 +5,26 @@ Each fault the guest timed comes back as one row of raw TSC stamps
 stamps on the fault's way through userspace, and the guest's rdtsc after (g1).
 Consecutive stamps partition [g0, g1] into segments, so the segments always sum
 to the latency: that sum is a presentation, not a check. The checks are apart,
-each against a clock or a counter that shares no stamp with the segments:
+each against a clock that shares no stamp with what it checks (docs/checks.md says
+the smallest error each catches and which test shows it):
 
 - `guest_window_vs_host_clock`: the guest's own TSC window over its touch loop
   against the vCPU thread's CLOCK_MONOTONIC time from the start-up exit to the
   completion exit (the loop runs inside those KVM_RUN calls and the handling
-  between them); the guest window must fit inside and fill nearly all of it.
-- `segments_vs_monotonic`: the fetch and install segments (TSC stamps) against
-  CLOCK_MONOTONIC sums taken around the same work by the resolving thread.
+  between them), two-sided: no vCPU's guest window may exceed its host window, and
+  the best-filled vCPU's must fill nearly all of it.
+- `tsc_rate_vs_monotonic`: the TSC frequency the core converts cycles with
+  (KVM_GET_TSC_KHZ) against the TSC's rate over the run measured with the kernel's
+  CLOCK_MONOTONIC, from the (rdtsc, clock_gettime, rdtsc) pairs taken at the start
+  gate and at the stop.
 - `cpu_time_vs_latency` (in runner): an upper bound from the scheduler's accounting:
   the guest-timed fault latency of the vCPU threads cannot exceed their on-CPU +
   run-queue time where they never sleep (`exits`, `async`).
+
+No check compares the intermediate stamps (notify ... resumed) with an independent
+clock: the former `segments_vs_monotonic` read CLOCK_MONOTONIC beside the very TSC
+stamps it checked, so a misplaced stamp moved both and it could not fail (removed;
+records that carry it still load).
 """
 from __future__ import annotations
 
@@ -30,14 +39,24 @@ SEGMENT_ENDING_AT = {"notify": "notify", "enqueued": "enqueue", "popped": "queue
                      "done": "install", "resumed": "wake", "g1": "resume"}
 OPTIONAL_STAMPS = {"enqueued", "popped", "resumed"}
 
-# tolerances of the checks (see README, "Checks")
-HOST_WINDOW_MIN_FILL = 0.90     # guest loop / host loop window, aggregate over vCPUs
-HOST_WINDOW_MAX_OVER = 1.002    # the guest window cannot exceed the host's (0.2%: clock rounding)
-MONO_TOLERANCE = 0.05           # |segment - monotonic| / monotonic, per fault
-MONO_DISAGREE_MAX = 0.01        # share of faults that may disagree (preempted between reads)
-CPU_TIME_SLACK = 0.005         # fault latency / (on-CPU + run-queue wait) of the vCPU threads
-MONO_SLACK_NS = 2000.0          # per fault: the clock reads sit a few instructions apart
-
+# tolerances of the checks (docs/checks.md says what each lets through)
+# guest_window_vs_host_clock, on the best-filled vCPU's guest/host window ratio. The
+# host window always contains the guest's loop, so an honest ratio is at most 1; the
+# start-up and completion exits leave 50-350 us of it outside the loop (measured here
+# at 1, 8 and 64 vCPUs, uffd and exits: the best vCPU's ratio 0.9967 to 0.99998), more
+# where a preemption lands there (a 4 ms tick is 10% of a 40 ms run): the lower bound
+# leaves room for that on the best vCPU, the upper one for CLOCK_MONOTONIC's rounding and
+# an NTP slew (at most 500 ppm).
+HOST_WINDOW_MIN_RATIO = 0.96    # the best vCPU's guest window / host window, at least
+HOST_WINDOW_MAX_RATIO = 1.002   # every vCPU's, at most
+# ... the lower bound only where the best vCPU's host window is this long: in a 3 ms
+# window (`prefault`, 1 vCPU, 2 MiB here) the exits alone are 5% of it (ratio 0.946-0.952)
+HOST_WINDOW_MIN_NS = 20e6
+# tsc_rate_vs_monotonic: |tsc_khz / measured - 1| may reach the pairs' own uncertainty
+# plus this: CLOCK_MONOTONIC is the TSC scaled by the kernel's own frequency (here the
+# two agree to 0.1 ppm), slewed by NTP by at most 500 ppm (adjtimex's MAXFREQ)
+TSC_RATE_SLACK = 500e-6
+CPU_TIME_SLACK = 0.005          # fault latency / (on-CPU + run-queue wait) of the vCPU threads
 
 ROW_DTYPE = np.dtype([("vcpu", "<i4"), ("vcpu_tid", "<i4"), ("resolver_tid", "<i4"),
                       ("complete", "<i4"), ("stamp", "<u8", (11,)),
@@ -116,52 +135,51 @@ def summarize(seg: dict, names: dict, to_ns) -> dict | None:
                     "by construction; see `checks` for the independent cross-checks"}
 
 
-def check_segments_vs_monotonic(cols: dict, to_ns) -> dict:
-    """Per fault: the fetch and install segments from their raw TSC stamps (not cut,
-    not filtered for order) against CLOCK_MONOTONIC taken around the same work by
-    the same thread. A fault disagrees when the two differ by more than
-    MONO_SLACK_NS + MONO_TOLERANCE of the monotonic time; the check fails when more
-    than MONO_DISAGREE_MAX of the timed faults disagree (a preemption between two
-    adjacent clock reads makes a rare honest disagreement)."""
-    timed = cols["complete"] & ((cols["mono_fetch_ns"] > 0) | (cols["mono_install_ns"] > 0))
-    n = int(timed.sum())
-    out = {"faults_timed": n, "faults": int(cols["complete"].size)}
-    if not n:
-        out.update(comparable=False, ok=None,
-                   reason="no fault was fetched and installed by a timed resolver")
-        return out
-    st = cols["stamps"][timed].astype(np.int64)
-    col = {s: st[:, STAMPS.index(s)] for s in ("fetch_start", "fetched", "done")}
-    ok = True
-    for part, a, b, key in (("fetch", "fetch_start", "fetched", "mono_fetch_ns"),
-                            ("install", "fetched", "done", "mono_install_ns")):
-        stamped = to_ns((col[b] - col[a]).astype(np.float64))
-        mono = cols[key][timed]
-        diff = stamped - mono
-        bad = np.abs(diff) > MONO_SLACK_NS + MONO_TOLERANCE * mono
-        share = float(bad.mean())
-        out[part] = {"segment_ns_mean": float(stamped.mean()), "monotonic_ns_mean": float(mono.mean()),
-                     "difference_ns_median": float(np.median(diff)),
-                     "faults_disagreeing": int(bad.sum()), "share_disagreeing": share,
-                     "ok": share <= MONO_DISAGREE_MAX}
-        ok = ok and share <= MONO_DISAGREE_MAX
-    out.update(comparable=True, ok=ok)
-    return out
-
-
 def check_guest_window(vres, vcpus: int, to_ns) -> dict | None:
-    """The guest's TSC window over its touch loop against the host's monotonic one."""
+    """The guest's TSC window over its touch loop against the host's monotonic one,
+    per vCPU. Every vCPU's ratio must be at most HOST_WINDOW_MAX_RATIO (the guest's
+    loop runs inside the host's window), and the best one at least
+    HOST_WINDOW_MIN_RATIO (the best, not the aggregate: at many vCPUs some vCPU's
+    completion exit waits long for a CPU, but one whose did not is there) where its
+    host window is HOST_WINDOW_MIN_NS or longer (`lower_applies`)."""
     host = [vres[i].host_loop_ns for i in range(vcpus)]
     guest = [to_ns(vres[i].guest_loop_cycles) for i in range(vcpus)]
     if not all(host) or not all(guest):
         return None
-    over = [g / h for g, h in zip(guest, host)]
-    fill = sum(guest) / sum(host)
-    worst = max(over)
+    ratios = [g / h for g, h in zip(guest, host)]
+    best = max(ratios)
+    lower_applies = bool(host[ratios.index(best)] >= HOST_WINDOW_MIN_NS)
     return {"guest_loop_ns": float(sum(guest)), "host_loop_ns": float(sum(host)),
-            "fill": fill, "max_vcpu_ratio": worst,
-            "ok": fill >= HOST_WINDOW_MIN_FILL and worst <= HOST_WINDOW_MAX_OVER,
-            "limits": {"fill_min": HOST_WINDOW_MIN_FILL, "vcpu_ratio_max": HOST_WINDOW_MAX_OVER}}
+            "fill": sum(guest) / sum(host), "max_vcpu_ratio": best, "min_vcpu_ratio": min(ratios),
+            "lower_applies": lower_applies,
+            "ok": best <= HOST_WINDOW_MAX_RATIO and (best >= HOST_WINDOW_MIN_RATIO or not lower_applies),
+            "limits": {"vcpu_ratio_min": HOST_WINDOW_MIN_RATIO,
+                       "vcpu_ratio_max": HOST_WINDOW_MAX_RATIO,
+                       "window_min_ns": HOST_WINDOW_MIN_NS}}
+
+
+def check_tsc_rate(totals: dict) -> dict | None:
+    """The TSC frequency the core converts with (`tsc_khz`) against the TSC's rate
+    over the run, measured with CLOCK_MONOTONIC from the core's (TSC, monotonic)
+    pairs at the start gate and at the stop. Each pair's TSC is the midpoint of two
+    rdtsc around one clock_gettime, so it is off by at most half the pair's width,
+    and each monotonic read by under 1 ns: the tolerance is that over the elapsed
+    cycles, plus TSC_RATE_SLACK. None where the core recorded no pairs."""
+    t0, t1 = totals.get("pair_start_tsc"), totals.get("pair_end_tsc")
+    m0, m1 = totals.get("pair_start_mono_ns"), totals.get("pair_end_mono_ns")
+    if not (t0 and t1 and m0 and m1) or t1 <= t0 or m1 <= m0 or not totals.get("tsc_khz"):
+        return None
+    cycles, ns = t1 - t0, m1 - m0
+    measured_khz = cycles * 1e6 / ns
+    deviation = totals["tsc_khz"] / measured_khz - 1.0
+    pairs = ((totals["pair_start_width"] + totals["pair_end_width"]) / 2
+             + 2 * measured_khz / 1e6) / cycles
+    tolerance = pairs + TSC_RATE_SLACK
+    return {"tsc_khz": float(totals["tsc_khz"]), "measured_khz": measured_khz,
+            "deviation": deviation, "tolerance": tolerance, "pairs_uncertainty": pairs,
+            "elapsed_ns": float(ns), "pair_widths_cycles": float(totals["pair_start_width"]
+                                                               + totals["pair_end_width"]),
+            "ok": abs(deviation) <= tolerance}
 
 
 def max_at_once(times, deltas) -> int:

@@ -79,10 +79,16 @@ def print_point(rec: dict, path: str) -> None:
           f"{sum(r.get('fault_records_dropped', 0) for r in runs)}  unattributed: "
           f"{sum(r.get('faults_unattributed', 0) for r in runs)}")
     keys = ["p50", "p90", "p99", "p99_9", "max"]
-    if runs[0].get("fault_latency_ns"):
+    # the summary holds a latency only where every run has it (a failed clock check
+    # sets a run's aside: metrics.unusable)
+    unusable = [i + 1 for i, r in enumerate(runs) if r.get("unusable")]
+    if unusable:
+        print(f"Fault latency and breakdown: unusable in run(s) {','.join(map(str, unusable))} of "
+              f"{len(runs)}: {runs[unusable[0] - 1]['unusable']['reason']}; no latency is summarized")
+    if med("fault_latency_ns.p50") is not None:
         parts = "  ".join(f"{k.replace('_', '.')} {med('fault_latency_ns.' + k) / 1000:.1f}" for k in keys)
         print(f"Fault latency (us, each fault as its vCPU saw it): {parts}")
-    elif runs[0].get("first_touch_latency_ns"):
+    elif not unusable and med("first_touch_latency_ns.p50") is not None:
         parts = "  ".join(f"{k.replace('_', '.')} {med('first_touch_latency_ns.' + k) / 1000:.2f}"
                           for k in keys)
         print(f"First-touch latency (us; no fault reaches userspace here): {parts}")

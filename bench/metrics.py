@@ -121,9 +121,14 @@ METRICS: list[Metric] = [
     Metric("checks.*.*_ns", "ns"), Metric("checks.*.*.*_ns", "ns"),
     Metric("checks.*.*_ns_*", "ns"), Metric("checks.*.*.*_ns_*", "ns"),
     Metric("checks.*.fill", "ratio"), Metric("checks.*.ratio", "ratio"),
-    Metric("checks.*.max_vcpu_ratio", "ratio"), Metric("checks.*.limits.*", "ratio"),
+    Metric("checks.*.max_vcpu_ratio", "ratio"), Metric("checks.*.min_vcpu_ratio", "ratio"),
+    Metric("checks.*.limits.*", "ratio"), Metric("checks.*.limits.*_ns", "ns"),
+    Metric("checks.*.deviation", "ratio"), Metric("checks.*.tolerance", "ratio"),
+    Metric("checks.*.pairs_uncertainty", "ratio"), Metric("checks.*.*_khz", "kHz"),
+    Metric("checks.*.*_cycles", "cycles"), Metric("checks.*.vcpus_*", "count"),
     Metric("checks.*.faults*", "count"), Metric("checks.*.resolutions_timed", "count"),
     Metric("checks.*.vcpu_sleeps", "count"),
+    # segments_vs_monotonic, in records made before it was removed
     Metric("checks.*.*.faults_disagreeing", "count"), Metric("checks.*.*.share_disagreeing", "ratio"),
     # precopy, worker, locks
     Metric("precopy.stale_pages", "count"), Metric("precopy.pages_declared_clean", "count"),

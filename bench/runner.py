@@ -350,14 +350,41 @@ def _latency(loglin) -> dict | None:
 
 def _clock_check(vres, vcpus: int, record_latency: bool) -> dict | None:
     """Did every vCPU's start-up rdtsc fall between the host's rdtsc before and
-    after that KVM_RUN? Only then can guest and host stamps be subtracted."""
+    after that KVM_RUN? Only then can guest and host stamps be subtracted. The same
+    dict is raw.clock_check and the check `guest_tsc_within_host_bracket`."""
     if not record_latency:
         return None
     inside = [vres[i].tsc_host_before <= vres[i].tsc_guest <= vres[i].tsc_host_after
               for i in range(vcpus)]
     widths = [vres[i].tsc_host_after - vres[i].tsc_host_before for i in range(vcpus)]
-    return {"guest_tsc_within_host_bracket": all(inside), "vcpus_checked": vcpus,
+    return {"guest_tsc_within_host_bracket": all(inside), "ok": all(inside), "vcpus_checked": vcpus,
             "vcpus_outside": inside.count(False), "max_bracket_cycles": max(widths)}
+
+
+# what a failed clock bracket makes unusable: every figure from the guest's stamps
+GUEST_TIMED_METRICS = ("fault_latency_ns", "first_touch_latency_ns", "retouch_latency_ns",
+                       "latency_dist_log2_us", "blocktime_ns")
+GUEST_TIMED_RAW = ("fault_latency_hist", "retouch_latency_hist", "blocktime_per_vcpu_ns")
+UNUSABLE_REASON = ("the guest's start-up rdtsc fell outside the host's rdtsc bracket "
+                   "(check guest_tsc_within_host_bracket): guest and host TSCs differ")
+
+
+def _set_aside_guest_timed(metrics: dict, raw: dict) -> None:
+    """A failed clock bracket: the guest-timed figures leave metrics (null there, so
+    no summary, table or report reads them as measured) for raw.unusable_metrics;
+    metrics.unusable names them and says why. The breakdown is already omitted."""
+    aside = {k: metrics[k] for k in GUEST_TIMED_METRICS if metrics.get(k) is not None}
+    aside.update({f"raw.{k}": raw[k] for k in GUEST_TIMED_RAW if raw.get(k) is not None})
+    ct = metrics["checks"].pop("cpu_time_vs_latency", None)   # its latency side is guest-timed
+    if ct is not None:
+        aside["checks.cpu_time_vs_latency"] = ct
+    for k in GUEST_TIMED_METRICS:
+        metrics[k] = None
+    for k in GUEST_TIMED_RAW:
+        raw[k] = None
+    metrics["unusable"] = {"reason": UNUSABLE_REASON,
+                           "metrics": [*GUEST_TIMED_METRICS, "fault_breakdown_ns"]}
+    raw["unusable_metrics"] = aside
 
 
 def _totals(run) -> dict:
@@ -430,23 +457,25 @@ def _breakdown(run, plan: Plan, clock: dict | None, threads: list[dict], vres, t
                sched_trace=None, bpf_data=None, logs=None) -> tuple:
     """(breakdown, checks, vCPUs inside KVM_RUN at once) from the per-fault rows."""
     names = plan.mechanism.segment_names
+    checks = {"tsc_rate_vs_monotonic": bd.check_tsc_rate(totals)}
     if not plan.record_latency:
-        return None, {}, None
-    if not clock or not clock["guest_tsc_within_host_bracket"]:
-        return ({"omitted": "the guest's TSC does not match the host's (clock check failed): "
-                            "guest and host stamps cannot be subtracted"}, {}, None)
+        return None, checks, None
     khz = totals["tsc_khz"]
 
     def to_ns(cycles):
         return cycles * 1e6 / khz
-    checks = {"guest_window_vs_host_clock": bd.check_guest_window(vres, plan.vcpus, to_ns)}
+    # guest cycles against the host's clock: valid whatever the guest TSC's offset
+    checks["guest_window_vs_host_clock"] = bd.check_guest_window(vres, plan.vcpus, to_ns)
+    checks["guest_tsc_within_host_bracket"] = clock
+    if not clock or not clock["ok"]:
+        return ({"omitted": UNUSABLE_REASON + ": guest and host stamps cannot be subtracted"},
+                checks, None)
     cols = _fault_rows(run, totals["fault_rows"])
     seg = bd.segments(cols)
     inside = bd.inside_kvm_run_max(cols, vres, plan.vcpus,
                                    plan.mechanism.handles_faults_on_vcpu)
     if not names:
         return None, checks, inside
-    checks["segments_vs_monotonic"] = bd.check_segments_vs_monotonic(cols, to_ns)
     summary = bd.summarize(seg, names, to_ns)
     if summary and sched_trace is not None:
         summary["sched_split"] = _sched_split(plan, cols, seg, names, threads, sched_trace, to_ns)
@@ -684,4 +713,6 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None, bpf_data=None) -> 
         "blocktime_per_vcpu_ns": blocked if plan.record_latency else None,
         "retouch_latency_hist": lat_raw["retouch_latency_hist"],
     }
+    if clock and not clock["ok"]:
+        _set_aside_guest_timed(metrics, raw)
     return metrics, raw

@@ -87,7 +87,8 @@ def test_clean_run_passes_every_check(kvm):
     metrics, _ = execute(make_plan("exits", 2))
     c = metrics["checks"]
     assert c["guest_window_vs_host_clock"]["ok"], c
-    assert c["segments_vs_monotonic"]["comparable"] and c["segments_vs_monotonic"]["ok"], c
+    assert c["tsc_rate_vs_monotonic"]["ok"], c
+    assert c["guest_tsc_within_host_bracket"]["ok"], c
     ct = c["cpu_time_vs_latency"]
     # it applies unless a vCPU thread blocked in the kernel (rare: mmap_lock, reclaim)
     assert (ct["applies"] and ct["ok"]) or (ct["vcpu_sleeps"] > 0 and ct["ok"] is None), c
@@ -95,38 +96,17 @@ def test_clean_run_passes_every_check(kvm):
 
 @pytest.mark.parametrize("ppm", [-100_000, 200_000])
 def test_wrong_tsc_frequency_fails_the_clock_checks(kvm, ppm):
-    # guest timings converted with a TSC frequency 10% low / 20% high
+    # guest timings converted with a TSC frequency 10% low / 20% high (the limits of
+    # each check, and the 5% either way: tests/test_checks.py)
     metrics, _ = execute(make_plan("exits", 1, tsc_khz_error_ppm=ppm))
     c = metrics["checks"]
     assert not c["guest_window_vs_host_clock"]["ok"], c
+    assert not c["tsc_rate_vs_monotonic"]["ok"], c
     if ppm < 0:   # latency inflated past the time the vCPU thread was awake
         ct = c["cpu_time_vs_latency"]
         assert ct["ok"] is False or ct["vcpu_sleeps"] > 0, c   # stands aside only if it slept
     rec = {"config": {"vcpus": 1}, "runs": [{"metrics": metrics}]}
     assert any("check failed" in w for w in run_warnings(rec))
-
-
-def test_misstamped_segment_fails_the_monotonic_check(kvm):
-    # a 60 us spin fetch whose `fetched` stamp is taken 25 us early: the segments still
-    # sum to the latency (that is why the old check could not fail), this one does not
-    plan_kw = dict(fetch_delay_us=60.0, fetch_delay_mode="spin")
-    good, _ = execute(make_plan("exits", 1, **plan_kw))
-    assert good["checks"]["segments_vs_monotonic"]["ok"], good["checks"]
-    bad, _ = execute(make_plan("exits", 1, misstamp_fetched_ns=-25_000, **plan_kw))
-    sm = bad["checks"]["segments_vs_monotonic"]
-    assert sm["comparable"] and not sm["ok"] and not sm["fetch"]["ok"], sm
-    assert sm["fetch"]["share_disagreeing"] > 0.9   # a preempted spin widens the tolerance of a few
-    assert sm["fetch"]["segment_ns_mean"] < sm["fetch"]["monotonic_ns_mean"] - 20_000
-    # the breakdown itself still partitions the latency: it is not what catches this
-    bd = bad["fault_breakdown_ns"]
-    assert abs(sum(bd["parts"].values()) - bd["mean_fault_latency"]) < 0.01 * bd["mean_fault_latency"]
-    rec = {"config": {"vcpus": 1}, "runs": [{"metrics": bad}]}
-    assert any("disagree with an independent clock" in w for w in run_warnings(rec))
-    # stamped far enough off to fall out of order: the breakdown skips those faults,
-    # the per-fault check still reads their raw stamps and fails
-    worse, _ = execute(make_plan("exits", 1, misstamp_fetched_ns=-200_000, **plan_kw))
-    assert worse["fault_breakdown_ns"]["faults_skipped"] > 0
-    assert worse["checks"]["segments_vs_monotonic"]["ok"] is False
 
 
 def test_inside_kvm_run_counts_real_concurrency(kvm):

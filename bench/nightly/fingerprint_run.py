@@ -33,7 +33,9 @@ def _run_p50(mech: str) -> float:
         raise CalibrationError(f"fingerprint ({mech} run): {exc}") from None
     latency = metrics["fault_latency_ns"] or metrics["first_touch_latency_ns"]
     if not latency:
-        raise CalibrationError(f"fingerprint ({mech} run): no latency recorded")
+        why = (metrics.get("unusable") or {}).get("reason")   # a failed clock check set it aside
+        raise CalibrationError(f"fingerprint ({mech} run): no latency recorded"
+                               + (f": {why}" if why else ""))
     return float(latency["p50"])
 
 
