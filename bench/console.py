@@ -42,6 +42,12 @@ def _print_cost_and_wait(rec: dict, med) -> None:
             print(f"   split checked against each thread's own clocks: {cc['threads_checked']} threads, "
                   f"worst CPU {100 * (cc['worst_cpu_rel_error'] or 0):.2f}%, worst run delay "
                   f"{100 * (cc['worst_wait_rel_error'] or 0):.2f}% (limit {100 * cc['limit']:.0f}%)")
+    pl = rec["runs"][0]["raw"].get("placement") if rec["runs"] else None
+    if pl:
+        seen = "; ".join(f"{role}: CPUs {','.join(map(str, d['cpus_seen']))}, "
+                         f"{d['migrations'] if d['migrations'] is not None else '?'} migrations"
+                         for role, d in pl["by_role"].items())
+        print(f"Placement {pl['policy']} (run 1): {seen}")
 
 
 def _split_source(rec: dict) -> tuple[str, dict | None]:
