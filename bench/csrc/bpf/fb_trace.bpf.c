@@ -150,8 +150,8 @@ static __always_inline int ours(struct fb_bpf_cfg *c, int tgid)
     return c && c->tgid && (tgid == c->tgid || (c->tgid2 && tgid == c->tgid2));
 }
 
-/* the slot of a harness thread, made on first sight */
-static __always_inline struct fb_bpf_thread *slot(__u32 tid, int create)
+/* the slot of a harness thread (its index in *idx), made on first sight */
+static __always_inline struct fb_bpf_thread *slot(__u32 tid, int create, __u32 *idx)
 {
     __u32 *s = bpf_map_lookup_elem(&slot_of, &tid);
     if (!s) {
@@ -170,11 +170,13 @@ static __always_inline struct fb_bpf_thread *slot(__u32 tid, int create)
         s = bpf_map_lookup_elem(&slot_of, &tid);
         if (!s)
             return 0;
+        *idx = *s;
         struct fb_bpf_thread *th = bpf_map_lookup_elem(&threads, s);
         if (th && th->tid == 0)
             th->tid = tid;
         return th;
     }
+    *idx = *s;
     return bpf_map_lookup_elem(&threads, s);
 }
 
@@ -187,9 +189,9 @@ static __always_inline void transition(struct fb_bpf_thread *th, __u32 slotno, _
     /* the scheduler's own counters: sum_exec_runtime is current here at a switch-out;
      * run_delay is current except at a switch-in (sched_info_arrive runs after the
      * tracepoint), which the reader takes from the thread's next entry */
-    __u64 exec = BPF_CORE_READ(task, se.sum_exec_runtime);
+    __u64 exec = task->se.sum_exec_runtime;
     th->exec_ns = exec;
-    th->kdelay_ns = BPF_CORE_READ(task, sched_info.run_delay);
+    th->kdelay_ns = task->sched_info.run_delay;
     if (th->since && now > th->since) {
         if (th->state == FB_BPF_ON_CPU)
             th->on_ns += now - th->since;
@@ -220,12 +222,8 @@ static __always_inline void transition(struct fb_bpf_thread *th, __u32 slotno, _
     e->state = state | flag;
 }
 
-static __always_inline __u32 slot_index(__u32 tid)
-{
-    __u32 *s = bpf_map_lookup_elem(&slot_of, &tid);
-    return s ? *s : 0xffffffff;
-}
-
+/* The task pointers of these typed tracepoints are trusted BTF pointers: their fields
+ * are read with plain loads (CO-RE relocated), not a probe-read helper call each. */
 SEC("tp_btf/sched_switch")
 int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
              unsigned int prev_state)
@@ -234,9 +232,10 @@ int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_stru
     if (!c || !c->tgid)
         return 0;
     __u64 now = 0;
-    if (ours(c, BPF_CORE_READ(prev, tgid))) {
-        __u32 tid = BPF_CORE_READ(prev, pid);
-        struct fb_bpf_thread *th = slot(tid, 1);
+    if (ours(c, prev->tgid)) {
+        __u32 tid = prev->pid;
+        __u32 idx;
+        struct fb_bpf_thread *th = slot(tid, 1, &idx);
         if (th) {
             now = bpf_ktime_get_ns();
             /* still runnable when preempted (whatever its state word says: a task
@@ -244,18 +243,19 @@ int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_stru
             __u32 st = (preempt || prev_state == 0) ? FB_BPF_WAITING : FB_BPF_ASLEEP;
             if (st == FB_BPF_WAITING)
                 th->preempted++;   /* switched out still runnable: preempted or yielded */
-            transition(th, slot_index(tid), st, now, prev,
+            transition(th, idx, st, now, prev,
                        preempt && prev_state ? FB_BPF_SLEEPING_PREEMPTED : 0);
         }
     }
-    if (ours(c, BPF_CORE_READ(next, tgid))) {
-        __u32 tid = BPF_CORE_READ(next, pid);
-        struct fb_bpf_thread *th = slot(tid, 1);
+    if (ours(c, next->tgid)) {
+        __u32 tid = next->pid;
+        __u32 idx;
+        struct fb_bpf_thread *th = slot(tid, 1, &idx);
         if (th) {
             if (!now)
                 now = bpf_ktime_get_ns();
             th->switches_in++;
-            transition(th, slot_index(tid), FB_BPF_ON_CPU, now, next, 0);
+            transition(th, idx, FB_BPF_ON_CPU, now, next, 0);
         }
     }
     return 0;
@@ -264,14 +264,15 @@ int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_stru
 static __always_inline int woken(struct task_struct *p)
 {
     struct fb_bpf_cfg *c = config();
-    if (!ours(c, BPF_CORE_READ(p, tgid)))
+    if (!ours(c, p->tgid))
         return 0;
-    __u32 tid = BPF_CORE_READ(p, pid);
-    struct fb_bpf_thread *th = slot(tid, 1);
+    __u32 tid = p->pid;
+    __u32 idx;
+    struct fb_bpf_thread *th = slot(tid, 1, &idx);
     /* a wakeup of a task that is on a CPU or already runnable changes nothing */
     if (th && th->state != FB_BPF_ON_CPU && th->state != FB_BPF_WAITING) {
         th->wakeups++;
-        transition(th, slot_index(tid), FB_BPF_WAITING, bpf_ktime_get_ns(), p, 0);
+        transition(th, idx, FB_BPF_WAITING, bpf_ktime_get_ns(), p, 0);
     }
     return 0;
 }
@@ -286,9 +287,10 @@ SEC("tp_btf/sched_migrate_task")
 int BPF_PROG(fb_migrate, struct task_struct *p, int dest_cpu)
 {
     struct fb_bpf_cfg *c = config();
-    if (!ours(c, BPF_CORE_READ(p, tgid)))
+    if (!ours(c, p->tgid))
         return 0;
-    struct fb_bpf_thread *th = slot(BPF_CORE_READ(p, pid), 1);
+    __u32 idx;
+    struct fb_bpf_thread *th = slot(p->pid, 1, &idx);
     if (th)
         th->migrations++;
     return 0;
