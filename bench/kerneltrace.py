@@ -199,6 +199,9 @@ def split(tl: ThreadLog, a, b) -> dict:
 # more in the log, not explained by preemptions while going to sleep, which are taken
 # out). Recorded, and listed beyond this limit; it does not withhold the split.
 LOG_WAIT_LIMIT = 0.02
+# ... or this much a wait: the log stamps a wait at its tracepoints, the kernel at its
+# rq clock, which lags by about 100 ns here (packed 1-vCPU uffd: 97 us over 1,029 waits)
+LOG_WAIT_PER_WAIT_NS = 200.0
 
 
 def cross_check(tl: ThreadLog, t0: int, t1: int, cputime_ns: float, run_delay_ns: float,
@@ -230,6 +233,7 @@ def cross_check(tl: ThreadLog, t0: int, t1: int, cputime_ns: float, run_delay_ns
             "wait_ns": wait, "schedstat_run_delay_ns": run_delay_ns, "wait_rel_error": err_wait,
             "log_wait_ns": wall_wait, "log_wait_rel_error": rel(wall_wait, run_delay_ns),
             "log_wait_uncounted_ns": uncounted,
+            "log_waits": int(((tl.t >= t0) & (tl.t <= t1) & (tl.state == WAITING)).sum()),
             "switches_inferred": tl.inferred,
             "steal_ns": float(s["steal_ns"][0]), "limit": limit, "floor_ns": floor_ns,
             "ok": bool(agrees(cpu, cputime_ns) and agrees(wait, run_delay_ns))}
@@ -475,9 +479,10 @@ def cross_check_threads(threads: list[dict], logs: dict, limit: float = 0.02,
     # apart from `ok` (it does not withhold the split): see docs/tracing.md for what it shows
     wall_far = [r for r in rows if r.get("log_wait_rel_error") is not None
                 and abs(r["log_wait_ns"] - r["schedstat_run_delay_ns"])
-                > max(LOG_WAIT_LIMIT * r["schedstat_run_delay_ns"], floor_ns)]
+                > max(LOG_WAIT_LIMIT * r["schedstat_run_delay_ns"], floor_ns,
+                      LOG_WAIT_PER_WAIT_NS * r["log_waits"])]
     return {"threads_checked": len(rows), "threads_failed": len(bad), "ok": bool(rows) and not bad,
-            "log_wait_limit": LOG_WAIT_LIMIT,
+            "log_wait_limit": LOG_WAIT_LIMIT, "log_wait_per_wait_ns": LOG_WAIT_PER_WAIT_NS,
             "log_wait_threads_beyond_limit": [{k: r[k] for k in ("role", "index", "log_wait_rel_error")}
                                               for r in wall_far],
             "worst_log_wait_rel_error": worst("log_wait_rel_error"),
