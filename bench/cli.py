@@ -18,7 +18,7 @@ from .nightly.fingerprint_run import CalibrationError, measure as measure_finger
 from .options import REPO_DIR, build_parser, check_output, validate_args
 from .plan import RunError
 from .point import Cell, check_memory, measure, prepare
-from .preflight import PreflightError, check_all, check_tracefs
+from .preflight import PreflightError, check_all, choose_tracer
 from .probes import DeviceMissing, probe, require_devices
 from .report import table
 from .reporting.build import main as report_main
@@ -71,7 +71,7 @@ def _checked(argv: list[str], host_lock):
     # tracefs (mounted for the look if need be) cannot disturb another run's tracing
     for v in args.vcpus:
         check_memory(v, args, workload)
-    check_tracefs(args.trace_locks)
+    choose_tracer(args)
     return args, argv, probes, workload, points
 
 

@@ -23,26 +23,44 @@ def _print_cost_and_wait(rec: dict, med) -> None:
               f"breakdown medians: " + ", ".join(
                   f"{k.rsplit('.', 1)[1]} {med(k) / 1000:.1f}" for k in sorted(s)
                   if k.startswith("fault_breakdown_ns.parts_median.") and med(k)))
-    for r in rec.get("traced_runs", [])[:1]:
-        split = (r["metrics"].get("fault_breakdown_ns") or {}).get("sched_split")
-        if not split:
-            continue
+    src, split = _split_source(rec)
+    if split and split.get("withheld"):
+        print(f"{src}: per-segment split withheld: {split['withheld']}")
+    elif split:
         parts = split["parts"]
-        total = sum(p["total_ns"] for p in parts.values())
-        wait = sum(p["cpu_wait_ns"] for p in parts.values())
-        on = sum(p["on_cpu_ns"] for p in parts.values())
-        print(f"Traced run, per fault (us): latency {total / 1000:.1f} = on CPU {on / 1000:.1f} + CPU wait "
+        total = sum(p["total_ns"] or 0 for p in parts.values())
+        wait = sum(p["cpu_wait_ns"] or 0 for p in parts.values())
+        on = sum(p["on_cpu_ns"] or 0 for p in parts.values())
+        print(f"{src}, per fault (us): latency {total / 1000:.1f} = on CPU {on / 1000:.1f} + CPU wait "
               f"{wait / 1000:.1f} + asleep/blocked {(total - on - wait) / 1000:.1f}; "
               f"vCPUs on a CPU at once: at most {split['vcpus_on_cpu_at_once_max']}")
         print("   by segment (total/wait): " + ", ".join(
             f"{name} {p['total_ns'] / 1000:.1f}/{p['cpu_wait_ns'] / 1000:.1f}" for name, p in parts.items()
-            if p["total_ns"] >= 50))
+            if p["total_ns"] and p["total_ns"] >= 50))
+        cc = split.get("cross_check")
+        if cc:
+            print(f"   split checked against each thread's own clocks: {cc['threads_checked']} threads, "
+                  f"worst CPU {100 * (cc['worst_cpu_rel_error'] or 0):.2f}%, worst run delay "
+                  f"{100 * (cc['worst_wait_rel_error'] or 0):.2f}% (limit {100 * cc['limit']:.0f}%)")
     pl = rec["runs"][0]["raw"].get("placement") if rec["runs"] else None
     if pl:
         seen = "; ".join(f"{role}: CPUs {','.join(map(str, d['cpus_seen']))}, "
                          f"{d['migrations'] if d['migrations'] is not None else '?'} migrations"
                          for role, d in pl["by_role"].items())
         print(f"Placement {pl['policy']} (run 1): {seen}")
+
+
+def _split_source(rec: dict) -> tuple[str, dict | None]:
+    """(label, split) of the run the terminal shows: the tracefs path's traced run, or
+    the in-kernel tracer's first measured run."""
+    for r in rec.get("traced_runs", [])[:1]:
+        return "Traced run", (r["metrics"].get("fault_breakdown_ns") or {}).get("sched_split")
+    for i, r in enumerate(rec.get("runs", [])[:1]):
+        split = (r["metrics"].get("fault_breakdown_ns") or {}).get("sched_split")
+        if split:
+            return f"Run {i + 1} (in-kernel tracer)", split
+    return "", None
+
 
 def print_point(rec: dict, path: str) -> None:
     cfg, s = rec["config"], rec["summary"]
@@ -81,14 +99,22 @@ def print_point(rec: dict, path: str) -> None:
                           for k in keys)
         print(f"First-touch latency (us; no fault reaches userspace here): {parts}")
     _print_cost_and_wait(rec, med)
-    for r in rec.get("traced_runs", [])[:1]:
-        kl = r["metrics"]["kernel_locks"]
+    traced = rec.get("traced_runs") or []
+    for label, r in ([("traced run", traced[0])] if traced else
+                     [("run 1, in-kernel tracer", r) for r in rec["runs"][:1]]):
+        kl = r["metrics"].get("kernel_locks")
+        if not kl:
+            continue
         top = ", ".join(f"{t['call_site'] or t['lock']} x{t['count']}" for t in kl["top_locks"][:3])
-        print(f"Kernel lock contention (traced run): {kl['contentions']} contentions, "
+        print(f"Kernel lock contention ({label}): {kl['contentions']} contentions, "
               f"{kl['wait_ns_total'] / 1e6:.2f} ms waited; top: {top or '-'}")
-    if rec.get("tracing"):
-        print(f"Tracing cost: traced/untraced paging rate = {rec['tracing']['overhead_ratio']:.3f} "
-              f"(headline numbers come from untraced runs)")
+    tr = rec.get("tracing") or {}
+    if tr.get("overhead_ratio") is not None:
+        print(f"Tracing cost: traced/untraced paging rate = {tr['overhead_ratio']:.3f} "
+              f"(headline numbers come from untraced runs)"
+              + (f"; tracefs, not bpf: {tr['why_not_bpf']}" if tr.get("why_not_bpf") else ""))
+    elif tr.get("tracer") == "bpf":
+        print("Tracing: in-kernel (BPF) in every measured run; its cost: docs/tracing.md")
     for w in rec["warnings"]:
         print(f"   warning ({subject(w)}): {w}")
     print(f"Result: {path}")

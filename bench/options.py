@@ -96,14 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-latency", action="store_true",
                    help="turn per-fault timing off (the guest executes no rdtsc)")
     r.add_argument("--trace-locks", action=argparse.BooleanOptionalAction, default=True,
-                   help="record kernel lock contention (lock:contention_*, mmap_lock:*) in a private "
-                        "tracefs instance, in the --trace-runs extra runs, never the measured ones (default on)")
+                   help="record kernel lock contention (lock:contention_*, mmap_lock:*) and each fault "
+                        "segment's split into CPU, run-queue wait and sleep (default on; --tracer says how)")
+    r.add_argument("--tracer", choices=("auto", "bpf", "tracefs"), default="auto",
+                   help="bpf: the in-kernel tracer (bench/csrc/bpf) aggregates in BPF maps during every "
+                        "measured run (its cost is measured in docs/tracing.md); tracefs: the text path, in "
+                        "--trace-runs extra runs, never the measured ones; auto: bpf where it can load, "
+                        "else tracefs, and the record says why (default auto)")
     r.add_argument("--lock-stacks", action=argparse.BooleanOptionalAction, default=True,
                    help="name contended locks by kernel call chain (stacktrace trigger; costs about "
                         "3 us per contention, which inflates short spin waits) (default on)")
     r.add_argument("--trace-runs", type=int, default=1,
-                   help="extra runs per point made with lock tracing on; the --repeat runs that give "
-                        "the headline numbers are never traced (default 1)")
+                   help="--tracer tracefs: extra runs per point made with lock tracing on; the --repeat "
+                        "runs that give the headline numbers are never traced by tracefs (default 1)")
     r.add_argument("--trace-buffer-mb", type=int, default=0,
                    help="tracefs buffer per CPU in MiB (default: sized from the expected faults)")
     r.add_argument("--trace-mmap-lock", action=argparse.BooleanOptionalAction, default=True,

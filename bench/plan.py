@@ -36,6 +36,7 @@ class Plan:
     trace_mmap_lock: bool = True
     trace_buffer_kb: int = 16384
     trace_sched: bool = False  # traced runs: sched_switch/wakeup split each segment's CPU wait
+    trace_bpf: bool = False    # the in-kernel tracer on this run: lock contention and the exact split
     placement: str = "free"    # bench.placement.POLICIES
     verify: str = "header"     # header | full
     corrupt_tail_every: int = 0        # test knob: torn copies

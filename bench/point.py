@@ -78,6 +78,7 @@ def plan_for(args, mech, workload, vcpus: int, **overrides):
               fetch_delay_mode=args.fetch_delay_mode, record_latency=not args.no_latency,
               seed=args.seed, timeout_s=args.timeout, corrupt_every=args.corrupt_every,
               lock_stacks=args.lock_stacks, trace_mmap_lock=args.trace_mmap_lock,
+              trace_bpf=getattr(args, "tracer_used", None) == "bpf",
               fault_around=args.fault_around, fetch=args.fetch,
               placement=args.placement, verify=args.verify,
               corrupt_tail_every=args.corrupt_tail_every,
@@ -142,6 +143,22 @@ def trace_runs(plan, rec: dict, runs: int, buffer_mb: int, phases: dict | None =
             f"lock tracing lost {lost} events (buffer {traced.trace_buffer_kb // 1024} MiB per CPU): "
             "the lock counts cover only part of the traced run; raise --trace-buffer-mb or "
             "use --no-trace-mmap-lock")
+
+def bpf_tracing(rec: dict, plan) -> dict:
+    """What the in-kernel tracer recorded in this cell: lock contention and the split
+    are in every measured run's metrics; no separate traced runs."""
+    runs = [r["metrics"] for r in rec["runs"]]
+    splits = [((m.get("fault_breakdown_ns") or {}).get("sched_split") or {}) for m in runs]
+    withheld = [i + 1 for i, sp in enumerate(splits) if sp.get("withheld")]
+    return {"tracer": "bpf", "every_measured_run": True, "lock_tracing": True,
+            "stacks": plan.lock_stacks, "mmap_lock": True,
+            "log_entries": [sp.get("log_entries") for sp in splits],
+            "log_dropped": sum(sp.get("log_dropped") or 0 for sp in splits),
+            "split_withheld_runs": withheld,
+            "note": "lock contention (kernel_locks) and the split (fault_breakdown_ns.sched_split) "
+                    "are in each measured run's metrics, recorded by the in-kernel tracer during "
+                    "that run; its cost against untraced runs is in docs/tracing.md"}
+
 
 def trace_buffer_mb(args, plan) -> int:
     """Enough per-CPU buffer for the traced run's events. Measured here at 64
@@ -253,9 +270,14 @@ class Cell:
         self.noise.resume()   # the traced runs
         try:
             resultmod.finalize(rec)
-            if args.trace_locks:
+            used = getattr(args, "tracer_used", None)
+            if used == "bpf":
+                rec["tracing"] = bpf_tracing(rec, self.plan)
+            elif used == "tracefs" or (args.trace_locks and used is None):
                 trace_runs(self.plan, rec, args.trace_runs, trace_buffer_mb(args, self.plan),
                            self.phases)
+                rec["tracing"]["tracer"] = "tracefs"
+                rec["tracing"]["why_not_bpf"] = getattr(args, "tracer_why", None)
         finally:
             rec["host_noise"], noisy = self.noise.stop()
         rec["warnings"] += noisy

@@ -12,7 +12,7 @@ import os
 import resource
 import tempfile
 
-from . import locktrace, tracefs
+from . import kerneltrace, locktrace, tracefs
 from .probes import UFFD_FEATURES
 
 
@@ -106,6 +106,23 @@ def tracefs_problem() -> str | None:
     except OSError as exc:
         return f"tracefs cannot be mounted at {tracefs.TRACEFS} ({exc.strerror}; needs root)"
     return None
+
+
+def choose_tracer(args) -> None:
+    """Resolve --tracer into args.tracer_used ("bpf", "tracefs" or None) and
+    args.tracer_why (why not bpf, when auto fell back). An explicit bpf that cannot
+    run is an error, never a silent fallback."""
+    args.tracer_used, args.tracer_why = None, None
+    if not args.trace_locks:
+        return
+    why = kerneltrace.unavailable() if args.tracer in ("auto", "bpf") else "--tracer tracefs"
+    if why is None:
+        args.tracer_used = "bpf"
+        return
+    if args.tracer == "bpf":
+        raise PreflightError(f"--tracer bpf: {why}; use --tracer tracefs or --no-trace-locks")
+    args.tracer_used, args.tracer_why = "tracefs", why
+    check_tracefs(True)
 
 
 def check_tracefs(trace_locks: bool) -> None:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from . import breakdown as bd
-from . import placement, schedtrace, stats
+from . import bpflocks, kerneltrace, placement, schedtrace, stats
 from .guest import touch_loop
 from .locktrace import LockTracer
 from .native import ffi, lib
@@ -126,9 +126,26 @@ def execute(plan: Plan, phases: dict | None = None) -> tuple[dict, dict]:
                 tracer.cleanup()
             raise RunError(f"scheduler tracing unavailable ({exc}); use --no-trace-locks") from None
         _lap(phases, "trace", t0)
+    bpf = None
+    if plan.trace_bpf:
+        nthreads = plan.vcpus + plan.mechanism.readers_total() + 8
+        bpf = kerneltrace.BpfTracer(kerneltrace.log_capacity(plan.memory_pages, nthreads),
+                                    stacks=plan.lock_stacks)
+        t0 = time.monotonic()
+        try:
+            bpf.start()   # loaded and attached; it records from bpf.begin() on
+        except kerneltrace.BpfUnavailable as exc:
+            for tr in (stracer, tracer):
+                if tr:
+                    tr.cleanup()
+            raise RunError(f"in-kernel tracer unavailable ({exc}); use --tracer tracefs "
+                           "or --no-trace-locks") from None
+        _lap(phases, "trace", t0)
     try:
-        return _execute(plan, cfg, table, stale, tracer, stracer, phases)
+        return _execute(plan, cfg, table, stale, tracer, stracer, phases, bpf)
     finally:
+        if bpf:
+            bpf.close()
         if stracer:
             stracer.cleanup()
         if tracer:
@@ -156,7 +173,8 @@ def _start_worker(plan: Plan, run, err):
     return worker, pidfd
 
 
-def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None, phases=None) -> tuple[dict, dict]:
+def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None, phases=None,
+             bpf=None) -> tuple[dict, dict]:
     err = ffi.new("char[]", ERRLEN)
     t0 = time.monotonic()
     run = lib.fb_run_create(cfg, err, ERRLEN)
@@ -167,6 +185,9 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None, phases=None) -
         if plan.fetch == "worker":
             worker, pidfd = _start_worker(plan, run, err)
         watchdog = Watchdog(plan, run)   # before the start: it arms the stall test knob
+        if bpf:
+            # every harness thread is made by fb_run_start: the log sees each from its birth
+            bpf.begin(worker.pid if worker else 0)
         t0 = _lap(phases, "setup", t0)
         if lib.fb_run_start(run, err, ERRLEN):   # opens the vCPUs' start gate
             raise RunError(ffi.string(err).decode())
@@ -200,8 +221,13 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None, phases=None) -
             tids += worker_tids
         kernel_locks = _without_tracer(tracer.stop(tids)) if tracer else None
         sched_trace = stracer.stop() if stracer else None
+        bpf_data = bpf.stop() if bpf else None   # after the join: each thread's last switch is in
+        if bpf_data is not None:
+            kernel_locks = _without_tracer(bpflocks.kernel_locks(bpf_data, top=TOP_LOCKS * 2))
         t0 = _lap(phases, "trace", t0)
-        metrics, raw = _collect(plan, run, table, stale, sched_trace)
+        metrics, raw = _collect(plan, run, table, stale, sched_trace, bpf_data)
+        if bpf and bpf.prog_stats and bpf.prog_stats["run_count"]:
+            raw["bpf_programs"] = bpf.prog_stats   # only while BPF run-time stats are on
         if kernel_locks is not None:
             metrics["kernel_locks"] = kernel_locks
         if worker:
@@ -390,8 +416,45 @@ def _sched_split(plan: Plan, cols: dict, seg: dict, names: dict, threads: list[d
                     "total = cpu_wait (runnable, not on a CPU) + on_cpu + the rest (asleep)"}
 
 
+def _bpf_split(plan: Plan, cols: dict, seg: dict, names: dict, threads: list[dict], totals: dict,
+               data, logs: dict) -> dict:
+    """The exact split of every segment from the in-kernel tracer's state log, withheld
+    (with the reason) unless every thread's totals from the log agree with its own
+    clocks (kerneltrace.cross_check_threads) and the log kept every change of state."""
+    check = kerneltrace.cross_check_threads(threads, logs)
+    out = {"tracer": "bpf", "cross_check": {k: v for k, v in check.items() if k != "threads"},
+           "log_entries": int(data.totals["log_used"]), "log_capacity": data.log_cap,
+           "log_dropped": int(data.totals["log_dropped"]),
+           "threads_dropped": int(data.totals["threads_dropped"])}
+    to_mono = kerneltrace.tsc_to_mono(totals)
+    why = None
+    if data.totals["log_dropped"] or data.totals["threads_dropped"]:
+        why = (f"the tracer's log dropped {data.totals['log_dropped']} changes of state and "
+               f"{data.totals['threads_dropped']} threads (capacity {data.log_cap} entries)")
+    elif not check["ok"]:
+        why = (f"{check['threads_failed']} of {check['threads_checked']} threads' totals from the log "
+               f"disagree with their own clocks by more than {check['limit']:.0%} "
+               f"(worst CPU {check['worst_cpu_rel_error'] or 0:.1%}, "
+               f"worst run delay {check['worst_wait_rel_error'] or 0:.1%})")
+    elif to_mono is None:
+        why = "the run has no (TSC, monotonic) pairs to place the stamps on the tracer's clock"
+    vcpu_tids = [t["tid"] for t in threads if t["role"] == "vcpu"]
+    out["vcpus_on_cpu_at_once_max"] = kerneltrace.on_cpu_at_once_max(data, vcpu_tids)
+    if why:
+        out["withheld"] = why
+        return out
+    out["parts"] = kerneltrace.segment_split(cols, seg, names, logs,
+                                             plan.mechanism.handles_faults_on_vcpu, to_mono)
+    out["note"] = ("each segment charged to the thread that must run for it to end, from that "
+                   "thread's in-kernel counters at the segment's ends. The scheduler's accounting: "
+                   "on_cpu (sum_exec_runtime, as the thread's CPU clock counts it), cpu_wait "
+                   "(run_delay, schedstat's). The log's wall clock: on_cpu_wall + cpu_wait_wall + "
+                   "asleep = total. steal: on a CPU (wall) beyond CPU time")
+    return out
+
+
 def _breakdown(run, plan: Plan, clock: dict | None, threads: list[dict], vres, totals: dict,
-               sched_trace=None) -> tuple:
+               sched_trace=None, bpf_data=None, logs=None) -> tuple:
     """(breakdown, checks, vCPUs inside KVM_RUN at once) from the per-fault rows."""
     names = plan.mechanism.segment_names
     checks = {"tsc_rate_vs_monotonic": bd.check_tsc_rate(totals)}
@@ -416,6 +479,8 @@ def _breakdown(run, plan: Plan, clock: dict | None, threads: list[dict], vres, t
     summary = bd.summarize(seg, names, to_ns)
     if summary and sched_trace is not None:
         summary["sched_split"] = _sched_split(plan, cols, seg, names, threads, sched_trace, to_ns)
+    if summary and bpf_data is not None:
+        summary["sched_split"] = _bpf_split(plan, cols, seg, names, threads, totals, bpf_data, logs)
     return summary, checks, inside
 
 
@@ -458,6 +523,7 @@ def _threads(run) -> list[dict]:
             "pinned_cpu": t.pinned_cpu,
             "mono_fetch_ns": t.mono_fetch_ns, "mono_install_ns": t.mono_install_ns,
             "mono_count": t.mono_count,
+            "mono_mark_ns": t.mono_mark_ns, "mono_end_ns": t.mono_end_ns,
         })
     return threads
 
@@ -564,7 +630,7 @@ def _vcpu_raw(vres, vcpus: int) -> list[dict]:
              "guest_loop_cycles": vres[i].guest_loop_cycles} for i in range(vcpus)]
 
 
-def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dict]:
+def _collect(plan: Plan, run, table, stale, sched_trace=None, bpf_data=None) -> tuple[dict, dict]:
     """The run's metrics (summarized across runs) and raw data (kept to recompute them)."""
     vcpus = plan.vcpus
     vres = ffi.new("struct fb_vcpu_result[]", vcpus)
@@ -578,7 +644,9 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None) -> tuple[dict, dic
     installs = np.zeros(lib.fb_run_npages(run), dtype=np.uint32)
     lib.fb_run_page_installs(run, ffi.cast("uint32_t *", ffi.from_buffer(installs)), installs.size)
     blocked = [vres[i].blocked_ns for i in range(vcpus)]
-    breakdown, checks, inside_kvm_run = _breakdown(run, plan, clock, threads, vres, totals, sched_trace)
+    logs = bpf_data.logs_by_tid() if bpf_data is not None else None
+    breakdown, checks, inside_kvm_run = _breakdown(run, plan, clock, threads, vres, totals, sched_trace,
+                                                   bpf_data, logs)
     sched = _sched(threads, faults)
     if sched and "vcpu" in sched and lat["fault_latency_ns"]:
         checks["cpu_time_vs_latency"] = _cpu_time_check(plan, sched, vres, threads)

@@ -7,7 +7,11 @@ apart by `kind`), the cell's parameters and the machine's identity as columns,
 and every numeric metric of the run under its record path
 (`fault_latency_ns.p99`), its unit from the record's own naming rules
 (`bench.result.metric_unit`). Lock contention by kernel call site becomes
-`lock_site.<call site>.{count,wait_ns}` columns on traced rows; the latency
+`lock_site.<call site>.{count,wait_ns}` columns on every row that carries lock
+data (traced rows of tracefs records; measured rows of records whose in-kernel
+tracer records locks in every measured run), with `lock_tracer` naming the
+tracer ("tracefs" or "bpf"), and `split_tracer` likewise where a row carries
+the scheduler split (fault_breakdown_ns.sched_split); the latency
 histogram stays whole as JSON text (`fault_latency_hist`), so every figure of
 a report can be drawn from this table alone.
 
@@ -121,7 +125,7 @@ def _numeric_leaves(metrics: dict, prefix: str = "") -> dict:
 
 
 def _lock_site_columns(kernel_locks: dict) -> dict:
-    """Contention per kernel call site (top locks of the traced run)."""
+    """Contention per kernel call site (top locks of a run that carries lock data)."""
     cols = {}
     for lock in kernel_locks.get("top_locks") or []:
         site = lock.get("call_site") or f"lock {lock.get('lock')}"
@@ -178,6 +182,11 @@ def rows_of(path: str, rec: dict, metric_columns: set | None = None,
                 metric_columns.update(leaves)
             if isinstance(metrics.get("kernel_locks"), dict):
                 row.update(_lock_site_columns(metrics["kernel_locks"]))
+                # tracefs records name no tracer: their lock data is a traced run's
+                row["lock_tracer"] = metrics["kernel_locks"].get("tracer") or "tracefs"
+            split = (metrics.get("fault_breakdown_ns") or {}).get("sched_split")
+            if isinstance(split, dict):
+                row["split_tracer"] = split.get("tracer") or "tracefs"
             hist = raw.get("fault_latency_hist")
             row["fault_latency_hist"] = json.dumps(hist) if hist else None
             rows.append(row)
@@ -212,7 +221,8 @@ def load_table(paths: list[str]):
 
 
 def measured(df):
-    """The rows that give headline numbers: measured runs, not warm-ups or traced runs."""
+    """The rows that give headline numbers: measured runs, not warm-ups or traced runs
+    (a BPF record's measured runs carry lock data too: they are still measured runs)."""
     return df[df["kind"] == "run"]
 
 

@@ -92,6 +92,9 @@ def run_warnings(rec: dict) -> list[str]:
             if bd.get("faults_total") and bd["faults_used"] < 0.9 * bd["faults_total"]:
                 out.append(f"{where}: the cost breakdown covers {bd['faults_used']} of "
                            f"{bd['faults_total']} faults")
+            split = bd.get("sched_split") or {}
+            if split.get("withheld"):
+                out.append(f"{where}: the per-segment CPU/wait split is withheld: {split['withheld']}")
             out += _check_warnings(where, m.get("checks") or {})
     runs = [r["metrics"] for r in rec["runs"]]
     ms = sorted(r["guest_seconds"] * 1000 for r in runs)

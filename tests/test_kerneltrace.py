@@ -134,3 +134,92 @@ def test_bpf_counters_agree_with_the_threads_own_clocks(tmp_path):
         if int(delay) == 0:
             continue   # the ratios are then against 1 ns: nothing to compare
         assert abs(float(kdelay) - 1) < max(0.02, 50_000 / int(delay)), out.stdout
+
+
+# ----------------------------------------------------------------------------- the run's split
+
+def test_a_missed_switch_in_is_put_back_from_the_cpu_time():
+    """Waiting from 0, then asleep at 1000 with 300 ns more CPU time and no switch-in
+    logged: the thread ran 700..1000, so a switch-in is inferred at 700 and the wait
+    ends there (the wall view no longer counts 1000 ns of waiting)."""
+    tl = _log([(0, 0, 0, 0, 0, kt.WAITING), (1000, 0, 1000, 300, 700, kt.ASLEEP)])
+    assert tl.inferred == 1
+    s = kt.split(tl, np.array([0]), np.array([1000]))
+    assert s["on_cpu_wall_ns"][0] == 300 and s["wait_wall_ns"][0] == 700
+    assert s["on_cpu_ns"][0] == 300
+
+
+def test_a_wait_the_kernel_leaves_out_is_taken_out_of_the_log_s_waiting():
+    """Preempted while going to sleep (flagged by the BPF object): the log counts the
+    wait, the kernel's run_delay does not; the cross-check compares like with like."""
+    rows = [(0, 0, 0, 0, 0, kt.ON_CPU), (100, 100, 0, 100, 0, kt.WAITING | kt.SLEEPING_PREEMPTED),
+            (600, 100, 500, 100, 0, kt.ON_CPU), (700, 200, 500, 200, 0, kt.ASLEEP)]
+    tl = _log(rows)
+    c = kt.cross_check(tl, 50, 650, cputime_ns=100, run_delay_ns=0, floor_ns=0)
+    assert c["log_wait_uncounted_ns"] == 500 and c["log_wait_ns"] == 0
+
+
+def _threads_for(tl_tid, cpu, delay):
+    return [{"role": "vcpu", "index": 0, "tid": tl_tid, "sched_ok": True, "mono_mark_ns": 50,
+             "mono_end_ns": 1150, "sched_run_ns": cpu, "sched_wait_ns": delay}]
+
+
+def test_cross_check_threads_withholds_past_two_percent():
+    """The run-level check over every thread: the log's CPU time (300 ns here) against
+    the thread's own clock; 2% off passes with no floor only at the limit, 3% fails."""
+    logs = {7: _log(LOG)}
+    ok = kt.cross_check_threads(_threads_for(7, 300 * 1.02, 150), logs, floor_ns=0)
+    bad = kt.cross_check_threads(_threads_for(7, 300 * 1.03, 150), logs, floor_ns=0)
+    assert ok["ok"] and not bad["ok"] and bad["threads_failed"] == 1
+    missing = kt.cross_check_threads(_threads_for(8, 300, 150), logs, floor_ns=0)
+    assert not missing["ok"] and missing["failed"][0]["reason"] == "no entry in the tracer's log"
+
+
+def test_stamps_map_onto_the_tracer_s_clock_through_the_run_s_pairs():
+    f = kt.tsc_to_mono({"pair_start_tsc": 1000, "pair_end_tsc": 3000,
+                        "pair_start_mono_ns": 10, "pair_end_mono_ns": 1010})
+    assert f(2000) == 510 and f(1000) == 10
+    assert kt.tsc_to_mono({"pair_start_tsc": 0}) is None
+
+
+def test_a_bpf_traced_run_splits_every_segment_and_checks_every_thread(kvm):
+    """A real 1-vCPU uffd run with the in-kernel tracer: every segment split for every
+    fault, every thread's totals within 2% of its own clocks; and the same check on
+    the same run fails once a thread's CPU time is put 3% off."""
+    why = kt.unavailable()
+    if why:
+        pytest.skip(why)
+    from bench.point import make_plan
+    from bench.runner import execute
+    plan = make_plan(["--vcpus", "1", "--mech", "uffd", "--mem-per-vcpu", "2", "--no-trace-locks"],
+                     trace_bpf=True)
+    m, raw = execute(plan)
+    split = m["fault_breakdown_ns"]["sched_split"]
+    assert split["tracer"] == "bpf" and "withheld" not in split, split.get("withheld")
+    assert split["cross_check"]["ok"] and split["cross_check"]["threads_checked"] == 2
+    for name, p in split["parts"].items():
+        assert p["faults_split"] == p["faults"] == m["faults"], name
+        wall = p["on_cpu_wall_ns"] + p["cpu_wait_wall_ns"] + p["asleep_ns"]
+        assert abs(wall - p["total_ns"]) < 1.0, name
+    assert m["kernel_locks"]["tracer"] == "bpf"
+    assert m["kernel_locks"]["mmap_lock"]["acquisitions"] > 0
+    # the tracer detached and closed: none of its programs is left loaded by this process
+    assert not any(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith("anon_inode:bpf")
+                   for fd in os.listdir("/proc/self/fd")
+                   if os.path.islink(f"/proc/self/fd/{fd}"))
+
+
+def test_an_explicit_bpf_tracer_that_cannot_run_is_an_error_and_auto_says_why(monkeypatch):
+    import argparse
+    from bench import preflight
+    monkeypatch.setattr(kt, "unavailable", lambda: "the kernel has no BTF")
+    args = argparse.Namespace(trace_locks=True, tracer="bpf")
+    with pytest.raises(preflight.PreflightError, match="--tracer bpf: the kernel has no BTF"):
+        preflight.choose_tracer(args)
+    monkeypatch.setattr(preflight, "check_tracefs", lambda on: None)
+    args = argparse.Namespace(trace_locks=True, tracer="auto")
+    preflight.choose_tracer(args)
+    assert args.tracer_used == "tracefs" and args.tracer_why == "the kernel has no BTF"
+    args = argparse.Namespace(trace_locks=False, tracer="auto")
+    preflight.choose_tracer(args)
+    assert args.tracer_used is None

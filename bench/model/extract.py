@@ -1,6 +1,7 @@
 """The few per-run figures the model is calibrated from and checked against, read
 out of result records (bench/result.py's layout): one dict per measured run,
-plus the lock figures of the cell's traced runs. Nothing here fits or guesses;
+plus the lock figures of the cell's traced runs (or, in records of the in-kernel BPF
+tracer, of its measured runs). Nothing here fits or guesses;
 a figure a record lacks stays None and the calibration names it as missing."""
 from __future__ import annotations
 
@@ -89,11 +90,16 @@ def traced_locks(metrics: dict) -> dict:
 
 def cell(path: str, record: dict) -> dict:
     """One record as the model reads it: identity, host, each measured run's
-    figures and each traced run's lock figures."""
+    figures and the lock figures of each run that carries them (its traced runs,
+    else its measured runs with kernel_locks)."""
     cfg = record.get("config") or {}
     machine = record.get("machine") or {}
     runs = [run_figures(r["metrics"]) for r in record.get("runs") or [] if r.get("metrics")]
-    traced = [traced_locks(r["metrics"]) for r in record.get("traced_runs") or [] if r.get("metrics")]
+    # lock figures: the traced runs (tracefs records), else the measured runs that carry
+    # kernel_locks (the in-kernel BPF tracer records locks in every measured run)
+    lock_runs = record.get("traced_runs") or [
+        r for r in record.get("runs") or [] if isinstance((r.get("metrics") or {}).get("kernel_locks"), dict)]
+    traced = [traced_locks(r["metrics"]) for r in lock_runs if r.get("metrics")]
     return {
         "path": path, "mech": cfg.get("mech"), "vcpus": cfg.get("vcpus"),
         "readers": cfg.get("readers_per_uffd", cfg.get("readers")), "uffds": cfg.get("uffds"), "seed": cfg.get("seed"),

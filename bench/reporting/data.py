@@ -63,6 +63,30 @@ def _short(value) -> str:
     return text if len(text) <= 24 else text[:21] + "..."
 
 
+def lock_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that carry lock data: traced rows, and the measured rows that carry
+    kernel_locks of every cell (bench.table.cell_key) that has no traced row."""
+    traced = df["kind"] == "traced"
+    if "kernel_locks.contentions" not in df.columns or "cell" not in df.columns:
+        return df[traced]
+    in_runs = ((df["kind"] == "run") & df["kernel_locks.contentions"].notna()
+               & ~df["cell"].isin(set(df.loc[traced, "cell"])))
+    return df[traced | in_runs]
+
+
+def _row_tracers(rows: pd.DataFrame) -> list[str]:
+    """Each lock row's tracer: traced rows are tracefs'; a measured row names its own
+    (a table built before `lock_tracer` existed: "bpf", the only tracer that puts lock
+    data in measured runs)."""
+    named = rows["lock_tracer"] if "lock_tracer" in rows.columns else pd.Series(None, index=rows.index)
+    return [("tracefs" if kind == "traced" else (t if isinstance(t, str) and t else "bpf"))
+            for kind, t in zip(rows["kind"], named)]
+
+
+def tracer_phrase(tracer: str) -> str:
+    return "the in-kernel (BPF) tracer" if tracer == "bpf" else f"the {tracer} tracer"
+
+
 class ReportData:
     """Measured rows grouped into series (one line per mechanism variant) and cells
     (series x vCPU count)."""
@@ -99,7 +123,10 @@ class ReportData:
         df["base_series"] = df["label"] + boot_part + distinguishing
         self.df = df
         self.runs = df[df["kind"] == "run"]
-        self.traced = df[df["kind"] == "traced"]
+        # the runs that carry lock data: a cell's traced runs where it has them (tracefs
+        # records), else its measured runs that carry kernel_locks (the in-kernel BPF
+        # tracer records locks in every measured run)
+        self.traced = lock_rows(df)
         if "origin" not in df.columns:   # who measured a row: the harness or an imported tool
             df["origin"] = "faultbench"
         df["origin"] = df["origin"].fillna("faultbench")
@@ -257,8 +284,22 @@ class ReportData:
                  if c.startswith("cpu_by_role.") and c.endswith(".user_ns")}
         return sorted(found, key=lambda r: (ROLE_ORDER.index(r) if r in ROLE_ORDER else 9, r))
 
+    def lock_tracers(self, series: list[str] | None = None) -> list[str]:
+        """Where the lock data of `series` (all when None) comes from: "tracefs" (one
+        traced run per cell, extra to the measured runs) and/or the tracer named by
+        measured runs that carry it ("bpf": every measured run)."""
+        rows = self.traced if series is None else self.traced[self.traced["series"].isin(series)]
+        return sorted(set(_row_tracers(rows)))
+
+    def split_tracers(self) -> list[str]:
+        """The tracers named by measured runs that carry the scheduler split (empty
+        when none does: the split, if any, is in traced runs)."""
+        if "split_tracer" not in self.runs.columns:
+            return []
+        return sorted(set(self.runs["split_tracer"].dropna()))
+
     def lock_sites(self) -> list[str]:
-        """Call sites seen in traced runs, most total wait first."""
+        """Call sites seen in the runs that carry lock data, most total wait first."""
         cols = [c for c in self.traced.columns if c.startswith("lock_site.") and c.endswith(".wait_ns")]
         totals = {c[len("lock_site."):-len(".wait_ns")]: float(self.traced[c].fillna(0).sum())
                   for c in cols}
@@ -348,7 +389,7 @@ OUTLIER_MADS = 3.5
 OUTLIER_MIN_SHIFT = 0.10  # ...and at least 10% from it is marked as a single-run outlier
 TICK_TOLERANCE = 0.05     # a tail within 5% of a tick of a whole number of ticks "sits on the tick"
 MAX_TICKS = 10            # past 10 ticks a fifth of all values would pass: not a sign
-CONCENTRATED_WAIT = 0.5   # a call site with half a traced run's lock wait...
+CONCENTRATED_WAIT = 0.5   # a call site with half a (traced or measured) run's lock wait...
 CONCENTRATED_COUNT = 0.05  # ...from at most 5% of its contentions: a few long waits
 
 
@@ -450,11 +491,17 @@ class RecordView:
         return [vals[i] for i in outlier_runs(vals)]
 
     def concentrated_locks(self, s: str, v: int) -> list[str]:
-        """Call sites of a cell's traced run(s) where a few contentions make most of
-        the wait: one event, not a steady cost, so the report marks it."""
+        """Call sites of a cell's runs that carry lock data (its traced run(s), else
+        its measured runs with kernel_locks) where a few contentions make most of the
+        wait: one event, not a steady cost, so the report marks it."""
         out = []
         for rec in self.cells.get((s, v), []):
-            for run in rec.get("traced_runs") or []:
+            if rec.get("traced_runs"):
+                lock_runs = [("the traced run", run) for run in rec["traced_runs"]]
+            else:
+                lock_runs = [(f"measured run {i + 1}", run) for i, run in enumerate(rec.get("runs") or [])
+                             if isinstance((run.get("metrics") or {}).get("kernel_locks"), dict)]
+            for which, run in lock_runs:
                 kl = (run.get("metrics") or {}).get("kernel_locks") or {}
                 total_wait, total_count = kl.get("wait_ns_total") or 0, kl.get("contentions") or 0
                 if not total_wait or not total_count:
@@ -464,6 +511,6 @@ class RecordView:
                     if share >= CONCENTRATED_WAIT and lock.get("count", 0) <= CONCENTRATED_COUNT * total_count:
                         out.append(f"{lock.get('count')} contentions at "
                                    f"{lock.get('call_site') or 'lock ' + str(lock.get('lock'))} make "
-                                   f"{share:.0%} of the traced run's lock wait "
+                                   f"{share:.0%} of {which}'s lock wait "
                                    f"({lock.get('wait_ns_total', 0) / 1e6:.1f} ms)")
         return out

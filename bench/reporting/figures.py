@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator  # noqa: E402
 
 from .. import stats  # noqa: E402
-from .data import ReportData  # noqa: E402
+from .data import ReportData, tracer_phrase  # noqa: E402
 from .tables import per_fault_divisor  # noqa: E402
 
 SLIDE_INCHES = (13.33, 7.5)      # 16:9, a full slide at 100% zoom
@@ -487,10 +487,21 @@ def lock_contention(d: ReportData, top_sites: int = 6) -> Figure | None:
     oh, ol = _oversub_handle(d)
     proxies, labels = proxies + oh, labels + ol
     title = "Kernel lock contention by call site vs vCPUs"
-    cap = d.caption(f"lock:contention_begin/end in a private tracefs instance with the kernel call "
-                    f"chain; the {len(sites)} call sites with the most wait over the whole report; "
-                    "one traced run per cell (extra runs: headline numbers come from untraced runs).",
-                    series)
+    tracers = d.lock_tracers(series)
+    in_runs = [t for t in tracers if t != "tracefs"]
+    if not in_runs:   # tracefs records only: as before
+        how = (f"lock:contention_begin/end in a private tracefs instance with the kernel call "
+               f"chain; the {len(sites)} call sites with the most wait over the whole report; "
+               "one traced run per cell (extra runs: headline numbers come from untraced runs).")
+    else:
+        how = (f"lock:contention_begin/end with the kernel call chain, recorded by "
+               + " and ".join(tracer_phrase(t) for t in in_runs)
+               + f" in every measured run; the {len(sites)} call sites with the most wait over "
+               "the whole report (summed over all runs); each point the median over the cell's "
+               "measured runs that list the call site among their top locks")
+        how += ("; cells of tracefs records: their one traced run (an extra run: headline "
+                "numbers come from untraced runs)." if "tracefs" in tracers else ".")
+    cap = d.caption(how, series)
     _finish(fig, title, (proxies, labels, 2))
     return Figure("locks", title, cap, fig)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import statistics
 
 from ..nightly import verdict as verdictmod
-from .data import ReportData, cpu_count, fmt_num, fmt_si, tick_multiple
+from .data import ReportData, cpu_count, fmt_num, fmt_si, tick_multiple, tracer_phrase
 
 TEXT_WIDTH = 80
 
@@ -327,7 +327,12 @@ def lock_table(d: ReportData, ids: dict) -> Table | None:
             t = d.cell_rows(s, v, d.traced)
             if t.empty or t["kernel_locks.contentions"].isna().all():
                 continue
-            row = t.iloc[0]
+            if (t["kind"] == "traced").any():
+                row = t.iloc[0]   # the cell's traced run (tracefs)
+            else:
+                # lock data in every measured run: each column's median over the runs
+                t = t[t["kernel_locks.contentions"].notna()]
+                row = t[["kernel_locks.contentions", "kernel_locks.wait_ns_total"] + sites].median()
             total = row["kernel_locks.wait_ns_total"]
             best = max(((row[c], c) for c in sites if row[c] == row[c] and row[c] > 0), default=None)
             site = best[1][len("lock_site."):-len(".wait_ns")] if best else "-"
@@ -336,14 +341,31 @@ def lock_table(d: ReportData, ids: dict) -> Table | None:
             rows.append([d.legend(s), str(v), f"{int(row['kernel_locks.contentions']):,}",
                          f"{total / 1e6:.2f}", site, share, "O" if few else ""])
             concentrated += [f"{d.legend(s)} at {v} vCPUs: {x}" for x in few]
-    return Table("Which kernel locks are contended? One traced run per cell",
-                 ["mechanism", "vCPUs", "contentions", "wait ms", "top call site", "share %", "flags"],
-                 rows, key_columns=2,
-                 notes=["lock:contention_begin/end with the kernel call chain; traced runs are "
-                        "extra runs, the headline numbers come from untraced ones; share: the "
-                        "top call site's part of the cell's total wait",
-                        "O: one event, not a steady cost: a call site with at least half the "
-                        "traced run's wait from at most 5% of its contentions"] + concentrated)
+    tracers = d.lock_tracers()
+    in_runs = [t for t in tracers if t != "tracefs"]
+    if not in_runs:   # tracefs records only: as before
+        title = "Which kernel locks are contended? One traced run per cell"
+        notes = ["lock:contention_begin/end with the kernel call chain; traced runs are "
+                 "extra runs, the headline numbers come from untraced ones; share: the "
+                 "top call site's part of the cell's total wait",
+                 "O: one event, not a steady cost: a call site with at least half the "
+                 "traced run's wait from at most 5% of its contentions"]
+    else:
+        by = " and ".join(tracer_phrase(t) for t in in_runs)
+        title = ("Which kernel locks are contended? Medians over each cell's measured runs"
+                 if "tracefs" not in tracers else
+                 "Which kernel locks are contended? Measured runs' medians or one traced run per cell")
+        notes = [f"lock:contention_begin/end with the kernel call chain, recorded by {by} in "
+                 "every measured run: contentions and wait are medians over the cell's runs, each "
+                 "call site's wait the median over the runs that list it among their top locks; "
+                 "share: the top call site's median wait over the median total wait"]
+        if "tracefs" in tracers:
+            notes.append("cells with a traced run (tracefs records): that one traced run, an "
+                         "extra run; the headline numbers come from untraced ones")
+        notes.append("O: one event, not a steady cost: a call site with at least half of one "
+                     "run's wait from at most 5% of that run's contentions (each run checked on its own)")
+    return Table(title, ["mechanism", "vCPUs", "contentions", "wait ms", "top call site", "share %", "flags"],
+                 rows, key_columns=2, notes=notes + concentrated)
 
 
 def blocktime_table(d: ReportData, ids: dict) -> Table | None:
@@ -416,8 +438,21 @@ def cost_and_wait_table(d: ReportData, ids: dict) -> Table:
                  notes=["on-CPU: thread CPU clock of the vCPU" + (", reader and resolver" if len(roles) > 1 else "")
                         + " threads over the run per fault delivered (the mechanism's cost, the guest "
                         "loop included); CPU wait: their run-queue time per fault (schedstat); medians "
-                        "over runs; the traced run splits each breakdown segment the same way"]
+                        "over runs; " + _split_note(d)]
                  + _emulation_notes(d, d.mechanisms()))
+
+
+def _split_note(d: ReportData) -> str:
+    """Who splits each breakdown segment into on-CPU and waiting: the traced run
+    (tracefs records), or the tracer in every measured run."""
+    tracers = [t for t in d.split_tracers() if t != "tracefs"]
+    if not tracers:
+        return "the traced run splits each breakdown segment the same way"
+    note = ("each measured run's own split of each breakdown segment, recorded by "
+            + " and ".join(tracer_phrase(t) for t in tracers) + " in that run")
+    if (d.df["kind"] == "traced").any():
+        note += "; records with a traced run (tracefs): that run splits each segment the same way"
+    return note
 
 
 def per_fault_divisor(d: ReportData, s: str, v: int):

@@ -33,3 +33,6 @@ int fb_bpf_locks(struct fb_bpf *b, void *k, void *v, int n) { (void)b; (void)k; 
 int fb_bpf_stack(struct fb_bpf *b, int32_t id, uint64_t *ips) { (void)b; (void)id; (void)ips; return -1; }
 int fb_bpf_lock_name(struct fb_bpf *b, uint64_t l, char *n) { (void)b; (void)l; (void)n; return -1; }
 int fb_bpf_mm(struct fb_bpf *b, int w, void *out) { (void)b; (void)w; (void)out; return -1; }
+int fb_bpf_enable_stats(void) { return -1; }
+int fb_bpf_prog_stats(struct fb_bpf *b, uint64_t *ns, uint64_t *cnt) { (void)b; *ns = *cnt = 0; return -1; }
+const char *fb_bpf_prog_stat(struct fb_bpf *b, int i, uint64_t *ns, uint64_t *cnt) { (void)b; (void)i; *ns = *cnt = 0; return NULL; }

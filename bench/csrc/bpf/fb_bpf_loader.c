@@ -193,3 +193,43 @@ int fb_bpf_mm(struct fb_bpf *b, int write, void *out)
     __u32 k = write ? 1 : 0;
     return bpf_map_lookup_elem(bpf_map__fd(bpf_object__find_map_by_name(b->obj, "mm_stats")), &k, out);
 }
+
+int fb_bpf_enable_stats(void)
+{
+    return bpf_enable_stats(BPF_STATS_RUN_TIME);
+}
+
+int fb_bpf_prog_stats(struct fb_bpf *b, uint64_t *run_ns, uint64_t *run_cnt)
+{
+    struct bpf_program *p;
+    *run_ns = *run_cnt = 0;
+    bpf_object__for_each_program(p, b->obj) {
+        struct bpf_prog_info info;
+        __u32 len = sizeof(info);
+        memset(&info, 0, sizeof(info));
+        if (bpf_obj_get_info_by_fd(bpf_program__fd(p), &info, &len))
+            return -errno;
+        *run_ns += info.run_time_ns;
+        *run_cnt += info.run_cnt;
+    }
+    return 0;
+}
+
+const char *fb_bpf_prog_stat(struct fb_bpf *b, int i, uint64_t *run_ns, uint64_t *run_cnt)
+{
+    struct bpf_program *p;
+    int k = 0;
+    bpf_object__for_each_program(p, b->obj) {
+        if (k++ != i)
+            continue;
+        struct bpf_prog_info info;
+        __u32 len = sizeof(info);
+        memset(&info, 0, sizeof(info));
+        if (bpf_obj_get_info_by_fd(bpf_program__fd(p), &info, &len))
+            return NULL;
+        *run_ns = info.run_time_ns;
+        *run_cnt = info.run_cnt;
+        return bpf_program__name(p);
+    }
+    return NULL;
+}

@@ -19,4 +19,11 @@ int fb_bpf_locks(struct fb_bpf *b, void *keys, void *vals, int n);
 int fb_bpf_stack(struct fb_bpf *b, int32_t stackid, uint64_t *ips);
 int fb_bpf_lock_name(struct fb_bpf *b, uint64_t lock, char *name);
 int fb_bpf_mm(struct fb_bpf *b, int write, void *out);   /* struct fb_bpf_mm */
+/* the kernel's run-time statistics of BPF programs, on while the returned fd is open
+ * (BPF_ENABLE_STATS: closing it, or the process's exit, turns them off again) */
+int fb_bpf_enable_stats(void);
+/* the tracer's programs together: ns run and times run (while stats are on) */
+int fb_bpf_prog_stats(struct fb_bpf *b, uint64_t *run_ns, uint64_t *run_cnt);
+/* the same for program i (0..): its name, or NULL past the last */
+const char *fb_bpf_prog_stat(struct fb_bpf *b, int i, uint64_t *run_ns, uint64_t *run_cnt);
 #endif

@@ -9,8 +9,8 @@
  *    state since then was "on CPU" (or "waiting") -- counters, never a replayed stream;
  *  - lock contention per (lock, kernel stack, flags): count, total and max wait
  *    (lock:contention_begin/end, as `perf lock contention -b` keys it);
- *  - mmap_lock acquisitions: count, total and max wait, by read/write, and how many
- *    entered the rwsem slow path.
+ *  - mmap_lock acquisitions by read/write, and of them those that waited: how many,
+ *    total and max wait (from the lock's contention events).
  * Programs are tp_btf (BTF-typed raw tracepoints); nothing is pinned, so closing the
  * harness's fds (or its exit) detaches everything.
  *
@@ -37,8 +37,18 @@ struct task_struct {
     struct sched_info sched_info;
 } __attribute__((preserve_access_index));
 struct kmem_cache { const char *name; } __attribute__((preserve_access_index));
+struct raw_spinlock { int pad; } __attribute__((preserve_access_index));
+struct rq;
+struct cfs_rq { struct rq *rq; } __attribute__((preserve_access_index));
+struct rq {
+    struct raw_spinlock __lock;
+    struct cfs_rq cfs;
+    int cpu;
+} __attribute__((preserve_access_index));
 
 extern struct kmem_cache *bpf_get_kmem_cache(__u64 addr) __ksym __weak;
+
+#define LCB_F_WRITE (1U << 3)   /* include/trace/events/lock.h; a kernel ABI since 5.19 */
 
 char LICENSE[] SEC("license") = "GPL";   /* bpf_get_stackid and tp_btf need GPL */
 
@@ -109,14 +119,12 @@ struct {
     __type(value, struct fb_bpf_lock_name);
 } lock_names SEC(".maps");
 
-struct mm_pending { __u64 t0; __u32 write; __u32 contended; };
-
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, FB_BPF_MAX_THREADS);
-    __type(key, __u32);
-    __type(value, struct mm_pending);
-} mm_waiting SEC(".maps");
+    __uint(max_entries, FB_BPF_MAX_LOCKS);
+    __type(key, __u64);     /* lock address no name was found for: not looked up again */
+    __type(value, __u8);
+} lock_unnamed SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -174,7 +182,7 @@ static __always_inline struct fb_bpf_thread *slot(__u32 tid, int create)
 /* Wall time on a CPU minus sum_exec_runtime is time the hypervisor took (steal): on
  * a guest like this host, ktime on a CPU is not CPU time. */
 static __always_inline void transition(struct fb_bpf_thread *th, __u32 slotno, __u32 state, __u64 now,
-                                       struct task_struct *task)
+                                       struct task_struct *task, __u32 flag)
 {
     /* the scheduler's own counters: sum_exec_runtime is current here at a switch-out;
      * run_delay is current except at a switch-in (sched_info_arrive runs after the
@@ -209,7 +217,7 @@ static __always_inline void transition(struct fb_bpf_thread *th, __u32 slotno, _
     e->exec_ns = exec;
     e->kdelay_ns = th->kdelay_ns;
     e->slot = slotno;
-    e->state = state;
+    e->state = state | flag;
 }
 
 static __always_inline __u32 slot_index(__u32 tid)
@@ -236,7 +244,8 @@ int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_stru
             __u32 st = (preempt || prev_state == 0) ? FB_BPF_WAITING : FB_BPF_ASLEEP;
             if (st == FB_BPF_WAITING)
                 th->preempted++;   /* switched out still runnable: preempted or yielded */
-            transition(th, slot_index(tid), st, now, prev);
+            transition(th, slot_index(tid), st, now, prev,
+                       preempt && prev_state ? FB_BPF_SLEEPING_PREEMPTED : 0);
         }
     }
     if (ours(c, BPF_CORE_READ(next, tgid))) {
@@ -246,7 +255,7 @@ int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_stru
             if (!now)
                 now = bpf_ktime_get_ns();
             th->switches_in++;
-            transition(th, slot_index(tid), FB_BPF_ON_CPU, now, next);
+            transition(th, slot_index(tid), FB_BPF_ON_CPU, now, next, 0);
         }
     }
     return 0;
@@ -262,7 +271,7 @@ static __always_inline int woken(struct task_struct *p)
     /* a wakeup of a task that is on a CPU or already runnable changes nothing */
     if (th && th->state != FB_BPF_ON_CPU && th->state != FB_BPF_WAITING) {
         th->wakeups++;
-        transition(th, slot_index(tid), FB_BPF_WAITING, bpf_ktime_get_ns(), p);
+        transition(th, slot_index(tid), FB_BPF_WAITING, bpf_ktime_get_ns(), p, 0);
     }
     return 0;
 }
@@ -285,6 +294,74 @@ int BPF_PROG(fb_migrate, struct task_struct *p, int dest_cpu)
     return 0;
 }
 
+/* The CPU whose run-queue lock is at `lock`, or -1. The per-CPU `runqueues` cannot be
+ * named from BPF on a kernel without CONFIG_KALLSYMS_ALL (the verifier resolves a
+ * typed __ksym through kallsyms, which then lists no data), so the lock is recognised
+ * by its struct rq instead: with CONFIG_FAIR_GROUP_SCHED every rq's own cfs_rq points
+ * back at it (rq->cfs.rq == rq), which memory around any other lock does not do.
+ * Reads that fault return 0 (bpf_probe_read_kernel), so any address is safe to try.
+ * Without the back pointer (no FAIR_GROUP_SCHED) nothing is named this way. */
+static __always_inline int rq_lock_cpu(__u64 lock)
+{
+    if (!bpf_core_field_exists(struct cfs_rq, rq))
+        return -1;
+    struct rq *rq = (struct rq *)(lock - bpf_core_field_offset(struct rq, __lock));
+    if ((__u64)BPF_CORE_READ(rq, cfs.rq) != (__u64)rq)
+        return -1;
+    int cpu = BPF_CORE_READ(rq, cpu);
+    return cpu >= 0 && cpu < FB_BPF_RQ_CPUS ? cpu : -1;
+}
+
+/* "rq_lock[cpu N]" (N < 10000) */
+static __always_inline void rq_lock_name(struct fb_bpf_lock_name *n, int cpu)
+{
+    __builtin_memcpy(n->name, "rq_lock[cpu ", 12);
+    if (cpu >= 1000) {
+        n->name[12] = '0' + cpu / 1000;
+        n->name[13] = '0' + cpu / 100 % 10;
+        n->name[14] = '0' + cpu / 10 % 10;
+        n->name[15] = '0' + cpu % 10;
+        n->name[16] = ']';
+    } else if (cpu >= 100) {
+        n->name[12] = '0' + cpu / 100;
+        n->name[13] = '0' + cpu / 10 % 10;
+        n->name[14] = '0' + cpu % 10;
+        n->name[15] = ']';
+    } else if (cpu >= 10) {
+        n->name[12] = '0' + cpu / 10;
+        n->name[13] = '0' + cpu % 10;
+        n->name[14] = ']';
+    } else {
+        n->name[12] = '0' + cpu;
+        n->name[13] = ']';
+    }
+}
+
+/* a name for a lock seen for the first time: a CPU's run-queue lock, else the slab
+ * cache it lives in; a lock with neither is remembered as unnamed */
+static __always_inline void name_lock(__u64 lock)
+{
+    if (bpf_map_lookup_elem(&lock_names, &lock) || bpf_map_lookup_elem(&lock_unnamed, &lock))
+        return;
+    struct fb_bpf_lock_name n = {};
+    int cpu = rq_lock_cpu(lock);
+    if (cpu >= 0) {
+        rq_lock_name(&n, cpu);
+        bpf_map_update_elem(&lock_names, &lock, &n, BPF_NOEXIST);
+        return;
+    }
+    if (bpf_get_kmem_cache) {
+        struct kmem_cache *kc = bpf_get_kmem_cache(lock);
+        if (kc) {
+            bpf_probe_read_kernel_str(n.name, sizeof(n.name), BPF_CORE_READ(kc, name));
+            bpf_map_update_elem(&lock_names, &lock, &n, BPF_NOEXIST);
+            return;
+        }
+    }
+    __u8 one = 1;
+    bpf_map_update_elem(&lock_unnamed, &lock, &one, BPF_NOEXIST);
+}
+
 SEC("tp_btf/contention_begin")
 int BPF_PROG(fb_contention_begin, void *lock, unsigned int flags)
 {
@@ -293,11 +370,16 @@ int BPF_PROG(fb_contention_begin, void *lock, unsigned int flags)
     if (!ours(c, (int)(pt >> 32)))
         return 0;
     __u32 tid = (__u32)pt;
-    struct mm_pending *mp = bpf_map_lookup_elem(&mm_waiting, &tid);
-    if (mp)
-        mp->contended = 1;   /* this mmap_lock acquisition took a slow path */
-    if (bpf_map_lookup_elem(&contending, &tid))
-        return 0;   /* nested (a mutex spinning, then sleeping): the first begin counts */
+    struct pending *open = bpf_map_lookup_elem(&contending, &tid);
+    if (open) {
+        /* nested: a mutex spinning, then sleeping, begins twice before its one end.
+         * The first begin's time counts and the later flags are kept (MUTEX, not
+         * MUTEX|SPIN), as the tracefs path does; a begin on another lock inside an
+         * open contention (an interrupt's) is not counted. */
+        if (open->lock == (__u64)lock)
+            open->flags = flags;
+        return 0;
+    }
     struct pending p = {};
     p.lock = (__u64)lock;
     p.flags = flags;
@@ -306,14 +388,8 @@ int BPF_PROG(fb_contention_begin, void *lock, unsigned int flags)
     struct mm_struct *mm = BPF_CORE_READ(cur, mm);
     if (mm && p.lock == (__u64)mm + bpf_core_field_offset(struct mm_struct, mmap_lock))
         p.name_kind = FB_BPF_NAME_MMAP_LOCK;
-    else if (bpf_get_kmem_cache && !bpf_map_lookup_elem(&lock_names, &p.lock)) {
-        struct kmem_cache *kc = bpf_get_kmem_cache(p.lock);
-        if (kc) {
-            struct fb_bpf_lock_name n = {};
-            bpf_probe_read_kernel_str(n.name, sizeof(n.name), BPF_CORE_READ(kc, name));
-            bpf_map_update_elem(&lock_names, &p.lock, &n, BPF_NOEXIST);
-        }
-    }
+    else
+        name_lock(p.lock);
     p.t0 = bpf_ktime_get_ns();   /* after the unwind: the wait is the lock's, not ours */
     bpf_map_update_elem(&contending, &tid, &p, BPF_ANY);
     return 0;
@@ -354,44 +430,32 @@ int BPF_PROG(fb_contention_end, void *lock, int ret)
     __sync_fetch_and_add(&v->wait_ns, w);
     if (w > v->max_ns)
         v->max_ns = w;   /* racy max: a rare lost update under-reports the max only */
+    if (k.name_kind == FB_BPF_NAME_MMAP_LOCK) {   /* an mmap_lock acquisition that waited */
+        __u32 mk = (k.flags & LCB_F_WRITE) ? 1 : 0;
+        struct fb_bpf_mm *s = bpf_map_lookup_elem(&mm_stats, &mk);
+        if (s) {
+            __sync_fetch_and_add(&s->contended, 1);
+            __sync_fetch_and_add(&s->wait_ns, w);
+            if (w > s->max_ns)
+                s->max_ns = w;
+        }
+    }
     return 0;
 }
 
-SEC("tp_btf/mmap_lock_start_locking")
-int BPF_PROG(fb_mm_start, struct mm_struct *mm, bool write)
-{
-    struct fb_bpf_cfg *c = config();
-    __u64 pt = bpf_get_current_pid_tgid();
-    if (!ours(c, (int)(pt >> 32)))
-        return 0;
-    __u32 tid = (__u32)pt;
-    struct mm_pending m = { .t0 = bpf_ktime_get_ns(), .write = write ? 1 : 0 };
-    bpf_map_update_elem(&mm_waiting, &tid, &m, BPF_ANY);
-    return 0;
-}
-
+/* mmap_lock: every acquisition counted here (one array add: the start_locking/acquired
+ * pair timed with a per-task hash entry cost about 2 us a fault, more than the rest of
+ * the tracer); the waits are the contended ones, taken in fb_contention_end from the
+ * lock's own contention events (an uncontended acquisition does not wait). */
 SEC("tp_btf/mmap_lock_acquire_returned")
 int BPF_PROG(fb_mm_acquired, struct mm_struct *mm, bool write, bool success)
 {
-    __u64 pt = bpf_get_current_pid_tgid();
-    __u32 tid = (__u32)pt;
-    struct mm_pending *m = bpf_map_lookup_elem(&mm_waiting, &tid);
-    if (!m)
+    struct fb_bpf_cfg *c = config();
+    if (!success || !ours(c, (int)(bpf_get_current_pid_tgid() >> 32)))
         return 0;
-    __u64 now = bpf_ktime_get_ns();
-    __u64 w = now > m->t0 ? now - m->t0 : 0;
-    __u32 k = m->write;
-    __u32 contended = m->contended;
-    bpf_map_delete_elem(&mm_waiting, &tid);
-    if (!success)
-        return 0;   /* a trylock or killable lock that gave up: no acquisition */
+    __u32 k = write ? 1 : 0;
     struct fb_bpf_mm *s = bpf_map_lookup_elem(&mm_stats, &k);
-    if (!s)
-        return 0;
-    __sync_fetch_and_add(&s->acquisitions, 1);
-    __sync_fetch_and_add(&s->wait_ns, w);
-    __sync_fetch_and_add(&s->contended, contended);
-    if (w > s->max_ns)
-        s->max_ns = w;
+    if (s)
+        __sync_fetch_and_add(&s->acquisitions, 1);
     return 0;
 }

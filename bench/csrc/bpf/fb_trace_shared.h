@@ -7,12 +7,17 @@
 #define FB_BPF_MAX_STACKS 4096
 #define FB_BPF_STACK_DEPTH 24
 #define FB_BPF_MAX_LOCKS 16384
+#define FB_BPF_RQ_CPUS 10000    /* run-queue locks are named by CPU below this */
 
 /* thread states in the counters and the transition log */
 #define FB_BPF_UNKNOWN 0
 #define FB_BPF_ON_CPU 1
 #define FB_BPF_WAITING 2   /* runnable, not on a CPU (woken, or preempted) */
 #define FB_BPF_ASLEEP 3
+/* or-ed into a log entry's state (never the thread's): switched out preempted while
+ * going to sleep (a non-zero state word). It waits on a run queue, yet the kernel's
+ * run_delay does not count that wait (sched_info_depart requeues only TASK_RUNNING). */
+#define FB_BPF_SLEEPING_PREEMPTED 0x100
 
 /* how a lock's name was found in the kernel */
 #define FB_BPF_NAME_NONE 0
@@ -74,7 +79,8 @@ struct fb_bpf_lock_val {
 };
 
 struct fb_bpf_lock_name {
-    char name[32];       /* the slab cache the lock lives in (bpf_get_kmem_cache) */
+    char name[32];       /* "rq_lock[cpu N]" for CPU N's run-queue lock, else the slab
+                          * cache the lock lives in (bpf_get_kmem_cache) */
 };
 
 struct fb_bpf_mm {
