@@ -4,6 +4,8 @@ then the real core is run with the TSC-frequency knob on both sides of each limi
 import copy
 import json
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +17,7 @@ from bench.validity import run_warnings
 from helpers import make_plan
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KHZ = 2_300_000
 
 
@@ -230,3 +233,18 @@ def test_a_failed_clock_bracket_sets_latency_aside_end_to_end(kvm, monkeypatch, 
     assert sum("check failed: guest_tsc_within_host_bracket" in w for w in rec["warnings"]) == 2
     assert "check failed: guest_tsc_within_host_bracket" in printed
     assert "unusable in run(s) 1,2 of 2" in printed
+
+
+@pytest.mark.parametrize("ppm", [50_000, -50_000])
+def test_tsc_knob_5_percent_warns_in_record_and_printout(kvm, tmp_path, ppm):
+    # the done-when, as a user runs it
+    out = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, "run_bench.py", "--vcpus", "1", "--mech", "uffd",
+                        "--repeat", "2", "--no-trace-locks", "--tsc-khz-error-ppm", str(ppm),
+                        "--out", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(out.read_text())
+    for name in ("guest_window_vs_host_clock", "tsc_rate_vs_monotonic"):
+        assert sum(f"check failed: {name}:" in w for w in rec["warnings"]) == 2, rec["warnings"]
+        assert p.stdout.count(f"check failed: {name}:") == 2, p.stdout
