@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from bench import kerneltrace
+
 from bench import result as resultmod
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,8 +53,15 @@ def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
     rec = json.loads(out.read_text())
     assert resultmod.validate(rec) == []
     m = rec["runs"][0]["metrics"]
-    assert "kernel_locks" not in m          # headline runs are never traced
-    kl = rec["traced_runs"][0]["metrics"]["kernel_locks"]
+    bpf = kerneltrace.unavailable() is None   # the default tracer where it can run
+    assert rec["tracing"]["tracer"] == ("bpf" if bpf else "tracefs")
+    if bpf:   # lock data and the split in every measured run, no extra runs
+        assert "traced_runs" not in rec
+        traced = m
+    else:     # headline runs are never traced by the tracefs path
+        assert "kernel_locks" not in m
+        traced = rec["traced_runs"][0]["metrics"]
+    kl = traced["kernel_locks"]
     assert kl["events_lost"] == 0
     assert kl["contentions"] > 0 and kl["wait_ns_total"] > 0
     assert 1 <= len(kl["top_locks"]) <= 5
@@ -88,13 +97,17 @@ def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
         assert m["vcpus_inside_kvm_run_max"] == 64   # asleep in the kernel counts as inside
     assert 1 <= m["vcpus_inside_kvm_run_max"] <= 64
     assert m["fault_records_dropped"] == 0 and m["faults_unattributed"] == 0
-    # the traced run splits each segment with the scheduler's events
-    split = rec["traced_runs"][0]["metrics"]["fault_breakdown_ns"]["sched_split"]
-    assert split["events"] > 0 and split["events_lost"] == 0
+    # the traced run splits each segment with the scheduler's view
+    split = traced["fault_breakdown_ns"]["sched_split"]
+    if bpf:
+        assert "withheld" not in split, split["withheld"]
+        assert split["cross_check"]["ok"] and split["log_dropped"] == 0
+        assert split["cross_check"]["threads_checked"] == len(rec["runs"][0]["raw"]["threads"])
+    else:
+        assert split["events"] > 0 and split["events_lost"] == 0
     assert 1 <= split["vcpus_on_cpu_at_once_max"] <= len(os.sched_getaffinity(0))
     for name, part in split["parts"].items():
         assert part["cpu_wait_ns"] >= 0 and part["on_cpu_ns"] >= 0
-    traced = rec["traced_runs"][0]["metrics"]
     # the split covers the same faults as the breakdown
     total = sum(p["total_ns"] for p in split["parts"].values())
     assert total == pytest.approx(traced["fault_breakdown_ns"]["mean_fault_latency"], rel=0.01)
@@ -105,7 +118,8 @@ def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
     # 64 vCPU threads on 2 CPUs: most of a fault is waiting for a CPU
     waited = sum(p["cpu_wait_ns"] for p in split["parts"].values())
     assert waited > 0.3 * sum(p["total_ns"] for p in split["parts"].values())
-    assert 0 < rec["tracing"]["overhead_ratio"] < 10
+    if not bpf:
+        assert 0 < rec["tracing"]["overhead_ratio"] < 10
 
 
 def test_async_reports_its_list_lock(kvm, tmp_path):
@@ -126,7 +140,8 @@ def test_sigint_mid_traced_run_leaves_tracefs_as_found(kvm, tracefs, tmp_path):
     # one untraced run, then the traced run that gets interrupted
     proc = subprocess.Popen(
         [sys.executable, "run_bench.py", "--vcpus", "64", "--mech", "uffd",
-         "--mem-per-vcpu", "16", "--repeat", "1", "--trace-runs", "4", "--results-dir", str(tmp_path)],
+         "--mem-per-vcpu", "16", "--repeat", "1", "--tracer", "tracefs", "--trace-runs", "4",
+         "--results-dir", str(tmp_path)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         from bench.tracefs import leftover_instances
@@ -150,3 +165,36 @@ def test_sigint_mid_traced_run_leaves_tracefs_as_found(kvm, tracefs, tmp_path):
     assert "interrupted" in err, err
     assert tracefs_state() == before, err
     assert list(tmp_path.iterdir()) == [], err   # nothing half-written
+
+
+def test_sigint_mid_bpf_traced_run_leaves_no_program_behind(kvm, tmp_path):
+    """Ctrl-C while the in-kernel tracer is attached: the process ends with its fds, so
+    every program and link goes with it; nothing is pinned, nothing stays loaded."""
+    why = kerneltrace.unavailable()
+    if why:
+        pytest.skip(why)
+    from bench.native import lib
+    before = lib.fb_bpf_programs_named(b"fb_")
+    proc = subprocess.Popen(
+        [sys.executable, "run_bench.py", "--vcpus", "64", "--mech", "uffd", "--mem-per-vcpu", "16",
+         "--repeat", "3", "--tracer", "bpf", "--results-dir", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while lib.fb_bpf_programs_named(b"fb_") <= before and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        assert lib.fb_bpf_programs_named(b"fb_") > before, "the tracer never loaded"
+        time.sleep(0.5)   # inside the run
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0, err
+    deadline = time.monotonic() + 5   # the kernel frees programs after an RCU grace period
+    while lib.fb_bpf_programs_named(b"fb_") > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lib.fb_bpf_programs_named(b"fb_") == before
+    assert not [p for p in tmp_path.rglob("*.json")], "a half-written record was left"

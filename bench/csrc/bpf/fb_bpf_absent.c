@@ -36,3 +36,4 @@ int fb_bpf_mm(struct fb_bpf *b, int w, void *out) { (void)b; (void)w; (void)out;
 int fb_bpf_enable_stats(void) { return -1; }
 int fb_bpf_prog_stats(struct fb_bpf *b, uint64_t *ns, uint64_t *cnt) { (void)b; *ns = *cnt = 0; return -1; }
 const char *fb_bpf_prog_stat(struct fb_bpf *b, int i, uint64_t *ns, uint64_t *cnt) { (void)b; (void)i; *ns = *cnt = 0; return NULL; }
+int fb_bpf_programs_named(const char *prefix) { (void)prefix; return 0; }

@@ -233,3 +233,22 @@ const char *fb_bpf_prog_stat(struct fb_bpf *b, int i, uint64_t *run_ns, uint64_t
     }
     return NULL;
 }
+
+int fb_bpf_programs_named(const char *prefix)
+{
+    __u32 id = 0;
+    int n = 0;
+    size_t len = strlen(prefix);
+    while (bpf_prog_get_next_id(id, &id) == 0) {
+        int fd = bpf_prog_get_fd_by_id(id);
+        if (fd < 0)
+            continue;   /* freed meanwhile */
+        struct bpf_prog_info info;
+        __u32 ilen = sizeof(info);
+        memset(&info, 0, sizeof(info));
+        if (bpf_obj_get_info_by_fd(fd, &info, &ilen) == 0 && strncmp(info.name, prefix, len) == 0)
+            n++;
+        close(fd);
+    }
+    return n;
+}

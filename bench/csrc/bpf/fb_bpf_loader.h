@@ -26,4 +26,7 @@ int fb_bpf_enable_stats(void);
 int fb_bpf_prog_stats(struct fb_bpf *b, uint64_t *run_ns, uint64_t *run_cnt);
 /* the same for program i (0..): its name, or NULL past the last */
 const char *fb_bpf_prog_stat(struct fb_bpf *b, int i, uint64_t *run_ns, uint64_t *run_cnt);
+/* how many BPF programs loaded in the kernel (anyone's) have a name starting with
+ * `prefix`: what a test counts to see that nothing of the tracer was left behind */
+int fb_bpf_programs_named(const char *prefix);
 #endif
