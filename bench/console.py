@@ -31,9 +31,17 @@ def _print_cost_and_wait(rec: dict, med) -> None:
         total = sum(p["total_ns"] or 0 for p in parts.values())
         wait = sum(p["cpu_wait_ns"] or 0 for p in parts.values())
         on = sum(p["on_cpu_ns"] or 0 for p in parts.values())
-        print(f"{src}, per fault (us): latency {total / 1000:.1f} = on CPU {on / 1000:.1f} + CPU wait "
-              f"{wait / 1000:.1f} + asleep/blocked {(total - on - wait) / 1000:.1f}; "
-              f"vCPUs on a CPU at once: at most {split['vcpus_on_cpu_at_once_max']}")
+        if split.get("tracer") == "bpf":   # the log's wall clock sums exactly; CPU time apart
+            won = sum(p["on_cpu_wall_ns"] or 0 for p in parts.values())
+            wwait = sum(p["cpu_wait_wall_ns"] or 0 for p in parts.values())
+            print(f"{src}, per fault (us): latency {total / 1000:.1f} = on a CPU {won / 1000:.1f} + "
+                  f"CPU wait {wwait / 1000:.1f} + asleep/blocked {(total - won - wwait) / 1000:.1f} "
+                  f"(scheduler: CPU time {on / 1000:.1f}, run delay {wait / 1000:.1f}); "
+                  f"vCPUs on a CPU at once: at most {split['vcpus_on_cpu_at_once_max']}")
+        else:
+            print(f"{src}, per fault (us): latency {total / 1000:.1f} = on CPU {on / 1000:.1f} + CPU wait "
+                  f"{wait / 1000:.1f} + asleep/blocked {(total - on - wait) / 1000:.1f}; "
+                  f"vCPUs on a CPU at once: at most {split['vcpus_on_cpu_at_once_max']}")
         print("   by segment (total/wait): " + ", ".join(
             f"{name} {p['total_ns'] / 1000:.1f}/{p['cpu_wait_ns'] / 1000:.1f}" for name, p in parts.items()
             if p["total_ns"] and p["total_ns"] >= 50))
