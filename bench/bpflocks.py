@@ -29,6 +29,7 @@ import collections
 import errno
 import os
 
+from . import locktrace
 from .locktrace import _is_internal, _kallsyms
 
 # the lock:contention_begin flags (include/trace/events/lock.h), in the order the
@@ -67,17 +68,8 @@ class TextSymbols:
     MAX_OFFSET = 1 << 20
 
     def __init__(self, path: str = "/proc/kallsyms"):
-        pairs = []
-        with open(path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[1] in "tTwW" and not parts[2].startswith("__pfx_"):
-                    a = int(parts[0], 16)
-                    if a:
-                        pairs.append((a, parts[2]))
-        pairs.sort()
-        self.addrs = [a for a, _ in pairs]
-        self.names = [n for _, n in pairs]
+        # functions (t/T, weak w/W), not the __pfx_ padding symbols before each
+        self.addrs, self.names = locktrace.read_kallsyms(path, "tTwW", skip_prefix="__pfx_")
 
     def __call__(self, ip: int) -> str | None:
         i = bisect.bisect_right(self.addrs, ip) - 1

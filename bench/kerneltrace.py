@@ -30,7 +30,7 @@ import numpy as np
 
 from .breakdown import max_at_once
 from .native import ffi, lib
-from .schedtrace import RESOLVER_SEGMENTS
+from .schedtrace import segment_owners
 
 # bench/csrc/bpf/fb_trace_shared.h; the states of FB_BPF_*
 UNKNOWN, ON_CPU, WAITING, ASLEEP = 0, 1, 2, 3
@@ -408,18 +408,11 @@ def segment_split(cols: dict, seg: dict, names: dict, logs: dict, handles_on_vcp
                   to_mono) -> dict:
     """Per named segment of the breakdown: its owner's mean on-CPU (CPU time), steal,
     waiting (run delay) and asleep ns, from the state log's counters. The owner is the
-    thread that must run for the segment to end (schedtrace.RESOLVER_SEGMENTS). A fault
+    thread that must run for the segment to end (schedtrace.segment_owners). A fault
     whose owner has no log is left out and counted."""
-    use = seg["used"]
-    stamps = seg["stamps"]
-    vtid, rtid = cols["vcpu_tid"][use], cols["resolver_tid"][use]
     out = {}
-    for j, s in enumerate(seg["names"]):
-        if s not in names:
-            continue
-        owner_is_resolver = s in RESOLVER_SEGMENTS or (s == "notify" and not handles_on_vcpu)
-        owners = np.where(owner_is_resolver & (rtid != 0), rtid, vtid)
-        a, b = to_mono(stamps[:, j]), to_mono(stamps[:, j + 1])
+    for s, owner_is_resolver, owners, sa, sb in segment_owners(cols, seg, names, handles_on_vcpu):
+        a, b = to_mono(sa), to_mono(sb)
         part = {k: np.full(a.size, np.nan) for k in ("on_cpu_ns", "steal_ns", "wait_ns", "asleep_ns",
                                                      "on_cpu_wall_ns", "wait_wall_ns")}
         for tid in np.unique(owners):

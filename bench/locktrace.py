@@ -398,6 +398,22 @@ def parse_trace(text_lines, raw_lines=None, tids=None, addresses_hashed=True,
 
 # ----------------------------------------------------------------------------- symbols
 
+def read_kallsyms(path: str, kinds: str, skip_prefix: str | None = None) -> tuple[list, list]:
+    """(addresses, names) of /proc/kallsyms' symbols of these kinds (its type letters),
+    sorted by address; zero addresses (kptr_restrict) left out."""
+    pairs = []
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] in kinds and not (
+                    skip_prefix and parts[2].startswith(skip_prefix)):
+                a = int(parts[0], 16)
+                if a:
+                    pairs.append((a, parts[2]))
+    pairs.sort()
+    return [a for a, _ in pairs], [n for _, n in pairs]
+
+
 class _Kallsyms:
     """Nearest-preceding data symbol lookup for static kernel lock addresses.
 
@@ -409,18 +425,8 @@ class _Kallsyms:
     MAX_OFFSET = 1 << 16      # a lock lies inside its variable; dense tables keep this small
 
     def __init__(self, path="/proc/kallsyms"):
-        pairs = []
-        with open(path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[1] in "dDbB":
-                    a = int(parts[0], 16)
-                    if a:
-                        pairs.append((a, parts[2]))
-        pairs.sort()
-        self.addrs = [a for a, _ in pairs]
-        self.names = [n for _, n in pairs]
-        self.complete = len(pairs) >= self.MIN_DATA_SYMBOLS
+        self.addrs, self.names = read_kallsyms(path, "dDbB")
+        self.complete = len(self.addrs) >= self.MIN_DATA_SYMBOLS
 
     def lookup(self, addr: int):
         if not self.complete or addr < 0xffffffff80000000:   # heap/vmalloc: no symbol

@@ -146,19 +146,26 @@ def max_running_at_once(running: dict, tids: list[int]) -> int:
     return max_at_once(np.concatenate(t), np.concatenate(d))
 
 
-def segment_split(cols: dict, seg: dict, names: dict, waiting: dict, running: dict,
-                  handles_on_vcpu: bool, to_ns) -> dict:
-    """Per named segment: mean total, CPU wait and on-CPU time of its owner thread."""
+def segment_owners(cols: dict, seg: dict, names: dict, handles_on_vcpu: bool):
+    """Per named segment: (name, owned by the resolver?, owner tid per fault, start and
+    end stamps per fault). The stamps are the breakdown's own filled and cut ones, so
+    these are the same segments; the owner is the thread that must run for it to end."""
     use = seg["used"]
-    stamps = seg["stamps"]   # the breakdown's own filled and cut stamps: the same segments
+    stamps = seg["stamps"]
     vtid, rtid = cols["vcpu_tid"][use], cols["resolver_tid"][use]
-    out = {}
     for j, s in enumerate(seg["names"]):
         if s not in names:
             continue
         owner_is_resolver = s in RESOLVER_SEGMENTS or (s == "notify" and not handles_on_vcpu)
         owners = np.where(owner_is_resolver & (rtid != 0), rtid, vtid)
-        a, b = stamps[:, j], stamps[:, j + 1]
+        yield s, owner_is_resolver, owners, stamps[:, j], stamps[:, j + 1]
+
+
+def segment_split(cols: dict, seg: dict, names: dict, waiting: dict, running: dict,
+                  handles_on_vcpu: bool, to_ns) -> dict:
+    """Per named segment: mean total, CPU wait and on-CPU time of its owner thread."""
+    out = {}
+    for s, owner_is_resolver, owners, a, b in segment_owners(cols, seg, names, handles_on_vcpu):
         wait = np.zeros(a.size)
         run = np.zeros(a.size)
         for tid in np.unique(owners):

@@ -135,33 +135,39 @@ def test_async_reports_its_list_lock(kvm, tmp_path):
     assert "tracing" not in rec
 
 
-def test_sigint_mid_traced_run_leaves_tracefs_as_found(kvm, tracefs, tmp_path):
-    before = tracefs_state()
-    # one untraced run, then the traced run that gets interrupted
-    proc = subprocess.Popen(
-        [sys.executable, "run_bench.py", "--vcpus", "64", "--mech", "uffd",
-         "--mem-per-vcpu", "16", "--repeat", "1", "--tracer", "tracefs", "--trace-runs", "4",
-         "--results-dir", str(tmp_path)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def interrupt_when(argv: list[str], started, settle: float, what: str) -> tuple[int, str]:
+    """Start run_bench.py with argv, wait until started() holds, SIGINT it `settle`
+    seconds later; (return code, stderr). The process is killed if it outlives that."""
+    proc = subprocess.Popen([sys.executable, "run_bench.py", *argv], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        from bench.tracefs import leftover_instances
-
-        def ours():   # this run's instance, not one another process left
-            return [i for i in leftover_instances("faultbench") if i.startswith(f"faultbench-{proc.pid}-")]
         deadline = time.monotonic() + 180
-        while not ours() and time.monotonic() < deadline:
+        while not started(proc) and time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.05)
-        # 4 traced runs: the interrupt lands inside them even when a CPU hog slows this loop
-        assert ours(), "the traced run never started"
-        time.sleep(1.0)   # inside the run
+        assert started(proc), f"the {what} never started"
+        time.sleep(settle)   # inside the run
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode != 0, err
+    return proc.returncode, err
+
+
+def test_sigint_mid_traced_run_leaves_tracefs_as_found(kvm, tracefs, tmp_path):
+    before = tracefs_state()
+    from bench.tracefs import leftover_instances
+
+    def ours(proc):   # this run's instance, not one another process left
+        return [i for i in leftover_instances("faultbench") if i.startswith(f"faultbench-{proc.pid}-")]
+    # one untraced run, then the traced runs (4: the interrupt lands inside them even
+    # when a CPU hog slows the wait)
+    rc, err = interrupt_when(["--vcpus", "64", "--mech", "uffd", "--mem-per-vcpu", "16", "--repeat",
+                              "1", "--tracer", "tracefs", "--trace-runs", "4",
+                              "--results-dir", str(tmp_path)], ours, 1.0, "traced run")
+    assert rc != 0, err
     assert "interrupted" in err, err
     assert tracefs_state() == before, err
     assert list(tmp_path.iterdir()) == [], err   # nothing half-written
@@ -175,24 +181,10 @@ def test_sigint_mid_bpf_traced_run_leaves_no_program_behind(kvm, tmp_path):
         pytest.skip(why)
     from bench.native import lib
     before = lib.fb_bpf_programs_named(b"fb_")
-    proc = subprocess.Popen(
-        [sys.executable, "run_bench.py", "--vcpus", "64", "--mech", "uffd", "--mem-per-vcpu", "16",
-         "--repeat", "3", "--tracer", "bpf", "--results-dir", str(tmp_path)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while lib.fb_bpf_programs_named(b"fb_") <= before and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
-        assert lib.fb_bpf_programs_named(b"fb_") > before, "the tracer never loaded"
-        time.sleep(0.5)   # inside the run
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode != 0, err
+    rc, err = interrupt_when(["--vcpus", "64", "--mech", "uffd", "--mem-per-vcpu", "16", "--repeat",
+                              "3", "--tracer", "bpf", "--results-dir", str(tmp_path)],
+                             lambda proc: lib.fb_bpf_programs_named(b"fb_") > before, 0.5, "tracer")
+    assert rc != 0, err
     deadline = time.monotonic() + 5   # the kernel frees programs after an RCU grace period
     while lib.fb_bpf_programs_named(b"fb_") > before and time.monotonic() < deadline:
         time.sleep(0.05)
