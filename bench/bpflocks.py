@@ -188,7 +188,8 @@ def kernel_locks(data, top: int = 5, resolve_symbol=None, *, sites: int = 10,
         bt["wait_ns_total"] += wait
         stack = stack_of(sid) if sid >= 0 else []
         if sid < 0 or not stack:
-            no_stack[_stack_error(sid) if sid < 0 else "not in the stack map"] += count
+            no_stack[("stacks off (--no-lock-stacks)" if not getattr(data, "stacks_on", True)
+                      else _stack_error(sid)) if sid < 0 else "not in the stack map"] += count
         site = call_site(stack)
         pl = per_lock.get(lock)
         if pl is None:
@@ -259,6 +260,8 @@ def kernel_locks(data, top: int = 5, resolve_symbol=None, *, sites: int = 10,
             "wait_ns_max": max(rd.get("max_ns", 0), wr.get("max_ns", 0)),
             "contended": rd.get("contended", 0) + wr.get("contended", 0),
             "write": wr.get("acquisitions", 0),
+            # not the tracefs path's meaning (start to acquired of every acquisition)
+            "wait_covers": "contended acquisitions only (the lock's contention events)",
         },
         # acquisitions counted at acquire_returned (trylocks included); the waits are
         # those of contended acquisitions, from the lock's contention events

@@ -91,7 +91,8 @@ def _main(argv: list[str], host_lock) -> int:
     harness = collect_harness(REPO_DIR, __version__)
     done: list[dict] = []
     sweep_dir = args.out if args.out and not args.out.endswith(".json") else None
-    runs_per_cell = args.repeat + args.warmup + args.trace_runs * args.trace_locks
+    # the tracefs path makes --trace-runs extra runs a cell; the in-kernel tracer none
+    runs_per_cell = args.repeat + args.warmup + args.trace_runs * (args.tracer_used == "tracefs")
     interleaved = args.order == "interleaved" and len(points) > 1
     sweep = sweepmod.Sweep([(m.name, v) for m, v in points], workload.name, args.repeat, sweep_dir,
                            argv, cost={(m.name, v): workload.memory_pages(v, args.mem_per_vcpu * 256)

@@ -25,6 +25,7 @@ thread with `cross_check` against its own clocks.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -85,6 +86,9 @@ def _repair(e: np.ndarray) -> tuple[np.ndarray, int]:
         x = e[k].copy()
         x["t"] = min(int(t[k + 1]), int(t[k] + max(gain[k], 0)))
         x["exec_ns"] = ex[k + 1]
+        # the run delay through stretch k: the next switch-in's (stale there, so it is
+        # the value after stretch k's arrival, before the next wait is added)
+        x["kdelay_ns"] = kd[k + 1]
         x["state"] = ASLEEP
         x["on_ns"] = e[k]["on_ns"] + (x["t"] - t[k])
         add.append(x)
@@ -270,6 +274,22 @@ def unavailable() -> str | None:
     return None
 
 
+def load_problem() -> str | None:
+    """unavailable(), then a trial load and attach of the object (closed at once): a
+    kernel can have BTF yet refuse the programs. None where it loads."""
+    why = unavailable()
+    if why:
+        return why
+    t = BpfTracer(1 << 16)
+    try:
+        t.start()
+    except BpfUnavailable as exc:
+        return str(exc)
+    finally:
+        t.close()
+    return None
+
+
 def log_capacity(pages: int, threads: int) -> int:
     """Entries for one run's state log. A fault costs its owner threads a few changes of
     state (uffd: the vCPU sleeps, wakes, runs; its reader the same); preemptions add more
@@ -310,6 +330,7 @@ class BpfTracer:
         self._b = None
         self._tgid = 0
         self.prog_stats = None
+        self.unfinished_exits = 0
 
     def start(self) -> None:
         """Load and attach, not yet recording (begin() starts it)."""
@@ -328,11 +349,36 @@ class BpfTracer:
             self._tgid = tgid or os.getpid()
             self._lib.fb_bpf_configure(self._b, self._tgid, int(tgid2))
 
-    def stop(self) -> BpfData:
+    def _await_exits(self, tids, timeout_s: float = 0.2) -> int:
+        """Wait (at most timeout_s) until each of these threads' last logged state is
+        asleep. pthread_join returns when the kernel clears a thread's tid, before its
+        last switch off the CPU: stopping the log then would leave its window's end in
+        a stretch with no end. Returns how many had not switched out by the timeout."""
+        want = {int(t) for t in tids if t}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            n = min(int(self.peek_totals()["slots_used"]), lib.FB_BPF_MAX_THREADS)
+            th = np.frombuffer(ffi.buffer(lib.fb_bpf_threads(self._b), THREAD_DTYPE.itemsize * n),
+                               dtype=THREAD_DTYPE)
+            live = int(np.isin(th["tid"], list(want)).sum() - (np.isin(th["tid"], list(want))
+                                                               & (th["state"] == ASLEEP)).sum())
+            if not live or time.monotonic() >= deadline:
+                return live
+            time.sleep(0.001)
+
+    def peek_totals(self) -> dict:
+        tot = np.zeros(1, dtype=TOTALS_DTYPE)
+        lib.fb_bpf_totals(self._b, ffi.from_buffer(tot))
+        return {k: int(tot[0][k]) for k in TOTALS_DTYPE.names}
+
+    def stop(self, tids=()) -> BpfData:
+        """Read the maps once `tids` (the run's joined threads) have switched out for
+        the last time, and close."""
         if self._b is None:
             raise RuntimeError("BpfTracer not started")
         b = self._b
         try:
+            self.unfinished_exits = self._await_exits(tids) if tids else 0
             lib.fb_bpf_stop(b)
             ns, cnt = ffi.new("uint64_t *"), ffi.new("uint64_t *")
             # the programs' own run time: counted only while someone holds stats on
@@ -374,7 +420,10 @@ class BpfTracer:
                 mm[label] = {k: int(m[0][k]) for k in MM_DTYPE.names}
         finally:
             self.close()
-        return BpfData(threads, log, totals, keys, vals, stacks, names, mm, self.log_cap)
+        data = BpfData(threads, log, totals, keys, vals, stacks, names, mm, self.log_cap)
+        data.unfinished_exits = self.unfinished_exits
+        data.stacks_on = bool(self.stacks)
+        return data
 
     def close(self) -> None:
         if self._b is not None:
@@ -459,7 +508,11 @@ def cross_check_threads(threads: list[dict], logs: dict, limit: float = 0.02,
     with CLOCK_MONOTONIC beside them, at the window's ends). ok: every thread agrees."""
     rows = []
     for t in threads:
-        if not t.get("tid") or not t.get("mono_end_ns"):
+        if not t.get("tid"):
+            continue   # never started
+        if not t.get("mono_end_ns") or not t.get("mono_mark_ns"):
+            rows.append({"role": t["role"], "index": t["index"], "tid": t["tid"], "ok": False,
+                         "reason": "the thread read no clock at its window's ends (schedstat unreadable)"})
             continue
         tl = logs.get(int(t["tid"]))
         if tl is None:

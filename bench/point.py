@@ -150,8 +150,15 @@ def bpf_tracing(rec: dict, plan) -> dict:
     runs = [r["metrics"] for r in rec["runs"]]
     splits = [((m.get("fault_breakdown_ns") or {}).get("sched_split") or {}) for m in runs]
     withheld = [i + 1 for i, sp in enumerate(splits) if sp.get("withheld")]
+    lost = sum((m.get("kernel_locks") or {}).get("events_lost") or 0 for m in runs)
+    if lost:
+        rec["warnings"].append(
+            f"lock tracing lost {lost} contention keys over {len(runs)} runs (the BPF lock map was "
+            "full): the lock counts cover only part of the runs")
     return {"tracer": "bpf", "every_measured_run": True, "lock_tracing": True,
-            "stacks": plan.lock_stacks, "mmap_lock": True,
+            # mmap_lock acquisitions are always counted in BPF (one array add each):
+            # --no-trace-mmap-lock applies to the tracefs path
+            "stacks": plan.lock_stacks, "mmap_lock": True, "events_lost": lost,
             "log_entries": [sp.get("log_entries") for sp in splits],
             "log_dropped": sum(sp.get("log_dropped") or 0 for sp in splits),
             "split_withheld_runs": withheld,

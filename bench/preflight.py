@@ -115,7 +115,7 @@ def choose_tracer(args) -> None:
     args.tracer_used, args.tracer_why = None, None
     if not args.trace_locks:
         return
-    why = kerneltrace.unavailable() if args.tracer in ("auto", "bpf") else "--tracer tracefs"
+    why = kerneltrace.load_problem() if args.tracer in ("auto", "bpf") else "--tracer tracefs"
     if why is None:
         args.tracer_used = "bpf"
         return

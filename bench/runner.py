@@ -219,9 +219,11 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None, phases=None,
             worker_tids = [t["tid"] for t in worker_stats["threads"] if t["tid"]]
             worker_cpu = _task_cpu(worker.pid)
             tids += worker_tids
-        kernel_locks = _without_tracer(tracer.stop(tids)) if tracer else None
+        kernel_locks = _without_tracer({**tracer.stop(tids), "tracer": "tracefs"}) if tracer else None
         sched_trace = stracer.stop() if stracer else None
-        bpf_data = bpf.stop() if bpf else None   # after the join: each thread's last switch is in
+        # after the join, and after each thread's last switch off its CPU (which can follow
+        # the join by a little)
+        bpf_data = bpf.stop(_tids(run)) if bpf else None
         if bpf_data is not None:
             kernel_locks = _without_tracer(bpflocks.kernel_locks(bpf_data, top=TOP_LOCKS * 2))
         t0 = _lap(phases, "trace", t0)
@@ -408,12 +410,29 @@ def _sched_split(plan: Plan, cols: dict, seg: dict, names: dict, threads: list[d
     tids = {t["tid"] for t in threads if t["tid"]}
     waiting, running = schedtrace.intervals(events, tids)
     vcpu_tids = [t["tid"] for t in threads if t["role"] == "vcpu"]
-    return {"events": len(events), "events_lost": lost,
+    return {"tracer": "tracefs", "events": len(events), "events_lost": lost,
             "vcpus_on_cpu_at_once_max": schedtrace.max_running_at_once(running, vcpu_tids),
             "parts": schedtrace.segment_split(cols, seg, names, waiting, running,
                                               plan.mechanism.handles_faults_on_vcpu, to_ns),
             "note": "each segment charged to the thread that must run for it to end; "
                     "total = cpu_wait (runnable, not on a CPU) + on_cpu + the rest (asleep)"}
+
+
+def _bpf_thread_counts(data, threads: list[dict]) -> dict:
+    """The tracer's per-thread scheduler counters, summed by role: migrations, switches
+    onto a CPU, switches off it still runnable (preempted or yielded), wake-ups."""
+    role_of = {t["tid"]: t["role"] for t in threads if t["tid"]}
+    out: dict = {}
+    for th in data.threads:
+        role = role_of.get(int(th["tid"]))
+        if role is None:
+            continue   # the Python threads of the process
+        r = out.setdefault(role, {"threads": 0, "migrations": 0, "switches_in": 0, "preempted": 0,
+                                  "wakeups": 0})
+        r["threads"] += 1
+        for k in ("migrations", "switches_in", "preempted", "wakeups"):
+            r[k] += int(th[k])
+    return out
 
 
 def _bpf_split(plan: Plan, cols: dict, seg: dict, names: dict, threads: list[dict], totals: dict,
@@ -425,7 +444,10 @@ def _bpf_split(plan: Plan, cols: dict, seg: dict, names: dict, threads: list[dic
     out = {"tracer": "bpf", "cross_check": {k: v for k, v in check.items() if k != "threads"},
            "log_entries": int(data.totals["log_used"]), "log_capacity": data.log_cap,
            "log_dropped": int(data.totals["log_dropped"]),
-           "threads_dropped": int(data.totals["threads_dropped"])}
+           "threads_dropped": int(data.totals["threads_dropped"]),
+           # joined threads whose last switch off a CPU had not come 0.2 s after the join
+           "threads_not_switched_out": int(getattr(data, "unfinished_exits", 0)),
+           "threads_by_role": _bpf_thread_counts(data, threads)}
     to_mono = kerneltrace.tsc_to_mono(totals)
     why = None
     if data.totals["log_dropped"] or data.totals["threads_dropped"]:

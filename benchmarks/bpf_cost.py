@@ -10,8 +10,9 @@ falls on both arms alike. Two measures:
   smallest and largest pair;
 - the tracer's own CPU time, exact: the kernel's run-time statistics of the tracer's
   programs (BPF_ENABLE_STATS, on only while this script holds its fd; the process's
-  exit turns them off) per fault, and as a share of the 2 CPUs' time over the run.
-  Stats on add two clock reads per program run, so this share is an upper bound.
+  exit turns them off) per fault, and as a share of the CPUs' time over the run. It
+  times the programs' bodies (stats add two clock reads to each), not the tracepoints'
+  dispatch into them nor what their cache traffic costs other code.
 
     python3 benchmarks/bpf_cost.py [--mech uffd,uffd-many,exits,async] [--vcpus 1,16,256]
                                    [--pairs 5] [--out FILE.json]

@@ -160,7 +160,8 @@ def test_mmap_lock_in_the_tracefs_paths_shape():
     d, syms = _data(ROWS[:1], NAMES, mm=mm, totals={"slots_used": 2, "locks_dropped": 7})
     kl = bpflocks.kernel_locks(d, resolve_symbol=lambda a: None, resolve_ip=syms)
     assert kl["mmap_lock"] == {"acquisitions": 104, "wait_ns_total": 5900, "wait_ns_max": 700,
-                               "contended": 3, "write": 4}
+                               "contended": 3, "write": 4,
+                               "wait_covers": "contended acquisitions only (the lock's contention events)"}
     assert kl["events_lost"] == 7
 
 

@@ -212,7 +212,7 @@ def test_a_bpf_traced_run_splits_every_segment_and_checks_every_thread(kvm):
 def test_an_explicit_bpf_tracer_that_cannot_run_is_an_error_and_auto_says_why(monkeypatch):
     import argparse
     from bench import preflight
-    monkeypatch.setattr(kt, "unavailable", lambda: "the kernel has no BTF")
+    monkeypatch.setattr(kt, "load_problem", lambda: "the kernel has no BTF")
     args = argparse.Namespace(trace_locks=True, tracer="bpf")
     with pytest.raises(preflight.PreflightError, match="--tracer bpf: the kernel has no BTF"):
         preflight.choose_tracer(args)
@@ -223,3 +223,16 @@ def test_an_explicit_bpf_tracer_that_cannot_run_is_an_error_and_auto_says_why(mo
     args = argparse.Namespace(trace_locks=False, tracer="auto")
     preflight.choose_tracer(args)
     assert args.tracer_used is None
+
+
+def test_a_missed_switch_out_keeps_the_run_delay_of_the_stretch_before_it():
+    """Waiting 0..100 (100 ns of run delay, added at the switch-in), on a CPU from 100 for
+    100 ns of CPU time, a switch-out the log missed, on a CPU again at 1000: the missed
+    switch-out is put at 200 and the run delay is 100 from the first switch-in on (the
+    switch-in's own entry holds it stale, the next one has it)."""
+    tl = _log([(0, 0, 0, 0, 0, kt.WAITING), (100, 0, 100, 0, 0, kt.ON_CPU),
+               (1000, 900, 100, 100, 100, kt.ON_CPU), (1100, 1000, 100, 200, 100, kt.ASLEEP)])
+    assert tl.inferred == 1
+    rd = tl.at(np.array([50, 150, 500, 950]))["run_delay_ns"]
+    assert list(rd) == [50, 100, 100, 100]
+    assert tl.at(np.array([500]))["on_ns"][0] == 100   # the wall view: on a CPU 100..200 only

@@ -41,3 +41,13 @@ def test_table_answers():
     # the most literal pattern wins over a wildcard one
     assert metrics.unit("kernel_locks.wait_ns_total") == "ns"
     assert metrics.unit("kernel_locks.contentions") == "count"
+
+
+def test_bpf_traced_numbers_have_definitions(kvm):
+    from bench import kerneltrace
+    why = kerneltrace.unavailable()
+    if why:
+        pytest.skip(why)
+    m, _ = execute(make_plan("uffd", 2, trace_bpf=True))
+    assert m["kernel_locks"]["tracer"] == "bpf" and m["fault_breakdown_ns"]["sched_split"]["tracer"] == "bpf"
+    assert _undefined(m) == []

@@ -31,7 +31,7 @@ struct fb_bpf_cfg {
     __u32 pad;
 };
 
-struct fb_bpf_thread {   /* 88 bytes */
+struct fb_bpf_thread {   /* 80 bytes */
     __u32 tid;
     __u32 state;
     __u64 since;         /* CLOCK_MONOTONIC ns of the last change of state */
