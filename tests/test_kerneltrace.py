@@ -236,3 +236,41 @@ def test_a_missed_switch_out_keeps_the_run_delay_of_the_stretch_before_it():
     rd = tl.at(np.array([50, 150, 500, 950]))["run_delay_ns"]
     assert list(rd) == [50, 100, 100, 100]
     assert tl.at(np.array([500]))["on_ns"][0] == 100   # the wall view: on a CPU 100..200 only
+
+
+def _wake_cols(fetched, done):
+    from bench.breakdown import STAMPS
+    st = np.zeros((1, len(STAMPS)), dtype=np.uint64)
+    st[0, STAMPS.index("g0")], st[0, STAMPS.index("notify")] = 100, 200
+    st[0, STAMPS.index("fetched")], st[0, STAMPS.index("done")] = fetched, done
+    st[0, STAMPS.index("g1")] = 20000
+    return {"stamps": st, "complete": np.array([True]), "vcpu_tid": np.array([7])}
+
+
+def test_the_vcpu_wake_must_fall_inside_its_resolvers_install():
+    """The vCPU sleeps at 300 and is woken at 5000 (the tracer's clock, here the same as
+    the stamps'): inside an install stamped 4000..6000, outside one stamped 6500..8000
+    (a `fetched` 1.5 us late beyond the 1 us slack)."""
+    logs = {7: _log([(300, 0, 0, 0, 0, kt.ASLEEP), (5000, 0, 0, 0, 0, kt.WAITING),
+                     (5100, 0, 100, 0, 100, kt.ON_CPU)])}
+    same = lambda x: np.asarray(x, dtype=np.float64)   # noqa: E731
+    ok = kt.check_wake_inside_install(_wake_cols(4000, 6000), logs, same)
+    bad = kt.check_wake_inside_install(_wake_cols(6500, 8000), logs, same)
+    assert ok["ok"] and ok["faults_outside"] == 0
+    assert not bad["ok"] and bad["faults_outside"] == 1
+
+
+@pytest.mark.parametrize("late_ns,fails", [(0, False), (10_000, True)])
+def test_a_late_fetched_stamp_fails_the_wake_check_on_the_real_kernel(kvm, late_ns, fails):
+    """--misstamp-fetched-ns moves the resolver's `fetched` stamp later: 10 us puts it past
+    the vCPU's wake-up, which UFFDIO_COPY makes a few microseconds after it."""
+    why = kt.unavailable()
+    if why:
+        pytest.skip(why)
+    from bench.point import make_plan
+    from bench.runner import execute
+    plan = make_plan(["--vcpus", "2", "--mech", "uffd", "--mem-per-vcpu", "2", "--no-trace-locks",
+                      "--misstamp-fetched-ns", str(late_ns)], trace_bpf=True)
+    m, _ = execute(plan)
+    c = m["checks"]["wake_inside_install"]
+    assert c["applies"] and c["ok"] is (not fails), c
