@@ -15,12 +15,14 @@ without replaying a stream of events: a lost entry cannot skew the entries after
 
 On a guest (as this host is) the hypervisor can take a CPU from under a running
 thread: wall time on a CPU then exceeds CPU time. sum_exec_runtime excludes that
-steal; it is exact at each switch, and inside one stretch on a CPU it is interpolated
-linearly (steal is taken as spread evenly over that stretch; say so where it is used).
+steal; it is exact at each switch, and inside one stretch on a CPU it is placed by a
+model (ThreadLog.at: steal spread evenly; an excess charged from a stale rq clock, one
+lump at the switch-in), which the per-thread cross-check tests at the window's ends.
 
 `BpfTracer` loads the object (bench/fb_trace.bpf.o, built by the install) around one
 run; the runner splits each fault's segments with `segment_split` and checks every
-thread with `cross_check` against its own clocks.
+thread with `cross_check_threads` against its own clocks; `check_wake_inside_install`
+checks the stamps' place on the tracer's clock across two threads.
 """
 from __future__ import annotations
 
