@@ -443,8 +443,8 @@ def test_signal_mid_run(kvm, lock_path, tmp_path, sig):
 def test_sigterm_mid_traced_run_leaves_tracefs_as_found(kvm, lock_path, tmp_path):
     """SIGINT mid traced run: tests/test_measurement.py; here SIGTERM, in a smaller run."""
     from bench.tracefs import leftover_instances
-    h = Harness(["--vcpus", "2", "--mech", "uffd", "--mem-per-vcpu", "32", "--repeat", "1"],
-                tmp_path / "r")
+    h = Harness(["--vcpus", "2", "--mech", "uffd", "--mem-per-vcpu", "32", "--repeat", "1",
+                 "--tracer", "tracefs"], tmp_path / "r")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not [
             i for i in leftover_instances("faultbench") if i.startswith(f"faultbench-{h.proc.pid}-")]:
