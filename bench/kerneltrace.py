@@ -21,8 +21,7 @@ lump at the switch-in), which the per-thread cross-check tests at the window's e
 
 `BpfTracer` loads the object (bench/fb_trace.bpf.o, built by the install) around one
 run; the runner splits each fault's segments with `segment_split` and checks every
-thread with `cross_check_threads` against its own clocks; `check_wake_inside_install`
-checks the stamps' place on the tracer's clock across two threads.
+thread with `cross_check_threads` against its own clocks.
 """
 from __future__ import annotations
 
@@ -31,13 +30,12 @@ import time
 
 import numpy as np
 
-from .breakdown import STAMPS, max_at_once
+from .breakdown import max_at_once
 from .native import ffi, lib
 from .schedtrace import segment_owners
 
 # bench/csrc/bpf/fb_trace_shared.h; the states of FB_BPF_*
 UNKNOWN, ON_CPU, WAITING, ASLEEP = 0, 1, 2, 3
-STAMP_INDEX = {s: i for i, s in enumerate(STAMPS)}
 SLEEPING_PREEMPTED = 0x100   # FB_BPF_SLEEPING_PREEMPTED: a wait run_delay does not count
 TRANS_DTYPE = np.dtype([("t", "<u8"), ("on_ns", "<u8"), ("wait_ns", "<u8"), ("exec_ns", "<u8"),
                         ("kdelay_ns", "<u8"), ("slot", "<u4"), ("state", "<u4")])          # struct fb_bpf_trans
@@ -551,62 +549,3 @@ def cross_check_threads(threads: list[dict], logs: dict, limit: float = 0.02,
             "worst_cpu_rel_error": worst("cpu_rel_error"),
             "worst_wait_rel_error": worst("wait_rel_error"),
             "failed": bad[:8], "threads": rows}
-
-
-# ----------------------------------------------------------------------------- a cross-thread check
-
-WAKE_SLACK_NS = 1000.0   # the stamps' map onto the tracer's clock, and the rdtsc beside each stamp
-# share of faults that may fall outside: at 2 vCPUs on 2 CPUs, 0.3-19% of faults (run to
-# run) have their vCPU woken 7-76 us after the install returned, from a sleep it began
-# before then (not explained yet; another sleep than the fault's?); a `fetched` stamp
-# 5 us late puts 74-84% outside, 10 us over 99%
-WAKE_OUTSIDE_MAX = 0.25
-
-
-def check_wake_inside_install(cols: dict, logs: dict, to_mono) -> dict:
-    """For mechanisms whose vCPU sleeps in the kernel until its page is installed (blocking
-    userfaultfd): the vCPU's wake-up, as the tracer's sched_wakeup stamps it, must fall
-    inside its resolver's install ioctl, between the resolver's own `fetched` and `done`
-    TSC stamps (UFFDIO_COPY wakes the waiter before it returns). Two threads and two
-    clocks: a stamp put in the wrong place, or an offset between the stamps and the
-    tracer's clock, larger than the distance from the wake to the nearer end of the
-    ioctl (a few microseconds: `margin_ns`) moves the wake outside."""
-    st = cols["stamps"].astype(np.int64)
-    done_col, fetched_col, g0_col = (STAMP_INDEX[s] for s in ("done", "fetched", "g0"))
-    ok_rows = cols["complete"] & (st[:, fetched_col] > 0) & (st[:, done_col] > 0)
-    vt = cols["vcpu_tid"]
-    n = inside = not_slept = 0
-    margins = []
-    for tid in np.unique(vt[ok_rows]):
-        tl = logs.get(int(tid))
-        if tl is None:
-            continue
-        rows = np.flatnonzero(ok_rows & (vt == tid))
-        a, b = to_mono(st[rows, fetched_col]), to_mono(st[rows, done_col])
-        start = to_mono(st[rows, g0_col])   # the guest's stamp before its touch
-        # the fault's sleep: the vCPU's first switch off its CPU asleep after its touch
-        # began; none before the install returned means the page came before
-        # the vCPU slept (it then never sleeps for it): such faults are not checked
-        wake_at = (tl.state[:-1] == ASLEEP) & (tl.state[1:] == WAITING)
-        sleeps = tl.t[:-1][wake_at].astype(np.float64)     # each sleep that ended in a wake-up
-        wakes = tl.t[1:][wake_at].astype(np.float64)
-        k = np.searchsorted(sleeps, start - WAKE_SLACK_NS)
-        kk = np.minimum(k, max(sleeps.size - 1, 0))
-        slept = (k < sleeps.size) & (sleeps[kk] <= b + WAKE_SLACK_NS) if sleeps.size else \
-            np.zeros(rows.size, dtype=bool)
-        w = wakes[kk] if sleeps.size else np.zeros(rows.size)
-        good = slept & (w >= a - WAKE_SLACK_NS) & (w <= b + WAKE_SLACK_NS)
-        n += int(slept.sum())
-        not_slept += int((~slept).sum())
-        inside += int(good.sum())
-        margins.append(np.minimum(w - a, b - w)[good])
-    if not n:
-        return {"applies": False, "ok": None, "reason": "no fault with a vCPU that slept for it",
-                "faults_installed_before_the_vcpu_slept": not_slept}
-    margin = np.concatenate(margins) if margins else np.zeros(0)
-    share_out = 1.0 - inside / n
-    return {"applies": True, "faults": n, "faults_outside": n - inside, "share_outside": share_out,
-            "faults_installed_before_the_vcpu_slept": not_slept,
-            "margin_ns_median": float(np.median(margin)) if margin.size else None,
-            "slack_ns": WAKE_SLACK_NS, "share_outside_max": WAKE_OUTSIDE_MAX,
-            "ok": share_out <= WAKE_OUTSIDE_MAX}

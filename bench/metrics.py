@@ -106,9 +106,6 @@ METRICS: list[Metric] = [
     Metric("fault_breakdown_ns.sched_split.events_lost", "count", "lower"),
     Metric("fault_breakdown_ns.sched_split.vcpus_on_cpu_at_once_max", "count"),
     Metric("fault_breakdown_ns.sched_split.parts.*.*", "ns"),
-    Metric("checks.wake_inside_install.faults*", "count"),
-    Metric("checks.wake_inside_install.share_outside*", "ratio"),
-    Metric("checks.wake_inside_install.*_ns*", "ns"),
     # the in-kernel tracer's split: counts of faults, log entries, threads and switches
     Metric("fault_breakdown_ns.sched_split.parts.*.faults*", "count"),
     Metric("fault_breakdown_ns.sched_split.log_*", "count"),

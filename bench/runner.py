@@ -503,10 +503,6 @@ def _breakdown(run, plan: Plan, clock: dict | None, threads: list[dict], vres, t
         summary["sched_split"] = _sched_split(plan, cols, seg, names, threads, sched_trace, to_ns)
     if summary and bpf_data is not None:
         summary["sched_split"] = _bpf_split(plan, cols, seg, names, threads, totals, bpf_data, logs)
-        to_mono = kerneltrace.tsc_to_mono(totals)
-        # a vCPU that sleeps in the kernel for its page is woken inside its resolver's install
-        if to_mono is not None and plan.mechanism.uses_uffd and not plan.mechanism.handles_faults_on_vcpu:
-            checks["wake_inside_install"] = kerneltrace.check_wake_inside_install(cols, logs, to_mono)
     return summary, checks, inside
 
 

@@ -50,12 +50,6 @@ def _check_warnings(where: str, checks: dict) -> list[str]:
                    f"rate measured with CLOCK_MONOTONIC over the run ({tr['measured_khz']:.0f} kHz; "
                    f"tolerance {tr['tolerance'] * 1e6:.0f} ppm): every time converted from cycles is "
                    "off by as much (or a time daemon slewed CLOCK_MONOTONIC faster than 500 ppm)")
-    wi = checks.get("wake_inside_install")
-    if wi and wi.get("applies") and wi["ok"] is False:
-        out.append(f"{where}: check failed: wake_inside_install: {wi['faults_outside']} of {wi['faults']} "
-                   "faults' vCPU wake-ups (the in-kernel tracer's clock) fell outside their resolver's "
-                   "install ioctl (its fetched and done TSC stamps): stamps misplaced, or the stamps' "
-                   "map onto the tracer's clock is off")
     ct = checks.get("cpu_time_vs_latency")
     if ct and ct.get("applies") and ct["ok"] is False:
         out.append(f"{where}: check failed: cpu_time_vs_latency: the vCPU threads' guest-timed fault "
