@@ -391,9 +391,7 @@ class BpfTracer:
                     break
                 self.prog_stats["by_program"][ffi.string(name).decode()] = {
                     "run_ns": int(ns[0]), "run_count": int(cnt[0])}
-            tot = np.zeros(1, dtype=TOTALS_DTYPE)
-            lib.fb_bpf_totals(b, ffi.from_buffer(tot))
-            totals = {k: int(tot[0][k]) for k in TOTALS_DTYPE.names}
+            totals = self.peek_totals()
             nslots = min(totals["slots_used"], lib.FB_BPF_MAX_THREADS)
             threads = np.frombuffer(ffi.buffer(lib.fb_bpf_threads(b), THREAD_DTYPE.itemsize * nslots),
                                     dtype=THREAD_DTYPE).copy()

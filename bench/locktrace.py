@@ -499,27 +499,33 @@ class LockTracer(InstanceTracer):
                 self.mmap_events.append(ev)
         tf.tracing(True)
 
+    def drain(self) -> tuple:
+        """Stop recording, read the buffer and undo every tracefs change: (text lines,
+        raw lines, events lost, addresses hashed, static-lock resolver or None)."""
+        tf = self._tf
+        try:
+            tf.tracing(False)
+            lost = tf.lost_events()
+            text = tf.trace_lines()
+            raw = tf.raw_trace_lines()
+            hashed = self._hashed
+        finally:
+            self.cleanup()
+        resolver = None
+        if not hashed:
+            try:
+                ks = _kallsyms()
+                if ks.complete:
+                    resolver = ks.lookup
+            except OSError:
+                pass
+        return text, raw, lost, hashed, resolver
+
     def stop(self, tids) -> dict:
         with self._lock:
             if self.path is None:
                 raise RuntimeError("LockTracer not started")
-            tf = self._tf
-            try:
-                tf.tracing(False)
-                lost = tf.lost_events()
-                text = tf.trace_lines()
-                raw = tf.raw_trace_lines()
-                hashed = self._hashed
-            finally:
-                self.cleanup()
-            resolver = None
-            if not hashed:
-                try:
-                    ks = _kallsyms()
-                    if ks.complete:
-                        resolver = ks.lookup
-                except OSError:
-                    pass
+            text, raw, lost, hashed, resolver = self.drain()
             summary = parse_trace(text, raw, tids=tids, addresses_hashed=hashed,
                                   resolve_symbol=resolver, top=self.top, events_lost=lost)
             summary["mmap_lock_events"] = list(self.mmap_events)

@@ -224,19 +224,7 @@ def bpf_perf_rule_sites(d) -> dict:
 def stop_tracefs(tracer: locktrace.LockTracer, top: int) -> dict:
     """LockTracer.stop's reading, keeping the contentions for a table by call site
     (parse_trace's summary has one site per top lock only)."""
-    tf = tracer._tf
-    try:
-        tf.tracing(False)   # already off where the caller closed the window
-        lost = tf.lost_events()
-        text = tf.trace_lines()
-        raw = tf.raw_trace_lines()
-        hashed = tracer._hashed
-    finally:
-        tracer.cleanup()
-    resolver = None
-    if not hashed:
-        ks = locktrace._kallsyms()
-        resolver = ks.lookup if ks.complete else None
+    text, raw, lost, hashed, resolver = tracer.drain()
     summary = locktrace.parse_trace(text, raw, tids=None, addresses_hashed=hashed,
                                     resolve_symbol=resolver, top=top, events_lost=lost)
     waits = locktrace._pair(locktrace._read(text, raw, None)).waits
