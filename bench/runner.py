@@ -213,7 +213,8 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None, phases=None,
         lib.fb_run_stop(run)
         t0 = _lap(phases, "vcpu_run", t0)   # split into guest and start/stop below
         worker_stats = worker_cpu = None
-        tids = _tids(run)
+        own_tids = _tids(run)   # the harness's threads, joined by now
+        tids = list(own_tids)
         if worker:
             worker_stats = worker.stats()
             worker_tids = [t["tid"] for t in worker_stats["threads"] if t["tid"]]
@@ -223,7 +224,7 @@ def _execute(plan: Plan, cfg, table, stale, tracer, stracer=None, phases=None,
         sched_trace = stracer.stop() if stracer else None
         # after the join, and after each thread's last switch off its CPU (which can follow
         # the join by a little)
-        bpf_data = bpf.stop(_tids(run)) if bpf else None
+        bpf_data = bpf.stop(own_tids) if bpf else None
         if bpf_data is not None:
             kernel_locks = _without_tracer(bpflocks.kernel_locks(bpf_data, top=TOP_LOCKS * 2))
         t0 = _lap(phases, "trace", t0)
