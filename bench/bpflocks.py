@@ -14,7 +14,9 @@ summary `locktrace.parse_trace` makes from the text trace, so a record's
   `perf lock contention` prints as the caller;
 - per lock, `call_site` is its heaviest site (summed wait, plus one a contention) and
   `stack` the frames from that site on of its longest single wait, as in the tracefs
-  path.
+  path. `call_site` is None when none of the lock's contentions came with a stack
+  (`bpf_get_stackid` fails, EFAULT, for some interrupt contexts); its
+  `contentions_without_stack` then equals its `count`.
 
 Added here: `tracer: "bpf"`, a `name` per top lock (`name_from` says how it was found)
 and `call_sites`, the busiest sites over all locks by count.
@@ -187,7 +189,8 @@ def kernel_locks(data, top: int = 5, resolve_symbol=None, *, sites: int = 10,
         bt["count"] += count
         bt["wait_ns_total"] += wait
         stack = stack_of(sid) if sid >= 0 else []
-        if sid < 0 or not stack:
+        stackless = sid < 0 or not stack
+        if stackless:
             no_stack[("stacks off (--no-lock-stacks)" if not getattr(data, "stacks_on", True)
                       else _stack_error(sid)) if sid < 0 else "not in the stack map"] += count
         site = call_site(stack)
@@ -195,8 +198,10 @@ def kernel_locks(data, top: int = 5, resolve_symbol=None, *, sites: int = 10,
         if pl is None:
             pl = per_lock[lock] = {"count": 0, "wait_ns_total": 0, "wait_ns_max": 0,
                                    "types": collections.Counter(), "sites": collections.Counter(),
-                                   "site_stack": {}, "kinds": collections.Counter()}
+                                   "site_stack": {}, "kinds": collections.Counter(),
+                                   "without_stack": 0}
         pl["count"] += count
+        pl["without_stack"] += count if stackless else 0
         pl["wait_ns_total"] += wait
         pl["wait_ns_max"] = max(pl["wait_ns_max"], mx)
         pl["types"][ftype] += count
@@ -231,6 +236,8 @@ def kernel_locks(data, top: int = 5, resolve_symbol=None, *, sites: int = 10,
         top_locks.append({
             "lock": f"{lock:016x}", "symbol": sym, "name": name, "name_from": how,
             "call_site": site, "stack": pl["site_stack"][site][1] if site else [],
+            # a lock seen only from contexts the unwinder could not walk has no site
+            "contentions_without_stack": pl["without_stack"],
             "count": pl["count"], "wait_ns_total": pl["wait_ns_total"],
             "wait_ns_max": pl["wait_ns_max"], "type": pl["types"].most_common(1)[0][0],
         })

@@ -133,6 +133,18 @@ def test_call_site_skips_tracing_and_lock_frames_and_each_lock_takes_its_heavies
                                                              "try_to_wake_up+0x218"]
     assert sites["__wake_up+0x1d"]["name"] == "userfaultfd_ctx_cache"
     assert sites[None]["count"] == 3 and sites[None]["name"] == "rq_lock"
+    assert rq["contentions_without_stack"] == 3 and top[f"{UFFD:016x}"]["contentions_without_stack"] == 0
+
+
+def test_a_lock_seen_only_without_a_stack_says_so_instead_of_a_site():
+    rows = ROWS + [(0xffff888100000040, -14, 1, 0, 4, 900000, 500000)]   # the most wait, no stack
+    d, syms = _data(rows, NAMES)
+    kl = bpflocks.kernel_locks(d, top=2, resolve_symbol=lambda a: None, resolve_ip=syms)
+    first = kl["top_locks"][0]
+    assert first["lock"] == "ffff888100000040"
+    assert first["call_site"] is None and first["stack"] == []
+    assert first["contentions_without_stack"] == first["count"] == 4
+    assert kl["stack_errors"] == {"EFAULT": 7}
     assert len(bpflocks.kernel_locks(d, resolve_symbol=lambda a: None, resolve_ip=syms, sites=2)["call_sites"]) == 2
 
 

@@ -65,7 +65,10 @@ def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
     assert kl["events_lost"] == 0
     assert kl["contentions"] > 0 and kl["wait_ns_total"] > 0
     assert 1 <= len(kl["top_locks"]) <= 5
-    assert all(t["call_site"] for t in kl["top_locks"])
+    # a site for every top lock, except one whose every contention came without a stack
+    assert all(t["call_site"] or t.get("contentions_without_stack") == t["count"]
+               for t in kl["top_locks"])
+    assert any(t["call_site"] for t in kl["top_locks"])
     assert "acquisitions" in kl["mmap_lock"]
     roles = m["cpu_by_role"]
     assert roles["vcpu"]["threads"] == 64
