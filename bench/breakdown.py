@@ -19,7 +19,7 @@ the smallest error each catches and which test shows it):
   gate and at the stop.
 - `cpu_time_vs_latency` (in runner): an upper bound from the scheduler's accounting:
   the guest-timed fault latency of the vCPU threads cannot exceed their on-CPU +
-  run-queue time where they never sleep (`exits`, `async`).
+  run-queue time + the hypervisor's steal where they never sleep (`exits`, `async`).
 
 No check compares the intermediate stamps (notify ... resumed) with an independent
 clock: the former `segments_vs_monotonic` read CLOCK_MONOTONIC beside the very TSC
