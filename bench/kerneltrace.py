@@ -295,7 +295,8 @@ def log_capacity(pages: int, threads: int) -> int:
     """Entries for one run's state log. A fault costs its owner threads a few changes of
     state (uffd: the vCPU sleeps, wakes, runs; its reader the same); preemptions add more
     on a busy host. Zeroing the map at load costs about 0.2 s per million entries here,
-    so it is sized to the run, with 16 entries a page and 256 a thread of headroom."""
+    so it is sized to the run, with 16 entries a page and 256 a thread of headroom (which
+also covers the chunks the CPUs hold part-filled, FB_BPF_LOG_CHUNK each)."""
     return int(min(1 << 26, max(1 << 16, 16 * pages + 256 * threads)))
 
 
@@ -397,7 +398,9 @@ class BpfTracer:
                                     dtype=THREAD_DTYPE).copy()
             used = min(totals["log_used"], self.log_cap)
             log = np.frombuffer(ffi.buffer(lib.fb_bpf_log(b), TRANS_DTYPE.itemsize * used),
-                                dtype=TRANS_DTYPE).copy()
+                                dtype=TRANS_DTYPE)
+            # CPUs take the log in chunks (FB_BPF_LOG_CHUNK); a chunk's unfilled tail is zero
+            log = log[log["t"] != 0].copy()
             keys = np.zeros(lib.FB_BPF_MAX_LOCKS, dtype=LOCK_KEY_DTYPE)
             vals = np.zeros(lib.FB_BPF_MAX_LOCKS, dtype=LOCK_VAL_DTYPE)
             n = lib.fb_bpf_locks(b, ffi.from_buffer(keys), ffi.from_buffer(vals), keys.size)

@@ -447,7 +447,7 @@ def _bpf_split(plan: Plan, cols: dict, seg: dict, names: dict, threads: list[dic
     clocks (kerneltrace.cross_check_threads) and the log kept every change of state."""
     check = kerneltrace.cross_check_threads(threads, logs)
     out = {"tracer": "bpf", "cross_check": {k: v for k, v in check.items() if k != "threads"},
-           "log_entries": int(data.totals["log_used"]), "log_capacity": data.log_cap,
+           "log_entries": int(data.log.size), "log_capacity": data.log_cap,
            "log_dropped": int(data.totals["log_dropped"]),
            "threads_dropped": int(data.totals["threads_dropped"]),
            # joined threads whose last switch off a CPU had not come 0.2 s after the join

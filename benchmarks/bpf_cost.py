@@ -43,6 +43,7 @@ def cell(mech: str, vcpus: int, pairs: int, mem: int) -> dict:
                 progs = raw.get("bpf_programs") or {}
                 out["bpf_run_ns"] = progs.get("run_ns", 0)
                 out["bpf_runs"] = progs.get("run_count", 0)
+                out["by_program"] = progs.get("by_program", {})
                 out["guest_s"] = m["guest_seconds"]
                 out["faults"] = m["faults"]
                 split = (m.get("fault_breakdown_ns") or {}).get("sched_split") or {}
@@ -59,6 +60,14 @@ def cell(mech: str, vcpus: int, pairs: int, mem: int) -> dict:
             "bpf_runs_per_fault_median": statistics.median(r["bpf_runs"] / max(r["faults"], 1) for r in rows),
             "bpf_cpu_share_median": statistics.median(share), "bpf_cpu_share_max": max(share),
             "splits_withheld": sum(1 for r in rows if r["split_withheld"]),
+            # per program: its runs a fault and ns a run (medians of the traced runs)
+            "by_program": {name: {
+                "runs_per_fault": statistics.median(r["by_program"].get(name, {}).get("run_count", 0)
+                                                    / max(r["faults"], 1) for r in rows),
+                "ns_per_run": statistics.median(r["by_program"][name]["run_ns"]
+                                                / max(r["by_program"][name]["run_count"], 1)
+                                                for r in rows if name in r["by_program"])}
+                for name in sorted({n for r in rows for n in r["by_program"]})},
             "pairs_raw": rows}
 
 
@@ -69,6 +78,8 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--mem-per-vcpu", type=int, default=4)
     ap.add_argument("--out")
+    ap.add_argument("--by-program", action="store_true",
+                    help="also print each program's runs a fault and ns a run")
     a = ap.parse_args()
     why = kerneltrace.unavailable()
     if why:
@@ -90,6 +101,9 @@ def main() -> int:
                       f"{r['traced_pages_per_s_median']:10.0f} {r['ratio_median']:6.3f} "
                       f"[{r['ratio_min']:.3f}-{r['ratio_max']:.3f}] {r['bpf_ns_per_fault_median']:10.0f} "
                       f"{100 * r['bpf_cpu_share_median']:8.2f}% {r['splits_withheld']:8d}", flush=True)
+                if a.by_program:
+                    print("    " + ", ".join(f"{n} {p['runs_per_fault']:.2f}/flt x {p['ns_per_run']:.0f} ns"
+                                           for n, p in r["by_program"].items() if p["runs_per_fault"]))
     finally:
         os.close(stats_fd)
     if a.out:

@@ -188,10 +188,29 @@ int fb_bpf_lock_name(struct fb_bpf *b, uint64_t lock, char *name)
     return bpf_map_lookup_elem(fd, &lock, name);
 }
 
+/* mmap_lock's counts over all CPUs (the map is per CPU): sums, and the largest max */
 int fb_bpf_mm(struct fb_bpf *b, int write, void *out)
 {
     __u32 k = write ? 1 : 0;
-    return bpf_map_lookup_elem(bpf_map__fd(bpf_object__find_map_by_name(b->obj, "mm_stats")), &k, out);
+    int ncpu = libbpf_num_possible_cpus();
+    if (ncpu <= 0)
+        return ncpu ? ncpu : -EINVAL;
+    struct fb_bpf_mm *per = calloc(ncpu, sizeof(*per));   /* 32 bytes: 8-aligned as the kernel lays them */
+    if (!per)
+        return -ENOMEM;
+    int rc = bpf_map_lookup_elem(bpf_map__fd(bpf_object__find_map_by_name(b->obj, "mm_stats")), &k, per);
+    struct fb_bpf_mm sum = {0};
+    for (int i = 0; rc == 0 && i < ncpu; i++) {
+        sum.acquisitions += per[i].acquisitions;
+        sum.wait_ns += per[i].wait_ns;
+        sum.contended += per[i].contended;
+        if (per[i].max_ns > sum.max_ns)
+            sum.max_ns = per[i].max_ns;
+    }
+    free(per);
+    if (rc == 0)
+        memcpy(out, &sum, sizeof(sum));
+    return rc;
 }
 
 int fb_bpf_enable_stats(void)

@@ -76,10 +76,20 @@ struct {
 } translog SEC(".maps");
 
 struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, FB_BPF_MAX_THREADS);
-    __type(key, __u32);     /* tid */
-    __type(value, __u32);   /* slot in `threads` */
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct fb_bpf_cursor);
+} cursor SEC(".maps");
+
+/* a harness thread's slot in `threads` (+1; 0: none yet), kept on the task itself:
+ * one pointer walk a lookup, where a hash keyed by tid cost a hashed bucket search on
+ * every switch, wake-up and migration */
+struct {
+    __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, __u32);
 } slot_of SEC(".maps");
 
 struct {
@@ -126,8 +136,10 @@ struct {
     __type(value, __u8);
 } lock_unnamed SEC(".maps");
 
+/* per CPU (the reader sums them): a shared counter's cache line would move between the
+ * CPUs on every mmap_lock acquisition, several a fault */
 struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, 2);   /* 0: read, 1: write */
     __type(key, __u32);
     __type(value, struct fb_bpf_mm);
@@ -151,33 +163,30 @@ static __always_inline int ours(struct fb_bpf_cfg *c, int tgid)
 }
 
 /* the slot of a harness thread (its index in *idx), made on first sight */
-static __always_inline struct fb_bpf_thread *slot(__u32 tid, int create, __u32 *idx)
+static __always_inline struct fb_bpf_thread *slot(struct task_struct *task, __u32 *idx)
 {
-    __u32 *s = bpf_map_lookup_elem(&slot_of, &tid);
-    if (!s) {
-        if (!create)
-            return 0;
+    __u32 *s = bpf_task_storage_get(&slot_of, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!s)
+        return 0;   /* no memory for the storage, or a nested call on this CPU */
+    __u32 n = *s;
+    if (!n) {
         struct fb_bpf_totals *t = tot();
         if (!t)
             return 0;
-        __u32 n = __sync_fetch_and_add(&t->slots_used, 1);
+        n = __sync_fetch_and_add(&t->slots_used, 1);
         if (n >= FB_BPF_MAX_THREADS) {
             __sync_fetch_and_add(&t->threads_dropped, 1);
             return 0;
         }
-        if (bpf_map_update_elem(&slot_of, &tid, &n, BPF_NOEXIST))
-            ;   /* another CPU made it first: use that one (n is wasted) */
-        s = bpf_map_lookup_elem(&slot_of, &tid);
-        if (!s)
-            return 0;
-        *idx = *s;
-        struct fb_bpf_thread *th = bpf_map_lookup_elem(&threads, s);
-        if (th && th->tid == 0)
-            th->tid = tid;
-        return th;
+        /* two CPUs can meet a new thread at once: the first one's slot is kept */
+        __u32 seen = __sync_val_compare_and_swap(s, 0, n + 1);
+        n = seen ? seen : n + 1;
     }
-    *idx = *s;
-    return bpf_map_lookup_elem(&threads, s);
+    *idx = n - 1;
+    struct fb_bpf_thread *th = bpf_map_lookup_elem(&threads, idx);
+    if (th && th->tid == 0)
+        th->tid = task->pid;
+    return th;
 }
 
 /* close the interval of the state the thread was in, then enter `state` at `now` */
@@ -204,12 +213,22 @@ static __always_inline void transition(struct fb_bpf_thread *th, __u32 slotno, _
     struct fb_bpf_cfg *c = config();
     if (!t || !c)
         return;
-    __u64 i = __sync_fetch_and_add(&t->log_used, 1);
-    if (i >= c->log_cap) {
-        __sync_fetch_and_add(&t->log_dropped, 1);
+    /* Every caller runs with interrupts off (sched_switch; the wake-ups under the
+     * task's pi_lock), so this CPU's cursor is changed by one program at a time. */
+    __u32 zero = 0;
+    struct fb_bpf_cursor *cur = bpf_map_lookup_elem(&cursor, &zero);
+    if (!cur)
         return;
+    if (cur->next >= cur->end) {
+        __u64 base = __sync_fetch_and_add(&t->log_used, FB_BPF_LOG_CHUNK);
+        if (base >= c->log_cap) {
+            __sync_fetch_and_add(&t->log_dropped, 1);
+            return;
+        }
+        cur->next = base;
+        cur->end = base + FB_BPF_LOG_CHUNK < c->log_cap ? base + FB_BPF_LOG_CHUNK : c->log_cap;
     }
-    __u32 k = (__u32)i;
+    __u32 k = (__u32)cur->next++;
     struct fb_bpf_trans *e = bpf_map_lookup_elem(&translog, &k);
     if (!e)
         return;
@@ -233,9 +252,8 @@ int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_stru
         return 0;
     __u64 now = 0;
     if (ours(c, prev->tgid)) {
-        __u32 tid = prev->pid;
         __u32 idx;
-        struct fb_bpf_thread *th = slot(tid, 1, &idx);
+        struct fb_bpf_thread *th = slot(prev, &idx);
         if (th) {
             now = bpf_ktime_get_ns();
             /* still runnable when preempted (whatever its state word says: a task
@@ -248,9 +266,8 @@ int BPF_PROG(fb_switch, bool preempt, struct task_struct *prev, struct task_stru
         }
     }
     if (ours(c, next->tgid)) {
-        __u32 tid = next->pid;
         __u32 idx;
-        struct fb_bpf_thread *th = slot(tid, 1, &idx);
+        struct fb_bpf_thread *th = slot(next, &idx);
         if (th) {
             if (!now)
                 now = bpf_ktime_get_ns();
@@ -266,9 +283,8 @@ static __always_inline int woken(struct task_struct *p)
     struct fb_bpf_cfg *c = config();
     if (!ours(c, p->tgid))
         return 0;
-    __u32 tid = p->pid;
     __u32 idx;
-    struct fb_bpf_thread *th = slot(tid, 1, &idx);
+    struct fb_bpf_thread *th = slot(p, &idx);
     /* a wakeup of a task that is on a CPU or already runnable changes nothing */
     if (th && th->state != FB_BPF_ON_CPU && th->state != FB_BPF_WAITING) {
         th->wakeups++;
@@ -290,7 +306,7 @@ int BPF_PROG(fb_migrate, struct task_struct *p, int dest_cpu)
     if (!ours(c, p->tgid))
         return 0;
     __u32 idx;
-    struct fb_bpf_thread *th = slot(p->pid, 1, &idx);
+    struct fb_bpf_thread *th = slot(p, &idx);
     if (th)
         th->migrations++;
     return 0;

@@ -56,8 +56,18 @@ struct fb_bpf_trans {    /* 48 bytes: the counters right after a change of state
     __u32 state;         /* the state entered at t */
 };
 
+/* The log is handed to CPUs in chunks of this many entries: one shared atomic a chunk,
+ * not one a change of state (that cache line bounced between the CPUs on every switch).
+ * Entries a CPU had not filled when the run ended stay zero (t == 0) and are skipped. */
+#define FB_BPF_LOG_CHUNK 64
+
+struct fb_bpf_cursor {   /* per CPU: the next free entry of its chunk, and the chunk's end */
+    __u64 next;
+    __u64 end;
+};
+
 struct fb_bpf_totals {
-    __u64 log_used;      /* may exceed log_cap: the rest were dropped */
+    __u64 log_used;      /* entries handed out in chunks; may exceed log_cap */
     __u64 log_dropped;
     __u32 slots_used;
     __u32 threads_dropped;
