@@ -137,7 +137,8 @@ HOST_NOISE = _object(
     {"interval_s": NON_NEGATIVE, "cpus": COUNT, "other_cpu_s": NON_NEGATIVE,
      "other_cpu_share": NON_NEGATIVE, "kernel_threads_cpu_s": NON_NEGATIVE, "note": STRING,
      "top_processes": {"type": "array",
-                       "items": _object({"pid": COUNT, "comm": STRING, "cpu_s": NON_NEGATIVE})}})
+                       "items": _object({"pid": COUNT, "comm": STRING, "cpu_s": NON_NEGATIVE},
+                                        ("pid", "comm", "cpu_s"))}})
 
 TRACING = _object({"traced_pages_per_s": NUMBERS, "untraced_pages_per_s_median": NUMBER,
                    "overhead_ratio": {"type": ["number", "null"]}, "events_lost": NON_NEGATIVE,
