@@ -22,3 +22,24 @@ def test_worker_latency_script_runs(kvm):
     p = run("worker_latency.py", "--mib", "4", "--repeat", "1")
     assert p.returncode in (0, 1), p.stderr
     assert "p50 difference:" in p.stdout and "worker service time" in p.stdout
+
+
+def test_bpf_cost_script_runs_and_writes_its_intervals(kvm, tmp_path):
+    import json
+
+    import pytest
+
+    from bench import kerneltrace
+    why = kerneltrace.unavailable()
+    if why:
+        pytest.skip(f"the in-kernel (BPF) tracer cannot run: {why}")
+    out = tmp_path / "cost.json"
+    p = run("bpf_cost.py", "--mech", "exits", "--vcpus", "1", "--pairs", "2", "--mem-per-vcpu", "2",
+            "--prog-stats", "--by-program", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    cell = json.loads(out.read_text())["cells"][0]
+    lo, hi = cell["rate_ratio_ci95"]
+    assert 0 < lo < hi and cell["ratio_min"] <= cell["ratio_median"] <= cell["ratio_max"]
+    assert cell["cpu_per_fault_ratio_ci95"][0] > 0
+    assert cell["bpf_ns_per_fault_median"] > 0 and "fb_switch" in cell["by_program"]
+    assert "fb_mm_acquired" in p.stdout   # the per-program line
