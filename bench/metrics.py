@@ -133,6 +133,7 @@ METRICS: list[Metric] = [
     Metric("checks.*.*_ns", "ns"), Metric("checks.*.*.*_ns", "ns"),
     Metric("checks.*.*_ns_*", "ns"), Metric("checks.*.*.*_ns_*", "ns"),
     Metric("checks.*.fill", "ratio"), Metric("checks.*.ratio", "ratio"),
+    Metric("checks.*.ratio_without_steal", "ratio"),
     Metric("checks.*.max_vcpu_ratio", "ratio"), Metric("checks.*.min_vcpu_ratio", "ratio"),
     Metric("checks.*.limits.*", "ratio"), Metric("checks.*.limits.*_ns", "ns"),
     Metric("checks.*.deviation", "ratio"), Metric("checks.*.tolerance", "ratio"),

@@ -446,11 +446,7 @@ def _bpf_split(plan: Plan, cols: dict, seg: dict, names: dict, threads: list[dic
     (with the reason) unless every thread's totals from the log agree with its own
     clocks (kerneltrace.cross_check_threads) and the log kept every change of state."""
     check = kerneltrace.cross_check_threads(threads, logs)
-    failed = [{k: r.get(k) for k in ("role", "index", "cpu_rel_error", "wait_rel_error",
-                                     "switches_inferred", "reason") if r.get(k) is not None}
-              for r in check.get("threads", []) if not r["ok"]]
-    out = {"tracer": "bpf", "cross_check": {**{k: v for k, v in check.items() if k != "threads"},
-                                            "failed_threads": failed[:16]},   # which, at most 16
+    out = {"tracer": "bpf", "cross_check": {k: v for k, v in check.items() if k != "threads"},
            "log_entries": int(data.log.size), "log_capacity": data.log_cap,
            "log_dropped": int(data.totals["log_dropped"]),
            "threads_dropped": int(data.totals["threads_dropped"]),

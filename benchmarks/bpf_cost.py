@@ -70,7 +70,8 @@ def cell(mech: str, vcpus: int, pairs: int, mem: int) -> dict:
                 split = (m.get("fault_breakdown_ns") or {}).get("sched_split") or {}
                 out["split_withheld"] = split.get("withheld")
                 if split.get("withheld"):   # which threads, and by how much
-                    out["cross_check_failed"] = (split.get("cross_check") or {}).get("failed_threads")
+                    out["cross_check_failed"] = [{k: f.get(k) for k in ("role", "index", "cpu_rel_error", "wait_rel_error", "reason")}
+                                                for f in (split.get("cross_check") or {}).get("failed", [])]
         rows.append(out)
     ratios = [r["traced"] / r["untraced"] for r in rows]
     cpu_ratios = [r["traced_cpu_ns"] / r["untraced_cpu_ns"] for r in rows]

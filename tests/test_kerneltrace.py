@@ -195,6 +195,13 @@ def test_a_bpf_traced_run_splits_every_segment_and_checks_every_thread(kvm):
                      trace_bpf=True)
     m, raw = execute(plan)
     split = m["fault_breakdown_ns"]["sched_split"]
+    if "withheld" in split:
+        # now and then a thread lands past 2% (a CI run: 2.2%; 6 of the 72 traced runs of
+        # docs/tracing.md's cost table, 0 of 40 such 1-vCPU runs on a quiet host): the
+        # withheld split must then name it, and a second run pass
+        assert split["cross_check"]["failed"] and "disagree" in split["withheld"], split["withheld"]
+        m, raw = execute(plan)
+        split = m["fault_breakdown_ns"]["sched_split"]
     assert split["tracer"] == "bpf" and "withheld" not in split, split.get("withheld")
     assert split["cross_check"]["ok"] and split["cross_check"]["threads_checked"] == 2
     for name, p in split["parts"].items():
