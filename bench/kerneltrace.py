@@ -45,7 +45,8 @@ THREAD_DTYPE = np.dtype([("tid", "<u4"), ("state", "<u4"), ("since", "<u8"), ("o
                          ("pad", "<u4"), ("switches_in", "<u8"), ("preempted", "<u8"),
                          ("wakeups", "<u8")])                          # struct fb_bpf_thread
 TOTALS_DTYPE = np.dtype([("log_used", "<u8"), ("log_dropped", "<u8"), ("slots_used", "<u4"),
-                         ("threads_dropped", "<u4"), ("locks_dropped", "<u8")])  # struct fb_bpf_totals
+                         ("threads_dropped", "<u4"), ("locks_dropped", "<u8"),
+                         ("slots_missed", "<u8")])  # struct fb_bpf_totals
 LOCK_KEY_DTYPE = np.dtype([("lock", "<u8"), ("stackid", "<i4"), ("flags", "<u4"),
                            ("name_kind", "<u4"), ("pad", "<u4")])      # struct fb_bpf_lock_key
 LOCK_VAL_DTYPE = np.dtype([("count", "<u8"), ("wait_ns", "<u8"), ("max_ns", "<u8")])
@@ -295,8 +296,9 @@ def log_capacity(pages: int, threads: int) -> int:
     """Entries for one run's state log. A fault costs its owner threads a few changes of
     state (uffd: the vCPU sleeps, wakes, runs; its reader the same); preemptions add more
     on a busy host. Zeroing the map at load costs about 0.2 s per million entries here,
-    so it is sized to the run, with 16 entries a page and 256 a thread of headroom (which
-also covers the chunks the CPUs hold part-filled, FB_BPF_LOG_CHUNK each)."""
+    so it is sized to the run, with 16 entries a page and 256 a thread of headroom; the
+chunks the CPUs hold part-filled (under FB_BPF_LOG_CHUNK entries each, per CPU) fit in
+the 65,536-entry floor."""
     return int(min(1 << 26, max(1 << 16, 16 * pages + 256 * threads)))
 
 

@@ -110,6 +110,7 @@ METRICS: list[Metric] = [
     Metric("fault_breakdown_ns.sched_split.parts.*.faults*", "count"),
     Metric("fault_breakdown_ns.sched_split.log_*", "count"),
     Metric("fault_breakdown_ns.sched_split.log_dropped", "count", "lower"),
+    Metric("fault_breakdown_ns.sched_split.events_missed", "count", "lower"),
     Metric("fault_breakdown_ns.sched_split.threads_*", "count", "lower"),
     Metric("fault_breakdown_ns.sched_split.threads_by_role.*.*", "count"),
     Metric("fault_breakdown_ns.sched_split.cross_check.threads_*", "count"),

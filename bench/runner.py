@@ -449,15 +449,18 @@ def _bpf_split(plan: Plan, cols: dict, seg: dict, names: dict, threads: list[dic
     out = {"tracer": "bpf", "cross_check": {k: v for k, v in check.items() if k != "threads"},
            "log_entries": int(data.log.size), "log_capacity": data.log_cap,
            "log_dropped": int(data.totals["log_dropped"]),
+           "events_missed": int(data.totals.get("slots_missed", 0)),
            "threads_dropped": int(data.totals["threads_dropped"]),
            # joined threads whose last switch off a CPU had not come 0.2 s after the join
            "threads_not_switched_out": int(getattr(data, "unfinished_exits", 0)),
            "threads_by_role": _bpf_thread_counts(data, threads)}
     to_mono = kerneltrace.tsc_to_mono(totals)
     why = None
-    if data.totals["log_dropped"] or data.totals["threads_dropped"]:
+    missed = int(data.totals.get("slots_missed", 0))
+    if data.totals["log_dropped"] or data.totals["threads_dropped"] or missed:
         why = (f"the tracer's log dropped {data.totals['log_dropped']} changes of state and "
-               f"{data.totals['threads_dropped']} threads (capacity {data.log_cap} entries)")
+               f"{data.totals['threads_dropped']} threads (capacity {data.log_cap} entries), and "
+               f"lost {missed} events whose thread's task storage it could not get")
     elif not check["ok"]:
         why = (f"{check['threads_failed']} of {check['threads_checked']} threads' totals from the log "
                f"disagree with their own clocks by more than {check['limit']:.0%} "
@@ -615,17 +618,20 @@ STEAL_ALLOWANCE_MAX = 0.05
 
 def _vcpu_steal(threads: list[dict], logs: dict | None, host: dict | None) -> dict | None:
     """CPU time the hypervisor took from the vCPU threads over their measured window:
-    with the in-kernel tracer, exactly, per thread (its wall time on a CPU beyond its
-    sum_exec_runtime); without it, at most the steal of all CPUs over the run as
-    /proc/stat counts it (a CPU's steal falls on at most one thread at a time), plus
-    one clock tick for the rounding of the two readings. None where neither is known."""
+    with the in-kernel tracer's complete log (`logs`, None unless the split passed its
+    cross-check), per thread (its wall time on a CPU beyond its sum_exec_runtime);
+    otherwise the steal of all CPUs over the run as /proc/stat counts it (a CPU's steal
+    falls on at most one thread at a time), plus one clock tick for the rounding of the
+    two readings: close to an upper bound (the kernel books steal at its ticks, a few ms
+    late). None where neither is known."""
     vcpus = [t for t in threads if t["role"] == "vcpu"]
     if logs is not None and all(t["tid"] in logs for t in vcpus):
         ns = 0.0
         for t in vcpus:
             sp = kerneltrace.split(logs[t["tid"]], t["mono_mark_ns"], t["mono_end_ns"])
             ns += float(sp["steal_ns"])
-        return {"ns": ns, "source": "in-kernel tracer, per vCPU thread", "exact": True}
+        if np.isfinite(ns):   # NaN: a window begun before the thread's first entry
+            return {"ns": ns, "source": "in-kernel tracer, per vCPU thread", "exact": True}
     if host is None:
         return None
     return {"ns": (host["ticks"] + 1) * host["tick_ns"],
@@ -714,8 +720,11 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None, bpf_data=None,
                                                    bpf_data, logs)
     sched = _sched(threads, faults)
     if sched and "vcpu" in sched and lat["fault_latency_ns"]:
+        # the log's steal only where the split stood its checks (a complete log)
+        split = (breakdown or {}).get("sched_split") or {}
+        whole = logs if split.get("tracer") == "bpf" and not split.get("withheld") else None
         checks["cpu_time_vs_latency"] = _cpu_time_check(plan, sched, vres, threads,
-                                                        _vcpu_steal(threads, logs, steal))
+                                                        _vcpu_steal(threads, whole, steal))
     exits_by_path = {name: int(sum(vres[i].exits_by_path[k] for i in range(vcpus)))
                      for k, name in EXIT_PATHS.items() if name}
     metrics = {

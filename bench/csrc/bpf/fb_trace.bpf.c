@@ -166,8 +166,15 @@ static __always_inline int ours(struct fb_bpf_cfg *c, int tgid)
 static __always_inline struct fb_bpf_thread *slot(struct task_struct *task, __u32 *idx)
 {
     __u32 *s = bpf_task_storage_get(&slot_of, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-    if (!s)
-        return 0;   /* no memory for the storage, or a nested call on this CPU */
+    if (!s) {
+        /* no memory for a new thread's storage, or the CPU's task-storage lock busy
+         * when it was to be made: the event is lost, and counted (the split is then
+         * withheld) */
+        struct fb_bpf_totals *t = tot();
+        if (t)
+            __sync_fetch_and_add(&t->slots_missed, 1);
+        return 0;
+    }
     __u32 n = *s;
     if (!n) {
         struct fb_bpf_totals *t = tot();
@@ -213,8 +220,10 @@ static __always_inline void transition(struct fb_bpf_thread *th, __u32 slotno, _
     struct fb_bpf_cfg *c = config();
     if (!t || !c)
         return;
-    /* Every caller runs with interrupts off (sched_switch; the wake-ups under the
-     * task's pi_lock), so this CPU's cursor is changed by one program at a time. */
+    /* This CPU's cursor is changed by one program at a time: sched_switch runs with
+     * interrupts off, and so do the wake-ups but one (a task waking itself: preemption
+     * off only). An interrupt there can only run fb_wakeup again, which the kernel's
+     * recursion guard skips (counted in the program's recursion_misses, not here). */
     __u32 zero = 0;
     struct fb_bpf_cursor *cur = bpf_map_lookup_elem(&cursor, &zero);
     if (!cur)

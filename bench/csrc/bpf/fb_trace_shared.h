@@ -72,6 +72,7 @@ struct fb_bpf_totals {
     __u32 slots_used;
     __u32 threads_dropped;
     __u64 locks_dropped;
+    __u64 slots_missed;  /* a harness thread's task storage not had: that event is lost */
 };
 
 struct fb_bpf_lock_key {
