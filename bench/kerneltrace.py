@@ -297,8 +297,8 @@ def log_capacity(pages: int, threads: int) -> int:
     state (uffd: the vCPU sleeps, wakes, runs; its reader the same); preemptions add more
     on a busy host. Zeroing the map at load costs about 0.2 s per million entries here,
     so it is sized to the run, with 16 entries a page and 256 a thread of headroom; the
-chunks the CPUs hold part-filled (under FB_BPF_LOG_CHUNK entries each, per CPU) fit in
-the 65,536-entry floor."""
+    chunks the CPUs hold part-filled (under FB_BPF_LOG_CHUNK entries each, per CPU) fit
+    in the 65,536-entry floor."""
     return int(min(1 << 26, max(1 << 16, 16 * pages + 256 * threads)))
 
 

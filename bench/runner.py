@@ -446,17 +446,17 @@ def _bpf_split(plan: Plan, cols: dict, seg: dict, names: dict, threads: list[dic
     (with the reason) unless every thread's totals from the log agree with its own
     clocks (kerneltrace.cross_check_threads) and the log kept every change of state."""
     check = kerneltrace.cross_check_threads(threads, logs)
+    missed = int(data.totals.get("slots_missed", 0))
     out = {"tracer": "bpf", "cross_check": {k: v for k, v in check.items() if k != "threads"},
            "log_entries": int(data.log.size), "log_capacity": data.log_cap,
            "log_dropped": int(data.totals["log_dropped"]),
-           "events_missed": int(data.totals.get("slots_missed", 0)),
+           "events_missed": missed,
            "threads_dropped": int(data.totals["threads_dropped"]),
            # joined threads whose last switch off a CPU had not come 0.2 s after the join
            "threads_not_switched_out": int(getattr(data, "unfinished_exits", 0)),
            "threads_by_role": _bpf_thread_counts(data, threads)}
     to_mono = kerneltrace.tsc_to_mono(totals)
     why = None
-    missed = int(data.totals.get("slots_missed", 0))
     if data.totals["log_dropped"] or data.totals["threads_dropped"] or missed:
         why = (f"the tracer's log dropped {data.totals['log_dropped']} changes of state and "
                f"{data.totals['threads_dropped']} threads (capacity {data.log_cap} entries), and "
