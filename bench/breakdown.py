@@ -89,7 +89,9 @@ def segments(cols: dict) -> dict:
             absent = filled[:, k] == 0
             filled[absent, k] = filled[absent, k - 1]
     g1 = filled[:, -1:]
-    cut_any = (filled[:, 1:-1] > g1).any(axis=1)
+    cut = np.zeros(filled.shape, dtype=bool)
+    cut[:, 1:-1] = filled[:, 1:-1] > g1
+    cut_any = cut.any(axis=1)
     filled[:, 1:-1] = np.minimum(filled[:, 1:-1], g1)
     diffs = np.diff(filled, axis=1)
     ordered = (diffs >= 0).all(axis=1)
@@ -97,6 +99,7 @@ def segments(cols: dict) -> dict:
     return {
         "cycles": diffs[use],                       # columns: SEGMENT_ENDING_AT order
         "stamps": filled[use],                      # the filled, cut stamps they come from
+        "cut_at_g1": cut[use],                      # which of those stamps were cut at g1
         "names": [SEGMENT_ENDING_AT[s] for s in STAMPS[1:]],
         "used": use,
         "skipped": int((complete & ~ordered).sum()),

@@ -136,6 +136,17 @@ class ThreadLog:
         self.kdelay = np.where(self.state == ON_CPU, later, kd)
         if kd.size and self.state[-1] == ON_CPU:
             self.kdelay[-1] = -1   # still on a CPU at the end: its last wait is unknown
+        # its wake-ups: the instants it left sleep (to wait for a CPU, or straight onto one)
+        woke = np.flatnonzero((self.state[:-1] == ASLEEP) & (self.state[1:] != ASLEEP)) + 1
+        self.wakes = self.t[woke]
+
+    def last_wake(self, a, b) -> np.ndarray:
+        """Per interval (a, b] (ns), the thread's last wake-up inside it; NaN where none."""
+        a = np.asarray(a, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64)
+        k = np.searchsorted(self.wakes, b, side="right") - 1
+        w = self.wakes[np.maximum(k, 0)].astype(np.float64) if self.wakes.size else np.zeros(b.size)
+        return np.where((k >= 0) & (w > a), w, np.nan)
 
     def at(self, t) -> dict:
         """Cumulative counters at each instant of `t` (ns, the log's clock). Before the
@@ -461,33 +472,69 @@ def segment_split(cols: dict, seg: dict, names: dict, logs: dict, handles_on_vcp
                   to_mono) -> dict:
     """Per named segment of the breakdown: its owner's mean on-CPU (CPU time), steal,
     waiting (run delay) and asleep ns, from the state log's counters. The owner is the
-    thread that must run for the segment to end (schedtrace.segment_owners). A fault
-    whose owner has no log is left out and counted."""
+    thread that must run for the segment to end (schedtrace.segment_owners).
+
+    One refinement the log allows: a resolver's segment whose end was cut at g1 (the
+    vCPU resumed its guest before the resolver's install ioctl returned: on a shared
+    CPU the woken vCPU preempts the resolver inside it) is the resolver's only up to
+    the vCPU's wake-up inside it; from there the fault ends when the vCPU runs, so that
+    piece is the vCPU's (`faults_handed_to_vcpu`). Without a wake-up in the segment the
+    resolver keeps it all (`faults_cut_without_wake`). A fault whose owner has no log is
+    left out and counted."""
     out = {}
+    used = seg["used"]
+    vtid = cols["vcpu_tid"][used]
+    cut = seg.get("cut_at_g1")
     for s, owner_is_resolver, owners, sa, sb in segment_owners(cols, seg, names, handles_on_vcpu):
         a, b = to_mono(sa), to_mono(sb)
-        part = {k: np.full(a.size, np.nan) for k in ("on_cpu_ns", "steal_ns", "wait_ns", "asleep_ns",
-                                                     "on_cpu_wall_ns", "wait_wall_ns")}
+        keys = ("on_cpu_ns", "steal_ns", "wait_ns", "asleep_ns", "on_cpu_wall_ns", "wait_wall_ns")
+        part = {k: np.full(a.size, np.nan) for k in keys}
+        # where the segment passes to the vCPU: its wake-up, for a resolver's cut segment
+        hand = np.full(a.size, np.nan)
+        end_cut = np.zeros(a.size, dtype=bool)
+        if owner_is_resolver and cut is not None:
+            end_cut = cut[:, seg["names"].index(s) + 1] & (owners != vtid)
+            for tid in np.unique(vtid[end_cut]):
+                tl = logs.get(int(tid))
+                sel = end_cut & (vtid == tid)
+                if tl is not None:
+                    hand[sel] = tl.last_wake(a[sel], b[sel])
+        handed = ~np.isnan(hand)
+        mid = np.where(handed, hand, b)
         for tid in np.unique(owners):
             tl = logs.get(int(tid))
             if tl is None:
                 continue
             sel = owners == tid
-            got = split(tl, a[sel], b[sel])
+            got = split(tl, a[sel], mid[sel])
             for k in part:
                 part[k][sel] = got[k]
+        for tid in np.unique(vtid[handed]):
+            tl = logs.get(int(tid))
+            sel = handed & (vtid == tid)
+            if tl is None:
+                part["on_cpu_ns"][sel] = np.nan
+                continue
+            got = split(tl, hand[sel], b[sel])
+            for k in part:
+                part[k][sel] = part[k][sel] + got[k]
         ok = ~np.isnan(part["on_cpu_ns"]) & ~np.isnan(part["wait_ns"])
         n = int(ok.sum())
 
         def mean(x):
             return float(x[ok].mean()) if n else None
+        owner = "resolver" if owner_is_resolver else "vcpu"
+        if handed.any():
+            owner = "resolver, then the vcpu from its wake-up where it resumed first"
         out[names[s]] = {"total_ns": mean(b - a), "on_cpu_ns": mean(part["on_cpu_ns"]),
                          "steal_ns": mean(part["steal_ns"]), "cpu_wait_ns": mean(part["wait_ns"]),
                          "asleep_ns": mean(part["asleep_ns"]),
                          "on_cpu_wall_ns": mean(part["on_cpu_wall_ns"]),
                          "cpu_wait_wall_ns": mean(part["wait_wall_ns"]),
-                         "owner": "resolver" if owner_is_resolver else "vcpu",
-                         "faults_split": n, "faults": int(a.size)}
+                         "owner": owner, "faults_split": n, "faults": int(a.size)}
+        if owner_is_resolver:
+            out[names[s]]["faults_handed_to_vcpu"] = int(handed.sum())
+            out[names[s]]["faults_cut_without_wake"] = int((end_cut & ~handed).sum())
     return out
 
 

@@ -476,7 +476,8 @@ def _bpf_split(plan: Plan, cols: dict, seg: dict, names: dict, threads: list[dic
     out["parts"] = kerneltrace.segment_split(cols, seg, names, logs,
                                              plan.mechanism.handles_faults_on_vcpu, to_mono)
     out["note"] = ("each segment charged to the thread that must run for it to end, from that "
-                   "thread's in-kernel counters at the segment's ends. The scheduler's accounting: "
+                   "thread's in-kernel counters at the segment's ends (a resolver's segment cut at "
+                   "g1 passes to the vCPU at its wake-up). The scheduler's accounting: "
                    "on_cpu (sum_exec_runtime, as the thread's CPU clock counts it), cpu_wait "
                    "(run_delay, schedstat's). The log's wall clock: on_cpu_wall + cpu_wait_wall + "
                    "asleep = total. steal: on a CPU (wall) beyond CPU time")

@@ -4,7 +4,9 @@
 the split's CPU time against CLOCK_THREAD_CPUTIME_ID and of its run delay against
 schedstat (the 2% cross-check of every run), and of the log's own waiting stretches
 against schedstat (independent of the kernel's counter; recorded, not a limit); then
-the install segment's share on a CPU for its owner, the switches put back, and
+the install segment's share on a CPU for its owner (the resolver, and the vCPU from its
+wake-up where it resumed before the install returned: docs/tracing.md), the switches
+put back, and
 whether the split was withheld.
 
     python3 benchmarks/split_check.py [--mech uffd,uffd-many,exits,async] [--vcpus 1,8,64]
@@ -30,6 +32,7 @@ def cell(mech: str, vcpus: int, placement: str) -> dict:
     install = next((p for n, p in (split.get("parts") or {}).items() if n.startswith("install")), None)
     return {"mech": mech, "vcpus": vcpus, "placement": placement,
             "threads_checked": cc["threads_checked"], "threads_failed": cc["threads_failed"],
+            "failed": cc.get("failed"),
             "worst_cpu_rel_error": cc["worst_cpu_rel_error"],
             "worst_wait_rel_error": cc["worst_wait_rel_error"],
             "worst_log_wait_rel_error": cc["worst_log_wait_rel_error"],

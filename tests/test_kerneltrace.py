@@ -182,6 +182,40 @@ def test_stamps_map_onto_the_tracer_s_clock_through_the_run_s_pairs():
     assert kt.tsc_to_mono({"pair_start_tsc": 0}) is None
 
 
+def _install_segment(cut: bool):
+    """One fault's fetch and install segments (resolver tid 2, vCPU tid 1): install from
+    100 to 300, its end cut at g1 or not."""
+    cols = {"vcpu_tid": np.array([1]), "resolver_tid": np.array([2])}
+    seg = {"used": np.array([True]), "names": ["fetch", "install"],
+           "stamps": np.array([[0, 100, 300]]), "cut_at_g1": np.array([[False, False, cut]])}
+    return cols, seg, {"install": "install_ioctl"}
+
+
+def test_a_cut_install_passes_to_the_vcpu_at_its_wake_up():
+    """The resolver on a CPU throughout; the vCPU asleep until the install wakes it at
+    150, waiting 10 ns, then on a CPU to g1 (300). The install's end was cut at g1 (the
+    vCPU resumed before the ioctl returned), so 100..150 is the resolver's (on a CPU)
+    and 150..300 the vCPU's (10 waiting, 140 on a CPU); uncut, all 200 is the
+    resolver's; with no wake-up inside, the resolver keeps it and that is counted."""
+    resolver = _log([(0, 0, 0, 0, 0, kt.ON_CPU), (2000, 2000, 0, 2000, 0, kt.ASLEEP)])
+    vcpu = _log([(0, 0, 0, 0, 0, kt.ASLEEP), (150, 0, 0, 0, 0, kt.WAITING),
+                 (160, 0, 10, 0, 10, kt.ON_CPU), (2000, 1840, 10, 1840, 10, kt.ASLEEP)])
+    ident = lambda x: np.asarray(x, dtype=np.float64)  # noqa: E731
+    cols, seg, names = _install_segment(cut=True)
+    p = kt.segment_split(cols, seg, names, {1: vcpu, 2: resolver}, False, ident)["install_ioctl"]
+    assert p["faults_handed_to_vcpu"] == 1 and p["faults_cut_without_wake"] == 0
+    assert p["on_cpu_ns"] == 50 + 140 and p["cpu_wait_ns"] == 10 and p["asleep_ns"] == 0
+    assert p["total_ns"] == 200 and p["owner"].startswith("resolver, then the vcpu")
+    cols, seg, names = _install_segment(cut=False)
+    p = kt.segment_split(cols, seg, names, {1: vcpu, 2: resolver}, False, ident)["install_ioctl"]
+    assert p["faults_handed_to_vcpu"] == 0 and p["on_cpu_ns"] == 200 and p["owner"] == "resolver"
+    awake = _log([(0, 0, 0, 0, 0, kt.ON_CPU), (2000, 2000, 0, 2000, 0, kt.ASLEEP)])
+    cols, seg, names = _install_segment(cut=True)
+    p = kt.segment_split(cols, seg, names, {1: awake, 2: resolver}, False, ident)["install_ioctl"]
+    assert p["faults_handed_to_vcpu"] == 0 and p["faults_cut_without_wake"] == 1
+    assert p["on_cpu_ns"] == 200
+
+
 def test_a_bpf_traced_run_splits_every_segment_and_checks_every_thread(kvm):
     """A real 1-vCPU uffd run with the in-kernel tracer: every segment split for every
     fault, every thread's totals within 2% of its own clocks; and the same check on
@@ -214,6 +248,31 @@ def test_a_bpf_traced_run_splits_every_segment_and_checks_every_thread(kvm):
     assert not any(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith("anon_inode:bpf")
                    for fd in os.listdir("/proc/self/fd")
                    if os.path.islink(f"/proc/self/fd/{fd}"))
+
+
+def test_a_packed_uffd_install_is_on_a_cpu_for_its_owner(kvm):
+    """Reader and vCPU on one CPU (issue 16's first point): the woken vCPU preempts the
+    reader inside UFFDIO_COPY and resumes its guest before the ioctl returns. The
+    install is the reader's until that wake-up and the vCPU's after it, so its owner is
+    on a CPU for most of it (11-12% when the reader kept it whole, preempted)."""
+    why = kt.unavailable()
+    if why:
+        pytest.skip(why)
+    from bench.point import make_plan
+    from bench.runner import execute
+    plan = make_plan(["--vcpus", "1", "--mech", "uffd", "--mem-per-vcpu", "2", "--placement", "packed",
+                      "--no-trace-locks"], trace_bpf=True)
+    for _ in range(2):   # a split withheld by the 2% cross-check (now and then) gets one rerun
+        m, raw = execute(plan)
+        split = m["fault_breakdown_ns"]["sched_split"]
+        if "withheld" not in split:
+            break
+    assert "withheld" not in split, split["withheld"]
+    p = split["parts"]["install_ioctl"]
+    cut = m["fault_breakdown_ns"]["faults_resumed_before_install_returned"]
+    assert p["faults_handed_to_vcpu"] + p["faults_cut_without_wake"] == cut
+    assert p["faults_handed_to_vcpu"] >= p["faults_cut_without_wake"], p
+    assert p["on_cpu_ns"] >= 0.5 * p["total_ns"], p
 
 
 def test_an_explicit_bpf_tracer_that_cannot_run_is_an_error_and_auto_says_why(monkeypatch):
