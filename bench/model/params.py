@@ -15,17 +15,20 @@ from dataclasses import dataclass, fields, asdict
 # prediction that depends on one is also given at 0.5x and 2x (SENSITIVITY).
 CITED = {
     "line_transfer_ns": {
-        "value": 122.0,
+        "value": 226.0,
         "unit": "ns",
         "what": "extra cost of moving one contended cache line (a lock word, a wait-queue "
                 "entry) between CPUs farther apart than any two CPUs of the calibration host",
-        "source": "AnandTech, 'AMD Rome Second Generation EPYC Review', page 'Memory "
-                  "Subsystem: Latency' (2019, updated 2019-10-01): EPYC 7742, 128 MB full "
-                  "random access latency ~122 ns (NPS1)",
-        "assumption": "a line last written by a CPU on another CCD or socket costs about one "
-                      "trip through the I/O die, of the order of a memory access; charged in "
-                      "full on top of what the calibration host measured (which already "
-                      "contains its own, nearer, transfers)",
+        "source": "nviennot/core-to-core-latency (github.com/nviennot/core-to-core-latency), "
+                  "results/'Dual AMD EPYC 7742 64-Core Processor.csv' (added 2022-09-19, "
+                  "commit 47795f24): one-way compare-exchange latency (half a round trip on "
+                  "one shared line, src/bench/cas.rs) for every pair of the 256 CPUs of a "
+                  "dual-socket EPYC 7742; mean over the 32,640 pairs 226 ns (median 261 ns, "
+                  "10th-90th percentile 128-275 ns)",
+        "assumption": "a contended line moves between two CPUs drawn at random from such a "
+                      "host, at that measured mean; charged in full on top of what the "
+                      "calibration host measured (which already contains its own, nearer, "
+                      "transfers)",
     },
 }
 SENSITIVITY = (0.5, 1.0, 2.0)
