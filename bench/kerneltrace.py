@@ -576,12 +576,22 @@ def cross_check_threads(threads: list[dict], logs: dict, limit: float = 0.02,
             continue
         c = cross_check(tl, int(t["mono_mark_ns"]), int(t["mono_end_ns"]), float(t["sched_run_ns"]),
                         float(t["sched_wait_ns"]), limit, floor_ns)
-        ok = c["ok"] and not any(np.isnan(c[k]) for k in ("cpu_ns", "wait_ns"))
-        rows.append({"role": t["role"], "index": t["index"], "tid": t["tid"], **c, "ok": bool(ok)})
+        unknown = [k for k in ("cpu_ns", "wait_ns") if np.isnan(c[k])]
+        ok = c["ok"] and not unknown
+        row = {"role": t["role"], "index": t["index"], "tid": t["tid"], **c, "ok": bool(ok)}
+        if unknown:
+            # the log holds no figure at a window end (before the thread's first entry, or
+            # its last wait unknown: still on a CPU when the log ended). A record is
+            # standard JSON: the unknown figures are null, and the reason says why.
+            row = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                   for k, v in row.items()}
+            row["reason"] = ("the log has no " + " or ".join(unknown) + " at the window's ends "
+                             "(no entry before its start, or still on a CPU when the log ended)")
+        rows.append(row)
     bad = [r for r in rows if not r["ok"]]
 
     def worst(key):
-        v = [r[key] for r in rows if key in r and np.isfinite(r[key])]
+        v = [r[key] for r in rows if r.get(key) is not None and np.isfinite(r[key])]
         return max(v) if v else None
     # the log's own waiting against run_delay: independent of the split's figures, kept
     # apart from `ok` (it does not withhold the split): see docs/tracing.md for what it shows

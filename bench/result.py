@@ -227,6 +227,23 @@ def write_text_atomic(text: str, path: str) -> None:
         raise
 
 
+def _first_nonfinite(x, path="") -> str | None:
+    """The path of the first NaN or infinity inside `x`, or None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return path or "."
+    if isinstance(x, dict):
+        items = x.items()
+    elif isinstance(x, (list, tuple)):
+        items = ((f"[{i}]", v) for i, v in enumerate(x))
+    else:
+        return None
+    for k, v in items:
+        found = _first_nonfinite(v, f"{path}{k}" if str(k).startswith("[") else f"{path}.{k}")
+        if found:
+            return found
+    return None
+
+
 def write_atomic(record: dict, path: str) -> str:
     """Write `record` as JSON to `path` so readers never see a partial file.
 
@@ -237,7 +254,11 @@ def write_atomic(record: dict, path: str) -> str:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    write_text_atomic(json.dumps(record, indent=1, sort_keys=False, allow_nan=False) + "\n", path)
+    try:
+        text = json.dumps(record, indent=1, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError as exc:   # name the field, so the bug that made it can be found
+        raise ValueError(f"{exc} (first at {_first_nonfinite(record) or '?'})") from None
+    write_text_atomic(text, path)
     # Make the rename itself durable.
     dir_fd = os.open(directory, os.O_RDONLY)
     try:

@@ -175,6 +175,18 @@ def test_cross_check_threads_withholds_past_two_percent():
     assert not missing["ok"] and missing["failed"][0]["reason"] == "no entry in the tracer's log"
 
 
+def test_a_thread_still_on_a_cpu_when_the_log_ends_fails_in_standard_json():
+    """Its last wait is unknown, so its run delay over the window is NaN: the row fails,
+    says why, and carries null, not NaN (a sweep lost three cells when a record with a
+    NaN in `cross_check.failed` could not be written)."""
+    import json
+    got = kt.cross_check_threads(_threads_for(7, 300, 150), {7: _log(LOG[:5])}, floor_ns=0)
+    assert not got["ok"] and got["threads_failed"] == 1
+    row = got["failed"][0]
+    assert row["wait_ns"] is None and "still on a CPU" in row["reason"]
+    json.dumps({k: v for k, v in got.items()}, allow_nan=False)
+
+
 def test_stamps_map_onto_the_tracer_s_clock_through_the_run_s_pairs():
     f = kt.tsc_to_mono({"pair_start_tsc": 1000, "pair_end_tsc": 3000,
                         "pair_start_mono_ns": 10, "pair_end_mono_ns": 1010})
