@@ -478,26 +478,33 @@ def segment_split(cols: dict, seg: dict, names: dict, logs: dict, handles_on_vcp
     vCPU resumed its guest before the resolver's install ioctl returned: on a shared
     CPU the woken vCPU preempts the resolver inside it) is the resolver's only up to
     the vCPU's wake-up inside it; from there the fault ends when the vCPU runs, so that
-    piece is the vCPU's (`faults_handed_to_vcpu`). Without a wake-up in the segment the
-    resolver keeps it all (`faults_cut_without_wake`). A fault whose owner has no log is
-    left out and counted."""
+    piece is the vCPU's (`faults_handed_to_vcpu`; its mean length and CPU time, counted in
+    the segment's figures, are `vcpu_after_wake_ns` and `vcpu_after_wake_on_cpu_ns`).
+    Without a vCPU wake-up in the segment the resolver keeps it all
+    (`faults_cut_without_wake`; `faults_cut_vcpu_unlogged` where the vCPU has no log). A
+    fault whose owner has no log is left out and counted."""
     out = {}
     used = seg["used"]
     vtid = cols["vcpu_tid"][used]
     cut = seg.get("cut_at_g1")
+    keys = ("on_cpu_ns", "steal_ns", "wait_ns", "asleep_ns", "on_cpu_wall_ns", "wait_wall_ns")
     for s, owner_is_resolver, owners, sa, sb in segment_owners(cols, seg, names, handles_on_vcpu):
         a, b = to_mono(sa), to_mono(sb)
-        keys = ("on_cpu_ns", "steal_ns", "wait_ns", "asleep_ns", "on_cpu_wall_ns", "wait_wall_ns")
         part = {k: np.full(a.size, np.nan) for k in keys}
-        # where the segment passes to the vCPU: its wake-up, for a resolver's cut segment
+        # where the segment passes to the vCPU: its last wake-up inside a resolver's
+        # segment whose end (and not its start) was cut at g1
         hand = np.full(a.size, np.nan)
         end_cut = np.zeros(a.size, dtype=bool)
+        unlogged = np.zeros(a.size, dtype=bool)
         if owner_is_resolver and cut is not None:
-            end_cut = cut[:, seg["names"].index(s) + 1] & (owners != vtid)
+            j = seg["names"].index(s)
+            end_cut = cut[:, j + 1] & ~cut[:, j] & (owners != vtid)
             for tid in np.unique(vtid[end_cut]):
                 tl = logs.get(int(tid))
                 sel = end_cut & (vtid == tid)
-                if tl is not None:
+                if tl is None:
+                    unlogged |= sel
+                else:
                     hand[sel] = tl.last_wake(a[sel], b[sel])
         handed = ~np.isnan(hand)
         mid = np.where(handed, hand, b)
@@ -509,32 +516,34 @@ def segment_split(cols: dict, seg: dict, names: dict, logs: dict, handles_on_vcp
             got = split(tl, a[sel], mid[sel])
             for k in part:
                 part[k][sel] = got[k]
+        after = {k: np.zeros(a.size) for k in ("total", "on_cpu_ns")}
         for tid in np.unique(vtid[handed]):
-            tl = logs.get(int(tid))
             sel = handed & (vtid == tid)
-            if tl is None:
-                part["on_cpu_ns"][sel] = np.nan
-                continue
-            got = split(tl, hand[sel], b[sel])
+            got = split(logs[int(tid)], hand[sel], b[sel])
             for k in part:
                 part[k][sel] = part[k][sel] + got[k]
+            after["total"][sel] = b[sel] - hand[sel]
+            after["on_cpu_ns"][sel] = got["on_cpu_ns"]
         ok = ~np.isnan(part["on_cpu_ns"]) & ~np.isnan(part["wait_ns"])
         n = int(ok.sum())
 
         def mean(x):
             return float(x[ok].mean()) if n else None
-        owner = "resolver" if owner_is_resolver else "vcpu"
-        if handed.any():
-            owner = "resolver, then the vcpu from its wake-up where it resumed first"
         out[names[s]] = {"total_ns": mean(b - a), "on_cpu_ns": mean(part["on_cpu_ns"]),
                          "steal_ns": mean(part["steal_ns"]), "cpu_wait_ns": mean(part["wait_ns"]),
                          "asleep_ns": mean(part["asleep_ns"]),
                          "on_cpu_wall_ns": mean(part["on_cpu_wall_ns"]),
                          "cpu_wait_wall_ns": mean(part["wait_wall_ns"]),
-                         "owner": owner, "faults_split": n, "faults": int(a.size)}
+                         "owner": "resolver" if owner_is_resolver else "vcpu",
+                         "faults_split": n, "faults": int(a.size)}
         if owner_is_resolver:
-            out[names[s]]["faults_handed_to_vcpu"] = int(handed.sum())
-            out[names[s]]["faults_cut_without_wake"] = int((end_cut & ~handed).sum())
+            out[names[s]].update({
+                # the vCPU's pieces inside the figures above (0 where not handed over)
+                "faults_handed_to_vcpu": int(handed.sum()),
+                "vcpu_after_wake_ns": mean(after["total"]),
+                "vcpu_after_wake_on_cpu_ns": mean(after["on_cpu_ns"]),
+                "faults_cut_without_wake": int((end_cut & ~handed & ~unlogged).sum()),
+                "faults_cut_vcpu_unlogged": int(unlogged.sum())})
     return out
 
 
@@ -578,13 +587,12 @@ def cross_check_threads(threads: list[dict], logs: dict, limit: float = 0.02,
                         float(t["sched_wait_ns"]), limit, floor_ns)
         unknown = [k for k in ("cpu_ns", "wait_ns") if np.isnan(c[k])]
         ok = c["ok"] and not unknown
-        row = {"role": t["role"], "index": t["index"], "tid": t["tid"], **c, "ok": bool(ok)}
+        # a record is standard JSON: a figure that is not finite (NaN where the log holds
+        # none at a window end, inf for an error against a zero) is null
+        row = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+               for k, v in {"role": t["role"], "index": t["index"], "tid": t["tid"], **c,
+                            "ok": bool(ok)}.items()}
         if unknown:
-            # the log holds no figure at a window end (before the thread's first entry, or
-            # its last wait unknown: still on a CPU when the log ended). A record is
-            # standard JSON: the unknown figures are null, and the reason says why.
-            row = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-                   for k, v in row.items()}
             row["reason"] = ("the log has no " + " or ".join(unknown) + " at the window's ends "
                              "(no entry before its start, or still on a CPU when the log ended)")
         rows.append(row)
@@ -595,7 +603,8 @@ def cross_check_threads(threads: list[dict], logs: dict, limit: float = 0.02,
         return max(v) if v else None
     # the log's own waiting against run_delay: independent of the split's figures, kept
     # apart from `ok` (it does not withhold the split): see docs/tracing.md for what it shows
-    wall_far = [r for r in rows if r.get("log_wait_rel_error") is not None
+    wall_far = [r for r in rows if r.get("log_wait_ns") is not None
+                and r.get("schedstat_run_delay_ns") is not None
                 and abs(r["log_wait_ns"] - r["schedstat_run_delay_ns"])
                 > max(LOG_WAIT_LIMIT * r["schedstat_run_delay_ns"], floor_ns,
                       LOG_WAIT_PER_WAIT_NS * r["log_waits"])]

@@ -257,7 +257,11 @@ def write_atomic(record: dict, path: str) -> str:
     try:
         text = json.dumps(record, indent=1, sort_keys=False, allow_nan=False) + "\n"
     except ValueError as exc:   # name the field, so the bug that made it can be found
-        raise ValueError(f"{exc} (first at {_first_nonfinite(record) or '?'})") from None
+        try:
+            where = _first_nonfinite(record)
+        except RecursionError:   # a record that refers to itself: say so as it was
+            where = None
+        raise ValueError(f"{exc} (first at {where or '?'})") from None
     write_text_atomic(text, path)
     # Make the rename itself durable.
     dir_fd = os.open(directory, os.O_RDONLY)

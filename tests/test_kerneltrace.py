@@ -217,7 +217,8 @@ def test_a_cut_install_passes_to_the_vcpu_at_its_wake_up():
     p = kt.segment_split(cols, seg, names, {1: vcpu, 2: resolver}, False, ident)["install_ioctl"]
     assert p["faults_handed_to_vcpu"] == 1 and p["faults_cut_without_wake"] == 0
     assert p["on_cpu_ns"] == 50 + 140 and p["cpu_wait_ns"] == 10 and p["asleep_ns"] == 0
-    assert p["total_ns"] == 200 and p["owner"].startswith("resolver, then the vcpu")
+    assert p["total_ns"] == 200 and p["owner"] == "resolver"
+    assert p["vcpu_after_wake_ns"] == 150 and p["vcpu_after_wake_on_cpu_ns"] == 140
     cols, seg, names = _install_segment(cut=False)
     p = kt.segment_split(cols, seg, names, {1: vcpu, 2: resolver}, False, ident)["install_ioctl"]
     assert p["faults_handed_to_vcpu"] == 0 and p["on_cpu_ns"] == 200 and p["owner"] == "resolver"
@@ -226,6 +227,21 @@ def test_a_cut_install_passes_to_the_vcpu_at_its_wake_up():
     p = kt.segment_split(cols, seg, names, {1: awake, 2: resolver}, False, ident)["install_ioctl"]
     assert p["faults_handed_to_vcpu"] == 0 and p["faults_cut_without_wake"] == 1
     assert p["on_cpu_ns"] == 200
+    # a vCPU with no log: the resolver keeps it, counted apart from "no wake-up"
+    p = kt.segment_split(cols, seg, names, {2: resolver}, False, ident)["install_ioctl"]
+    assert p["faults_cut_vcpu_unlogged"] == 1 and p["faults_cut_without_wake"] == 0
+    assert p["on_cpu_ns"] == 200
+    # woken twice inside the segment: the last wake-up is the one it resumed from
+    twice = _log([(0, 0, 0, 0, 0, kt.ASLEEP), (120, 0, 0, 0, 0, kt.WAITING),
+                  (125, 0, 5, 0, 5, kt.ON_CPU), (130, 5, 5, 5, 5, kt.ASLEEP),
+                  (150, 5, 5, 5, 5, kt.WAITING), (160, 5, 15, 5, 15, kt.ON_CPU),
+                  (2000, 1845, 15, 1845, 15, kt.ASLEEP)])
+    p = kt.segment_split(cols, seg, names, {1: twice, 2: resolver}, False, ident)["install_ioctl"]
+    assert p["faults_handed_to_vcpu"] == 1 and p["vcpu_after_wake_ns"] == 150
+    # a segment the vCPU owns itself (exits: it installs) is never handed over
+    cols_self = {"vcpu_tid": np.array([1]), "resolver_tid": np.array([0])}
+    p = kt.segment_split(cols_self, seg, names, {1: vcpu}, True, ident)["install_ioctl"]
+    assert p["faults_handed_to_vcpu"] == 0 and p["faults_cut_without_wake"] == 0
 
 
 def test_a_bpf_traced_run_splits_every_segment_and_checks_every_thread(kvm):
@@ -282,7 +298,11 @@ def test_a_packed_uffd_install_is_on_a_cpu_for_its_owner(kvm):
     assert "withheld" not in split, split["withheld"]
     p = split["parts"]["install_ioctl"]
     cut = m["fault_breakdown_ns"]["faults_resumed_before_install_returned"]
-    assert p["faults_handed_to_vcpu"] + p["faults_cut_without_wake"] == cut
+    # on this kernel the woken vCPU preempts the reader inside the ioctl for a share of
+    # the faults (413 of 1,024 in one run): the rule is exercised, not only its absence
+    assert cut > 0 and p["faults_handed_to_vcpu"] > 0, (cut, p)
+    assert (p["faults_handed_to_vcpu"] + p["faults_cut_without_wake"]
+            + p["faults_cut_vcpu_unlogged"]) == cut
     assert p["faults_handed_to_vcpu"] >= p["faults_cut_without_wake"], p
     assert p["on_cpu_ns"] >= 0.5 * p["total_ns"], p
 

@@ -117,6 +117,8 @@ def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
     # on-CPU time the trace puts in vCPU-owned segments cannot exceed what the
     # thread CPU clock gave the vCPU threads (two accountings of the same time)
     vcpu_on = sum(p["on_cpu_ns"] for p in split["parts"].values() if p["owner"] == "vcpu")
+    # ... and in the pieces of resolver segments handed to the vCPU at its wake-up
+    vcpu_on += sum(p.get("vcpu_after_wake_on_cpu_ns") or 0.0 for p in split["parts"].values())
     assert vcpu_on <= traced["sched"]["vcpu"]["on_cpu_ns_per_fault"] * 1.02
     # 64 vCPU threads on 2 CPUs: most of a fault is waiting for a CPU
     waited = sum(p["cpu_wait_ns"] for p in split["parts"].values())

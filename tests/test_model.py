@@ -80,6 +80,21 @@ def test_p_cpus_and_v_independent_clients_of_cost_c_give_p_over_c(pcpus, vcpus):
     assert rate == pytest.approx(pcpus * 1e9 / c, rel=0.01)
 
 
+@pytest.mark.parametrize("vcpus", [16, 64])
+def test_async_spinners_outnumbering_cpus_leave_the_resolver_its_rate(vcpus):
+    """async with 4-16 busy-waiting vCPUs a CPU: a spinner that yields is parked until
+    its bit clears, so the one resolver (cost r a fault) gets a CPU when woken and
+    keeps it while the list has work: 1/r, with every CPU busy and none over-counted."""
+    r = 5000.0
+    p = paramsmod.Params(reader_msg_ns=r, vcpu_pre_ns=1000.0, vcpu_post_ns=1000.0, yield_ns=500.0)
+    rate, stats = _rate("async", vcpus, 4, p, "tdp")
+    window = stats.faults / rate * 1e9
+    cpu = sum(v for k, v in stats.busy.items() if k.startswith("cpu:")) / (4 * window)
+    print(f"async V={vcpus} P=4 r={r:.0f} ns: {rate:.0f}/s, textbook {1e9 / r:.0f}/s, CPUs busy {cpu:.3f}")
+    assert rate == pytest.approx(1e9 / r, rel=0.01)
+    assert cpu == pytest.approx(1.0, abs=0.005)
+
+
 def test_one_reader_serialises_every_vcpu_and_a_walk_grows_with_waiters():
     """uffd: with free CPUs the one reader is the limit, 1/(msg + walk of V waiters)."""
     p = paramsmod.Params(reader_msg_ns=1000.0, wake_per_waiter_ns=10.0)

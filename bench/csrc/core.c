@@ -236,11 +236,18 @@ void fb_thread_begin(struct fb_thread_stats *ts)
     /* A new thread's first stretch on a CPU is charged erratically here: a reader that
      * read its own CPU clock 56 us into its first stretch already had 1.56 ms of the
      * 1.60 ms that stretch ended with, while the tracer's log can only interpolate
-     * inside it (uffd-many, 8 vCPUs: 2 of 12 runs withheld their split). One short
-     * sleep ends that stretch, so every thread's window (the mark) begins in a later
-     * one; the vCPUs mark again after the start gate anyway. */
+     * inside it (uffd-many, 8 vCPUs: 2 of 12 runs withheld their split). A short sleep
+     * ends that stretch, so every thread's window (the mark) begins in a later one; the
+     * vCPUs mark again after the start gate anyway. A sleep whose timer fired before it
+     * blocked does not switch out: tried again (at most 3 times) until one did. */
     struct timespec nap = {0, 1000};
-    nanosleep(&nap, NULL);
+    struct rusage before, after;
+    int have = getrusage(RUSAGE_THREAD, &before) == 0;
+    for (int i = 0; i < 3; i++) {
+        nanosleep(&nap, NULL);
+        if (!have || getrusage(RUSAGE_THREAD, &after) != 0 || after.ru_nvcsw > before.ru_nvcsw)
+            break;
+    }
     fb_thread_mark(ts);
     fb_doing(ts, FB_DOING_START, 0);
 }

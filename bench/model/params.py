@@ -22,7 +22,8 @@ CITED = {
         "source": "nviennot/core-to-core-latency (github.com/nviennot/core-to-core-latency), "
                   "results/'Dual AMD EPYC 7742 64-Core Processor.csv' (added 2022-09-19, "
                   "commit 47795f24): one-way compare-exchange latency (half a round trip on "
-                  "one shared line, src/bench/cas.rs) for every pair of the 256 CPUs of a "
+                  "one shared line; src/main.rs then, src/bench/cas.rs later) for every pair "
+                  "of the 256 CPUs of a "
                   "dual-socket EPYC 7742; mean over the 32,640 pairs 226 ns (median 261 ns, "
                   "10th-90th percentile 128-275 ns)",
         "assumption": "a contended line moves between two CPUs drawn at random from such a "
