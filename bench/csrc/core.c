@@ -239,7 +239,7 @@ void fb_thread_begin(struct fb_thread_stats *ts)
      * inside it (uffd-many, 8 vCPUs: 2 of 12 runs withheld their split). A short sleep
      * ends that stretch, so every thread's window (the mark) begins in a later one; the
      * vCPUs mark again after the start gate anyway. A sleep whose timer fired before it
-     * blocked does not switch out: tried again (at most 3 times) until one did. */
+     * blocked does not switch out: at most 3 sleeps in all, until one did. */
     struct timespec nap = {0, 1000};
     struct rusage before, after;
     int have = getrusage(RUSAGE_THREAD, &before) == 0;
