@@ -158,6 +158,33 @@ def test_calibrate_names_the_measurement_it_lacks(tmp_path, capsys):
         paramsmod.for_prediction(cal, "exits", 2)
 
 
+def test_a_negative_fitted_cost_is_made_missing_and_named():
+    """A fit that gives a cost below zero (today's slow-host sweeps gave the async
+    resolver's wake-up -105 us) has not determined it: the calibration marks it missing
+    with the fit that gave it, and the model then refuses that mechanism; a falling
+    per-doubling slope is a slope, and stays."""
+    mc = {"params": {"reader_wake_ns": calibrate._param(-105140.0, "fitted",
+                                                        "sleeps/fault slope b of fits.resolver_cpu_ns"),
+                     "reader_msg_ns": calibrate._param(3000.0, "fitted", "intercept a of fits.resolver_cpu_ns"),
+                     "reader_pressure_ns_per_doubling": calibrate._param(-1000.0, "fitted", "slope s")},
+          "fits": {"resolver_cpu_ns": {"formula": "a + b*sleeps/fault", "rel_rms": 0.45}}}
+    calibrate._refuse_negative_costs("async", mc)
+    p = mc["params"]
+    assert p["reader_wake_ns"]["value"] is None and p["reader_wake_ns"]["kind"] == "missing"
+    assert "-105140 ns" in p["reader_wake_ns"]["missing"] and "45%" in p["reader_wake_ns"]["missing"]
+    assert p["reader_msg_ns"]["value"] == 3000.0
+    assert p["reader_pressure_ns_per_doubling"]["value"] == -1000.0
+
+
+def test_async_without_cells_at_two_vcpus_a_cpu_is_named_not_a_crash():
+    """A sweep that lost its async cells above 1 vCPU (a failed record write did, today):
+    the calibration names the records it needs instead of failing on an empty fit."""
+    runs = [{"vcpus": v} for v in (1, 1, 1)]
+    got = calibrate._cal_async(runs, 2, [])
+    assert got["params"]["vcpu_pre_ns"]["value"] is None
+    assert ">= 4 vCPUs" in got["params"]["vcpu_pre_ns"]["missing"]
+
+
 def test_the_committed_calibration_has_provenance_and_fits():
     cal = report.load_calibration(CAL_FILE)
     assert cal["kind"] == calibrate.CALIBRATION_KIND

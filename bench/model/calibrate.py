@@ -150,11 +150,28 @@ def calibrate_cells(cells: list[dict]) -> dict:
         mc["params"]["mmu_hold_ns"] = shared["mmu_hold_ns"]
         mc["params"]["fetch_delay_ns"] = _param(out["fetch_delay_us"] * 1e3, "config",
                                                 "the records' --fetch-delay-us")
+        _refuse_negative_costs(mech, mc)
         out["mechanisms"][mech] = mc
         for k, v in mc["params"].items():
             if v.get("value") is None:
                 out["missing"].append(f"{mech}.{k}: {v.get('missing')}")
     return out
+
+
+def _refuse_negative_costs(mech: str, mc: dict) -> None:
+    """A fitted cost (a time per event, not a per-doubling slope, which may fall) below
+    zero is no cost at all: the records did not separate it from the fit's other terms
+    (a sweep on a slow, noisy host gave the async resolver a wake-up of -105 us). It is
+    made missing, naming the fit, rather than handed to the model."""
+    for k, v in list(mc["params"].items()):
+        if (v.get("kind") == "fitted" and k.endswith("_ns") and "_per_doubling" not in k
+                and v.get("value") is not None and v["value"] < 0):
+            src = v.get("from") or "a fit"
+            fit = next((f for name, f in mc.get("fits", {}).items() if f"fits.{name}" in src), None)
+            rms = f", rel. RMS residual {fit['rel_rms']:.0%}" if fit and fit.get("rel_rms") is not None else ""
+            mc["params"][k] = _missing(
+                f"records that determine {k}: {src} gave {v['value']:.0f} ns, a negative cost{rms}; "
+                f"a sweep on a quiet host whose cells separate it")
 
 
 def _cpu_share(runs, P, mech):
@@ -383,6 +400,10 @@ def _cal_async(runs, P, cells):
     # where it has to yield (>= 2 per CPU); with a CPU of its own it spins in
     # place through the whole resolution, which the simulation produces itself
     over = [r for r in runs if r["vcpus"] >= 2 * P]
+    if len(over) < 3:   # a sweep without them (or one that lost them) cannot fit the yield
+        return {"params": {"vcpu_pre_ns": _missing(f"async records at >= {2 * P} vCPUs (at least "
+                                                   f"3 runs; these records have {len(over)})")},
+                "fits": {}}
     coef, res, rms, dropped = lstsq(over, ["1", "vcpu_invol_per_fault", "threads_log2"], "vcpu_cpu_ns")
     fits = {"vcpu_cpu_ns": _fit_param("vcpu_cpu_ns", coef, res, rms, dropped,
                                       "sched.vcpu.on_cpu_ns_per_fault = a + y*involuntary "
