@@ -227,23 +227,6 @@ def write_text_atomic(text: str, path: str) -> None:
         raise
 
 
-def _first_nonfinite(x, path="") -> str | None:
-    """The path of the first NaN or infinity inside `x`, or None."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return path or "."
-    if isinstance(x, dict):
-        items = x.items()
-    elif isinstance(x, (list, tuple)):
-        items = ((f"[{i}]", v) for i, v in enumerate(x))
-    else:
-        return None
-    for k, v in items:
-        found = _first_nonfinite(v, f"{path}{k}" if str(k).startswith("[") else f"{path}.{k}")
-        if found:
-            return found
-    return None
-
-
 def write_atomic(record: dict, path: str) -> str:
     """Write `record` as JSON to `path` so readers never see a partial file.
 
@@ -257,11 +240,8 @@ def write_atomic(record: dict, path: str) -> str:
     try:
         text = json.dumps(record, indent=1, sort_keys=False, allow_nan=False) + "\n"
     except ValueError as exc:   # name the field, so the bug that made it can be found
-        try:
-            where = _first_nonfinite(record)
-        except RecursionError:   # a record that refers to itself: say so as it was
-            where = None
-        raise ValueError(f"{exc} (first at {where or '?'})") from None
+        # (_check_tree: the reader's own walk, iterative and depth-bounded)
+        raise ValueError(f"{exc} ({_check_tree(record) or 'field not found'})") from None
     write_text_atomic(text, path)
     # Make the rename itself durable.
     dir_fd = os.open(directory, os.O_RDONLY)
