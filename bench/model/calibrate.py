@@ -18,6 +18,7 @@ import os
 import sys
 
 import numpy as np
+import scipy.optimize
 
 from ..cmdline import OneLineParser
 from ..nightly import cells as cellsmod
@@ -49,10 +50,18 @@ def threads_per_cpu_log2(threads: int, pcpus: int) -> float:
     return math.log2(max(1.0, threads / pcpus))
 
 
+# The regressor whose slope may fall: more threads per CPU can cost less a fault (wake-ups
+# batched). Every other column is a cost per event (a fault, a sleep, a waiter, a yield).
+FREE_SIGN = ("threads_log2",)
+
+
 def lstsq(rows, columns, target):
     """Least squares of `target` on `columns` (names of row keys; '1' is the
-    intercept). Drops a column with no spread and says so. Returns coefficients,
-    residuals per row and the fit's relative RMS."""
+    intercept). Drops a column with no spread and says so. A cost per event cannot be
+    negative, so every column but FREE_SIGN's is fitted with the bound >= 0
+    (scipy.optimize.lsq_linear; where no bound binds, the plain least-squares fit).
+    Returns coefficients, residuals per row, the fit's relative RMS, the dropped columns
+    and {column: unbounded coefficient} for each column held at 0 by its bound."""
     X, kept, dropped = [], [], []
     for col in columns:
         vals = [1.0 if col == "1" else r[col] for r in rows]
@@ -64,18 +73,39 @@ def lstsq(rows, columns, target):
     A = np.array(X, dtype=float).T
     y = np.array([r[target] for r in rows], dtype=float)
     coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    bound = {}
+    if any(v < 0 and c not in FREE_SIGN for c, v in zip(kept, coef)):
+        # the records did not separate that cost from the others: fit the rest with it
+        # held at 0 at most, and say so (a sweep on a slow host gave the async
+        # resolver's wake-up -49 us unbounded)
+        lo = [-np.inf if c in FREE_SIGN else 0.0 for c in kept]
+        unbounded = coef
+        coef = scipy.optimize.lsq_linear(A, y, bounds=(lo, np.inf), method="bvls").x
+        bound = {c: float(u) for c, u, v in zip(kept, unbounded, coef)
+                 if c not in FREE_SIGN and u < 0 and v <= 1e-9 * max(1.0, float(np.abs(y).max()))}
+        coef = np.where([c in bound for c in kept], 0.0, coef)
     pred = A @ coef
     resid = y - pred
     rel_rms = float(np.sqrt(np.mean((resid / y) ** 2))) if len(y) else None
     return ({c: float(v) for c, v in zip(kept, coef)},
             [{"vcpus": r["vcpus"], "measured": float(m), "fitted": float(f),
               "residual_rel": float((m - f) / m)} for r, m, f in zip(rows, y, pred)],
-            rel_rms, dropped)
+            rel_rms, dropped, bound)
 
 
-def _fit_param(coef_name, coef, residuals, rel_rms, dropped, formula, cells_used):
-    return {"target": coef_name, "coefficients": coef, "formula": formula, "rel_rms": rel_rms,
-            "dropped_columns": dropped, "points": residuals, "cells": cells_used}
+def _fit_param(coef_name, coef, residuals, rel_rms, dropped, formula, cells_used, bound=None):
+    out = {"target": coef_name, "coefficients": coef, "formula": formula, "rel_rms": rel_rms,
+           "dropped_columns": dropped, "points": residuals, "cells": cells_used}
+    if bound:   # {column: the unbounded fit's negative coefficient}, each held at 0
+        out["bound_at_zero"] = bound
+    return out
+
+
+def _bound_note(fit_name, fit, column) -> str:
+    """' (held at 0 by ...)' where that column's bound bound in that fit, else ''."""
+    u = (fit.get("bound_at_zero") or {}).get(column)
+    return "" if u is None else (f" (held at 0 by its bound >= 0: the unbounded fit gave {u:.0f} ns; "
+                                 f"fits.{fit_name} could not separate it from its other terms)")
 
 
 def _runs(cells, mech):
@@ -150,12 +180,30 @@ def calibrate_cells(cells: list[dict]) -> dict:
         mc["params"]["mmu_hold_ns"] = shared["mmu_hold_ns"]
         mc["params"]["fetch_delay_ns"] = _param(out["fetch_delay_us"] * 1e3, "config",
                                                 "the records' --fetch-delay-us")
+        _note_bounds(mc)
         _refuse_negative_costs(mech, mc)
         out["mechanisms"][mech] = mc
         for k, v in mc["params"].items():
             if v.get("value") is None:
                 out["missing"].append(f"{mech}.{k}: {v.get('missing')}")
     return out
+
+
+# how a parameter's `from` names the column of its fit
+_COLUMN_OF = (("intercept a of", "1"), ("sleeps/fault slope b of", "resolver_sleeps_per_fault"),
+              ("waiters slope w of", "waiters_per_uffd"), ("slope y of", "vcpu_invol_per_fault"))
+
+
+def _note_bounds(mc: dict) -> None:
+    """A fitted parameter whose column its fit held at 0 says so in its `from`."""
+    for v in mc["params"].values():
+        src = v.get("from") or ""
+        if v.get("kind") != "fitted":
+            continue
+        fit_name = next((n for n in mc.get("fits", {}) if f"fits.{n}" in src), None)
+        col = next((c for prefix, c in _COLUMN_OF if src.startswith(prefix)), None)
+        if fit_name and col:
+            v["from"] = src + _bound_note(fit_name, mc["fits"][fit_name], col)
 
 
 def _refuse_negative_costs(mech: str, mc: dict) -> None:
@@ -245,10 +293,10 @@ def _cal_uffd(runs, P, mech, uffd_many_cal, cells):
     if len(busy) < 3:
         return {"params": {"vcpu_pre_ns": _missing(f"{mech} records at >= {2 * P} vCPUs")}, "fits": {}}
     # vCPU: per-fault CPU against threads per CPU
-    coef, res, rms, dropped = lstsq(busy, ["1", "threads_log2"], "vcpu_cpu_ns")
+    coef, res, rms, dropped, bound = lstsq(busy, ["1", "threads_log2"], "vcpu_cpu_ns")
     fits["vcpu_cpu_ns"] = _fit_param("vcpu_cpu_ns", coef, res, rms, dropped,
                                      "sched.vcpu.on_cpu_ns_per_fault = a + s*log2(threads/P)",
-                                     sorted({r["vcpus"] for r in busy}))
+                                     sorted({r["vcpus"] for r in busy}), bound=bound)
     a_v, s_v = coef.get("1", 0.0), coef.get("threads_log2", 0.0)
     # resolver: per-fault CPU = a + wake*sleeps/fault + s*log2(threads/P) [+ w*waiters]
     for r in busy + idle:
@@ -258,7 +306,7 @@ def _cal_uffd(runs, P, mech, uffd_many_cal, cells):
         # one reader per vCPU sleeps about once per fault at every count: its
         # wake-up cost is not separable from a, and stays inside it
         cols = ["1", "threads_log2"]
-        coef_r, res_r, rms_r, dropped_r = lstsq(busy, cols, "resolver_cpu_ns")
+        coef_r, res_r, rms_r, dropped_r, bound_r = lstsq(busy, cols, "resolver_cpu_ns")
         dropped_r.append("resolver_sleeps_per_fault")
         formula = ("reader on_cpu_ns_per_fault = a + s*log2(threads/P) (wake-up inside a: "
                    "each reader sleeps about once per fault at every vCPU count)")
@@ -267,7 +315,7 @@ def _cal_uffd(runs, P, mech, uffd_many_cal, cells):
         s_r = uffd_many_cal["fits"]["resolver_cpu_ns"]["coefficients"].get("threads_log2", 0.0)
         for r in busy:
             r["resolver_cpu_less_pressure"] = r["resolver_cpu_ns"] - s_r * r["threads_log2"]
-        coef_r, res_r, rms_r, dropped_r = lstsq(busy, ["1", "resolver_sleeps_per_fault",
+        coef_r, res_r, rms_r, dropped_r, bound_r = lstsq(busy, ["1", "resolver_sleeps_per_fault",
                                                        "waiters_per_uffd"],
                                                 "resolver_cpu_less_pressure")
         coef_r["threads_log2"] = s_r
@@ -275,7 +323,7 @@ def _cal_uffd(runs, P, mech, uffd_many_cal, cells):
                    "+ w*waiters (s_many: uffd-many's reader slope, same C code, one waiter)")
         w = coef_r.get("waiters_per_uffd")
     fits["resolver_cpu_ns"] = _fit_param("resolver_cpu_ns", coef_r, res_r, rms_r, dropped_r,
-                                         formula, sorted({r["vcpus"] for r in busy}))
+                                         formula, sorted({r["vcpus"] for r in busy}), bound=bound_r)
     a_r = coef_r.get("1", 0.0)
     b_r = coef_r.get("resolver_sleeps_per_fault", 0.0)
     s_r = coef_r.get("threads_log2", 0.0)
@@ -360,10 +408,10 @@ def _cal_exits(runs, P):
     busy = list(runs)
     if len(busy) < 3:
         return {"params": {"vcpu_pre_ns": _missing(f"exits records at >= {2 * P} vCPUs")}, "fits": {}}
-    coef, res, rms, dropped = lstsq(busy, ["1", "threads_log2"], "vcpu_cpu_ns")
+    coef, res, rms, dropped, bound = lstsq(busy, ["1", "threads_log2"], "vcpu_cpu_ns")
     fits = {"vcpu_cpu_ns": _fit_param("vcpu_cpu_ns", coef, res, rms, dropped,
                                       "sched.vcpu.on_cpu_ns_per_fault = a + s*log2(threads/P)",
-                                      sorted({r["vcpus"] for r in busy}))}
+                                      sorted({r["vcpus"] for r in busy}), bound=bound)}
     idle = [r for r in runs if r["vcpus"] == 1]
     parts1 = {}
     for r in idle:
@@ -404,17 +452,17 @@ def _cal_async(runs, P, cells):
         return {"params": {"vcpu_pre_ns": _missing(f"async records at >= {2 * P} vCPUs (at least "
                                                    f"3 runs; these records have {len(over)})")},
                 "fits": {}}
-    coef, res, rms, dropped = lstsq(over, ["1", "vcpu_invol_per_fault", "threads_log2"], "vcpu_cpu_ns")
+    coef, res, rms, dropped, bound = lstsq(over, ["1", "vcpu_invol_per_fault", "threads_log2"], "vcpu_cpu_ns")
     fits = {"vcpu_cpu_ns": _fit_param("vcpu_cpu_ns", coef, res, rms, dropped,
                                       "sched.vcpu.on_cpu_ns_per_fault = a + y*involuntary "
                                       "switches/fault + s*log2(threads/P) (a sched_yield that "
                                       "switches counts as involuntary)",
-                                      sorted({r["vcpus"] for r in over}))}
-    coef_r, res_r, rms_r, dropped_r = lstsq(busy, ["1", "resolver_sleeps_per_fault", "threads_log2"],
+                                      sorted({r["vcpus"] for r in over}), bound=bound)}
+    coef_r, res_r, rms_r, dropped_r, bound_r = lstsq(busy, ["1", "resolver_sleeps_per_fault", "threads_log2"],
                                             "resolver_cpu_ns")
     fits["resolver_cpu_ns"] = _fit_param("resolver_cpu_ns", coef_r, res_r, rms_r, dropped_r,
                                          "resolver on_cpu_ns_per_fault = a + b*sleeps/fault "
-                                         "+ s*log2(threads/P)", sorted({r["vcpus"] for r in busy}))
+                                         "+ s*log2(threads/P)", sorted({r["vcpus"] for r in busy}), bound=bound_r)
     parts1 = {}
     for r in idle:
         for k, v in r["parts"].items():
@@ -553,5 +601,7 @@ def main(argv=None) -> int:
         print(f"missing: {m}")
     for mech, mc in cal["mechanisms"].items():
         for name, fit in mc["fits"].items():
-            print(f"fit {mech}.{name}: {fit['formula']}; rel. RMS residual {fit['rel_rms']:.1%}")
+            held = "".join(f"; {c} held at 0 by its bound (unbounded: {u:.0f} ns)"
+                           for c, u in (fit.get("bound_at_zero") or {}).items())
+            print(f"fit {mech}.{name}: {fit['formula']}; rel. RMS residual {fit['rel_rms']:.1%}{held}")
     return 0
