@@ -21,7 +21,6 @@ from .point import Cell, check_memory, measure, prepare
 from .preflight import PreflightError, check_all, choose_tracer
 from .probes import DeviceMissing, probe, require_devices
 from .report import table
-from .reporting.build import main as report_main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +113,9 @@ def _main(argv: list[str], host_lock) -> int:
     if sweep_dir and not args.quiet:
         print(sweepmod.time_text(sweep.summary()))
     if args.report and status == 0:
+        # here, not at the top: the report's stack (pandas, scipy, matplotlib) costs every
+        # run about a second of start-up
+        from .reporting.build import main as report_main
         status = report_main([sweep_dir, "--out", args.report])
     if len(done) > 1 and not args.quiet:
         print("\n" + table(done), end="")

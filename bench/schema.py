@@ -245,8 +245,8 @@ FORMATS = jsonschema.FormatChecker(formats=())
 FORMATS.checks("isoformat")(_isoformat)
 FORMATS.checks("printable")(lambda value: not isinstance(value, str) or value.isprintable())
 
-for _schema in (RECORD, READABLE, IMPORTED, IMPORTED_READABLE):
-    jsonschema.Draft202012Validator.check_schema(_schema)
+# that these are valid Draft 2020-12 schemas is tests/test_schema.py's to check: checking
+# them here cost every process about 0.2 s of start-up
 VALIDATOR = jsonschema.Draft202012Validator(RECORD, format_checker=FORMATS)
 READABLE_VALIDATOR = jsonschema.Draft202012Validator(READABLE, format_checker=FORMATS)
 IMPORTED_VALIDATOR = jsonschema.Draft202012Validator(IMPORTED, format_checker=FORMATS)

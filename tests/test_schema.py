@@ -62,7 +62,7 @@ def described(path: str):
 
 
 def test_the_schemas_are_draft_2020_12():
-    for s in (schema.RECORD, schema.READABLE):
+    for s in (schema.RECORD, schema.READABLE, schema.IMPORTED, schema.IMPORTED_READABLE):
         assert s["$schema"] == "https://json-schema.org/draft/2020-12/schema"
         jsonschema.Draft202012Validator.check_schema(s)
 
