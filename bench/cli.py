@@ -113,8 +113,7 @@ def _main(argv: list[str], host_lock) -> int:
     if sweep_dir and not args.quiet:
         print(sweepmod.time_text(sweep.summary()))
     if args.report and status == 0:
-        # here, not at the top: the report's stack (pandas, scipy, matplotlib) costs every
-        # run about a second of start-up
+        # deferred: the report's stack (pandas, scipy, matplotlib) cost every run a second of start-up
         from .reporting.build import main as report_main
         status = report_main([sweep_dir, "--out", args.report])
     if len(done) > 1 and not args.quiet:

@@ -112,10 +112,12 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
         # the nightly verdict (rank test, effect size, host fingerprint): bench/nightly/
-        from .nightly.compare import main as compare_main   # imported here: scipy is slow to load
+        # deferred: scipy.stats costs a second of start-up
+        from .nightly.compare import main as compare_main
         return compare_main(argv[1:], prog="python -m bench.report compare", error_prefix="bench.report")
     if argv and argv[0] not in ("scaling", "compare", "-h", "--help"):
-        from .reporting.build import main as full_report   # RECORDS... [--out DIR]
+        # deferred: pandas and matplotlib load only for a report (RECORDS... [--out DIR])
+        from .reporting.build import main as full_report
         return full_report(argv)
     p = OneLineParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
