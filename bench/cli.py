@@ -83,7 +83,8 @@ def _main(argv: list[str], host_lock) -> int:
 
     machine = collect_machine({"probes": probes})
     try:   # the host's own costs, so a comparison can tell a slower host from slower code
-        machine["fingerprint"] = measure_fingerprint()
+        if not args.no_fingerprint:
+            machine["fingerprint"] = measure_fingerprint()
     except CalibrationError as exc:
         print(f"run_bench.py: error: host calibration: {exc}", file=sys.stderr)
         return 1

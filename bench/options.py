@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-wait", action="store_true",
                    help="exit (status 2) instead of waiting when another faultbench run holds this "
                         "host (one run at a time per host; FAULTBENCH_LOCK_PATH names the lock file)")
+    r.add_argument("--no-fingerprint", action="store_true",
+                   help="skip the host fingerprint (1.5-2 s of calibration at start-up, "
+                        "bench/nightly/fingerprint.py): the records then carry none, and a nightly "
+                        "comparison with them says that a host change cannot be told from a code change")
     r.add_argument("--stall-after", type=int, default=0, help=argparse.SUPPRESS)  # tests the watchdog
     o = p.add_argument_group("output")
     o.add_argument("--out", help="FILE.json: the result of a single point; DIR (any other name): the "

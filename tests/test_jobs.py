@@ -16,7 +16,7 @@ from bench.options import parse_point
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = ["--vcpus", "1,2", "--mech", "exits,none"]
 # tiny cells: 512 pages a vCPU, 2 measured runs, no lock tracing
-SMALL = ["--mem-per-vcpu", "2", "--repeat", "2", "--no-trace-locks"]
+SMALL = ["--mem-per-vcpu", "2", "--repeat", "2", "--no-trace-locks", "--no-fingerprint"]
 CELL_IDS = ["exits-sequential-v1", "exits-sequential-v2", "none-sequential-v1", "none-sequential-v2"]
 
 

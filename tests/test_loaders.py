@@ -136,7 +136,7 @@ def test_compare_and_ingest_on_a_real_sweep(kvm, tmp_path):
     """A tiny real sweep (needs /dev/kvm: the kvm fixture skips, naming it, without)."""
     out = tmp_path / "sweep"
     done = subprocess.run([sys.executable, "run_bench.py", "--vcpus", "1", "--mech", "exits,none",
-                           "--mem-per-vcpu", "2", "--repeat", "5", "--no-trace-locks", "--quiet",
+                           "--mem-per-vcpu", "2", "--repeat", "5", "--no-trace-locks", "--no-fingerprint", "--quiet",
                            "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (out / sweep.INDEX_NAME).exists()

@@ -129,7 +129,7 @@ def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
 
 def test_async_reports_its_list_lock(kvm, tmp_path):
     p, out = run_cli(tmp_path, "--vcpus", "8", "--mech", "async", "--mem-per-vcpu", "2",
-                     "--repeat", "1", "--no-trace-locks")
+                     "--repeat", "1", "--no-trace-locks", "--no-fingerprint")
     assert p.returncode == 0, p.stderr
     rec = json.loads(out.read_text())
     assert rec["emulated"] is True and "KVM_READ_USERFAULT" in rec["emulation_reason"]

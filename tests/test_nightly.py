@@ -52,6 +52,19 @@ def recs(kvm, tmp_path_factory):
             "short": str(d / "short.json"), "delay_us": delay, "base_record": base}
 
 
+def test_no_fingerprint_records_none_and_a_comparison_says_so(kvm, tmp_path):
+    """--no-fingerprint skips the host calibration: the record carries no fingerprint (and
+    its rerun line the flag), and a comparison says a host change cannot be told apart."""
+    path = tmp_path / "nf.json"
+    rc, out = run_bench("--vcpus", "1", "--mech", "exits", "--mem-per-vcpu", "2", "--repeat", "5",
+                        "--no-trace-locks", "--no-fingerprint", "--quiet", "--out", str(path))
+    assert rc == 0, out
+    rec = json.loads(path.read_text())
+    assert "fingerprint" not in rec["machine"] and "--no-fingerprint" in rec["command"]["rerun"]
+    rc, out = run_bench("compare", str(path), str(path))
+    assert "no host fingerprint on either side: a host change cannot be told from a code change" in out, out
+
+
 # --- A/B verdicts -----------------------------------------------------------
 
 def test_compare_fetch_delay_of_20_percent_is_different(recs):

@@ -20,7 +20,8 @@ from conftest import process_resources
 from helpers import make_plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--mem-per-vcpu", "2", "--repeat", "1", "--no-trace-locks"]
+# --no-fingerprint: these tests are about the run itself; the fingerprint costs 1.5-2 s each
+SMALL = ["--mem-per-vcpu", "2", "--repeat", "1", "--no-trace-locks", "--no-fingerprint"]
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ TOOLS = {"sbatch": "slurm-wlm", "squeue": "slurm-wlm", "scancel": "slurm-wlm", "
 DAEMON_NAMES = ("munged", "slurmctld", "slurmd", "slurmstepd", "slurmscriptd")
 CELLS = ["exits-sequential-v1", "exits-sequential-v2", "none-sequential-v1", "none-sequential-v2"]
 PLAN_FLAGS = ["--vcpus", "1,2", "--mech", "exits,none", "--mem-per-vcpu", "2", "--repeat", "2",
-              "--no-trace-locks"]
+              "--no-trace-locks", "--no-fingerprint"]
 READY_S, JOBS_S, STOP_S = 60, 240, 20
 
 

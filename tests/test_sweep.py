@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # exits with a 1 ms modelled fetch: 512 faults take about 0.5 s a run, long enough
 # to interrupt a sweep between cells, short enough for the suite
 SLOW_CELLS = ["--mech", "exits", "--mem-per-vcpu", "2", "--fetch-delay-us", "1000",
-              "--repeat", "2", "--no-trace-locks", "--quiet"]
+              "--repeat", "2", "--no-trace-locks", "--no-fingerprint", "--quiet"]
 
 
 def _index(d):
@@ -184,8 +184,8 @@ def test_interleaved_sweep_alternates_cells_run_by_run(kvm, tmp_path):
     every record say so, and each run carries its start time."""
     out = str(tmp_path / "il")
     r = subprocess.run([sys.executable, "run_bench.py", "--vcpus", "1,2", "--mech", "exits,none",
-                        "--mem-per-vcpu", "2", "--repeat", "3", "--no-trace-locks", "--quiet",
-                        "--out", out], cwd=REPO, capture_output=True, text=True, timeout=120)
+                        "--mem-per-vcpu", "2", "--repeat", "3", "--no-trace-locks", "--no-fingerprint",
+                        "--quiet", "--out", out], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     index = _index(out)
     assert index["order"] == "interleaved" and "round-robin" in index["order_meaning"]

@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_cli(tmp_path, *args, timeout=300):
     out = tmp_path / "r.json"
-    p = subprocess.run([sys.executable, "run_bench.py", *args, "--no-trace-locks",
+    p = subprocess.run([sys.executable, "run_bench.py", *args, "--no-trace-locks", "--no-fingerprint",
                         "--out", str(out)], cwd=REPO, capture_output=True, text=True,
                        timeout=timeout)
     return p, (json.loads(out.read_text()) if out.exists() else None)
