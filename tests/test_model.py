@@ -200,6 +200,11 @@ def test_a_cost_the_records_cannot_separate_is_held_at_zero_and_said():
     coef, _res, _rms, _dropped, bound = calibrate.lstsq(rows, ["1", "resolver_sleeps_per_fault",
                                                              "threads_log2"], "y")
     assert bound == {} and coef["resolver_sleeps_per_fault"] == pytest.approx(9000)
+    # the intercept (the cost a fault) is not bounded: a negative one is refused instead
+    for r in rows:
+        r["y"] = -5000 + 9000 * r["resolver_sleeps_per_fault"]
+    coef, _res, _rms, _dropped, bound = calibrate.lstsq(rows, ["1", "resolver_sleeps_per_fault"], "y")
+    assert bound == {} and coef["1"] == pytest.approx(-5000)
     fit = calibrate._fit_param("resolver_cpu_ns", coef, [], 0.5, [], "f", [1],
                                bound={"resolver_sleeps_per_fault": -48598.0})
     mc = {"params": {"reader_wake_ns": calibrate._param(0.0, "fitted",
@@ -251,11 +256,14 @@ def test_claims_answer_from_the_committed_predictions():
 #   host_noise.other_cpu_share is committed with its medians, and a cell is "quiet"
 #   below QUIET.
 # - A calibration from sweep 4 (seed 4, 2026-12-07) against sweep 5 (seed 5), run right
-#   after it on the same boot with the host otherwise idle (docs/MODEL.md).
+#   after it on the same boot with the host otherwise idle (docs/MODEL.md); and the
+#   other way round, sweep 5 calibrating and sweep 4 checking (not "later", so not the
+#   issue's check, but shown beside it).
 CAL_SEED4 = os.path.join(DATA, "calibration-seed4.json")
+CAL_SEED5 = os.path.join(DATA, "calibration-seed5.json")
 PAIRS = ((CAL_FILE, "check-sweep-seed2-medians.json"), (CAL_FILE, "check-sweep-seed3-medians.json"),
-         (CAL_SEED4, "check-sweep-seed5-medians.json"))
-PAIR_IDS = ("seed1-vs-seed2", "seed1-vs-seed3", "seed4-vs-seed5")
+         (CAL_SEED4, "check-sweep-seed5-medians.json"), (CAL_SEED5, "check-sweep-seed4-medians.json"))
+PAIR_IDS = ("seed1-vs-seed2", "seed1-vs-seed3", "seed4-vs-seed5", "seed5-vs-seed4")
 QUIET = 0.10
 
 
@@ -313,7 +321,8 @@ def test_the_comparison_with_a_second_sweep_is_printed(cal_file, check_file):
 
 @pytest.mark.xfail(strict=True, reason="the issue's acceptance is not met: busy cells of the seed 2 "
                    "and 3 sweeps miss the rate band and uffd-many's p50 is above 35% at 256 vCPUs; "
-                   "against seed 5, uffd-many's p50 at 4 vCPUs is 46% high "
+                   "against seed 5, uffd-many's p50 at 4 vCPUs is 46% high (seed 5 against seed 4: "
+                   "four p50s 36-37% high) "
                    "(docs/MODEL.md, Validation results)")
 @pytest.mark.parametrize("cal_file,check_file", PAIRS, ids=PAIR_IDS)
 def test_every_cell_is_within_the_issues_bands(cal_file, check_file):

@@ -50,18 +50,21 @@ def threads_per_cpu_log2(threads: int, pcpus: int) -> float:
     return math.log2(max(1.0, threads / pcpus))
 
 
-# The regressor whose slope may fall: more threads per CPU can cost less a fault (wake-ups
-# batched). Every other column is a cost per event (a fault, a sleep, a waiter, a yield).
-FREE_SIGN = ("threads_log2",)
+# Bounded below at 0 where a plain fit makes one negative: a slope that is a cost per
+# event (a sleep, a waiter, a yield). Not the intercept, the cost a fault: a negative one
+# is no fit at all, and `_refuse_negative_costs` makes it missing; nor the pressure slope
+# on log2(threads/P), which may fall (more threads per CPU can cost less a fault).
+FREE_SIGN = ("1", "threads_log2")
 
 
 def lstsq(rows, columns, target):
     """Least squares of `target` on `columns` (names of row keys; '1' is the
     intercept). Drops a column with no spread and says so. A cost per event cannot be
-    negative, so every column but FREE_SIGN's is fitted with the bound >= 0
-    (scipy.optimize.lsq_linear; where no bound binds, the plain least-squares fit).
-    Returns coefficients, residuals per row, the fit's relative RMS, the dropped columns
-    and {column: unbounded coefficient} for each column held at 0 by its bound."""
+    negative: where the plain fit makes a column outside FREE_SIGN negative, the fit is
+    redone with every such column bounded at >= 0 (scipy.optimize.lsq_linear, bounded-
+    variable least squares); otherwise it is the plain fit. Returns coefficients,
+    residuals per row, the fit's relative RMS, the dropped columns and {column: plain
+    fit's coefficient} for every column the bounded fit left at its bound."""
     X, kept, dropped = [], [], []
     for col in columns:
         vals = [1.0 if col == "1" else r[col] for r in rows]
@@ -79,11 +82,11 @@ def lstsq(rows, columns, target):
         # held at 0 at most, and say so (a sweep on a slow host gave the async
         # resolver's wake-up -49 us unbounded)
         lo = [-np.inf if c in FREE_SIGN else 0.0 for c in kept]
-        unbounded = coef
-        coef = scipy.optimize.lsq_linear(A, y, bounds=(lo, np.inf), method="bvls").x
-        bound = {c: float(u) for c, u, v in zip(kept, unbounded, coef)
-                 if c not in FREE_SIGN and u < 0 and v <= 1e-9 * max(1.0, float(np.abs(y).max()))}
-        coef = np.where([c in bound for c in kept], 0.0, coef)
+        fit = scipy.optimize.lsq_linear(A, y, bounds=(lo, np.inf), method="bvls")
+        # every column the solution sits on its bound at (active_mask -1), whatever its
+        # sign in the plain fit: then exactly 0
+        bound = {c: float(u) for c, u, a in zip(kept, coef, fit.active_mask) if a == -1}
+        coef = np.where(fit.active_mask == -1, 0.0, fit.x)
     pred = A @ coef
     resid = y - pred
     rel_rms = float(np.sqrt(np.mean((resid / y) ** 2))) if len(y) else None

@@ -34,9 +34,10 @@ CHANGE_P = 0.05
 # had medians within 1% (KVM and uffd parts), 6% (futex) and 9% (memcpy); a
 # neighbour's benchmark moved memcpy by 30-50%; a CPU hog moved the futex wake
 # 5-20x and cpu_share to 0.1-0.5; two boots of this machine type differ 1.4-5x.
-# The futex wake is bimodal by where the two threads run (one CPU or two): two
-# back-to-back fingerprints of a quiet host in a slow state (2026-12-07) had its
-# medians x1.51 apart, so it takes a doubling (a hog's 5-20x still shows).
+# Two back-to-back fingerprints of an idle host (2026-12-07, an Intel Xeon boot, the
+# CPU-state probe up to x1.4 its floor) had futex medians x1.51 apart, the cause not
+# found (both threads run on the one pinned CPU), so the futex takes a doubling; a
+# hog's 5-20x still shows.
 COMPONENTS: dict[str, tuple[str, str, str, float]] = {
     "kvm_exit_fault_ns": (
         "ns", "lower", "memory-fault exit round trip: KVM_RUN returns -EFAULT, UFFDIO_COPY, "
