@@ -159,10 +159,10 @@ def test_calibrate_names_the_measurement_it_lacks(tmp_path, capsys):
 
 
 def test_a_negative_fitted_cost_is_made_missing_and_named():
-    """A fit that gives a cost below zero (today's slow-host sweeps gave the async
-    resolver's wake-up -105 us) has not determined it: the calibration marks it missing
+    """A fitted cost below zero has not been determined: the calibration marks it missing
     with the fit that gave it, and the model then refuses that mechanism; a falling
-    per-doubling slope is a slope, and stays."""
+    per-doubling slope is a slope, and stays. (lstsq bounds per-event slopes, so in a real
+    calibration only an intercept can come here: see the next test.)"""
     mc = {"params": {"reader_wake_ns": calibrate._param(-105140.0, "fitted",
                                                         "sleeps/fault slope b of fits.resolver_cpu_ns"),
                      "reader_msg_ns": calibrate._param(3000.0, "fitted", "intercept a of fits.resolver_cpu_ns"),
@@ -190,7 +190,18 @@ def test_a_cost_the_records_cannot_separate_is_held_at_zero_and_said():
                      "y": 30000 - 9000 * sleeps - 2500 * tl + rng.normal(0, 300)})
     coef, _res, _rms, _dropped, bound = calibrate.lstsq(rows, ["1", "resolver_sleeps_per_fault",
                                                              "threads_log2"], "y")
-    assert set(bound) == {"resolver_sleeps_per_fault"} and bound["resolver_sleeps_per_fault"] < -5000
+    plain, *_ = np.linalg.lstsq(np.array([[1.0, r["resolver_sleeps_per_fault"], r["threads_log2"]]
+                                          for r in rows]), np.array([r["y"] for r in rows]), rcond=None)
+    assert set(bound) == {"resolver_sleeps_per_fault"} and plain[1] < -5000
+    assert bound["resolver_sleeps_per_fault"] == pytest.approx(plain[1], rel=1e-9)
+    # through to the parameter: its `from` says it was held at 0, with that value
+    mc = {"params": {"reader_wake_ns": calibrate._param(coef["resolver_sleeps_per_fault"], "fitted",
+                                                        "sleeps/fault slope b of fits.resolver_cpu_ns")},
+          "fits": {"resolver_cpu_ns": calibrate._fit_param("resolver_cpu_ns", coef, [], 0.5, [], "f", [1],
+                                                           bound=bound)}}
+    calibrate._note_bounds(mc)
+    assert f"{plain[1]:.0f} ns" in mc["params"]["reader_wake_ns"]["from"]
+    assert mc["params"]["reader_wake_ns"]["value"] == 0.0
     assert coef["resolver_sleeps_per_fault"] == 0.0 and coef["threads_log2"] < 0
     reduced, *_ = np.linalg.lstsq(np.array([[1.0, r["threads_log2"]] for r in rows]),
                                   np.array([r["y"] for r in rows]), rcond=None)
@@ -200,11 +211,17 @@ def test_a_cost_the_records_cannot_separate_is_held_at_zero_and_said():
     coef, _res, _rms, _dropped, bound = calibrate.lstsq(rows, ["1", "resolver_sleeps_per_fault",
                                                              "threads_log2"], "y")
     assert bound == {} and coef["resolver_sleeps_per_fault"] == pytest.approx(9000)
-    # the intercept (the cost a fault) is not bounded: a negative one is refused instead
+    # the intercept (the cost a fault) is never bounded, even where a slope is: a negative
+    # one is refused instead
     for r in rows:
-        r["y"] = -5000 + 9000 * r["resolver_sleeps_per_fault"]
-    coef, _res, _rms, _dropped, bound = calibrate.lstsq(rows, ["1", "resolver_sleeps_per_fault"], "y")
-    assert bound == {} and coef["1"] == pytest.approx(-5000)
+        r["y"] = -5000 - 9000 * r["resolver_sleeps_per_fault"] + 20000 * r["threads_log2"]
+    coef, _res, _rms, _dropped, bound = calibrate.lstsq(rows, ["1", "resolver_sleeps_per_fault",
+                                                             "threads_log2"], "y")
+    assert set(bound) == {"resolver_sleeps_per_fault"} and coef["1"] < 0
+    mc = {"params": {"reader_msg_ns": calibrate._param(coef["1"], "fitted", "intercept a of fits.resolver_cpu_ns")},
+          "fits": {"resolver_cpu_ns": {"formula": "f", "rel_rms": 0.1}}}
+    calibrate._refuse_negative_costs("async", mc)
+    assert mc["params"]["reader_msg_ns"]["kind"] == "missing"
     fit = calibrate._fit_param("resolver_cpu_ns", coef, [], 0.5, [], "f", [1],
                                bound={"resolver_sleeps_per_fault": -48598.0})
     mc = {"params": {"reader_wake_ns": calibrate._param(0.0, "fitted",

@@ -99,7 +99,7 @@ def lstsq(rows, columns, target):
 def _fit_param(coef_name, coef, residuals, rel_rms, dropped, formula, cells_used, bound=None):
     out = {"target": coef_name, "coefficients": coef, "formula": formula, "rel_rms": rel_rms,
            "dropped_columns": dropped, "points": residuals, "cells": cells_used}
-    if bound:   # {column: the unbounded fit's negative coefficient}, each held at 0
+    if bound:   # {column: its plain-fit coefficient}, for each slope the bounded fit held at 0
         out["bound_at_zero"] = bound
     return out
 
@@ -210,10 +210,11 @@ def _note_bounds(mc: dict) -> None:
 
 
 def _refuse_negative_costs(mech: str, mc: dict) -> None:
-    """A fitted cost (a time per event, not a per-doubling slope, which may fall) below
-    zero is no cost at all: the records did not separate it from the fit's other terms
-    (a sweep on a slow, noisy host gave the async resolver a wake-up of -105 us). It is
-    made missing, naming the fit, rather than handed to the model."""
+    """A fitted cost (a time, not a per-doubling slope, which may fall) below zero is no
+    cost at all: the records did not separate it from the fit's other terms. It is made
+    missing, naming the fit, rather than handed to the model. Since `lstsq` bounds the
+    per-event slopes, only an intercept (the cost a fault) can come here negative; before
+    the bound, two sweeps gave the async resolver's wake-up -105 and -116 us."""
     for k, v in list(mc["params"].items()):
         if (v.get("kind") == "fitted" and k.endswith("_ns") and "_per_doubling" not in k
                 and v.get("value") is not None and v["value"] < 0):

@@ -35,7 +35,7 @@ CHANGE_P = 0.05
 # neighbour's benchmark moved memcpy by 30-50%; a CPU hog moved the futex wake
 # 5-20x and cpu_share to 0.1-0.5; two boots of this machine type differ 1.4-5x.
 # Two back-to-back fingerprints of an idle host (2026-12-07, an Intel Xeon boot, the
-# CPU-state probe up to x1.4 its floor) had futex medians x1.51 apart, the cause not
+# CPU-state probe up to x1.46 its floor) had futex medians x1.51 apart, the cause not
 # found (both threads run on the one pinned CPU), so the futex takes a doubling; a
 # hog's 5-20x still shows.
 COMPONENTS: dict[str, tuple[str, str, str, float]] = {
