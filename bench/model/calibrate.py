@@ -192,8 +192,9 @@ def calibrate_cells(cells: list[dict]) -> dict:
     return out
 
 
-# how a parameter's `from` names the column of its fit
-_COLUMN_OF = (("intercept a of", "1"), ("sleeps/fault slope b of", "resolver_sleeps_per_fault"),
+# how a parameter's `from` names the column of its fit: the slopes lstsq may bound (an
+# intercept is in FREE_SIGN, never bounded)
+_COLUMN_OF = (("sleeps/fault slope b of", "resolver_sleeps_per_fault"),
               ("waiters slope w of", "waiters_per_uffd"), ("slope y of", "vcpu_invol_per_fault"))
 
 
