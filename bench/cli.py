@@ -15,7 +15,7 @@ from .console import print_point
 from .hostlock import HostLock, LockBusy
 from .machine import collect_harness, collect_machine
 from .nightly.fingerprint_run import CalibrationError, measure as measure_fingerprint
-from .options import REPO_DIR, build_parser, check_output, validate_args
+from .options import REPO_DIR, TRACE_MIN_SHARE, build_parser, check_output, validate_args
 from .plan import RunError
 from .point import Cell, check_memory, measure, prepare
 from .preflight import PreflightError, check_all, choose_tracer
@@ -91,8 +91,11 @@ def _main(argv: list[str], host_lock) -> int:
     harness = collect_harness(REPO_DIR, __version__)
     done: list[dict] = []
     sweep_dir = args.out if args.out and not args.out.endswith(".json") else None
-    # the tracefs path makes --trace-runs extra runs a cell; the in-kernel tracer none
-    runs_per_cell = args.repeat + args.warmup + args.trace_runs * (args.tracer_used == "tracefs")
+    # --trace-runs extra runs a cell, each walking --trace-share of the touches (auto: at
+    # least a quarter; none with --trace-every-run, which traces the measured runs themselves)
+    traced = args.tracer_used is not None and not args.trace_every_run
+    share = TRACE_MIN_SHARE if args.trace_share == "auto" else args.trace_share
+    runs_per_cell = args.repeat + args.warmup + args.trace_runs * share * traced
     interleaved = args.order == "interleaved" and len(points) > 1
     sweep = sweepmod.Sweep([(m.name, v) for m, v in points], workload.name, args.repeat, sweep_dir,
                            argv, cost={(m.name, v): workload.memory_pages(v, args.mem_per_vcpu * 256)

@@ -59,8 +59,8 @@ def _print_cost_and_wait(rec: dict, med) -> None:
 
 
 def _split_source(rec: dict) -> tuple[str, dict | None]:
-    """(label, split) of the run the terminal shows: the tracefs path's traced run, or
-    the in-kernel tracer's first measured run."""
+    """(label, split) of the run the terminal shows: the first traced run, or with
+    --trace-every-run the in-kernel tracer's first measured run."""
     for r in rec.get("traced_runs", [])[:1]:
         return "Traced run", (r["metrics"].get("fault_breakdown_ns") or {}).get("sched_split")
     for i, r in enumerate(rec.get("runs", [])[:1]):
@@ -118,11 +118,16 @@ def print_point(rec: dict, path: str) -> None:
               f"{kl['wait_ns_total'] / 1e6:.2f} ms waited; top: {top or '-'}")
     tr = rec.get("tracing") or {}
     if tr.get("overhead_ratio") is not None:
-        print(f"Tracing cost: traced/untraced paging rate = {tr['overhead_ratio']:.3f} "
-              f"(headline numbers come from untraced runs)"
+        share = tr.get("touch_share")
+        walked = (f", walking {share * 100:.0f}% of each vCPU's touches" if share and share < 1
+                  else "")
+        print(f"Tracing ({tr.get('tracer', 'tracefs')}, {len(traced)} traced run(s){walked}): "
+              f"traced/untraced paging rate = {tr['overhead_ratio']:.3f}; headline numbers come "
+              f"from untraced runs"
               + (f"; tracefs, not bpf: {tr['why_not_bpf']}" if tr.get("why_not_bpf") else ""))
     elif tr.get("tracer") == "bpf":
-        print("Tracing: in-kernel (BPF) in every measured run; its cost: docs/tracing.md")
+        print("Tracing: in-kernel (BPF) in every measured run (--trace-every-run): the headline "
+              "numbers carry its cost (docs/tracing.md)")
     for w in rec["warnings"]:
         print(f"   warning ({subject(w)}): {w}")
     print(f"Result: {path}")

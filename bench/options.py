@@ -99,16 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record kernel lock contention (lock:contention_*, mmap_lock:*) and each fault "
                         "segment's split into CPU, run-queue wait and sleep (default on; --tracer says how)")
     r.add_argument("--tracer", choices=("auto", "bpf", "tracefs"), default="auto",
-                   help="bpf: the in-kernel tracer (bench/csrc/bpf) aggregates in BPF maps during every "
-                        "measured run (its cost is measured in docs/tracing.md); tracefs: the text path, in "
-                        "--trace-runs extra runs, never the measured ones; auto: bpf where it can load, "
-                        "else tracefs, and the record says why (default auto)")
+                   help="bpf: the in-kernel tracer (bench/csrc/bpf) aggregates in BPF maps; tracefs: the "
+                        "text path; auto: bpf where it can load, else tracefs, and the record says why. "
+                        "Either records in --trace-runs extra runs, never the measured ones (default auto)")
     r.add_argument("--lock-stacks", action=argparse.BooleanOptionalAction, default=True,
                    help="name contended locks by kernel call chain (stacktrace trigger; costs about "
                         "3 us per contention, which inflates short spin waits) (default on)")
     r.add_argument("--trace-runs", type=int, default=1,
-                   help="--tracer tracefs: extra runs per point made with lock tracing on; the --repeat "
-                        "runs that give the headline numbers are never traced by tracefs (default 1)")
+                   help="extra runs per point made with lock tracing on; the --repeat runs that give "
+                        "the headline numbers are never traced (default 1)")
+    r.add_argument("--trace-share", type=share_arg, default="auto", metavar="F|auto",
+                   help="a traced run walks the first F of each vCPU's touches, 0 < F <= 1; auto: "
+                        f"enough for {TRACE_MIN_GUEST_S:g} s of guest time at the measured runs' "
+                        f"median rate, at least {TRACE_MIN_SHARE:g} (default auto)")
+    r.add_argument("--trace-every-run", action="store_true",
+                   help="--tracer bpf: record in every measured run instead, no extra runs (for a "
+                        "host where the tracer's cost was shown to be small: docs/tracing.md)")
     r.add_argument("--trace-buffer-mb", type=int, default=0,
                    help="tracefs buffer per CPU in MiB (default: sized from the expected faults)")
     r.add_argument("--trace-mmap-lock", action=argparse.BooleanOptionalAction, default=True,
@@ -161,6 +167,35 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--misstamp-fetched-ns", type=int, default=0, help=argparse.SUPPRESS)
     o.add_argument("--tsc-khz-error-ppm", type=int, default=0, help=argparse.SUPPRESS)
     return p
+
+# --trace-share auto: a traced run walks enough of each vCPU's table for this much guest
+# time, and at least this share. Short traced runs cost more: at 0.2 s of guest time
+# (16 vCPUs, a quarter walk) the traced/untraced rate was 0.85-0.91, at 0.5-0.9 s whole
+# walks 0.98-1.00 (4 alternating pairs each, docs/tracing.md)
+TRACE_MIN_GUEST_S = 1.0
+TRACE_MIN_SHARE = 0.25
+
+
+def share_arg(text: str):
+    """--trace-share: "auto" or a number (its range is checked with the others)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor auto") from None
+
+
+def trace_share_for(asked, measured_guest_s: float) -> float:
+    """The share of each vCPU's touches a traced run walks: `asked`, or for auto enough
+    for TRACE_MIN_GUEST_S of guest time at the measured runs' rate (their median guest
+    time for the whole walk), at least TRACE_MIN_SHARE, at most all."""
+    if asked != "auto":
+        return float(asked)
+    if measured_guest_s <= 0:
+        return 1.0
+    return min(1.0, max(TRACE_MIN_SHARE, TRACE_MIN_GUEST_S / measured_guest_s))
+
 
 def service_of(args) -> dict:
     if args.service == "fixed":
@@ -221,6 +256,11 @@ def validate_args(args) -> None:
         raise UsageError("--out FILE.json names one result; give a directory for a sweep")
     if args.report and (not args.out or args.out.endswith(".json")):
         raise UsageError("--report DIR reports on a sweep directory: give --out DIR too")
+    if args.trace_share != "auto" and not 0 < args.trace_share <= 1:
+        raise UsageError(f"--trace-share {args.trace_share:g} is out of range (0, 1]")
+    if args.trace_every_run and (not args.trace_locks or args.tracer == "tracefs"):
+        raise UsageError("--trace-every-run needs the in-kernel tracer (--tracer bpf or auto, "
+                         "with --trace-locks)")
     if args.uffds and "uffd-many" not in args.mech:
         raise UsageError("--uffds applies to uffd-many only")
     longest, source = longest_modelled_wait_s(args)

@@ -37,6 +37,9 @@ class Plan:
     trace_buffer_kb: int = 16384
     trace_sched: bool = False  # traced runs: sched_switch/wakeup split each segment's CPU wait
     trace_bpf: bool = False    # the in-kernel tracer on this run: lock contention and the exact split
+    # a traced run may walk only the first share of each vCPU's touch table (a prefix keeps
+    # the workload's order and its first-touch flags): lock data for less guest time
+    touch_share: float = 1.0
     placement: str = "free"    # bench.placement.POLICIES
     verify: str = "header"     # header | full
     corrupt_tail_every: int = 0        # test knob: torn copies

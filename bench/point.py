@@ -19,7 +19,7 @@ from .guest import FAULT_ADDRESS_REGISTER
 from .hostnoise import NoiseSampler
 from .machine import load_avg, mem_available_bytes
 from .mechanisms import REGISTRY as MECHANISMS
-from .options import build_parser, rerun_argv, service_of, validate_args
+from .options import build_parser, rerun_argv, service_of, trace_share_for, validate_args
 from .placement import plan_cpus
 from .plan import Plan, RunError
 from .runner import execute
@@ -78,7 +78,9 @@ def plan_for(args, mech, workload, vcpus: int, **overrides):
               fetch_delay_mode=args.fetch_delay_mode, record_latency=not args.no_latency,
               seed=args.seed, timeout_s=args.timeout, corrupt_every=args.corrupt_every,
               lock_stacks=args.lock_stacks, trace_mmap_lock=args.trace_mmap_lock,
-              trace_bpf=getattr(args, "tracer_used", None) == "bpf",
+              # measured runs carry the in-kernel tracer only when asked (--trace-every-run)
+              trace_bpf=(getattr(args, "tracer_used", None) == "bpf"
+                         and getattr(args, "trace_every_run", False)),
               fault_around=args.fault_around, fetch=args.fetch,
               placement=args.placement, verify=args.verify,
               corrupt_tail_every=args.corrupt_tail_every,
@@ -112,59 +114,94 @@ def size_memory(args, mech, workload, vcpus: int) -> dict:
     return {"asked_mib": asked, "min_guest_ms": args.min_guest_ms,
             "sizing_run_guest_ms": ms, "sized_mib": sized}
 
-def trace_runs(plan, rec: dict, runs: int, buffer_mb: int, phases: dict | None = None) -> None:
-    """Extra runs with lock tracing on: lock data, and what tracing costs. The
-    measured runs stay untraced, so tracing never touches the headline numbers.
-    `phases`: their wall time is added under traced.<phase>."""
-    traced = dataclasses.replace(plan, trace_locks=True, trace_sched=True,
-                                 trace_buffer_kb=buffer_mb * 1024)
+def trace_runs(plan, rec: dict, runs: int, tracer: str, buffer_mb: int, asked_share,
+               phases: dict | None = None, probed: list[int] | None = None) -> None:
+    """Extra runs with lock tracing on (`tracer`: "bpf" or "tracefs"), each walking the
+    first share of every vCPU's touches (`asked_share`: --trace-share, a number or
+    auto, sized from the measured runs' guest time): lock data and the split, and the
+    traced run's rate beside the measured runs'. The measured runs stay untraced, so
+    tracing never touches the headline numbers. `phases`: their wall time is added
+    under traced.<phase>. `probed`: the CPUs probed around each run, as around the
+    measured runs (a probe just before a run changed its rate: like with like)."""
+    share = trace_share_for(asked_share, statistics.median(
+        r["metrics"]["guest_seconds"] for r in rec["runs"]))
+    if tracer == "bpf":
+        traced = dataclasses.replace(plan, trace_bpf=True, touch_share=share)
+    else:
+        traced = dataclasses.replace(plan, trace_locks=True, trace_sched=True,
+                                     trace_buffer_kb=buffer_mb * 1024, touch_share=share)
     rec["traced_runs"] = []
     for _ in range(runs):
         traced_phases: dict = {}
-        metrics, raw = execute(traced, traced_phases)
+        if probed is None:
+            metrics, raw = execute(traced, traced_phases)
+        else:
+            (metrics, raw), raw_probe = cpustate.around(probed, lambda: execute(traced, traced_phases))
+            raw = {**raw, "cpu_probe": raw_probe}
         if phases is not None:
             for k, v in traced_phases.items():
                 phases[f"traced.{k}"] = phases.get(f"traced.{k}", 0.0) + v
         rec["traced_runs"].append({"metrics": metrics, "raw": raw})
-    rates = [r["metrics"]["pages_per_s"] for r in rec["traced_runs"]]
+    traced_ms = [r["metrics"] for r in rec["traced_runs"]]
+    rates = [m["pages_per_s"] for m in traced_ms]
     untraced = statistics.median(r["metrics"]["pages_per_s"] for r in rec["runs"])
-    lost = sum(r["metrics"]["kernel_locks"]["events_lost"] for r in rec["traced_runs"])
+    lost = sum((m.get("kernel_locks") or {}).get("events_lost") or 0 for m in traced_ms)
     rec["tracing"] = {
-        "lock_tracing": True, "stacks": plan.lock_stacks, "mmap_lock": plan.trace_mmap_lock,
-        "buffer_kb_per_cpu": traced.trace_buffer_kb,
+        "tracer": tracer, "every_measured_run": False,
+        "lock_tracing": True, "stacks": plan.lock_stacks,
+        # mmap_lock acquisitions are always counted in BPF (one array add each):
+        # --no-trace-mmap-lock applies to the tracefs path
+        "mmap_lock": True if tracer == "bpf" else plan.trace_mmap_lock,
+        "touch_share": share, "touch_share_asked": asked_share,
+        "traced_pages": [m["pages"] for m in traced_ms],
         "traced_pages_per_s": rates, "untraced_pages_per_s_median": untraced,
         "overhead_ratio": statistics.median(rates) / untraced,
         "events_lost": lost,
-        "note": "overhead_ratio = traced / untraced median paging rate (below 1: tracing slowed "
-                "the run); lock data comes from traced_runs, every other number from runs",
+        "note": ("overhead_ratio = traced / untraced median paging rate (below 1: the traced run "
+                 "was slower). A traced run walks touch_share of each vCPU's touches, so the ratio "
+                 "holds the tracer's cost and the shorter run's start and end together; the "
+                 "tracer's own cost, side by side, is in docs/tracing.md. Lock data and the split "
+                 "come from traced_runs, every other number from runs"),
     }
+    if tracer == "tracefs":
+        rec["tracing"]["buffer_kb_per_cpu"] = traced.trace_buffer_kb
+        if lost:
+            rec["warnings"].append(
+                f"lock tracing lost {lost} events (buffer {traced.trace_buffer_kb // 1024} MiB per CPU): "
+                "the lock counts cover only part of the traced run; raise --trace-buffer-mb or "
+                "use --no-trace-mmap-lock")
+        return
+    rec["tracing"].update(_bpf_logs(traced_ms))
     if lost:
         rec["warnings"].append(
-            f"lock tracing lost {lost} events (buffer {traced.trace_buffer_kb // 1024} MiB per CPU): "
-            "the lock counts cover only part of the traced run; raise --trace-buffer-mb or "
-            "use --no-trace-mmap-lock")
+            f"lock tracing lost {lost} contention keys in {runs} traced runs (the BPF lock map was "
+            "full): the lock counts cover only part of the traced runs")
+
+
+def _bpf_logs(metrics: list[dict]) -> dict:
+    """The in-kernel tracer's state logs over these runs, and which runs' splits it withheld."""
+    splits = [((m.get("fault_breakdown_ns") or {}).get("sched_split") or {}) for m in metrics]
+    return {"log_entries": [sp.get("log_entries") for sp in splits],
+            "log_dropped": sum(sp.get("log_dropped") or 0 for sp in splits),
+            "split_withheld_runs": [i + 1 for i, sp in enumerate(splits) if sp.get("withheld")]}
+
 
 def bpf_tracing(rec: dict, plan) -> dict:
-    """What the in-kernel tracer recorded in this cell: lock contention and the split
-    are in every measured run's metrics; no separate traced runs."""
+    """--trace-every-run: what the in-kernel tracer recorded in this cell's measured
+    runs (lock contention and the split are in every measured run's metrics)."""
     runs = [r["metrics"] for r in rec["runs"]]
-    splits = [((m.get("fault_breakdown_ns") or {}).get("sched_split") or {}) for m in runs]
-    withheld = [i + 1 for i, sp in enumerate(splits) if sp.get("withheld")]
     lost = sum((m.get("kernel_locks") or {}).get("events_lost") or 0 for m in runs)
     if lost:
         rec["warnings"].append(
             f"lock tracing lost {lost} contention keys over {len(runs)} runs (the BPF lock map was "
             "full): the lock counts cover only part of the runs")
     return {"tracer": "bpf", "every_measured_run": True, "lock_tracing": True,
-            # mmap_lock acquisitions are always counted in BPF (one array add each):
-            # --no-trace-mmap-lock applies to the tracefs path
             "stacks": plan.lock_stacks, "mmap_lock": True, "events_lost": lost,
-            "log_entries": [sp.get("log_entries") for sp in splits],
-            "log_dropped": sum(sp.get("log_dropped") or 0 for sp in splits),
-            "split_withheld_runs": withheld,
-            "note": "lock contention (kernel_locks) and the split (fault_breakdown_ns.sched_split) "
-                    "are in each measured run's metrics, recorded by the in-kernel tracer during "
-                    "that run; its cost against untraced runs is in docs/tracing.md"}
+            **_bpf_logs(runs),
+            "note": "--trace-every-run: lock contention (kernel_locks) and the split "
+                    "(fault_breakdown_ns.sched_split) are in each measured run's metrics, recorded "
+                    "by the in-kernel tracer during that run, whose cost they carry "
+                    "(docs/tracing.md measures it)"}
 
 
 def trace_buffer_mb(args, plan) -> int:
@@ -197,6 +234,9 @@ def cell_config(args, mech, workload, vcpus: int, plan: Plan, sizing: dict | Non
             "fault_address_register": FAULT_ADDRESS_REGISTER,
             "trace_locks": args.trace_locks, "lock_stacks": args.lock_stacks,
             "trace_mmap_lock": args.trace_mmap_lock,
+            # the measured runs carry the in-kernel tracer (its cost) only with this on
+            "trace_every_run": bool(getattr(args, "trace_every_run", False)),
+            "trace_share": args.trace_share,
             "placement": args.placement,
             "cpu_map": {"vcpus": vcpu_cpu, "resolvers": resolver_cpu,
                         "note": "planned CPU per thread, -1: unpinned"},
@@ -278,13 +318,16 @@ class Cell:
         try:
             resultmod.finalize(rec)
             used = getattr(args, "tracer_used", None)
-            if used == "bpf":
+            if used is None and args.trace_locks:   # a caller that skipped choose_tracer
+                used = "tracefs"
+            if used == "bpf" and getattr(args, "trace_every_run", False):
                 rec["tracing"] = bpf_tracing(rec, self.plan)
-            elif used == "tracefs" or (args.trace_locks and used is None):
-                trace_runs(self.plan, rec, args.trace_runs, trace_buffer_mb(args, self.plan),
-                           self.phases)
-                rec["tracing"]["tracer"] = "tracefs"
-                rec["tracing"]["why_not_bpf"] = getattr(args, "tracer_why", None)
+            elif used:
+                trace_runs(self.plan, rec, args.trace_runs, used,
+                           trace_buffer_mb(args, self.plan) if used == "tracefs" else 0,
+                           args.trace_share, self.phases, self.probed)
+                if used == "tracefs":
+                    rec["tracing"]["why_not_bpf"] = getattr(args, "tracer_why", None)
         finally:
             rec["host_noise"], noisy = self.noise.stop()
         rec["warnings"] += noisy

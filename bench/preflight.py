@@ -121,6 +121,8 @@ def choose_tracer(args) -> None:
         return
     if args.tracer == "bpf":
         raise PreflightError(f"--tracer bpf: {why}; use --tracer tracefs or --no-trace-locks")
+    if getattr(args, "trace_every_run", False):   # never a silent change of what is traced
+        raise PreflightError(f"--trace-every-run needs the in-kernel tracer: {why}")
     args.tracer_used, args.tracer_why = "tracefs", why
     check_tracefs(True)
 

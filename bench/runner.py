@@ -4,6 +4,7 @@ Python builds the touch tables and the guest code, hands them to the C core,
 waits (so Ctrl-C and timeouts are handled here), then turns the core's counters
 and per-vCPU histograms into metrics. No timing happens in Python.
 """
+import math
 import os
 import time
 
@@ -39,8 +40,10 @@ ERRLEN = 256
 
 def _cfg(plan: Plan):
     rng = np.random.default_rng(plan.seed)
-    table = np.ascontiguousarray(plan.workload.touches(plan.vcpus, plan.pages_per_vcpu, rng),
-                                 dtype=np.uint64)
+    table = plan.workload.touches(plan.vcpus, plan.pages_per_vcpu, rng)
+    if plan.touch_share < 1.0:   # the same walk, stopped early (memory stays mapped whole)
+        table = table[:, :touches_walked(table.shape[1], plan.touch_share)]
+    table = np.ascontiguousarray(table, dtype=np.uint64)
     code = touch_loop(plan.record_latency, verify_full=plan.verify == "full")
     cfg = ffi.new("struct fb_config *")
     cfg.vcpus = plan.vcpus
@@ -81,6 +84,11 @@ def _cfg(plan: Plan):
     cfg.touches = ffi.cast("uint64_t *", table_buf)
     cfg.touches_per_vcpu = table.shape[1]
     return cfg, keep + [code_buf, table_buf, table], table, stale
+
+
+def touches_walked(per_vcpu: int, share: float) -> int:
+    """How many of a vCPU's table entries a run with this touch share walks."""
+    return max(1, min(per_vcpu, math.ceil(per_vcpu * share)))
 
 
 def _lap(phases: dict | None, name: str, since: float) -> float:
@@ -567,8 +575,12 @@ def _rates(plan: Plan, vres, table) -> dict:
     per_vcpu_s = (ends - starts) / 1e9
     guest_seconds = float((ends.max() - starts.min()) / 1e9)
     pages_per_vcpu_touched = ((table & np.uint64(lib.FB_TOUCH_FIRST)) != 0).sum(axis=1)
-    pages = int(plan.memory_pages if not plan.workload.partitioned
-                else pages_per_vcpu_touched.sum())
+    if plan.workload.partitioned:
+        pages = int(pages_per_vcpu_touched.sum())
+    elif plan.touch_share < 1.0:   # shared pages, a part of the walk: the pages it reached
+        pages = int(np.unique(table >> np.uint64(12)).size)
+    else:
+        pages = int(plan.memory_pages)
     return {
         "pages": pages,
         "guest_seconds": guest_seconds,
@@ -715,6 +727,10 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None, bpf_data=None,
     clock = _clock_check(vres, vcpus, plan.record_latency)
     installs = np.zeros(lib.fb_run_npages(run), dtype=np.uint32)
     lib.fb_run_page_installs(run, ffi.cast("uint32_t *", ffi.from_buffer(installs)), installs.size)
+    # a part of the walk (a traced run) leaves the pages it never reached uninstalled: only
+    # the pages it touched count as never installed
+    reached = (installs[np.unique(table >> np.uint64(12)).astype(np.int64)]
+               if plan.touch_share < 1.0 else installs)
     blocked = [vres[i].blocked_ns for i in range(vcpus)]
     logs = bpf_data.logs_by_tid() if bpf_data is not None else None
     breakdown, checks, inside_kvm_run = _breakdown(run, plan, clock, threads, vres, totals, sched_trace,
@@ -747,7 +763,7 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None, bpf_data=None,
         "fault_records_dropped": int(sum(vres[i].faults_unlogged for i in range(vcpus))),
         "retouch_latency_ns": lat["retouch_latency_ns"],
         "pages_installed_more_than_once": int((installs > 1).sum()),
-        "pages_never_installed": int((installs == 0).sum()),
+        "pages_never_installed": int((reached == 0).sum()),
         "blocktime_ns": ({"all_vcpus": totals["blocktime_all_ns"],
                           "per_vcpu_mean": float(np.mean(blocked)),
                           "per_vcpu_max": int(max(blocked)),

@@ -142,7 +142,11 @@ HOST_NOISE = _object(
 
 TRACING = _object({"traced_pages_per_s": NUMBERS, "untraced_pages_per_s_median": NUMBER,
                    "overhead_ratio": {"type": ["number", "null"]}, "events_lost": NON_NEGATIVE,
-                   "lock_tracing": {"type": "boolean"}})
+                   "lock_tracing": {"type": "boolean"},
+                   "tracer": {"enum": ["bpf", "tracefs"]},
+                   "every_measured_run": {"type": "boolean"},
+                   # the share of each vCPU's touches a traced run walked (--trace-share)
+                   "touch_share": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}})
 
 RECORD = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -37,7 +37,7 @@ ACCOUNT_MEANING = {
                        "last one left it until every thread reported",
     "collect": "reading counters and histograms out of the core into metrics",
     "teardown": "joining threads, closing the VM, unmapping memory",
-    "tracing": "traced runs outside the guest: tracefs set-up, reading and parsing the trace",
+    "tracing": "traced runs outside the guest: the tracer's set-up, reading and summarizing its data",
     "record": "writing the record",
     "startup": "probing the machine before the first cell, and anything not listed above",
 }

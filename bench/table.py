@@ -39,7 +39,7 @@ MACHINE_COLUMNS = ("hostname", "machine_id", "boot_id", "kernel_release", "cpu_m
                    "sched_tick_hz")
 # config keys that describe how the harness measured, not what: kept, but left out of
 # the cell's identity (two sweeps differing only in these measure the same cells)
-VOLATILE_CONFIG = ("repeat", "warmup", "trace_locks", "lock_stacks", "trace_mmap_lock")
+VOLATILE_CONFIG = ("repeat", "warmup", "trace_locks", "lock_stacks", "trace_mmap_lock", "trace_share")
 KINDS = (("runs", "run"), ("warmups", "warmup"), ("traced_runs", "traced"))
 
 # The headline metrics, in the order reports and `--units` list them; what each

@@ -19,7 +19,8 @@ falls on both arms alike. Three measures:
   dispatch into them nor what their cache traffic costs other code.
 
     python3 benchmarks/bpf_cost.py [--mech uffd,uffd-many,exits,async] [--vcpus 1,16,256]
-                                   [--pairs 5] [--prog-stats [--by-program]] [--out FILE.json]
+                                   [--pairs 5] [--touch-share F] [--prog-stats [--by-program]]
+                                   [--out FILE.json]
 """
 import argparse
 import json
@@ -47,9 +48,11 @@ def ratio_ci(ratios: list[float]) -> list[float] | None:
     return [float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))]
 
 
-def cell(mech: str, vcpus: int, pairs: int, mem: int) -> dict:
+def cell(mech: str, vcpus: int, pairs: int, mem: int, share: float = 1.0) -> dict:
     argv = ["--vcpus", str(vcpus), "--mech", mech, "--mem-per-vcpu", str(mem), "--no-trace-locks"]
-    plain, traced = make_plan(argv), make_plan(argv, trace_bpf=True)
+    # both arms walk the same share of each vCPU's touches (a traced run's --trace-share)
+    plain = make_plan(argv, touch_share=share)
+    traced = make_plan(argv, trace_bpf=True, touch_share=share)
     rows = []
     for i in range(pairs):
         out = {}
@@ -78,7 +81,7 @@ def cell(mech: str, vcpus: int, pairs: int, mem: int) -> dict:
     ncpu = len(os.sched_getaffinity(0))
     share = [r["bpf_run_ns"] / (r["guest_s"] * 1e9 * ncpu) for r in rows]
     stats = any(r["bpf_runs"] for r in rows)
-    return {"mech": mech, "vcpus": vcpus, "pairs": pairs, "mem_per_vcpu_mib": mem,
+    return {"mech": mech, "vcpus": vcpus, "pairs": pairs, "mem_per_vcpu_mib": mem, "touch_share": share,
             "untraced_pages_per_s_median": statistics.median(r["untraced"] for r in rows),
             "traced_pages_per_s_median": statistics.median(r["traced"] for r in rows),
             "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
@@ -112,6 +115,9 @@ def main() -> int:
     ap.add_argument("--vcpus", default="1,16,256")
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--mem-per-vcpu", type=int, default=4)
+    ap.add_argument("--touch-share", type=float, default=1.0,
+                    help="both arms walk this share of each vCPU's touches, as a traced run "
+                         "with --trace-share does (default 1: the whole walk)")
     ap.add_argument("--out")
     ap.add_argument("--prog-stats", action="store_true",
                     help="turn on BPF run-time statistics: the programs' own time a fault "
@@ -136,7 +142,7 @@ def main() -> int:
               f"{'cpu share':>9} {'withheld':>8}")
         for v in (int(x) for x in a.vcpus.split(",")):
             for mech in a.mech.split(","):
-                r = cell(mech, v, a.pairs, a.mem_per_vcpu)
+                r = cell(mech, v, a.pairs, a.mem_per_vcpu, a.touch_share)
                 results.append(r)
                 print(f"{mech:10} {v:5d} {r['untraced_pages_per_s_median']:11.0f} "
                       f"{r['traced_pages_per_s_median']:10.0f} {r['ratio_median']:6.3f} "

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from bench import kerneltrace
+from bench import kerneltrace, options
+from bench.runner import touches_walked
 
 from bench import result as resultmod
 
@@ -55,12 +56,14 @@ def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
     m = rec["runs"][0]["metrics"]
     bpf = kerneltrace.unavailable() is None   # the default tracer where it can run
     assert rec["tracing"]["tracer"] == ("bpf" if bpf else "tracefs")
-    if bpf:   # lock data and the split in every measured run, no extra runs
-        assert "traced_runs" not in rec
-        traced = m
-    else:     # headline runs are never traced by the tracefs path
-        assert "kernel_locks" not in m
-        traced = rec["traced_runs"][0]["metrics"]
+    # headline runs are never traced: lock data and the split come from one extra run,
+    # which walks the first part of each vCPU's touches (--trace-share auto)
+    assert "kernel_locks" not in m and "sched_split" not in m["fault_breakdown_ns"]
+    assert rec["config"]["trace_every_run"] is False and rec["config"]["trace_share"] == "auto"
+    share = options.trace_share_for("auto", m["guest_seconds"])
+    assert len(rec["traced_runs"]) == 1 and rec["tracing"]["touch_share"] == share
+    traced = rec["traced_runs"][0]["metrics"]
+    assert traced["pages"] == 64 * touches_walked(512, share) == rec["tracing"]["traced_pages"][0]
     kl = traced["kernel_locks"]
     assert kl["events_lost"] == 0
     assert kl["contentions"] > 0 and kl["wait_ns_total"] > 0
@@ -105,7 +108,7 @@ def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
     if bpf:
         assert "withheld" not in split, split["withheld"]
         assert split["cross_check"]["ok"] and split["log_dropped"] == 0
-        assert split["cross_check"]["threads_checked"] == len(rec["runs"][0]["raw"]["threads"])
+        assert split["cross_check"]["threads_checked"] == len(rec["traced_runs"][0]["raw"]["threads"])
     else:
         assert split["events"] > 0 and split["events_lost"] == 0
     assert 1 <= split["vcpus_on_cpu_at_once_max"] <= len(os.sched_getaffinity(0))
@@ -123,8 +126,27 @@ def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
     # 64 vCPU threads on 2 CPUs: most of a fault is waiting for a CPU
     waited = sum(p["cpu_wait_ns"] for p in split["parts"].values())
     assert waited > 0.3 * sum(p["total_ns"] for p in split["parts"].values())
-    if not bpf:
-        assert 0 < rec["tracing"]["overhead_ratio"] < 10
+    assert 0 < rec["tracing"]["overhead_ratio"] < 10
+
+
+def test_trace_every_run_puts_lock_data_and_the_split_in_every_measured_run(kvm, tmp_path):
+    """--trace-every-run: the in-kernel tracer records in the measured runs themselves,
+    and no traced run is made."""
+    why = kerneltrace.unavailable()
+    if why is not None:
+        pytest.skip(f"in-kernel tracer unavailable: {why}")
+    p, out = run_cli(tmp_path, "--vcpus", "4", "--mech", "uffd", "--mem-per-vcpu", "2",
+                     "--repeat", "2", "--trace-every-run", "--no-fingerprint")
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(out.read_text())
+    assert resultmod.validate(rec) == []
+    assert "traced_runs" not in rec and rec["config"]["trace_every_run"] is True
+    assert rec["tracing"]["tracer"] == "bpf" and rec["tracing"]["every_measured_run"] is True
+    for run in rec["runs"]:
+        m = run["metrics"]
+        assert m["kernel_locks"]["tracer"] == "bpf" and "mmap_lock" in m["kernel_locks"]
+        assert m["fault_breakdown_ns"]["sched_split"]["tracer"] == "bpf"
+    assert "in every measured run (--trace-every-run)" in p.stdout
 
 
 def test_async_reports_its_list_lock(kvm, tmp_path):

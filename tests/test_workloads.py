@@ -119,3 +119,19 @@ def test_overlap_latency_counts_faults_not_first_touches(kvm):
     assert metrics["fault_latency_ns"]["count"] == metrics["faults_attributed_to_vcpus"]
     assert metrics["first_touch_latency_ns"]["count"] == 16 * 512
     assert metrics["fault_breakdown_ns"]["faults_used"] >= 0.9 * metrics["fault_latency_ns"]["count"]
+
+
+@pytest.mark.parametrize("workload", ["sequential", "overlap"])
+def test_a_partial_walk_is_a_prefix_and_counts_only_the_pages_it_reached(kvm, workload):
+    """A traced run's --trace-share: each vCPU walks the first quarter of its own table;
+    pages, installs and never-installed pages count what that prefix reached (with shared
+    pages, the union of the prefixes), not the whole of guest memory."""
+    plan = make_plan("uffd", 4, mib=2, workload=workload, touch_share=0.25)
+    metrics, raw = execute(plan)
+    table = plan.workload.touches(4, 512, np.random.default_rng(plan.seed))
+    walked = table.shape[1] // 4
+    assert all(v["touches"] == walked for v in raw["vcpus"])
+    reached = np.unique(table[:, :walked] >> np.uint64(12)).size
+    assert reached < plan.memory_pages
+    assert metrics["pages"] == metrics["pages_installed"] == reached
+    assert metrics["pages_never_installed"] == 0 and metrics["content_errors"] == 0

@@ -1,7 +1,7 @@
 """The few per-run figures the model is calibrated from and checked against, read
 out of result records (bench/result.py's layout): one dict per measured run,
-plus the lock figures of the cell's traced runs (or, in records of the in-kernel BPF
-tracer, of its measured runs). Nothing here fits or guesses;
+plus the lock figures of the cell's traced runs (or, in records made with
+--trace-every-run, of its measured runs). Nothing here fits or guesses;
 a figure a record lacks stays None and the calibration names it as missing."""
 from __future__ import annotations
 
@@ -95,8 +95,8 @@ def cell(path: str, record: dict) -> dict:
     cfg = record.get("config") or {}
     machine = record.get("machine") or {}
     runs = [run_figures(r["metrics"]) for r in record.get("runs") or [] if r.get("metrics")]
-    # lock figures: the traced runs (tracefs records), else the measured runs that carry
-    # kernel_locks (the in-kernel BPF tracer records locks in every measured run)
+    # lock figures: the traced runs, else the measured runs that carry
+    # kernel_locks (--trace-every-run: the in-kernel tracer records locks in every measured run)
     lock_runs = record.get("traced_runs") or [
         r for r in record.get("runs") or [] if isinstance((r.get("metrics") or {}).get("kernel_locks"), dict)]
     traced = [traced_locks(r["metrics"]) for r in lock_runs if r.get("metrics")]

@@ -16,7 +16,7 @@ import os
 from bench import result as resultmod
 
 # config keys that may differ without changing the benchmark
-VOLATILE_CONFIG = frozenset({"repeat", "warmup", "trace_locks", "lock_stacks", "trace_mmap_lock"})
+VOLATILE_CONFIG = frozenset({"repeat", "warmup", "trace_locks", "lock_stacks", "trace_mmap_lock", "trace_share"})
 # machine keys that, when they differ, make two records come from different hosts
 HOST_KEYS = ("cpu_model", "online_cpus", "arch")
 # Which host a record came from: its hostname and the OS installation's machine id

@@ -75,11 +75,11 @@ def lock_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _row_tracers(rows: pd.DataFrame) -> list[str]:
-    """Each lock row's tracer: traced rows are tracefs'; a measured row names its own
-    (a table built before `lock_tracer` existed: "bpf", the only tracer that puts lock
-    data in measured runs)."""
+    """Each lock row's tracer, as its kernel_locks names it; a row of a table built
+    before `lock_tracer` existed: tracefs for a traced row, bpf for a measured one
+    (then the only tracer that put lock data in measured runs)."""
     named = rows["lock_tracer"] if "lock_tracer" in rows.columns else pd.Series(None, index=rows.index)
-    return [("tracefs" if kind == "traced" else (t if isinstance(t, str) and t else "bpf"))
+    return [(t if isinstance(t, str) and t else ("tracefs" if kind == "traced" else "bpf"))
             for kind, t in zip(rows["kind"], named)]
 
 
@@ -123,9 +123,8 @@ class ReportData:
         df["base_series"] = df["label"] + boot_part + distinguishing
         self.df = df
         self.runs = df[df["kind"] == "run"]
-        # the runs that carry lock data: a cell's traced runs where it has them (tracefs
-        # records), else its measured runs that carry kernel_locks (the in-kernel BPF
-        # tracer records locks in every measured run)
+        # the runs that carry lock data: a cell's traced runs where it has them, else
+        # its measured runs that carry kernel_locks (--trace-every-run)
         self.traced = lock_rows(df)
         if "origin" not in df.columns:   # who measured a row: the harness or an imported tool
             df["origin"] = "faultbench"
@@ -285,11 +284,20 @@ class ReportData:
         return sorted(found, key=lambda r: (ROLE_ORDER.index(r) if r in ROLE_ORDER else 9, r))
 
     def lock_tracers(self, series: list[str] | None = None) -> list[str]:
-        """Where the lock data of `series` (all when None) comes from: "tracefs" (one
-        traced run per cell, extra to the measured runs) and/or the tracer named by
-        measured runs that carry it ("bpf": every measured run)."""
+        """The tracers that recorded the lock data of `series` (all when None), in
+        traced runs or measured runs (lock_sources tells which)."""
         rows = self.traced if series is None else self.traced[self.traced["series"].isin(series)]
         return sorted(set(_row_tracers(rows)))
+
+    def lock_sources(self, series: list[str] | None = None) -> dict:
+        """Where the lock data of `series` (all when None) comes from: {"traced": the
+        tracers of cells' extra traced runs, "runs": the tracers of measured runs that
+        carry it (--trace-every-run)}, each sorted."""
+        rows = self.traced if series is None else self.traced[self.traced["series"].isin(series)]
+        kinds = list(rows["kind"])
+        named = _row_tracers(rows)
+        return {"traced": sorted({t for k, t in zip(kinds, named) if k == "traced"}),
+                "runs": sorted({t for k, t in zip(kinds, named) if k != "traced"})}
 
     def split_tracers(self) -> list[str]:
         """The tracers named by measured runs that carry the scheduler split (empty

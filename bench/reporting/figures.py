@@ -487,20 +487,20 @@ def lock_contention(d: ReportData, top_sites: int = 6) -> Figure | None:
     oh, ol = _oversub_handle(d)
     proxies, labels = proxies + oh, labels + ol
     title = "Kernel lock contention by call site vs vCPUs"
-    tracers = d.lock_tracers(series)
-    in_runs = [t for t in tracers if t != "tracefs"]
-    if not in_runs:   # tracefs records only: as before
-        how = (f"lock:contention_begin/end in a private tracefs instance with the kernel call "
-               f"chain; the {len(sites)} call sites with the most wait over the whole report; "
-               "one traced run per cell (extra runs: headline numbers come from untraced runs).")
-    else:
-        how = (f"lock:contention_begin/end with the kernel call chain, recorded by "
-               + " and ".join(tracer_phrase(t) for t in in_runs)
-               + f" in every measured run; the {len(sites)} call sites with the most wait over "
-               "the whole report (summed over all runs); each point the median over the cell's "
-               "measured runs that list the call site among their top locks")
-        how += ("; cells of tracefs records: their one traced run (an extra run: headline "
-                "numbers come from untraced runs)." if "tracefs" in tracers else ".")
+    src = d.lock_sources(series)
+    how = (f"lock:contention_begin/end with the kernel call chain; the {len(sites)} call sites "
+           "with the most wait over the whole report")
+    if src["runs"]:
+        how += ("; recorded by " + " and ".join(tracer_phrase(t) for t in src["runs"])
+                + " in every measured run (summed over all runs), each point the median over "
+                "the cell's measured runs that list the call site among their top locks")
+    if src["traced"]:
+        how += ("; " + ("cells with a traced run: " if src["runs"] else "")
+                + "one traced run per cell, recorded by "
+                + " and ".join(tracer_phrase(t) for t in src["traced"])
+                + " (an extra run, which may walk only part of each vCPU's touches: headline "
+                "numbers come from untraced runs)")
+    how += "."
     cap = d.caption(how, series)
     _finish(fig, title, (proxies, labels, 2))
     return Figure("locks", title, cap, fig)

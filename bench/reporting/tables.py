@@ -328,7 +328,7 @@ def lock_table(d: ReportData, ids: dict) -> Table | None:
             if t.empty or t["kernel_locks.contentions"].isna().all():
                 continue
             if (t["kind"] == "traced").any():
-                row = t.iloc[0]   # the cell's traced run (tracefs)
+                row = t.iloc[0]   # the cell's (first) traced run
             else:
                 # lock data in every measured run: each column's median over the runs
                 t = t[t["kernel_locks.contentions"].notna()]
@@ -341,26 +341,27 @@ def lock_table(d: ReportData, ids: dict) -> Table | None:
             rows.append([d.legend(s), str(v), f"{int(row['kernel_locks.contentions']):,}",
                          f"{total / 1e6:.2f}", site, share, "O" if few else ""])
             concentrated += [f"{d.legend(s)} at {v} vCPUs: {x}" for x in few]
-    tracers = d.lock_tracers()
-    in_runs = [t for t in tracers if t != "tracefs"]
-    if not in_runs:   # tracefs records only: as before
+    src = d.lock_sources()
+    traced_by = " and ".join(tracer_phrase(t) for t in src["traced"])
+    if not src["runs"]:
         title = "Which kernel locks are contended? One traced run per cell"
-        notes = ["lock:contention_begin/end with the kernel call chain; traced runs are "
-                 "extra runs, the headline numbers come from untraced ones; share: the "
-                 "top call site's part of the cell's total wait",
+        notes = [f"lock:contention_begin/end with the kernel call chain, recorded by {traced_by}; "
+                 "traced runs are extra runs (which may walk only part of each vCPU's touches), "
+                 "the headline numbers come from untraced ones; share: the top call site's part "
+                 "of the cell's total wait",
                  "O: one event, not a steady cost: a call site with at least half the "
                  "traced run's wait from at most 5% of its contentions"]
     else:
-        by = " and ".join(tracer_phrase(t) for t in in_runs)
+        by = " and ".join(tracer_phrase(t) for t in src["runs"])
         title = ("Which kernel locks are contended? Medians over each cell's measured runs"
-                 if "tracefs" not in tracers else
+                 if not src["traced"] else
                  "Which kernel locks are contended? Measured runs' medians or one traced run per cell")
         notes = [f"lock:contention_begin/end with the kernel call chain, recorded by {by} in "
                  "every measured run: contentions and wait are medians over the cell's runs, each "
                  "call site's wait the median over the runs that list it among their top locks; "
                  "share: the top call site's median wait over the median total wait"]
-        if "tracefs" in tracers:
-            notes.append("cells with a traced run (tracefs records): that one traced run, an "
+        if src["traced"]:
+            notes.append(f"cells with a traced run ({traced_by}): that one traced run, an "
                          "extra run; the headline numbers come from untraced ones")
         notes.append("O: one event, not a steady cost: a call site with at least half of one "
                      "run's wait from at most 5% of that run's contentions (each run checked on its own)")
@@ -443,15 +444,15 @@ def cost_and_wait_table(d: ReportData, ids: dict) -> Table:
 
 
 def _split_note(d: ReportData) -> str:
-    """Who splits each breakdown segment into on-CPU and waiting: the traced run
-    (tracefs records), or the tracer in every measured run."""
+    """Who splits each breakdown segment into on-CPU and waiting: the traced run, or
+    the tracer in every measured run (--trace-every-run)."""
     tracers = [t for t in d.split_tracers() if t != "tracefs"]
     if not tracers:
         return "the traced run splits each breakdown segment the same way"
     note = ("each measured run's own split of each breakdown segment, recorded by "
             + " and ".join(tracer_phrase(t) for t in tracers) + " in that run")
     if (d.df["kind"] == "traced").any():
-        note += "; records with a traced run (tracefs): that run splits each segment the same way"
+        note += "; records with a traced run: that run splits each segment the same way"
     return note
 
 
