@@ -176,6 +176,8 @@ def rows_of(path: str, rec: dict, metric_columns: set | None = None,
             metrics = run.get("metrics") or {}
             raw = run.get("raw") or {}
             row = dict(base, kind=kind, rep=rep)
+            if kind == "traced":   # the share of each vCPU's touches a traced run walked
+                row["touch_share"] = (rec.get("tracing") or {}).get("touch_share", 1.0)
             leaves = _numeric_leaves(metrics)
             row.update(leaves)
             if metric_columns is not None:

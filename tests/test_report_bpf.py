@@ -1,5 +1,6 @@
-"""Reports from records of the in-kernel (BPF) tracer: lock contention and the
-scheduler split in every measured run's metrics, no traced runs. The records are
+"""Reports from records of the in-kernel (BPF) tracer. Made with --trace-every-run:
+lock contention and the scheduler split in every measured run's metrics, no traced
+runs; by default: one traced run a cell, walking part of the touches. The records are
 synthetic: the committed tests/data records with the schema-1 record's traced-run
 lock data moved into each measured run (scaled per run, so medians mean something),
 tracer "bpf", traced_runs deleted and `tracing` as the BPF tracer writes it. No KVM."""
@@ -120,6 +121,38 @@ def test_tracefs_record_keeps_its_traced_run():
     t = tablesmod.lock_table(d, {})
     assert t.title == "Which kernel locks are contended? One traced run per cell"
     assert "traced runs are extra runs" in t.notes[0]
+
+
+def bpf_traced_record(path: str, template: dict, share: float) -> dict:
+    """As the default writes it: one traced run by the in-kernel tracer, walking `share`."""
+    rec = resultmod.load(path)
+    traced = copy.deepcopy(rec["runs"][0])
+    traced["metrics"]["kernel_locks"] = _bpf_locks(template, 1)
+    rec["traced_runs"] = [traced]
+    rec["tracing"] = {"tracer": "bpf", "every_measured_run": False, "lock_tracing": True,
+                      "stacks": True, "mmap_lock": True, "touch_share": share}
+    return rec
+
+
+def test_bpf_traced_runs_are_named_with_their_tracer_and_walk(template):
+    import matplotlib.pyplot as plt
+    from bench.reporting import figures
+    recs = [(p, bpf_traced_record(p, template, 0.25 if "v2" in p else 1.0)) for p in RECORDS]
+    d = ReportData(tablemod.build(recs), dict(recs))
+    assert set(d.traced["kind"]) == {"traced"}
+    assert d.lock_sources() == {"traced": ["bpf"], "runs": [], "least_share": 0.25}
+    t = tablesmod.lock_table(d, {})
+    assert t.title == "Which kernel locks are contended? One traced run per cell"
+    assert ("recorded by the in-kernel (BPF) tracer; traced runs are extra runs, walking as "
+            "little as 25% of each vCPU's touches" in t.notes[0])
+    f = figures.lock_contention(d)
+    plt.close(f.fig)
+    assert "one traced run per cell, recorded by the in-kernel (BPF) tracer" in f.caption
+    assert "walking as little as 25%" in f.caption and "every measured run" not in f.caption
+    # whole walks only: no walk is mentioned
+    whole = [(p, bpf_traced_record(p, template, 1.0)) for p in RECORDS]
+    d1 = ReportData(tablemod.build(whole), dict(whole))
+    assert "walking" not in tablesmod.lock_table(d1, {}).notes[0]
 
 
 def test_model_extract_falls_back_to_the_runs(bpf_records, template):

@@ -87,6 +87,12 @@ def tracer_phrase(tracer: str) -> str:
     return "the in-kernel (BPF) tracer" if tracer == "bpf" else f"the {tracer} tracer"
 
 
+def walk_phrase(least_share: float) -> str:
+    """How much of the guest's walk the traced runs made, where it was not all of it."""
+    return (f", walking as little as {least_share * 100:.0f}% of each vCPU's touches"
+            if least_share < 1 else "")
+
+
 class ReportData:
     """Measured rows grouped into series (one line per mechanism variant) and cells
     (series x vCPU count)."""
@@ -292,12 +298,17 @@ class ReportData:
     def lock_sources(self, series: list[str] | None = None) -> dict:
         """Where the lock data of `series` (all when None) comes from: {"traced": the
         tracers of cells' extra traced runs, "runs": the tracers of measured runs that
-        carry it (--trace-every-run)}, each sorted."""
+        carry it (--trace-every-run), each sorted; "least_share": the smallest share of
+        each vCPU's touches a traced run walked}."""
         rows = self.traced if series is None else self.traced[self.traced["series"].isin(series)]
         kinds = list(rows["kind"])
         named = _row_tracers(rows)
+        shares = (rows.loc[rows["kind"] == "traced", "touch_share"].dropna()
+                  if "touch_share" in rows.columns else pd.Series(dtype=float))
         return {"traced": sorted({t for k, t in zip(kinds, named) if k == "traced"}),
-                "runs": sorted({t for k, t in zip(kinds, named) if k != "traced"})}
+                "runs": sorted({t for k, t in zip(kinds, named) if k != "traced"}),
+                # the smallest share of the touches a traced run walked (1: all of them)
+                "least_share": float(shares.min()) if len(shares) else 1.0}
 
     def split_tracers(self) -> list[str]:
         """The tracers named by measured runs that carry the scheduler split (empty

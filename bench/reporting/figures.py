@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator  # noqa: E402
 
 from .. import stats  # noqa: E402
-from .data import ReportData, tracer_phrase  # noqa: E402
+from .data import ReportData, tracer_phrase, walk_phrase  # noqa: E402
 from .tables import per_fault_divisor  # noqa: E402
 
 SLIDE_INCHES = (13.33, 7.5)      # 16:9, a full slide at 100% zoom
@@ -498,8 +498,8 @@ def lock_contention(d: ReportData, top_sites: int = 6) -> Figure | None:
         how += ("; " + ("cells with a traced run: " if src["runs"] else "")
                 + "one traced run per cell, recorded by "
                 + " and ".join(tracer_phrase(t) for t in src["traced"])
-                + " (an extra run, which may walk only part of each vCPU's touches: headline "
-                "numbers come from untraced runs)")
+                + " (an extra run" + walk_phrase(src["least_share"])
+                + ": headline numbers come from untraced runs)")
     how += "."
     cap = d.caption(how, series)
     _finish(fig, title, (proxies, labels, 2))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import statistics
 
 from ..nightly import verdict as verdictmod
-from .data import ReportData, cpu_count, fmt_num, fmt_si, tick_multiple, tracer_phrase
+from .data import ReportData, cpu_count, fmt_num, fmt_si, tick_multiple, tracer_phrase, walk_phrase
 
 TEXT_WIDTH = 80
 
@@ -346,9 +346,9 @@ def lock_table(d: ReportData, ids: dict) -> Table | None:
     if not src["runs"]:
         title = "Which kernel locks are contended? One traced run per cell"
         notes = [f"lock:contention_begin/end with the kernel call chain, recorded by {traced_by}; "
-                 "traced runs are extra runs (which may walk only part of each vCPU's touches), "
-                 "the headline numbers come from untraced ones; share: the top call site's part "
-                 "of the cell's total wait",
+                 f"traced runs are extra runs{walk_phrase(src['least_share'])}, the headline "
+                 "numbers come from untraced ones; share: the top call site's part of the "
+                 "cell's total wait",
                  "O: one event, not a steady cost: a call site with at least half the "
                  "traced run's wait from at most 5% of its contentions"]
     else:
@@ -362,7 +362,8 @@ def lock_table(d: ReportData, ids: dict) -> Table | None:
                  "share: the top call site's median wait over the median total wait"]
         if src["traced"]:
             notes.append(f"cells with a traced run ({traced_by}): that one traced run, an "
-                         "extra run; the headline numbers come from untraced ones")
+                         f"extra run{walk_phrase(src['least_share'])}; the headline numbers "
+                         "come from untraced ones")
         notes.append("O: one event, not a steady cost: a call site with at least half of one "
                      "run's wait from at most 5% of that run's contentions (each run checked on its own)")
     return Table(title, ["mechanism", "vCPUs", "contentions", "wait ms", "top call site", "share %", "flags"],
