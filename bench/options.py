@@ -186,13 +186,14 @@ def share_arg(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor auto") from None
 
 
-def trace_share_for(asked, measured_guest_s: float) -> float:
+def trace_share_for(asked, measured_guest_s: float, prefix_ok: bool = True) -> float:
     """The share of each vCPU's touches a traced run walks: `asked`, or for auto enough
     for TRACE_MIN_GUEST_S of guest time at the measured runs' rate (their median guest
-    time for the whole walk), at least TRACE_MIN_SHARE, at most all."""
+    time for the whole walk), at least TRACE_MIN_SHARE, at most all; all of it for a
+    workload whose prefix is not the same kind of work (`prefix_ok` False)."""
     if asked != "auto":
         return float(asked)
-    if measured_guest_s <= 0:
+    if measured_guest_s <= 0 or not prefix_ok:
         return 1.0
     return min(1.0, max(TRACE_MIN_SHARE, TRACE_MIN_GUEST_S / measured_guest_s))
 
@@ -258,6 +259,10 @@ def validate_args(args) -> None:
         raise UsageError("--report DIR reports on a sweep directory: give --out DIR too")
     if args.trace_share != "auto" and not 0 < args.trace_share <= 1:
         raise UsageError(f"--trace-share {args.trace_share:g} is out of range (0, 1]")
+    if (args.trace_share != "auto" and args.trace_share < 1
+            and not WORKLOADS[args.workload].prefix_is_representative):
+        raise UsageError(f"--trace-share {args.trace_share:g}: a part of the {args.workload} "
+                         "workload's walk is not the workload (its phases); it is traced whole")
     if args.trace_every_run and (not args.trace_locks or args.tracer == "tracefs"):
         raise UsageError("--trace-every-run needs the in-kernel tracer (--tracer bpf or auto, "
                          "with --trace-locks)")

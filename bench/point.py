@@ -23,7 +23,7 @@ from .options import build_parser, rerun_argv, service_of, trace_share_for, vali
 from .placement import plan_cpus
 from .plan import Plan, RunError
 from .runner import execute
-from .validity import run_warnings
+from .validity import CPU_STATE_START, run_warnings
 from .worker import service_params
 from .workloads import REGISTRY as WORKLOADS
 
@@ -124,7 +124,7 @@ def trace_runs(plan, rec: dict, runs: int, tracer: str, buffer_mb: int, asked_sh
     under traced.<phase>. `probed`: the CPUs probed around each run, as around the
     measured runs (a probe just before a run changed its rate: like with like)."""
     share = trace_share_for(asked_share, statistics.median(
-        r["metrics"]["guest_seconds"] for r in rec["runs"]))
+        r["metrics"]["guest_seconds"] for r in rec["runs"]), plan.workload.prefix_is_representative)
     if tracer == "bpf":
         traced = dataclasses.replace(plan, trace_bpf=True, touch_share=share)
     else:
@@ -133,6 +133,7 @@ def trace_runs(plan, rec: dict, runs: int, tracer: str, buffer_mb: int, asked_sh
     rec["traced_runs"] = []
     for _ in range(runs):
         traced_phases: dict = {}
+        started = time.time()
         if probed is None:
             metrics, raw = execute(traced, traced_phases)
         else:
@@ -141,10 +142,14 @@ def trace_runs(plan, rec: dict, runs: int, tracer: str, buffer_mb: int, asked_sh
         if phases is not None:
             for k, v in traced_phases.items():
                 phases[f"traced.{k}"] = phases.get(f"traced.{k}", 0.0) + v
-        rec["traced_runs"].append({"metrics": metrics, "raw": raw})
+        rec["traced_runs"].append({"metrics": metrics, "raw": {**raw, "started_unix_s": started}})
     traced_ms = [r["metrics"] for r in rec["traced_runs"]]
     rates = [m["pages_per_s"] for m in traced_ms]
     untraced = statistics.median(r["metrics"]["pages_per_s"] for r in rec["runs"])
+    # touches a second of guest time: comparable between a part of the walk and the
+    # whole, where pages are not (several vCPUs' prefixes reach most shared pages)
+    touch_rates = [touch_rate(m) for m in traced_ms]
+    measured_touch_rates = [touch_rate(r["metrics"]) for r in rec["runs"]]
     lost = sum((m.get("kernel_locks") or {}).get("events_lost") or 0 for m in traced_ms)
     rec["tracing"] = {
         "tracer": tracer, "every_measured_run": False,
@@ -155,14 +160,18 @@ def trace_runs(plan, rec: dict, runs: int, tracer: str, buffer_mb: int, asked_sh
         "touch_share": share, "touch_share_asked": asked_share,
         "traced_pages": [m["pages"] for m in traced_ms],
         "traced_pages_per_s": rates, "untraced_pages_per_s_median": untraced,
-        "overhead_ratio": statistics.median(rates) / untraced,
+        "traced_touches_per_s": touch_rates,
+        "untraced_touches_per_s_median": statistics.median(measured_touch_rates),
+        "overhead_ratio": statistics.median(touch_rates) / statistics.median(measured_touch_rates),
         "events_lost": lost,
-        "note": ("overhead_ratio = traced / untraced median paging rate (below 1: the traced run "
-                 "was slower). A traced run walks touch_share of each vCPU's touches, so the ratio "
-                 "holds the tracer's cost and the shorter run's start and end together; the "
-                 "tracer's own cost, side by side, is in docs/tracing.md. Lock data and the split "
-                 "come from traced_runs, every other number from runs"),
+        "note": ("overhead_ratio = traced / untraced median touches a second of guest time "
+                 "(below 1: the traced run was slower). A traced run walks touch_share of each "
+                 "vCPU's touches, so the ratio holds the tracer's cost, the shorter run's start "
+                 "and end, and the host's state at the time together; the tracer's own cost, "
+                 "side by side, is in docs/tracing.md. Lock data and the split come from "
+                 "traced_runs, every other number from runs"),
     }
+    rec["warnings"] += _traced_run_warnings(rec, touch_rates, measured_touch_rates)
     if tracer == "tracefs":
         rec["tracing"]["buffer_kb_per_cpu"] = traced.trace_buffer_kb
         if lost:
@@ -176,6 +185,42 @@ def trace_runs(plan, rec: dict, runs: int, tracer: str, buffer_mb: int, asked_sh
         rec["warnings"].append(
             f"lock tracing lost {lost} contention keys in {runs} traced runs (the BPF lock map was "
             "full): the lock counts cover only part of the traced runs")
+
+
+def touch_rate(metrics: dict) -> float:
+    """Touches a second of guest time."""
+    g = metrics.get("guest_seconds") or 0.0
+    return metrics["touches"] / g if g > 0 else 0.0
+
+
+# a traced run's touch rate this far outside the measured runs' range is warned about
+TRACED_PACE_MARGIN = 0.10
+
+
+def _traced_run_warnings(rec: dict, touch_rates: list[float], measured: list[float]) -> list[str]:
+    """Where a traced run was not taken like the measured runs: its pace outside their
+    range (by more than TRACED_PACE_MARGIN), or its CPU in the slowed state (the probe,
+    judged against the floors of the cell's measured and traced runs together)."""
+    out = []
+    lo, hi = min(measured), max(measured)
+    for i, r in enumerate(touch_rates):
+        if r < lo * (1 - TRACED_PACE_MARGIN) or r > hi * (1 + TRACED_PACE_MARGIN):
+            out.append(f"traced run {i + 1} ran {r:.0f} touches/s against the measured runs' "
+                       f"{lo:.0f}..{hi:.0f}: its lock data and split come from another pace than "
+                       "the headline numbers (docs/tracing.md)")
+    measured_probes = cpustate.run_probes(rec)
+    traced_probes = [(r.get("raw") or {}).get("cpu_probe") for r in rec.get("traced_runs") or []]
+    if any(traced_probes):
+        probes, _bias = cpustate.host_probes(measured_probes + traced_probes)
+        ratios = cpustate.contended(probes)[len(measured_probes):]
+        slowed = [(i, x) for i, x in enumerate(ratios) if x is not None and x > cpustate.CONTENDED_RATIO]
+        if slowed:
+            worst = max(x for _i, x in slowed)
+            out.append(f"{CPU_STATE_START} around traced run(s) {','.join(str(i + 1) for i, _x in slowed)} "
+                       f"(the CPU-state probe up to x{worst:.2f} its floor, over "
+                       f"x{cpustate.CONTENDED_RATIO}): the lock data and split were taken in the "
+                       "host's slow state")
+    return out
 
 
 def _bpf_logs(metrics: list[dict]) -> dict:
@@ -248,7 +293,8 @@ class Cell:
     """One cell measured a run at a time, so that a sweep can interleave its cells
     run by run (round-robin) and host drift is not confounded with mechanism:
     Cell(...) sizes memory and builds the plan, run_one() makes the next warm-up or
-    measured run, finish() adds traced runs, host noise and warnings and validates.
+    measured run (and after the last one the traced runs), finish() adds host noise
+    and warnings and validates.
     `phases` accumulates where the wall time went (bench.runner.execute)."""
 
     def __init__(self, args, argv: list[str], mech, workload, vcpus: int, machine: dict,
@@ -283,6 +329,7 @@ class Cell:
         self.probed = cpustate.cpus_to_probe(*self.plan.cpu_map())
         self.total = args.warmup + args.repeat
         self.done = 0
+        self.traced = False
         # outside load is counted only while this cell's own runs run: in an interleaved
         # sweep the other cells' runs come between them
         self.noise = NoiseSampler()
@@ -310,24 +357,40 @@ class Cell:
             self.noise.pause()
         resultmod.add_run(self.rec, metrics, warmup=warmup, raw={**raw, "started_unix_s": started})
         self.done += 1
+        if not self.runs_left():
+            # right after the cell's own last run, also in an interleaved sweep: the traced
+            # runs are taken as close as can be to the measured ones they stand beside
+            self.trace()
 
-    def finish(self) -> dict:
-        """The record, not yet written. Raises RunError (a traced run or the record failed)."""
+    def trace(self) -> None:
+        """The cell's traced runs (or, with --trace-every-run, the summary of what the
+        in-kernel tracer recorded in its measured runs); once."""
+        if self.traced:
+            return
+        self.traced = True
         rec, args = self.rec, self.args
-        self.noise.resume()   # the traced runs
-        try:
-            resultmod.finalize(rec)
-            used = getattr(args, "tracer_used", None)
-            if used is None and args.trace_locks:   # a caller that skipped choose_tracer
-                used = "tracefs"
-            if used == "bpf" and getattr(args, "trace_every_run", False):
-                rec["tracing"] = bpf_tracing(rec, self.plan)
-            elif used:
+        used = getattr(args, "tracer_used", None)
+        if used is None and args.trace_locks:   # a caller that skipped choose_tracer
+            used = "tracefs"
+        if used == "bpf" and getattr(args, "trace_every_run", False):
+            rec["tracing"] = bpf_tracing(rec, self.plan)
+        elif used:
+            self.noise.resume()   # the traced runs are this cell's too
+            try:
                 trace_runs(self.plan, rec, args.trace_runs, used,
                            trace_buffer_mb(args, self.plan) if used == "tracefs" else 0,
                            args.trace_share, self.phases, self.probed)
-                if used == "tracefs":
-                    rec["tracing"]["why_not_bpf"] = getattr(args, "tracer_why", None)
+            finally:
+                self.noise.pause()
+            if used == "tracefs":
+                rec["tracing"]["why_not_bpf"] = getattr(args, "tracer_why", None)
+
+    def finish(self) -> dict:
+        """The record, not yet written. Raises RunError (a traced run or the record failed)."""
+        rec = self.rec
+        try:
+            self.trace()   # made already after the last run, unless that run failed
+            resultmod.finalize(rec)
         finally:
             rec["host_noise"], noisy = self.noise.stop()
         rec["warnings"] += noisy

@@ -8,9 +8,10 @@ and every numeric metric of the run under its record path
 (`fault_latency_ns.p99`), its unit from the record's own naming rules
 (`bench.result.metric_unit`). Lock contention by kernel call site becomes
 `lock_site.<call site>.{count,wait_ns}` columns on every row that carries lock
-data (traced rows of tracefs records; measured rows of records whose in-kernel
-tracer records locks in every measured run), with `lock_tracer` naming the
-tracer ("tracefs" or "bpf"), and `split_tracer` likewise where a row carries
+data (traced rows; measured rows of records made with --trace-every-run), with
+`lock_tracer` naming the tracer ("tracefs" or "bpf"), `touch_share` on traced rows
+(the share of each vCPU's touches the traced run walked), and `split_tracer`
+likewise where a row carries
 the scheduler split (fault_breakdown_ns.sched_split); the latency
 histogram stays whole as JSON text (`fault_latency_hist`), so every figure of
 a report can be drawn from this table alone.

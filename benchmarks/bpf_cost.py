@@ -48,11 +48,11 @@ def ratio_ci(ratios: list[float]) -> list[float] | None:
     return [float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))]
 
 
-def cell(mech: str, vcpus: int, pairs: int, mem: int, share: float = 1.0) -> dict:
+def cell(mech: str, vcpus: int, pairs: int, mem: int, touch_share: float = 1.0) -> dict:
     argv = ["--vcpus", str(vcpus), "--mech", mech, "--mem-per-vcpu", str(mem), "--no-trace-locks"]
     # both arms walk the same share of each vCPU's touches (a traced run's --trace-share)
-    plain = make_plan(argv, touch_share=share)
-    traced = make_plan(argv, trace_bpf=True, touch_share=share)
+    plain = make_plan(argv, touch_share=touch_share)
+    traced = make_plan(argv, trace_bpf=True, touch_share=touch_share)
     rows = []
     for i in range(pairs):
         out = {}
@@ -81,7 +81,7 @@ def cell(mech: str, vcpus: int, pairs: int, mem: int, share: float = 1.0) -> dic
     ncpu = len(os.sched_getaffinity(0))
     share = [r["bpf_run_ns"] / (r["guest_s"] * 1e9 * ncpu) for r in rows]
     stats = any(r["bpf_runs"] for r in rows)
-    return {"mech": mech, "vcpus": vcpus, "pairs": pairs, "mem_per_vcpu_mib": mem, "touch_share": share,
+    return {"mech": mech, "vcpus": vcpus, "pairs": pairs, "mem_per_vcpu_mib": mem, "touch_share": touch_share,
             "untraced_pages_per_s_median": statistics.median(r["untraced"] for r in rows),
             "traced_pages_per_s_median": statistics.median(r["traced"] for r in rows),
             "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
@@ -125,6 +125,8 @@ def main() -> int:
     ap.add_argument("--by-program", action="store_true",
                     help="with --prog-stats, also print each program's runs a fault and ns a run")
     a = ap.parse_args()
+    if not 0 < a.touch_share <= 1:
+        ap.error(f"--touch-share {a.touch_share:g} is out of range (0, 1]")
     why = kerneltrace.unavailable()
     if why:
         print(f"bpf_cost.py: the in-kernel tracer cannot run: {why}", file=sys.stderr)

@@ -34,10 +34,12 @@ def test_bpf_cost_script_runs_and_writes_its_intervals(kvm, tmp_path):
     if why:
         pytest.skip(f"the in-kernel (BPF) tracer cannot run: {why}")
     out = tmp_path / "cost.json"
-    p = run("bpf_cost.py", "--mech", "exits", "--vcpus", "1", "--pairs", "2", "--mem-per-vcpu", "2",
-            "--prog-stats", "--by-program", "--out", str(out))
+    p = run("bpf_cost.py", "--mech", "exits", "--vcpus", "2", "--pairs", "2", "--mem-per-vcpu", "2",
+            "--touch-share", "0.5", "--prog-stats", "--by-program", "--out", str(out))
     assert p.returncode == 0, p.stderr
     cell = json.loads(out.read_text())["cells"][0]
+    assert cell["touch_share"] == 0.5   # both arms walked half of each vCPU's 512 touches
+    assert all(r["faults"] == 2 * 256 for r in cell["pairs_raw"])
     lo, hi = cell["rate_ratio_ci95"]
     assert 0 < lo < hi and cell["ratio_min"] <= cell["ratio_median"] <= cell["ratio_max"]
     assert cell["cpu_per_fault_ratio_ci95"][0] > 0

@@ -45,6 +45,9 @@ def test_every_range_is_enforced_with_its_bounds_in_the_message(flag, lo, hi):
     (["--trace-share", "1.01"], "--trace-share 1.01 is out of range (0, 1]"),
     (["--trace-every-run", "--tracer", "tracefs"], "--trace-every-run needs the in-kernel tracer"),
     (["--trace-every-run", "--no-trace-locks"], "--trace-every-run needs the in-kernel tracer"),
+    (["--trace-share", "0.5", "--workload", "phased"], "a part of the phased workload's walk"),
+    (["--trace-share", "0.5", "--workload", "precopy-stale", "--mech", "uffd"],
+     "a part of the precopy-stale workload's walk"),
 ])
 def test_bad_combinations_are_refused(argv, words):
     with pytest.raises(options.UsageError) as e:
@@ -67,6 +70,8 @@ def test_trace_share_auto_walks_a_second_of_guest_time_and_at_least_a_quarter():
     assert options.trace_share_for("auto", 2.0) == 0.5
     assert options.trace_share_for("auto", 0.5) == 1.0
     assert options.trace_share_for(0.3, 0.5) == 0.3    # asked: as asked
+    # a workload whose prefix is not the workload (phases) is traced whole
+    assert options.trace_share_for("auto", 10.0, prefix_ok=False) == 1.0
     assert parse("--trace-share", "0.5").trace_share == 0.5
     with pytest.raises(SystemExit):
         parse("--trace-share", "half")

@@ -342,3 +342,31 @@ def test_cpu_time_check_stands_aside_when_vcpu_threads_slept(kvm):
     quiet, _ = execute(make_plan("exits", 1))
     q = quiet["checks"]["cpu_time_vs_latency"]
     assert q["vcpu_sleeps"] < quiet["faults"] // 10   # blocking in the kernel is rare, not per fault
+
+
+def _probe(ns):
+    return {"cpus": [0, 1], "before_ns_per_call": [ns, ns], "after_ns_per_call": [ns, ns],
+            "calls": 4000, "batches": 5}
+
+
+def test_traced_run_warnings_name_another_pace_and_a_slowed_cpu():
+    """A traced run taken unlike the measured runs is said so: a touch rate more than
+    10% outside their range, or its CPU in the probe's slowed state. Synthetic runs."""
+    from bench.point import _traced_run_warnings, touch_rate
+
+    def run(touches_per_s, probe_ns):
+        return {"metrics": {"touches": int(touches_per_s), "guest_seconds": 1.0},
+                "raw": {"cpu_probe": _probe(probe_ns)}}
+    rec = {"runs": [run(r, 100) for r in (9000, 10000, 11000)]}
+    measured = [touch_rate(r["metrics"]) for r in rec["runs"]]
+    rec["traced_runs"] = [run(8200, 101)]   # within 10% of the slowest, CPU at its floor
+    assert _traced_run_warnings(rec, [8200.0], measured) == []
+    rec["traced_runs"] = [run(8000, 101)]   # 11% under the slowest
+    w = _traced_run_warnings(rec, [8000.0], measured)
+    assert len(w) == 1 and "traced run 1 ran 8000 touches/s" in w[0] and "9000..11000" in w[0]
+    rec["traced_runs"] = [run(12200, 100)]  # 11% over the fastest
+    assert len(_traced_run_warnings(rec, [12200.0], measured)) == 1
+    rec["traced_runs"] = [run(10000, 125)]  # the pace is fine, the CPU was slowed (x1.25)
+    w = _traced_run_warnings(rec, [10000.0], measured)
+    assert len(w) == 1 and w[0].startswith("the CPU was slowed around traced run(s) 1")
+    assert "x1.25" in w[0] and subject(w[0]) == "host"

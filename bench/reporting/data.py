@@ -318,9 +318,11 @@ class ReportData:
         return sorted(set(self.runs["split_tracer"].dropna()))
 
     def lock_sites(self) -> list[str]:
-        """Call sites seen in the runs that carry lock data, most total wait first."""
+        """Call sites seen in the runs that carry lock data, most wait first (summed
+        per fault over the runs: a traced run may walk only part of the touches)."""
         cols = [c for c in self.traced.columns if c.startswith("lock_site.") and c.endswith(".wait_ns")]
-        totals = {c[len("lock_site."):-len(".wait_ns")]: float(self.traced[c].fillna(0).sum())
+        faults = self.traced["faults"] if "faults" in self.traced.columns else 1
+        totals = {c[len("lock_site."):-len(".wait_ns")]: float((self.traced[c] / faults).fillna(0).sum())
                   for c in cols}
         return [s for s, _ in sorted(totals.items(), key=lambda kv: -kv[1])]
 

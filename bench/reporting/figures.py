@@ -453,14 +453,15 @@ def lock_contention(d: ReportData, top_sites: int = 6) -> Figure | None:
     concentrated = False
     for j, s in enumerate(series):
         rows = d.traced[d.traced["series"] == s].sort_values("vcpus")
-        for i, (suffix, scale, ylabel) in enumerate(((".wait_ns", 1e-6, "wait, ms"),
-                                                     (".count", 1.0, "contentions"))):
+        # per fault: a traced run may walk only part of each vCPU's touches
+        for i, (suffix, scale, ylabel) in enumerate(((".wait_ns", 1e-3, "wait, us per fault"),
+                                                     (".count", 1e3, "contentions per 1k faults"))):
             ax = axes[i][j]
             for site in sites:
                 col = f"lock_site.{site}{suffix}"
                 if col not in rows.columns:
                     continue
-                grouped = rows.groupby("vcpus")[col].median().dropna()
+                grouped = (rows[col] / rows["faults"]).groupby(rows["vcpus"]).median().dropna()
                 grouped = grouped[grouped > 0]
                 if grouped.empty:
                     continue
@@ -486,10 +487,11 @@ def lock_contention(d: ReportData, top_sites: int = 6) -> Figure | None:
         labels.append("a few contentions make most of the wait (one event: see the lock table)")
     oh, ol = _oversub_handle(d)
     proxies, labels = proxies + oh, labels + ol
-    title = "Kernel lock contention by call site vs vCPUs"
+    title = "Kernel lock contention by call site vs vCPUs, per fault"
     src = d.lock_sources(series)
-    how = (f"lock:contention_begin/end with the kernel call chain; the {len(sites)} call sites "
-           "with the most wait over the whole report")
+    how = (f"lock:contention_begin/end with the kernel call chain, per fault of the run that "
+           f"recorded it; the {len(sites)} call sites with the most wait a fault over the whole "
+           "report")
     if src["runs"]:
         how += ("; recorded by " + " and ".join(tracer_phrase(t) for t in src["runs"])
                 + " in every measured run (summed over all runs), each point the median over "

@@ -327,19 +327,23 @@ def lock_table(d: ReportData, ids: dict) -> Table | None:
             t = d.cell_rows(s, v, d.traced)
             if t.empty or t["kernel_locks.contentions"].isna().all():
                 continue
+            t = t.assign(wait_per_fault=t["kernel_locks.wait_ns_total"] / t["faults"])
             if (t["kind"] == "traced").any():
-                row = t.iloc[0]   # the cell's (first) traced run
+                row = t[t["kind"] == "traced"].iloc[0]   # the cell's (first) traced run
             else:
                 # lock data in every measured run: each column's median over the runs
                 t = t[t["kernel_locks.contentions"].notna()]
-                row = t[["kernel_locks.contentions", "kernel_locks.wait_ns_total"] + sites].median()
+                row = t[["kernel_locks.contentions", "kernel_locks.wait_ns_total", "faults",
+                         "wait_per_fault"] + sites].median()
             total = row["kernel_locks.wait_ns_total"]
             best = max(((row[c], c) for c in sites if row[c] == row[c] and row[c] > 0), default=None)
             site = best[1][len("lock_site."):-len(".wait_ns")] if best else "-"
             share = f"{best[0] / total * 100:.0f}%" if best and total else ""
             few = d.view.concentrated_locks(s, v)
+            # a traced run may walk only part of the touches: per fault compares across cells
             rows.append([d.legend(s), str(v), f"{int(row['kernel_locks.contentions']):,}",
-                         f"{total / 1e6:.2f}", site, share, "O" if few else ""])
+                         f"{total / 1e6:.2f}", f"{int(row['faults']):,}",
+                         f"{row['wait_per_fault'] / 1e3:.3f}", site, share, "O" if few else ""])
             concentrated += [f"{d.legend(s)} at {v} vCPUs: {x}" for x in few]
     src = d.lock_sources()
     traced_by = " and ".join(tracer_phrase(t) for t in src["traced"])
@@ -366,7 +370,8 @@ def lock_table(d: ReportData, ids: dict) -> Table | None:
                          "come from untraced ones")
         notes.append("O: one event, not a steady cost: a call site with at least half of one "
                      "run's wait from at most 5% of that run's contentions (each run checked on its own)")
-    return Table(title, ["mechanism", "vCPUs", "contentions", "wait ms", "top call site", "share %", "flags"],
+    return Table(title, ["mechanism", "vCPUs", "contentions", "wait ms", "faults", "wait us/fault",
+                         "top call site", "share %", "flags"],
                  rows, key_columns=2, notes=notes + concentrated)
 
 

@@ -15,6 +15,9 @@ class Workload:
     partitioned = True
     #: guest memory must be a memfd with a second mapping (MINOR faults)
     needs_shared_memory = False
+    #: a prefix of each vCPU's walk is the same kind of work as the whole (a traced run
+    #: may walk only a prefix: --trace-share); False where the walk has phases
+    prefix_is_representative = True
 
     def __init__(self, args: argparse.Namespace):
         self.args = args

@@ -7,6 +7,8 @@ class Phased(Workload):
     name = "phased"
     summary = ("a hot phase over a small working set (--hot-fraction of the range, "
                "--hot-rounds passes), then a full sweep of the range")
+    # a prefix would be hot passes only, without the sweep
+    prefix_is_representative = False
 
     @classmethod
     def add_arguments(cls, group):
