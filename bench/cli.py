@@ -92,7 +92,8 @@ def _main(argv: list[str], host_lock) -> int:
     done: list[dict] = []
     sweep_dir = args.out if args.out and not args.out.endswith(".json") else None
     # --trace-runs extra runs a cell, each walking --trace-share of the touches (auto: at
-    # least a quarter; none with --trace-every-run, which traces the measured runs themselves)
+    # least a quarter, so the estimate is low for short cells, which walk it all; none
+    # with --trace-every-run, which traces the measured runs themselves)
     traced = args.tracer_used is not None and not args.trace_every_run
     share = TRACE_MIN_SHARE if args.trace_share == "auto" else args.trace_share
     runs_per_cell = args.repeat + args.warmup + args.trace_runs * share * traced
@@ -163,8 +164,8 @@ def _failed(exc, mech, vcpus, sweep, phases) -> int:
 
 def _run_interleaved(args, argv, points, workload, machine, harness, sweep, done) -> int:
     """Round-robin over the cells: run 1 of every cell, then run 2 of every cell, ...
-    (warm-ups first, as each cell's own first rounds); traced runs and records come
-    after the last round. A failed run stops the sweep; no cell's record is written
+    (warm-ups first, as each cell's own first rounds); a cell's traced runs right after
+    its own last run, in the last round; records after the last round. A failed run stops the sweep; no cell's record is written
     then (none is complete), and --resume starts the unfinished cells again."""
     todo = [(m, v) for m, v in points if not sweep.is_done(m.name, v)]
     cells, phases = {}, {}

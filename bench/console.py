@@ -122,7 +122,7 @@ def print_point(rec: dict, path: str) -> None:
         walked = (f", walking {share * 100:.0f}% of each vCPU's touches" if share and share < 1
                   else "")
         print(f"Tracing ({tr.get('tracer', 'tracefs')}, {len(traced)} traced run(s){walked}): "
-              f"traced/untraced paging rate = {tr['overhead_ratio']:.3f}; headline numbers come "
+              f"traced/untraced touch rate = {tr['overhead_ratio']:.3f}; headline numbers come "
               f"from untraced runs"
               + (f"; tracefs, not bpf: {tr['why_not_bpf']}" if tr.get("why_not_bpf") else ""))
     elif tr.get("tracer") == "bpf":

@@ -169,9 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 # --trace-share auto: a traced run walks enough of each vCPU's table for this much guest
-# time, and at least this share. Short traced runs cost more: at 0.2 s of guest time
-# (16 vCPUs, a quarter walk) the traced/untraced rate was 0.85-0.91, at 0.5-0.9 s whole
-# walks 0.98-1.00 (4 alternating pairs each, docs/tracing.md)
+# time, and at least this share. A judgment, not a measured threshold: short quarter
+# walks (0.2 s, 16 vCPUs) looked costlier in 4 pairs, which longer runs did not show
+# clearly (docs/tracing.md)
 TRACE_MIN_GUEST_S = 1.0
 TRACE_MIN_SHARE = 0.25
 

@@ -322,6 +322,11 @@ def test_an_explicit_bpf_tracer_that_cannot_run_is_an_error_and_auto_says_why(mo
     args = argparse.Namespace(trace_locks=False, tracer="auto")
     preflight.choose_tracer(args)
     assert args.tracer_used is None
+    # --trace-every-run never falls back: it is refused where auto would take tracefs
+    args = argparse.Namespace(trace_locks=True, tracer="auto", trace_every_run=True)
+    with pytest.raises(preflight.PreflightError,
+                       match="--trace-every-run needs the in-kernel tracer: the kernel has no BTF"):
+        preflight.choose_tracer(args)
 
 
 def test_a_missed_switch_out_keeps_the_run_delay_of_the_stretch_before_it():

@@ -145,6 +145,11 @@ def test_bpf_traced_runs_are_named_with_their_tracer_and_walk(template):
     assert t.title == "Which kernel locks are contended? One traced run per cell"
     assert ("recorded by the in-kernel (BPF) tracer; traced runs are extra runs, walking as "
             "little as 25% of each vCPU's touches" in t.notes[0])
+    # per fault of the traced run: its wait over its own faults
+    for row, (p, rec) in zip(t.rows, recs):
+        m = rec["traced_runs"][0]["metrics"]
+        assert row[4] == f"{m['faults']:,}"
+        assert row[5] == f"{m['kernel_locks']['wait_ns_total'] / m['faults'] / 1e3:.3f}"
     f = figures.lock_contention(d)
     plt.close(f.fig)
     assert "one traced run per cell, recorded by the in-kernel (BPF) tracer" in f.caption

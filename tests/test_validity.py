@@ -366,6 +366,9 @@ def test_traced_run_warnings_name_another_pace_and_a_slowed_cpu():
     assert len(w) == 1 and "traced run 1 ran 8000 touches/s" in w[0] and "9000..11000" in w[0]
     rec["traced_runs"] = [run(12200, 100)]  # 11% over the fastest
     assert len(_traced_run_warnings(rec, [12200.0], measured)) == 1
+    # a part of the walk ran faster untraced here (up to 17%): only a slower one is warned
+    assert _traced_run_warnings(rec, [12200.0], measured, share=0.25) == []
+    assert len(_traced_run_warnings(rec, [8000.0], measured, share=0.25)) == 1
     rec["traced_runs"] = [run(10000, 125)]  # the pace is fine, the CPU was slowed (x1.25)
     w = _traced_run_warnings(rec, [10000.0], measured)
     assert len(w) == 1 and w[0].startswith("the CPU was slowed around traced run(s) 1")

@@ -321,7 +321,8 @@ class ReportData:
         """Call sites seen in the runs that carry lock data, most wait first (summed
         per fault over the runs: a traced run may walk only part of the touches)."""
         cols = [c for c in self.traced.columns if c.startswith("lock_site.") and c.endswith(".wait_ns")]
-        faults = self.traced["faults"] if "faults" in self.traced.columns else 1
+        faults = (self.traced["faults"].where(self.traced["faults"] > 0)
+                  if "faults" in self.traced.columns else 1)
         totals = {c[len("lock_site."):-len(".wait_ns")]: float((self.traced[c] / faults).fillna(0).sum())
                   for c in cols}
         return [s for s, _ in sorted(totals.items(), key=lambda kv: -kv[1])]

@@ -461,7 +461,8 @@ def lock_contention(d: ReportData, top_sites: int = 6) -> Figure | None:
                 col = f"lock_site.{site}{suffix}"
                 if col not in rows.columns:
                     continue
-                grouped = (rows[col] / rows["faults"]).groupby(rows["vcpus"]).median().dropna()
+                faults = rows["faults"].where(rows["faults"] > 0) if "faults" in rows.columns else float("nan")
+                grouped = (rows[col] / faults).groupby(rows["vcpus"]).median().dropna()
                 grouped = grouped[grouped > 0]
                 if grouped.empty:
                     continue

@@ -327,7 +327,7 @@ def lock_table(d: ReportData, ids: dict) -> Table | None:
             t = d.cell_rows(s, v, d.traced)
             if t.empty or t["kernel_locks.contentions"].isna().all():
                 continue
-            t = t.assign(wait_per_fault=t["kernel_locks.wait_ns_total"] / t["faults"])
+            t = t.assign(wait_per_fault=t["kernel_locks.wait_ns_total"] / t["faults"].where(t["faults"] > 0))
             if (t["kind"] == "traced").any():
                 row = t[t["kind"] == "traced"].iloc[0]   # the cell's (first) traced run
             else:
@@ -343,7 +343,8 @@ def lock_table(d: ReportData, ids: dict) -> Table | None:
             # a traced run may walk only part of the touches: per fault compares across cells
             rows.append([d.legend(s), str(v), f"{int(row['kernel_locks.contentions']):,}",
                          f"{total / 1e6:.2f}", f"{int(row['faults']):,}",
-                         f"{row['wait_per_fault'] / 1e3:.3f}", site, share, "O" if few else ""])
+                         (f"{row['wait_per_fault'] / 1e3:.3f}" if row["wait_per_fault"] == row["wait_per_fault"]
+                          else "-"), site, share, "O" if few else ""])
             concentrated += [f"{d.legend(s)} at {v} vCPUs: {x}" for x in few]
     src = d.lock_sources()
     traced_by = " and ".join(tracer_phrase(t) for t in src["traced"])
