@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import math
 import os
+import shlex
 import statistics
 import time
 
@@ -387,6 +388,10 @@ class Cell:
                 self.noise.pause()
             if used == "tracefs":
                 rec["tracing"]["why_not_bpf"] = getattr(args, "tracer_why", None)
+            if args.trace_share == "auto":   # the rerun walks what this traced run walked
+                pin = ["--trace-share", repr(float(rec["tracing"]["touch_share"]))]
+                rec["command"]["argv"] += pin
+                rec["command"]["rerun"] = shlex.join(["python", *rec["command"]["argv"]])
 
     def finish(self) -> dict:
         """The record, not yet written. Raises RunError (a traced run or the record failed)."""

@@ -64,6 +64,9 @@ def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
     assert len(rec["traced_runs"]) == 1 and rec["tracing"]["touch_share"] == share
     traced = rec["traced_runs"][0]["metrics"]
     assert traced["pages"] == 64 * touches_walked(512, share) == rec["tracing"]["traced_pages"][0]
+    # the rerun line pins the share auto chose, so a rerun's traced run walks the same
+    rerun = options.build_parser().parse_args(rec["command"]["argv"][1:])
+    assert rerun.trace_share == share and rec["command"]["rerun"].endswith(f"--trace-share {share!r}")
     kl = traced["kernel_locks"]
     assert kl["events_lost"] == 0
     assert kl["contentions"] > 0 and kl["wait_ns_total"] > 0
