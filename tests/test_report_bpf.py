@@ -128,7 +128,11 @@ def bpf_traced_record(path: str, template: dict, share: float) -> dict:
     rec = resultmod.load(path)
     traced = copy.deepcopy(rec["runs"][0])
     traced["metrics"]["kernel_locks"] = _bpf_locks(template, 1)
+    # a part of the walk: fewer faults than a measured run
+    traced["metrics"]["faults"] = max(1, int(traced["metrics"]["faults"] * share))
     rec["traced_runs"] = [traced]
+    rec["config"]["trace_share"] = "auto"
+    rec["command"]["argv"] += ["--trace-share", repr(share)]   # as Cell.trace pins it
     rec["tracing"] = {"tracer": "bpf", "every_measured_run": False, "lock_tracing": True,
                       "stacks": True, "mmap_lock": True, "touch_share": share}
     return rec
@@ -154,6 +158,9 @@ def test_bpf_traced_runs_are_named_with_their_tracer_and_walk(template):
     plt.close(f.fig)
     assert "one traced run per cell, recorded by the in-kernel (BPF) tracer" in f.caption
     assert "walking as little as 25%" in f.caption and "every measured run" not in f.caption
+    # the mail block's sweep command drops each cell's pinned share (the sweep asked auto)
+    from bench.reporting.summary import sweep_command
+    assert "--trace-share" not in sweep_command(d)
     # whole walks only: no walk is mentioned
     whole = [(p, bpf_traced_record(p, template, 1.0)) for p in RECORDS]
     d1 = ReportData(tablemod.build(whole), dict(whole))

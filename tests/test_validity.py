@@ -351,7 +351,8 @@ def _probe(ns):
 
 def test_traced_run_warnings_name_another_pace_and_a_slowed_cpu():
     """A traced run taken unlike the measured runs is said so: a touch rate more than
-    10% outside their range, or its CPU in the probe's slowed state. Synthetic runs."""
+    10% below their range (or above it, for a whole walk), or its CPU in the probe's
+    slowed state. Synthetic runs."""
     from bench.point import _traced_run_warnings, touch_rate
 
     def run(touches_per_s, probe_ns):

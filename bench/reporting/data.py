@@ -87,6 +87,17 @@ def tracer_phrase(tracer: str) -> str:
     return "the in-kernel (BPF) tracer" if tracer == "bpf" else f"the {tracer} tracer"
 
 
+def lock_divisor(rows: pd.DataFrame):
+    """What a lock row's counts are divided by: its faults, or its pages where no fault
+    reached userspace (the baselines), as per_fault_divisor does; NaN where neither."""
+    if "faults" not in rows.columns:
+        return float("nan")
+    div = rows["faults"].where(rows["faults"] > 0)
+    if "pages" in rows.columns:
+        div = div.fillna(rows["pages"].where(rows["pages"] > 0))
+    return div
+
+
 def walk_phrase(least_share: float) -> str:
     """How much of the guest's walk the traced runs made, where it was not all of it."""
     return (f", walking as little as {least_share * 100:.0f}% of each vCPU's touches"
@@ -321,8 +332,7 @@ class ReportData:
         """Call sites seen in the runs that carry lock data, most wait first (summed
         per fault over the runs: a traced run may walk only part of the touches)."""
         cols = [c for c in self.traced.columns if c.startswith("lock_site.") and c.endswith(".wait_ns")]
-        faults = (self.traced["faults"].where(self.traced["faults"] > 0)
-                  if "faults" in self.traced.columns else 1)
+        faults = lock_divisor(self.traced)
         totals = {c[len("lock_site."):-len(".wait_ns")]: float((self.traced[c] / faults).fillna(0).sum())
                   for c in cols}
         return [s for s, _ in sorted(totals.items(), key=lambda kv: -kv[1])]

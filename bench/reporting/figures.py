@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator  # noqa: E402
 
 from .. import stats  # noqa: E402
-from .data import ReportData, tracer_phrase, walk_phrase  # noqa: E402
+from .data import ReportData, lock_divisor, tracer_phrase, walk_phrase  # noqa: E402
 from .tables import per_fault_divisor  # noqa: E402
 
 SLIDE_INCHES = (13.33, 7.5)      # 16:9, a full slide at 100% zoom
@@ -461,8 +461,7 @@ def lock_contention(d: ReportData, top_sites: int = 6) -> Figure | None:
                 col = f"lock_site.{site}{suffix}"
                 if col not in rows.columns:
                     continue
-                faults = rows["faults"].where(rows["faults"] > 0) if "faults" in rows.columns else float("nan")
-                grouped = (rows[col] / faults).groupby(rows["vcpus"]).median().dropna()
+                grouped = (rows[col] / lock_divisor(rows)).groupby(rows["vcpus"]).median().dropna()
                 grouped = grouped[grouped > 0]
                 if grouped.empty:
                     continue
@@ -491,8 +490,8 @@ def lock_contention(d: ReportData, top_sites: int = 6) -> Figure | None:
     title = "Kernel lock contention by call site vs vCPUs, per fault"
     src = d.lock_sources(series)
     how = (f"lock:contention_begin/end with the kernel call chain, per fault of the run that "
-           f"recorded it; the {len(sites)} call sites with the most wait a fault over the whole "
-           "report")
+           "recorded it (per page for a mechanism that delivers no fault); the "
+           f"{len(sites)} call sites with the most wait a fault over the whole report")
     if src["runs"]:
         how += ("; recorded by " + " and ".join(tracer_phrase(t) for t in src["runs"])
                 + " in every measured run (summed over all runs), each point the median over "

@@ -171,12 +171,16 @@ def sweep_command(d: ReportData) -> str:
     words = list(command.get("argv") or []) if isinstance(command, dict) else list(command)
     if words and not words[0].endswith("run_bench.py"):
         words = ["run_bench.py", *words]
+    # a cell's own words: its vCPUs and mechanism, and the traced run's share that
+    # --trace-share auto pinned in its rerun line (the sweep asked auto)
+    own = ("--vcpus", "--mech") + (
+        ("--trace-share",) if (recs[0].get("config") or {}).get("trace_share") == "auto" else ())
     out, skip = [], False
     for w in words:
         if skip:
             skip = False
             continue
-        if w in ("--vcpus", "--mech"):
+        if w in own:
             skip = True
             continue
         out.append(w)

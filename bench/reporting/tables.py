@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import statistics
 
 from ..nightly import verdict as verdictmod
-from .data import ReportData, cpu_count, fmt_num, fmt_si, tick_multiple, tracer_phrase, walk_phrase
+from .data import ReportData, cpu_count, fmt_num, fmt_si, lock_divisor, tick_multiple, tracer_phrase, walk_phrase
 
 TEXT_WIDTH = 80
 
@@ -327,7 +327,7 @@ def lock_table(d: ReportData, ids: dict) -> Table | None:
             t = d.cell_rows(s, v, d.traced)
             if t.empty or t["kernel_locks.contentions"].isna().all():
                 continue
-            t = t.assign(wait_per_fault=t["kernel_locks.wait_ns_total"] / t["faults"].where(t["faults"] > 0))
+            t = t.assign(wait_per_fault=t["kernel_locks.wait_ns_total"] / lock_divisor(t))
             if (t["kind"] == "traced").any():
                 row = t[t["kind"] == "traced"].iloc[0]   # the cell's (first) traced run
             else:
@@ -371,6 +371,9 @@ def lock_table(d: ReportData, ids: dict) -> Table | None:
                          "come from untraced ones")
         notes.append("O: one event, not a steady cost: a call site with at least half of one "
                      "run's wait from at most 5% of that run's contentions (each run checked on its own)")
+    notes.append("faults and wait us/fault: " + ("the traced run's, which may walk only part of "
+                 "the touches: compare cells per fault" if src["traced"] else "the runs' medians")
+                 + "; per page where a mechanism delivers no fault; -: neither")
     return Table(title, ["mechanism", "vCPUs", "contentions", "wait ms", "faults", "wait us/fault",
                          "top call site", "share %", "flags"],
                  rows, key_columns=2, notes=notes + concentrated)
