@@ -1,6 +1,7 @@
 """The scaling model (docs/MODEL.md): its structure against textbook results
 with hand-set parameters, the steady state against longer runs, the CLI, and
 the validation: calibrated from one sweep, checked against a second one."""
+import functools
 import json
 import os
 import random
@@ -284,6 +285,7 @@ PAIR_IDS = ("seed1-vs-seed2", "seed1-vs-seed3", "seed4-vs-seed5", "seed5-vs-seed
 QUIET = 0.10
 
 
+@functools.lru_cache(maxsize=None)   # the simulation is deterministic: the print and the bands share one
 def compare(cal_file, check_file):
     cal = report.load_calibration(cal_file)
     check = json.load(open(os.path.join(DATA, check_file)))
