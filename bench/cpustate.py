@@ -134,3 +134,11 @@ def host_probes(probes: list[dict | None]) -> tuple[list[dict | None], float | N
         return probes, None
     return [None if not p else {**p, "after_ns_per_call": list(p["before_ns_per_call"])}
             for p in probes], bias
+
+
+def slowed(probes: list[dict | None]) -> list[tuple[int, float]]:
+    """(index, worst probe over its CPU's floor) of each run these probes judge slowed:
+    over CONTENDED_RATIO, the probes taken as the host's (host_probes) and the floors
+    from all of them together."""
+    ratios = contended(host_probes(probes)[0])
+    return [(i, x) for i, x in enumerate(ratios) if x is not None and x > CONTENDED_RATIO]

@@ -215,9 +215,8 @@ def _traced_run_warnings(rec: dict, touch_rates: list[float], measured: list[flo
     measured_probes = cpustate.run_probes(rec)
     traced_probes = [(r.get("raw") or {}).get("cpu_probe") for r in rec.get("traced_runs") or []]
     if any(traced_probes):
-        probes, _bias = cpustate.host_probes(measured_probes + traced_probes)
-        ratios = cpustate.contended(probes)[len(measured_probes):]
-        slowed = [(i, x) for i, x in enumerate(ratios) if x is not None and x > cpustate.CONTENDED_RATIO]
+        slowed = [(i - len(measured_probes), x)
+                  for i, x in cpustate.slowed(measured_probes + traced_probes) if i >= len(measured_probes)]
         if slowed:
             worst = max(x for _i, x in slowed)
             out.append(f"{CPU_STATE_START} around traced run(s) {','.join(str(i + 1) for i, _x in slowed)} "

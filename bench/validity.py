@@ -102,12 +102,12 @@ def run_warnings(rec: dict) -> list[str]:
         out.append(f"{SHORT_RUN_START} {ms[len(ms) // 2]:.0f} ms of guest time (median), under "
                    f"{MIN_GUEST_MS_WARN:g} ms: start-up and timer effects weigh in; raise "
                    f"--mem-per-vcpu or use --min-guest-ms {MIN_GUEST_MS_WARN:g}")
-    ratios = cpustate.contended(cpustate.host_probes(cpustate.run_probes(rec))[0])
-    slowed = [i for i, x in enumerate(ratios) if x is not None and x > cpustate.CONTENDED_RATIO]
+    probes = cpustate.run_probes(rec)
+    slowed = cpustate.slowed(probes)
     if slowed:
-        out.append(f"{CPU_STATE_START} around {len(slowed)} of {len(ratios)} runs (runs "
-                   + ",".join(str(i + 1) for i in slowed)
-                   + f": the CPU-state probe up to x{max(ratios[i] for i in slowed):.2f} its floor, "
+        out.append(f"{CPU_STATE_START} around {len(slowed)} of {len(probes)} runs (runs "
+                   + ",".join(str(i + 1) for i, _x in slowed)
+                   + f": the CPU-state probe up to x{max(x for _i, x in slowed):.2f} its floor, "
                    f"over x{cpustate.CONTENDED_RATIO}): the host's own CPU, not this cell; the "
                    "verdicts leave such runs out where enough remain (docs/nightly.md), this record keeps them")
     rates = [r["pages_per_s"] for r in runs]
