@@ -567,8 +567,16 @@ def _threads(run) -> list[dict]:
     return threads
 
 
-def _rates(plan: Plan, vres, table) -> dict:
-    """Pages, guest time and the paging rates (the selftest's definitions, and ours)."""
+def reached_pages(plan: Plan, table) -> np.ndarray | None:
+    """The page numbers a part of the walk touched (None for the whole walk)."""
+    if plan.touch_share >= 1.0:
+        return None
+    return np.unique(table >> np.uint64(12)).astype(np.int64)
+
+
+def _rates(plan: Plan, vres, table, reached: np.ndarray | None = None) -> dict:
+    """Pages, guest time and the paging rates (the selftest's definitions, and ours);
+    `reached`: the pages a part of the walk touched (reached_pages)."""
     vcpus = plan.vcpus
     starts = np.array([vres[i].start_ns for i in range(vcpus)], dtype=np.float64)
     ends = np.array([vres[i].end_ns for i in range(vcpus)], dtype=np.float64)
@@ -577,8 +585,8 @@ def _rates(plan: Plan, vres, table) -> dict:
     pages_per_vcpu_touched = ((table & np.uint64(lib.FB_TOUCH_FIRST)) != 0).sum(axis=1)
     if plan.workload.partitioned:
         pages = int(pages_per_vcpu_touched.sum())
-    elif plan.touch_share < 1.0:   # shared pages, a part of the walk: the pages it reached
-        pages = int(np.unique(table >> np.uint64(12)).size)
+    elif reached is not None:   # shared pages, a part of the walk: the pages it reached
+        pages = int(reached.size)
     else:
         pages = int(plan.memory_pages)
     return {
@@ -721,7 +729,8 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None, bpf_data=None,
     lib.fb_run_vcpu_results(run, vres)
     threads = _threads(run)
     totals = _totals(run)
-    rates = _rates(plan, vres, table)
+    reached = reached_pages(plan, table)
+    rates = _rates(plan, vres, table, reached)
     faults, roles = _roles(threads)
     lat, lat_raw = _latencies(plan, run)
     clock = _clock_check(vres, vcpus, plan.record_latency)
@@ -729,8 +738,7 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None, bpf_data=None,
     lib.fb_run_page_installs(run, ffi.cast("uint32_t *", ffi.from_buffer(installs)), installs.size)
     # a part of the walk (a traced run) leaves the pages it never reached uninstalled: only
     # the pages it touched count as never installed
-    reached = (installs[np.unique(table >> np.uint64(12)).astype(np.int64)]
-               if plan.touch_share < 1.0 else installs)
+    installs_reached = installs if reached is None else installs[reached]
     blocked = [vres[i].blocked_ns for i in range(vcpus)]
     logs = bpf_data.logs_by_tid() if bpf_data is not None else None
     breakdown, checks, inside_kvm_run = _breakdown(run, plan, clock, threads, vres, totals, sched_trace,
@@ -763,7 +771,7 @@ def _collect(plan: Plan, run, table, stale, sched_trace=None, bpf_data=None,
         "fault_records_dropped": int(sum(vres[i].faults_unlogged for i in range(vcpus))),
         "retouch_latency_ns": lat["retouch_latency_ns"],
         "pages_installed_more_than_once": int((installs > 1).sum()),
-        "pages_never_installed": int((reached == 0).sum()),
+        "pages_never_installed": int((installs_reached == 0).sum()),
         "blocktime_ns": ({"all_vcpus": totals["blocktime_all_ns"],
                           "per_vcpu_mean": float(np.mean(blocked)),
                           "per_vcpu_max": int(max(blocked)),
