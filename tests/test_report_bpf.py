@@ -66,7 +66,8 @@ def test_lock_rows_are_the_measured_runs(bpf_data, bpf_records):
     d = bpf_data
     assert not d.traced.empty and set(d.traced["kind"]) == {"run"}
     assert len(d.traced) == sum(len(rec["runs"]) for _p, rec in bpf_records)
-    assert d.lock_tracers() == ["bpf"] and d.split_tracers() == ["bpf"]
+    assert d.lock_sources() == {"traced": [], "runs": ["bpf"], "least_share": 1.0}
+    assert d.split_tracers() == ["bpf"]
     assert d.lock_sites()   # call sites of the runs' top locks
     # the measured rows are still the headline rows
     assert len(d.runs) == len(d.traced)
@@ -117,7 +118,8 @@ def test_concentrated_locks_read_the_measured_runs(template):
 def test_tracefs_record_keeps_its_traced_run():
     recs = [(SCHEMA1, resultmod.load(SCHEMA1))]
     d = ReportData(tablemod.build(recs), dict(recs))
-    assert set(d.traced["kind"]) == {"traced"} and d.lock_tracers() == ["tracefs"]
+    assert set(d.traced["kind"]) == {"traced"}
+    assert d.lock_sources() == {"traced": ["tracefs"], "runs": [], "least_share": 1.0}
     t = tablesmod.lock_table(d, {})
     assert t.title == "Which kernel locks are contended? One traced run per cell"
     assert "traced runs are extra runs" in t.notes[0]

@@ -300,12 +300,6 @@ class ReportData:
                  if c.startswith("cpu_by_role.") and c.endswith(".user_ns")}
         return sorted(found, key=lambda r: (ROLE_ORDER.index(r) if r in ROLE_ORDER else 9, r))
 
-    def lock_tracers(self, series: list[str] | None = None) -> list[str]:
-        """The tracers that recorded the lock data of `series` (all when None), in
-        traced runs or measured runs (lock_sources tells which)."""
-        rows = self.traced if series is None else self.traced[self.traced["series"].isin(series)]
-        return sorted(set(_row_tracers(rows)))
-
     def lock_sources(self, series: list[str] | None = None) -> dict:
         """Where the lock data of `series` (all when None) comes from: {"traced": the
         tracers of cells' extra traced runs, "runs": the tracers of measured runs that
