@@ -165,8 +165,9 @@ def _failed(exc, mech, vcpus, sweep, phases) -> int:
 def _run_interleaved(args, argv, points, workload, machine, harness, sweep, done) -> int:
     """Round-robin over the cells: run 1 of every cell, then run 2 of every cell, ...
     (warm-ups first, as each cell's own first rounds); a cell's traced runs right after
-    its own last run, in the last round; records after the last round. A failed run stops the sweep; no cell's record is written
-    then (none is complete), and --resume starts the unfinished cells again."""
+    its own last run, in the last round; records after the last round. A failed run
+    stops the sweep; no cell's record is written then (none is complete), and
+    --resume starts the unfinished cells again."""
     todo = [(m, v) for m, v in points if not sweep.is_done(m.name, v)]
     cells, phases = {}, {}
     for position, (mech, vcpus) in enumerate(todo):
