@@ -581,7 +581,8 @@ def cross_check_threads(threads: list[dict], logs: dict, limit: float = 0.02,
             continue
         if not t["sched_ok"]:
             rows.append({"role": t["role"], "index": t["index"], "tid": t["tid"], "ok": False,
-                         "reason": "schedstat unreadable"})
+                         "reason": "schedstat unread: unreadable, or a switch fell between "
+                                   "its two reads at a window end in each of 16 tries"})
             continue
         c = cross_check(tl, int(t["mono_mark_ns"]), int(t["mono_end_ns"]), float(t["sched_run_ns"]),
                         float(t["sched_wait_ns"]), limit, floor_ns)

@@ -172,28 +172,54 @@ int fb_spawn(struct fb_run *run, pthread_t *t, void *(*fn)(void *), void *arg,
  * schedstat's first field lags by up to a tick), run-queue wait ns and
  * timeslices (schedstat: wait is accounted at each switch-in, so it is current
  * while the thread runs), and se.nr_migrations (sched) */
+static int parse_schedstat(int fd, unsigned long long *a, unsigned long long *b,
+                           unsigned long long *c)
+{
+    char buf[128];
+    ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    return sscanf(buf, "%llu %llu %llu", a, b, c) == 3;
+}
+
+/* A thread preempted between reading its schedstat and reading the clocks would
+ * count one run-queue wait (milliseconds with 64 vCPUs on 2 CPUs) on one side of
+ * the window's end and not the other. schedstat is read on both sides of the clock
+ * reads; a changed run delay or timeslice count means a switch fell between them,
+ * and the reads are made again. */
+#define SCHED_READ_TRIES 16
+
 static int read_sched(uint64_t *run_ns, uint64_t *wait_ns, uint64_t *slices, uint64_t *migrations,
                       uint64_t *mono_ns)
 {
     char buf[4096];
     int ok = 0;
     struct timespec ts;
-    FILE *f = fopen("/proc/thread-self/schedstat", "r");
-    if (f) {
-        unsigned long long a, b, c;
-        /* mono_ns beside the CPU clock: the window both figures cover, on the
-         * clock of the in-kernel tracer's stamps */
-        if (fscanf(f, "%llu %llu %llu", &a, &b, &c) == 3 &&
-            (*mono_ns = fb_now_ns()) &&
-            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) {
+    int fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        for (int i = 0; i < SCHED_READ_TRIES && !ok; i++) {
+            unsigned long long a, b, c, a2, b2, c2;
+            uint64_t mono;
+            /* mono_ns beside the CPU clock: the window both figures cover, on the
+             * clock of the in-kernel tracer's stamps */
+            if (!parse_schedstat(fd, &a, &b, &c))
+                break;
+            mono = fb_now_ns();
+            if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0 ||
+                !parse_schedstat(fd, &a2, &b2, &c2))
+                break;
+            if (b2 != b || c2 != c)
+                continue;
+            *mono_ns = mono;
             *run_ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
             *wait_ns = b; *slices = c;
             ok = 1;
         }
-        fclose(f);
+        close(fd);
     }
     *migrations = UINT64_MAX;
-    f = fopen("/proc/thread-self/sched", "r");
+    FILE *f = fopen("/proc/thread-self/sched", "r");
     if (f) {
         while (fgets(buf, sizeof(buf), f)) {
             unsigned long long m;
