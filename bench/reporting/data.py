@@ -252,7 +252,8 @@ class ReportData:
         rows = self.runs if rows is None else rows
         if col not in rows.columns:
             return None
-        sel = rows[(rows["series"] == series) & (rows["vcpus"] == vcpus)][col].dropna()
+        # the one column first: a mask over the whole frame copies every column
+        sel = rows[col][(rows["series"] == series) & (rows["vcpus"] == vcpus)].dropna()
         if sel.empty:
             return None
         return float(getattr(sel, stat)())
@@ -265,11 +266,16 @@ class ReportData:
         rows = self.runs if rows is None else rows
         return rows[(rows["series"] == series) & (rows["vcpus"] == vcpus)]
 
+    def cell_column(self, col: str, series: str, vcpus: int) -> pd.Series:
+        """One column of a cell's runs (without copying the cell's other columns)."""
+        rows = self.runs
+        return rows[col][(rows["series"] == series) & (rows["vcpus"] == vcpus)]
+
     def ratio_to(self, reference: str, series: str, vcpus: int, col: str = "pages_per_s"):
         """Rate ratio to the reference at one vCPU count: median, min and max over every
         pair of repetitions (a run of `series` over a run of `reference`)."""
-        a = self.cell_rows(series, vcpus)[col].dropna().tolist()
-        b = self.cell_rows(reference, vcpus)[col].dropna().tolist()
+        a = self.cell_column(col, series, vcpus).dropna().tolist()
+        b = self.cell_column(col, reference, vcpus).dropna().tolist()
         if not a or not b or min(b) <= 0:
             return None
         if series == reference:
@@ -283,7 +289,7 @@ class ReportData:
     def merged_hist(self, series: str, vcpus: int) -> dict:
         """The latency histograms of a cell's measured runs, summed."""
         merged: dict[int, int] = {}
-        for text in self.cell_rows(series, vcpus)["fault_latency_hist"].dropna() \
+        for text in self.cell_column("fault_latency_hist", series, vcpus).dropna() \
                 if "fault_latency_hist" in self.runs.columns else []:
             for k, c in json.loads(text).items():
                 merged[int(k)] = merged.get(int(k), 0) + int(c)

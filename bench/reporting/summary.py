@@ -202,7 +202,7 @@ def commit_text(d: ReportData) -> str:
 
 
 def _rate_cell(d: ReportData, col: str, s: str, v: int) -> str:
-    vals = d.cell_rows(s, v)[col].dropna().tolist() if col in d.runs.columns else []
+    vals = d.cell_column(col, s, v).dropna().tolist() if col in d.runs.columns else []
     if not vals:
         return "-"
     return f"{fmt_si(statistics.median(vals))} [{fmt_si(min(vals))}-{fmt_si(max(vals))}]"

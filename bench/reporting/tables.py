@@ -165,8 +165,8 @@ def who_wins(d: ReportData, reference: str) -> list[dict]:
         if not ref or ref == s:
             continue
         for v in d.vcpus:
-            a = d.cell_rows(s, v)["pages_per_s"].dropna().tolist()
-            b = d.cell_rows(ref, v)["pages_per_s"].dropna().tolist()
+            a = d.cell_column("pages_per_s", s, v).dropna().tolist()
+            b = d.cell_column("pages_per_s", ref, v).dropna().tolist()
             if not a or not b or min(b) <= 0:
                 continue
             j = verdictmod.Judgement(cell=f"{s} at {v}", metric=metric, base=b, new=a)
