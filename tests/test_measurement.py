@@ -192,9 +192,9 @@ def test_sigint_mid_traced_run_leaves_tracefs_as_found(kvm, tracefs, tmp_path):
 
     def ours(proc):   # this run's instance, not one another process left
         return [i for i in leftover_instances("faultbench") if i.startswith(f"faultbench-{proc.pid}-")]
-    # one untraced run, then the traced runs (4: the interrupt lands inside them even
-    # when a CPU hog slows the wait)
-    rc, err = interrupt_when(["--vcpus", "64", "--mech", "uffd", "--mem-per-vcpu", "16", "--repeat",
+    # one untraced run, then the traced runs (4, each at least 1 s of guest time: the
+    # interrupt lands inside them even when a CPU hog slows the wait)
+    rc, err = interrupt_when(["--vcpus", "64", "--mech", "uffd", "--mem-per-vcpu", "4", "--repeat",
                               "1", "--tracer", "tracefs", "--trace-runs", "4",
                               "--results-dir", str(tmp_path)], ours, 1.0, "traced run")
     assert rc != 0, err
@@ -211,10 +211,19 @@ def test_sigint_mid_bpf_traced_run_leaves_no_program_behind(kvm, tmp_path):
         pytest.skip(why)
     from bench.native import lib
     before = lib.fb_bpf_programs_named(b"fb_")
-    # one measured run, then the traced run, where the tracer is attached
-    rc, err = interrupt_when(["--vcpus", "64", "--mech", "uffd", "--mem-per-vcpu", "16", "--repeat",
+    # one measured run, then the traced run, where the tracer is attached. The start-up
+    # check loads and closes the programs too (for about 20 ms, before any vCPU thread
+    # exists): the traced run is where the programs are loaded while the vCPU threads run
+
+    def traced(proc):
+        try:
+            threads = len(os.listdir(f"/proc/{proc.pid}/task"))
+        except FileNotFoundError:
+            return False
+        return threads > 64 and lib.fb_bpf_programs_named(b"fb_") > before
+    rc, err = interrupt_when(["--vcpus", "64", "--mech", "uffd", "--mem-per-vcpu", "4", "--repeat",
                               "1", "--tracer", "bpf", "--results-dir", str(tmp_path)],
-                             lambda proc: lib.fb_bpf_programs_named(b"fb_") > before, 0.5, "tracer")
+                             traced, 0.3, "traced run")
     assert rc != 0, err
     deadline = time.monotonic() + 5   # the kernel frees programs after an RCU grace period
     while lib.fb_bpf_programs_named(b"fb_") > before and time.monotonic() < deadline:
