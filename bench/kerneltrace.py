@@ -572,7 +572,8 @@ def cross_check_threads(threads: list[dict], logs: dict, limit: float = 0.02,
             continue   # never started
         if not t.get("mono_end_ns") or not t.get("mono_mark_ns"):
             rows.append({"role": t["role"], "index": t["index"], "tid": t["tid"], "ok": False,
-                         "reason": "the thread read no clock at its window's ends (schedstat unreadable)"})
+                         "reason": "the thread read no clock at a window end: schedstat unreadable, or "
+                                   "a switch fell between its two reads in each of 16 tries"})
             continue
         tl = logs.get(int(t["tid"]))
         if tl is None:
@@ -581,8 +582,8 @@ def cross_check_threads(threads: list[dict], logs: dict, limit: float = 0.02,
             continue
         if not t["sched_ok"]:
             rows.append({"role": t["role"], "index": t["index"], "tid": t["tid"], "ok": False,
-                         "reason": "schedstat unread: unreadable, or a switch fell between "
-                                   "its two reads at a window end in each of 16 tries"})
+                         "reason": "schedstat unread at a window end: unreadable, or a switch fell "
+                                   "between its two reads in each of 16 tries"})
             continue
         c = cross_check(tl, int(t["mono_mark_ns"]), int(t["mono_end_ns"]), float(t["sched_run_ns"]),
                         float(t["sched_wait_ns"]), limit, floor_ns)
