@@ -274,12 +274,52 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{where}: {message}" if where else message
 
 
+class _Compiled:
+    """A schema compiled to Python by fastjsonschema: it says whether a record is valid
+    much faster than jsonschema walks it (the committed example's 45 records, both
+    schemas: 0.27 s with the compiling, against 1.67 s), but stops at the first problem,
+    so jsonschema still lists the problems of a record that has any. Compiling costs about 0.1 s (the record schema compiles to
+    600 kB of code), about two jsonschema validations, so a process compiles a schema
+    only at its third validation against it: a command that reads one record pays
+    nothing. tests/test_untrusted.py holds the two to the same answer."""
+
+    AFTER = 2   # validations before compiling
+
+    def __init__(self, schema: dict):
+        self.schema = {k: v for k, v in schema.items() if k != "$schema"}   # Draft 7 keywords only
+        self.seen = 0
+        self.check = None
+
+    def valid(self, record) -> bool | None:
+        """True where the record is valid; None where not compiled yet or not valid."""
+        if self.check is None:
+            self.seen += 1
+            if self.seen <= self.AFTER:
+                return None
+            import fastjsonschema
+            self.check = fastjsonschema.compile(self.schema, formats={
+                name: FORMATS.checkers[name][0] for name in ("isoformat", "printable")})
+        import fastjsonschema
+        try:
+            self.check(record)
+        except fastjsonschema.JsonSchemaException:
+            return None
+        return True
+
+
+_COMPILED = {id(v): _Compiled(v.schema) for v in (VALIDATOR, READABLE_VALIDATOR, IMPORTED_VALIDATOR,
+                                                   IMPORTED_READABLE_VALIDATOR)}
+
+
 def problems(record, validator=None) -> list[str]:
     """Every place where `record` breaks the schema (the imported records' own where
     `source` says it is one), the shallowest first (a missing or wrong-typed object
     before what is wrong inside another one); [] when none."""
     if validator is None:
         validator = IMPORTED_VALIDATOR if is_imported(record) else VALIDATOR
+    compiled = _COMPILED.get(id(validator))
+    if compiled is not None and compiled.valid(record):
+        return []
     errors = list(validator.iter_errors(record))
     # stable sort: among equally deep problems, the schema's own order
     errors.sort(key=lambda e: len(e.absolute_path))

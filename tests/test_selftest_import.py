@@ -421,3 +421,17 @@ def test_the_real_selftest_built_run_and_imported(request, capsys, tmp_path, arg
     assert m["pages_per_s"] == (p["per_vcpu"] if overlap else p["overall"])
     assert r["config"]["vcpus"] == v and r["config"]["mem_per_vcpu_mib"] == int(argv[argv.index("-b") + 1][:-1])
     assert glob.glob(str(tmp_path / ".*.tmp")) == []
+
+
+def test_the_compiled_imported_schemas_agree_with_jsonschema(capsys, tmp_path):
+    """bench.schema's compiled form of the imported records' schemas says valid exactly
+    where jsonschema does (the record schemas: tests/test_untrusted.py)."""
+    from bench import schema
+    from test_untrusted import _agree, mutated
+    rec = imported(capsys, tmp_path, "v4-missing")
+    validators = (schema.IMPORTED_VALIDATOR, schema.IMPORTED_READABLE_VALIDATOR)
+    _agree(rec, validators)
+    for path, value in [(("source", "kind"), "other"), (("source", "sha256"), "xyz"),
+                        (("config", "vcpus"), 0), (("runs", 0, "metrics", "pages_per_s"), "fast"),
+                        (("runs",), []), (("created",), "yesterday")]:
+        _agree(mutated(rec, path, value, False), validators)

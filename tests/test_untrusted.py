@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from bench import report
 from bench import result as resultmod
+from bench import schema
 from bench import table
 from bench.nightly import compare
 from bench.reporting import build
@@ -338,3 +339,108 @@ def test_known_bad_inputs_are_refused_at_the_door(tmp_path, path, value, problem
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stdout == "", (p.stdout, p.stderr)
     assert p.stderr == f"run_bench.py compare: error: {bad}: not a usable result record: {problem}\n"
+
+
+# --- the compiled schema (fastjsonschema) says valid exactly where jsonschema does ----
+
+_COMPILED = {}
+
+
+def compiled(validator):
+    """The schema's compiled form, compiled now (bench.schema waits for a third use)."""
+    if id(validator) not in _COMPILED:
+        c = schema._Compiled(validator.schema)
+        c.AFTER = 0
+        _COMPILED[id(validator)] = c
+    return _COMPILED[id(validator)]
+
+
+def _constrained(node_schema, node, prefix=()):
+    """The paths in `node` that the schema says something about (most of a record's
+    5,900 paths are in objects the schema leaves open)."""
+    out = []
+    if not isinstance(node_schema, dict):
+        return out
+    if isinstance(node, dict):
+        props = node_schema.get("properties", {})
+        extra = node_schema.get("additionalProperties")
+        for k, v in node.items():
+            sub = props.get(k, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                out += [prefix + (k,)] + _constrained(sub, v, prefix + (k,))
+    elif isinstance(node, list) and isinstance(node_schema.get("items"), dict):
+        for i, v in enumerate(node):
+            out += [prefix + (i,)] + _constrained(node_schema["items"], v, prefix + (i,))
+    return out
+
+
+def _agree(rec, validators):
+    for validator in validators:
+        valid = not any(True for _ in validator.iter_errors(rec))
+        assert compiled(validator).valid(rec) is (True if valid else None), validator.schema.get("title")
+
+
+def _record_validators():
+    return schema.VALIDATOR, schema.READABLE_VALIDATOR
+
+
+CONSTRAINED = _constrained(schema.RECORD, REAL)
+# integer-valued floats (integer in the schema's sense), bools (never a number),
+# control characters (not printable), dates (isoformat) beside the general values
+edge_values = (st.integers(-3, 3).map(float) | st.booleans() | st.sampled_from(
+    ["2026-12-07T10:00:00+00:00", "2026-13-07", "a\x01b", "", "ok"]) | json_values)
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(path=st.sampled_from(CONSTRAINED), value=edge_values, delete=st.booleans())
+def test_the_compiled_schema_agrees_with_jsonschema(path, value, delete):
+    """bench.schema answers "valid" from the compiled schema and lists problems with
+    jsonschema: the two must agree on every record, or a record jsonschema refuses
+    would pass."""
+    _agree(mutated(REAL, path, value, delete), _record_validators())
+
+
+# one mutation for each keyword the schemas use, valid and not
+KEYWORD_CASES = [
+    (("created",), "2026-13-07"), (("created",), "2026-12-07T10:00:00+00:00"),   # format isoformat
+    (("config", "a\x01b"), 1), (("config", "ab"), 1),                            # propertyNames printable
+    (("config", "vcpus"), 0), (("config", "vcpus"), 1.0), (("config", "vcpus"), True),   # minimum, integer
+    (("config", "vcpus"), 2.5),
+    (("tracing", "tracer"), "perf"), (("tracing", "touch_share"), 0),          # enum, exclusiveMinimum
+    (("tracing", "touch_share"), 1.5), (("tracing", "touch_share"), 1),        # maximum
+    (("runs", 0, "raw", "fault_latency_hist"), {"x": 1}),                       # propertyNames pattern
+    (("runs", 0, "raw", "fault_latency_hist"), {"12": 1}),
+    (("runs", 0, "raw", "cpu_probe", "cpus"), []),                              # minItems
+    (("machine", "fingerprint", "components", "cpu_loop_ns"), {"values": [1]}),   # additionalProperties
+    (("warnings",), ["ok", 3]),                                                 # items
+    (("runs",), None), (("runs", 0, "metrics", "fault_latency_ns", "p50"), -1),
+]
+
+
+@pytest.mark.parametrize("path,value", KEYWORD_CASES)
+def test_the_compiled_schema_agrees_on_every_keyword(path, value):
+    _agree(mutated(REAL, path, value, False), _record_validators())
+
+
+def test_the_agreement_check_catches_a_compiled_schema_that_drops_a_format():
+    """The check above can fail: a compiled form that accepts any date is caught."""
+    import fastjsonschema
+    loose = schema._Compiled(schema.RECORD)
+    loose.check = fastjsonschema.compile(loose.schema, formats={"isoformat": lambda v: True,
+                                                                "printable": lambda v: True})
+    kept = _COMPILED.pop(id(schema.VALIDATOR), None)
+    _COMPILED[id(schema.VALIDATOR)] = loose
+    try:
+        with pytest.raises(AssertionError):
+            _agree(mutated(REAL, ("created",), "2026-13-07", False), [schema.VALIDATOR])
+        _agree(mutated(REAL, ("created",), "2026-12-07T10:00:00+00:00", False), [schema.VALIDATOR])
+    finally:
+        del _COMPILED[id(schema.VALIDATOR)]
+        if kept is not None:
+            _COMPILED[id(schema.VALIDATOR)] = kept
+
+
+def test_the_compiled_schema_is_used_from_the_third_record_on():
+    c = schema._Compiled(schema.RECORD)
+    assert [c.valid(REAL) for _ in range(3)] == [None, None, True] and c.check is not None
+    assert c.valid(mutated(REAL, ("config", "vcpus"), "eight", False)) is None
