@@ -444,3 +444,29 @@ def test_the_compiled_schema_is_used_from_the_third_record_on():
     c = schema._Compiled(schema.RECORD)
     assert [c.valid(REAL) for _ in range(3)] == [None, None, True] and c.check is not None
     assert c.valid(mutated(REAL, ("config", "vcpus"), "eight", False)) is None
+
+
+def test_the_schemas_use_only_keywords_the_compiled_form_reads_alike():
+    """fastjsonschema compiles Draft 7; a 2020-12 keyword it does not know (prefixItems,
+    unevaluatedProperties, dependentRequired, $defs under another name...) would be
+    skipped there and not in jsonschema, so a new keyword must be added here knowingly."""
+    same_in_draft7 = {"type", "properties", "required", "additionalProperties", "items", "enum",
+                      "const", "minimum", "maximum", "exclusiveMinimum", "minItems", "pattern",
+                      "format", "propertyNames", "title", "$schema"}
+    used = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                used.add(k)
+                if k == "properties":
+                    for sub in v.values():
+                        walk(sub)
+                elif k not in ("enum", "const", "required"):
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    for s in (schema.RECORD, schema.READABLE, schema.IMPORTED, schema.IMPORTED_READABLE):
+        walk(s)
+    assert used <= same_in_draft7, used - same_in_draft7
