@@ -278,12 +278,14 @@ class _Compiled:
     """A schema compiled to Python by fastjsonschema: it says whether a record is valid
     much faster than jsonschema walks it (the committed example's 45 records, both
     schemas: 0.27 s with the compiling, against 1.67 s), but stops at the first problem,
-    so jsonschema still lists the problems of a record that has any. Compiling costs about 0.1 s (the record schema compiles to
-    600 kB of code), about two jsonschema validations, so a process compiles a schema
-    only at its third validation against it: a command that reads one record pays
-    nothing. tests/test_untrusted.py holds the two to the same answer."""
+    so jsonschema still lists the problems of a record that has any. Compiling costs
+    about 0.1 s for the record schemas (600 kB of code), about three jsonschema checks,
+    so a process compiles a schema only at its third check against it: a command that
+    reads one record pays nothing. It answers only True (valid) or None (ask jsonschema),
+    and None for a record holding a tuple, which fastjsonschema takes for an array and
+    jsonschema does not. tests/test_untrusted.py holds the two to the same answer."""
 
-    AFTER = 2   # validations before compiling
+    AFTER = 2   # checks before compiling
 
     def __init__(self, schema: dict):
         self.schema = {k: v for k, v in schema.items() if k != "$schema"}   # Draft 7 keywords only
@@ -296,15 +298,33 @@ class _Compiled:
             self.seen += 1
             if self.seen <= self.AFTER:
                 return None
-            import fastjsonschema
+            try:
+                import fastjsonschema
+            except ImportError:   # an install from before the dependency: jsonschema answers alone
+                return None
             self.check = fastjsonschema.compile(self.schema, formats={
-                name: FORMATS.checkers[name][0] for name in ("isoformat", "printable")})
+                name: check for name, (check, _raises) in FORMATS.checkers.items()})
+        if _holds_tuple(record):
+            return None
         import fastjsonschema
         try:
             self.check(record)
         except fastjsonschema.JsonSchemaException:
             return None
         return True
+
+
+def _holds_tuple(node) -> bool:
+    stack = [node]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+        elif isinstance(x, tuple):
+            return True
+    return False
 
 
 _COMPILED = {id(v): _Compiled(v.schema) for v in (VALIDATOR, READABLE_VALIDATOR, IMPORTED_VALIDATOR,

@@ -205,10 +205,16 @@ class Units(dict):
     def __deepcopy__(self, memo):
         return self
 
+    def __copy__(self):
+        return self
+
+    def __reduce__(self):   # pickled as a plain dict's items, rebuilt read-only
+        return (Units, (dict(self),))
+
     def _read_only(self, *args, **kwargs):
         raise TypeError("a table's units are read-only")
 
-    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _read_only
 
 
 def build(records: list[tuple[str, dict]]):

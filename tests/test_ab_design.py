@@ -73,7 +73,7 @@ def simulate(real, seed, sigma, runs, b_factors=None, block=ab.DEFAULT_BLOCK,
              max_repeat=ab.DEFAULT_MAX_REPEAT):
     """`runs` independent simulated ab runs, spread over the host's CPUs (the runs
     are pure computation; nothing else in the suite runs meanwhile)."""
-    workers = min(runs, os.cpu_count() or 1)
+    workers = min(runs, len(os.sched_getaffinity(0)))
     if workers < 2:
         return _simulate_runs(real, seed, sigma, range(runs), b_factors, block, max_repeat)
     chunks = [range(k, runs, workers) for k in range(workers)]

@@ -168,7 +168,10 @@ def test_async_reports_its_list_lock(kvm, tmp_path):
 def interrupt_when(argv: list[str], started, settle: float, what: str) -> tuple[int, str]:
     """Start run_bench.py with argv, wait until started() holds, SIGINT it `settle`
     seconds later; (return code, stderr). The process is killed if it outlives that."""
-    proc = subprocess.Popen([sys.executable, "run_bench.py", *argv], cwd=REPO,
+    # one BLAS thread: numpy's OpenBLAS starts one a CPU (up to 64), which would blur a
+    # thread count taken as the sign that the vCPU threads exist
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "run_bench.py", *argv], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180
@@ -213,7 +216,8 @@ def test_sigint_mid_bpf_traced_run_leaves_no_program_behind(kvm, tmp_path):
     before = lib.fb_bpf_programs_named(b"fb_")
     # one measured run, then the traced run, where the tracer is attached. The start-up
     # check loads and closes the programs too (for about 20 ms, before any vCPU thread
-    # exists): the traced run is where the programs are loaded while the vCPU threads run
+    # exists): the traced run is where the programs are loaded while the 64 vCPU threads
+    # exist (the process has a few threads besides: interrupt_when keeps BLAS to one)
 
     def traced(proc):
         try:
