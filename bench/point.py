@@ -151,6 +151,7 @@ def trace_runs(plan, rec: dict, runs: int, tracer: str, buffer_mb: int, asked_sh
     # whole, where pages are not (several vCPUs' prefixes reach most shared pages)
     touch_rates = [touch_rate(m) for m in traced_ms]
     measured_touch_rates = [touch_rate(r["metrics"]) for r in rec["runs"]]
+    measured_touch_median = statistics.median(measured_touch_rates)
     lost = sum((m.get("kernel_locks") or {}).get("events_lost") or 0 for m in traced_ms)
     rec["tracing"] = {
         "tracer": tracer, "every_measured_run": False,
@@ -162,8 +163,8 @@ def trace_runs(plan, rec: dict, runs: int, tracer: str, buffer_mb: int, asked_sh
         "traced_pages": [m["pages"] for m in traced_ms],
         "traced_pages_per_s": rates, "untraced_pages_per_s_median": untraced,
         "traced_touches_per_s": touch_rates,
-        "untraced_touches_per_s_median": statistics.median(measured_touch_rates),
-        "overhead_ratio": statistics.median(touch_rates) / statistics.median(measured_touch_rates),
+        "untraced_touches_per_s_median": measured_touch_median,
+        "overhead_ratio": statistics.median(touch_rates) / measured_touch_median,
         "events_lost": lost,
         "note": ("overhead_ratio = traced / untraced median touches a second of guest time "
                  "(below 1: the traced run was slower). A traced run walks touch_share of each "

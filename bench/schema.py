@@ -304,12 +304,12 @@ class _Compiled:
                 return None
             self.check = fastjsonschema.compile(self.schema, formats={
                 name: check for name, (check, _raises) in FORMATS.checkers.items()})
+            self.invalid = fastjsonschema.JsonSchemaException
         if _holds_tuple(record):
             return None
-        import fastjsonschema
         try:
             self.check(record)
-        except fastjsonschema.JsonSchemaException:
+        except self.invalid:
             return None
         return True
 

@@ -168,10 +168,6 @@ int fb_spawn(struct fb_run *run, pthread_t *t, void *(*fn)(void *), void *arg,
     return 0;
 }
 
-/* the calling thread's on-CPU ns (CLOCK_THREAD_CPUTIME_ID: exact, where
- * schedstat's first field lags by up to a tick), run-queue wait ns and
- * timeslices (schedstat: wait is accounted at each switch-in, so it is current
- * while the thread runs), and se.nr_migrations (sched) */
 static int parse_schedstat(int fd, unsigned long long *a, unsigned long long *b,
                            unsigned long long *c)
 {
@@ -190,6 +186,10 @@ static int parse_schedstat(int fd, unsigned long long *a, unsigned long long *b,
  * and the reads are made again. */
 #define SCHED_READ_TRIES 16
 
+/* the calling thread's on-CPU ns (CLOCK_THREAD_CPUTIME_ID: exact, where
+ * schedstat's first field lags by up to a tick), run-queue wait ns and
+ * timeslices (schedstat: wait is accounted at each switch-in, so it is current
+ * while the thread runs), and se.nr_migrations (sched) */
 static int read_sched(uint64_t *run_ns, uint64_t *wait_ns, uint64_t *slices, uint64_t *migrations,
                       uint64_t *mono_ns)
 {

@@ -252,8 +252,7 @@ class ReportData:
         rows = self.runs if rows is None else rows
         if col not in rows.columns:
             return None
-        # the one column first: a mask over the whole frame copies every column
-        sel = rows[col][(rows["series"] == series) & (rows["vcpus"] == vcpus)].dropna()
+        sel = self.cell_column(col, series, vcpus, rows).dropna()
         if sel.empty:
             return None
         return float(getattr(sel, stat)())
@@ -266,9 +265,10 @@ class ReportData:
         rows = self.runs if rows is None else rows
         return rows[(rows["series"] == series) & (rows["vcpus"] == vcpus)]
 
-    def cell_column(self, col: str, series: str, vcpus: int) -> pd.Series:
-        """One column of a cell's runs (without copying the cell's other columns)."""
-        rows = self.runs
+    def cell_column(self, col: str, series: str, vcpus: int, rows: pd.DataFrame | None = None) -> pd.Series:
+        """One column of a cell's runs, the column taken first: a mask over the whole
+        frame would copy every column."""
+        rows = self.runs if rows is None else rows
         return rows[col][(rows["series"] == series) & (rows["vcpus"] == vcpus)]
 
     def ratio_to(self, reference: str, series: str, vcpus: int, col: str = "pages_per_s"):
