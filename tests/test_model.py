@@ -164,15 +164,22 @@ def test_a_negative_fitted_cost_is_made_missing_and_named():
     with the fit that gave it, and the model then refuses that mechanism; a falling
     per-doubling slope is a slope, and stays. (lstsq bounds per-event slopes, so in a real
     calibration only an intercept can come here: see the next test.)"""
-    mc = {"params": {"reader_wake_ns": calibrate._param(-105140.0, "fitted",
-                                                        "sleeps/fault slope b of fits.resolver_cpu_ns"),
-                     "reader_msg_ns": calibrate._param(3000.0, "fitted", "intercept a of fits.resolver_cpu_ns"),
-                     "reader_pressure_ns_per_doubling": calibrate._param(-1000.0, "fitted", "slope s")},
+    mc = {"params": {"reader_wake_ns": calibrate._fitted(-105140.0, "resolver_cpu_ns", "resolver_sleeps_per_fault",
+                                                         "sleeps/fault slope b of fits.resolver_cpu_ns"),
+                     "reader_msg_ns": calibrate._fitted(3000.0, "resolver_cpu_ns", "1", "intercept a of fits.resolver_cpu_ns"),
+                     "reader_pressure_ns_per_doubling": calibrate._fitted(-1000.0, "resolver_cpu_ns", "threads_log2", "slope s")},
           "fits": {"resolver_cpu_ns": {"formula": "a + b*sleeps/fault", "rel_rms": 0.45}}}
     calibrate._refuse_negative_costs("async", mc)
     p = mc["params"]
     assert p["reader_wake_ns"]["value"] is None and p["reader_wake_ns"]["kind"] == "missing"
     assert "-105140 ns" in p["reader_wake_ns"]["missing"] and "45%" in p["reader_wake_ns"]["missing"]
+    # the fit is found by the parameter's `fit` key, not by its prose: a parameter
+    # naming another fit in `fit` gets no RMS from this one
+    mc = {"params": {"reader_msg_ns": calibrate._fitted(-5.0, "vcpu_cpu_ns", "1",
+                                                        "intercept a of fits.resolver_cpu_ns")},
+          "fits": {"resolver_cpu_ns": {"formula": "f", "rel_rms": 0.45}}}
+    calibrate._refuse_negative_costs("async", mc)
+    assert "45%" not in mc["params"]["reader_msg_ns"]["missing"]
     assert p["reader_msg_ns"]["value"] == 3000.0
     assert p["reader_pressure_ns_per_doubling"]["value"] == -1000.0
 
@@ -196,8 +203,8 @@ def test_a_cost_the_records_cannot_separate_is_held_at_zero_and_said():
     assert set(bound) == {"resolver_sleeps_per_fault"} and plain[1] < -5000
     assert bound["resolver_sleeps_per_fault"] == pytest.approx(plain[1], rel=1e-9)
     # through to the parameter: its `from` says it was held at 0, with that value
-    mc = {"params": {"reader_wake_ns": calibrate._param(coef["resolver_sleeps_per_fault"], "fitted",
-                                                        "sleeps/fault slope b of fits.resolver_cpu_ns")},
+    mc = {"params": {"reader_wake_ns": calibrate._fitted(coef["resolver_sleeps_per_fault"], "resolver_cpu_ns", "resolver_sleeps_per_fault",
+                                                         "sleeps/fault slope b of fits.resolver_cpu_ns")},
           "fits": {"resolver_cpu_ns": calibrate._fit_param("resolver_cpu_ns", coef, [], 0.5, [], "f", [1],
                                                            bound=bound)}}
     calibrate._note_bounds(mc)
@@ -219,15 +226,15 @@ def test_a_cost_the_records_cannot_separate_is_held_at_zero_and_said():
     coef, _res, _rms, _dropped, bound = calibrate.lstsq(rows, ["1", "resolver_sleeps_per_fault",
                                                              "threads_log2"], "y")
     assert set(bound) == {"resolver_sleeps_per_fault"} and coef["1"] < 0
-    mc = {"params": {"reader_msg_ns": calibrate._param(coef["1"], "fitted", "intercept a of fits.resolver_cpu_ns")},
+    mc = {"params": {"reader_msg_ns": calibrate._fitted(coef["1"], "resolver_cpu_ns", "1", "intercept a of fits.resolver_cpu_ns")},
           "fits": {"resolver_cpu_ns": {"formula": "f", "rel_rms": 0.1}}}
     calibrate._refuse_negative_costs("async", mc)
     assert mc["params"]["reader_msg_ns"]["kind"] == "missing"
     fit = calibrate._fit_param("resolver_cpu_ns", coef, [], 0.5, [], "f", [1],
                                bound={"resolver_sleeps_per_fault": -48598.0})
-    mc = {"params": {"reader_wake_ns": calibrate._param(0.0, "fitted",
-                                                        "sleeps/fault slope b of fits.resolver_cpu_ns"),
-                     "reader_msg_ns": calibrate._param(3e4, "fitted", "intercept a of fits.resolver_cpu_ns")},
+    mc = {"params": {"reader_wake_ns": calibrate._fitted(0.0, "resolver_cpu_ns", "resolver_sleeps_per_fault",
+                                                         "sleeps/fault slope b of fits.resolver_cpu_ns"),
+                     "reader_msg_ns": calibrate._fitted(3e4, "resolver_cpu_ns", "1", "intercept a of fits.resolver_cpu_ns")},
           "fits": {"resolver_cpu_ns": fit}}
     calibrate._note_bounds(mc)
     assert "held at 0" in mc["params"]["reader_wake_ns"]["from"] and "-48598 ns" in mc["params"]["reader_wake_ns"]["from"]
@@ -241,6 +248,30 @@ def test_async_without_cells_at_two_vcpus_a_cpu_is_named_not_a_crash():
     got = calibrate._cal_async(runs, 2, [])
     assert got["params"]["vcpu_pre_ns"]["value"] is None
     assert ">= 4 vCPUs" in got["params"]["vcpu_pre_ns"]["missing"]
+
+
+def test_every_fitted_parameter_names_its_fit_and_coefficient():
+    """A calibration written by `calibrate` (sweep 4's, regenerated from its records)
+    says, for every fitted parameter, which fit and which coefficient it is, and the
+    value is that coefficient (the vCPU's pre and post halves split the intercept)."""
+    cal = report.load_calibration(os.path.join(DATA, "calibration-seed4.json"))
+    seen = 0
+    for mech, mc in cal["mechanisms"].items():
+        for name, v in mc["params"].items():
+            if v["kind"] != "fitted":
+                continue
+            seen += 1
+            fit = mc["fits"][v["fit"]]
+            if v["column"] in fit["dropped_columns"]:   # no spread: the cost stays inside a
+                assert v["value"] == 0.0 and "dropped" in v["from"], (mech, name)
+                continue
+            coef = fit["coefficients"][v["column"]]
+            if name in ("vcpu_pre_ns", "vcpu_post_ns"):
+                pair = mc["params"]["vcpu_pre_ns"]["value"] + mc["params"]["vcpu_post_ns"]["value"]
+                assert pair == pytest.approx(coef), (mech, name)
+            else:
+                assert v["value"] == pytest.approx(coef), (mech, name)
+    assert seen >= 20
 
 
 def test_the_committed_calibration_has_provenance_and_fits():

@@ -40,6 +40,14 @@ def _param(value, kind, source, unit="ns", **extra):
     return out
 
 
+def _fitted(value, fit, column, source, unit="ns"):
+    """A fitted parameter: `fit` names its fit in `fits`, `column` the coefficient it is
+    ('1': the intercept). Both are kept in the calibration beside the prose `from`, so
+    that what reads a parameter back (`_note_bounds`, `_refuse_negative_costs`) does
+    not parse the prose."""
+    return _param(value, "fitted", source, unit, fit=fit, column=column)
+
+
 def _missing(what, unit="ns"):
     return {"value": None, "unit": unit, "kind": "missing", "missing": what}
 
@@ -192,22 +200,12 @@ def calibrate_cells(cells: list[dict]) -> dict:
     return out
 
 
-# how a parameter's `from` names the column of its fit: the slopes lstsq may bound (an
-# intercept is in FREE_SIGN, never bounded)
-_COLUMN_OF = (("sleeps/fault slope b of", "resolver_sleeps_per_fault"),
-              ("waiters slope w of", "waiters_per_uffd"), ("slope y of", "vcpu_invol_per_fault"))
-
-
 def _note_bounds(mc: dict) -> None:
     """A fitted parameter whose column its fit held at 0 says so in its `from`."""
     for v in mc["params"].values():
-        src = v.get("from") or ""
-        if v.get("kind") != "fitted":
-            continue
-        fit_name = next((n for n in mc.get("fits", {}) if f"fits.{n}" in src), None)
-        col = next((c for prefix, c in _COLUMN_OF if src.startswith(prefix)), None)
-        if fit_name and col:
-            v["from"] = src + _bound_note(fit_name, mc["fits"][fit_name], col)
+        fit = mc.get("fits", {}).get(v.get("fit"))
+        if v.get("kind") == "fitted" and fit is not None:
+            v["from"] = v["from"] + _bound_note(v["fit"], fit, v["column"])
 
 
 def _refuse_negative_costs(mech: str, mc: dict) -> None:
@@ -220,7 +218,7 @@ def _refuse_negative_costs(mech: str, mc: dict) -> None:
         if (v.get("kind") == "fitted" and k.endswith("_ns") and "_per_doubling" not in k
                 and v.get("value") is not None and v["value"] < 0):
             src = v.get("from") or "a fit"
-            fit = next((f for name, f in mc.get("fits", {}).items() if f"fits.{name}" in src), None)
+            fit = mc.get("fits", {}).get(v.get("fit"))
             rms = f", rel. RMS residual {fit['rel_rms']:.0%}" if fit and fit.get("rel_rms") is not None else ""
             mc["params"][k] = _missing(
                 f"records that determine {k}: {src} gave {v['value']:.0f} ns, a negative cost{rms}; "
@@ -337,25 +335,26 @@ def _cal_uffd(runs, P, mech, uffd_many_cal, cells):
         for k, v in r["parts"].items():
             idle_parts.setdefault(k, []).append(v)
     parts1 = {k: _med(v) for k, v in idle_parts.items()}
-    # vCPU per-fault CPU minus what the locks hold (they are part of it)
-    hold = _med([0.0])
     pre, post, note = _split_vcpu(a_v, {}, (), (), "")
-    params["vcpu_pre_ns"] = _param(pre, "fitted", f"intercept a of fits.vcpu_cpu_ns, {note}")
-    params["vcpu_post_ns"] = _param(post, "fitted", f"intercept a of fits.vcpu_cpu_ns, {note}")
-    params["vcpu_pressure_ns_per_doubling"] = _param(s_v, "fitted", "slope s of fits.vcpu_cpu_ns")
-    params["reader_msg_ns"] = _param(a_r, "fitted", "intercept a of fits.resolver_cpu_ns")
-    params["reader_wake_ns"] = _param(b_r, "fitted", "sleeps/fault slope b of fits.resolver_cpu_ns"
-                                      + (" (dropped: no spread; inside a)" if
-                                         "resolver_sleeps_per_fault" in dropped_r else ""))
-    params["reader_pressure_ns_per_doubling"] = _param(s_r, "fitted",
-                                                       "slope s of fits.resolver_cpu_ns")
+    params["vcpu_pre_ns"] = _fitted(pre, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}")
+    params["vcpu_post_ns"] = _fitted(post, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}")
+    params["vcpu_pressure_ns_per_doubling"] = _fitted(s_v, "vcpu_cpu_ns", "threads_log2",
+                                                      "slope s of fits.vcpu_cpu_ns")
+    params["reader_msg_ns"] = _fitted(a_r, "resolver_cpu_ns", "1", "intercept a of fits.resolver_cpu_ns")
+    params["reader_wake_ns"] = _fitted(b_r, "resolver_cpu_ns", "resolver_sleeps_per_fault",
+                                       "sleeps/fault slope b of fits.resolver_cpu_ns"
+                                       + (" (dropped: no spread; inside a)" if
+                                          "resolver_sleeps_per_fault" in dropped_r else ""))
+    params["reader_pressure_ns_per_doubling"] = _fitted(s_r, "resolver_cpu_ns", "threads_log2",
+                                                        "slope s of fits.resolver_cpu_ns")
     if mech == "uffd":
         if w is None:
             params["wake_per_waiter_ns"] = _missing("uffd cells where the waiters per queue vary "
                                                     "apart from the thread count (uffd and uffd-many "
                                                     "records of one sweep)")
         else:
-            params["wake_per_waiter_ns"] = _param(w, "fitted", "waiters slope w of fits.resolver_cpu_ns")
+            params["wake_per_waiter_ns"] = _fitted(w, "resolver_cpu_ns", "waiters_per_uffd",
+                                                   "waiters slope w of fits.resolver_cpu_ns")
     params["readers"] = _param(_med(r["readers"] for r in runs), "config", "config.readers", unit="threads")
     params["uffds"] = _param(0 if mech == "uffd-many" else 1, "config",
                              "config.uffds (0: one per vCPU)", unit="count")
@@ -384,7 +383,6 @@ def _cal_uffd(runs, P, mech, uffd_many_cal, cells):
                                       "segments": parts1, "from": "1-vCPU fault_breakdown_ns.parts "
                                       "(medians; reported, not simulated apart)"}
     params["one_vcpu_segments_ns"]["value"] = sum(parts1.values()) if parts1 else None
-    del hold
     return {"params": params, "fits": fits}
 
 
@@ -429,10 +427,10 @@ def _cal_exits(runs, P):
                                    "reentry_to_guest_touch"),
                                   "split by the 1-vCPU segments (exit+lookup | fetch+install+re-entry)")
     params = {
-        "vcpu_pre_ns": _param(pre, "fitted", f"intercept a of fits.vcpu_cpu_ns, {note}"),
-        "vcpu_post_ns": _param(post, "fitted", f"intercept a of fits.vcpu_cpu_ns, {note}"),
-        "vcpu_pressure_ns_per_doubling": _param(coef.get("threads_log2", 0.0), "fitted",
-                                                "slope s of fits.vcpu_cpu_ns"),
+        "vcpu_pre_ns": _fitted(pre, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}"),
+        "vcpu_post_ns": _fitted(post, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}"),
+        "vcpu_pressure_ns_per_doubling": _fitted(coef.get("threads_log2", 0.0), "vcpu_cpu_ns", "threads_log2",
+                                                 "slope s of fits.vcpu_cpu_ns"),
         "one_vcpu_segments_ns": {"value": sum(parts1.values()) if parts1 else None, "unit": "ns",
                                  "kind": "measured", "segments": parts1,
                                  "from": "1-vCPU fault_breakdown_ns.parts (medians)"},
@@ -478,18 +476,18 @@ def _cal_async(runs, P, cells):
                                   ("reentry_to_guest_touch",),
                                   "split by the 1-vCPU segments (exit+push | re-entry)")
     params = {
-        "vcpu_pre_ns": _param(pre, "fitted", f"intercept a of fits.vcpu_cpu_ns, {note}"),
-        "vcpu_post_ns": _param(post, "fitted", f"intercept a of fits.vcpu_cpu_ns, {note}"),
-        "yield_ns": _param(coef.get("vcpu_invol_per_fault"), "fitted",
-                           "slope y of fits.vcpu_cpu_ns") if "vcpu_invol_per_fault" in coef else
+        "vcpu_pre_ns": _fitted(pre, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}"),
+        "vcpu_post_ns": _fitted(post, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}"),
+        "yield_ns": _fitted(coef.get("vcpu_invol_per_fault"), "vcpu_cpu_ns", "vcpu_invol_per_fault",
+                            "slope y of fits.vcpu_cpu_ns") if "vcpu_invol_per_fault" in coef else
         _missing("async cells whose vCPU involuntary switches per fault vary"),
-        "vcpu_pressure_ns_per_doubling": _param(coef.get("threads_log2", 0.0), "fitted",
-                                                "slope s of fits.vcpu_cpu_ns"),
-        "reader_msg_ns": _param(coef_r.get("1", 0.0), "fitted", "intercept a of fits.resolver_cpu_ns"),
-        "reader_wake_ns": _param(coef_r.get("resolver_sleeps_per_fault", 0.0), "fitted",
-                                 "sleeps/fault slope b of fits.resolver_cpu_ns"),
-        "reader_pressure_ns_per_doubling": _param(coef_r.get("threads_log2", 0.0), "fitted",
-                                                  "slope s of fits.resolver_cpu_ns"),
+        "vcpu_pressure_ns_per_doubling": _fitted(coef.get("threads_log2", 0.0), "vcpu_cpu_ns", "threads_log2",
+                                                 "slope s of fits.vcpu_cpu_ns"),
+        "reader_msg_ns": _fitted(coef_r.get("1", 0.0), "resolver_cpu_ns", "1", "intercept a of fits.resolver_cpu_ns"),
+        "reader_wake_ns": _fitted(coef_r.get("resolver_sleeps_per_fault", 0.0), "resolver_cpu_ns",
+                                  "resolver_sleeps_per_fault", "sleeps/fault slope b of fits.resolver_cpu_ns"),
+        "reader_pressure_ns_per_doubling": _fitted(coef_r.get("threads_log2", 0.0), "resolver_cpu_ns", "threads_log2",
+                                                   "slope s of fits.resolver_cpu_ns"),
         "readers": _param(_med(r["readers"] for r in runs), "config", "config.readers", unit="threads"),
         "one_vcpu_segments_ns": {"value": sum(parts1.values()) if parts1 else None, "unit": "ns",
                                  "kind": "measured", "segments": parts1,
