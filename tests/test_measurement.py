@@ -198,7 +198,7 @@ def test_sigint_mid_traced_run_leaves_tracefs_as_found(kvm, tracefs, tmp_path):
     # one untraced run, then the traced runs (4, each at least 1 s of guest time: the
     # interrupt lands inside them even when a CPU hog slows the wait)
     rc, err = interrupt_when(["--vcpus", "64", "--mech", "uffd", "--mem-per-vcpu", "4", "--repeat",
-                              "1", "--tracer", "tracefs", "--trace-runs", "4",
+                              "1", "--tracer", "tracefs", "--trace-runs", "4", "--no-fingerprint",
                               "--results-dir", str(tmp_path)], ours, 1.0, "traced run")
     assert rc != 0, err
     assert "interrupted" in err, err
@@ -226,7 +226,7 @@ def test_sigint_mid_bpf_traced_run_leaves_no_program_behind(kvm, tmp_path):
             return False
         return threads > 64 and lib.fb_bpf_programs_named(b"fb_") > before
     rc, err = interrupt_when(["--vcpus", "64", "--mech", "uffd", "--mem-per-vcpu", "4", "--repeat",
-                              "1", "--tracer", "bpf", "--results-dir", str(tmp_path)],
+                              "1", "--tracer", "bpf", "--no-fingerprint", "--results-dir", str(tmp_path)],
                              traced, 0.3, "traced run")
     assert rc != 0, err
     deadline = time.monotonic() + 5   # the kernel frees programs after an RCU grace period

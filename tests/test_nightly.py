@@ -218,7 +218,7 @@ def test_runs_under_a_cpu_hog_are_host_busy_not_regression(recs, tmp_path):
     account of other processes' CPU time names them, and no verdict is drawn."""
     procs = nh.hogs(2 * nh.cpus())
     try:
-        nh.run_record(str(tmp_path / "hogged.json"), 10)
+        nh.run_record(str(tmp_path / "hogged.json"), 6)
     finally:
         nh.stop(procs)
     rc, out = run_bench("compare", recs["base"], str(tmp_path / "hogged.json"))

@@ -379,7 +379,7 @@ def _children():
 
 def test_stall_through_the_cli(kvm, lock_path, tmp_path):
     h = Harness(["--vcpus", "2", "--mech", "uffd", "--stall-after", "300", "--stall-timeout", "1",
-                 "--mem-per-vcpu", "2", "--repeat", "1"], tmp_path / "r")
+                 "--mem-per-vcpu", "2", "--repeat", "1", "--no-fingerprint"], tmp_path / "r")
     status, _, err = h.wait()
     h.assert_clean_failure(status, err, "stalled: no page installed")
     assert status == 1
@@ -411,7 +411,7 @@ def _worker_pid(parent):
 @pytest.mark.parametrize("sig,reason", [(signal.SIGSTOP, "is stopped"), (signal.SIGKILL, "died")])
 def test_network_worker_hangs_or_dies(kvm, lock_path, tmp_path, sig, reason):
     h = Harness(["--vcpus", "2", "--mech", "exits", "--fetch", "worker", "--service-us", "300",
-                 "--mem-per-vcpu", "32", "--repeat", "1"], tmp_path / "r")
+                 "--mem-per-vcpu", "32", "--repeat", "1", "--no-fingerprint"], tmp_path / "r")
     deadline = time.monotonic() + 60
     pid = None
     while pid is None and time.monotonic() < deadline:
@@ -445,7 +445,7 @@ def test_sigterm_mid_traced_run_leaves_tracefs_as_found(kvm, lock_path, tmp_path
     """SIGINT mid traced run: tests/test_measurement.py; here SIGTERM, in a smaller run."""
     from bench.tracefs import leftover_instances
     h = Harness(["--vcpus", "2", "--mech", "uffd", "--mem-per-vcpu", "32", "--repeat", "1",
-                 "--tracer", "tracefs"], tmp_path / "r")
+                 "--tracer", "tracefs", "--no-fingerprint"], tmp_path / "r")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not [
             i for i in leftover_instances("faultbench") if i.startswith(f"faultbench-{h.proc.pid}-")]:
