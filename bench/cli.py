@@ -80,7 +80,9 @@ def _main(argv: list[str], host_lock) -> int:
     except (UsageError, ValueError, PreflightError, DeviceMissing, sweepmod.SweepError) as exc:
         print(f"run_bench.py: error: {exc}", file=sys.stderr)
         return 2
-
+    # the sweep's wall time starts here, with the host ours (a wait for the host lock is
+    # not this sweep's time) and before the fingerprint, which its "startup" account holds
+    started = time.monotonic()
     machine = collect_machine({"probes": probes})
     try:   # the host's own costs, so a comparison can tell a slower host from slower code
         if not args.no_fingerprint:
@@ -101,7 +103,7 @@ def _main(argv: list[str], host_lock) -> int:
     sweep = sweepmod.Sweep([(m.name, v) for m, v in points], workload.name, args.repeat, sweep_dir,
                            argv, cost={(m.name, v): workload.memory_pages(v, args.mem_per_vcpu * 256)
                                        * runs_per_cell for m, v in points},
-                           order="interleaved" if interleaved else "blocked")
+                           order="interleaved" if interleaved else "blocked", started=started)
     try:
         run = _run_interleaved if interleaved else _run_cells
         status = run(args, argv, points, workload, machine, harness, sweep, done)

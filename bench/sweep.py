@@ -39,7 +39,8 @@ ACCOUNT_MEANING = {
     "teardown": "joining threads, closing the VM, unmapping memory",
     "tracing": "traced runs outside the guest: the tracer's set-up, reading and summarizing its data",
     "record": "writing the record",
-    "startup": "probing the machine before the first cell, and anything not listed above",
+    "startup": "probing the machine before the first cell (the host fingerprint among it), and "
+               "anything not listed above",
 }
 
 
@@ -187,8 +188,11 @@ class Sweep:
 
     def __init__(self, cells: list[tuple[str, int]], workload: str, repeat: int,
                  directory: str | None = None, argv: list[str] | None = None,
-                 cost: dict | None = None, stream=None, order: str = "blocked"):
-        self.started = time.monotonic()
+                 cost: dict | None = None, stream=None, order: str = "blocked",
+                 started: float | None = None):
+        # `started`: when the invocation's own work began (time.monotonic), so that
+        # "startup" holds what ran before the sweep object existed (the host fingerprint)
+        self.started = time.monotonic() if started is None else started
         # blocked: a cell's runs back to back; interleaved: round-robin, run by run
         self.order = order
         self.directory = directory
