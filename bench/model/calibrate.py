@@ -201,10 +201,15 @@ def calibrate_cells(cells: list[dict]) -> dict:
 
 
 def _note_bounds(mc: dict) -> None:
-    """A fitted parameter whose column its fit held at 0 says so in its `from`."""
+    """A fitted parameter whose column its fit held at 0, or dropped for want of spread
+    (its value is then 0: the cost stays inside the intercept), says so in its `from`."""
     for v in mc["params"].values():
         fit = mc.get("fits", {}).get(v.get("fit"))
-        if v.get("kind") == "fitted" and fit is not None:
+        if v.get("kind") != "fitted" or fit is None:
+            continue
+        if v["column"] in fit.get("dropped_columns", ()):
+            v["from"] = v["from"] + " (dropped: no spread; inside a)"
+        else:
             v["from"] = v["from"] + _bound_note(v["fit"], fit, v["column"])
 
 
@@ -342,9 +347,7 @@ def _cal_uffd(runs, P, mech, uffd_many_cal, cells):
                                                       "slope s of fits.vcpu_cpu_ns")
     params["reader_msg_ns"] = _fitted(a_r, "resolver_cpu_ns", "1", "intercept a of fits.resolver_cpu_ns")
     params["reader_wake_ns"] = _fitted(b_r, "resolver_cpu_ns", "resolver_sleeps_per_fault",
-                                       "sleeps/fault slope b of fits.resolver_cpu_ns"
-                                       + (" (dropped: no spread; inside a)" if
-                                          "resolver_sleeps_per_fault" in dropped_r else ""))
+                                       "sleeps/fault slope b of fits.resolver_cpu_ns")
     params["reader_pressure_ns_per_doubling"] = _fitted(s_r, "resolver_cpu_ns", "threads_log2",
                                                         "slope s of fits.resolver_cpu_ns")
     if mech == "uffd":
