@@ -66,23 +66,24 @@ def _checked(argv: list[str], host_lock):
     workload, points = prepare(args, probes)
     check_all(args, points, probes, precopy=args.workload == "precopy-stale")
     _take_host(args, host_lock)
+    # the sweep's wall time starts here, with the host ours (a wait for the host lock is
+    # not this sweep's time): its "startup" account holds what follows before the first
+    # cell, the tracer's trial load and the host fingerprint among it
+    started = time.monotonic()
     # with the host ours: the memory another run held is free, and a look into
     # tracefs (mounted for the look if need be) cannot disturb another run's tracing
     for v in args.vcpus:
         check_memory(v, args, workload)
     choose_tracer(args)
-    return args, argv, probes, workload, points
+    return args, argv, probes, workload, points, started
 
 
 def _main(argv: list[str], host_lock) -> int:
     try:
-        args, argv, probes, workload, points = _checked(argv, host_lock)
+        args, argv, probes, workload, points, started = _checked(argv, host_lock)
     except (UsageError, ValueError, PreflightError, DeviceMissing, sweepmod.SweepError) as exc:
         print(f"run_bench.py: error: {exc}", file=sys.stderr)
         return 2
-    # the sweep's wall time starts here, with the host ours (a wait for the host lock is
-    # not this sweep's time) and before the fingerprint, which its "startup" account holds
-    started = time.monotonic()
     machine = collect_machine({"probes": probes})
     try:   # the host's own costs, so a comparison can tell a slower host from slower code
         if not args.no_fingerprint:

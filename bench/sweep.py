@@ -39,8 +39,8 @@ ACCOUNT_MEANING = {
     "teardown": "joining threads, closing the VM, unmapping memory",
     "tracing": "traced runs outside the guest: the tracer's set-up, reading and summarizing its data",
     "record": "writing the record",
-    "startup": "probing the machine before the first cell (the host fingerprint among it), and "
-               "anything not listed above",
+    "startup": "probing the machine before the first cell (the tracer's trial load and the host "
+               "fingerprint among it), and anything not listed above",
 }
 
 
@@ -192,7 +192,13 @@ class Sweep:
                  started: float | None = None):
         # `started`: when the invocation's own work began (time.monotonic), so that
         # "startup" holds what ran before the sweep object existed (the host fingerprint)
-        self.started = time.monotonic() if started is None else started
+        now = time.monotonic()
+        self.started = now if started is None else started
+        # the wall-clock start that goes with it, for the index's started_at
+        self._started_at = (datetime.datetime.now(datetime.timezone.utc)
+                            - datetime.timedelta(seconds=now - self.started)).isoformat(timespec="seconds")
+        # the time-left estimate scales by the time the cells have taken, not startup's
+        self.cells_started = now
         # blocked: a cell's runs back to back; interleaved: round-robin, run by run
         self.order = order
         self.directory = directory
@@ -312,6 +318,7 @@ class Sweep:
     def _round_line(self, cell: dict) -> str:
         round_no, rounds = cell["_round"]
         elapsed = time.monotonic() - self.started
+        in_cells = time.monotonic() - self.cells_started
         running = [c for c in self.cells if c["status"] == "running"]
         made = sum(c.get("runs_done", 0) for c in running)
         # runs cost unequally (a 256-vCPU run is long): weigh them by the cells' cost
@@ -321,7 +328,7 @@ class Sweep:
         left = sum((c.get("runs_total", self.repeat) - c.get("runs_done", 0)) * cost(c) for c in running)
         eta = ""
         if made and spent:
-            eta = f", about {_fmt_duration(elapsed / spent * left)} left"
+            eta = f", about {_fmt_duration(in_cells / spent * left)} left"
         return (f"round {round_no} of {rounds}: {cell['mech']} at {cell['vcpus']} vCPUs; "
                 f"elapsed {_fmt_duration(elapsed)}{eta}")
 

@@ -77,7 +77,7 @@ def test_compare_fetch_delay_of_20_percent_is_different(recs):
 
 def test_ab_fetch_delay_is_different_and_rerun_is_same(recs):
     # 4 MiB: a p99 over 1,024 faults, less at the mercy of one preemption than over 512
-    # --no-fingerprint: each block is its own invocation, and the fingerprint (1.5-2 s each)
+    # --no-fingerprint: each block is its own invocation, and the fingerprint (1.4-6 s each here)
     # is not what this test is about (test_slower_record_on_slower_hardware_... is)
     point = "--mech exits --vcpus 1 --mem-per-vcpu 4 --no-trace-locks --no-fingerprint"
     delay = f"--fetch-delay-us {recs['delay_us']} --fetch-delay-mode spin"

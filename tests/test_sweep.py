@@ -1,4 +1,5 @@
 """Sweeps: one directory with an index, progress on a terminal only, Ctrl-C then --resume."""
+import datetime
 import glob
 import hashlib
 import json
@@ -92,6 +93,10 @@ def test_index_accounts_for_the_wall_time(kvm, tmp_path):
     # (it was left out of the wall time until 2026-12-07)
     fingerprint_s = json.load(open(glob.glob(os.path.join(out, "exits-*-v1.json"))[0]))["machine"]["fingerprint"]["seconds"]
     assert t["accounts_s"]["startup"] >= fingerprint_s > 0, (t, fingerprint_s)
+    # and the wall-clock stamps span the same time as wall_s (whole seconds)
+    span = (datetime.datetime.fromisoformat(t["updated_at"])
+            - datetime.datetime.fromisoformat(t["started_at"])).total_seconds()
+    assert abs(span - t["wall_s"]) <= 1.5, (span, t)
     acc = t["accounts_s"]
     assert set(acc) == set(sweepmod.ACCOUNTS)
     tracer = json.load(open(glob.glob(os.path.join(out, "exits-*-v1.json"))[0]))["tracing"]["tracer"]

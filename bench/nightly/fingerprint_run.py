@@ -17,7 +17,8 @@ from .fingerprint import (COMPONENTS, FINGERPRINT_VERSION, FUTEX_ROUND_TRIPS, ME
 
 
 # a slow spell here lasts from a fraction of a second to tens of seconds: three
-# times the rounds (about 3.5 s) outlasts most, and a fingerprint never takes longer
+# times the rounds outlasts most, and a fingerprint never makes more (24 rounds took
+# 5.1-6.0 s in a test-suite run on 2026-12-07, and 9.8 s under the CPU-hog test)
 MAX_ROUNDS_FACTOR = 3
 
 
@@ -76,7 +77,8 @@ assert {n for key in MEASURE for n in (key if isinstance(key, tuple) else (key,)
 
 
 def measure(samples: int = SAMPLES) -> dict:
-    """Calibrate this host now: about 1 s here, up to about 3.5 s in a slow spell. Raises
+    """Calibrate this host now: about 1.5 s for the 8 rounds here, up to about 6 s at its
+    24-round cap in a slow spell (2026-12-07; longer under other load). Raises
     CalibrationError."""
     if lib.FB_CALIB_VERSION != FINGERPRINT_VERSION:
         raise CalibrationError(f"stale C core: calibration API {lib.FB_CALIB_VERSION}, "
