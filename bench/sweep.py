@@ -369,9 +369,7 @@ class Sweep:
         for c in self.cells:
             counts[c["status"]] = counts.get(c["status"], 0) + 1
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        this = {"started_at": getattr(self, "_started_at", now), "updated_at": now,
-                **self.summary()}
-        self._started_at = this["started_at"]
+        this = {"started_at": self._started_at, "updated_at": now, **self.summary()}
         index = {
             "kind": INDEX_KIND, "version": 1, "argv": self.argv,
             "order": self.order,

@@ -20,7 +20,7 @@ def run(extra: list[str], mib: int, repeat: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "r.json")
         # --no-fingerprint: the two records are compared with each other and thrown away;
-        # a host fingerprint (2-6 s a run on a 2-CPU host) would go unread
+        # a host fingerprint (1.4-6 s a run on a 2-CPU host) would go unread
         cmd = [sys.executable, "run_bench.py", "--vcpus", "1", "--mech", "exits", "--mem-per-vcpu",
                str(mib), "--repeat", str(repeat), "--no-trace-locks", "--no-fingerprint", "--quiet", "--out",
                out, *extra]

@@ -261,15 +261,19 @@ class ReportData:
         rows = self.runs if rows is None else rows
         return col in rows.columns and rows[col].notna().any()
 
+    @staticmethod
+    def _cell_mask(rows: pd.DataFrame, series: str, vcpus: int) -> pd.Series:
+        return (rows["series"] == series) & (rows["vcpus"] == vcpus)
+
     def cell_rows(self, series: str, vcpus: int, rows: pd.DataFrame | None = None):
         rows = self.runs if rows is None else rows
-        return rows[(rows["series"] == series) & (rows["vcpus"] == vcpus)]
+        return rows[self._cell_mask(rows, series, vcpus)]
 
     def cell_column(self, col: str, series: str, vcpus: int, rows: pd.DataFrame | None = None) -> pd.Series:
         """One column of a cell's runs, the column taken first: a mask over the whole
         frame would copy every column."""
         rows = self.runs if rows is None else rows
-        return rows[col][(rows["series"] == series) & (rows["vcpus"] == vcpus)]
+        return rows[col][self._cell_mask(rows, series, vcpus)]
 
     def ratio_to(self, reference: str, series: str, vcpus: int, col: str = "pages_per_s"):
         """Rate ratio to the reference at one vCPU count: median, min and max over every
