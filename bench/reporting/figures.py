@@ -618,10 +618,13 @@ def cdf_counts(d: ReportData, asked: list[int] | None) -> list[int]:
     return sorted(set(([fits[-1]] if fits else []) + [d.vcpus[-1]]))
 
 
-def all_figures(d: ReportData, cdf_vcpus: list[int], model: dict | None = None) -> list[Figure]:
+def figure_makers(d: ReportData, cdf_vcpus: list[int], model: dict | None = None) -> list:
+    """One callable a figure, in the report's order; a callable returns None where its
+    figure has nothing to show."""
     makers = [lambda: rate_vs_vcpus(d), lambda: model_vs_measured(d, model),
               lambda: fairness(d), lambda: latency_vs_vcpus(d)]
     makers += [lambda v=v: latency_cdf(d, v) for v in cdf_vcpus]
     makers += [lambda: breakdown_lines(d), lambda: lock_contention(d), lambda: blocktime(d),
                lambda: cpu_by_role(d)]
-    return [f for f in (m() for m in makers) if f is not None]
+    return makers
+
