@@ -175,7 +175,7 @@ def _run_interleaved(args, argv, points, workload, machine, harness, sweep, done
     cells, phases = {}, {}
     for position, (mech, vcpus) in enumerate(todo):
         phases[(mech.name, vcpus)] = {}
-        sweep.begin(mech.name, vcpus)
+        sweep.begin(mech.name, vcpus, phases[(mech.name, vcpus)])
         try:
             with sweep.timing(mech.name, vcpus):
                 cells[(mech.name, vcpus)] = Cell(
@@ -216,8 +216,8 @@ def _run_cells(args, argv, points, workload, machine, harness, sweep, done) -> i
     for mech, vcpus in points:
         if sweep.is_done(mech.name, vcpus):
             continue
-        sweep.begin(mech.name, vcpus)
         phases: dict = {}
+        sweep.begin(mech.name, vcpus, phases)
         try:
             rec = measure(args, argv, mech, workload, vcpus, machine, harness, phases)
         except (RunError, UsageError) as exc:

@@ -244,14 +244,16 @@ class Sweep:
     def record_path(self, mech: str, vcpus: int) -> str:
         return os.path.join(self.directory, self._find(mech, vcpus)["record"])
 
-    def begin(self, mech: str, vcpus: int) -> dict:
+    def begin(self, mech: str, vcpus: int, phases: dict | None = None) -> None:
+        """`phases`: the dict the runner fills with this cell's wall-time phases, so that
+        a cell left running when the sweep stops still has its time accounted."""
         cell = self._find(mech, vcpus)
         cell.update(status="running", error=None)
         cell["_t0"] = time.monotonic()
+        cell["_phases"] = phases if phases is not None else {}
         self._show(cell)
         if self.directory:
             self.write_index()
-        return {}
 
     @contextlib.contextmanager
     def timing(self, mech: str, vcpus: int):
@@ -282,23 +284,27 @@ class Sweep:
 
     def end(self, mech: str, vcpus: int, status: str, phases: dict, error: str | None = None) -> None:
         """`phases`: the runner's wall-time phases (bench.runner.execute) of this cell."""
-        cell = self._find(mech, vcpus)
+        self._close(self._find(mech, vcpus), status, phases, error)
+        self.progress.clear()
+        if self.directory:
+            self.write_index()
+
+    def _close(self, cell: dict, status: str, phases: dict, error: str | None) -> None:
         wall = self._wall(cell)
         cell.pop("_t0", None)
+        cell.pop("_phases", None)
         accounted = accounts(phases)
         cell.update(status=status, wall_s=round(wall, 3), error=error,
                     time_s={k: round(v, 3) for k, v in accounted.items()})
         for k, v in accounted.items():
             self.totals[k] += v
-        self.progress.clear()
-        if self.directory:
-            self.write_index()
 
     def interrupt(self) -> None:
+        # a cell left running keeps the time its runs took in the accounts (else
+        # "startup", the remainder, would hold it)
         for c in self.cells:
             if c["status"] == "running":
-                c["status"] = "interrupted"
-                c.pop("_t0", None)
+                self._close(c, "interrupted", c.get("_phases", {}), None)
         self.progress.close()
         if self.directory:
             self.write_index()
@@ -306,7 +312,8 @@ class Sweep:
     def finish(self) -> None:
         for c in self.cells:   # an interleaved sweep stopped by another cell's failure
             if c["status"] == "running":
-                c.update(status="interrupted", error="the sweep stopped at another cell's failure")
+                self._close(c, "interrupted", c.get("_phases", {}),
+                            "the sweep stopped at another cell's failure")
         self.progress.close()
         if self.directory:
             self.write_index()

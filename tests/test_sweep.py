@@ -253,6 +253,12 @@ def test_interleaved_ctrl_c_writes_no_partial_record_and_resume_finishes(kvm, tm
     index = _index(out)
     assert index["status"] == "incomplete"
     assert {c["status"] for c in index["cells"]} == {"interrupted"}
+    # the runs made before the interrupt are in the accounts, cell by cell, not in
+    # "startup" (before 2026-12-07 a cell left running had no time_s, and guest was 0)
+    ran = [c for c in index["cells"] if c.get("runs_done", 0) >= 1]
+    assert ran and all(c["time_s"].get("guest", 0) > 0 and c["wall_s"] > 0 for c in ran), index["cells"]
+    assert index["time"]["accounts_s"]["guest"] == pytest.approx(
+        sum(c["time_s"].get("guest", 0) for c in index["cells"]), abs=0.01)
     # no cell had all its runs: none has a record, so none can be taken for complete
     assert not [n for n in os.listdir(out) if n != "index.json"]
     r = subprocess.run([sys.executable, "run_bench.py", "--resume", out], cwd=REPO,
@@ -260,3 +266,23 @@ def test_interleaved_ctrl_c_writes_no_partial_record_and_resume_finishes(kvm, tm
     assert r.returncode == 0, r.stderr
     assert _index(out)["status"] == "complete"
     assert len(r.stdout.split()) == 2
+
+
+def test_a_cell_left_running_by_another_cells_failure_keeps_its_time(tmp_path):
+    """An interleaved sweep stopped by one cell's failure: the cells it leaves running
+    are closed with the time their runs took (their runner phases), so "startup", the
+    remainder of the wall time, does not take it."""
+    out = str(tmp_path / "s")
+    sw = sweepmod.Sweep([("exits", 1), ("uffd", 1)], "sequential", 3, out, ["--vcpus", "1"],
+                        stream=open(os.devnull, "w"), order="interleaved")
+    running = {"guest": 0.4, "setup": 0.1, "traced.guest": 0.05, "traced.read": 0.02}
+    sw.begin("exits", 1, running)
+    sw.begin("uffd", 1, {"guest": 0.2})
+    sw.end("uffd", 1, "failed", {"guest": 0.2}, "a run failed")
+    sw.finish()
+    cells = {c["mech"]: c for c in _index(out)["cells"]}
+    assert cells["exits"]["status"] == "interrupted"
+    assert cells["exits"]["error"] == "the sweep stopped at another cell's failure"
+    assert cells["exits"]["time_s"]["guest"] == 0.4 and cells["exits"]["time_s"]["tracing"] == 0.02
+    acc = _index(out)["time"]["accounts_s"]
+    assert acc["guest"] == pytest.approx(0.6) and acc["guest_traced"] == pytest.approx(0.05)
