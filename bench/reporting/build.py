@@ -127,6 +127,7 @@ def _draw_share(k: int, n: int) -> list[tuple]:
     """Draw and save every n-th figure, from the k-th: (index, Figure without its
     matplotlib object, paths written) for each one drawn."""
     import matplotlib.pyplot as plt   # here: matplotlib loads only when figures are drawn
+    # deferred: the figures module imports matplotlib, which only drawing needs
     from .figures import Figure, figure_makers
     d, cdf_vcpus, model, fig_dir = _DRAW_JOB
     done = []
