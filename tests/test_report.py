@@ -92,3 +92,39 @@ def test_full_report_from_committed_records(tmp_path):
     text = (tmp_path / "report.txt").read_text()
     assert "how long do its threads wait for a CPU" in text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_a_drawing_process_that_dies_fails_or_hangs_is_one_error_and_leaves_no_process(
+        monkeypatch, tmp_path):
+    """The report draws its figures in forked processes: a child that dies, or raises,
+    is a one-line ReportError (exit 2 from the command), and every child is gone after."""
+    import multiprocessing
+    import time
+
+    import pytest
+
+    from bench.reporting import build
+
+    def dies(k, n):
+        if k == 1:
+            os._exit(3)
+        return []
+
+    def fails(k, n):
+        raise ValueError("no such series")
+
+    def one_hangs(k, n):
+        if k == 0:
+            time.sleep(60)
+        raise ValueError("boom")
+
+    for child, message in ((dies, r"process 1 of 2 ended without its figures \(exit code 3\)"),
+                           (fails, "drawing the figures: ValueError: no such series"),
+                           (one_hangs, "drawing the figures: ValueError: boom")):
+        monkeypatch.setattr(build, "_draw_share", child)
+        t0 = time.monotonic()
+        with pytest.raises(build.ReportError, match=message):
+            build._draw_figures(None, [], None, str(tmp_path), processes=2)
+        # the hanging child was terminated, not waited for
+        assert time.monotonic() - t0 < 30
+        assert not multiprocessing.active_children()

@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import os
+import signal
 import sys
 
 from .. import table as tablemod
@@ -149,25 +150,72 @@ def _draw_share(k: int, n: int) -> list[tuple]:
     return done
 
 
-def _draw_figures(d, cdf_vcpus, model, fig_dir) -> tuple[list, list[str]]:
-    """Every figure, drawn in up to one process a usable CPU (drawing is about two
-    thirds of a report's time: 9 s of 14.6 s for report/example on this 2-CPU host,
-    one process). The figures and files are the same whichever process draws them."""
+def _draw_figures(d, cdf_vcpus, model, fig_dir, processes: int | None = None) -> tuple[list, list[str]]:
+    """Every figure, drawn in up to one process a usable CPU (at most 4; drawing is
+    about two thirds of a report's time: 9 s of 14.6 s for report/example on this
+    2-CPU host, one process). The figures and files are the same whichever process
+    draws them."""
     global _DRAW_JOB
-    n = min(len(os.sched_getaffinity(0)), 4)
+    n = processes or min(len(os.sched_getaffinity(0)), 4)
     _DRAW_JOB = (d, cdf_vcpus, model, fig_dir)
     try:
-        if n > 1:
-            import multiprocessing
-            # fork: the workers inherit _DRAW_JOB; the pool's exit terminates them on any error
-            with multiprocessing.get_context("fork").Pool(n) as pool:
-                shares = pool.starmap(_draw_share, [(k, n) for k in range(n)])
-        else:
-            shares = [_draw_share(0, 1)]
+        shares = _draw_forked(n) if n > 1 else [_draw_share(0, 1)]
     finally:
         _DRAW_JOB = None
     drawn = sorted((x for share in shares for x in share), key=lambda x: x[0])
     return [f for _i, f, _p in drawn], [p for _i, _f, paths in drawn for p in paths]
+
+
+def _draw_child(k: int, n: int, conn) -> None:
+    # Ctrl-C reaches the whole process group: the parent alone handles it, and stops us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        conn.send(("ok", _draw_share(k, n)))
+    except BaseException as exc:   # noqa: BLE001 - any failure goes back as one line
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _draw_forked(n: int) -> list[list[tuple]]:
+    """n forked children (they inherit _DRAW_JOB), each drawing its share. A child that
+    fails or dies is a one-line ReportError; on that, on Ctrl-C or on any other
+    error every child still running is terminated and reaped before this returns."""
+    import multiprocessing
+    import multiprocessing.connection
+    ctx = multiprocessing.get_context("fork")
+    procs, pending = [], {}
+    try:
+        for k in range(n):
+            recv, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_draw_child, args=(k, n, send), name=f"faultbench-draw-{k}")
+            proc.start()
+            send.close()
+            procs.append(proc)
+            pending[recv] = k
+        shares = [[] for _ in range(n)]
+        while pending:
+            for conn in multiprocessing.connection.wait(list(pending)):
+                k = pending.pop(conn)
+                try:
+                    status, value = conn.recv()
+                except EOFError:
+                    procs[k].join()
+                    raise ReportError(f"figure drawing process {k} of {n} ended without its figures "
+                                      f"(exit code {procs[k].exitcode})") from None
+                finally:
+                    conn.close()
+                if status != "ok":
+                    raise ReportError(f"drawing the figures: {value}")
+                shares[k] = value
+        return shares
+    finally:
+        for conn in pending:
+            conn.close()
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
 
 
 def _text(head, tables, d, ids) -> str:
