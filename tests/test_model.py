@@ -420,6 +420,12 @@ MEASURED_OUTSIDE = {
 }
 
 
+# The model's cells outside on the same pairs (docs/MODEL.md's table): a change to the
+# model that moves them fails the test until that table is written again
+MODEL_OUTSIDE_COUNT = {("seed2", "seed4"): 6, ("seed2", "seed5"): 5, ("seed4", "seed2"): 6,
+                       ("seed4", "seed5"): 1, ("seed5", "seed2"): 6, ("seed5", "seed4"): 4}
+
+
 def _outside(rows):
     return sorted((r["mech"], r["vcpus"]) for r in rows
                   if abs(r["e_rate"]) > RATE_TOLERANCE or abs(r["e_p50"]) > P50_TOLERANCE)
@@ -446,16 +452,16 @@ def test_the_model_against_the_hosts_own_reproducibility():
     boots = {json.load(open(os.path.join(DATA, m)))["host"]["boot_id"] for _c, m in BOOT_SWEEPS.values()}
     assert len(boots) == 1, boots               # one boot: the CPU model and kernel are the same
     lines = ["calibration -> check   model: cells outside   measured medians: cells outside"]
+    counts = {}
     for (a, b), expected in MEASURED_OUTSIDE.items():
         measured = _outside(measured_against_measured(BOOT_SWEEPS[a][1], BOOT_SWEEPS[b][1]))
         assert measured == sorted(expected), (a, b, measured)
         model = _outside(compare(os.path.join(DATA, BOOT_SWEEPS[a][0]), BOOT_SWEEPS[b][1])[1])
+        counts[(a, b)] = len(model)
         lines.append(f"{a} -> {b}          {len(model):2d} {model}\n"
                      f"                        measured {len(measured):2d} {measured}")
     print("\n".join(lines))
-    # every ordered pair disagrees with itself somewhere: the bands sit at the host's
-    # sweep-to-sweep reproducibility (docs/MODEL.md)
-    assert all(MEASURED_OUTSIDE.values())
+    assert counts == MODEL_OUTSIDE_COUNT, "the model's counts moved: write docs/MODEL.md's table again"
 
 
 def test_measured_against_measured_sees_a_change_past_the_band(tmp_path):
