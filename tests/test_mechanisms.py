@@ -85,7 +85,14 @@ def test_no_latency_mode_has_no_percentiles(kvm):
 def test_fetch_delay_shows_in_latency(kvm):
     base, _ = execute(make_plan("exits", 1, mib=2))
     slow, _ = execute(make_plan("exits", 1, mib=2, fetch_delay_us=200, fetch_delay_mode="spin"))
-    assert slow["fault_latency_ns"]["p50"] >= base["fault_latency_ns"]["p50"] + 150_000
+    # a spin delay is exactly that long in every fault, whatever the CPU's speed: the
+    # median fault is at least the delay
+    assert slow["fault_latency_ns"]["p50"] >= 200_000
+    # and it adds to the fault's own cost. The two runs are apart in time, and this
+    # host's CPUs flip between a quick and a slow state that moves a fault's own cost
+    # by up to about 60 us (a base p50 of 172.5 us against 114 us under the delay: a
+    # difference of 142 us failed the 150 us this asked for until 2026-12-07)
+    assert slow["fault_latency_ns"]["p50"] >= base["fault_latency_ns"]["p50"] + 100_000
 
 
 @pytest.mark.parametrize("mech,fail_at", [("exits", 1), ("exits", 4), ("uffd", 1), ("uffd", 3),

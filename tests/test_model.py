@@ -382,8 +382,9 @@ def report_lines(cal_file, check_file, rows):
 @pytest.mark.parametrize("cal_file,check_file", PAIRS, ids=PAIR_IDS)
 def test_the_comparison_with_a_second_sweep_is_printed(cal_file, check_file):
     """Prints the comparison; holds the model to what it achieves on quiet cells
-    (docs/MODEL.md, Validation results): rate within 40% (the worst, `async` at 4
-    vCPUs of the seed 6/7 pair, is +38%; the others are within 25%); p50 within 60%."""
+    (docs/MODEL.md, Validation results): rate within 40% (`async` at 4 and 16 vCPUs of
+    the seed 6/7 pair are +38% and +32%; every other quiet cell of these pairs is within
+    25%); p50 within 60%."""
     _check, rows = compare(cal_file, check_file)
     print(report_lines(cal_file, check_file, rows))
     quiet = [r for r in rows if r["other_cpu_share"] < QUIET]
@@ -433,11 +434,21 @@ MEASURED_OUTSIDE = {
 }
 
 
-# The model's cells outside on the same pairs (docs/MODEL.md's table): a change to the
-# model that moves them fails the test until that table is written again
-MODEL_OUTSIDE_COUNT = {("seed2", "seed4"): 6, ("seed2", "seed5"): 5, ("seed4", "seed2"): 6,
-                       ("seed4", "seed5"): 1, ("seed5", "seed2"): 6, ("seed5", "seed4"): 4,
-                       ("seed6", "seed7"): 2, ("seed7", "seed6"): 4}
+# The model's cells outside on the same pairs, as docs/MODEL.md's table names them (the
+# test does not read MODEL.md): a change to the model that moves any of them fails the
+# test until both are written again
+MODEL_OUTSIDE = {
+    ("seed2", "seed4"): [("async", 1), ("async", 4), ("async", 16), ("async", 64), ("uffd", 16),
+                         ("uffd-many", 64)],
+    ("seed2", "seed5"): [("async", 1), ("async", 16), ("uffd", 16), ("uffd-many", 4), ("uffd-many", 64)],
+    ("seed4", "seed2"): [("async", 1), ("async", 4), ("async", 16), ("async", 64), ("uffd", 1), ("uffd", 4)],
+    ("seed4", "seed5"): [("uffd-many", 4)],
+    ("seed5", "seed2"): [("async", 1), ("async", 4), ("async", 16), ("uffd", 1), ("uffd-many", 4),
+                         ("uffd-many", 64)],
+    ("seed5", "seed4"): [("exits", 1), ("uffd", 16), ("uffd-many", 64), ("uffd-many", 256)],
+    ("seed6", "seed7"): [("async", 4), ("async", 16)],
+    ("seed7", "seed6"): [("async", 1), ("async", 4), ("async", 16), ("uffd", 16)],
+}
 
 
 def _outside(rows):
@@ -465,16 +476,17 @@ def test_the_model_against_the_hosts_own_reproducibility():
     boots = {json.load(open(os.path.join(DATA, m)))["host"]["boot_id"] for _c, m in BOOT_SWEEPS.values()}
     assert len(boots) == 1, boots               # one boot: the CPU model and kernel are the same
     lines = ["calibration -> check   model: cells outside   measured medians: cells outside"]
-    counts = {}
+    found = {}
     for (a, b), expected in MEASURED_OUTSIDE.items():
         measured = _outside(measured_against_measured(BOOT_SWEEPS[a][1], BOOT_SWEEPS[b][1]))
         assert measured == sorted(expected), (a, b, measured)
         model = _outside(compare(os.path.join(DATA, BOOT_SWEEPS[a][0]), BOOT_SWEEPS[b][1])[1])
-        counts[(a, b)] = len(model)
+        found[(a, b)] = model
         lines.append(f"{a} -> {b}          {len(model):2d} {model}\n"
                      f"                        measured {len(measured):2d} {measured}")
     print("\n".join(lines))
-    assert counts == MODEL_OUTSIDE_COUNT, "the model's counts moved: write docs/MODEL.md's table again"
+    assert found == {k: sorted(v) for k, v in MODEL_OUTSIDE.items()}, \
+        "the model's cells outside moved: write MODEL_OUTSIDE and docs/MODEL.md's table again"
 
 
 def test_measured_against_measured_sees_a_change_past_the_band(tmp_path):
