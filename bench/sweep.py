@@ -244,13 +244,13 @@ class Sweep:
     def record_path(self, mech: str, vcpus: int) -> str:
         return os.path.join(self.directory, self._find(mech, vcpus)["record"])
 
-    def begin(self, mech: str, vcpus: int, phases: dict | None = None) -> None:
+    def begin(self, mech: str, vcpus: int, phases: dict) -> None:
         """`phases`: the dict the runner fills with this cell's wall-time phases, so that
         a cell left running when the sweep stops still has its time accounted."""
         cell = self._find(mech, vcpus)
         cell.update(status="running", error=None)
         cell["_t0"] = time.monotonic()
-        cell["_phases"] = phases if phases is not None else {}
+        cell["_phases"] = phases
         self._show(cell)
         if self.directory:
             self.write_index()
@@ -300,20 +300,18 @@ class Sweep:
             self.totals[k] += v
 
     def interrupt(self) -> None:
-        # a cell left running keeps the time its runs took in the accounts (else
-        # "startup", the remainder, would hold it)
-        for c in self.cells:
-            if c["status"] == "running":
-                self._close(c, "interrupted", c.get("_phases", {}), None)
-        self.progress.close()
-        if self.directory:
-            self.write_index()
+        self._stop_running(None)
 
     def finish(self) -> None:
-        for c in self.cells:   # an interleaved sweep stopped by another cell's failure
+        # cells still running: an interleaved sweep stopped by another cell's failure
+        self._stop_running("the sweep stopped at another cell's failure")
+
+    def _stop_running(self, error: str | None) -> None:
+        # a cell left running keeps the phases its runs completed in the accounts (else
+        # "startup", the remainder, would hold them)
+        for c in self.cells:
             if c["status"] == "running":
-                self._close(c, "interrupted", c.get("_phases", {}),
-                            "the sweep stopped at another cell's failure")
+                self._close(c, "interrupted", c["_phases"], error)
         self.progress.close()
         if self.directory:
             self.write_index()

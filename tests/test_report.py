@@ -105,15 +105,15 @@ def test_a_drawing_process_that_dies_fails_or_hangs_is_one_error_and_leaves_no_p
 
     from bench.reporting import build
 
-    def dies(k, n):
+    def dies(job, k, n):
         if k == 1:
             os._exit(3)
         return []
 
-    def fails(k, n):
+    def fails(job, k, n):
         raise ValueError("no such series")
 
-    def one_hangs(k, n):
+    def one_hangs(job, k, n):
         if k == 0:
             time.sleep(60)
         raise ValueError("boom")

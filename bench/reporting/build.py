@@ -119,18 +119,13 @@ def generate(paths: list[str], out_dir: str, reference: str | None = None,
     return manifest
 
 
-# What the drawing processes read: set just before they fork, so each inherits the
-# report's data instead of being sent a pickled copy
-_DRAW_JOB: tuple | None = None
-
-
-def _draw_share(k: int, n: int) -> list[tuple]:
-    """Draw and save every n-th figure, from the k-th: (index, Figure without its
-    matplotlib object, paths written) for each one drawn."""
+def _draw_share(job: tuple, k: int, n: int) -> list[tuple]:
+    """Draw and save every n-th figure of `job` (d, cdf_vcpus, model, fig_dir), from the
+    k-th: (index, Figure without its matplotlib object, paths written) for each one drawn."""
     import matplotlib.pyplot as plt   # here: matplotlib loads only when figures are drawn
     # deferred: the figures module imports matplotlib, which only drawing needs
     from .figures import Figure, figure_makers
-    d, cdf_vcpus, model, fig_dir = _DRAW_JOB
+    d, cdf_vcpus, model, fig_dir = job
     done = []
     for i, make in enumerate(figure_makers(d, cdf_vcpus, model)):
         if i % n != k:
@@ -155,30 +150,27 @@ def _draw_figures(d, cdf_vcpus, model, fig_dir, processes: int | None = None) ->
     about two thirds of a report's time: 9 s of 14.6 s for report/example on this
     2-CPU host, one process). The figures and files are the same whichever process
     draws them."""
-    global _DRAW_JOB
     n = processes or min(len(os.sched_getaffinity(0)), 4)
-    _DRAW_JOB = (d, cdf_vcpus, model, fig_dir)
-    try:
-        shares = _draw_forked(n) if n > 1 else [_draw_share(0, 1)]
-    finally:
-        _DRAW_JOB = None
+    job = (d, cdf_vcpus, model, fig_dir)
+    shares = _draw_forked(job, n) if n > 1 else [_draw_share(job, 0, 1)]
     drawn = sorted((x for share in shares for x in share), key=lambda x: x[0])
     return [f for _i, f, _p in drawn], [p for _i, _f, paths in drawn for p in paths]
 
 
-def _draw_child(k: int, n: int, conn) -> None:
+def _draw_child(job: tuple, k: int, n: int, conn) -> None:
     # Ctrl-C reaches the whole process group: the parent alone handles it, and stops us
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        conn.send(("ok", _draw_share(k, n)))
+        conn.send(("ok", _draw_share(job, k, n)))
     except BaseException as exc:   # noqa: BLE001 - any failure goes back as one line
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
 
 
-def _draw_forked(n: int) -> list[list[tuple]]:
-    """n forked children (they inherit _DRAW_JOB), each drawing its share. A child that
+def _draw_forked(job: tuple, n: int) -> list[list[tuple]]:
+    """n forked children, each drawing its share of `job` (a forked child inherits it:
+    a Process's arguments are not pickled under fork). A child that
     fails or dies is a one-line ReportError; on that, on Ctrl-C or on any other
     error every child still running is terminated and reaped before this returns."""
     import multiprocessing
@@ -188,7 +180,7 @@ def _draw_forked(n: int) -> list[list[tuple]]:
     try:
         for k in range(n):
             recv, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_draw_child, args=(k, n, send), name=f"faultbench-draw-{k}")
+            proc = ctx.Process(target=_draw_child, args=(job, k, n, send), name=f"faultbench-draw-{k}")
             proc.start()
             send.close()
             procs.append(proc)

@@ -627,4 +627,3 @@ def figure_makers(d: ReportData, cdf_vcpus: list[int], model: dict | None = None
     makers += [lambda: breakdown_lines(d), lambda: lock_contention(d), lambda: blocktime(d),
                lambda: cpu_by_role(d)]
     return makers
-
