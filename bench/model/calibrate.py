@@ -25,7 +25,7 @@ from ..nightly import cells as cellsmod
 from . import extract
 
 CALIBRATION_KIND = "faultbench-model-calibration"
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 MECHS = ("uffd", "uffd-many", "exits", "async")
 
 
@@ -169,6 +169,7 @@ def calibrate_cells(cells: list[dict]) -> dict:
             r["threads_log2"] = threads_per_cpu_log2(
                 c["vcpus"] + _resolver_threads(c["mech"], dict(readers=c["readers"] or 1,
                                                                uffds=c["uffds"] or c["vcpus"])), P)
+    out["cpu_probe"] = _normalise_to_probe(cells)
     quantum = _quantum(cells, P)
     shared = {"quantum_ns": quantum, "mmu_hold_ns": _mmu_hold(cells, P)}
     uffd_many = None
@@ -198,6 +199,36 @@ def calibrate_cells(cells: list[dict]) -> dict:
             if v.get("value") is None:
                 out["missing"].append(f"{mech}.{k}: {v.get('missing')}")
     return out
+
+
+# the per-run figures that are CPU time (or, at 1 vCPU, mostly CPU time), which a
+# run in the CPU's slow state shows larger (bench/cpustate.py)
+PROBE_SCALED = ("vcpu_cpu_ns", "resolver_cpu_ns", "p50_ns")
+
+
+def _normalise_to_probe(cells) -> dict:
+    """The calibration's CPU-state reference: the median getppid probe (ns a call)
+    over every measured run. Each run's CPU figures (PROBE_SCALED) are scaled by
+    reference / its own probe before any fit, so that runs taken in the CPU's slow
+    state (docs/MODEL.md, "The CPU's state") do not bend the fits; a prediction then
+    scales every CPU cost by target probe / reference (`--cpu-probe-ns`). Where any
+    run lacks a probe, nothing is scaled and the reference is missing."""
+    runs = [r for c in cells for r in c["runs"]]
+    vals = [r.get("probe_ns") for r in runs]
+    if not runs or any(v is None for v in vals):
+        lacking = sum(v is None for v in vals)
+        return _missing(f"raw.cpu_probe in every measured run ({lacking} of {len(runs)} lack one): "
+                        "records from a harness that probes the CPU's state around each run",
+                        unit="ns per getppid call")
+    ref = _med(vals)
+    for r in runs:
+        for k in PROBE_SCALED:
+            if r.get(k) is not None:
+                r[k] = r[k] * ref / r["probe_ns"]
+    return _param(ref, "measured", "median over every measured run of raw.cpu_probe (getppid ns "
+                  "a call, before and after the run, median over its CPUs); each run's "
+                  f"{', '.join(PROBE_SCALED)} scaled by this / its own probe before the fits",
+                  unit="ns per getppid call", n=len(vals), spread=[min(vals), max(vals)])
 
 
 def _note_bounds(mc: dict) -> None:
@@ -548,7 +579,11 @@ def _sweep_commands(paths):
 
 def medians(cells: list[dict]) -> dict:
     """The measured medians of every cell, with where they came from."""
+    probes = [r.get("probe_ns") for c in cells for r in c["runs"]]
     return {"kind": "faultbench-model-check-medians", "version": 1,
+            # the sweep's CPU state: median getppid probe over every measured run
+            # (None where any run lacks one), the target of `model --cpu-probe-ns`
+            "cpu_probe_ns": (extract.median(probes) if probes and None not in probes else None),
             "commands": sorted({c["rerun"] for c in cells if c["rerun"]}),
             "seed": extract.median(c["seed"] for c in cells),
             "host": cells[0]["host"] if cells else None,

@@ -34,7 +34,17 @@ def resolver_role(metrics: dict) -> str | None:
     return None
 
 
-def run_figures(metrics: dict) -> dict:
+def probe_ns(cpu_probe) -> float | None:
+    """A run's CPU-state reading (bench/cpustate.py): the median of its getppid
+    probes, before and after it, over the CPUs probed (ns a call). None without one."""
+    if not isinstance(cpu_probe, dict):
+        return None
+    vals = [v for key in ("before_ns_per_call", "after_ns_per_call")
+            for v in cpu_probe.get(key) or [] if isinstance(v, (int, float)) and v > 0]
+    return statistics.median(vals) if vals else None
+
+
+def run_figures(metrics: dict, cpu_probe=None) -> dict:
     """The figures of one run the model uses (ns, per fault unless named)."""
     faults = metrics.get("faults") or 0
     role = resolver_role(metrics)
@@ -51,6 +61,7 @@ def run_figures(metrics: dict) -> dict:
         "resolver_cpu_ns": _get(metrics, "sched", role, "on_cpu_ns_per_fault") if role else None,
         "resolver_on_cpu_ns": _get(metrics, "sched", role, "on_cpu_ns") if role else None,
         "parts": _get(metrics, "fault_breakdown_ns", "parts") or {},
+        "probe_ns": probe_ns(cpu_probe),
     }
     vol = _get(metrics, "cpu_by_role", role, "voluntary_ctxt_switches") if role else None
     out["resolver_sleeps_per_fault"] = vol / faults if vol is not None and faults else None
@@ -94,7 +105,8 @@ def cell(path: str, record: dict) -> dict:
     else its measured runs with kernel_locks)."""
     cfg = record.get("config") or {}
     machine = record.get("machine") or {}
-    runs = [run_figures(r["metrics"]) for r in record.get("runs") or [] if r.get("metrics")]
+    runs = [run_figures(r["metrics"], (r.get("raw") or {}).get("cpu_probe"))
+            for r in record.get("runs") or [] if r.get("metrics")]
     # lock figures: the traced runs, else the measured runs that carry
     # kernel_locks (--trace-every-run: the in-kernel tracer records locks in every measured run)
     lock_runs = record.get("traced_runs") or [
@@ -130,4 +142,5 @@ def measured_medians(c: dict) -> dict:
             "pages_per_s": median(r["pages_per_s"] for r in c["runs"]),
             "p50_ns": median(r["p50_ns"] for r in c["runs"]),
             "p99_ns": median(r["p99_ns"] for r in c["runs"]),
+            "cpu_probe_ns": median(r.get("probe_ns") for r in c["runs"]),
             "other_cpu_share": c.get("other_cpu_share")}

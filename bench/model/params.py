@@ -88,10 +88,34 @@ def far_fraction(pcpus: int, calibration_pcpus: int) -> float:
     return 1.0 - calibration_pcpus / pcpus
 
 
+# the CPU costs a CPU-state scale multiplies (not the fetch sleep, the slice, the
+# cited line transfer or the counts)
+CPU_COSTS = ("vcpu_pre_ns", "vcpu_post_ns", "vcpu_idle_cpu_ns", "vcpu_idle_wake_ns", "yield_ns",
+             "reader_wake_ns", "reader_msg_ns", "reader_idle_cpu_ns", "reader_idle_wake_ns",
+             "enqueue_ns", "wake_base_ns", "wake_per_waiter_ns", "mmu_hold_ns", "list_hold_ns",
+             "vcpu_pressure_ns_per_doubling", "reader_pressure_ns_per_doubling")
+
+
+def cpu_scale(cal: dict, cpu_probe_ns: float | None) -> float:
+    """Target probe / the calibration's reference probe (1 without a target). A
+    target with a calibration that has no reference is an error, not a silent 1."""
+    if cpu_probe_ns is None:
+        return 1.0
+    ref = (cal.get("cpu_probe") or {}).get("value")
+    if not ref:
+        raise KeyError("the calibration has no CPU-state reference (cpu_probe): it cannot be "
+                       "scaled to --cpu-probe-ns; recalibrate from records that carry raw.cpu_probe")
+    if not cpu_probe_ns > 0:
+        raise KeyError(f"--cpu-probe-ns must be positive, not {cpu_probe_ns}")
+    return cpu_probe_ns / ref
+
+
 def for_prediction(cal: dict, mech: str, pcpus: int, fetch_delay_us: float | None = None,
-                   line_scale: float = 1.0, line_transfer_ns: float | None = None) -> Params:
+                   line_scale: float = 1.0, line_transfer_ns: float | None = None,
+                   cpu_probe_ns: float | None = None) -> Params:
     """Params for one mechanism from a calibration (bench/model/calibrate.py's
-    JSON), on `pcpus` CPUs, with the cited line-transfer cost scaled by `line_scale`."""
+    JSON), on `pcpus` CPUs, with the cited line-transfer cost scaled by `line_scale`
+    and every CPU cost by the target's CPU-state probe over the calibration's."""
     mc = cal["mechanisms"][mech]
     names = Params.names()
     values = {k: v["value"] for k, v in mc["params"].items()
@@ -111,6 +135,9 @@ def for_prediction(cal: dict, mech: str, pcpus: int, fetch_delay_us: float | Non
         p.vcpu_pre_ns = max(0.0, p.vcpu_pre_ns - p.list_hold_ns)
         p.reader_msg_ns = max(0.0, p.reader_msg_ns - p.list_hold_ns)
     p.vcpu_post_ns = max(0.0, p.vcpu_post_ns - p.mmu_hold_ns)
+    scale = cpu_scale(cal, cpu_probe_ns)
+    for name in CPU_COSTS:
+        setattr(p, name, getattr(p, name) * scale)
     if fetch_delay_us is not None:
         p.fetch_delay_ns = fetch_delay_us * 1e3
     line = CITED["line_transfer_ns"]["value"] if line_transfer_ns is None else line_transfer_ns

@@ -95,23 +95,28 @@ def simulate_row(p: paramsmod.Params, mech: str, vcpus: int, pcpus: int, mmu: st
 
 
 def _one(job):
-    cal, mech, v, pcpus, mmu, fetch_delay_us, line_transfer_ns, scale, faults = job
+    cal, mech, v, pcpus, mmu, fetch_delay_us, line_transfer_ns, scale, faults, probe = job
     p = paramsmod.for_prediction(cal, mech, pcpus, fetch_delay_us=fetch_delay_us,
-                                 line_scale=scale, line_transfer_ns=line_transfer_ns)
+                                 line_scale=scale, line_transfer_ns=line_transfer_ns,
+                                 cpu_probe_ns=probe)
     return p.handoff_ns, simulate_row(p, mech, v, pcpus, mmu, faults)
 
 
 def predict(cal: dict, mechs, vcpus_list, pcpus: int, mmu: str | None = None,
             fetch_delay_us: float | None = None, line_transfer_ns: float | None = None,
-            faults: int | None = None, sensitivity: bool = True, jobs: int = 1) -> list[dict]:
+            faults: int | None = None, sensitivity: bool = True, jobs: int = 1,
+            cpu_probe_ns: float | None = None) -> list[dict]:
     """Rows for every (mechanism, vCPU count). Where the prediction depends on a
     cited parameter (P above the calibration host's CPUs), each row also carries
     the same prediction at 0.5x and 2x that parameter (`cited_sensitivity`).
-    `jobs` > 1 simulates cells in that many processes (each cell is independent)."""
+    `jobs` > 1 simulates cells in that many processes (each cell is independent).
+    `cpu_probe_ns`: the modelled host's CPU-state probe (getppid ns a call); every CPU
+    cost is scaled by it over the calibration's reference (None: unscaled)."""
     mmu = mmu or cal.get("mmu") or DEFAULT_MMU
+    cpu_scale = paramsmod.cpu_scale(cal, cpu_probe_ns)   # a bad target fails here, once
     far = paramsmod.far_fraction(pcpus, cal["host"]["pcpus"])
     scales = [s for s in paramsmod.SENSITIVITY] if (sensitivity and far > 0) else [1.0]
-    work = [(cal, mech, v, pcpus, mmu, fetch_delay_us, line_transfer_ns, scale, faults)
+    work = [(cal, mech, v, pcpus, mmu, fetch_delay_us, line_transfer_ns, scale, faults, cpu_probe_ns)
             for mech in mechs for v in vcpus_list for scale in scales]
     if jobs > 1:
         # deferred: only a parallel table needs a process pool
@@ -135,6 +140,9 @@ def predict(cal: dict, mechs, vcpus_list, pcpus: int, mmu: str | None = None,
                 "value": line, "applied_ns": handoff,
                 "from": "flag --line-transfer-ns" if line_transfer_ns is not None
                 else "CITED (docs/MODEL.md)"}} if far > 0 else {}
+            row["cpu_state"] = {"probe_ns": cpu_probe_ns,
+                                "calibration_probe_ns": (cal.get("cpu_probe") or {}).get("value"),
+                                "cpu_cost_scale": cpu_scale}
             if len(scales) > 1:
                 row["cited_sensitivity"] = {}
                 for scale in scales:
@@ -183,6 +191,10 @@ def main(argv=None) -> int:
     p.add_argument("--line-transfer-ns", type=float, default=None,
                    help="cost of moving a contended cache line between far CPUs (default: the "
                         "cited value in docs/MODEL.md)")
+    p.add_argument("--cpu-probe-ns", type=float, default=None,
+                   help="the modelled host's CPU-state probe (getppid ns a call, as records' "
+                        "raw.cpu_probe): every CPU cost is scaled by it over the calibration's "
+                        "reference (default: unscaled, the calibration's own state)")
     p.add_argument("--faults", type=int, default=None, help="faults simulated per cell after the warm-up")
     p.add_argument("--jobs", type=int, default=1, help="cells simulated in parallel processes (default 1)")
     p.add_argument("--out", help="write the rows as JSON")
@@ -202,7 +214,7 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     try:
         rows = predict(cal, mechs, a.vcpus, a.pcpus, a.mmu, a.fetch_delay_us, a.line_transfer_ns,
-                       a.faults, jobs=max(1, a.jobs))
+                       a.faults, jobs=max(1, a.jobs), cpu_probe_ns=a.cpu_probe_ns)
     except KeyError as exc:
         print(f"run_bench.py model: error: {exc.args[0]}", file=sys.stderr)
         return 2
