@@ -11,6 +11,7 @@ What a 2-CPU host cannot measure at all lives in bench/model/params.py:CITED.
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import math
@@ -62,7 +63,23 @@ def threads_per_cpu_log2(threads: int, pcpus: int) -> float:
 # event (a sleep, a waiter, a yield). Not the intercept, the cost a fault: a negative one
 # is no fit at all, and `_refuse_negative_costs` makes it missing; nor the pressure slope
 # on log2(threads/P), which may fall (more threads per CPU can cost less a fault).
-FREE_SIGN = ("1", "threads_log2")
+FREE_SIGN = ("1", "threads_log2", "threads_log2_sq")
+
+
+def _pressure_columns(rows) -> list[str]:
+    """A vCPU's CPU a fault against threads per CPU: linear and square terms in
+    log2(threads/P) where the runs have at least 4 thread counts (the `uffd` vCPU's
+    cost dips between 4 and 256 vCPUs on the 2-CPU host, which one slope cannot
+    follow); the slope alone with fewer (a square term through 3 points is no fit)."""
+    counts = {round(r["threads_log2"], 6) for r in rows}
+    return ["threads_log2", "threads_log2_sq"] if len(counts) >= 4 else ["threads_log2"]
+
+
+def _square_term(coef) -> dict:
+    if "threads_log2_sq" in coef:
+        return _fitted(coef["threads_log2_sq"], "vcpu_cpu_ns", "threads_log2_sq",
+                       "square term s2 of fits.vcpu_cpu_ns")
+    return _param(0.0, "config", "no square term: fewer than 4 thread counts among the fitted runs")
 
 
 def lstsq(rows, columns, target):
@@ -145,6 +162,9 @@ def _resolver_threads(mech, r):
 def calibrate_cells(cells: list[dict]) -> dict:
     if not cells:
         raise CalibrationInputError("no records")
+    # the fits scale and annotate runs: on a copy, so that the caller's cells (the
+    # medians written beside the calibration) stay as measured
+    cells = copy.deepcopy(cells)
     pcpus = {c["online_cpus"] for c in cells}
     if len(pcpus) != 1:
         raise CalibrationInputError(f"records from hosts with different CPU counts: {sorted(pcpus)}")
@@ -169,6 +189,7 @@ def calibrate_cells(cells: list[dict]) -> dict:
             r["threads_log2"] = threads_per_cpu_log2(
                 c["vcpus"] + _resolver_threads(c["mech"], dict(readers=c["readers"] or 1,
                                                                uffds=c["uffds"] or c["vcpus"])), P)
+            r["threads_log2_sq"] = r["threads_log2"] ** 2
     out["cpu_probe"] = _normalise_to_probe(cells)
     quantum = _quantum(cells, P)
     shared = {"quantum_ns": quantum, "mmu_hold_ns": _mmu_hold(cells, P)}
@@ -332,9 +353,9 @@ def _cal_uffd(runs, P, mech, uffd_many_cal, cells):
     if len(busy) < 3:
         return {"params": {"vcpu_pre_ns": _missing(f"{mech} records at >= {2 * P} vCPUs")}, "fits": {}}
     # vCPU: per-fault CPU against threads per CPU
-    coef, res, rms, dropped, bound = lstsq(busy, ["1", "threads_log2"], "vcpu_cpu_ns")
+    coef, res, rms, dropped, bound = lstsq(busy, ["1"] + _pressure_columns(busy), "vcpu_cpu_ns")
     fits["vcpu_cpu_ns"] = _fit_param("vcpu_cpu_ns", coef, res, rms, dropped,
-                                     "sched.vcpu.on_cpu_ns_per_fault = a + s*log2(threads/P)",
+                                     "sched.vcpu.on_cpu_ns_per_fault = a + s*log2(threads/P) [+ s2*log2(threads/P)^2]",
                                      sorted({r["vcpus"] for r in busy}), bound=bound)
     a_v, s_v = coef.get("1", 0.0), coef.get("threads_log2", 0.0)
     # resolver: per-fault CPU = a + wake*sleeps/fault + s*log2(threads/P) [+ w*waiters]
@@ -376,6 +397,9 @@ def _cal_uffd(runs, P, mech, uffd_many_cal, cells):
     params["vcpu_post_ns"] = _fitted(post, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}")
     params["vcpu_pressure_ns_per_doubling"] = _fitted(s_v, "vcpu_cpu_ns", "threads_log2",
                                                       "slope s of fits.vcpu_cpu_ns")
+    params["vcpu_pressure_ns_per_doubling_sq"] = _square_term(coef)
+    params["pressure_doublings_max"] = _param(max(r["threads_log2"] for r in busy), "measured",
+                                              "the most log2(threads/P) among the fitted runs", unit="doublings")
     params["reader_msg_ns"] = _fitted(a_r, "resolver_cpu_ns", "1", "intercept a of fits.resolver_cpu_ns")
     params["reader_wake_ns"] = _fitted(b_r, "resolver_cpu_ns", "resolver_sleeps_per_fault",
                                        "sleeps/fault slope b of fits.resolver_cpu_ns")
@@ -445,9 +469,9 @@ def _cal_exits(runs, P):
     busy = list(runs)
     if len(busy) < 3:
         return {"params": {"vcpu_pre_ns": _missing(f"exits records at >= {2 * P} vCPUs")}, "fits": {}}
-    coef, res, rms, dropped, bound = lstsq(busy, ["1", "threads_log2"], "vcpu_cpu_ns")
+    coef, res, rms, dropped, bound = lstsq(busy, ["1"] + _pressure_columns(busy), "vcpu_cpu_ns")
     fits = {"vcpu_cpu_ns": _fit_param("vcpu_cpu_ns", coef, res, rms, dropped,
-                                      "sched.vcpu.on_cpu_ns_per_fault = a + s*log2(threads/P)",
+                                      "sched.vcpu.on_cpu_ns_per_fault = a + s*log2(threads/P) [+ s2*log2(threads/P)^2]",
                                       sorted({r["vcpus"] for r in busy}), bound=bound)}
     idle = [r for r in runs if r["vcpus"] == 1]
     parts1 = {}
@@ -463,6 +487,9 @@ def _cal_exits(runs, P):
     params = {
         "vcpu_pre_ns": _fitted(pre, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}"),
         "vcpu_post_ns": _fitted(post, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}"),
+        "vcpu_pressure_ns_per_doubling_sq": _square_term(coef),
+        "pressure_doublings_max": _param(max(r["threads_log2"] for r in runs), "measured",
+                                         "the most log2(threads/P) among the runs", unit="doublings"),
         "vcpu_pressure_ns_per_doubling": _fitted(coef.get("threads_log2", 0.0), "vcpu_cpu_ns", "threads_log2",
                                                  "slope s of fits.vcpu_cpu_ns"),
         "one_vcpu_segments_ns": {"value": sum(parts1.values()) if parts1 else None, "unit": "ns",
@@ -489,10 +516,11 @@ def _cal_async(runs, P, cells):
         return {"params": {"vcpu_pre_ns": _missing(f"async records at >= {2 * P} vCPUs (at least "
                                                    f"3 runs; these records have {len(over)})")},
                 "fits": {}}
-    coef, res, rms, dropped, bound = lstsq(over, ["1", "vcpu_invol_per_fault", "threads_log2"], "vcpu_cpu_ns")
+    coef, res, rms, dropped, bound = lstsq(over, ["1", "vcpu_invol_per_fault"] + _pressure_columns(over), "vcpu_cpu_ns")
     fits = {"vcpu_cpu_ns": _fit_param("vcpu_cpu_ns", coef, res, rms, dropped,
                                       "sched.vcpu.on_cpu_ns_per_fault = a + y*involuntary "
-                                      "switches/fault + s*log2(threads/P) (a sched_yield that "
+                                      "switches/fault + s*log2(threads/P) [+ s2*log2(threads/P)^2] "
+                                      "(a sched_yield that "
                                       "switches counts as involuntary)",
                                       sorted({r["vcpus"] for r in over}), bound=bound)}
     coef_r, res_r, rms_r, dropped_r, bound_r = lstsq(busy, ["1", "resolver_sleeps_per_fault", "threads_log2"],
@@ -515,6 +543,9 @@ def _cal_async(runs, P, cells):
         "yield_ns": _fitted(coef.get("vcpu_invol_per_fault"), "vcpu_cpu_ns", "vcpu_invol_per_fault",
                             "slope y of fits.vcpu_cpu_ns") if "vcpu_invol_per_fault" in coef else
         _missing("async cells whose vCPU involuntary switches per fault vary"),
+        "vcpu_pressure_ns_per_doubling_sq": _square_term(coef),
+        "pressure_doublings_max": _param(max(r["threads_log2"] for r in runs), "measured",
+                                         "the most log2(threads/P) among the runs", unit="doublings"),
         "vcpu_pressure_ns_per_doubling": _fitted(coef.get("threads_log2", 0.0), "vcpu_cpu_ns", "threads_log2",
                                                  "slope s of fits.vcpu_cpu_ns"),
         "reader_msg_ns": _fitted(coef_r.get("1", 0.0), "resolver_cpu_ns", "1", "intercept a of fits.resolver_cpu_ns"),

@@ -143,4 +143,7 @@ def measured_medians(c: dict) -> dict:
             "p50_ns": median(r["p50_ns"] for r in c["runs"]),
             "p99_ns": median(r["p99_ns"] for r in c["runs"]),
             "cpu_probe_ns": median(r.get("probe_ns") for r in c["runs"]),
+            # each run's rate and probe: what the CPU state's effect is measured from
+            "per_run": [{"pages_per_s": r["pages_per_s"], "p50_ns": r["p50_ns"],
+                         "cpu_probe_ns": r.get("probe_ns")} for r in c["runs"]],
             "other_cpu_share": c.get("other_cpu_share")}

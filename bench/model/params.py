@@ -67,6 +67,8 @@ class Params:
     # refills cost more when many threads share a CPU (fitted; zero when P >= threads)
     vcpu_pressure_ns_per_doubling: float = 0.0
     reader_pressure_ns_per_doubling: float = 0.0
+    vcpu_pressure_ns_per_doubling_sq: float = 0.0   # its square term, where fitted
+    pressure_doublings_max: float = 0.0   # the calibrated range: held at its end past it (0: none)
     # share of a busy CPU the benchmark's own threads get (the rest: harness
     # threads, kernel threads, interrupts); every CPU cost is divided by it
     cpu_share: float = 1.0
@@ -93,7 +95,8 @@ def far_fraction(pcpus: int, calibration_pcpus: int) -> float:
 CPU_COSTS = ("vcpu_pre_ns", "vcpu_post_ns", "vcpu_idle_cpu_ns", "vcpu_idle_wake_ns", "yield_ns",
              "reader_wake_ns", "reader_msg_ns", "reader_idle_cpu_ns", "reader_idle_wake_ns",
              "enqueue_ns", "wake_base_ns", "wake_per_waiter_ns", "mmu_hold_ns", "list_hold_ns",
-             "vcpu_pressure_ns_per_doubling", "reader_pressure_ns_per_doubling")
+             "vcpu_pressure_ns_per_doubling", "reader_pressure_ns_per_doubling",
+             "vcpu_pressure_ns_per_doubling_sq")
 
 
 def cpu_scale(cal: dict, cpu_probe_ns: float | None) -> float:

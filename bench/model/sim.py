@@ -343,11 +343,13 @@ def with_pressure(p, mech, vcpus, pcpus):
         for name in ("vcpu_pre_ns", "vcpu_post_ns", "vcpu_idle_cpu_ns", "yield_ns", "reader_wake_ns",
                      "reader_msg_ns", "reader_idle_cpu_ns", "enqueue_ns", "wake_base_ns",
                      "wake_per_waiter_ns", "mmu_hold_ns", "list_hold_ns",
-                     "vcpu_pressure_ns_per_doubling", "reader_pressure_ns_per_doubling"):
+                     "vcpu_pressure_ns_per_doubling", "reader_pressure_ns_per_doubling",
+                     "vcpu_pressure_ns_per_doubling_sq"):
             setattr(q, name, getattr(q, name) / q.cpu_share)
     if doublings > 0:
         tot = q.vcpu_pre_ns + q.vcpu_post_ns
-        add = q.vcpu_pressure_ns_per_doubling * doublings
+        d = min(doublings, q.pressure_doublings_max) if q.pressure_doublings_max > 0 else doublings
+        add = q.vcpu_pressure_ns_per_doubling * doublings + q.vcpu_pressure_ns_per_doubling_sq * d * d
         share = q.vcpu_pre_ns / tot if tot > 0 else 0.5
         q.vcpu_pre_ns = max(0.0, q.vcpu_pre_ns + add * share)
         q.vcpu_post_ns = max(0.0, q.vcpu_post_ns + add * (1 - share))
