@@ -247,7 +247,7 @@ def _normalise_to_probe(cells) -> dict:
             if r.get(k) is not None:
                 r[k] = r[k] * ref / r["probe_ns"]
     return _param(ref, "measured", "median over every measured run of raw.cpu_probe (getppid ns "
-                  "a call, before and after the run, median over its CPUs); each run's "
+                  "a call just before the run, median over its CPUs); each run's "
                   f"{', '.join(PROBE_SCALED)} scaled by this / its own probe before the fits",
                   unit="ns per getppid call", n=len(vals), spread=[min(vals), max(vals)])
 

@@ -35,12 +35,13 @@ def resolver_role(metrics: dict) -> str | None:
 
 
 def probe_ns(cpu_probe) -> float | None:
-    """A run's CPU-state reading (bench/cpustate.py): the median of its getppid
-    probes, before and after it, over the CPUs probed (ns a call). None without one."""
+    """A run's CPU-state reading (bench/cpustate.py): the median over the CPUs probed
+    of its getppid probe just before it (ns a call). Not the probe after it: that one
+    can carry the run's own aftermath (docs/nightly.md), and the model's input must not
+    be an outcome of the mechanism it predicts. None without one."""
     if not isinstance(cpu_probe, dict):
         return None
-    vals = [v for key in ("before_ns_per_call", "after_ns_per_call")
-            for v in cpu_probe.get(key) or [] if isinstance(v, (int, float)) and v > 0]
+    vals = [v for v in cpu_probe.get("before_ns_per_call") or [] if isinstance(v, (int, float)) and v > 0]
     return statistics.median(vals) if vals else None
 
 
