@@ -228,7 +228,7 @@ PROBE_SCALED = ("vcpu_cpu_ns", "resolver_cpu_ns", "p50_ns")
 
 
 def _normalise_to_probe(cells) -> dict:
-    """The calibration's CPU-state reference: the median getppid probe (ns a call)
+    """The calibration's CPU-state reference: the mean getppid probe (ns a call)
     over every measured run. Each run's CPU figures (PROBE_SCALED) are scaled by
     reference / its own probe before any fit, so that runs taken in the CPU's slow
     state (docs/MODEL.md, "The CPU's state") do not bend the fits; a prediction then
@@ -241,13 +241,13 @@ def _normalise_to_probe(cells) -> dict:
         return _missing(f"raw.cpu_probe in every measured run ({lacking} of {len(runs)} lack one): "
                         "records from a harness that probes the CPU's state around each run",
                         unit="ns per getppid call")
-    ref = _med(vals)
+    ref = float(np.mean(vals))     # a mean: the readings are bimodal (extract.probe_ns)
     for r in runs:
         for k in PROBE_SCALED:
             if r.get(k) is not None:
                 r[k] = r[k] * ref / r["probe_ns"]
-    return _param(ref, "measured", "median over every measured run of raw.cpu_probe (getppid ns "
-                  "a call just before the run, median over its CPUs); each run's "
+    return _param(ref, "measured", "mean over every measured run of raw.cpu_probe (getppid ns "
+                  "a call just before the run, mean over its CPUs); each run's "
                   f"{', '.join(PROBE_SCALED)} scaled by this / its own probe before the fits",
                   unit="ns per getppid call", n=len(vals), spread=[min(vals), max(vals)])
 
@@ -612,9 +612,10 @@ def medians(cells: list[dict]) -> dict:
     """The measured medians of every cell, with where they came from."""
     probes = [r.get("probe_ns") for c in cells for r in c["runs"]]
     return {"kind": "faultbench-model-check-medians", "version": 1,
-            # the sweep's CPU state: median getppid probe over every measured run
-            # (None where any run lacks one), the target of `model --cpu-probe-ns`
-            "cpu_probe_ns": (extract.median(probes) if probes and None not in probes else None),
+            # the sweep's CPU state: mean getppid probe over every measured run, as a
+            # calibration's reference (None where any run lacks one), the target of
+            # `model --cpu-probe-ns`
+            "cpu_probe_ns": (float(np.mean(probes)) if probes and None not in probes else None),
             "commands": sorted({c["rerun"] for c in cells if c["rerun"]}),
             "seed": extract.median(c["seed"] for c in cells),
             "host": cells[0]["host"] if cells else None,

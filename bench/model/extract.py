@@ -35,14 +35,16 @@ def resolver_role(metrics: dict) -> str | None:
 
 
 def probe_ns(cpu_probe) -> float | None:
-    """A run's CPU-state reading (bench/cpustate.py): the median over the CPUs probed
-    of its getppid probe just before it (ns a call). Not the probe after it: that one
-    can carry the run's own aftermath (docs/nightly.md), and the model's input must not
-    be an outcome of the mechanism it predicts. None without one."""
+    """A run's CPU-state reading (bench/cpustate.py): the mean over the CPUs probed of
+    its getppid probe just before it (ns a call). Not the probe after it: that one can
+    carry the run's own aftermath (docs/nightly.md), and the model's input must not be
+    an outcome of the mechanism it predicts. A mean, not a median: the readings are
+    bimodal (the quick and the slow state), and a mean moves with the share of slow
+    ones where a median jumps between the two modes. None without one."""
     if not isinstance(cpu_probe, dict):
         return None
     vals = [v for v in cpu_probe.get("before_ns_per_call") or [] if isinstance(v, (int, float)) and v > 0]
-    return statistics.median(vals) if vals else None
+    return statistics.fmean(vals) if vals else None
 
 
 def run_figures(metrics: dict, cpu_probe=None) -> dict:
@@ -137,13 +139,18 @@ def median(values):
     return statistics.median(vals) if vals else None
 
 
+def _mean(values):
+    vals = list(values)
+    return statistics.fmean(vals) if vals and None not in vals else None
+
+
 def measured_medians(c: dict) -> dict:
     """The check figures of a cell: medians over its measured runs."""
     return {"mech": c["mech"], "vcpus": c["vcpus"], "runs": len(c["runs"]),
             "pages_per_s": median(r["pages_per_s"] for r in c["runs"]),
             "p50_ns": median(r["p50_ns"] for r in c["runs"]),
             "p99_ns": median(r["p99_ns"] for r in c["runs"]),
-            "cpu_probe_ns": median(r.get("probe_ns") for r in c["runs"]),
+            "cpu_probe_ns": _mean(r.get("probe_ns") for r in c["runs"]),
             # each run's rate and probe: what the CPU state's effect is measured from
             "per_run": [{"pages_per_s": r["pages_per_s"], "p50_ns": r["p50_ns"],
                          "cpu_probe_ns": r.get("probe_ns")} for r in c["runs"]],
