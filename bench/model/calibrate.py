@@ -66,20 +66,48 @@ def threads_per_cpu_log2(threads: int, pcpus: int) -> float:
 FREE_SIGN = ("1", "threads_log2", "threads_log2_sq")
 
 
-def _pressure_columns(rows) -> list[str]:
-    """A vCPU's CPU a fault against threads per CPU: linear and square terms in
-    log2(threads/P) where the runs have at least 4 thread counts (the `uffd` vCPU's
-    cost dips between 4 and 256 vCPUs on the 2-CPU host, which one slope cannot
-    follow); the slope alone with fewer (a square term through 3 points is no fit)."""
+# a square pressure term is kept only where the records determine it: |t| at least this
+SQUARE_T_MIN = 2.0
+
+
+def _t_stat(rows, columns, target, column) -> float | None:
+    """The plain least-squares t statistic of one column (coefficient / its standard
+    error); None where the fit has no residual degrees of freedom."""
+    A = np.array([[1.0 if c == "1" else r[c] for c in columns] for r in rows], dtype=float)
+    y = np.array([r[target] for r in rows], dtype=float)
+    n, k = A.shape
+    if n <= k:
+        return None
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    resid = y - A @ coef
+    cov = (resid @ resid) / (n - k) * np.linalg.pinv(A.T @ A)
+    se = float(np.sqrt(cov[columns.index(column), columns.index(column)]))
+    return float(coef[columns.index(column)]) / se if se > 0 else None
+
+
+def _pressure_columns(rows, other_columns, target="vcpu_cpu_ns") -> tuple[list[str], str]:
+    """A vCPU's CPU a fault against threads per CPU: the slope on log2(threads/P), and a
+    square term where the records determine it: at least 4 thread counts among the
+    runs (a square term through 3 points is no fit) and |t| >= SQUARE_T_MIN in the plain
+    fit (`uffd`'s vCPU cost dips between 4 and 256 vCPUs on the 2-CPU host; for the other
+    mechanisms the square term's sign changed from sweep to sweep). Returns the columns
+    and why the square term is in or out."""
     counts = {round(r["threads_log2"], 6) for r in rows}
-    return ["threads_log2", "threads_log2_sq"] if len(counts) >= 4 else ["threads_log2"]
+    if len(counts) < 4:
+        return ["threads_log2"], f"no square term: {len(counts)} thread counts among the fitted runs (4 needed)"
+    cols = ["1"] + list(other_columns) + ["threads_log2", "threads_log2_sq"]
+    t = _t_stat(rows, cols, target, "threads_log2_sq")
+    if t is None or abs(t) < SQUARE_T_MIN:
+        return ["threads_log2"], (f"no square term: its t statistic {t:+.2f} is below {SQUARE_T_MIN:g} in size"
+                                  if t is not None else "no square term: no residual degrees of freedom")
+    return ["threads_log2", "threads_log2_sq"], f"square term kept: t = {t:+.2f}"
 
 
-def _square_term(coef) -> dict:
+def _square_term(coef, why: str) -> dict:
     if "threads_log2_sq" in coef:
         return _fitted(coef["threads_log2_sq"], "vcpu_cpu_ns", "threads_log2_sq",
-                       "square term s2 of fits.vcpu_cpu_ns")
-    return _param(0.0, "config", "no square term: fewer than 4 thread counts among the fitted runs")
+                       f"square term s2 of fits.vcpu_cpu_ns ({why})")
+    return _param(0.0, "config", why)
 
 
 def lstsq(rows, columns, target):
@@ -353,7 +381,8 @@ def _cal_uffd(runs, P, mech, uffd_many_cal, cells):
     if len(busy) < 3:
         return {"params": {"vcpu_pre_ns": _missing(f"{mech} records at >= {2 * P} vCPUs")}, "fits": {}}
     # vCPU: per-fault CPU against threads per CPU
-    coef, res, rms, dropped, bound = lstsq(busy, ["1"] + _pressure_columns(busy), "vcpu_cpu_ns")
+    pcols, square_why = _pressure_columns(busy, [])
+    coef, res, rms, dropped, bound = lstsq(busy, ["1"] + pcols, "vcpu_cpu_ns")
     fits["vcpu_cpu_ns"] = _fit_param("vcpu_cpu_ns", coef, res, rms, dropped,
                                      "sched.vcpu.on_cpu_ns_per_fault = a + s*log2(threads/P) [+ s2*log2(threads/P)^2]",
                                      sorted({r["vcpus"] for r in busy}), bound=bound)
@@ -397,7 +426,7 @@ def _cal_uffd(runs, P, mech, uffd_many_cal, cells):
     params["vcpu_post_ns"] = _fitted(post, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}")
     params["vcpu_pressure_ns_per_doubling"] = _fitted(s_v, "vcpu_cpu_ns", "threads_log2",
                                                       "slope s of fits.vcpu_cpu_ns")
-    params["vcpu_pressure_ns_per_doubling_sq"] = _square_term(coef)
+    params["vcpu_pressure_ns_per_doubling_sq"] = _square_term(coef, square_why)
     params["pressure_doublings_max"] = _param(max(r["threads_log2"] for r in busy), "measured",
                                               "the most log2(threads/P) among the fitted runs", unit="doublings")
     params["reader_msg_ns"] = _fitted(a_r, "resolver_cpu_ns", "1", "intercept a of fits.resolver_cpu_ns")
@@ -469,7 +498,8 @@ def _cal_exits(runs, P):
     busy = list(runs)
     if len(busy) < 3:
         return {"params": {"vcpu_pre_ns": _missing(f"exits records at >= {2 * P} vCPUs")}, "fits": {}}
-    coef, res, rms, dropped, bound = lstsq(busy, ["1"] + _pressure_columns(busy), "vcpu_cpu_ns")
+    pcols, square_why = _pressure_columns(busy, [])
+    coef, res, rms, dropped, bound = lstsq(busy, ["1"] + pcols, "vcpu_cpu_ns")
     fits = {"vcpu_cpu_ns": _fit_param("vcpu_cpu_ns", coef, res, rms, dropped,
                                       "sched.vcpu.on_cpu_ns_per_fault = a + s*log2(threads/P) [+ s2*log2(threads/P)^2]",
                                       sorted({r["vcpus"] for r in busy}), bound=bound)}
@@ -487,7 +517,7 @@ def _cal_exits(runs, P):
     params = {
         "vcpu_pre_ns": _fitted(pre, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}"),
         "vcpu_post_ns": _fitted(post, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}"),
-        "vcpu_pressure_ns_per_doubling_sq": _square_term(coef),
+        "vcpu_pressure_ns_per_doubling_sq": _square_term(coef, square_why),
         "pressure_doublings_max": _param(max(r["threads_log2"] for r in runs), "measured",
                                          "the most log2(threads/P) among the runs", unit="doublings"),
         "vcpu_pressure_ns_per_doubling": _fitted(coef.get("threads_log2", 0.0), "vcpu_cpu_ns", "threads_log2",
@@ -516,7 +546,8 @@ def _cal_async(runs, P, cells):
         return {"params": {"vcpu_pre_ns": _missing(f"async records at >= {2 * P} vCPUs (at least "
                                                    f"3 runs; these records have {len(over)})")},
                 "fits": {}}
-    coef, res, rms, dropped, bound = lstsq(over, ["1", "vcpu_invol_per_fault"] + _pressure_columns(over), "vcpu_cpu_ns")
+    pcols, square_why = _pressure_columns(over, ["vcpu_invol_per_fault"])
+    coef, res, rms, dropped, bound = lstsq(over, ["1", "vcpu_invol_per_fault"] + pcols, "vcpu_cpu_ns")
     fits = {"vcpu_cpu_ns": _fit_param("vcpu_cpu_ns", coef, res, rms, dropped,
                                       "sched.vcpu.on_cpu_ns_per_fault = a + y*involuntary "
                                       "switches/fault + s*log2(threads/P) [+ s2*log2(threads/P)^2] "
@@ -543,7 +574,7 @@ def _cal_async(runs, P, cells):
         "yield_ns": _fitted(coef.get("vcpu_invol_per_fault"), "vcpu_cpu_ns", "vcpu_invol_per_fault",
                             "slope y of fits.vcpu_cpu_ns") if "vcpu_invol_per_fault" in coef else
         _missing("async cells whose vCPU involuntary switches per fault vary"),
-        "vcpu_pressure_ns_per_doubling_sq": _square_term(coef),
+        "vcpu_pressure_ns_per_doubling_sq": _square_term(coef, square_why),
         "pressure_doublings_max": _param(max(r["threads_log2"] for r in runs), "measured",
                                          "the most log2(threads/P) among the runs", unit="doublings"),
         "vcpu_pressure_ns_per_doubling": _fitted(coef.get("threads_log2", 0.0), "vcpu_cpu_ns", "threads_log2",
@@ -611,7 +642,7 @@ def _sweep_commands(paths):
 def medians(cells: list[dict]) -> dict:
     """The measured medians of every cell, with where they came from."""
     probes = [r.get("probe_ns") for c in cells for r in c["runs"]]
-    return {"kind": "faultbench-model-check-medians", "version": 1,
+    return {"kind": "faultbench-model-check-medians", "version": 2,   # 2: cpu_probe_ns, per_run
             # the sweep's CPU state: mean getppid probe over every measured run, as a
             # calibration's reference (None where any run lacks one), the target of
             # `model --cpu-probe-ns`

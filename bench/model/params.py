@@ -68,7 +68,7 @@ class Params:
     vcpu_pressure_ns_per_doubling: float = 0.0
     reader_pressure_ns_per_doubling: float = 0.0
     vcpu_pressure_ns_per_doubling_sq: float = 0.0   # its square term, where fitted
-    pressure_doublings_max: float = 0.0   # the calibrated range: held at its end past it (0: none)
+    pressure_doublings_max: float = 0.0   # the calibrated range: the square term goes on along its tangent past it
     # share of a busy CPU the benchmark's own threads get (the rest: harness
     # threads, kernel threads, interrupts); every CPU cost is divided by it
     cpu_share: float = 1.0

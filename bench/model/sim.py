@@ -327,6 +327,17 @@ def _count(stats, env, start):
 
 
 
+def vcpu_pressure(q, d):
+    """The vCPU's extra CPU a fault at d doublings of threads per CPU: s*d + s2*d^2 within
+    the calibrated range; past its end (`pressure_doublings_max`, where a square term is
+    fitted) it goes on along the tangent there, not along a parabola fitted to what it
+    never saw."""
+    s, s2, top = q.vcpu_pressure_ns_per_doubling, q.vcpu_pressure_ns_per_doubling_sq, q.pressure_doublings_max
+    if s2 == 0 or top <= 0 or d <= top:
+        return s * d + s2 * d * d
+    return s * top + s2 * top * top + (s + 2 * s2 * top) * (d - top)
+
+
 def with_pressure(p, mech, vcpus, pcpus):
     """Costs at this cell's threads per CPU: the fitted per-doubling slopes
     applied to log2(threads / P), zero when every thread has a CPU."""
@@ -348,8 +359,7 @@ def with_pressure(p, mech, vcpus, pcpus):
             setattr(q, name, getattr(q, name) / q.cpu_share)
     if doublings > 0:
         tot = q.vcpu_pre_ns + q.vcpu_post_ns
-        d = min(doublings, q.pressure_doublings_max) if q.pressure_doublings_max > 0 else doublings
-        add = q.vcpu_pressure_ns_per_doubling * doublings + q.vcpu_pressure_ns_per_doubling_sq * d * d
+        add = vcpu_pressure(q, doublings)
         share = q.vcpu_pre_ns / tot if tot > 0 else 0.5
         q.vcpu_pre_ns = max(0.0, q.vcpu_pre_ns + add * share)
         q.vcpu_post_ns = max(0.0, q.vcpu_post_ns + add * (1 - share))
