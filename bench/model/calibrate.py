@@ -3,10 +3,11 @@
     run_bench.py calibrate RECORDS... --out CAL.json
 
 Every parameter of every mechanism gets a value and says where it came from:
-`measured` (a median over runs), `fitted` (least squares over the sweep's cells,
-with the residual of every point), `config` (the records' own configuration),
-`derived` (from other parameters by a stated rule) or, when the records cannot
-determine it, `value: null` with `missing` naming the measurement that would.
+`measured` (a median over runs; the CPU-state reference, a mean), `fitted` (least
+squares over the sweep's cells, with the residual of every point), `config` (the
+records' own configuration), `derived` (from other parameters by a stated rule) or,
+when the records cannot determine it, `value: null` with `missing` naming the
+measurement that would.
 What a 2-CPU host cannot measure at all lives in bench/model/params.py:CITED.
 """
 from __future__ import annotations
