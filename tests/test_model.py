@@ -194,7 +194,7 @@ def test_a_square_pressure_term_only_where_the_records_determine_it():
     noise (|t| < 2): the slope alone, and the parameter says why."""
     def rows(ds, curve, noise):
         # three runs a count, spread -noise, 0, +noise about the curve
-        return [dict(threads_log2=d, threads_log2_sq=d * d,
+        return [dict(vcpus=round(2 ** d), threads_log2=d, threads_log2_sq=d * d,
                      vcpu_cpu_ns=60e3 - 3e3 * d + curve * d * d + noise * k)
                 for d in ds for k in (-1, 0, 1)]
     ds = [0.0, 1.3, 3.1, 5.0, 7.0]

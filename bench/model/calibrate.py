@@ -88,16 +88,21 @@ def _t_stat(rows, columns, target, column) -> float | None:
 
 def _pressure_columns(rows, other_columns, target="vcpu_cpu_ns") -> tuple[list[str], str]:
     """A vCPU's CPU a fault against threads per CPU: the slope on log2(threads/P), and a
-    square term where the records determine it: at least 4 thread counts among the
-    runs (a square term through 3 points is no fit) and |t| >= SQUARE_T_MIN in the plain
-    fit (`uffd`'s vCPU cost dips between 4 and 256 vCPUs on the 2-CPU host; for the other
-    mechanisms the square term's sign changed from sweep to sweep). Returns the columns
-    and why the square term is in or out."""
+    square term where the fit supports it: at least 4 thread counts among the runs (a
+    square term through 3 points is no fit) and |t| >= SQUARE_T_MIN in the least-squares
+    fit over the runs (`uffd`'s vCPU cost dips between 4 and 256 vCPUs on the 2-CPU
+    host; for the other mechanisms the square term's sign changed from sweep to sweep).
+    The runs of one cell share its state, so they are not independent and this t is a
+    lenient test. Returns the columns and why the square term is in or out."""
     counts = {round(r["threads_log2"], 6) for r in rows}
     if len(counts) < 4:
         return ["threads_log2"], f"no square term: {len(counts)} thread counts among the fitted runs (4 needed)"
     cols = ["1"] + list(other_columns) + ["threads_log2", "threads_log2_sq"]
-    t = _t_stat(rows, cols, target, "threads_log2_sq")
+    # t of the fit the model would use: without the columns `lstsq` drops (no spread)
+    # or holds at its bound (a cost per event it could not separate)
+    _coef, _res, _rms, dropped, bound = lstsq(rows, cols, target)
+    cols = [c for c in cols if c not in dropped and c not in bound]
+    t = _t_stat(rows, cols, target, "threads_log2_sq") if "threads_log2_sq" in cols else None
     if t is None or abs(t) < SQUARE_T_MIN:
         return ["threads_log2"], (f"no square term: its t statistic {t:+.2f} is below {SQUARE_T_MIN:g} in size"
                                   if t is not None else "no square term: no residual degrees of freedom")
@@ -428,7 +433,7 @@ def _cal_uffd(runs, P, mech, uffd_many_cal, cells):
     params["vcpu_pressure_ns_per_doubling"] = _fitted(s_v, "vcpu_cpu_ns", "threads_log2",
                                                       "slope s of fits.vcpu_cpu_ns")
     params["vcpu_pressure_ns_per_doubling_sq"] = _square_term(coef, square_why)
-    params["pressure_doublings_max"] = _param(max(r["threads_log2"] for r in busy), "measured",
+    params["pressure_doublings_max"] = _param(max(r["threads_log2"] for r in busy), "derived",
                                               "the most log2(threads/P) among the fitted runs", unit="doublings")
     params["reader_msg_ns"] = _fitted(a_r, "resolver_cpu_ns", "1", "intercept a of fits.resolver_cpu_ns")
     params["reader_wake_ns"] = _fitted(b_r, "resolver_cpu_ns", "resolver_sleeps_per_fault",
@@ -519,7 +524,7 @@ def _cal_exits(runs, P):
         "vcpu_pre_ns": _fitted(pre, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}"),
         "vcpu_post_ns": _fitted(post, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}"),
         "vcpu_pressure_ns_per_doubling_sq": _square_term(coef, square_why),
-        "pressure_doublings_max": _param(max(r["threads_log2"] for r in runs), "measured",
+        "pressure_doublings_max": _param(max(r["threads_log2"] for r in runs), "derived",
                                          "the most log2(threads/P) among the runs", unit="doublings"),
         "vcpu_pressure_ns_per_doubling": _fitted(coef.get("threads_log2", 0.0), "vcpu_cpu_ns", "threads_log2",
                                                  "slope s of fits.vcpu_cpu_ns"),
@@ -576,7 +581,7 @@ def _cal_async(runs, P, cells):
                             "slope y of fits.vcpu_cpu_ns") if "vcpu_invol_per_fault" in coef else
         _missing("async cells whose vCPU involuntary switches per fault vary"),
         "vcpu_pressure_ns_per_doubling_sq": _square_term(coef, square_why),
-        "pressure_doublings_max": _param(max(r["threads_log2"] for r in runs), "measured",
+        "pressure_doublings_max": _param(max(r["threads_log2"] for r in runs), "derived",
                                          "the most log2(threads/P) among the runs", unit="doublings"),
         "vcpu_pressure_ns_per_doubling": _fitted(coef.get("threads_log2", 0.0), "vcpu_cpu_ns", "threads_log2",
                                                  "slope s of fits.vcpu_cpu_ns"),

@@ -38,9 +38,10 @@ def probe_ns(cpu_probe) -> float | None:
     """A run's CPU-state reading (bench/cpustate.py): the mean over the CPUs probed of
     its getppid probe just before it (ns a call). Not the probe after it: that one can
     carry the run's own aftermath (docs/nightly.md), and the model's input must not be
-    an outcome of the mechanism it predicts. A mean, not a median: the readings are
-    bimodal (the quick and the slow state), and a mean moves with the share of slow
-    ones where a median jumps between the two modes. None without one."""
+    an outcome of the mechanism it predicts. A mean, as for a sweep's reading (where it
+    matters: the readings are bimodal, quick and slow, and a median over a sweep's runs
+    jumps between the two modes); on a run probed on 2 CPUs the two are the same. None
+    without one."""
     if not isinstance(cpu_probe, dict):
         return None
     vals = [v for v in cpu_probe.get("before_ns_per_call") or [] if isinstance(v, (int, float)) and v > 0]
