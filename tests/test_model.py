@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import simpy
 
-from bench.model import calibrate, params as paramsmod, predict, report, sim
+from bench.model import calibrate, crosscheck, params as paramsmod, predict, report, sim
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "model_data")   # not result records: kept out of tests/data
@@ -497,17 +497,12 @@ def compare(cal_file, check_file):
     assert check["seed"] not in cal["seeds"]
     # every cell at once, in one process a usable CPU: the cells are independent and
     # deterministic, so the rows are the same as one cell at a time
-    mechs = sorted({c["mech"] for c in check["cells"]})
-    vcpus = sorted({c["vcpus"] for c in check["cells"]})
-    predicted = {(r["mech"], r["vcpus"]): r for r in predict.predict(
-        cal, mechs, vcpus, 2, sensitivity=False, jobs=len(os.sched_getaffinity(0)),
-        cpu_probe_ns=check_probe(cal, check))}
+    errors = crosscheck.model_errors(cal, check, True, jobs=len(os.sched_getaffinity(0)))
     rows = []
     for cell in check["cells"]:
-        row = predicted[(cell["mech"], cell["vcpus"])]
-        rows.append(dict(cell, e_rate=row["pages_per_s"] / cell["pages_per_s"] - 1,
-                         e_p50=row["fault_latency_ns"]["p50"] / cell["p50_ns"] - 1,
-                         model_rate=row["pages_per_s"], model_p50=row["fault_latency_ns"]["p50"]))
+        e_rate, e_p50 = errors[(cell["mech"], cell["vcpus"])]
+        rows.append(dict(cell, e_rate=e_rate, e_p50=e_p50, model_rate=cell["pages_per_s"] * (1 + e_rate),
+                         model_p50=cell["p50_ns"] * (1 + e_p50)))
     return check, rows
 
 
@@ -623,14 +618,9 @@ def _sweep_probe(name):
 def measured_against_measured(a_file, b_file, scale=1.0):
     """Sweep a's medians as the 'prediction' of sweep b's, cell by cell; `scale`
     multiplies a's rates and divides its p50s (a CPU-state ratio)."""
-    a = {(c["mech"], c["vcpus"]): c for c in json.load(open(os.path.join(DATA, a_file)))["cells"]}
-    rows = []
-    for cell in json.load(open(os.path.join(DATA, b_file)))["cells"]:
-        got = a[(cell["mech"], cell["vcpus"])]
-        rows.append(dict(mech=cell["mech"], vcpus=cell["vcpus"],
-                         e_rate=got["pages_per_s"] * scale / cell["pages_per_s"] - 1,
-                         e_p50=got["p50_ns"] / scale / cell["p50_ns"] - 1))
-    return rows
+    errors = crosscheck.measured_errors(json.load(open(os.path.join(DATA, a_file))),
+                                        json.load(open(os.path.join(DATA, b_file))), scale)
+    return [dict(mech=m, vcpus=v, e_rate=er, e_p50=ep) for (m, v), (er, ep) in errors.items()]
 
 
 def boot_pair_outside(a, b):
@@ -661,6 +651,34 @@ def test_the_model_against_the_hosts_own_reproducibility():
     print("\n".join(lines))
     assert found == EXPECTED_OUTSIDE, \
         "cells outside moved: write tests/model_data/reproducibility-expected.json and docs/MODEL.md again"
+
+
+def test_the_crosscheck_counts_every_ordered_pair_and_each_sweep_in_sample(monkeypatch, capsys):
+    """`python3 -m bench.model.crosscheck` (the 72-pair figures of docs/MODEL.md): every
+    ordered pair, each column counted; canned model errors keep it cheap here."""
+    def fake_model(cal, check, use_probe, jobs=1):
+        bad = (0.30, 0.0) if use_probe else (0.0, 0.40)      # one cell out either way
+        return {(c["mech"], c["vcpus"]): (bad if (c["mech"], c["vcpus"]) == ("uffd", 16) else (0.0, 0.0))
+                for c in check["cells"]}
+    monkeypatch.setattr(crosscheck, "model_errors", fake_model)
+    args = [f"{os.path.join(DATA, BOOT_SWEEPS[s][0])}:{os.path.join(DATA, BOOT_SWEEPS[s][1])}"
+            for s in ("seed2", "seed4", "seed5")]
+    assert crosscheck.main(args) == 0
+    out = capsys.readouterr().out
+    assert "seed2->seed4" in out and "seed5->seed4" in out and out.count("->") == 6
+    expected = EXPECTED_OUTSIDE
+    measured = sum(len(expected[f"{a}->{b}"]["measured"]) for a, b in
+                   (("seed2", "seed4"), ("seed4", "seed2"), ("seed4", "seed5"), ("seed5", "seed4")))
+    result = crosscheck.crosscheck({s: (json.load(open(os.path.join(DATA, BOOT_SWEEPS[s][0]))),
+                                        json.load(open(os.path.join(DATA, BOOT_SWEEPS[s][1]))))
+                                    for s in ("seed2", "seed4", "seed5")})
+    assert result["totals"]["model"] == 6 and result["totals"]["model, no probe"] == 6
+    assert sum(len(result["pairs"][k]["measured"]) for k in
+               ("seed2->seed4", "seed4->seed2", "seed4->seed5", "seed5->seed4")) == measured
+    assert result["in_sample"] == {s: [("uffd", 16)] for s in ("seed2", "seed4", "seed5")}
+    with pytest.raises(SystemExit) as exit_:
+        crosscheck.main(["no-colon.json"])
+    assert exit_.value.code == 2
 
 
 def test_measured_against_measured_sees_a_change_past_the_band(tmp_path):
