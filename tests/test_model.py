@@ -483,13 +483,6 @@ def _beyond_bands(row) -> bool:
     return abs(row["e_rate"]) > RATE_TOLERANCE or abs(row["e_p50"]) > P50_TOLERANCE
 
 
-def check_probe(cal, check):
-    """The check sweep's CPU-state reading where both sides have one, else None."""
-    if (cal.get("cpu_probe") or {}).get("value") and check.get("cpu_probe_ns"):
-        return check["cpu_probe_ns"]
-    return None
-
-
 @functools.lru_cache(maxsize=None)   # the simulation is deterministic: the print and the bands share one
 def compare(cal_file, check_file):
     cal = report.load_calibration(cal_file)
@@ -516,7 +509,7 @@ def worst(rows, key):
 
 
 def report_lines(cal_file, check_file, rows):
-    probe = check_probe(report.load_calibration(cal_file), json.load(open(os.path.join(DATA, check_file))))
+    probe = crosscheck.target_probe(report.load_calibration(cal_file), json.load(open(os.path.join(DATA, check_file))))
     lines = [f"check {check_file}: P = 2, calibration {os.path.relpath(cal_file, HERE)}, "
              + (f"CPU costs scaled to the check sweep's probe {probe:.1f} ns" if probe else
                 "no CPU-state scaling (a side without a probe reading)")]

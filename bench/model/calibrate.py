@@ -116,6 +116,14 @@ def _square_term(coef, why: str) -> dict:
     return _param(0.0, "config", why)
 
 
+def _square_params(coef, why: str, fitted_runs) -> dict:
+    """The vCPU fit's square term and the calibrated range it holds over."""
+    return {"vcpu_pressure_ns_per_doubling_sq": _square_term(coef, why),
+            "pressure_doublings_max": _param(max(r["threads_log2"] for r in fitted_runs), "derived",
+                                             "the most log2(threads/P) among the fitted runs",
+                                             unit="doublings")}
+
+
 def lstsq(rows, columns, target):
     """Least squares of `target` on `columns` (names of row keys; '1' is the
     intercept). Drops a column with no spread and says so. A cost per event cannot be
@@ -432,9 +440,7 @@ def _cal_uffd(runs, P, mech, uffd_many_cal, cells):
     params["vcpu_post_ns"] = _fitted(post, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}")
     params["vcpu_pressure_ns_per_doubling"] = _fitted(s_v, "vcpu_cpu_ns", "threads_log2",
                                                       "slope s of fits.vcpu_cpu_ns")
-    params["vcpu_pressure_ns_per_doubling_sq"] = _square_term(coef, square_why)
-    params["pressure_doublings_max"] = _param(max(r["threads_log2"] for r in busy), "derived",
-                                              "the most log2(threads/P) among the fitted runs", unit="doublings")
+    params.update(_square_params(coef, square_why, busy))
     params["reader_msg_ns"] = _fitted(a_r, "resolver_cpu_ns", "1", "intercept a of fits.resolver_cpu_ns")
     params["reader_wake_ns"] = _fitted(b_r, "resolver_cpu_ns", "resolver_sleeps_per_fault",
                                        "sleeps/fault slope b of fits.resolver_cpu_ns")
@@ -523,9 +529,7 @@ def _cal_exits(runs, P):
     params = {
         "vcpu_pre_ns": _fitted(pre, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}"),
         "vcpu_post_ns": _fitted(post, "vcpu_cpu_ns", "1", f"intercept a of fits.vcpu_cpu_ns, {note}"),
-        "vcpu_pressure_ns_per_doubling_sq": _square_term(coef, square_why),
-        "pressure_doublings_max": _param(max(r["threads_log2"] for r in runs), "derived",
-                                         "the most log2(threads/P) among the runs", unit="doublings"),
+        **_square_params(coef, square_why, busy),
         "vcpu_pressure_ns_per_doubling": _fitted(coef.get("threads_log2", 0.0), "vcpu_cpu_ns", "threads_log2",
                                                  "slope s of fits.vcpu_cpu_ns"),
         "one_vcpu_segments_ns": {"value": sum(parts1.values()) if parts1 else None, "unit": "ns",
@@ -580,9 +584,7 @@ def _cal_async(runs, P, cells):
         "yield_ns": _fitted(coef.get("vcpu_invol_per_fault"), "vcpu_cpu_ns", "vcpu_invol_per_fault",
                             "slope y of fits.vcpu_cpu_ns") if "vcpu_invol_per_fault" in coef else
         _missing("async cells whose vCPU involuntary switches per fault vary"),
-        "vcpu_pressure_ns_per_doubling_sq": _square_term(coef, square_why),
-        "pressure_doublings_max": _param(max(r["threads_log2"] for r in runs), "derived",
-                                         "the most log2(threads/P) among the runs", unit="doublings"),
+        **_square_params(coef, square_why, over),
         "vcpu_pressure_ns_per_doubling": _fitted(coef.get("threads_log2", 0.0), "vcpu_cpu_ns", "threads_log2",
                                                  "slope s of fits.vcpu_cpu_ns"),
         "reader_msg_ns": _fitted(coef_r.get("1", 0.0), "resolver_cpu_ns", "1", "intercept a of fits.resolver_cpu_ns"),
@@ -647,12 +649,11 @@ def _sweep_commands(paths):
 
 def medians(cells: list[dict]) -> dict:
     """The measured medians of every cell, with where they came from."""
-    probes = [r.get("probe_ns") for c in cells for r in c["runs"]]
     return {"kind": "faultbench-model-check-medians", "version": 2,   # 2: cpu_probe_ns, per_run
             # the sweep's CPU state: mean getppid probe over every measured run, as a
             # calibration's reference (None where any run lacks one), the target of
             # `model --cpu-probe-ns`
-            "cpu_probe_ns": (float(np.mean(probes)) if probes and None not in probes else None),
+            "cpu_probe_ns": extract.mean(r.get("probe_ns") for c in cells for r in c["runs"]),
             "commands": sorted({c["rerun"] for c in cells if c["rerun"]}),
             "seed": extract.median(c["seed"] for c in cells),
             "host": cells[0]["host"] if cells else None,

@@ -37,11 +37,18 @@ def measured_errors(a: dict, b: dict, scale: float = 1.0) -> dict:
             for c in b["cells"]}
 
 
+def target_probe(cal: dict, check: dict) -> float | None:
+    """The check sweep's CPU-state reading where both sides have one, else None."""
+    if (cal.get("cpu_probe") or {}).get("value") and check.get("cpu_probe_ns"):
+        return check["cpu_probe_ns"]
+    return None
+
+
 def model_errors(cal: dict, check: dict, use_probe: bool, jobs: int = 1) -> dict:
-    """The model calibrated by `cal` against `check`'s medians at P = 2, given the check
-    sweep's CPU-state reading where `use_probe` and both sides have one."""
-    probe = (check.get("cpu_probe_ns") if use_probe and (cal.get("cpu_probe") or {}).get("value")
-             else None)
+    """The model calibrated by `cal` against `check`'s medians at the calibration host's
+    CPU count, given the check sweep's CPU-state reading where `use_probe` and both sides
+    have one."""
+    probe = target_probe(cal, check) if use_probe else None
     mechs = sorted({c["mech"] for c in check["cells"]})
     vcpus = sorted({c["vcpus"] for c in check["cells"]})
     rows = {(r["mech"], r["vcpus"]): r for r in predict.predict(

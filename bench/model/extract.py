@@ -140,7 +140,9 @@ def median(values):
     return statistics.median(vals) if vals else None
 
 
-def _mean(values):
+def mean(values):
+    """The mean, or None where there are none or any is None (unlike `median`, which
+    leaves the Nones out: a CPU-state reading of only some runs is no sweep's reading)."""
     vals = list(values)
     return statistics.fmean(vals) if vals and None not in vals else None
 
@@ -151,7 +153,7 @@ def measured_medians(c: dict) -> dict:
             "pages_per_s": median(r["pages_per_s"] for r in c["runs"]),
             "p50_ns": median(r["p50_ns"] for r in c["runs"]),
             "p99_ns": median(r["p99_ns"] for r in c["runs"]),
-            "cpu_probe_ns": _mean(r.get("probe_ns") for r in c["runs"]),
+            "cpu_probe_ns": mean(r.get("probe_ns") for r in c["runs"]),
             # each run's rate and probe: what the CPU state's effect is measured from
             "per_run": [{"pages_per_s": r["pages_per_s"], "p50_ns": r["p50_ns"],
                          "cpu_probe_ns": r.get("probe_ns")} for r in c["runs"]],

@@ -90,13 +90,16 @@ def far_fraction(pcpus: int, calibration_pcpus: int) -> float:
     return 1.0 - calibration_pcpus / pcpus
 
 
-# the CPU costs a CPU-state scale multiplies (not the fetch sleep, the slice, the
-# cited line transfer or the counts)
-CPU_COSTS = ("vcpu_pre_ns", "vcpu_post_ns", "vcpu_idle_cpu_ns", "vcpu_idle_wake_ns", "yield_ns",
-             "reader_wake_ns", "reader_msg_ns", "reader_idle_cpu_ns", "reader_idle_wake_ns",
-             "enqueue_ns", "wake_base_ns", "wake_per_waiter_ns", "mmu_hold_ns", "list_hold_ns",
+# the CPU time a thread spends (what a smaller share of a busy CPU stretches:
+# bench/model/sim.py's with_pressure)
+CPU_TIMES = ("vcpu_pre_ns", "vcpu_post_ns", "vcpu_idle_cpu_ns", "yield_ns", "reader_wake_ns",
+             "reader_msg_ns", "reader_idle_cpu_ns", "enqueue_ns", "wake_base_ns",
+             "wake_per_waiter_ns", "mmu_hold_ns", "list_hold_ns",
              "vcpu_pressure_ns_per_doubling", "reader_pressure_ns_per_doubling",
              "vcpu_pressure_ns_per_doubling_sq")
+# the CPU costs a CPU-state scale multiplies: those, and the idle wake-ups (kernel work
+# too); not the fetch sleep, the slice, the cited line transfer or the counts
+CPU_COSTS = CPU_TIMES + ("vcpu_idle_wake_ns", "reader_idle_wake_ns")
 
 
 def cpu_scale(cal: dict, cpu_probe_ns: float | None) -> float:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import simpy
 
+from .params import CPU_TIMES
+
 
 @dataclass
 class Stats:
@@ -351,11 +353,7 @@ def with_pressure(p, mech, vcpus, pcpus):
     q = dataclasses.replace(p)
     # the rest of a CPU's time goes to other work only where threads queue for CPUs
     if 0 < q.cpu_share < 1 and threads > pcpus:
-        for name in ("vcpu_pre_ns", "vcpu_post_ns", "vcpu_idle_cpu_ns", "yield_ns", "reader_wake_ns",
-                     "reader_msg_ns", "reader_idle_cpu_ns", "enqueue_ns", "wake_base_ns",
-                     "wake_per_waiter_ns", "mmu_hold_ns", "list_hold_ns",
-                     "vcpu_pressure_ns_per_doubling", "reader_pressure_ns_per_doubling",
-                     "vcpu_pressure_ns_per_doubling_sq"):
+        for name in CPU_TIMES:
             setattr(q, name, getattr(q, name) / q.cpu_share)
     if doublings > 0:
         tot = q.vcpu_pre_ns + q.vcpu_post_ns
