@@ -46,10 +46,9 @@ def run_cli(tmp_path, *args, timeout=300):
 
 def one_thread_cpu_placement(split):
     """Asserts that a withheld split is the narrow refusal seen once in CI (2026-12-07,
-    exits at 64 vCPUs: one thread of 65, CPU 2.2% off, where 8 runs here after it put
-    the worst thread at 0.02-0.13%): the log complete, exactly one thread failed, on
-    its CPU side only (where the reader places CPU time inside a stretch on a CPU,
-    docs/tracing.md), by less than 5%. A broken reader fails more threads or the run
+    exits at 64 vCPUs: one thread of 65, CPU 2.2% off, where 88 runs the next day put
+    the worst thread at 0.01-0.17% and withheld none): the log complete, exactly one
+    thread failed, on its CPU side only (docs/tracing.md), by less than 5%. A broken reader fails more threads or the run
     delay side as well."""
     why = split["withheld"]
     cc = split["cross_check"]
