@@ -1,6 +1,7 @@
 """The scaling model (docs/MODEL.md): its structure against textbook results
 with hand-set parameters, the steady state against longer runs, the CLI, and
 the validation: calibrated from one sweep, checked against a second one."""
+import dataclasses
 import functools
 import json
 import os
@@ -70,15 +71,34 @@ def test_a_lock_held_h_by_every_contender_gives_one_over_h(clients):
     assert rate == pytest.approx(1e9 / h, rel=0.01)
 
 
+@pytest.mark.parametrize("order", ["fifo", "eevdf"])
 @pytest.mark.parametrize("pcpus,vcpus", [(4, 4), (4, 12), (16, 64)])
-def test_p_cpus_and_v_independent_clients_of_cost_c_give_p_over_c(pcpus, vcpus):
+def test_p_cpus_and_v_independent_clients_of_cost_c_give_p_over_c(pcpus, vcpus, order):
     """exits vCPUs of CPU cost c on a TDP MMU (nothing shared): P/c once V >= P,
-    whatever the slice."""
+    whatever the slice and the run queue's order."""
     c = 10_000.0
-    p = paramsmod.Params(vcpu_pre_ns=c / 2, vcpu_post_ns=c / 2, quantum_ns=50_000.0)
+    p = paramsmod.Params(vcpu_pre_ns=c / 2, vcpu_post_ns=c / 2, quantum_ns=50_000.0,
+                         run_queue_order=order)
     rate, _ = _rate("exits", vcpus, pcpus, p, "tdp")
     print(f"P={pcpus} V={vcpus} c={c:.0f} ns: {rate:.0f}/s, textbook {pcpus * 1e9 / c:.0f}/s")
     assert rate == pytest.approx(pcpus * 1e9 / c, rel=0.01)
+
+
+def test_an_eevdf_queue_spreads_the_waits_a_fifo_queue_makes_equal():
+    """The same hand-set uffd-many cell (64 vCPUs, a reader each, 2 CPUs) under both
+    orders: the same rate and mean latency (the CPUs do the same work), but FIFO gives
+    every fault one full cycle while the EEVDF-ordered queue (deadlines, lag kept
+    across sleeps) serves some faults sooner and some later."""
+    base = paramsmod.Params(vcpu_pre_ns=10_000, vcpu_post_ns=10_000, reader_msg_ns=8_000,
+                            reader_wake_ns=2_000, quantum_ns=3e6, uffds=0)
+    rows = {o: predict.simulate_row(dataclasses.replace(base, run_queue_order=o), "uffd-many", 64, 2,
+                                    "shadow", None) for o in ("fifo", "eevdf")}
+    fifo, eevdf = rows["fifo"], rows["eevdf"]
+    print({o: (round(r["pages_per_s"]), r["fault_latency_ns"]) for o, r in rows.items()})
+    assert eevdf["pages_per_s"] == pytest.approx(fifo["pages_per_s"], rel=0.02)
+    assert eevdf["fault_latency_ns"]["mean"] == pytest.approx(fifo["fault_latency_ns"]["mean"], rel=0.02)
+    assert fifo["fault_latency_ns"]["p99"] <= 1.01 * fifo["fault_latency_ns"]["p50"]
+    assert eevdf["fault_latency_ns"]["p99"] > 1.3 * eevdf["fault_latency_ns"]["p50"]
 
 
 @pytest.mark.parametrize("vcpus", [16, 64])
@@ -663,7 +683,10 @@ def test_the_model_against_the_hosts_own_reproducibility():
 def test_the_crosscheck_counts_every_ordered_pair_and_each_sweep_in_sample(monkeypatch, capsys):
     """`python3 -m bench.model.crosscheck` (the 72-pair figures of docs/MODEL.md): every
     ordered pair, each column counted; canned model errors keep it cheap here."""
-    def fake_model(cal, check, use_probe, jobs=1):
+    queues = set()
+
+    def fake_model(cal, check, use_probe, jobs=1, run_queue=None):
+        queues.add(run_queue)
         bad = (0.30, 0.0) if use_probe else (0.0, 0.40)      # one cell out either way
         return {(c["mech"], c["vcpus"]): (bad if (c["mech"], c["vcpus"]) == ("uffd", 16) else (0.0, 0.0))
                 for c in check["cells"]}
@@ -673,6 +696,10 @@ def test_the_crosscheck_counts_every_ordered_pair_and_each_sweep_in_sample(monke
     assert crosscheck.main(args) == 0
     out = capsys.readouterr().out
     assert "seed2->seed4" in out and "seed5->seed4" in out and out.count("->") == 6
+    assert queues == {None}
+    assert crosscheck.main(["--run-queue", "eevdf"] + args[:2]) == 0   # reaches every model run
+    assert queues == {None, "eevdf"}
+    capsys.readouterr()
     expected = EXPECTED_OUTSIDE
     measured = sum(len(expected[f"{a}->{b}"]["measured"]) for a, b in
                    (("seed2", "seed4"), ("seed4", "seed2"), ("seed4", "seed5"), ("seed5", "seed4")))

@@ -44,26 +44,28 @@ def target_probe(cal: dict, check: dict) -> float | None:
     return None
 
 
-def model_errors(cal: dict, check: dict, use_probe: bool, jobs: int = 1) -> dict:
+def model_errors(cal: dict, check: dict, use_probe: bool, jobs: int = 1,
+                 run_queue: str | None = None) -> dict:
     """The model calibrated by `cal` against `check`'s medians at the calibration host's
     CPU count, given the check sweep's CPU-state reading where `use_probe` and both sides
-    have one."""
+    have one; `run_queue`: the simulated run queue's order (None: the default)."""
     probe = target_probe(cal, check) if use_probe else None
     mechs = sorted({c["mech"] for c in check["cells"]})
     vcpus = sorted({c["vcpus"] for c in check["cells"]})
     rows = {(r["mech"], r["vcpus"]): r for r in predict.predict(
-        cal, mechs, vcpus, cal["host"]["pcpus"], sensitivity=False, jobs=jobs, cpu_probe_ns=probe)}
+        cal, mechs, vcpus, cal["host"]["pcpus"], sensitivity=False, jobs=jobs, cpu_probe_ns=probe,
+        run_queue=run_queue)}
     return {(c["mech"], c["vcpus"]): (rows[(c["mech"], c["vcpus"])]["pages_per_s"] / c["pages_per_s"] - 1,
                                       rows[(c["mech"], c["vcpus"])]["fault_latency_ns"]["p50"] / c["p50_ns"] - 1)
             for c in check["cells"]}
 
 
-def crosscheck(sweeps: dict, jobs: int = 1) -> dict:
+def crosscheck(sweeps: dict, jobs: int = 1, run_queue: str | None = None) -> dict:
     """sweeps: {name: (calibration, medians)}. Returns {"pairs": {"a->b": {column: cells}},
     "in_sample": {name: cells}, "totals": {column: count over the pairs}}."""
     out = {"pairs": {}, "in_sample": {}}
     for a, (cal_a, med_a) in sweeps.items():
-        out["in_sample"][a] = outside(model_errors(cal_a, med_a, False, jobs))
+        out["in_sample"][a] = outside(model_errors(cal_a, med_a, False, jobs, run_queue))
         for b, (_cal_b, med_b) in sweeps.items():
             if a == b:
                 continue
@@ -72,8 +74,8 @@ def crosscheck(sweeps: dict, jobs: int = 1) -> dict:
             out["pairs"][f"{a}->{b}"] = {
                 "measured": outside(measured_errors(med_a, med_b)),
                 "measured, probe": outside(measured_errors(med_a, med_b, scale)) if scale else None,
-                "model": outside(model_errors(cal_a, med_b, True, jobs)),
-                "model, no probe": outside(model_errors(cal_a, med_b, False, jobs)),
+                "model": outside(model_errors(cal_a, med_b, True, jobs, run_queue)),
+                "model, no probe": outside(model_errors(cal_a, med_b, False, jobs, run_queue)),
             }
     columns = ("measured", "measured, probe", "model", "model, no probe")
     out["totals"] = {k: sum(len(p[k] or []) for p in out["pairs"].values()) for k in columns}
@@ -86,6 +88,8 @@ def main(argv=None) -> int:
                                   "sweeps: the model and the sweeps' own medians (docs/MODEL.md).")
     p.add_argument("sweeps", nargs="+", help="CAL.json:MEDIANS.json, one per sweep")
     p.add_argument("--jobs", type=int, default=1, help="cells simulated in parallel processes")
+    p.add_argument("--run-queue", choices=("fifo", "random", "eevdf"), default=None,
+                   help="the simulated run queue's order (default: the model's, FIFO)")
     a = p.parse_args(argv)
     sweeps = {}
     for arg in a.sweeps:
@@ -102,7 +106,7 @@ def main(argv=None) -> int:
         if name in sweeps:
             name = os.path.basename(med_path)
         sweeps[name] = (cal, med)
-    result = crosscheck(sweeps, jobs=max(1, a.jobs))
+    result = crosscheck(sweeps, jobs=max(1, a.jobs), run_queue=a.run_queue)
     for name, cells in result["in_sample"].items():
         print(f"in-sample {name}: {len(cells)} {cells}")
     for pair, cols in result["pairs"].items():

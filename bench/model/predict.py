@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import sys
@@ -95,28 +97,33 @@ def simulate_row(p: paramsmod.Params, mech: str, vcpus: int, pcpus: int, mmu: st
 
 
 def _one(job):
-    cal, mech, v, pcpus, mmu, fetch_delay_us, line_transfer_ns, scale, faults, probe = job
+    cal, mech, v, pcpus, mmu, fetch_delay_us, line_transfer_ns, scale, faults, probe, queue = job
     p = paramsmod.for_prediction(cal, mech, pcpus, fetch_delay_us=fetch_delay_us,
                                  line_scale=scale, line_transfer_ns=line_transfer_ns,
                                  cpu_probe_ns=probe)
+    if queue is not None:
+        p = dataclasses.replace(p, run_queue_order=queue)
     return p.handoff_ns, simulate_row(p, mech, v, pcpus, mmu, faults)
 
 
 def predict(cal: dict, mechs, vcpus_list, pcpus: int, mmu: str | None = None,
             fetch_delay_us: float | None = None, line_transfer_ns: float | None = None,
             faults: int | None = None, sensitivity: bool = True, jobs: int = 1,
-            cpu_probe_ns: float | None = None) -> list[dict]:
+            cpu_probe_ns: float | None = None, run_queue: str | None = None) -> list[dict]:
     """Rows for every (mechanism, vCPU count). Where the prediction depends on a
     cited parameter (P above the calibration host's CPUs), each row also carries
     the same prediction at 0.5x and 2x that parameter (`cited_sensitivity`).
     `jobs` > 1 simulates cells in that many processes (each cell is independent).
     `cpu_probe_ns`: the modelled host's CPU-state probe (getppid ns a call); every CPU
-    cost is scaled by it over the calibration's reference (None: unscaled)."""
+    cost is scaled by it over the calibration's reference (None: unscaled).
+    `run_queue`: the simulated run queue's order, where not the default FIFO
+    ("random", "eevdf": docs/MODEL.md)."""
     mmu = mmu or cal.get("mmu") or DEFAULT_MMU
     cpu_scale = paramsmod.cpu_scale(cal, cpu_probe_ns)   # a bad target fails here, once
     far = paramsmod.far_fraction(pcpus, cal["host"]["pcpus"])
     scales = [s for s in paramsmod.SENSITIVITY] if (sensitivity and far > 0) else [1.0]
-    work = [(cal, mech, v, pcpus, mmu, fetch_delay_us, line_transfer_ns, scale, faults, cpu_probe_ns)
+    work = [(cal, mech, v, pcpus, mmu, fetch_delay_us, line_transfer_ns, scale, faults, cpu_probe_ns,
+             run_queue)
             for mech in mechs for v in vcpus_list for scale in scales]
     if jobs > 1:
         # deferred: only a parallel table needs a process pool
@@ -140,6 +147,8 @@ def predict(cal: dict, mechs, vcpus_list, pcpus: int, mmu: str | None = None,
                 "value": line, "applied_ns": handoff,
                 "from": "flag --line-transfer-ns" if line_transfer_ns is not None
                 else "CITED (docs/MODEL.md)"}} if far > 0 else {}
+            if run_queue is not None:
+                row["run_queue"] = run_queue
             row["cpu_state"] = {"probe_ns": cpu_probe_ns,
                                 "calibration_probe_ns": (cal.get("cpu_probe") or {}).get("value"),
                                 "cpu_cost_scale": cpu_scale}

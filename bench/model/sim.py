@@ -67,18 +67,117 @@ class Cpus:
     def idle(self) -> bool:
         return self.res.count < self.res.capacity and not self.res.queue
 
-    def request(self):
+    def request(self, thread=None, woken=False):
         if self.order == "random":
             req = self.res.request(priority=self.rng.random())
         else:
             req = self.res.request()
-        if not req.triggered and self.spinners:
+        if not req.triggered:
+            self.kick_spinner()
+        return req
+
+    def kick_spinner(self):
+        if self.spinners:
             # a thread now waits for a CPU: the spinner on the CPU it would be
             # queued on (one, as run queues are per CPU) sees it and yields
             kick = next(iter(self.spinners))
             del self.spinners[kick]
             kick.succeed()
+
+    def should_yield(self, thread) -> bool:
+        """At a burst boundary: has `thread` used its slice while others wait?"""
+        return self.env.now - thread.slice_start >= self.quantum_ns and bool(self.res.queue)
+
+
+class _EevdfQueue:
+    """The face of EevdfCpus that Thread and the async spinners read: queue, count,
+    capacity, release."""
+
+    def __init__(self, cpus):
+        self.cpus = cpus
+        self.capacity = cpus.pcpus
+
+    @property
+    def queue(self):
+        return self.cpus.ready
+
+    @property
+    def count(self):
+        return len(self.cpus.running)
+
+    def release(self, req):
+        self.cpus.release(req)
+
+
+class EevdfCpus(Cpus):
+    """P CPUs behind one queue ordered as EEVDF orders a run queue (order="eevdf"; not
+    the default: docs/MODEL.md, "A pair registered before it ran"). Every thread has
+    a virtual runtime v (its time on a CPU; every thread has the same weight) and a
+    deadline v + slice (the slice: quantum_ns). A free CPU takes the waiting thread
+    with the earliest deadline among the eligible ones (v at most the mean v of the
+    runnable threads, waiting and running), else the earliest of all. A thread keeps
+    its lag (mean v - its v, within one slice) across a sleep and wakes at mean v -
+    lag, with a new deadline. A running thread whose v passes its deadline gets a new
+    one and yields at its next burst boundary if others wait. Left out: per-CPU
+    queues, wake-up preemption, weights."""
+
+    def __init__(self, env, pcpus, quantum_ns, stats, seed=1):
+        super().__init__(env, pcpus, quantum_ns, stats, order="fifo", seed=seed)
+        self.order = "eevdf"
+        self.ready = []             # [request event], each with .thread
+        self.running = {}           # thread -> when it took its CPU
+        self.res = _EevdfQueue(self)
+
+    def _v(self, t):
+        return t.v + (self.env.now - self.running[t] if t in self.running else 0.0)
+
+    def mean_v(self) -> float:
+        vs = [self._v(t) for t in self.running] + [r.thread.v for r in self.ready]
+        return sum(vs) / len(vs) if vs else 0.0
+
+    def idle(self) -> bool:
+        return len(self.running) < self.pcpus and not self.ready
+
+    def request(self, thread=None, woken=False):
+        req = self.env.event()
+        req.thread = thread
+        if woken:
+            lag = max(-self.quantum_ns, min(self.quantum_ns, thread.lag))
+            thread.v = self.mean_v() - lag
+            thread.deadline = thread.v + self.quantum_ns
+        elif thread.v >= thread.deadline:
+            thread.deadline = thread.v + self.quantum_ns
+        if self.idle():
+            self.running[thread] = self.env.now
+            req.succeed()
+        else:
+            self.ready.append(req)
+            self.kick_spinner()
         return req
+
+    def release(self, req):
+        t = req.thread
+        since = self.running.pop(t, None)
+        if since is None:       # still waiting: leaves the queue
+            if req in self.ready:
+                self.ready.remove(req)
+            return
+        t.v += self.env.now - since
+        t.lag = self.mean_v() - t.v if (self.running or self.ready) else 0.0
+        while len(self.running) < self.pcpus and self.ready:
+            mean = self.mean_v()
+            eligible = [r for r in self.ready if r.thread.v <= mean] or self.ready
+            nxt = min(eligible, key=lambda r: r.thread.deadline)
+            self.ready.remove(nxt)
+            self.running[nxt.thread] = self.env.now
+            nxt.succeed()
+
+    def should_yield(self, thread) -> bool:
+        if thread not in self.running or not self.ready:
+            return False
+        if self._v(thread) < thread.deadline:
+            return False
+        return True
 
 
 class Thread:
@@ -92,10 +191,13 @@ class Thread:
         self.slice_start = 0.0
         self.idle_cpu_ns = idle_cpu_ns      # extra CPU when woken onto an idle CPU
         self.idle_wake_ns = idle_wake_ns    # idle-exit delay before it runs
+        self.v = 0.0                        # EevdfCpus: virtual runtime, deadline, lag
+        self.deadline = 0.0
+        self.lag = 0.0
 
     def acquire(self, woken=False):
         was_idle = self.cpus.idle()
-        self.req = self.cpus.request()
+        self.req = self.cpus.request(self, woken)
         yield self.req
         self.slice_start = self.env.now
         if woken and was_idle and (self.idle_cpu_ns or self.idle_wake_ns):
@@ -112,8 +214,7 @@ class Thread:
         going to the back of the queue first if its slice is used up."""
         if self.req is None:
             yield from self.acquire()
-        elif (self.env.now - self.slice_start >= self.cpus.quantum_ns
-              and self.cpus.res.queue):
+        elif self.cpus.should_yield(self):
             self.release()
             yield from self.acquire()
         if cost_ns > 0:
@@ -368,7 +469,8 @@ def with_pressure(p, mech, vcpus, pcpus):
 def build(env, mech, vcpus, pcpus, p, mmu, stats):
     """The cell's threads as SimPy processes; returns the vCPU processes."""
     p = with_pressure(p, mech, vcpus, pcpus)
-    cpus = Cpus(env, pcpus, p.quantum_ns, stats, order=p.run_queue_order)
+    cpus = (EevdfCpus(env, pcpus, p.quantum_ns, stats) if p.run_queue_order == "eevdf"
+            else Cpus(env, pcpus, p.quantum_ns, stats, order=p.run_queue_order))
     mmap_lock = SharedLock(env, "mmap_lock", stats, p.handoff_ns)
     mmu_lock = _mmu_lock(env, p, stats, mmu)
     threads = []
