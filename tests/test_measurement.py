@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -44,12 +45,14 @@ def run_cli(tmp_path, *args, timeout=300):
     return p, out
 
 
-def one_thread_cpu_placement(split):
-    """Asserts that a withheld split is the narrow refusal seen once in CI (2026-12-07,
-    exits at 64 vCPUs: one thread of 65, CPU 2.2% off, where 88 runs the next day put
-    the worst thread at 0.01-0.17% and withheld none): the log complete, exactly one
-    thread failed, on its CPU side only (docs/tracing.md), by less than 5%. A broken reader fails more threads or the run
-    delay side as well."""
+def one_thread_cpu_refusal(split):
+    """Asserts that a withheld split is of the kind seen once in CI (2026-12-07, exits
+    at 64 vCPUs: one thread of 65, CPU 2.2% off, run delay 0.7%, where 88 runs the next
+    day put the worst thread at 0.01-0.17% and withheld none): the log complete,
+    exactly one thread failed, its run delay within the check's own limit, its CPU
+    under 5% off (docs/tracing.md). A broken reader fails more threads or the run delay
+    as well. Forgiving it once turns a fault of this kind that strikes a share p of
+    runs into a failure of this test in p^2 of them, with a warning each time."""
     why = split["withheld"]
     cc = split["cross_check"]
     assert split["log_dropped"] == 0 and split["events_missed"] == 0, why
@@ -75,10 +78,12 @@ def test_64_vcpu_result_carries_every_measurement(kvm, tracefs, tmp_path, mech):
         split = rec["traced_runs"][0]["metrics"]["fault_breakdown_ns"]["sched_split"]
         if not (bpf and "withheld" in split and attempt == 0):
             break
-        # A withheld split is the check doing its job; once, it may be the one refusal
-        # a busy guest produces (one thread's CPU placed inside a stretch off by > 2%,
-        # see one_thread_cpu_placement). Then the run is made again, and must split.
-        one_thread_cpu_placement(split)
+        # A withheld split is the check doing its job; once, it may be the rare refusal
+        # CI met (one_thread_cpu_refusal). Forgiven with a warning that carries the
+        # thread's row; the run is made again, and must split.
+        one_thread_cpu_refusal(split)
+        warnings.warn(f"64-vCPU {mech}: split withheld once and forgiven: {split['withheld']}; "
+                      f"{split['cross_check']['failed']}")
     assert resultmod.validate(rec) == []
     m = rec["runs"][0]["metrics"]
     assert rec["tracing"]["tracer"] == ("bpf" if bpf else "tracefs")
@@ -263,7 +268,7 @@ def test_sigint_mid_bpf_traced_run_leaves_no_program_behind(kvm, tmp_path):
 
 
 def test_the_one_refusal_the_64_vcpu_test_forgives_is_narrow():
-    """one_thread_cpu_placement accepts the refusal CI met (its figures) and nothing wider."""
+    """one_thread_cpu_refusal accepts the refusal CI met (its figures) and nothing wider."""
     row = {"cpu_ns": 34039873.5, "thread_cputime_ns": 34039873.5 / 1.0216, "cpu_rel_error": 0.0216,
            "wait_ns": 1.0e8, "schedstat_run_delay_ns": 1.0e8 * 1.007, "wait_rel_error": 0.007,
            "limit": 0.02, "floor_ns": 5000.0}
@@ -273,10 +278,11 @@ def test_the_one_refusal_the_64_vcpu_test_forgives_is_narrow():
              "threads_dropped": 0, "cross_check": {"threads_failed": len(rows), "failed": rows}}
         s.update(over)
         return s
-    one_thread_cpu_placement(split([row]))
+    one_thread_cpu_refusal(split([row]))
     for bad in (split([row, dict(row)]),                                    # two threads
                 split([{**row, "wait_ns": 1.0e8 * 1.05, "wait_rel_error": 0.043}]),  # run delay too
                 split([{**row, "cpu_rel_error": 0.06}]),                    # too far
-                split([row], log_dropped=3)):                               # log incomplete
+                split([row], log_dropped=3), split([row], events_missed=2),  # log incomplete
+                split([row], threads_dropped=1)):
         with pytest.raises(AssertionError):
-            one_thread_cpu_placement(bad)
+            one_thread_cpu_refusal(bad)
