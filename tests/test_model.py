@@ -101,6 +101,51 @@ def test_an_eevdf_queue_spreads_the_waits_a_fifo_queue_makes_equal():
     assert eevdf["fault_latency_ns"]["p99"] > 1.3 * eevdf["fault_latency_ns"]["p50"]
 
 
+def test_a_chosen_run_queue_reaches_the_simulation_and_the_row_says_so(monkeypatch):
+    seen = []
+    real = predict.simulate_row
+
+    def spy(p, mech, vcpus, pcpus, mmu, faults):
+        seen.append(p.run_queue_order)
+        return real(p, mech, vcpus, pcpus, mmu, 500)
+    monkeypatch.setattr(predict, "simulate_row", spy)
+    cal = report.load_calibration(CAL_SEED12)
+    rows = predict.predict(cal, ["exits"], [4], 2, sensitivity=False, run_queue="eevdf")
+    assert seen == ["eevdf"] and rows[0]["run_queue"] == "eevdf"
+    rows = predict.predict(cal, ["exits"], [4], 2, sensitivity=False)
+    assert seen[-1] == "fifo" and "run_queue" not in rows[0]
+    with pytest.raises(ValueError, match="no run queue order 'EEVDF'"):
+        predict.predict(cal, ["exits"], [4], 2, sensitivity=False, run_queue="EEVDF")
+
+
+def test_an_eevdf_queue_places_a_parked_spinner_as_a_woken_thread():
+    """An async vCPU parked off the queue (it yielded) comes back at the mean v less its
+    lag, not at the v it left with: else it returns with the lag of its whole park."""
+    env = simpy.Environment()
+    cpus = sim.EevdfCpus(env, 1, 1000.0, sim.Stats())
+    a, b = sim.Thread(cpus, "vcpu"), sim.Thread(cpus, "vcpu")
+
+    def hog(t):
+        yield from t.acquire()
+        while True:
+            yield from t.run(100.0)
+
+    seen = {}
+
+    def parked(t):
+        yield from t.acquire()
+        t.release()
+        yield env.timeout(50_000)               # parked while the hog runs on
+        seen["mean"] = cpus.mean_v()            # the hog's v alone
+        yield from t.acquire(placed=True)
+        seen["v"] = t.v
+    env.process(hog(a))
+    env.process(parked(b))
+    env.run(until=60_000)
+    assert seen["mean"] > 40_000
+    assert abs(seen["v"] - seen["mean"]) <= 2 * 1000.0      # within the lag bound of the mean
+
+
 @pytest.mark.parametrize("vcpus", [16, 64])
 def test_async_spinners_outnumbering_cpus_leave_the_resolver_its_rate(vcpus):
     """async with 4-16 busy-waiting vCPUs a CPU: a spinner that yields is parked until
@@ -697,8 +742,9 @@ def test_the_crosscheck_counts_every_ordered_pair_and_each_sweep_in_sample(monke
     out = capsys.readouterr().out
     assert "seed2->seed4" in out and "seed5->seed4" in out and out.count("->") == 6
     assert queues == {None}
+    queues.clear()
     assert crosscheck.main(["--run-queue", "eevdf"] + args[:2]) == 0   # reaches every model run
-    assert queues == {None, "eevdf"}
+    assert queues == {"eevdf"}
     capsys.readouterr()
     expected = EXPECTED_OUTSIDE
     measured = sum(len(expected[f"{a}->{b}"]["measured"]) for a, b in

@@ -17,7 +17,7 @@ import os
 import sys
 
 from ..cmdline import OneLineParser
-from . import predict
+from . import predict, sim
 
 RATE_BAND = 0.25
 P50_BAND = 0.35
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
                                   "sweeps: the model and the sweeps' own medians (docs/MODEL.md).")
     p.add_argument("sweeps", nargs="+", help="CAL.json:MEDIANS.json, one per sweep")
     p.add_argument("--jobs", type=int, default=1, help="cells simulated in parallel processes")
-    p.add_argument("--run-queue", choices=("fifo", "random", "eevdf"), default=None,
+    p.add_argument("--run-queue", choices=sim.RUN_QUEUE_ORDERS, default=None,
                    help="the simulated run queue's order (default: the model's, FIFO)")
     a = p.parse_args(argv)
     sweeps = {}

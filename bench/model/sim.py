@@ -10,7 +10,9 @@ it blocks, or until it has run `quantum_ns` while others wait, when it goes to
 the back of the queue (round-robin with a tick-sized slice: CFS/EEVDF with every
 thread at equal weight, no wakeup preemption, preemption at burst boundaries
 only). A thread woken while a CPU is idle pays the idle-wake cost (measured at
-1 vCPU) before it runs.
+1 vCPU) before it runs. Two other orders are opt-ins for comparison, not defaults
+(`Params.run_queue_order`, `crosscheck --run-queue`): "random" and "eevdf"
+(EevdfCpus).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field
 import simpy
 
 from .params import CPU_TIMES
+
+RUN_QUEUE_ORDERS = ("fifo", "random", "eevdf")
 
 
 @dataclass
@@ -110,16 +114,19 @@ class _EevdfQueue:
 
 
 class EevdfCpus(Cpus):
-    """P CPUs behind one queue ordered as EEVDF orders a run queue (order="eevdf"; not
-    the default: docs/MODEL.md, "A pair registered before it ran"). Every thread has
-    a virtual runtime v (its time on a CPU; every thread has the same weight) and a
-    deadline v + slice (the slice: quantum_ns). A free CPU takes the waiting thread
-    with the earliest deadline among the eligible ones (v at most the mean v of the
-    runnable threads, waiting and running), else the earliest of all. A thread keeps
-    its lag (mean v - its v, within one slice) across a sleep and wakes at mean v -
-    lag, with a new deadline. A running thread whose v passes its deadline gets a new
-    one and yields at its next burst boundary if others wait. Left out: per-CPU
-    queues, wake-up preemption, weights."""
+    """P CPUs behind one queue ordered as EEVDF orders a run queue (order="eevdf"; an
+    opt-in, not the default: docs/MODEL.md, "What the model leaves out", the real
+    scheduler). Every thread has a virtual runtime v (its time on a CPU; every thread
+    has the same weight) and a deadline v + slice (the slice: quantum_ns). A free CPU
+    takes the waiting thread with the earliest deadline among the eligible ones (v at
+    most the mean v of the runnable threads, waiting and running), else the earliest of
+    all. A thread that stops being runnable (a sleep, or an async spinner parked off
+    the queue) keeps its lag (the mean v of the other runnable threads - its v, within
+    two slices, the kernel's bound) and comes back at that mean - lag, with a new
+    deadline. A running thread whose v has passed its deadline yields at its next burst
+    boundary if others wait, and gets a new deadline when it queues again. Left out:
+    per-CPU queues, wake-up preemption, weights, the kernel's correction of the lag
+    for the thread's own share of the mean."""
 
     def __init__(self, env, pcpus, quantum_ns, stats, seed=1):
         super().__init__(env, pcpus, quantum_ns, stats, order="fifo", seed=seed)
@@ -127,23 +134,26 @@ class EevdfCpus(Cpus):
         self.ready = []             # [request event], each with .thread
         self.running = {}           # thread -> when it took its CPU
         self.res = _EevdfQueue(self)
+        self.last_mean = 0.0        # the zero point while nothing is runnable
 
     def _v(self, t):
         return t.v + (self.env.now - self.running[t] if t in self.running else 0.0)
 
     def mean_v(self) -> float:
         vs = [self._v(t) for t in self.running] + [r.thread.v for r in self.ready]
-        return sum(vs) / len(vs) if vs else 0.0
+        if vs:
+            self.last_mean = sum(vs) / len(vs)
+        return self.last_mean
 
     def idle(self) -> bool:
         return len(self.running) < self.pcpus and not self.ready
 
-    def request(self, thread=None, woken=False):
+    def request(self, thread, woken=False):
         req = self.env.event()
         req.thread = thread
         if woken:
-            lag = max(-self.quantum_ns, min(self.quantum_ns, thread.lag))
-            thread.v = self.mean_v() - lag
+            bound = 2 * self.quantum_ns
+            thread.v = self.mean_v() - max(-bound, min(bound, thread.lag))
             thread.deadline = thread.v + self.quantum_ns
         elif thread.v >= thread.deadline:
             thread.deadline = thread.v + self.quantum_ns
@@ -173,11 +183,7 @@ class EevdfCpus(Cpus):
             nxt.succeed()
 
     def should_yield(self, thread) -> bool:
-        if thread not in self.running or not self.ready:
-            return False
-        if self._v(thread) < thread.deadline:
-            return False
-        return True
+        return bool(self.ready) and thread in self.running and self._v(thread) >= thread.deadline
 
 
 class Thread:
@@ -195,9 +201,12 @@ class Thread:
         self.deadline = 0.0
         self.lag = 0.0
 
-    def acquire(self, woken=False):
+    def acquire(self, woken=False, placed=None):
+        """Take a CPU. `woken`: back from a sleep (the idle-wake cost where a CPU was
+        idle, and an EEVDF queue's wake-up placement); `placed`: the placement alone
+        (default: as `woken`), for a thread that was off the queue without sleeping."""
         was_idle = self.cpus.idle()
-        self.req = self.cpus.request(self, woken)
+        self.req = self.cpus.request(self, woken if placed is None else placed)
         yield self.req
         self.slice_start = self.env.now
         if woken and was_idle and (self.idle_cpu_ns or self.idle_wake_ns):
@@ -408,7 +417,7 @@ def vcpu_async(env, t: Thread, alist: AsyncList, mmap_lock, mmu_lock, p, stats):
                 yield from t.run(p.yield_ns)
                 t.release()
                 yield done
-                yield from t.acquire()
+                yield from t.acquire(placed=True)   # off the queue while parked
                 break
             # spin in place until the bit clears or another thread wants a CPU
             t0 = env.now
@@ -469,6 +478,8 @@ def with_pressure(p, mech, vcpus, pcpus):
 def build(env, mech, vcpus, pcpus, p, mmu, stats):
     """The cell's threads as SimPy processes; returns the vCPU processes."""
     p = with_pressure(p, mech, vcpus, pcpus)
+    if p.run_queue_order not in RUN_QUEUE_ORDERS:
+        raise ValueError(f"no run queue order {p.run_queue_order!r} (one of {', '.join(RUN_QUEUE_ORDERS)})")
     cpus = (EevdfCpus(env, pcpus, p.quantum_ns, stats) if p.run_queue_order == "eevdf"
             else Cpus(env, pcpus, p.quantum_ns, stats, order=p.run_queue_order))
     mmap_lock = SharedLock(env, "mmap_lock", stats, p.handoff_ns)
