@@ -47,10 +47,10 @@ def run_cli(tmp_path, *args, timeout=300):
 
 def one_thread_cpu_refusal(split):
     """Asserts that a withheld split is of the kind seen once in CI (2026-12-07, exits
-    at 64 vCPUs: one thread of 65, CPU 2.2% off, run delay 0.7%, where 88 runs the next
-    day put the worst thread at 0.01-0.17% and withheld none): the log complete,
-    exactly one thread failed, its run delay within the check's own limit, its CPU
-    under 5% off (docs/tracing.md). A broken reader fails more threads or the run delay
+    at 64 vCPUs: one thread of 65, CPU 2.2% off, any thread's run delay at most 0.7%,
+    where 88 runs the next day put the worst thread at 0.01-0.17% and withheld none):
+    the log complete, exactly one thread failed, its run delay within the check's own
+    limit, its CPU under 5% off (docs/tracing.md). A broken reader fails more threads or the run delay
     as well. Forgiving it once turns a fault of this kind that strikes a share p of
     runs into a failure of this test in p^2 of them, with a warning each time."""
     why = split["withheld"]
