@@ -232,6 +232,12 @@ LOG_WAIT_LIMIT = 0.02
 LOG_WAIT_PER_WAIT_NS = 200.0
 
 
+def agrees(got: float, want: float, limit: float, floor_ns: float) -> bool:
+    """The cross-check's rule: within `limit` of the thread's own figure, or within
+    `floor_ns` where that figure is tiny."""
+    return abs(got - want) <= max(limit * want, floor_ns)
+
+
 def cross_check(tl: ThreadLog, t0: int, t1: int, cputime_ns: float, run_delay_ns: float,
                 limit: float = 0.02, floor_ns: float = 5000.0) -> dict:
     """The log's CPU time and waiting time of one thread over [t0, t1] against what
@@ -250,8 +256,6 @@ def cross_check(tl: ThreadLog, t0: int, t1: int, cputime_ns: float, run_delay_ns
             return 0.0 if got <= 0 else float("inf")
         return abs(got - want) / want
 
-    def agrees(got, want):
-        return abs(got - want) <= max(limit * want, floor_ns)
     err_cpu, err_wait = rel(cpu, cputime_ns), rel(wait, run_delay_ns)
     # the independent part: the log's own waiting stretches (switch and wakeup stamps)
     # against the kernel's run-delay counter. A missed or misread change of state
@@ -264,7 +268,8 @@ def cross_check(tl: ThreadLog, t0: int, t1: int, cputime_ns: float, run_delay_ns
             "log_waits": int(((tl.t >= t0) & (tl.t <= t1) & (tl.state == WAITING)).sum()),
             "switches_inferred": tl.inferred,
             "steal_ns": float(s["steal_ns"][0]), "limit": limit, "floor_ns": floor_ns,
-            "ok": bool(agrees(cpu, cputime_ns) and agrees(wait, run_delay_ns))}
+            "ok": bool(agrees(cpu, cputime_ns, limit, floor_ns)
+                       and agrees(wait, run_delay_ns, limit, floor_ns))}
 
 
 # ----------------------------------------------------------------------------- the tracer

@@ -69,6 +69,7 @@ FREE_SIGN = ("1", "threads_log2", "threads_log2_sq")
 
 # a square pressure term is kept only where the records determine it: |t| at least this
 SQUARE_T_MIN = 2.0
+VCPU_FIT_FORMULA = "sched.vcpu.on_cpu_ns_per_fault = a + s*log2(threads/P) [+ s2*log2(threads/P)^2]"
 
 
 def _t_stat(rows, columns, target, column) -> float | None:
@@ -398,7 +399,7 @@ def _cal_uffd(runs, P, mech, uffd_many_cal, cells):
     pcols, square_why = _pressure_columns(busy, [])
     coef, res, rms, dropped, bound = lstsq(busy, ["1"] + pcols, "vcpu_cpu_ns")
     fits["vcpu_cpu_ns"] = _fit_param("vcpu_cpu_ns", coef, res, rms, dropped,
-                                     "sched.vcpu.on_cpu_ns_per_fault = a + s*log2(threads/P) [+ s2*log2(threads/P)^2]",
+                                     VCPU_FIT_FORMULA,
                                      sorted({r["vcpus"] for r in busy}), bound=bound)
     a_v, s_v = coef.get("1", 0.0), coef.get("threads_log2", 0.0)
     # resolver: per-fault CPU = a + wake*sleeps/fault + s*log2(threads/P) [+ w*waiters]
@@ -513,7 +514,7 @@ def _cal_exits(runs, P):
     pcols, square_why = _pressure_columns(busy, [])
     coef, res, rms, dropped, bound = lstsq(busy, ["1"] + pcols, "vcpu_cpu_ns")
     fits = {"vcpu_cpu_ns": _fit_param("vcpu_cpu_ns", coef, res, rms, dropped,
-                                      "sched.vcpu.on_cpu_ns_per_fault = a + s*log2(threads/P) [+ s2*log2(threads/P)^2]",
+                                      VCPU_FIT_FORMULA,
                                       sorted({r["vcpus"] for r in busy}), bound=bound)}
     idle = [r for r in runs if r["vcpus"] == 1]
     parts1 = {}

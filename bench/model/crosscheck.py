@@ -37,6 +37,14 @@ def measured_errors(a: dict, b: dict, scale: float = 1.0) -> dict:
             for c in b["cells"]}
 
 
+def probe_scale(a: dict, b: dict) -> float | None:
+    """Sweep a's CPU-state reading over sweep b's (what `measured_errors` scales by), or
+    None where either medians file lacks one."""
+    if a.get("cpu_probe_ns") and b.get("cpu_probe_ns"):
+        return a["cpu_probe_ns"] / b["cpu_probe_ns"]
+    return None
+
+
 def target_probe(cal: dict, check: dict) -> float | None:
     """The check sweep's CPU-state reading where both sides have one, else None."""
     if (cal.get("cpu_probe") or {}).get("value") and check.get("cpu_probe_ns"):
@@ -69,8 +77,7 @@ def crosscheck(sweeps: dict, jobs: int = 1, run_queue: str | None = None) -> dic
         for b, (_cal_b, med_b) in sweeps.items():
             if a == b:
                 continue
-            scale = (med_a["cpu_probe_ns"] / med_b["cpu_probe_ns"]
-                     if med_a.get("cpu_probe_ns") and med_b.get("cpu_probe_ns") else None)
+            scale = probe_scale(med_a, med_b)
             out["pairs"][f"{a}->{b}"] = {
                 "measured": outside(measured_errors(med_a, med_b)),
                 "measured, probe": outside(measured_errors(med_a, med_b, scale)) if scale else None,

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 import sys
@@ -119,8 +118,8 @@ def predict(cal: dict, mechs, vcpus_list, pcpus: int, mmu: str | None = None,
     `run_queue`: the simulated run queue's order, where not the default FIFO
     ("random", "eevdf": docs/MODEL.md)."""
     mmu = mmu or cal.get("mmu") or DEFAULT_MMU
-    if run_queue is not None and run_queue not in sim.RUN_QUEUE_ORDERS:
-        raise ValueError(f"no run queue order {run_queue!r} (one of {', '.join(sim.RUN_QUEUE_ORDERS)})")
+    if run_queue is not None:
+        sim.check_run_queue_order(run_queue)   # here, not inside a worker process
     cpu_scale = paramsmod.cpu_scale(cal, cpu_probe_ns)   # a bad target fails here, once
     far = paramsmod.far_fraction(pcpus, cal["host"]["pcpus"])
     scales = [s for s in paramsmod.SENSITIVITY] if (sensitivity and far > 0) else [1.0]

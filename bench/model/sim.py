@@ -28,6 +28,12 @@ from .params import CPU_TIMES
 RUN_QUEUE_ORDERS = ("fifo", "random", "eevdf")
 
 
+def check_run_queue_order(order: str) -> None:
+    """A ValueError for an order the simulation does not have (it would not fall back)."""
+    if order not in RUN_QUEUE_ORDERS:
+        raise ValueError(f"no run queue order {order!r} (one of {', '.join(RUN_QUEUE_ORDERS)})")
+
+
 @dataclass
 class Stats:
     """What one simulated cell measures over its steady window."""
@@ -478,8 +484,7 @@ def with_pressure(p, mech, vcpus, pcpus):
 def build(env, mech, vcpus, pcpus, p, mmu, stats):
     """The cell's threads as SimPy processes; returns the vCPU processes."""
     p = with_pressure(p, mech, vcpus, pcpus)
-    if p.run_queue_order not in RUN_QUEUE_ORDERS:
-        raise ValueError(f"no run queue order {p.run_queue_order!r} (one of {', '.join(RUN_QUEUE_ORDERS)})")
+    check_run_queue_order(p.run_queue_order)
     cpus = (EevdfCpus(env, pcpus, p.quantum_ns, stats) if p.run_queue_order == "eevdf"
             else Cpus(env, pcpus, p.quantum_ns, stats, order=p.run_queue_order))
     mmap_lock = SharedLock(env, "mmap_lock", stats, p.handoff_ns)
