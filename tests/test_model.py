@@ -113,7 +113,7 @@ def test_a_chosen_run_queue_reaches_the_simulation_and_the_row_says_so(monkeypat
     rows = predict.predict(cal, ["exits"], [4], 2, sensitivity=False, run_queue="eevdf")
     assert seen == ["eevdf"] and rows[0]["run_queue"] == "eevdf"
     rows = predict.predict(cal, ["exits"], [4], 2, sensitivity=False)
-    assert seen[-1] == "fifo" and "run_queue" not in rows[0]
+    assert seen[-1] == "wakecredit" and "run_queue" not in rows[0]
     with pytest.raises(ValueError, match="no run queue order 'EEVDF'"):
         predict.predict(cal, ["exits"], [4], 2, sensitivity=False, run_queue="EEVDF")
 

@@ -27,7 +27,7 @@ from ..nightly import cells as cellsmod
 from . import extract
 
 CALIBRATION_KIND = "faultbench-model-calibration"
-CALIBRATION_VERSION = 2
+CALIBRATION_VERSION = 3   # 3: latency_shape per mechanism
 MECHS = ("uffd", "uffd-many", "exits", "async")
 
 
@@ -202,6 +202,48 @@ def _resolver_threads(mech, r):
     return r["readers"]
 
 
+# mechanisms whose fault latency is a wait for another thread (a reader, a resolver):
+# the run queue's order shapes it. An `exits` fault is its own vCPU's path.
+SHAPED_MECHS = ("uffd", "uffd-many", "async")
+
+
+def _latency_shape(cells, mech, P) -> dict:
+    """The run queue's measured latency shape for `mech`: in each cell with more
+    threads than CPUs, the median over its runs of p50 x rate / vCPUs and p99 x rate /
+    vCPUs, each a share of a vCPU's fault cycle (vCPUs / rate). A FIFO queue makes every
+    wait about one cycle (share ~1); the host's scheduler spreads the waits, which these
+    shares carry. Taken from the records as measured (before the probe scaling: both
+    factors of a share come from the same run)."""
+    if mech not in SHAPED_MECHS:
+        return {"value": None, "kind": "structure",
+                "not_applied": f"{mech}: a fault's latency is its own vCPU's path, which the "
+                               "model simulates; it waits for no other thread"}
+    points = []
+    for c in cells:
+        if c["mech"] != mech:
+            continue
+        threads = c["vcpus"] + _resolver_threads(mech, dict(readers=c["readers"] or 1,
+                                                            uffds=c["uffds"] or c["vcpus"]))
+        if threads <= P:
+            continue
+        ok = [r for r in c["runs"] if r.get("p50_ns") and r.get("p99_ns") and r.get("pages_per_s")]
+        if not ok:
+            continue
+        cyc = [c["vcpus"] / r["pages_per_s"] * 1e9 for r in ok]
+        points.append({"vcpus": c["vcpus"], "threads_log2": threads_per_cpu_log2(threads, P),
+                       "p50_share": _med(r["p50_ns"] / y for r, y in zip(ok, cyc)),
+                       "p99_share": _med(r["p99_ns"] / y for r, y in zip(ok, cyc)),
+                       "runs": len(ok)})
+    if not points:
+        return _missing(f"{mech} records with more threads than the host's {P} CPUs "
+                        "(fault_latency_ns p50, p99 and pages_per_s)")
+    points.sort(key=lambda q: q["threads_log2"])
+    return {"value": len(points), "unit": "cells", "kind": "measured", "points": points,
+            "from": "per cell with threads > CPUs: median over its runs of p50 (p99) x "
+                    "pages_per_s / vCPUs; applied by `model` where threads > P, "
+                    "interpolated in log2(threads / P), held at the end points outside them"}
+
+
 def calibrate_cells(cells: list[dict]) -> dict:
     if not cells:
         raise CalibrationInputError("no records")
@@ -233,6 +275,7 @@ def calibrate_cells(cells: list[dict]) -> dict:
                 c["vcpus"] + _resolver_threads(c["mech"], dict(readers=c["readers"] or 1,
                                                                uffds=c["uffds"] or c["vcpus"])), P)
             r["threads_log2_sq"] = r["threads_log2"] ** 2
+    shapes = {mech: _latency_shape(cells, mech, P) for mech in ("uffd-many", "uffd", "exits", "async")}
     out["cpu_probe"] = _normalise_to_probe(cells)
     quantum = _quantum(cells, P)
     shared = {"quantum_ns": quantum, "mmu_hold_ns": _mmu_hold(cells, P)}
@@ -256,12 +299,15 @@ def calibrate_cells(cells: list[dict]) -> dict:
         mc["params"]["mmu_hold_ns"] = shared["mmu_hold_ns"]
         mc["params"]["fetch_delay_ns"] = _param(out["fetch_delay_us"] * 1e3, "config",
                                                 "the records' --fetch-delay-us")
+        mc["latency_shape"] = shapes[mech]
         _note_bounds(mc)
         _refuse_negative_costs(mech, mc)
         out["mechanisms"][mech] = mc
         for k, v in mc["params"].items():
             if v.get("value") is None:
                 out["missing"].append(f"{mech}.{k}: {v.get('missing')}")
+        if mc["latency_shape"].get("kind") == "missing":
+            out["missing"].append(f"{mech}.latency_shape: {mc['latency_shape']['missing']}")
     return out
 
 

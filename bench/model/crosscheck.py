@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("sweeps", nargs="+", help="CAL.json:MEDIANS.json, one per sweep")
     p.add_argument("--jobs", type=int, default=1, help="cells simulated in parallel processes")
     p.add_argument("--run-queue", choices=sim.RUN_QUEUE_ORDERS, default=None,
-                   help="the simulated run queue's order (default: the model's, FIFO)")
+                   help="the simulated run queue's order (default: the model's, wakecredit)")
     a = p.parse_args(argv)
     sweeps = {}
     for arg in a.sweeps:

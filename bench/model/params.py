@@ -39,7 +39,7 @@ SENSITIVITY = (0.5, 1.0, 2.0)
 class Params:
     # scheduler
     quantum_ns: float = 4e6          # slice a CPU-bound thread runs while others wait
-    run_queue_order: str = "fifo"    # structure, not a number: "fifo", "random" or "eevdf" (MODEL.md)
+    run_queue_order: str = "wakecredit"  # structure, not a number: sim.RUN_QUEUE_ORDERS (MODEL.md)
     # thread counts (from the calibration records' configuration)
     readers: int = 1                 # reader / resolver threads per queue
     uffds: int = 0                   # uffd-many: userfaultfds (0: one per vCPU)

@@ -105,6 +105,45 @@ def _one(job):
     return p.handoff_ns, simulate_row(p, mech, v, pcpus, mmu, faults)
 
 
+def latency_shape(cal: dict, mech: str, vcpus: int, pcpus: int, fetch_delay_us: float | None):
+    """The calibration's measured latency shape for this cell: (p50 share, p99 share,
+    log2(threads / P)) of a vCPU's fault cycle, or (None, why) where it does not apply
+    (docs/MODEL.md, "The run queue's latency shape")."""
+    mc = cal["mechanisms"][mech]
+    shape = mc.get("latency_shape")
+    if shape is None:
+        return None, "not in this calibration (made before latency shapes were calibrated)"
+    if not shape.get("points"):
+        return None, shape.get("not_applied") or f"missing: {shape.get('missing')}"
+    readers = int(mc["params"]["readers"]["value"] or 0)
+    uffds = int(mc["params"].get("uffds", {}).get("value") or 0)
+    threads = vcpus + (readers * (min(uffds or vcpus, vcpus)) if mech == "uffd-many" else readers)
+    if threads <= pcpus:
+        return None, "every thread has a CPU: no run-queue wait to shape"
+    if fetch_delay_us is not None and fetch_delay_us * 1e3 != (cal.get("fetch_delay_us") or 0.0) * 1e3:
+        return None, (f"--fetch-delay-us {fetch_delay_us:g} is not the calibration sweep's "
+                      f"{cal.get('fetch_delay_us') or 0:g}: its shape was measured without that delay")
+    d = math.log2(threads / pcpus)
+    pts = shape["points"]
+    if d <= pts[0]["threads_log2"]:
+        lo = hi = pts[0]
+    elif d >= pts[-1]["threads_log2"]:
+        lo = hi = pts[-1]
+    else:
+        hi = next(q for q in pts if q["threads_log2"] >= d)
+        lo = pts[pts.index(hi) - 1]
+    span = hi["threads_log2"] - lo["threads_log2"]
+    w = (d - lo["threads_log2"]) / span if span > 0 else 0.0
+    return ((1 - w) * lo["p50_share"] + w * hi["p50_share"],
+            (1 - w) * lo["p99_share"] + w * hi["p99_share"], d), None
+
+
+def _apply_shape(row: dict, shares) -> None:
+    """p50 and p99 as the measured shares of this row's own cycle (vCPUs / rate)."""
+    cycle = row["vcpus"] / row["pages_per_s"] * 1e9
+    row["fault_latency_ns"] = dict(row["fault_latency_ns"], p50=shares[0] * cycle, p99=shares[1] * cycle)
+
+
 def predict(cal: dict, mechs, vcpus_list, pcpus: int, mmu: str | None = None,
             fetch_delay_us: float | None = None, line_transfer_ns: float | None = None,
             faults: int | None = None, sensitivity: bool = True, jobs: int = 1,
@@ -115,7 +154,7 @@ def predict(cal: dict, mechs, vcpus_list, pcpus: int, mmu: str | None = None,
     `jobs` > 1 simulates cells in that many processes (each cell is independent).
     `cpu_probe_ns`: the modelled host's CPU-state probe (getppid ns a call); every CPU
     cost is scaled by it over the calibration's reference (None: unscaled).
-    `run_queue`: the simulated run queue's order, where not the default FIFO
+    `run_queue`: the simulated run queue's order, where not the default ("wakecredit")
     ("random", "eevdf": docs/MODEL.md)."""
     mmu = mmu or cal.get("mmu") or DEFAULT_MMU
     if run_queue is not None:
@@ -150,6 +189,17 @@ def predict(cal: dict, mechs, vcpus_list, pcpus: int, mmu: str | None = None,
                 else "CITED (docs/MODEL.md)"}} if far > 0 else {}
             if run_queue is not None:
                 row["run_queue"] = run_queue
+            shares, why = latency_shape(cal, mech, v, pcpus, fetch_delay_us)
+            if shares is not None:
+                row["fault_latency_ns_simulated"] = dict(row["fault_latency_ns"])
+                _apply_shape(row, shares)
+                row["latency_shape"] = {"applied": True, "p50_share": shares[0], "p99_share": shares[1],
+                                        "threads_log2": shares[2],
+                                        "from": "the calibration's measured shares of a fault cycle "
+                                                "(docs/MODEL.md); the simulated p50/p99 are in "
+                                                "fault_latency_ns_simulated"}
+            else:
+                row["latency_shape"] = {"applied": False, "why": why}
             row["cpu_state"] = {"probe_ns": cpu_probe_ns,
                                 "calibration_probe_ns": (cal.get("cpu_probe") or {}).get("value"),
                                 "cpu_cost_scale": cpu_scale}
@@ -159,6 +209,8 @@ def predict(cal: dict, mechs, vcpus_list, pcpus: int, mmu: str | None = None,
                     if scale == 1.0:
                         continue
                     r2 = by_cell[(mech, v)][scale][1]
+                    if shares is not None:
+                        _apply_shape(r2, shares)
                     row["cited_sensitivity"][f"line_transfer_ns_x{scale:g}"] = {
                         "pages_per_s": r2["pages_per_s"], "fault_latency_ns": r2["fault_latency_ns"],
                         "lock_wait_ns_per_fault": r2["lock_wait_ns_per_fault"], "limit": r2["limit"]}

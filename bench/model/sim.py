@@ -4,15 +4,21 @@ Everything numeric comes in through a `Params` (bench/model/params.py): this fil
 holds only structure: which thread does what, on which CPU pool, under which
 lock, and who wakes whom. Times are in nanoseconds.
 
-Scheduler approximation (stated in MODEL.md): P CPUs are one FIFO run queue
-(a SimPy Resource of capacity P). A thread keeps its CPU across its bursts until
-it blocks, or until it has run `quantum_ns` while others wait, when it goes to
-the back of the queue (round-robin with a tick-sized slice: CFS/EEVDF with every
-thread at equal weight, no wakeup preemption, preemption at burst boundaries
-only). A thread woken while a CPU is idle pays the idle-wake cost (measured at
-1 vCPU) before it runs. Two other orders are opt-ins for comparison, not defaults
-(`Params.run_queue_order`, `crosscheck --run-queue`): "random" and "eevdf"
-(EevdfCpus).
+Scheduler approximation (stated in MODEL.md): P CPUs behind one run queue. A thread
+keeps its CPU across its bursts until it blocks, or until it has run `quantum_ns`
+while others wait (preemption at burst boundaries only). The queue's order is
+"wakecredit" (the default): a thread woken from a sleep queues as if it had come one
+slice (`quantum_ns`) earlier than it did, a thread that gives its CPU up without
+sleeping (a slice used up, a sched_yield, an async spinner's return from its park)
+queues when it comes. That is EEVDF's order at equal weights in the one respect that
+moves these cells: a woken sleeper is placed at the queue's average virtual time
+(its deadline one slice later), while a thread that used its slice or yielded has
+its deadline pushed a slice on, so the sleeper goes first; as in EEVDF, it goes
+ahead of nobody who has waited a slice or more. Among sleepers, and among the rest,
+the order is arrival (FIFO). A thread woken while a CPU is idle pays the idle-wake
+cost (measured at 1 vCPU) before it runs. Other orders are opt-ins for comparison,
+not defaults (`Params.run_queue_order`, `crosscheck --run-queue`): "fifo" (arrival
+order for everyone: the model before 2026-12-08), "random" and "eevdf" (EevdfCpus).
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import simpy
 
 from .params import CPU_TIMES
 
-RUN_QUEUE_ORDERS = ("fifo", "random", "eevdf")
+RUN_QUEUE_ORDERS = ("wakecredit", "fifo", "random", "eevdf")
 
 
 def check_run_queue_order(order: str) -> None:
@@ -58,15 +64,14 @@ class Stats:
 
 
 class Cpus:
-    """P CPUs behind one run queue: FIFO, or random order (`order="random"`: the
-    next thread to run is any waiting one, as EEVDF's pick by virtual deadline is
-    not arrival order)."""
+    """P CPUs behind one run queue: "wakecredit" (the module's docstring), FIFO, or
+    random order (`order="random"`: the next thread to run is any waiting one)."""
 
-    def __init__(self, env, pcpus, quantum_ns, stats, order="fifo", seed=1):
+    def __init__(self, env, pcpus, quantum_ns, stats, order="wakecredit", seed=1):
         self.env = env
         self.order = order
         self.rng = random.Random(seed)
-        self.res = (simpy.PriorityResource(env, capacity=pcpus) if order == "random"
+        self.res = (simpy.PriorityResource(env, capacity=pcpus) if order in ("random", "wakecredit")
                     else simpy.Resource(env, capacity=pcpus))
         self.pcpus = pcpus
         self.threads = 0            # threads of the cell (set by build)
@@ -77,9 +82,15 @@ class Cpus:
     def idle(self) -> bool:
         return self.res.count < self.res.capacity and not self.res.queue
 
-    def request(self, thread=None, woken=False):
+    def request(self, thread=None, woken=False, slept=None):
+        """A CPU request. `woken`: the thread comes back from being off the queue (a
+        sleep, or a spinner's park); `slept`: it slept (default: as `woken`), which
+        alone earns the wake credit."""
         if self.order == "random":
             req = self.res.request(priority=self.rng.random())
+        elif self.order == "wakecredit":
+            credit = self.quantum_ns if (woken if slept is None else slept) else 0.0
+            req = self.res.request(priority=self.env.now - credit)
         else:
             req = self.res.request()
         if not req.triggered:
@@ -135,7 +146,7 @@ class EevdfCpus(Cpus):
     for the thread's own share of the mean."""
 
     def __init__(self, env, pcpus, quantum_ns, stats, seed=1):
-        super().__init__(env, pcpus, quantum_ns, stats, order="fifo", seed=seed)
+        super().__init__(env, pcpus, quantum_ns, stats, order="fifo", seed=seed)   # a plain Resource, replaced below
         self.order = "eevdf"
         self.ready = []             # [request event], each with .thread
         self.running = {}           # thread -> when it took its CPU
@@ -154,7 +165,7 @@ class EevdfCpus(Cpus):
     def idle(self) -> bool:
         return len(self.running) < self.pcpus and not self.ready
 
-    def request(self, thread, woken=False):
+    def request(self, thread, woken=False, slept=None):
         req = self.env.event()
         req.thread = thread
         if woken:
@@ -212,7 +223,7 @@ class Thread:
         idle, and an EEVDF queue's wake-up placement); `placed`: the placement alone
         (default: as `woken`), for a thread that was off the queue without sleeping."""
         was_idle = self.cpus.idle()
-        self.req = self.cpus.request(self, woken if placed is None else placed)
+        self.req = self.cpus.request(self, woken if placed is None else placed, slept=woken)
         yield self.req
         self.slice_start = self.env.now
         if woken and was_idle and (self.idle_cpu_ns or self.idle_wake_ns):
