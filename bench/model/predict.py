@@ -125,6 +125,11 @@ def latency_shape(cal: dict, mech: str, vcpus: int, pcpus: int, fetch_delay_us: 
                       f"{cal.get('fetch_delay_us') or 0:g}: its shape was measured without that delay")
     d = math.log2(threads / pcpus)
     pts = shape["points"]
+    if d < pts[0]["threads_log2"] - 1e-9:
+        # below the least crowded calibrated cell the run queue's part of a wait shrinks
+        # towards nothing; a share measured with more threads a CPU does not carry there
+        return None, (f"fewer threads a CPU (log2 {d:.2f}) than any calibrated cell "
+                      f"(log2 {pts[0]['threads_log2']:.2f})")
     if d <= pts[0]["threads_log2"]:
         lo = hi = pts[0]
     elif d >= pts[-1]["threads_log2"]:

@@ -214,6 +214,7 @@ class Thread:
         self.slice_start = 0.0
         self.idle_cpu_ns = idle_cpu_ns      # extra CPU when woken onto an idle CPU
         self.idle_wake_ns = idle_wake_ns    # idle-exit delay before it runs
+        self.started = False                # has it asked for a CPU before
         self.v = 0.0                        # EevdfCpus: virtual runtime, deadline, lag
         self.deadline = 0.0
         self.lag = 0.0
@@ -223,7 +224,12 @@ class Thread:
         idle, and an EEVDF queue's wake-up placement); `placed`: the placement alone
         (default: as `woken`), for a thread that was off the queue without sleeping."""
         was_idle = self.cpus.idle()
-        self.req = self.cpus.request(self, woken if placed is None else placed, slept=woken)
+        # a new thread queues as a woken one does (EEVDF places both at the queue's
+        # average): without that, threads still waiting for their first CPU would let
+        # every woken thread pass them for a whole slice, longer than some windows
+        self.req = self.cpus.request(self, woken if placed is None else placed,
+                                     slept=woken or not self.started)
+        self.started = True
         yield self.req
         self.slice_start = self.env.now
         if woken and was_idle and (self.idle_cpu_ns or self.idle_wake_ns):
