@@ -241,7 +241,8 @@ def _latency_shape(cells, mech, P) -> dict:
     return {"value": len(points), "unit": "cells", "kind": "measured", "points": points,
             "from": "per cell with threads > CPUs: median over its runs of p50 (p99) x "
                     "pages_per_s / vCPUs; applied by `model` where threads > P, "
-                    "interpolated in log2(threads / P), held at the end points outside them"}
+                    "interpolated in log2(threads / P), held at the most crowded cell beyond "
+                    "it, not applied below the least crowded one"}
 
 
 def calibrate_cells(cells: list[dict]) -> dict:

@@ -195,6 +195,8 @@ def predict(cal: dict, mechs, vcpus_list, pcpus: int, mmu: str | None = None,
             if run_queue is not None:
                 row["run_queue"] = run_queue
             shares, why = latency_shape(cal, mech, v, pcpus, fetch_delay_us)
+            if shares is not None and not row["pages_per_s"] > 0:
+                shares, why = None, "no faults completed in the simulated window: no cycle to scale"
             if shares is not None:
                 row["fault_latency_ns_simulated"] = dict(row["fault_latency_ns"])
                 _apply_shape(row, shares)
@@ -214,7 +216,7 @@ def predict(cal: dict, mechs, vcpus_list, pcpus: int, mmu: str | None = None,
                     if scale == 1.0:
                         continue
                     r2 = by_cell[(mech, v)][scale][1]
-                    if shares is not None:
+                    if shares is not None and r2["pages_per_s"] > 0:
                         _apply_shape(r2, shares)
                     row["cited_sensitivity"][f"line_transfer_ns_x{scale:g}"] = {
                         "pages_per_s": r2["pages_per_s"], "fault_latency_ns": r2["fault_latency_ns"],

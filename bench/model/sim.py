@@ -7,10 +7,10 @@ lock, and who wakes whom. Times are in nanoseconds.
 Scheduler approximation (stated in MODEL.md): P CPUs behind one run queue. A thread
 keeps its CPU across its bursts until it blocks, or until it has run `quantum_ns`
 while others wait (preemption at burst boundaries only). The queue's order is
-"wakecredit" (the default): a thread woken from a sleep queues as if it had come one
-slice (`quantum_ns`) earlier than it did, a thread that gives its CPU up without
-sleeping (a slice used up, a sched_yield, an async spinner's return from its park)
-queues when it comes. That is EEVDF's order at equal weights in the one respect that
+"wakecredit" (the default): a thread woken from a sleep, or asking for its first CPU,
+queues as if it had come one slice (`quantum_ns`) earlier than it did; a thread that
+gives its CPU up without sleeping (a slice used up, or an async spinner's sched_yield,
+after which it is parked and comes back when its bit clears) queues when it comes. That is EEVDF's order at equal weights in the one respect that
 moves these cells: a woken sleeper is placed at the queue's average virtual time
 (its deadline one slice later), while a thread that used its slice or yielded has
 its deadline pushed a slice on, so the sleeper goes first; as in EEVDF, it goes
