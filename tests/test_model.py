@@ -212,6 +212,13 @@ def test_model_shapes_p50_and_p99_only_where_threads_outnumber_cpus():
     # on 256 CPUs, 257 threads is fewer a CPU than any calibrated cell: not carried there
     big = predict.predict(cal, ["uffd"], [256], 256, sensitivity=False)[0]["latency_shape"]
     assert not big["applied"] and "fewer threads a CPU" in big["why"]
+    # uffd-many at 512 vCPUs on 256 CPUs (4 threads a CPU, the calibrated 4-vCPU cell's):
+    # the 0.5x / 2x rows of the cited parameter are shaped too, each on its own cycle
+    row = predict.predict(cal, ["uffd-many"], [512], 256, mmu="tdp")[0]
+    assert row["latency_shape"]["applied"]
+    for sens in row["cited_sensitivity"].values():
+        assert sens["fault_latency_ns"]["p50"] == pytest.approx(
+            shape[0]["p50_share"] * 512 / sens["pages_per_s"] * 1e9)
 
 
 def test_a_chosen_run_queue_reaches_the_simulation_and_the_row_says_so(monkeypatch):
