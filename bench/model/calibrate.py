@@ -207,6 +207,12 @@ def _resolver_threads(mech, r):
 SHAPED_MECHS = ("uffd", "uffd-many", "async")
 
 
+def _cell_threads(c) -> int:
+    """A record's threads: its vCPUs and their readers or resolvers, from its config."""
+    return c["vcpus"] + _resolver_threads(c["mech"], dict(readers=c["readers"] or 1,
+                                                         uffds=c["uffds"] or c["vcpus"]))
+
+
 def _latency_shape(cells, mech, P) -> dict:
     """The run queue's measured latency shape for `mech`: in each cell with more
     threads than CPUs, the median over its runs of p50 x rate / vCPUs and p99 x rate /
@@ -222,8 +228,7 @@ def _latency_shape(cells, mech, P) -> dict:
     for c in cells:
         if c["mech"] != mech:
             continue
-        threads = c["vcpus"] + _resolver_threads(mech, dict(readers=c["readers"] or 1,
-                                                            uffds=c["uffds"] or c["vcpus"]))
+        threads = _cell_threads(c)
         if threads <= P:
             continue
         ok = [r for r in c["runs"] if r.get("p50_ns") and r.get("p99_ns") and r.get("pages_per_s")]
@@ -272,9 +277,7 @@ def calibrate_cells(cells: list[dict]) -> dict:
            "mechanisms": {}, "missing": []}
     for c in cells:
         for r in c["runs"]:
-            r["threads_log2"] = threads_per_cpu_log2(
-                c["vcpus"] + _resolver_threads(c["mech"], dict(readers=c["readers"] or 1,
-                                                               uffds=c["uffds"] or c["vcpus"])), P)
+            r["threads_log2"] = threads_per_cpu_log2(_cell_threads(c), P)
             r["threads_log2_sq"] = r["threads_log2"] ** 2
     shapes = {mech: _latency_shape(cells, mech, P) for mech in ("uffd-many", "uffd", "exits", "async")}
     out["cpu_probe"] = _normalise_to_probe(cells)

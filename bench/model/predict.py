@@ -47,13 +47,7 @@ def simulate_row(p: paramsmod.Params, mech: str, vcpus: int, pcpus: int, mmu: st
     rate = n / window * 1e9 if window > 0 else 0.0
     busy = stats.busy
     util = {"CPUs": sum(v for k, v in busy.items() if k.startswith("cpu:")) / (pcpus * window)}
-    n_res = 0
-    if mech == "uffd":
-        n_res = p.readers
-    elif mech == "uffd-many":
-        n_res = p.readers * min(p.uffds or vcpus, vcpus)
-    elif mech == "async":
-        n_res = p.readers
+    n_res = sim.cell_threads(mech, vcpus, p.readers, p.uffds) - vcpus
     if n_res:
         role = "resolver" if mech == "async" else "reader"
         util[f"{role} thread" + ("s" if n_res > 1 else "")] = busy.get("cpu:" + role, 0.0) / (n_res * window)
@@ -115,12 +109,11 @@ def latency_shape(cal: dict, mech: str, vcpus: int, pcpus: int, fetch_delay_us: 
         return None, "not in this calibration (made before latency shapes were calibrated)"
     if not shape.get("points"):
         return None, shape.get("not_applied") or f"missing: {shape.get('missing')}"
-    readers = int(mc["params"]["readers"]["value"] or 0)
-    uffds = int(mc["params"].get("uffds", {}).get("value") or 0)
-    threads = vcpus + (readers * (min(uffds or vcpus, vcpus)) if mech == "uffd-many" else readers)
+    threads = sim.cell_threads(mech, vcpus, int(mc["params"]["readers"]["value"] or 0),
+                               int(mc["params"].get("uffds", {}).get("value") or 0))
     if threads <= pcpus:
         return None, "every thread has a CPU: no run-queue wait to shape"
-    if fetch_delay_us is not None and fetch_delay_us * 1e3 != (cal.get("fetch_delay_us") or 0.0) * 1e3:
+    if fetch_delay_us is not None and fetch_delay_us != (cal.get("fetch_delay_us") or 0.0):
         return None, (f"--fetch-delay-us {fetch_delay_us:g} is not the calibration sweep's "
                       f"{cal.get('fetch_delay_us') or 0:g}: its shape was measured without that delay")
     d = math.log2(threads / pcpus)

@@ -473,15 +473,21 @@ def vcpu_pressure(q, d):
     return s * top + s2 * top * top + (s + 2 * s2 * top) * (d - top)
 
 
+def cell_threads(mech, vcpus, readers, uffds):
+    """A cell's threads: its vCPUs and their readers or resolvers (`uffd-many`: `readers`
+    on each of min(uffds, vCPUs) userfaultfds, uffds 0 meaning one a vCPU; `uffd`,
+    `async`: `readers`; `exits`: none)."""
+    if mech == "exits":
+        return vcpus
+    if mech == "uffd-many":
+        return vcpus + readers * min(uffds or vcpus, vcpus)
+    return vcpus + readers
+
+
 def with_pressure(p, mech, vcpus, pcpus):
     """Costs at this cell's threads per CPU: the fitted per-doubling slopes
     applied to log2(threads / P), zero when every thread has a CPU."""
-    if mech == "exits":
-        threads = vcpus
-    elif mech == "uffd-many":
-        threads = vcpus + p.readers * min(p.uffds or vcpus, vcpus)
-    else:
-        threads = vcpus + p.readers
+    threads = cell_threads(mech, vcpus, p.readers, p.uffds)
     doublings = math.log2(max(1.0, threads / pcpus))
     q = dataclasses.replace(p)
     # the rest of a CPU's time goes to other work only where threads queue for CPUs
@@ -524,8 +530,7 @@ def build(env, mech, vcpus, pcpus, p, mmu, stats):
             threads.append(env.process(vcpu_async(env, t, alist, mmap_lock, mmu_lock, p, stats)))
     else:
         raise ValueError(f"no model of mechanism {mech!r}")
-    cpus.threads = vcpus + (0 if mech == "exits" else
-                            p.readers * (min(p.uffds or vcpus, vcpus) if mech == "uffd-many" else 1))
+    cpus.threads = cell_threads(mech, vcpus, p.readers, p.uffds)
     return threads
 
 
